@@ -1,0 +1,1 @@
+"""relaymail: a mail transfer agent with explicit, per-domain TLS policy."""

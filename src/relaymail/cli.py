@@ -1,0 +1,134 @@
+"""The relaymail command line: parse, call, print. No mail logic lives here.
+
+Imports are deferred into each command so that a short-lived command (sendmail
+from cron, say) does not pay for the daemon's modules at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+# sysexits.h, as Postfix's and Exim's sendmail use them.
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="relaymail", description="relaymail mail transfer agent")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    deliver = commands.add_parser("deliver", help="deliver one message now, in the foreground")
+    deliver.add_argument("--config", type=Path, help="TOML configuration file")
+    deliver.add_argument("--from", dest="sender", required=True, help="envelope sender ('' for <>)")
+    deliver.add_argument("--to", dest="recipients", action="append", required=True)
+    deliver.add_argument("message", nargs="?", default="-", help="message file, or - for stdin")
+
+    probe = commands.add_parser("probe", help="show how mail to DOMAIN would go, sending none")
+    probe.add_argument("domain")
+    probe.add_argument("--config", type=Path)
+    probe.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level, args.log_json)
+    handler = {"deliver": _deliver, "probe": _probe}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return EX_TEMPFAIL
+
+
+def _setup_logging(level: str, as_json: bool) -> None:
+    from .logs import setup_logging
+
+    try:
+        setup_logging(level, as_json)
+    except ValueError as exc:
+        print(f"relaymail: --log-level: {exc}", file=sys.stderr)
+        sys.exit(EX_USAGE)
+
+
+def _config(path: Path | None):  # type: ignore[no-untyped-def]
+    from .config import load_config
+    from .errors import ConfigError
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"relaymail: configuration error: {exc}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
+
+
+def _read_message(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        print(f"relaymail: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(EX_USAGE)
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    from .delivery import Status, deliver
+    from .errors import AddressError
+    from .message import Envelope, canonical_data
+
+    config = _config(args.config)
+    sender = "" if args.sender in ("", "<>") else args.sender
+    try:
+        envelope = Envelope(sender, tuple(args.recipients))
+    except AddressError as exc:
+        print(f"relaymail: {exc}", file=sys.stderr)
+        return EX_USAGE
+    data = canonical_data(_read_message(args.message))
+    results = _run(deliver(envelope, data, config))
+    for result in results:
+        print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+    statuses = {r.status for r in results}
+    if Status.DEFERRED in statuses:
+        return EX_TEMPFAIL
+    if Status.BOUNCED in statuses:
+        return EX_UNAVAILABLE
+    return EX_OK
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from .probe import print_report, probe_domain
+
+    config = _config(args.config)
+    report = _run(probe_domain(args.domain, config))
+    print_report(report, as_json=args.json)
+    return EX_OK if report.reachable else EX_TEMPFAIL
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Configuration: TOML in, frozen dataclasses out, every mistake named by its key.
+
+Validation is strict on purpose: an unknown key is far more often a typo than
+an intention, and a typo in a TLS policy silently weakens it. `load_config`
+raises ConfigError(key, reason); the CLI turns that into exit status 78.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .tls.policy import Level, PolicyTable
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A next hop from [routes] or a name server from [dns]: host name or IP literal, port."""
+
+    host: str
+    port: int
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    helo_name: str = field(default_factory=socket.getfqdn)
+    connect_timeout: float = 30.0
+    # RFC 5321 4.5.3.2: 5 minutes for replies to commands, 10 for the reply
+    # after the message data ("DATA termination").
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    # Connection reuse (Postfix's connection cache): an idle session stays
+    # open this long for the next message to the same destination.
+    connection_idle_time: float = 5.0
+    destination_concurrency: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    tempfail_fallback: bool = True
+    ca_file: Path | None = None
+    policy: PolicyTable = field(default_factory=PolicyTable)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    nameservers: tuple[HostPort, ...] = ()
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    routes: Mapping[str, tuple[HostPort, ...]] = field(default_factory=dict)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    source: Path | None = None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate `path`; None gives the embedded defaults."""
+    if path is None:
+        return Config()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "not UTF-8 text") from None
+    return parse_config(raw, source=path)
+
+
+def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
+    _only(raw, "", {"delivery", "tls", "routes", "dns"})
+    return Config(
+        delivery=_delivery(_table(raw, "delivery")),
+        tls=_tls(_table(raw, "tls")),
+        routes=_routes(_table(raw, "routes")),
+        dns=_dns(_table(raw, "dns")),
+        source=source,
+    )
+
+
+def _delivery(raw: Mapping[str, Any]) -> DeliverySettings:
+    _only(raw, "delivery", {f for f in DeliverySettings.__dataclass_fields__})
+    values: dict[str, Any] = {}
+    if "helo_name" in raw:
+        values["helo_name"] = _hostname(raw["helo_name"], "delivery.helo_name")
+    for key in ("connect_timeout", "command_timeout", "data_timeout", "connection_idle_time"):
+        if key in raw:
+            values[key] = _seconds(raw[key], f"delivery.{key}")
+    if "destination_concurrency" in raw:
+        values["destination_concurrency"] = _positive_int(
+            raw["destination_concurrency"], "delivery.destination_concurrency"
+        )
+    return DeliverySettings(**values)
+
+
+def _tls(raw: Mapping[str, Any]) -> TlsSettings:
+    _only(raw, "tls", {"tempfail_fallback", "ca_file", "policy", "default_level"})
+    fallback = raw.get("tempfail_fallback", True)
+    if not isinstance(fallback, bool):
+        raise ConfigError("tls.tempfail_fallback", f"must be true or false, not {fallback!r}")
+    ca_file = None
+    if "ca_file" in raw:
+        ca_file = Path(_string(raw["ca_file"], "tls.ca_file"))
+        _check_ca_file(ca_file)
+    default = _level(raw.get("default_level", "may"), "tls.default_level")
+    levels = []
+    for domain, value in _table(raw, "policy", "tls.policy").items():
+        key = f'tls.policy."{domain}"'
+        if domain == "*":
+            default = _level(value, key)
+        else:
+            levels.append((_domain_key(domain, key), _level(value, key)))
+    return TlsSettings(
+        tempfail_fallback=fallback,
+        ca_file=ca_file,
+        policy=PolicyTable(levels=tuple(levels), default=default),
+    )
+
+
+def _check_ca_file(path: Path) -> None:
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError("tls.ca_file", f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError("tls.ca_file", f"{path} holds no PEM certificates ({exc})") from None
+    if not certs:
+        raise ConfigError("tls.ca_file", f"{path} holds no PEM certificates")
+
+
+def _routes(raw: Mapping[str, Any]) -> dict[str, tuple[HostPort, ...]]:
+    routes: dict[str, tuple[HostPort, ...]] = {}
+    for domain, targets in raw.items():
+        key = f'routes."{domain}"'
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not targets:
+            raise ConfigError(key, 'must be a non-empty list of "host:port" strings')
+        name = domain if domain == "*" else _domain_key(domain, key)
+        routes[name] = tuple(
+            parse_host_port(_string(t, key), key, default_port=25) for t in targets
+        )
+    return routes
+
+
+def _dns(raw: Mapping[str, Any]) -> DnsSettings:
+    _only(raw, "dns", {"nameservers", "timeout"})
+    servers = raw.get("nameservers", [])
+    if not isinstance(servers, list):
+        raise ConfigError("dns.nameservers", 'must be a list of "ip" or "ip:port" strings')
+    parsed = tuple(
+        parse_host_port(_string(s, "dns.nameservers"), "dns.nameservers", default_port=53)
+        for s in servers
+    )
+    for server in parsed:
+        if not server.is_ip:
+            raise ConfigError("dns.nameservers", f"{server.host!r} is not an IP address")
+    timeout = _seconds(raw["timeout"], "dns.timeout") if "timeout" in raw else 10.0
+    return DnsSettings(nameservers=parsed, timeout=timeout)
+
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")
+
+
+def parse_host_port(text: str, key: str, default_port: int) -> HostPort:
+    """'host', 'host:port', 'ip:port' or '[ipv6]:port'."""
+    match = _HOST_PORT.match(text.strip())
+    if not match:
+        raise ConfigError(key, f"{text!r} is not host:port (use [addr]:port for IPv6)")
+    host = match.group("v6") or match.group("host")
+    if match.group("v6"):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(key, f"{host!r} is not an IPv6 address") from None
+    else:
+        _hostname(host, key)
+    port = int(match.group("port") or default_port)
+    if not 0 < port < 65536:
+        raise ConfigError(key, f"port {port} out of range")
+    return HostPort(host.lower(), port)
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Seconds from a number or a string such as '30s', '15m', '4h', '5d'."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f'expected a duration like "4h", not {value!r}')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (
+        m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value)
+    ):
+        unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        seconds = float(m.group(1)) * unit
+    else:
+        raise ConfigError(key, f'expected a duration like "30s", "4h" or "5d", not {value!r}')
+    if seconds <= 0:
+        raise ConfigError(key, "must be greater than zero")
+    return seconds
+
+
+_seconds = parse_duration
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(key, f"must be a positive whole number, not {value!r}")
+    return value
+
+
+def _level(value: Any, key: str) -> Level:
+    try:
+        return Level(value)
+    except ValueError:
+        choices = ", ".join(level.value for level in Level)
+        raise ConfigError(key, f"{value!r} is not a TLS level (one of {choices})") from None
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _hostname(value: Any, key: str) -> str:
+    text = _string(value, key).rstrip(".")
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if not text or len(text) > 253 or not all(_LABEL.match(label) for label in text.split(".")):
+        raise ConfigError(key, f"{value!r} is not a valid host name")
+    return text.lower()
+
+
+def _domain_key(domain: str, key: str) -> str:
+    """A domain as a table key; a leading dot means 'every subdomain of'."""
+    if domain.startswith("."):
+        return "." + _hostname(domain[1:], key)
+    return _hostname(domain, key)
+
+
+def _string(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, not {type(value).__name__}")
+    return value
+
+
+def _table(raw: Mapping[str, Any], name: str, key: str | None = None) -> Mapping[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(key or name, "must be a table")
+    return value
+
+
+def _only(raw: Mapping[str, Any], section: str, allowed: set[str]) -> None:
+    for name in raw:
+        if name not in allowed:
+            where = f"{section}.{name}" if section else name
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(allowed))})")

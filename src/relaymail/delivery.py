@@ -1,0 +1,540 @@
+"""One delivery: a message to its recipients, host by host, the TLS policy applied.
+
+For each recipient domain: resolve the next hops, try them in order, and for
+each session apply the policy table (tls/policy.py) at the STARTTLS step.
+Every step that matters becomes an Attempt, so each result can say why it went
+the way it did. Sessions that end cleanly are kept for the next message to the
+same host (Postfix's connection cache): with pipelining, that is what makes
+delivery cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config
+from .message import Envelope, domain_of, dot_stuff
+from .routing import NextHop, Router, RoutingError, make_resolver
+from .smtp.client import Capabilities, State, Verb
+from .smtp.reply import Reply
+from .smtp.session import SessionError, SmtpSession
+from .tls.context import (
+    CLEAR,
+    TlsFacts,
+    check_peer,
+    client_context,
+    describe,
+    peer_chain,
+    trust_store,
+)
+from .tls.policy import Action, Event, Level, decide, wants_starttls
+
+log = logging.getLogger("relaymail.delivery")
+
+
+class Status(enum.StrEnum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One step of a delivery that a person may want to see."""
+
+    host: str
+    ip: str
+    result: str
+    tls: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    recipient: str
+    status: Status
+    reason: str
+    host: str | None = None
+    reply: str | None = None
+    tls: TlsFacts = CLEAR
+    attempts: tuple[Attempt, ...] = ()
+    enhanced_status: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipient": self.recipient,
+            "status": self.status.value,
+            "host": self.host,
+            "reply": self.reply,
+            "tls": {
+                "used": self.tls.used,
+                "version": self.tls.version,
+                "cipher": self.tls.cipher,
+                "verified": self.tls.verified,
+            },
+            "reason": self.reason,
+            "attempts": [
+                {"host": a.host, "ip": a.ip, "result": a.result, "tls": a.tls, "detail": a.detail}
+                for a in self.attempts
+            ],
+        }
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """A recipient's standing within one domain's delivery."""
+
+    status: Status = Status.DEFERRED
+    reason: str = "no host was tried"
+    host: str | None = None
+    reply: Reply | None = None
+    tls: TlsFacts = CLEAR
+
+
+@dataclass(slots=True)
+class _DomainRun:
+    """Mutable state of one domain's delivery: who is still pending, what happened."""
+
+    domain: str
+    level: Level
+    level_source: str
+    sender: str
+    data: bytes
+    stuffed: bytes
+    needs_smtputf8: bool
+    outcomes: dict[str, _Outcome]
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def pending(self) -> list[str]:
+        return [r for r, o in self.outcomes.items() if o.status is Status.DEFERRED]
+
+    def settle(self, recipients: Iterable[str], status: Status, reason: str, **facts: Any) -> None:
+        for rcpt in recipients:
+            self.outcomes[rcpt] = _Outcome(status, reason, **facts)
+
+    def note(self, hop: NextHop, ip: str, result: str, tls: TlsFacts, detail: str) -> None:
+        self.attempts.append(Attempt(hop.label, ip, result, tls.used, detail))
+        tls_words = (
+            f"{tls.version}/{tls.cipher}/{'verified' if tls.verified else 'unverified'}"
+            if tls.used
+            else "none"
+        )
+        log.info(
+            "domain=%s host=%s ip=%s tls=%s result=%s policy=%s (%s): %s",
+            self.domain, hop.label, ip, tls_words, result,
+            self.level.value, self.level_source, detail,
+        )  # fmt: skip
+
+
+class _HostFailed(Exception):
+    """This host cannot take the pending recipients; the reason goes to the next one."""
+
+    def __init__(self, result: str, detail: str) -> None:
+        super().__init__(detail)
+        self.result = result
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class _Cached:
+    session: SmtpSession
+    caps: Capabilities
+    tls: TlsFacts
+    expires: asyncio.TimerHandle | None = None
+
+
+class DeliveryEngine:
+    """Delivers messages; one engine per process so sessions and DNS answers are shared."""
+
+    def __init__(self, config: Config, router: Router | None = None) -> None:
+        self.config = config
+        self.router = router or Router(config.routes, make_resolver(config.dns))
+        self._tls_context = client_context()
+        self._idle: dict[tuple[str, int, str, Level], list[_Cached]] = defaultdict(list)
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    async def deliver(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
+        """Deliver canonical message data (CRLF, not dot-stuffed); one result per recipient."""
+        by_domain: dict[str, list[str]] = defaultdict(list)
+        for rcpt in envelope.recipients:
+            by_domain[domain_of(rcpt)].append(rcpt)
+        stuffed = dot_stuff(data)
+        runs = await asyncio.gather(
+            *(
+                self._deliver_domain(d, rcpts, envelope, data, stuffed)
+                for d, rcpts in by_domain.items()
+            )
+        )
+        results = {r.recipient: r for run in runs for r in run}
+        return [results[rcpt] for rcpt in envelope.recipients]
+
+    async def close(self) -> None:
+        """QUIT every idle session."""
+        idle = [c for entries in self._idle.values() for c in entries]
+        self._idle.clear()
+        for cached in idle:
+            if cached.expires is not None:
+                cached.expires.cancel()
+        await asyncio.gather(*(c.session.quit() for c in idle))
+
+    async def _deliver_domain(
+        self, domain: str, rcpts: list[str], envelope: Envelope, data: bytes, stuffed: bytes
+    ) -> list[RecipientResult]:
+        level, source = self.config.tls.policy.level_for(domain)
+        run = _DomainRun(
+            domain, level, source, envelope.sender, data, stuffed,
+            envelope.needs_smtputf8, {r: _Outcome() for r in rcpts},
+        )  # fmt: skip
+        slot = self._slots.setdefault(
+            domain, asyncio.Semaphore(self.config.delivery.destination_concurrency)
+        )
+        async with slot:
+            try:
+                hops = await self.router.next_hops(domain)
+            except RoutingError as exc:
+                status = Status.BOUNCED if exc.permanent else Status.DEFERRED
+                run.settle(rcpts, status, exc.reason)
+                return _results(run, {r: exc.status for r in rcpts})
+            await self._try_hops(run, hops)
+        return _results(run, {})
+
+    async def _try_hops(self, run: _DomainRun, hops: list[NextHop]) -> None:
+        failures: list[str] = []
+        for hop in hops:
+            if not hop.addresses:
+                detail = hop.lookup_error or "no addresses"
+                run.note(hop, "-", "no-address", CLEAR, detail)
+                failures.append(f"{hop.label}: {detail}")
+                continue
+            for ip in hop.addresses:
+                if not run.pending:
+                    return
+                try:
+                    await self._try_host(run, hop, ip, starttls=True)
+                except _HostFailed as failed:
+                    run.note(hop, ip, failed.result, CLEAR, failed.detail)
+                    failures.append(f"{hop.label}: {failed.detail}")
+        if run.pending and failures:
+            # Recipients that no host accepted: defer with every host's reason,
+            # keeping a 4xx reply some host gave them as the reason if there was one.
+            summary = "; ".join(failures)
+            for rcpt in run.pending:
+                outcome = run.outcomes[rcpt]
+                if outcome.reply is None:
+                    outcome.reason = f"no host accepted the mail: {summary}"
+
+    async def _try_host(self, run: _DomainRun, hop: NextHop, ip: str, *, starttls: bool) -> None:
+        cached = self._take_idle(hop, ip, run.level)
+        if cached is not None:
+            session, caps, tls = cached.session, cached.caps, cached.tls
+        else:
+            session, caps, tls = await self._open(run, hop, ip, starttls)
+        replies_before = session.replies_seen
+        try:
+            await self._transaction(run, hop, session, caps, tls)
+        except SessionError as exc:
+            session.abort()
+            if cached is not None and session.replies_seen == replies_before:
+                # The server closed the idle session as we reused it: not the host's fault.
+                return await self._try_host(run, hop, ip, starttls=starttls)
+            raise _HostFailed("session-failed", f"{exc} (during the mail transaction)") from None
+        if session.is_usable and session.conn.state is State.READY:
+            self._keep_idle(hop, ip, run.level, _Cached(session, caps, tls))
+        else:
+            await session.quit()
+
+    async def _open(
+        self, run: _DomainRun, hop: NextHop, ip: str, starttls: bool
+    ) -> tuple[SmtpSession, Capabilities, TlsFacts]:
+        settings = self.config.delivery
+        try:
+            session = await SmtpSession.open(
+                ip, hop.port,
+                connect_timeout=settings.connect_timeout,
+                command_timeout=settings.command_timeout,
+            )  # fmt: skip
+        except SessionError as exc:
+            raise _HostFailed("connect-failed", str(exc)) from None
+        try:
+            greeting = (await session.read_reply()).reply
+            if not greeting.is_success:
+                # Like Postfix, a 5xx greeting skips the host rather than bouncing.
+                raise _HostFailed("greeting-refused", f"greeting {greeting}")
+            caps = await self._hello(session)
+            tls = CLEAR
+            if wants_starttls(run.level) and starttls:
+                tls, caps, session = await self._starttls_step(run, hop, ip, session, caps)
+            elif not starttls:
+                run.note(hop, ip, "reconnected-clear", CLEAR, "new session without STARTTLS")
+            if run.level.requires_tls and not tls.used:
+                # The table never gets here; this guard is the last line against a leak.
+                raise _HostFailed("tls-required", f"policy {run.level.value} requires TLS")
+            return session, caps, tls
+        except SessionError as exc:
+            session.abort()
+            raise _HostFailed("session-failed", str(exc)) from None
+        except _HostFailed:
+            await session.quit()
+            raise
+
+    async def _hello(self, session: SmtpSession) -> Capabilities:
+        helo_name = self.config.delivery.helo_name
+        reply = await session.command(Verb.EHLO, helo_name)
+        if reply.is_success:
+            return Capabilities.from_ehlo(reply)
+        if not reply.is_permanent:
+            raise _HostFailed("ehlo-refused", f"EHLO answered {reply}")
+        # RFC 5321 3.2: a server that does not speak ESMTP gets HELO.
+        helo = await session.command(Verb.HELO, helo_name)
+        if not helo.is_success:
+            raise _HostFailed("helo-refused", f"EHLO answered {reply}; HELO answered {helo}")
+        return Capabilities.from_helo()
+
+    async def _starttls_step(
+        self, run: _DomainRun, hop: NextHop, ip: str, session: SmtpSession, caps: Capabilities
+    ) -> tuple[TlsFacts, Capabilities, SmtpSession]:
+        fallback = self.config.tls.tempfail_fallback
+        event, detail, tls = await self._negotiate(run, hop, session, caps)
+        decision = decide(run.level, fallback, event, detail)
+        result = {
+            Action.USE_TLS: "tls",
+            Action.CONTINUE_CLEAR: "continued-clear",
+            Action.RECONNECT_CLEAR: "tls-failed-reconnect-clear",
+            Action.HOST_FAILS: "tls-policy-failed",
+        }[decision.action]
+        if decision.action is Action.USE_TLS:
+            if event is Event.UNVERIFIED:
+                run.note(hop, ip, result, tls, decision.reason)
+            return tls, await self._hello(session), session
+        if decision.action is Action.HOST_FAILS:
+            session.abort()
+            raise _HostFailed(result, decision.reason)
+        run.note(hop, ip, result, CLEAR, decision.reason)
+        if decision.action is Action.CONTINUE_CLEAR:
+            return CLEAR, caps, session
+        session.abort()
+        fresh, fresh_caps, _ = await self._open(run, hop, ip, starttls=False)
+        return CLEAR, fresh_caps, fresh
+
+    async def _negotiate(
+        self, run: _DomainRun, hop: NextHop, session: SmtpSession, caps: Capabilities
+    ) -> tuple[Event, str, TlsFacts]:
+        """Run STARTTLS and the handshake; say what happened, never decide."""
+        if "STARTTLS" not in caps:
+            return Event.NOT_OFFERED, "", CLEAR
+        try:
+            reply = await session.command(Verb.STARTTLS)
+        except SessionError as exc:
+            return Event.NO_REPLY, str(exc), CLEAR
+        if reply.is_transient:
+            return Event.TEMPFAIL, str(reply), CLEAR
+        if not reply.is_success:
+            return Event.PERMFAIL, str(reply), CLEAR
+        injected = session.conn.take_trailing_data()
+        if injected:
+            log.warning(
+                "domain=%s host=%s: %d cleartext bytes followed the 220 to STARTTLS: %r",
+                run.domain, hop.label, len(injected), injected[:200],
+            )  # fmt: skip
+            return Event.INJECTION, f"{len(injected)} bytes: {injected[:60]!r}", CLEAR
+        reference = hop.name
+        sni = None if _is_ip(reference) else reference
+        try:
+            await session.start_tls(self._tls_context, sni)
+        except SessionError as exc:
+            return Event.HANDSHAKE_FAILED, str(exc), CLEAR
+        assert session.ssl_object is not None
+        tls = self._tls_facts(session, reference)
+        if tls.verified:
+            return Event.VERIFIED, f"{tls.version} {tls.cipher}", tls
+        return Event.UNVERIFIED, tls.verify_error or "", tls
+
+    def _tls_facts(self, session: SmtpSession, reference: str) -> TlsFacts:
+        ssl_object = session.ssl_object
+        assert ssl_object is not None
+        chain = peer_chain(ssl_object)
+        try:
+            verified, error = check_peer(chain, reference, trust_store(self.config.tls.ca_file))
+        except (OSError, ValueError) as exc:
+            verified, error = False, f"validation-failure: trust store unusable: {exc}"
+        cipher = ssl_object.cipher()
+        return TlsFacts(
+            used=True,
+            version=ssl_object.version(),
+            cipher=cipher[0] if cipher else None,
+            verified=verified,
+            verify_error=error,
+            certificate=describe(chain[0]) if chain else None,
+        )
+
+    async def _transaction(
+        self, run: _DomainRun, hop: NextHop, session: SmtpSession, caps: Capabilities,
+        tls: TlsFacts,
+    ) -> None:  # fmt: skip
+        ip = session.address
+        rcpts = run.pending
+        size = len(run.data)
+        limit = caps.size_limit
+        if limit is not None and size > limit:
+            reason = f"message size {size} exceeds the limit of {hop.label} ({limit}, from SIZE)"
+            run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls)
+            run.note(hop, ip, "size-refused", tls, reason)
+            return
+        if run.needs_smtputf8 and "SMTPUTF8" not in caps:
+            reason = f"{hop.label} does not offer SMTPUTF8, needed for an international address"
+            run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls)
+            run.note(hop, ip, "smtputf8-refused", tls, reason)
+            return
+        params = _mail_parameters(caps, size, run.data, run.needs_smtputf8)
+        group = [(Verb.MAIL, f"FROM:<{run.sender}>{params}")]
+        group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]
+        group.append((Verb.DATA, ""))
+        pipelining = "PIPELINING" in caps
+        if pipelining:
+            session.write(group)
+        replies: list[Reply] = []
+        for verb, arg in group:
+            if not pipelining:
+                if verb is Verb.RCPT and not replies[0].is_success:
+                    break
+                if verb is Verb.DATA and not any(r.is_success for r in replies[1:]):
+                    break
+                session.write([(verb, arg)])
+            reply = (await session.read_reply()).reply
+            replies.append(reply)
+            if reply.code == 421:
+                break
+        self._settle_envelope(run, hop, ip, rcpts, replies, tls)
+        accepted = [r for r, reply in zip(rcpts, replies[1:], strict=False) if reply.is_success]
+        if not replies[0].is_success:
+            accepted = []
+        data_reply = replies[len(rcpts) + 1] if len(replies) == len(rcpts) + 2 else None
+        if data_reply is None or data_reply.code == 421:
+            if accepted:
+                reason = f"{hop.label} ended the session before DATA: {replies[-1]}"
+                run.settle(
+                    accepted, Status.DEFERRED, reason, host=hop.label, reply=replies[-1], tls=tls
+                )
+            return
+        if data_reply.code != 354:
+            if accepted:
+                status = Status.BOUNCED if data_reply.is_permanent else Status.DEFERRED
+                reason = f"{hop.label} refused DATA: {data_reply}"
+                run.settle(accepted, status, reason, host=hop.label, reply=data_reply, tls=tls)
+                run.note(hop, ip, status.value, tls, reason)
+            return
+        if not accepted:
+            # RFC 2920 3.1: a 354 after every RCPT failed still wants data; send none.
+            session.write_terminator()
+            await session.read_reply()
+            return
+        final = await session.send_message(run.stuffed, self.config.delivery.data_timeout)
+        if final.is_success:
+            status, reason = Status.DELIVERED, f"accepted by {hop.label}"
+        elif final.is_transient:
+            status, reason = Status.DEFERRED, f"{hop.label} deferred the message: {final}"
+        else:
+            status, reason = Status.BOUNCED, f"{hop.label} rejected the message: {final}"
+        run.settle(accepted, status, reason, host=hop.label, reply=final, tls=tls)
+        run.note(hop, ip, status.value, tls, f"{len(accepted)} recipient(s): {final}")
+
+    def _settle_envelope(
+        self, run: _DomainRun, hop: NextHop, ip: str, rcpts: list[str], replies: list[Reply],
+        tls: TlsFacts,
+    ) -> None:  # fmt: skip
+        """Apply the MAIL and RCPT replies: 5xx bounces, 4xx stays pending for the next host."""
+        mail = replies[0]
+        if not mail.is_success:
+            status = Status.BOUNCED if mail.is_permanent else Status.DEFERRED
+            reason = f"{hop.label} refused the sender: {mail}"
+            run.settle(rcpts, status, reason, host=hop.label, reply=mail, tls=tls)
+            run.note(hop, ip, f"mail-{status.value}", tls, reason)
+            return
+        for rcpt, reply in zip(rcpts, replies[1:], strict=False):
+            if reply.is_permanent:
+                reason = f"{hop.label} refused the recipient: {reply}"
+                run.settle([rcpt], Status.BOUNCED, reason, host=hop.label, reply=reply, tls=tls)
+                run.note(hop, ip, "rcpt-bounced", tls, f"{rcpt}: {reply}")
+            elif reply.is_transient:
+                reason = f"{hop.label} deferred the recipient: {reply}"
+                run.settle([rcpt], Status.DEFERRED, reason, host=hop.label, reply=reply, tls=tls)
+                run.note(hop, ip, "rcpt-deferred", tls, f"{rcpt}: {reply}")
+
+    def _take_idle(self, hop: NextHop, ip: str, level: Level) -> _Cached | None:
+        entries = self._idle.get((ip, hop.port, hop.name, level))
+        while entries:
+            cached = entries.pop()
+            if cached.expires is not None:
+                cached.expires.cancel()
+            if cached.session.is_usable:
+                return cached
+            cached.session.abort()
+        return None
+
+    def _keep_idle(self, hop: NextHop, ip: str, level: Level, cached: _Cached) -> None:
+        key = (ip, hop.port, hop.name, level)
+        loop = asyncio.get_running_loop()
+        cached.expires = loop.call_later(
+            self.config.delivery.connection_idle_time, self._expire, key, cached
+        )
+        self._idle[key].append(cached)
+
+    def _expire(self, key: tuple[str, int, str, Level], cached: _Cached) -> None:
+        entries = self._idle.get(key, [])
+        if cached in entries:
+            entries.remove(cached)
+            asyncio.get_running_loop().create_task(cached.session.quit())
+
+
+def _mail_parameters(caps: Capabilities, size: int, data: bytes, smtputf8: bool) -> str:
+    params = []
+    if "SIZE" in caps:
+        params.append(f" SIZE={size}")
+    if "8BITMIME" in caps and not data.isascii():
+        params.append(" BODY=8BITMIME")
+    if smtputf8:
+        params.append(" SMTPUTF8")
+    return "".join(params)
+
+
+def _is_ip(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _results(run: _DomainRun, statuses: dict[str, str]) -> list[RecipientResult]:
+    attempts = tuple(run.attempts)
+    return [
+        RecipientResult(
+            recipient=rcpt,
+            status=o.status,
+            reason=o.reason,
+            host=o.host,
+            reply=str(o.reply) if o.reply else None,
+            tls=o.tls,
+            attempts=attempts,
+            enhanced_status=statuses.get(rcpt) or (o.reply.enhanced if o.reply else None),
+        )
+        for rcpt, o in run.outcomes.items()
+    ]
+
+
+async def deliver(envelope: Envelope, data: bytes, config: Config) -> list[RecipientResult]:
+    """Deliver one message now with a fresh engine (the daemon keeps one engine instead)."""
+    engine = DeliveryEngine(config)
+    try:
+        return await engine.deliver(envelope, data)
+    finally:
+        await engine.close()

@@ -1,0 +1,79 @@
+"""Envelopes, addresses and the canonical form of message data.
+
+Message data crosses module borders in one canonical form: bytes with CRLF
+line endings and no dot-stuffing. The SMTP client stuffs dots on the way out;
+the inbound server normalises bare LF / bare CR on the way in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import idna
+
+from .errors import AddressError
+
+_BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The SMTP envelope: reverse-path ("" for the null sender) and forward-paths."""
+
+    sender: str
+    recipients: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.sender:
+            check_address(self.sender)
+        if not self.recipients:
+            raise AddressError("an envelope needs at least one recipient")
+        for rcpt in self.recipients:
+            check_address(rcpt)
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        return any(not a.isascii() for a in (self.sender, *self.recipients))
+
+
+def check_address(address: str) -> None:
+    """Reject what cannot go into MAIL FROM / RCPT TO without quoting trouble."""
+    if "@" not in address:
+        raise AddressError(f"{address!r}: no domain (expected local@domain)")
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        raise AddressError(f"{address!r}: empty local part or domain")
+    if any(c in address for c in "<>\r\n\0 ") or any(ord(c) < 32 for c in address):
+        raise AddressError(f"{address!r}: contains characters not allowed in a path")
+    if len(address.encode()) > 254:
+        raise AddressError(f"{address!r}: longer than 254 octets (RFC 5321 4.5.3.1.3)")
+
+
+def domain_of(address: str) -> str:
+    """The recipient domain in its lookup form: lower-case, IDNA A-labels."""
+    domain = address.rpartition("@")[2].rstrip(".").lower()
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise AddressError(f"{address!r}: invalid international domain ({exc})") from exc
+
+
+def canonical_data(raw: bytes) -> bytes:
+    """Normalise every line ending to CRLF and make the data end with one."""
+    data = _BARE_LINE_END.sub(b"\r\n", raw) if (b"\n" in raw or b"\r" in raw) else raw
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """Transparency per RFC 5321 4.5.2, on canonical data; the terminator is not added."""
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed

@@ -1,0 +1,268 @@
+"""The queue's storage border: the `Store` protocol and the values that cross it.
+
+The scheduler, the inbound server and the CLI talk to the queue only through
+this protocol, so a second backend (PostgreSQL, for several nodes) can follow
+without touching them. Everything that crosses is a frozen dataclass or an
+enum; times are POSIX timestamps (float seconds, wall clock) because they are
+stored and compared across processes and restarts.
+
+Contract every backend keeps:
+
+- A write coroutine returns only after its change is durable, and a change
+  whose coroutine raised was not applied at all (no half-written message).
+- A write that fails because the storage cannot take it (disk full, read-only,
+  I/O error, lock held too long) raises `relaymail.errors.QueueFull` with the
+  reason; the store stays usable and later writes succeed once the condition
+  clears.
+- Cancelling a write coroutine does not cancel the write: it may still commit.
+  For `enqueue` that means the message may be queued although the client was
+  never answered, i.e. a possible duplicate, never a loss (RFC 5321 6.1).
+- A message whose recipients are all final (delivered or bounced) is gone: its
+  row, its recipients and its body are deleted in the transaction that made
+  the last one final.
+- Unknown message ids are not errors for admin operations (another process
+  may have deleted the message a moment ago): they return False / 0 / None.
+- Admin changes (hold, release, delete, retry) also append an `AdminEvent`, so
+  a daemon learns about changes another process (the CLI) made.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..message import Envelope
+
+
+class RecipientState(enum.StrEnum):
+    """Where one recipient of a queued message stands."""
+
+    QUEUED = "queued"  # not attempted yet
+    DEFERRED = "deferred"  # attempted, failed temporarily, will be retried
+    DELIVERED = "delivered"  # accepted by the next hop (final)
+    BOUNCED = "bounced"  # failed permanently or expired (final)
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RecipientState.DELIVERED, RecipientState.BOUNCED)
+
+
+class AdminAction(enum.StrEnum):
+    """An administrative change recorded in the admin event log."""
+
+    HOLD = "hold"
+    RELEASE = "release"
+    DELETE = "delete"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message the queue has durably accepted.
+
+    `envelope` lists each recipient once: exact duplicates in the SMTP envelope
+    are queued (and delivered) once.
+    """
+
+    id: str
+    envelope: Envelope
+    size: int
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    """The outcome of one delivery attempt for one recipient.
+
+    The fields describe the latest attempt and replace what was stored before
+    (None clears: a connection failure has no reply). `tls` is the delivery
+    module's small JSON text describing the TLS session (stored as given).
+    """
+
+    message_id: str
+    recipient: str
+    state: RecipientState
+    attempts: int
+    next_attempt: float
+    last_attempt: float | None = None
+    last_reply: str | None = None
+    last_error: str | None = None
+    tls: str | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecipient:
+    """A recipient still to be delivered, as the scheduler needs it at startup."""
+
+    address: str
+    state: RecipientState
+    attempts: int
+    next_attempt: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    """A queued message with its non-final recipients (in envelope order)."""
+
+    id: str
+    sender: str
+    received_at: float
+    size: int
+    held: bool
+    warned: bool
+    recipients: tuple[PendingRecipient, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientCounts:
+    queued: int = 0
+    deferred: int = 0
+    delivered: int = 0
+    bounced: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.deferred + self.delivered + self.bounced
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """One line of a queue listing."""
+
+    id: str
+    sender: str
+    size: int
+    received_at: float
+    held: bool
+    warned: bool
+    recipients: RecipientCounts
+    next_attempt: float | None  # earliest among non-final recipients
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientDetail:
+    address: str
+    state: RecipientState
+    attempts: int
+    next_attempt: float
+    last_attempt: float | None
+    last_reply: str | None
+    last_error: str | None
+    tls: str | None
+    host: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDetail:
+    id: str
+    sender: str
+    size: int
+    received_at: float
+    held: bool
+    warned: bool
+    recipients: tuple[RecipientDetail, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    messages: int
+    held: int
+    total_bytes: int
+    recipients: RecipientCounts
+    oldest_received_at: float | None
+    oldest_age: float | None  # seconds, relative to the `now` given to stats()
+
+
+@dataclass(frozen=True, slots=True)
+class AdminEvent:
+    """An admin change; `message_id` is None for a change to the whole queue."""
+
+    id: int
+    message_id: str | None
+    action: AdminAction
+    at: float
+
+
+class Store(Protocol):
+    """What the rest of relaymail may ask of the queue storage.
+
+    Async methods are writes (durable when they return) and reads the daemon
+    makes on its hot path; sync methods are reads for startup, the scheduler's
+    resynchronisation after admin events, and the CLI.
+    """
+
+    async def close(self) -> None:
+        """Finish the writes already submitted, then release everything."""
+        ...
+
+    async def enqueue(self, envelope: Envelope, data: bytes, received_at: float) -> QueuedMessage:
+        """Queue a message: every recipient QUEUED, attempts 0, due at `received_at`."""
+        ...
+
+    async def record(self, updates: Sequence[RecipientUpdate]) -> None:
+        """Store delivery outcomes; removes messages whose recipients are all final."""
+        ...
+
+    async def mark_warned(self, message_id: str) -> bool:
+        """Note that the delay warning went out; False if the message is gone."""
+        ...
+
+    async def set_hold(self, message_id: str, held: bool) -> bool:
+        """Hold or release a message; False if it does not exist."""
+        ...
+
+    async def delete(self, message_id: str) -> bool:
+        """Remove a message without delivering it; False if it does not exist."""
+        ...
+
+    async def retry(self, message_id: str | None = None, *, now: float | None = None) -> int:
+        """Make waiting recipients due now (all messages if None); how many were moved."""
+        ...
+
+    async def read_data(self, message_id: str) -> bytes:
+        """The message data, read off the event loop; KeyError if the message is gone."""
+        ...
+
+    def load_data(self, message_id: str) -> bytes:
+        """The message data; KeyError if the message is gone."""
+        ...
+
+    def load_pending(self) -> list[PendingMessage]:
+        """Every queued message with its non-final recipients, in queue-id order."""
+        ...
+
+    def load_pending_message(self, message_id: str) -> PendingMessage | None:
+        """One message as `load_pending` would return it; None if it is gone."""
+        ...
+
+    def list_messages(
+        self, limit: int = 50, offset: int = 0, state: RecipientState | None = None
+    ) -> list[MessageSummary]:
+        """A page of messages in queue-id (arrival) order.
+
+        With `state`, only messages having at least one recipient in that state.
+        """
+        ...
+
+    def count_messages(self, state: RecipientState | None = None) -> int:
+        """How many messages `list_messages` would page through."""
+        ...
+
+    def get_message(self, message_id: str) -> MessageDetail | None: ...
+
+    def stats(self, now: float | None = None) -> QueueStats: ...
+
+    def latest_admin_event_id(self) -> int:
+        """The cursor to start `fetch_admin_events` from (0 when there was none).
+
+        A daemon takes it *before* `load_pending`, so an event committed in
+        between is seen twice rather than missed (applying one is idempotent).
+        """
+        ...
+
+    def fetch_admin_events(self, after_id: int) -> list[AdminEvent]:
+        """Admin events with id > after_id, oldest first; cheap when there are none."""
+        ...

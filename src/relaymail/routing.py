@@ -1,0 +1,175 @@
+"""From a recipient domain to the ordered list of next hops to try.
+
+Static routes from [routes] win (a smarthost or transport map); otherwise DNS:
+MX by preference with random order among equals (RFC 5321 5.1), the implicit
+MX when there is none, the null MX of RFC 7505. Delivery code sees only
+NextHop values, never DNS records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
+
+from .config import DnsSettings, HostPort
+from .errors import RelaymailError
+
+
+class HopSource(enum.Enum):
+    ROUTE = "route"
+    MX = "mx"
+    IMPLICIT_MX = "implicit-mx"
+    LITERAL = "address-literal"
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    """One server to try: its name (what `verify` checks), port and addresses in order."""
+
+    name: str
+    port: int
+    addresses: tuple[str, ...]
+    source: HopSource
+    preference: int = 0
+    lookup_error: str | None = None  # why `addresses` is empty
+
+    @property
+    def label(self) -> str:
+        host = f"[{self.name}]" if ":" in self.name else self.name
+        return f"{host}:{self.port}"
+
+
+class RoutingError(RelaymailError):
+    """No next hop: permanent (bounce) or temporary (defer)."""
+
+    def __init__(self, reason: str, *, permanent: bool, status: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+        self.status = status  # RFC 3463 enhanced status for the DSN
+
+
+def make_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
+    if settings.nameservers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(server.host, server.port)
+            for server in settings.nameservers
+        ]
+    else:
+        resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = settings.timeout
+    resolver.timeout = min(settings.timeout, 5.0)
+    return resolver
+
+
+class Router:
+    def __init__(
+        self,
+        routes: Mapping[str, tuple[HostPort, ...]],
+        resolver: dns.asyncresolver.Resolver,
+    ) -> None:
+        self._routes = routes
+        self._resolver = resolver
+
+    def route_for(self, domain: str) -> tuple[HostPort, ...] | None:
+        """The static route for `domain`: exact, then '.parent' entries, then '*'."""
+        if domain in self._routes:
+            return self._routes[domain]
+        labels = domain.split(".")
+        for i in range(1, len(labels)):
+            suffix = "." + ".".join(labels[i:])
+            if suffix in self._routes:
+                return self._routes[suffix]
+        return self._routes.get("*")
+
+    async def next_hops(self, domain: str) -> list[NextHop]:
+        if domain.startswith("[") and domain.endswith("]"):
+            return [_literal_hop(domain)]
+        route = self.route_for(domain)
+        if route is not None:
+            return list(
+                await asyncio.gather(*(self._hop(t.host, t.port, HopSource.ROUTE) for t in route))
+            )
+        return await self._mx_hops(domain)
+
+    async def _mx_hops(self, domain: str) -> list[NextHop]:
+        try:
+            answer = await self._resolver.resolve(domain, "MX", search=False)
+        except dns.resolver.NXDOMAIN:
+            raise RoutingError(
+                f"the domain {domain} does not exist (NXDOMAIN)", permanent=True, status="5.1.2"
+            ) from None
+        except dns.resolver.NoAnswer:
+            hop = await self._hop(domain, 25, HopSource.IMPLICIT_MX)
+            if not hop.addresses and hop.lookup_error is None:
+                raise RoutingError(
+                    f"{domain} has no MX and no address records", permanent=True, status="5.1.2"
+                ) from None
+            return [hop]
+        except dns.exception.DNSException as exc:
+            raise RoutingError(
+                f"MX lookup for {domain} failed: {_dns_error(exc)}", permanent=False, status="4.4.3"
+            ) from None
+        records = [(r.preference, r.exchange.to_text(omit_final_dot=True).lower()) for r in answer]
+        hosts = [(pref, name) for pref, name in records if name not in ("", ".")]
+        if not hosts:
+            raise RoutingError(
+                f"{domain} publishes a null MX (RFC 7505): it accepts no mail",
+                permanent=True,
+                status="5.1.10",
+            )
+        random.shuffle(hosts)  # random among equal preferences; sort below is stable
+        hosts.sort(key=lambda h: h[0])
+        hops = await asyncio.gather(*(self._hop(n, 25, HopSource.MX, p) for p, n in hosts))
+        return list(hops)
+
+    async def _hop(self, host: str, port: int, source: HopSource, preference: int = 0) -> NextHop:
+        try:
+            ipaddress.ip_address(host)
+            return NextHop(host, port, (host,), source, preference)
+        except ValueError:
+            pass
+        v6, v4 = await asyncio.gather(self._addresses(host, "AAAA"), self._addresses(host, "A"))
+        addresses = v6[0] + v4[0]
+        error = None if addresses else (v6[1] or v4[1])
+        return NextHop(host, port, tuple(addresses), source, preference, error)
+
+    async def _addresses(self, host: str, rdtype: str) -> tuple[list[str], str | None]:
+        try:
+            answer = await self._resolver.resolve(host, rdtype, search=False)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            return [], f"{host} has no address records"
+        except dns.exception.DNSException as exc:
+            return [], f"{rdtype} lookup for {host} failed: {_dns_error(exc)}"
+        return [r.to_text() for r in answer], None
+
+
+def _literal_hop(domain: str) -> NextHop:
+    text = domain[1:-1]
+    if text.lower().startswith("ipv6:"):
+        text = text[5:]
+    try:
+        address = str(ipaddress.ip_address(text))
+    except ValueError:
+        raise RoutingError(
+            f"{domain} is not a valid address literal", permanent=True, status="5.1.2"
+        ) from None
+    return NextHop(address, 25, (address,), HopSource.LITERAL)
+
+
+def _dns_error(exc: dns.exception.DNSException) -> str:
+    if isinstance(exc, dns.resolver.LifetimeTimeout):
+        return "timed out"
+    if isinstance(exc, dns.resolver.NoNameservers):
+        return "no name server answered (SERVFAIL)"
+    return str(exc) or type(exc).__name__

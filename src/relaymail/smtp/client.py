@@ -1,0 +1,220 @@
+"""Sans-IO SMTP client protocol.
+
+Theory of operation: `ClientConnection` knows the SMTP session's state and
+nothing about sockets. The caller asks it for the bytes of a command
+(`send`), hands it whatever the network produced (`receive_data`), and pulls
+`ReplyEvent`s pairing each reply with the command that caused it. Several
+commands may be outstanding at once (RFC 2920 pipelining); replies come back
+in command order.
+
+Everything that affects the session state lives in this file, in the
+`_TRANSITIONS` table below. The STARTTLS boundary is explicit: after a 2xx to
+STARTTLS the caller must call `take_trailing_data()`; non-empty trailing data
+means bytes arrived in clear behind the 220, which is an injection attack.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+from .reply import Reply, ReplyParser
+
+
+class Verb(enum.Enum):
+    GREETING = "greeting"  # not sent: the server's banner is the reply to connecting
+    EHLO = "EHLO"
+    HELO = "HELO"
+    STARTTLS = "STARTTLS"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    MESSAGE = "message"  # the data and its terminating dot
+    RSET = "RSET"
+    NOOP = "NOOP"
+    QUIT = "QUIT"
+
+
+class State(enum.Enum):
+    CONNECTED = "connected"  # waiting for the greeting
+    GREETED = "greeted"  # greeting accepted; EHLO/HELO needed
+    READY = "ready"  # hello done; no transaction
+    MAIL = "in-mail"  # MAIL sent
+    RCPT = "in-rcpt"  # at least one RCPT sent
+    DATA = "in-data"  # DATA sent; the message may follow once 354 arrives
+    TLS = "tls-pending"  # STARTTLS sent; nothing may follow until TLS is up
+    CLOSED = "closed"
+
+
+# (state, verb) -> state the session is in once the command is sent.
+# Commands are judged against the state as it will be after everything already
+# sent succeeds, which is exactly what pipelining assumes.
+_TRANSITIONS: dict[tuple[State, Verb], State] = {
+    (State.GREETED, Verb.EHLO): State.READY,
+    (State.GREETED, Verb.HELO): State.READY,
+    (State.READY, Verb.EHLO): State.READY,
+    (State.READY, Verb.HELO): State.READY,
+    (State.READY, Verb.STARTTLS): State.TLS,
+    (State.READY, Verb.MAIL): State.MAIL,
+    (State.MAIL, Verb.RCPT): State.RCPT,
+    (State.RCPT, Verb.RCPT): State.RCPT,
+    (State.RCPT, Verb.DATA): State.DATA,
+    (State.DATA, Verb.MESSAGE): State.READY,
+}
+# Allowed from any state in which the server is listening to commands.
+_ANYTIME = {Verb.RSET: State.READY, Verb.NOOP: None, Verb.QUIT: State.CLOSED}
+
+# Commands after which a pipelining client must wait for the reply before
+# sending more (RFC 2920 3.1: EHLO, DATA, STARTTLS, QUIT... change the state).
+SYNC_POINTS = frozenset({Verb.EHLO, Verb.HELO, Verb.STARTTLS, Verb.DATA, Verb.MESSAGE, Verb.QUIT})
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEvent:
+    verb: Verb
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the server's EHLO reply advertises (or nothing, after HELO)."""
+
+    esmtp: bool
+    keywords: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_ehlo(cls, reply: Reply) -> Capabilities:
+        keywords: dict[str, str] = {}
+        for line in reply.lines[1:]:
+            word, _, params = line.strip().partition(" ")
+            if word:
+                keywords[word.upper()] = params.strip()
+        return cls(esmtp=True, keywords=keywords)
+
+    @classmethod
+    def from_helo(cls) -> Capabilities:
+        return cls(esmtp=False)
+
+    def __contains__(self, keyword: str) -> bool:
+        return keyword in self.keywords
+
+    @property
+    def size_limit(self) -> int | None:
+        """The SIZE limit (RFC 1870); None when absent, unparsable or 0 (no limit)."""
+        value = self.keywords.get("SIZE")
+        if value is None or not value.isdigit():
+            return None
+        return int(value) or None
+
+
+class ClientConnection:
+    """The client side of one SMTP session, without I/O."""
+
+    def __init__(self) -> None:
+        self.state = State.CONNECTED
+        self._planned = State.CONNECTED  # state once every sent command succeeds
+        self._parser = ReplyParser()
+        self._awaiting: deque[Verb] = deque([Verb.GREETING])
+        self._tls_boundary = False
+
+    @property
+    def awaiting_replies(self) -> int:
+        return len(self._awaiting)
+
+    @property
+    def has_unread_data(self) -> bool:
+        """Bytes the server sent that no command asked for (an idle-timeout 421, say)."""
+        return self._parser.has_data
+
+    def send(self, verb: Verb, argument: str = "") -> bytes:
+        """The wire form of a command; raises LocalProtocolError when out of order."""
+        if verb is Verb.MESSAGE:
+            raise LocalProtocolError("use send_message() for message data")
+        self._advance(verb)
+        line = f"{verb.value} {argument}" if argument else verb.value
+        if "\r" in line or "\n" in line:
+            raise LocalProtocolError(f"line break inside a command: {line!r}")
+        return line.encode("utf-8") + b"\r\n"
+
+    def send_message(self, stuffed: bytes) -> bytes:
+        """The terminator to write after the dot-stuffed canonical message data."""
+        self._advance(Verb.MESSAGE)
+        return b".\r\n" if stuffed.endswith(b"\r\n") or not stuffed else b"\r\n.\r\n"
+
+    def _advance(self, verb: Verb) -> None:
+        if self._tls_boundary or self._planned in (State.TLS, State.CLOSED):
+            raise LocalProtocolError(f"{verb.value} sent in state {self._planned.value}")
+        if verb in _ANYTIME:
+            if self._planned is State.CONNECTED:
+                raise LocalProtocolError(f"{verb.value} before the greeting")
+            target = _ANYTIME[verb]
+            if target is not None:
+                self._planned = target
+        else:
+            try:
+                self._planned = _TRANSITIONS[(self._planned, verb)]
+            except KeyError:
+                raise LocalProtocolError(
+                    f"{verb.value} not allowed in state {self._planned.value}"
+                ) from None
+        if self._planned is State.CONNECTED:
+            raise LocalProtocolError("no command may precede the greeting")
+        self._awaiting.append(verb)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the network; raises RemoteProtocolError on a malformed reply."""
+        if self._tls_boundary:
+            # Bytes after the 220 to STARTTLS, before the handshake: keep them
+            # unparsed so take_trailing_data() reports them; never act on them.
+            self._parser.feed_raw(data)
+            return
+        self._parser.feed(data)
+
+    def next_event(self) -> ReplyEvent | None:
+        """The next complete reply paired with its command, or None when more data is needed."""
+        if self._tls_boundary or not self._awaiting:
+            return None
+        reply = self._parser.next_reply()
+        if reply is None:
+            return None
+        verb = self._awaiting.popleft()
+        self._apply(verb, reply)
+        return ReplyEvent(verb, reply)
+
+    def _apply(self, verb: Verb, reply: Reply) -> None:
+        ok = reply.is_success or (verb is Verb.DATA and reply.code == 354)
+        if verb is Verb.GREETING:
+            self.state = State.GREETED if ok else State.CLOSED
+        elif verb is Verb.STARTTLS:
+            # RFC 3207 4: after a refusal the session continues as before.
+            self._tls_boundary = ok
+            self.state = State.TLS if ok else State.READY
+        elif verb is Verb.QUIT or reply.code == 421:
+            self.state = State.CLOSED
+        elif verb is Verb.DATA and ok:
+            # Even with no recipient accepted: the server now wants data.
+            self.state = State.DATA
+        elif ok:
+            self.state = _ANYTIME.get(verb) or _TRANSITIONS.get((self.state, verb), self.state)
+        elif verb in (Verb.MAIL, Verb.DATA, Verb.MESSAGE):
+            self.state = State.READY
+        # A failed EHLO/HELO/RCPT/RSET/NOOP leaves the session where it was.
+        if not self._awaiting:
+            self._planned = self.state
+
+    def take_trailing_data(self) -> bytes:
+        """Bytes received behind the 2xx to STARTTLS; must be empty before the handshake."""
+        if not self._tls_boundary:
+            raise LocalProtocolError("no STARTTLS boundary to take trailing data from")
+        return self._parser.take_unconsumed()
+
+    def tls_established(self) -> None:
+        """The handshake succeeded: the session restarts and needs EHLO (RFC 3207 4.2)."""
+        if not self._tls_boundary:
+            raise LocalProtocolError("TLS established without an accepted STARTTLS")
+        if self._parser.take_unconsumed():
+            raise RemoteProtocolError("cleartext bytes behind the 220 to STARTTLS")
+        self._tls_boundary = False
+        self.state = self._planned = State.GREETED

@@ -1,0 +1,220 @@
+"""The asyncio layer around ClientConnection: one TCP connection to one server address.
+
+All protocol decisions stay in client.py and delivery.py; this module moves
+bytes, enforces timeouts on every read and write, and performs the TLS
+upgrade. One timeout mechanism (asyncio.timeout) serves every wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+
+from ..errors import RelaymailError, RemoteProtocolError
+from .client import ClientConnection, ReplyEvent, State, Verb
+from .reply import Reply
+
+
+class SessionError(RelaymailError):
+    """The connection failed: refused, timed out, dropped, or the server broke the protocol."""
+
+
+class _Wire(asyncio.Protocol):
+    """Feeds received bytes to the sans-IO connection and wakes the reader."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+        self.closed: str | None = None
+        self.error: RemoteProtocolError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.conn.receive_data(data)
+        except RemoteProtocolError as exc:
+            self.error = exc
+            if self.transport is not None:
+                self.transport.abort()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = self.closed or "the server closed the connection"
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = self.closed or (f"connection lost: {exc}" if exc else "connection closed")
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait_for_data(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def drain(self) -> None:
+        while self._paused and self.closed is None:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+
+
+class SmtpSession:
+    """An open connection to one SMTP server address."""
+
+    def __init__(self, wire: _Wire, address: str, port: int, command_timeout: float) -> None:
+        self._wire = wire
+        self.conn = wire.conn
+        self.address = address
+        self.port = port
+        self.command_timeout = command_timeout
+        self.ssl_object: ssl.SSLObject | None = None
+        self.replies_seen = 0
+
+    @classmethod
+    async def open(
+        cls, address: str, port: int, *, connect_timeout: float, command_timeout: float
+    ) -> SmtpSession:
+        loop = asyncio.get_running_loop()
+        wire = _Wire(ClientConnection())
+        try:
+            async with asyncio.timeout(connect_timeout):
+                await loop.create_connection(lambda: wire, address, port)
+        except TimeoutError:
+            raise SessionError(f"connect timed out after {connect_timeout:g}s") from None
+        except OSError as exc:
+            raise SessionError(f"connect failed: {exc.strerror or exc}") from None
+        return cls(wire, address, port, command_timeout)
+
+    @property
+    def is_usable(self) -> bool:
+        """Open, idle and with nothing unsolicited from the server (for connection reuse)."""
+        return (
+            self._wire.closed is None
+            and self._wire.error is None
+            and self.conn.awaiting_replies == 0
+            and not self.conn.has_unread_data
+        )
+
+    def write(self, commands: Sequence[tuple[Verb, str]]) -> None:
+        """Send commands in one write (a pipelined group, or a single command)."""
+        self._check_open()
+        payload = b"".join(self.conn.send(verb, arg) for verb, arg in commands)
+        assert self._wire.transport is not None
+        self._wire.transport.write(payload)
+
+    async def read_reply(self, timeout: float | None = None) -> ReplyEvent:
+        """The next reply, or SessionError when none comes in time."""
+        limit = self.command_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    event = self.conn.next_event()
+                    if event is not None:
+                        self.replies_seen += 1
+                        return event
+                    if self._wire.error is not None:
+                        raise SessionError(f"protocol error: {self._wire.error}")
+                    if self._wire.closed is not None:
+                        raise SessionError(self._wire.closed)
+                    await self._wire.wait_for_data()
+        except TimeoutError:
+            raise SessionError(f"no reply within {limit:g}s") from None
+
+    async def command(self, verb: Verb, argument: str = "") -> Reply:
+        self.write([(verb, argument)])
+        return (await self.read_reply()).reply
+
+    def write_terminator(self) -> None:
+        """End a DATA that carries no message (every recipient refused, yet 354)."""
+        assert self._wire.transport is not None
+        self._wire.transport.write(self.conn.send_message(b""))
+
+    async def send_message(self, stuffed: bytes, timeout: float) -> Reply:
+        """Write dot-stuffed data and its terminator; the reply may take `timeout`.
+
+        RFC 5321 4.5.3.2.6 gives the server ten minutes after the dot by default.
+        """
+        self._check_open()
+        transport = self._wire.transport
+        assert transport is not None
+        terminator = self.conn.send_message(stuffed)
+        transport.write(stuffed)
+        transport.write(terminator)
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                await self._wire.drain()
+        except TimeoutError:
+            raise SessionError(
+                f"the server stopped reading the message for {self.command_timeout:g}s"
+            ) from None
+        return (await self.read_reply(timeout)).reply
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        """Upgrade after an accepted STARTTLS; the handshake counts as a command (timeout)."""
+        loop = asyncio.get_running_loop()
+        transport = self._wire.transport
+        assert transport is not None
+        try:
+            new = await loop.start_tls(
+                transport,
+                self._wire,
+                context,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=self.command_timeout,
+            )
+        except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
+            transport.abort()
+            reason = (
+                "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            )
+            raise SessionError(f"TLS handshake failed: {reason}") from None
+        if new is None:
+            raise SessionError("TLS handshake failed: the connection closed")
+        self._wire.transport = new
+        self.conn.tls_established()
+        self.ssl_object = new.get_extra_info("ssl_object")
+
+    def _check_open(self) -> None:
+        if self._wire.closed is not None:
+            raise SessionError(self._wire.closed)
+
+    async def quit(self) -> None:
+        """Polite close: QUIT, a short wait for its reply, then close regardless."""
+        try:
+            if self._wire.closed is None and self.conn.state is not State.CLOSED:
+                self.write([(Verb.QUIT, "")])
+                await self.read_reply(timeout=min(self.command_timeout, 5.0))
+        except (SessionError, RelaymailError):
+            pass  # the server's QUIT reply changes nothing: the mail is already settled
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        self._wire.closed = self._wire.closed or "closed by relaymail"
+        if self._wire.transport is not None:
+            self._wire.transport.close()
