@@ -10,8 +10,11 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T")
 
 # sysexits.h, as Postfix's and Exim's sendmail use them.
 EX_OK = 0
@@ -122,7 +125,7 @@ def _probe(args: argparse.Namespace) -> int:
     return EX_OK if report.reachable else EX_TEMPFAIL
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX

@@ -33,7 +33,7 @@ from .tls.context import (
     peer_chain,
     trust_store,
 )
-from .tls.policy import Action, Event, Level, decide, wants_starttls
+from .tls.policy import Action, Decision, Event, Level, decide, wants_starttls
 
 log = logging.getLogger("relaymail.delivery")
 
@@ -131,6 +131,22 @@ class _DomainRun:
             self.domain, hop.label, ip, tls_words, result,
             self.level.value, self.level_source, detail,
         )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class HostInspection:
+    """What `inspect_host` saw at one server address."""
+
+    hop: NextHop
+    ip: str
+    greeting: str | None = None
+    capabilities: Capabilities | None = None
+    capabilities_after_tls: Capabilities | None = None
+    event: Event | None = None
+    tls: TlsFacts = CLEAR
+    level: Level | None = None
+    decision: Decision | None = None
+    error: str | None = None
 
 
 class _HostFailed(Exception):
@@ -301,7 +317,7 @@ class DeliveryEngine:
         self, run: _DomainRun, hop: NextHop, ip: str, session: SmtpSession, caps: Capabilities
     ) -> tuple[TlsFacts, Capabilities, SmtpSession]:
         fallback = self.config.tls.tempfail_fallback
-        event, detail, tls = await self._negotiate(run, hop, session, caps)
+        event, detail, tls = await self._negotiate(run.domain, hop, session, caps)
         decision = decide(run.level, fallback, event, detail)
         result = {
             Action.USE_TLS: "tls",
@@ -324,7 +340,7 @@ class DeliveryEngine:
         return CLEAR, fresh_caps, fresh
 
     async def _negotiate(
-        self, run: _DomainRun, hop: NextHop, session: SmtpSession, caps: Capabilities
+        self, domain: str, hop: NextHop, session: SmtpSession, caps: Capabilities
     ) -> tuple[Event, str, TlsFacts]:
         """Run STARTTLS and the handshake; say what happened, never decide."""
         if "STARTTLS" not in caps:
@@ -341,7 +357,7 @@ class DeliveryEngine:
         if injected:
             log.warning(
                 "domain=%s host=%s: %d cleartext bytes followed the 220 to STARTTLS: %r",
-                run.domain, hop.label, len(injected), injected[:200],
+                domain, hop.label, len(injected), injected[:200],
             )  # fmt: skip
             return Event.INJECTION, f"{len(injected)} bytes: {injected[:60]!r}", CLEAR
         reference = hop.name
@@ -355,6 +371,35 @@ class DeliveryEngine:
         if tls.verified:
             return Event.VERIFIED, f"{tls.version} {tls.cipher}", tls
         return Event.UNVERIFIED, tls.verify_error or "", tls
+
+    async def inspect_host(self, domain: str, hop: NextHop, ip: str) -> HostInspection:
+        """Connect, EHLO, STARTTLS and QUIT without sending mail (for `relaymail probe`)."""
+        settings = self.config.delivery
+        level, _ = self.config.tls.policy.level_for(domain)
+        try:
+            session = await SmtpSession.open(
+                ip, hop.port,
+                connect_timeout=settings.connect_timeout,
+                command_timeout=settings.command_timeout,
+            )  # fmt: skip
+        except SessionError as exc:
+            return HostInspection(hop, ip, error=str(exc))
+        try:
+            greeting = (await session.read_reply()).reply
+            if not greeting.is_success:
+                return HostInspection(hop, ip, greeting=str(greeting), error="greeting refused")
+            caps = await self._hello(session)
+            event, detail, tls = await self._negotiate(domain, hop, session, caps)
+            after = await self._hello(session) if tls.used else None
+            decision = decide(level, self.config.tls.tempfail_fallback, event, detail)
+            return HostInspection(
+                hop, ip, greeting=str(greeting), capabilities=caps, event=event, tls=tls,
+                capabilities_after_tls=after, decision=decision, level=level,
+            )  # fmt: skip
+        except (SessionError, _HostFailed) as exc:
+            return HostInspection(hop, ip, error=str(exc))
+        finally:
+            await session.quit()
 
     def _tls_facts(self, session: SmtpSession, reference: str) -> TlsFacts:
         ssl_object = session.ssl_object

@@ -19,13 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.verification import (
-    DNSName,
-    IPAddress,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
+from cryptography.x509 import DNSName, IPAddress
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +46,9 @@ class TlsFacts:
 
 
 CLEAR = TlsFacts(used=False)
+
+# _ssl.ENCODING_DER: the private module's constant has no public alias before 3.13.
+_ENCODING_DER = 2
 
 
 def client_context() -> ssl.SSLContext:
@@ -82,7 +80,7 @@ def peer_chain(ssl_object: ssl.SSLObject) -> list[x509.Certificate]:
     if getter is None:
         getter = ssl_object._sslobj.get_unverified_chain  # type: ignore[attr-defined]
     chain = getter() or []
-    return [x509.load_der_x509_certificate(cert.public_bytes(ssl.ENCODING_DER)) for cert in chain]
+    return [x509.load_der_x509_certificate(cert.public_bytes(_ENCODING_DER)) for cert in chain]
 
 
 def describe(cert: x509.Certificate) -> PeerCertificate:

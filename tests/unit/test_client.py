@@ -1,0 +1,146 @@
+import pytest
+
+from relaymail.errors import LocalProtocolError, RemoteProtocolError
+from relaymail.smtp.client import Capabilities, ClientConnection, State, Verb
+from relaymail.smtp.reply import Reply
+
+
+def greeted() -> ClientConnection:
+    conn = ClientConnection()
+    conn.receive_data(b"220 mx.example ESMTP\r\n")
+    assert conn.next_event().verb is Verb.GREETING
+    return conn
+
+
+def ready() -> ClientConnection:
+    conn = greeted()
+    conn.send(Verb.EHLO, "client.example")
+    conn.receive_data(b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n")
+    event = conn.next_event()
+    assert event.verb is Verb.EHLO
+    return conn
+
+
+def test_nothing_may_be_sent_before_the_greeting():
+    with pytest.raises(LocalProtocolError):
+        ClientConnection().send(Verb.EHLO, "x")
+
+
+def test_pipelined_replies_pair_with_their_commands_in_order():
+    conn = ready()
+    wire = conn.send(Verb.MAIL, "FROM:<a@x>") + conn.send(Verb.RCPT, "TO:<b@y>")
+    wire += conn.send(Verb.RCPT, "TO:<c@y>") + conn.send(Verb.DATA)
+    assert wire == b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\n"
+    conn.receive_data(b"250 ok\r\n250 ok\r\n550 5.1.1 no\r\n354 go\r\n")
+    events = [conn.next_event() for _ in range(4)]
+    assert [e.verb for e in events] == [Verb.MAIL, Verb.RCPT, Verb.RCPT, Verb.DATA]
+    assert [e.reply.code for e in events] == [250, 250, 550, 354]
+    assert conn.state is State.DATA
+    assert conn.send_message(b"body\r\n") == b".\r\n"
+    conn.receive_data(b"250 queued\r\n")
+    assert conn.next_event().verb is Verb.MESSAGE
+    assert conn.state is State.READY
+
+
+def test_out_of_order_commands_are_refused_locally():
+    conn = ready()
+    with pytest.raises(LocalProtocolError):
+        conn.send(Verb.RCPT, "TO:<b@y>")
+    with pytest.raises(LocalProtocolError):
+        conn.send(Verb.DATA)
+
+
+def test_command_arguments_cannot_smuggle_line_breaks():
+    conn = ready()
+    with pytest.raises(LocalProtocolError):
+        conn.send(Verb.MAIL, "FROM:<a@x>\r\nRCPT TO:<evil@x>")
+
+
+def test_failed_mail_ends_the_transaction():
+    conn = ready()
+    conn.send(Verb.MAIL, "FROM:<a@x>")
+    conn.send(Verb.RCPT, "TO:<b@y>")
+    conn.send(Verb.DATA)
+    conn.receive_data(b"550 no\r\n503 no\r\n503 no\r\n")
+    for _ in range(3):
+        conn.next_event()
+    assert conn.state is State.READY
+    conn.send(Verb.MAIL, "FROM:<a@x>")  # a new transaction may start
+
+
+def test_starttls_refusal_keeps_the_session_usable():
+    conn = ready()
+    conn.send(Verb.STARTTLS)
+    conn.receive_data(b"454 4.7.0 TLS not available\r\n")
+    assert conn.next_event().reply.code == 454
+    assert conn.state is State.READY
+    conn.send(Verb.MAIL, "FROM:<a@x>")
+
+
+def test_nothing_may_be_sent_after_starttls_until_tls_is_up():
+    conn = ready()
+    conn.send(Verb.STARTTLS)
+    with pytest.raises(LocalProtocolError):
+        conn.send(Verb.MAIL, "FROM:<a@x>")
+
+
+def test_bytes_behind_the_220_to_starttls_are_reported_not_parsed():
+    conn = ready()
+    conn.send(Verb.STARTTLS)
+    conn.receive_data(b"220 go ahead\r\n250-PIPELINING\r\n250 AUTH PLAIN\r\n")
+    assert conn.next_event().reply.code == 220
+    assert conn.next_event() is None  # the injected "reply" never surfaces
+    assert conn.take_trailing_data() == b"250-PIPELINING\r\n250 AUTH PLAIN\r\n"
+
+
+def test_late_injected_bytes_fail_the_tls_switch():
+    conn = ready()
+    conn.send(Verb.STARTTLS)
+    conn.receive_data(b"220 go ahead\r\n")
+    conn.next_event()
+    assert conn.take_trailing_data() == b""
+    conn.receive_data(b"250 injected\r\n")
+    with pytest.raises(RemoteProtocolError):
+        conn.tls_established()
+
+
+def test_after_tls_the_session_needs_ehlo_again():
+    conn = ready()
+    conn.send(Verb.STARTTLS)
+    conn.receive_data(b"220 go ahead\r\n")
+    conn.next_event()
+    assert conn.take_trailing_data() == b""
+    conn.tls_established()
+    assert conn.state is State.GREETED
+    with pytest.raises(LocalProtocolError):
+        conn.send(Verb.MAIL, "FROM:<a@x>")
+    conn.send(Verb.EHLO, "client.example")
+
+
+def test_421_closes_the_session():
+    conn = ready()
+    conn.send(Verb.MAIL, "FROM:<a@x>")
+    conn.receive_data(b"421 4.3.2 shutting down\r\n")
+    conn.next_event()
+    assert conn.state is State.CLOSED
+
+
+def test_unsolicited_data_is_visible():
+    conn = ready()
+    assert not conn.has_unread_data
+    conn.receive_data(b"421 idle timeout\r\n")
+    assert conn.has_unread_data
+
+
+def test_capabilities_from_ehlo():
+    conn = greeted()
+    conn.send(Verb.EHLO, "c")
+    conn.receive_data(b"250-mx\r\n250-size 52428800\r\n250-8BITMIME\r\n250 STARTTLS\r\n")
+    caps = Capabilities.from_ehlo(conn.next_event().reply)
+    assert "STARTTLS" in caps and "8BITMIME" in caps and "PIPELINING" not in caps
+    assert caps.size_limit == 52428800
+
+
+def test_size_zero_means_no_limit():
+    assert Capabilities.from_ehlo(Reply(250, ("mx", "SIZE 0"))).size_limit is None
+    assert Capabilities.from_ehlo(Reply(250, ("mx", "SIZE junk"))).size_limit is None

@@ -1,0 +1,75 @@
+"""The README's policy table, row by row, as pure decisions."""
+
+import pytest
+
+from relaymail.tls.policy import Action, Event, Level, PolicyTable, decide, wants_starttls
+
+CLEAR, RECONNECT, FAIL, TLS = (
+    Action.CONTINUE_CLEAR,
+    Action.RECONNECT_CLEAR,
+    Action.HOST_FAILS,
+    Action.USE_TLS,
+)
+# Columns: may+fallback, may-no-fallback, encrypt, verify (none never sends STARTTLS).
+TABLE = {
+    Event.NOT_OFFERED: (CLEAR, CLEAR, FAIL, FAIL),
+    Event.VERIFIED: (TLS, TLS, TLS, TLS),
+    Event.UNVERIFIED: (TLS, TLS, TLS, FAIL),
+    Event.TEMPFAIL: (CLEAR, FAIL, FAIL, FAIL),
+    Event.PERMFAIL: (CLEAR, CLEAR, FAIL, FAIL),
+    Event.NO_REPLY: (FAIL, FAIL, FAIL, FAIL),
+    Event.HANDSHAKE_FAILED: (RECONNECT, FAIL, FAIL, FAIL),
+    Event.INJECTION: (RECONNECT, FAIL, FAIL, FAIL),
+}
+
+
+@pytest.mark.parametrize("event", list(Event))
+def test_decision_table_matches_the_readme(event):
+    may_on, may_off, encrypt, verify = TABLE[event]
+    assert decide(Level.MAY, True, event).action is may_on
+    assert decide(Level.ENCRYPT, True, event).action is encrypt
+    assert decide(Level.ENCRYPT, False, event).action is encrypt
+    assert decide(Level.VERIFY, True, event).action is verify
+    assert decide(Level.VERIFY, False, event).action is verify
+    if event not in (Event.HANDSHAKE_FAILED, Event.INJECTION):
+        assert decide(Level.MAY, False, event).action is may_off
+
+
+def test_handshake_failure_reconnects_in_clear_under_may_even_without_tempfail_fallback():
+    # tempfail_fallback governs only the 4xx row; a failed handshake under may is
+    # retried in clear regardless (the README's row "220, then the handshake fails").
+    assert decide(Level.MAY, False, Event.HANDSHAKE_FAILED).action is RECONNECT
+
+
+def test_none_never_starttls():
+    assert not wants_starttls(Level.NONE)
+    assert all(wants_starttls(level) for level in (Level.MAY, Level.ENCRYPT, Level.VERIFY))
+
+
+def test_required_levels_never_allow_clear_whatever_happened():
+    for level in (Level.ENCRYPT, Level.VERIFY):
+        for event in Event:
+            for fallback in (True, False):
+                action = decide(level, fallback, event).action
+                assert action in (TLS, FAIL), (level, event, fallback)
+
+
+def test_reasons_explain_the_decision_in_words():
+    reason = decide(Level.MAY, True, Event.TEMPFAIL, "454 4.7.0 TLS not available").reason
+    assert "454 4.7.0 TLS not available" in reason
+    assert "tempfail_fallback is on" in reason
+    assert "continue in clear" in reason
+    assert "tempfail_fallback is off" in decide(Level.MAY, False, Event.TEMPFAIL).reason
+    assert "never sends mail in clear" in decide(Level.ENCRYPT, True, Event.PERMFAIL).reason
+    assert "injection" in decide(Level.MAY, True, Event.INJECTION).reason
+
+
+def test_policy_lookup_exact_then_parent_then_default():
+    table = PolicyTable(
+        levels=(("bank.example", Level.ENCRYPT), (".corp.example", Level.VERIFY)),
+        default=Level.MAY,
+    )
+    assert table.level_for("bank.example")[0] is Level.ENCRYPT
+    assert table.level_for("sub.bank.example")[0] is Level.MAY
+    assert table.level_for("mx.eu.corp.example")[0] is Level.VERIFY
+    assert table.level_for("other.example") == (Level.MAY, "default level")
