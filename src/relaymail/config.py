@@ -52,6 +52,9 @@ class DeliverySettings:
     # open this long for the next message to the same destination.
     connection_idle_time: float = 5.0
     destination_concurrency: int = 20
+    # The port for MX hosts and address literals (Exim's smtp transport `port`);
+    # [routes] entries carry their own.
+    port: int = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,10 @@ def _delivery(raw: Mapping[str, Any]) -> DeliverySettings:
     for key in ("connect_timeout", "command_timeout", "data_timeout", "connection_idle_time"):
         if key in raw:
             values[key] = _seconds(raw[key], f"delivery.{key}")
+    if "port" in raw:
+        values["port"] = _positive_int(raw["port"], "delivery.port")
+        if values["port"] > 65535:
+            raise ConfigError("delivery.port", f"port {values['port']} out of range")
     if "destination_concurrency" in raw:
         values["destination_concurrency"] = _positive_int(
             raw["destination_concurrency"], "delivery.destination_concurrency"

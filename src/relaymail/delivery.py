@@ -171,7 +171,9 @@ class DeliveryEngine:
 
     def __init__(self, config: Config, router: Router | None = None) -> None:
         self.config = config
-        self.router = router or Router(config.routes, make_resolver(config.dns))
+        self.router = router or Router(
+            config.routes, make_resolver(config.dns), config.delivery.port
+        )
         self._tls_context = client_context()
         self._idle: dict[tuple[str, int, str, Level], list[_Cached]] = defaultdict(list)
         self._slots: dict[str, asyncio.Semaphore] = {}

@@ -77,9 +77,11 @@ class Router:
         self,
         routes: Mapping[str, tuple[HostPort, ...]],
         resolver: dns.asyncresolver.Resolver,
+        mx_port: int = 25,
     ) -> None:
         self._routes = routes
         self._resolver = resolver
+        self._mx_port = mx_port
 
     def route_for(self, domain: str) -> tuple[HostPort, ...] | None:
         """The static route for `domain`: exact, then '.parent' entries, then '*'."""
@@ -94,7 +96,7 @@ class Router:
 
     async def next_hops(self, domain: str) -> list[NextHop]:
         if domain.startswith("[") and domain.endswith("]"):
-            return [_literal_hop(domain)]
+            return [_literal_hop(domain, self._mx_port)]
         route = self.route_for(domain)
         if route is not None:
             return list(
@@ -110,7 +112,7 @@ class Router:
                 f"the domain {domain} does not exist (NXDOMAIN)", permanent=True, status="5.1.2"
             ) from None
         except dns.resolver.NoAnswer:
-            hop = await self._hop(domain, 25, HopSource.IMPLICIT_MX)
+            hop = await self._hop(domain, self._mx_port, HopSource.IMPLICIT_MX)
             if not hop.addresses and hop.lookup_error is None:
                 raise RoutingError(
                     f"{domain} has no MX and no address records", permanent=True, status="5.1.2"
@@ -130,7 +132,9 @@ class Router:
             )
         random.shuffle(hosts)  # random among equal preferences; sort below is stable
         hosts.sort(key=lambda h: h[0])
-        hops = await asyncio.gather(*(self._hop(n, 25, HopSource.MX, p) for p, n in hosts))
+        hops = await asyncio.gather(
+            *(self._hop(name, self._mx_port, HopSource.MX, pref) for pref, name in hosts)
+        )
         return list(hops)
 
     async def _hop(self, host: str, port: int, source: HopSource, preference: int = 0) -> NextHop:
@@ -154,7 +158,7 @@ class Router:
         return [r.to_text() for r in answer], None
 
 
-def _literal_hop(domain: str) -> NextHop:
+def _literal_hop(domain: str, port: int) -> NextHop:
     text = domain[1:-1]
     if text.lower().startswith("ipv6:"):
         text = text[5:]
@@ -164,7 +168,7 @@ def _literal_hop(domain: str) -> NextHop:
         raise RoutingError(
             f"{domain} is not a valid address literal", permanent=True, status="5.1.2"
         ) from None
-    return NextHop(address, 25, (address,), HopSource.LITERAL)
+    return NextHop(address, port, (address,), HopSource.LITERAL)
 
 
 def _dns_error(exc: dns.exception.DNSException) -> str:

@@ -180,13 +180,16 @@ class SmtpSession:
         transport = self._wire.transport
         assert transport is not None
         try:
-            new = await loop.start_tls(
-                transport,
-                self._wire,
-                context,
-                server_hostname=server_hostname,
-                ssl_handshake_timeout=self.command_timeout,
-            )
+            # The outer timeout is not redundant: CPython's start_tls can wait forever
+            # when the peer closes the connection in the middle of the handshake.
+            async with asyncio.timeout(self.command_timeout):
+                new = await loop.start_tls(
+                    transport,
+                    self._wire,
+                    context,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=self.command_timeout,
+                )
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
             transport.abort()
             reason = (

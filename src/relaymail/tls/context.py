@@ -20,7 +20,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509 import DNSName, IPAddress
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,15 @@ class TlsFacts:
 
 
 CLEAR = TlsFacts(used=False)
+
+# The Web PKI profile (CA/Browser Forum rules) refuses many certificates that mail
+# servers use legitimately (private CAs, a critical subjectAltName, no EKU); OpenSSL,
+# which Postfix and Exim verify with, accepts them. So the leaf needs only a
+# subjectAltName to match against; CA certificates keep the full Web PKI checks
+# (basicConstraints, keyUsage), so a leaf can never act as an issuer.
+_EE_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+)
 
 # _ssl.ENCODING_DER: the private module's constant has no public alias before 3.13.
 _ENCODING_DER = 2
@@ -115,7 +130,12 @@ def check_peer(
         return False, f"certificate-expired: expired {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
     if leaf.not_valid_before_utc > now:
         return False, "validation-failure: certificate not yet valid"
-    builder = PolicyBuilder().store(store).time(now)
+    builder = (
+        PolicyBuilder()
+        .store(store)
+        .time(now)
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_EE_POLICY)
+    )
     try:
         builder.build_server_verifier(_subject(reference)).verify(leaf, intermediates)
         return True, None

@@ -51,9 +51,11 @@ class Decision:
     reason: str
 
 
-# (event, level allowed to fall back) -> action; levels not listed fail the host.
-# tempfail_fallback only changes the TEMPFAIL row, and only for `may`.
-_TABLE: dict[Event, Action] = {
+# What `may` does after each event. tempfail_fallback (the seed's option, Exim's
+# tls_tempfail_tryclear) governs the rows where TLS was attempted and broke for
+# what may be a passing reason: off, those hosts fail instead of going clear.
+_TEMPORARY = frozenset({Event.TEMPFAIL, Event.HANDSHAKE_FAILED, Event.INJECTION})
+_MAY: dict[Event, Action] = {
     Event.NOT_OFFERED: Action.CONTINUE_CLEAR,
     Event.PERMFAIL: Action.CONTINUE_CLEAR,
     Event.TEMPFAIL: Action.CONTINUE_CLEAR,
@@ -83,14 +85,14 @@ def decide(level: Level, tempfail_fallback: bool, event: Event, detail: str = ""
         return Decision(
             Action.HOST_FAILS, f"{what}; policy {level.value} never sends mail in clear"
         )
-    if event is Event.TEMPFAIL and not tempfail_fallback:
-        return Decision(Action.HOST_FAILS, f"{what}; tempfail_fallback is off")
-    action = _TABLE[event]
-    if action is Action.HOST_FAILS:
-        return Decision(action, f"{what}; the host is unusable")
-    because = "tempfail_fallback is on" if event is Event.TEMPFAIL else "policy may"
     if event is Event.INJECTION:
         what += ", a possible STARTTLS response injection; those bytes were discarded"
+    if event in _TEMPORARY and not tempfail_fallback:
+        return Decision(Action.HOST_FAILS, f"{what}; tempfail_fallback is off")
+    action = _MAY[event]
+    if action is Action.HOST_FAILS:
+        return Decision(action, f"{what}; the host is unusable")
+    because = "tempfail_fallback is on" if event in _TEMPORARY else "policy may"
     return Decision(action, f"{what}; {because}; {action.value}")
 
 
