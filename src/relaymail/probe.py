@@ -107,17 +107,21 @@ def print_report(report: ProbeReport, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report_json(report), indent=2, ensure_ascii=False))
         return
+    import shutil
+
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    # Wide when piped (rich would assume 80 columns), so log greps see whole reasons.
+    console = Console(width=shutil.get_terminal_size((160, 24)).columns)
     fallback = "on" if report.tempfail_fallback else "off"
     console.print(
         f"[bold]{report.domain}[/bold]: policy [bold]{report.level.value}[/bold] "
-        f"({report.level_source}), tempfail_fallback {fallback}"
+        f"({escape(report.level_source)}), tempfail_fallback {fallback}"
     )
     if report.routing_error:
-        console.print(f"[red]no next hop:[/red] {report.routing_error}")
+        console.print(f"[red]no next hop:[/red] {escape(report.routing_error)}")
         return
     table = Table(show_lines=True)
     for column in ("host", "ip", "EHLO", "STARTTLS", "TLS", "certificate", "decision"):
@@ -136,7 +140,8 @@ def print_report(report: ProbeReport, *, as_json: bool) -> None:
             if cert
             else "-"
         )
-        decision = h.decision.reason if h.decision else f"[red]{h.error}[/red]"
+        decision = escape(h.decision.reason) if h.decision else f"[red]{escape(str(h.error))}[/red]"
         starttls = h.event.value if h.event else "-"
-        table.add_row(h.hop.label, h.ip, caps, starttls, tls, cert_text, decision)
+        cells = (h.hop.label, h.ip, caps, starttls, tls, cert_text)
+        table.add_row(*(escape(cell) for cell in cells), decision)
     console.print(table)

@@ -223,7 +223,7 @@ class Store(Protocol):
         ...
 
     async def read_data(self, message_id: str) -> bytes:
-        """The message data, read off the event loop; KeyError if the message is gone."""
+        """The message data without stalling the event loop; KeyError if it is gone."""
         ...
 
     def load_data(self, message_id: str) -> bytes:

@@ -1,0 +1,37 @@
+"""The durable mail queue: the `Store` protocol and its SQLite backend."""
+
+from .sqlite import SqliteStore, format_queue_id, parse_queue_id
+from .store import (
+    AdminAction,
+    AdminEvent,
+    MessageDetail,
+    MessageSummary,
+    PendingMessage,
+    PendingRecipient,
+    QueuedMessage,
+    QueueStats,
+    RecipientCounts,
+    RecipientDetail,
+    RecipientState,
+    RecipientUpdate,
+    Store,
+)
+
+__all__ = [
+    "AdminAction",
+    "AdminEvent",
+    "MessageDetail",
+    "MessageSummary",
+    "PendingMessage",
+    "PendingRecipient",
+    "QueueStats",
+    "QueuedMessage",
+    "RecipientCounts",
+    "RecipientDetail",
+    "RecipientState",
+    "RecipientUpdate",
+    "SqliteStore",
+    "Store",
+    "format_queue_id",
+    "parse_queue_id",
+]
