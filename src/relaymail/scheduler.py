@@ -137,7 +137,7 @@ class Scheduler:
         self._wake.set()
         tasks = list(self._in_flight.values())
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=grace)
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -246,11 +246,7 @@ class Scheduler:
         await self.store.record(updates)
         if bounced:
             await self._send_dsn(entry, bounced, delay=False)
-        if (
-            deferred
-            and not entry.warned
-            and now - entry.received_at >= self.settings.delay_warning
-        ):
+        if deferred and not entry.warned and now - entry.received_at >= self.settings.delay_warning:
             entry.warned = True
             await self.store.mark_warned(entry.id)
             await self._send_dsn(entry, deferred, delay=True)
@@ -270,9 +266,14 @@ class Scheduler:
             skipped.add(rcpt)
             updates.append(
                 RecipientUpdate(
-                    entry.id, rcpt, RecipientState.DEFERRED, pending.attempts, until,
-                    last_attempt=None, last_error=f"not tried: destination down ({reason})",
-                )  # fmt: skip
+                    entry.id,
+                    rcpt,
+                    RecipientState.DEFERRED,
+                    pending.attempts,
+                    until,
+                    last_attempt=None,
+                    last_error=f"not tried: destination down ({reason})",
+                )
             )
         return skipped
 
@@ -285,11 +286,15 @@ class Scheduler:
         elif result.reply is not None:
             self._dead_until.pop(domain, None)
 
-    async def _send_dsn(self, entry: _Entry, results: Sequence[RecipientResult], delay: bool) -> None:
+    async def _send_dsn(
+        self, entry: _Entry, results: Sequence[RecipientResult], delay: bool
+    ) -> None:
         from . import dsn
 
         if not entry.sender:
-            log.info("id=%s: no %s for a message from <>", entry.id, "warning" if delay else "bounce")
+            log.info(
+                "id=%s: no %s for a message from <>", entry.id, "warning" if delay else "bounce"
+            )
             return
         try:
             data = entry.data or await self.store.read_data(entry.id)
@@ -379,8 +384,14 @@ def _log_result(
     message_id: str, result: RecipientResult, status: Status, reason: str, due: float
 ) -> None:
     tls = result.tls
-    tls_words = f"{tls.version}/{'verified' if tls.verified else 'unverified'}" if tls.used else "none"
-    extra = f" next={time.strftime('%H:%M:%S', time.localtime(due))}" if status is Status.DEFERRED else ""
+    tls_words = (
+        f"{tls.version}/{'verified' if tls.verified else 'unverified'}" if tls.used else "none"
+    )
+    extra = (
+        f" next={time.strftime('%H:%M:%S', time.localtime(due))}"
+        if status is Status.DEFERRED
+        else ""
+    )
     log.info(
         "%s id=%s to=<%s> host=%s tls=%s%s: %s",
         status.value, message_id, result.recipient, result.host or "-", tls_words, extra, reason,

@@ -14,7 +14,9 @@ from relaymail.delivery import DeliveryEngine, RecipientResult
 from relaymail.message import Envelope, canonical_data
 from tests.peers.smtp_server import SMTPPeer
 
-MESSAGE = canonical_data(b"From: a@sender.test\nTo: u@dest.test\nSubject: test\n\nHello.\n.dot line\n")
+MESSAGE = canonical_data(
+    b"From: a@sender.test\nTo: u@dest.test\nSubject: test\n\nHello.\n.dot line\n"
+)
 
 
 @pytest.fixture
@@ -68,7 +70,5 @@ async def deliver(
 def envelope_lines(peer: SMTPPeer) -> list[tuple[bool, str]]:
     """(sent over TLS?, line) for every MAIL, RCPT and DATA the peer received."""
     return [
-        (line.tls, line.text)
-        for line in peer.transcript
-        if line.verb in ("MAIL", "RCPT", "DATA")
+        (line.tls, line.text) for line in peer.transcript if line.verb in ("MAIL", "RCPT", "DATA")
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ async def run(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         RELAYMAIL, *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(stdin), 60)
     assert process.returncode is not None
@@ -45,7 +46,12 @@ async def test_deliver_prints_one_json_line_per_recipient_and_exit_codes(
     smtp_peer, ca_file, tmp_path
 ):
     peer = await smtp_peer(
-        Script(rcpt_replies={"gone@dest.test": "550 5.1.1 unknown", "busy@dest.test": "451 4.3.0 later"})
+        Script(
+            rcpt_replies={
+                "gone@dest.test": "550 5.1.1 unknown",
+                "busy@dest.test": "451 4.3.0 later",
+            }
+        )
     )
     config = write_config(tmp_path, ca_file, {"dest.test": [hop(peer)]})
     message = tmp_path / "msg.eml"

@@ -8,7 +8,7 @@ import socket
 from relaymail.delivery import Status
 from relaymail.message import canonical_data
 from tests.integration.conftest import MESSAGE, config_for, deliver, hop
-from tests.peers.smtp_server import Action, Script, Stage
+from tests.peers.smtp_server import Action, Script
 
 # -- per-recipient outcomes ---------------------------------------------------------------
 
@@ -232,7 +232,10 @@ async def test_dot_stuffing_and_line_endings_arrive_intact(smtp_peer, ca_file):
     peer = await smtp_peer(Script())
     raw = b"Subject: dots\n\n.\n..two\n.three\nbare\rcr\nend"
     await deliver(config_for([peer], ca_file=ca_file), data=canonical_data(raw))
-    assert peer.transactions[0].data == b"Subject: dots\r\n\r\n.\r\n..two\r\n.three\r\nbare\r\ncr\r\nend\r\n"
+    assert (
+        peer.transactions[0].data
+        == b"Subject: dots\r\n\r\n.\r\n..two\r\n.three\r\nbare\r\ncr\r\nend\r\n"
+    )
 
 
 async def test_without_pipelining_commands_go_one_at_a_time(smtp_peer, ca_file):
@@ -261,7 +264,7 @@ async def test_pipelining_sends_the_envelope_as_one_group(ca_file):
         group = [await reader.readline() for _ in range(4)]  # MAIL, RCPT, RCPT, DATA
         received.extend(group)
         writer.write(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
-        while (line := await reader.readline()) not in (b".\r\n", b""):
+        while await reader.readline() not in (b".\r\n", b""):
             pass
         writer.write(b"250 2.0.0 queued\r\n")
         await reader.readline()
@@ -278,7 +281,12 @@ async def test_pipelining_sends_the_envelope_as_one_group(ca_file):
     finally:
         server.close()
     assert all(r.status is Status.DELIVERED for r in results)
-    assert [line.split(b":")[0] for line in received] == [b"MAIL FROM", b"RCPT TO", b"RCPT TO", b"DATA\r\n"]
+    assert [line.split(b":")[0] for line in received] == [
+        b"MAIL FROM",
+        b"RCPT TO",
+        b"RCPT TO",
+        b"DATA\r\n",
+    ]
 
 
 async def test_ipv6_route(smtp_peer, ca_file):
@@ -297,7 +305,9 @@ async def test_connection_reuse_for_the_next_message(smtp_peer, ca_file):
     engine = DeliveryEngine(config_for([peer], ca_file=ca_file))
     try:
         for i in range(5):
-            [result] = await engine.deliver(Envelope("a@sender.test", (f"u{i}@dest.test",)), MESSAGE)
+            [result] = await engine.deliver(
+                Envelope("a@sender.test", (f"u{i}@dest.test",)), MESSAGE
+            )
             assert result.status is Status.DELIVERED
     finally:
         await engine.close()

@@ -222,9 +222,7 @@ HANDSHAKE_FAILURES = [StartTLS.GARBAGE, StartTLS.EOF_AFTER_220, StartTLS.STALL, 
 
 
 @pytest.mark.parametrize("behaviour", HANDSHAKE_FAILURES)
-async def test_failed_handshake_reconnects_in_clear_when_fallback_on(
-    smtp_peer, ca_file, behaviour
-):
+async def test_failed_handshake_reconnects_in_clear_when_fallback_on(smtp_peer, ca_file, behaviour):
     peer = await smtp_peer(Script(starttls=behaviour))
     config = config_for([peer], ca_file=ca_file, level="may", command_timeout=0.5)
     results = await deliver(config)
@@ -237,9 +235,7 @@ async def test_failed_handshake_reconnects_in_clear_when_fallback_on(
     assert steps[:2] == ["tls-failed-reconnect-clear", "reconnected-clear"]
 
 
-async def test_injected_bytes_are_a_failed_handshake_and_never_acted_on(
-    smtp_peer, ca_file, caplog
-):
+async def test_injected_bytes_are_a_failed_handshake_and_never_acted_on(smtp_peer, ca_file, caplog):
     # The injection claims a post-TLS EHLO reply with no STARTTLS, and "250 OK"
     # answers to whatever comes next. A client acting on them would send the
     # envelope into that forged dialogue.
@@ -286,4 +282,4 @@ async def test_required_tls_moves_on_to_a_host_that_has_it(smtp_peer, ca_file):
     assert result.status is Status.DELIVERED
     assert result.tls.used
     assert not broken.transactions and good.transactions[0].tls
-    assert [a.result for a in result.attempts][0] == "tls-policy-failed"
+    assert next(a.result for a in result.attempts) == "tls-policy-failed"

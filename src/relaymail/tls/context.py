@@ -15,10 +15,12 @@ import datetime as dt
 import functools
 import ipaddress
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.verification import (
     Criticality,
@@ -82,7 +84,10 @@ def trust_store(ca_file: Path | None) -> Store:
     path = ca_file or Path(
         ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
     )
-    return Store(x509.load_pem_x509_certificates(path.read_bytes()))
+    with warnings.catch_warnings():
+        # Some system bundles carry old roots with non-positive serial numbers.
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return Store(x509.load_pem_x509_certificates(path.read_bytes()))
 
 
 def peer_chain(ssl_object: ssl.SSLObject) -> list[x509.Certificate]:
@@ -149,6 +154,8 @@ def check_peer(
             return False, f"certificate-host-mismatch: {reference} not in {', '.join(names)}"
         except (VerificationError, ValueError):
             pass  # not a name problem (or a wildcard name): report the chain error
+    if "candidates exhausted" in error:
+        error = "the chain does not lead to a trusted CA"
     return False, f"validation-failure: {error}"
 
 
