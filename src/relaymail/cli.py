@@ -48,13 +48,52 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("domain")
     probe.add_argument("--config", type=Path)
     probe.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+
+    serve = commands.add_parser("serve", help="run the mail server (listeners, queue, delivery)")
+    serve.add_argument("--config", type=Path)
+
+    queue = commands.add_parser("queue", help="look at and steer the queue")
+    queue.add_argument("--config", type=Path)
+    queue.add_argument("--json", action="store_true", help="JSON instead of tables")
+    actions = queue.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    listing = actions.add_parser("list", help="queued messages, oldest first")
+    listing.add_argument("--state", choices=["queued", "deferred"], help="only with recipients so")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--offset", type=int, default=0)
+    actions.add_parser("stats", help="counts, sizes and the oldest message's age")
+    for name, text in [
+        ("show", "one message: recipients, attempts, last replies, TLS"),
+        ("hold", "keep a message from delivery until released"),
+        ("release", "let a held message be delivered again"),
+        ("delete", "remove a message without delivering or bouncing it"),
+    ]:
+        actions.add_parser(name, help=text).add_argument("id")
+    retry = actions.add_parser("retry", help="try deferred mail now")
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?")
+    target.add_argument("--all", action="store_true")
+
+    commands.add_parser("sendmail", help="queue a message from stdin (sendmail -t -i -f ...)")
+    commands.add_parser("passwd", help="hash a password for [users] (read from stdin)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sendmail"]:
+        # sendmail's flags are not GNU style: its own parser takes the rest.
+        from .sendmail import main as sendmail
+
+        return sendmail(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level, args.log_json)
-    handler = {"deliver": _deliver, "probe": _probe}[args.command]
+    handler = {
+        "deliver": _deliver,
+        "probe": _probe,
+        "serve": _serve,
+        "queue": _queue,
+        "passwd": _passwd,
+    }[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -72,11 +111,11 @@ def _setup_logging(level: str, as_json: bool) -> None:
 
 
 def _config(path: Path | None):  # type: ignore[no-untyped-def]
-    from .config import load_config
+    from .config import find_config, load_config
     from .errors import ConfigError
 
     try:
-        return load_config(path)
+        return load_config(find_config(path))
     except ConfigError as exc:
         print(f"relaymail: configuration error: {exc}", file=sys.stderr)
         sys.exit(EX_CONFIG)
@@ -123,6 +162,44 @@ def _probe(args: argparse.Namespace) -> int:
     report = _run(probe_domain(args.domain, config))
     print_report(report, as_json=args.json)
     return EX_OK if report.reachable else EX_TEMPFAIL
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+    from .errors import ConfigError
+
+    config = _config(args.config)
+    try:
+        _run(Daemon(config).run())
+    except ConfigError as exc:
+        print(f"relaymail: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    return EX_OK
+
+
+def _queue(args: argparse.Namespace) -> int:
+    from .queue_tools import run_queue_command
+
+    return run_queue_command(_config(args.config), args)
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("relaymail: the passwords differ", file=sys.stderr)
+            return EX_USAGE
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("relaymail: empty password", file=sys.stderr)
+        return EX_USAGE
+    print(hash_password(password))
+    return EX_OK
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

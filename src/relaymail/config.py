@@ -8,16 +8,22 @@ raises ConfigError(key, reason); the CLI turns that into exit status 78.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .retry import RetrySchedule
 from .tls.policy import Level, PolicyTable
+
+if TYPE_CHECKING:
+    from .passwords import PasswordHash
+    from .server import ListenerSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +77,63 @@ class DnsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueSettings:
+    # Relative paths are taken from the working directory at start-up.
+    directory: Path = Path("relaymail-data")
+    lifetime: float = 5 * 86400.0  # then deferred recipients bounce (Postfix: 5d)
+    delay_warning: float = 4 * 3600.0  # one warning to the sender, then silence
+    retry: RetrySchedule = field(default_factory=RetrySchedule)
+    max_deliveries: int = 200  # messages in delivery at once, all destinations
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     routes: Mapping[str, tuple[HostPort, ...]] = field(default_factory=dict)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    # Raw [[listener]] tables, checked by load_config; built by listeners() on demand
+    # so that short commands (sendmail) need not import the SMTP server.
+    listener_tables: tuple[Mapping[str, Any], ...] = ()
+    user_table: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = None
+
+    def listeners(self) -> list[ListenerSettings]:
+        """The [[listener]] tables; by default one relay listener on 127.0.0.1:2525."""
+        tables = self.listener_tables or (DEFAULT_LISTENER,)
+        return [_listener(table, i, self.delivery.helo_name) for i, table in enumerate(tables)]
+
+    def users(self) -> dict[str, PasswordHash]:
+        from .passwords import parse_users
+
+        try:
+            return parse_users(self.user_table)
+        except ValueError as exc:
+            raise ConfigError("users", str(exc)) from None
+
+
+DEFAULT_LISTENER: Mapping[str, Any] = {
+    "address": "127.0.0.1:2525",
+    "mode": "relay",
+    "relay_networks": ["127.0.0.0/8", "::1/128"],
+}
+
+
+SYSTEM_CONFIG = Path("/etc/relaymail/relaymail.toml")
+
+
+def find_config(explicit: Path | None) -> Path | None:
+    """The file to use: the one named, else $RELAYMAIL_CONFIG, else the system one if present.
+
+    None means the embedded defaults. Every command (serve, sendmail, queue)
+    looks in the same places, so they agree on where the queue is.
+    """
+    if explicit is not None:
+        return explicit
+    if env := os.environ.get("RELAYMAIL_CONFIG"):
+        return Path(env)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
 
 
 def load_config(path: Path | None) -> Config:
@@ -95,14 +152,128 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
-    _only(raw, "", {"delivery", "tls", "routes", "dns"})
-    return Config(
+    _only(raw, "", {"delivery", "tls", "routes", "dns", "queue", "listener", "users"})
+    listeners = raw.get("listener", [])
+    if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
+        raise ConfigError("listener", "must be an array of tables ([[listener]])")
+    users = _table(raw, "users")
+    for user, value in users.items():
+        _string(value, f'users."{user}"')
+    config = Config(
         delivery=_delivery(_table(raw, "delivery")),
         tls=_tls(_table(raw, "tls")),
         routes=_routes(_table(raw, "routes")),
         dns=_dns(_table(raw, "dns")),
+        queue=_queue(_table(raw, "queue")),
+        listener_tables=tuple(listeners),
+        user_table=dict(users),
         source=source,
     )
+    return config
+
+
+def check_server_config(config: Config) -> None:
+    """Build what only `serve` uses, so its mistakes too are named at start-up."""
+    listeners = config.listeners()
+    users = config.users()
+    for i, listener in enumerate(listeners):
+        if listener.auth_required and not users:
+            raise ConfigError(f"listener[{i}]", "requires AUTH but [users] is empty")
+        if listener.mode != "relay" and listener.tls_cert_file is None:
+            raise ConfigError(
+                f"listener[{i}].tls_cert_file", f"a {listener.mode} listener needs one"
+            )
+
+
+def _queue(raw: Mapping[str, Any]) -> QueueSettings:
+    _only(raw, "queue", {"directory", "lifetime", "delay_warning", "retry", "max_deliveries"})
+    values: dict[str, Any] = {}
+    if "directory" in raw:
+        values["directory"] = Path(_string(raw["directory"], "queue.directory"))
+    for key in ("lifetime", "delay_warning"):
+        if key in raw:
+            values[key] = parse_duration(raw[key], f"queue.{key}")
+    if "retry" in raw:
+        intervals = raw["retry"]
+        if not isinstance(intervals, list) or not intervals:
+            raise ConfigError("queue.retry", 'must be a list of durations, e.g. ["1m", "5m", "1h"]')
+        values["retry"] = RetrySchedule(tuple(parse_duration(v, "queue.retry") for v in intervals))
+    if "max_deliveries" in raw:
+        values["max_deliveries"] = _positive_int(raw["max_deliveries"], "queue.max_deliveries")
+    return QueueSettings(**values)
+
+
+_LISTENER_KEYS = {
+    "address", "mode", "relay_networks", "relay_domains", "tls_cert_file", "tls_key_file",
+    "require_auth", "max_message_size", "max_recipients", "max_line_length", "max_connections",
+    "max_commands_per_verb", "max_auth_failures", "max_received_headers", "idle_timeout",
+    "hostname",
+}  # fmt: skip
+
+
+def _listener(raw: Mapping[str, Any], index: int, hostname: str) -> ListenerSettings:
+    from .server import ListenerMode, ListenerSettings
+
+    where = f"listener[{index}]"
+    _only(raw, where, _LISTENER_KEYS)
+    if "address" not in raw:
+        raise ConfigError(f"{where}.address", 'missing (e.g. "127.0.0.1:2525")')
+    address = parse_host_port(_string(raw["address"], f"{where}.address"), f"{where}.address", 25)
+    values: dict[str, Any] = {"host": address.host, "port": address.port, "hostname": hostname}
+    for key, value in raw.items():
+        if key == "address":
+            continue
+        if key == "mode":
+            try:
+                value = ListenerMode(value)
+            except ValueError:
+                modes = ", ".join(m.value for m in ListenerMode)
+                raise ConfigError(f"{where}.mode", f"{value!r} is not one of {modes}") from None
+        elif key == "relay_networks":
+            value = tuple(_network(n, f"{where}.relay_networks") for n in _list(value, where, key))
+        elif key == "relay_domains":
+            value = tuple(_string(d, f"{where}.relay_domains") for d in _list(value, where, key))
+        elif key in ("tls_cert_file", "tls_key_file"):
+            value = Path(_string(value, f"{where}.{key}"))
+            if not value.is_file():
+                raise ConfigError(f"{where}.{key}", f"{value} is not a readable file")
+        elif key == "idle_timeout":
+            value = parse_duration(value, f"{where}.{key}")
+        elif key == "max_message_size":
+            value = parse_size(value, f"{where}.{key}")
+        elif key == "require_auth" and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}", "must be true or false")
+        values[key] = value
+    try:
+        return ListenerSettings(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc.key}", exc.reason) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(where, str(exc)) from None
+
+
+def _network(value: Any, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(_string(value, key), strict=False)
+    except ValueError:
+        raise ConfigError(key, f'{value!r} is not a network like "127.0.0.0/8"') from None
+
+
+def _list(value: Any, where: str, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}.{key}", "must be a list")
+    return value
+
+
+def parse_size(value: Any, key: str) -> int:
+    """Octets from a number or a string such as '10M', '512K', '1G'."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+)\s*([KMG]?)B?\s*", value, re.I)):
+        factor = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2).upper()]
+        if int(m.group(1)) > 0:
+            return int(m.group(1)) * factor
+    raise ConfigError(key, f'expected a size like "35M", not {value!r}')
 
 
 def _delivery(raw: Mapping[str, Any]) -> DeliverySettings:

@@ -34,3 +34,5 @@ def setup_logging(level: str, as_json: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # aiosmtpd logs every command at INFO; relaymail logs one line per event itself.
+    logging.getLogger("mail.log").setLevel(max(numeric, logging.WARNING))

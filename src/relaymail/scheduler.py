@@ -13,13 +13,16 @@ arrives as admin events in the store, polled once a second.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from .config import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .message import Envelope, domain_of
 from .queue.store import (
@@ -29,19 +32,12 @@ from .queue.store import (
     RecipientUpdate,
     Store,
 )
-from .retry import RetrySchedule
 
 log = logging.getLogger("relaymail.queue")
 
 
-@dataclass(frozen=True, slots=True)
-class QueueSettings:
-    directory: str = "relaymail-data"
-    lifetime: float = 5 * 86400.0
-    delay_warning: float = 4 * 3600.0
-    retry: RetrySchedule = field(default_factory=RetrySchedule)
-    max_deliveries: int = 200  # concurrent message deliveries, all destinations
-    admin_poll: float = 1.0
+# How often admin changes made by other processes (the CLI) are looked for.
+ADMIN_POLL = 1.0
 
 
 @dataclass(slots=True)
@@ -289,38 +285,45 @@ class Scheduler:
     async def _send_dsn(
         self, entry: _Entry, results: Sequence[RecipientResult], delay: bool
     ) -> None:
+        """Bounce or warn through the queue itself; never for the null sender (no loops)."""
         from . import dsn
 
-        if not entry.sender:
-            log.info(
-                "id=%s: no %s for a message from <>", entry.id, "warning" if delay else "bounce"
-            )
+        kind = "delay warning" if delay else "bounce"
+        if not dsn.should_bounce(entry.sender):
+            log.info("id=%s: no %s for a message from <>", entry.id, kind)
             return
         try:
-            data = entry.data or await self.store.read_data(entry.id)
+            data = await self.store.read_data(entry.id)
         except KeyError:
-            data = b""
-        headers = data.split(b"\r\n\r\n", 1)[0] + b"\r\n" if data else b""
-        facts = [dsn.recipient_facts(r) for r in results]
-        build = dsn.build_delay_warning if delay else dsn.build_bounce
-        envelope, message = build(
+            data = b""  # all recipients final: the body is gone, the report goes without it
+        now = _utc(self._clock())
+        build = (
+            functools.partial(
+                dsn.build_delay_warning,
+                retry_until=_utc(entry.received_at + self.settings.lifetime),
+            )
+            if delay
+            else dsn.build_bounce
+        )
+        notice = build(
             original_sender=entry.sender,
             queue_id=entry.id,
-            original_headers=headers,
-            recipients=facts,
+            original_headers=dsn.header_section(data),
+            recipients=[dsn.recipient_facts(r, last_attempt=now) for r in results],
             reporting_mta=self.hostname,
-            arrival=entry.received_at,
-            give_up=entry.received_at + self.settings.lifetime,
+            arrival_date=_utc(entry.received_at),
+            now=now,
         )
-        dsn_id = await self.enqueue(envelope, message)
-        log.info("id=%s: %s sent to <%s> as %s", entry.id, "delay warning" if delay else "bounce",
-                 entry.sender, dsn_id)  # fmt: skip
+        if notice is None:
+            return
+        dsn_id = await self.enqueue(notice.envelope, notice.data)
+        log.info("id=%s: %s to <%s> queued as %s", entry.id, kind, entry.sender, dsn_id)
 
     # -- admin events ------------------------------------------------------------
 
     async def _poll_admin(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.admin_poll)
+            await asyncio.sleep(ADMIN_POLL)
             try:
                 events = await asyncio.to_thread(self.store.fetch_admin_events, self._admin_cursor)
             except Exception:
@@ -396,6 +399,10 @@ def _log_result(
         "%s id=%s to=<%s> host=%s tls=%s%s: %s",
         status.value, message_id, result.recipient, result.host or "-", tls_words, extra, reason,
     )  # fmt: skip
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
 
 
 def _age(seconds: float) -> str:

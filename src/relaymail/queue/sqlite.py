@@ -427,7 +427,12 @@ class _Writer:
 
 
 def _insert_message(
-    txn: _Transaction, sender: str, recipients: tuple[str, ...], data: bytes, received_at: float
+    txn: _Transaction,
+    sender: str,
+    recipients: tuple[str, ...],
+    data: bytes,
+    received_at: float,
+    announce: bool = False,
 ) -> int:
     qid = txn.new_queue_id()
     conn = txn.conn
@@ -441,6 +446,8 @@ def _insert_message(
         " VALUES (?, ?, ?, 'queued', ?)",
         [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
     )
+    if announce:
+        _append_event(conn, qid, AdminAction.SUBMIT)
     return qid
 
 
@@ -600,7 +607,9 @@ class SqliteStore:
 
     # -- writes --------------------------------------------------------------
 
-    async def enqueue(self, envelope: Envelope, data: bytes, received_at: float) -> QueuedMessage:
+    async def enqueue(
+        self, envelope: Envelope, data: bytes, received_at: float, *, announce: bool = False
+    ) -> QueuedMessage:
         recipients = tuple(dict.fromkeys(envelope.recipients))
         if recipients != envelope.recipients:
             envelope = Envelope(envelope.sender, recipients)
@@ -610,6 +619,7 @@ class SqliteStore:
             recipients=recipients,
             data=data,
             received_at=received_at,
+            announce=announce,
         )
         qid = await self._writer.submit(apply, weight=len(data))
         return QueuedMessage(format_queue_id(qid), envelope, len(data), received_at)

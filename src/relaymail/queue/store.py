@@ -56,6 +56,7 @@ class AdminAction(enum.StrEnum):
     RELEASE = "release"
     DELETE = "delete"
     RETRY = "retry"
+    SUBMIT = "submit"  # queued by another process (local submission): schedule it
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +199,14 @@ class Store(Protocol):
         """Finish the writes already submitted, then release everything."""
         ...
 
-    async def enqueue(self, envelope: Envelope, data: bytes, received_at: float) -> QueuedMessage:
-        """Queue a message: every recipient QUEUED, attempts 0, due at `received_at`."""
+    async def enqueue(
+        self, envelope: Envelope, data: bytes, received_at: float, *, announce: bool = False
+    ) -> QueuedMessage:
+        """Queue a message: every recipient QUEUED, attempts 0, due at `received_at`.
+
+        `announce` also appends a SUBMIT admin event, for a process other than the
+        daemon (local submission): the daemon schedules the message when it sees it.
+        """
         ...
 
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:

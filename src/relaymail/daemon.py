@@ -1,0 +1,113 @@
+"""`relaymail serve`: the listeners, the queue, the scheduler and the engine on one loop.
+
+Start-up order matters for "never lose a message": the queue is opened and
+its pending mail scheduled before any listener accepts new mail; shutdown
+runs the other way round (stop accepting, let deliveries finish or abandon
+them safely, then close the queue, which drains its last commits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from .config import Config, check_server_config, load_config
+from .delivery import DeliveryEngine
+from .errors import ConfigError
+from .message import Envelope
+from .queue.sqlite import SqliteStore
+from .scheduler import Scheduler
+from .server import ListenerHandle, server_tls_context, start_listener
+
+log = logging.getLogger("relaymail.daemon")
+
+# How long in-flight SMTP sessions and deliveries may take to finish on SIGTERM.
+SHUTDOWN_GRACE = 20.0
+
+
+@dataclass
+class Daemon:
+    config: Config
+    listeners: list[ListenerHandle] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        config = self.config
+        check_server_config(config)
+        store = SqliteStore.open(config.queue.directory)
+        engine = DeliveryEngine(config)
+        self.scheduler = Scheduler(store, engine, config.queue, hostname=config.delivery.helo_name)
+        try:
+            pending = self.scheduler.load()
+            log.info("queue %s: %d message(s) waiting", config.queue.directory, pending)
+            scheduling = asyncio.create_task(self.scheduler.run())
+            await self._start_listeners(config)
+            self._install_signals()
+            await self.stopping.wait()
+            log.info("stopping: no new mail accepted; finishing deliveries")
+            await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
+            await self.scheduler.stop(SHUTDOWN_GRACE)
+            scheduling.cancel()
+            await asyncio.gather(scheduling, return_exceptions=True)
+            await self.scheduler.engine.close()
+        finally:
+            await store.close()
+        log.info("stopped")
+
+    async def _spool(self, envelope: Envelope, data: bytes) -> str:
+        return await self.scheduler.enqueue(envelope, data)
+
+    async def _start_listeners(self, config: Config) -> None:
+        users = config.users()
+        started: list[ListenerHandle] = []
+        try:
+            for settings in config.listeners():
+                handle = await start_listener(
+                    settings, self._spool, users, server_tls_context(settings)
+                )
+                started.append(handle)
+        except OSError as exc:
+            for handle in started:
+                await handle.close(0)
+            raise ConfigError("listener.address", f"cannot listen: {exc.strerror or exc}") from None
+        self.listeners = started
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+
+    async def reload(self) -> None:
+        """SIGHUP: take a new configuration, or keep the running one and say why not."""
+        if self.config.source is None:
+            log.warning("reload: running on the embedded defaults; nothing to reload")
+            return
+        try:
+            new = load_config(self.config.source)
+            check_server_config(new)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        if new.queue.directory != self.config.queue.directory:
+            log.warning("reload: queue.directory changes only with a restart")
+        old_engine = self.scheduler.engine
+        self.scheduler.engine = DeliveryEngine(new)
+        self.scheduler.settings = new.queue
+        if (new.listener_tables, new.user_table) != (
+            self.config.listener_tables,
+            self.config.user_table,
+        ) or new.delivery.helo_name != self.config.delivery.helo_name:
+            old = self.listeners
+            await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in old))
+            try:
+                await self._start_listeners(new)
+            except ConfigError as exc:
+                log.error("reload: new listeners failed (%s); restoring the old ones", exc)
+                await self._start_listeners(self.config)
+                return
+        self.config = new
+        await old_engine.close()
+        log.info("reloaded %s", new.source)

@@ -1,0 +1,194 @@
+"""`sendmail` for cron, PHP mail() and scripts: the message goes straight into the queue.
+
+Like Postfix's postdrop, it needs no running daemon: the message is durable
+in the queue when this exits 0, and the daemon picks it up (SUBMIT admin
+event) within a second, or at its next start. The flags are sendmail's own,
+not GNU style (-fsender, -oi), so they are parsed here by hand; unknown -o
+and -b options that other MTAs accept are ignored, as Postfix does.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import time
+from email.utils import formatdate, getaddresses, make_msgid
+from pathlib import Path
+
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 67, 75, 78
+
+USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
+
+
+class _Options:
+    def __init__(self) -> None:
+        self.extract = False  # -t: recipients from To/Cc/Bcc
+        self.dot_ends = True  # without -i, a line with a single dot ends the message
+        self.sender: str | None = None
+        self.full_name: str | None = None
+        self.config: Path | None = None
+        self.recipients: list[str] = []
+
+
+def parse_args(argv: list[str]) -> _Options:
+    options = _Options()
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            options.recipients += args
+            break
+        if not arg.startswith("-") or arg == "-":
+            options.recipients.append(arg)
+            continue
+        flag, value = arg[:2], arg[2:]
+        if flag in ("-f", "-r", "-F", "-C"):
+            if not value:
+                if not args:
+                    raise ValueError(f"{flag} needs a value")
+                value = args.pop(0)
+            if flag == "-F":
+                options.full_name = value
+            elif flag == "-C":
+                options.config = Path(value)
+            else:
+                options.sender = value
+        elif arg == "-t":
+            options.extract = True
+        elif arg in ("-i", "-oi"):
+            options.dot_ends = False
+        elif flag in ("-o", "-b", "-v", "-q", "-O", "-N", "-R", "-V", "-X", "-B", "-h"):
+            if arg in ("-bs", "-bd", "-bp", "-q"):
+                raise ValueError(f"{arg} is not supported: use relaymail serve / relaymail queue")
+            if flag in ("-N", "-R", "-V", "-X", "-B", "-h") and not value and args:
+                args.pop(0)  # options that take a separate argument we do not use
+        else:
+            raise ValueError(f"unknown option {arg}")
+    return options
+
+
+def read_message(stream: bytes, dot_ends: bool) -> bytes:
+    if not dot_ends:
+        return stream
+    lines = stream.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.rstrip(b"\r\n") == b".":
+            return b"".join(lines[:i])
+    return stream
+
+
+def _header_section(data: bytes) -> tuple[bytes, bytes]:
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data, b""
+    return data[: end + 2], data[end + 4 :]
+
+
+def _has_header(headers: bytes, name: bytes) -> bool:
+    return any(line.lower().startswith(name.lower() + b":") for line in headers.split(b"\r\n"))
+
+
+def _header_values(headers: bytes, names: tuple[str, ...]) -> list[str]:
+    from email.parser import BytesHeaderParser
+    from email.policy import compat32
+
+    message = BytesHeaderParser(policy=compat32).parsebytes(headers + b"\r\n")
+    values: list[str] = []
+    for name in names:
+        values += [str(v) for v in message.get_all(name, [])]
+    return values
+
+
+def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple[bytes, list[str]]:
+    """Fill in missing headers (as Postfix's cleanup does) and find the recipients."""
+    headers, body = _header_section(data)
+    recipients = list(options.recipients)
+    if options.extract:
+        recipients += [a for _, a in getaddresses(_header_values(headers, ("to", "cc", "bcc")))]
+        # -t: Bcc recipients get the message, nobody sees the Bcc header.
+        kept, skipping = [], False
+        for line in headers.split(b"\r\n"):
+            if line[:1] in (b" ", b"\t") and skipping:
+                continue
+            skipping = line.lower().startswith(b"bcc:")
+            if not skipping:
+                kept.append(line)
+        headers = b"\r\n".join(kept)
+    added = []
+    if not _has_header(headers, b"From"):
+        name = f'"{options.full_name}" ' if options.full_name else ""
+        added.append(f"From: {name}<{sender}>")
+    if not _has_header(headers, b"Date"):
+        added.append(f"Date: {formatdate(localtime=True)}")
+    if not _has_header(headers, b"Message-ID"):
+        added.append(f"Message-ID: {make_msgid(domain=hostname)}")
+    prefix = "".join(f"{h}\r\n" for h in added).encode()
+    headers = headers if headers.endswith(b"\r\n") or not headers else headers + b"\r\n"
+    return prefix + headers + b"\r\n" + body, [r for r in recipients if r]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import asyncio
+
+    from .config import find_config, load_config
+    from .errors import AddressError, ConfigError, QueueFull
+    from .message import Envelope, canonical_data
+
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"sendmail: {exc}\n{USAGE}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        config = load_config(find_config(options.config))
+    except ConfigError as exc:
+        print(f"sendmail: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    hostname = config.delivery.helo_name
+    sender = options.sender if options.sender is not None else f"{_user()}@{hostname}"
+    sender = "" if sender in ("<>", "") else sender
+    data = canonical_data(read_message(sys.stdin.buffer.read(), options.dot_ends))
+    data, recipients = prepare(data, options, sender or f"MAILER-DAEMON@{hostname}", hostname)
+    if not recipients:
+        print(f"sendmail: no recipients\n{USAGE}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        envelope = Envelope(sender, tuple(recipients))
+    except AddressError as exc:
+        print(f"sendmail: {exc}", file=sys.stderr)
+        return EX_NOUSER
+    from .queue.sqlite import SqliteStore
+
+    try:
+        store = SqliteStore.open(config.queue.directory)
+    except (OSError, QueueFull) as exc:
+        print(f"sendmail: cannot open the queue {config.queue.directory}: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+
+    async def submit() -> str:
+        try:
+            message = await store.enqueue(envelope, data, time.time(), announce=True)
+            return message.id
+        finally:
+            await store.close()
+
+    try:
+        queue_id = asyncio.run(submit())
+    except QueueFull as exc:
+        print(f"sendmail: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    if os.environ.get("RELAYMAIL_SENDMAIL_VERBOSE"):
+        print(f"sendmail: queued as {queue_id}", file=sys.stderr)
+    return EX_OK
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "nobody"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
