@@ -93,6 +93,7 @@ class Daemon:
             return
         if new.queue.directory != self.config.queue.directory:
             log.warning("reload: queue.directory changes only with a restart")
+        log.debug("reload: new configuration accepted")
         old_engine = self.scheduler.engine
         self.scheduler.engine = DeliveryEngine(new)
         self.scheduler.settings = new.queue
@@ -101,6 +102,7 @@ class Daemon:
             self.config.user_table,
         ) or new.delivery.helo_name != self.config.delivery.helo_name:
             old = self.listeners
+            log.debug("reload: closing %d listener(s)", len(old))
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in old))
             try:
                 await self._start_listeners(new)

@@ -206,15 +206,14 @@ class Scheduler:
         skipped = self._skip_dead_destinations(entry, due, now, updates)
         due = [r for r in due if r not in skipped]
         results: list[RecipientResult] = []
+        data = b""
         if due:
-            data = entry.data
-            if data is None:
-                try:
-                    data = await self.store.read_data(entry.id)
-                except KeyError:
-                    self._entries.pop(entry.id, None)  # deleted meanwhile
-                    entry.recipients.clear()
-                    return
+            try:
+                data = entry.data if entry.data is not None else await self.store.read_data(entry.id)
+            except KeyError:
+                self._entries.pop(entry.id, None)  # deleted meanwhile
+                entry.recipients.clear()
+                return
             entry.data = None
             results = await self.engine.deliver(Envelope(entry.sender, tuple(due)), data)
         now = self._clock()
@@ -241,11 +240,11 @@ class Scheduler:
             _log_result(entry.id, result, status, reason, pending.due)
         await self.store.record(updates)
         if bounced:
-            await self._send_dsn(entry, bounced, delay=False)
+            await self._send_dsn(entry, bounced, data, delay=False)
         if deferred and not entry.warned and now - entry.received_at >= self.settings.delay_warning:
             entry.warned = True
             await self.store.mark_warned(entry.id)
-            await self._send_dsn(entry, deferred, delay=True)
+            await self._send_dsn(entry, deferred, data, delay=True)
 
     def _skip_dead_destinations(
         self, entry: _Entry, due: list[str], now: float, updates: list[RecipientUpdate]
@@ -283,7 +282,7 @@ class Scheduler:
             self._dead_until.pop(domain, None)
 
     async def _send_dsn(
-        self, entry: _Entry, results: Sequence[RecipientResult], delay: bool
+        self, entry: _Entry, results: Sequence[RecipientResult], data: bytes, delay: bool
     ) -> None:
         """Bounce or warn through the queue itself; never for the null sender (no loops)."""
         from . import dsn
@@ -292,10 +291,6 @@ class Scheduler:
         if not dsn.should_bounce(entry.sender):
             log.info("id=%s: no %s for a message from <>", entry.id, kind)
             return
-        try:
-            data = await self.store.read_data(entry.id)
-        except KeyError:
-            data = b""  # all recipients final: the body is gone, the report goes without it
         now = _utc(self._clock())
         build = (
             functools.partial(

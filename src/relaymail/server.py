@@ -174,13 +174,18 @@ class ListenerSettings:
         return self.mode is not ListenerMode.RELAY
 
 
+_DOMAIN: Final = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
+
+
 def _relay_domain_key(entry: str) -> str:
     subdomains = entry.startswith(".")
     try:
         domain = domain_of("postmaster@" + entry.removeprefix("."))
     except AddressError as exc:
         raise ConfigError("relay_domains", f"{entry!r}: {exc}") from None
-    if not domain or domain.startswith("["):
+    if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
         raise ConfigError("relay_domains", f"{entry!r} is not a domain")
     return "." + domain if subdomains else domain
 
@@ -599,6 +604,13 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
     def connection_lost(self, error: Exception | None) -> None:
         self.listener.session_ended(self)
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        # SMTP has no half-close: a client that sent EOF is gone. Keeping the
+        # transport open (StreamReaderProtocol's answer) leaves the session alive
+        # forever under uvloop when the client closed before reading the greeting.
+        super().eof_received()
+        return False
 
     async def _handle_client(self) -> None:
         if self._over_capacity:
