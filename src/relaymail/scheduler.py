@@ -209,7 +209,7 @@ class Scheduler:
         data = b""
         if due:
             try:
-                data = entry.data if entry.data is not None else await self.store.read_data(entry.id)
+                data = entry.data or await self.store.read_data(entry.id)
             except KeyError:
                 self._entries.pop(entry.id, None)  # deleted meanwhile
                 entry.recipients.clear()

@@ -154,8 +154,8 @@ async def test_dead_destination_is_retried_warned_then_bounced(smtp_peer, ca_fil
     port = free_port()
     dead = f"127.0.0.1:{free_port()}"
     routes = {"dead.test": [dead], "src.test": [hop(mailbox)]}
-    config = make_config(tmp_path, port, ca_file, routes,
-                         queue={"retry": ["0.4s"], "lifetime": "3s", "delay_warning": "1s"})  # fmt: skip
+    fast = {"retry": ["0.4s"], "lifetime": "3s", "delay_warning": "1s"}
+    config = make_config(tmp_path, port, ca_file, routes, queue=fast)
     daemon = await start_daemon(tmp_path, config, port)
     try:
         code, out = await swaks(port, "--from", "a@src.test", "--to", "u@dead.test")
