@@ -14,7 +14,9 @@ The work is split the way aiosmtpd intends:
 
   - MAIL/RCPT parameters: aiosmtpd answers 555 to every RCPT parameter and to
     RET/ENVID, and upper-cases values (which corrupts ORCPT xtext). Here the
-    RFC 3461 parameters and AUTH= are accepted, values kept as sent.
+    RFC 3461 parameters and AUTH= are accepted and checked, values kept as
+    sent in the aiosmtpd envelope's mail_options/rcpt_options. DSN is not
+    advertised: relaymail.message.Envelope has no place for them yet.
   - DATA is read in large pieces (``readuntil(b".\\r\\n")`` over a 64 KiB window)
     instead of line by line; dot-unstuffing is one ``bytes.replace``.
   - Command lines must end in CRLF and hold no other CR (aiosmtpd takes a bare
@@ -23,7 +25,8 @@ The work is split the way aiosmtpd intends:
   - Every 2xx/4xx/5xx reply carries an RFC 3463 code, so ENHANCEDSTATUSCODES
     can be advertised honestly; PIPELINING is advertised (aiosmtpd already
     processes pipelined input in order).
-  - A connection over ``max_connections`` gets 421 instead of the greeting.
+  - A connection over ``max_connections`` gets 421 instead of the greeting;
+    a second STARTTLS gets 503 instead of a TLS layer inside TLS.
 
 Nothing here delivers mail. ``handle_DATA`` answers 250 only after the spool
 callback has returned, i.e. after the queue says the message is durable.
@@ -63,8 +66,6 @@ if TYPE_CHECKING:
 
 
 __all__ = [
-    "InboundHandler",
-    "InboundSMTP",
     "ListenerHandle",
     "ListenerMode",
     "ListenerSettings",
@@ -117,7 +118,7 @@ class ListenerSettings:
     hostname: str = field(default_factory=socket.getfqdn)
     """Our name in the banner, the EHLO reply and Received: headers."""
     relay_networks: tuple[IPNetwork, ...] = ()
-    """Clients that may relay to any domain."""
+    """Clients that may relay to any domain ("10.0.0.0/8" strings are converted)."""
     relay_domains: tuple[str, ...] = ()
     """Domains anyone may send to. "example.org" matches that domain only,
     ".example.org" any subdomain of it. Normalised to lower-case A-labels."""
@@ -163,6 +164,11 @@ class ListenerSettings:
             raise ConfigError("idle_timeout", "must be positive")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("tls_cert_file", "tls_cert_file and tls_key_file go together")
+        try:
+            networks = tuple(ipaddress.ip_network(n) for n in self.relay_networks)
+        except ValueError as exc:
+            raise ConfigError("relay_networks", str(exc)) from None
+        object.__setattr__(self, "relay_networks", networks)
         object.__setattr__(
             self, "relay_domains", tuple(_relay_domain_key(d) for d in self.relay_domains)
         )
@@ -716,6 +722,14 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
             extensions.append("AUTH PLAIN LOGIN")
         reply = [f"250-{line}" for line in extensions[:-1]] + [f"250 {extensions[-1]}"]
         await self._push_verbatim("\r\n".join(reply))
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd would start a second TLS layer inside the first.
+        if self.tls_in_use() is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:

@@ -1,0 +1,641 @@
+"""The SQLite queue against a real database file: durability, group commit, admin, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from relaymail.errors import QueueFull, RelaymailError
+from relaymail.message import Envelope
+from relaymail.queue import (
+    AdminAction,
+    RecipientState,
+    RecipientUpdate,
+    SqliteStore,
+    parse_queue_id,
+)
+from relaymail.queue.sqlite import DB_FILENAME
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+ENVELOPE = Envelope("alice@example.org", ("bob@example.com", "carol@example.net"))
+
+
+def body(n: int, size: int = 2048) -> bytes:
+    head = b"Subject: message %d\r\n\r\n" % n
+    filler = hashlib.sha256(b"%d" % n).hexdigest().encode()
+    return head + (filler * (size // len(filler) + 1))[: size - len(head) - 2] + b"\r\n"
+
+
+def update(
+    message_id: str,
+    recipient: str,
+    state: RecipientState,
+    *,
+    attempts: int = 1,
+    next_attempt: float = 0.0,
+    **facts: str | float | None,
+) -> RecipientUpdate:
+    return RecipientUpdate(message_id, recipient, state, attempts, next_attempt, **facts)  # type: ignore[arg-type]
+
+
+def raw(directory: Path) -> sqlite3.Connection:
+    return sqlite3.connect(directory / DB_FILENAME, isolation_level=None)
+
+
+def orphans(directory: Path) -> tuple[int, int, int]:
+    """Rows that would mean a half-written or half-deleted message."""
+    with contextlib.closing(raw(directory)) as conn:
+        return (
+            conn.execute(
+                "SELECT count(*) FROM body WHERE message_id NOT IN (SELECT id FROM message)"
+            ).fetchone()[0],
+            conn.execute(
+                "SELECT count(*) FROM recipient WHERE message_id NOT IN (SELECT id FROM message)"
+            ).fetchone()[0],
+            conn.execute(
+                "SELECT count(*) FROM message WHERE id NOT IN (SELECT message_id FROM body)"
+                " OR id NOT IN (SELECT message_id FROM recipient)"
+            ).fetchone()[0],
+        )
+
+
+@pytest.fixture
+def queue_dir(tmp_path: Path) -> Path:
+    return tmp_path / "queue"
+
+
+@pytest.fixture
+async def store(queue_dir: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore.open(queue_dir)
+    yield opened
+    await opened.close()
+
+
+# -- enqueue -----------------------------------------------------------------
+
+
+async def test_enqueued_message_survives_a_reopen_with_its_body(queue_dir: Path) -> None:
+    store = SqliteStore.open(queue_dir)
+    queued = await store.enqueue(ENVELOPE, body(1), received_at=1000.0)
+    await store.close()
+
+    reopened = SqliteStore.open(queue_dir)
+    try:
+        assert reopened.load_data(queued.id) == body(1)
+        [pending] = reopened.load_pending()
+    finally:
+        await reopened.close()
+    assert pending.id == queued.id
+    assert pending.sender == "alice@example.org"
+    assert pending.received_at == 1000.0
+    assert pending.size == len(body(1))
+    assert [(r.address, r.state, r.attempts, r.next_attempt) for r in pending.recipients] == [
+        ("bob@example.com", RecipientState.QUEUED, 0, 1000.0),
+        ("carol@example.net", RecipientState.QUEUED, 0, 1000.0),
+    ]
+
+
+async def test_queue_ids_are_short_unique_and_sort_in_arrival_order(store: SqliteStore) -> None:
+    ids = [(await store.enqueue(ENVELOPE, body(n), time.time())).id for n in range(50)]
+
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 50
+    assert all(len(i) == 11 and i.isalnum() and i.isupper() for i in ids)
+
+
+async def test_queue_ids_stay_unique_when_the_clock_goes_back(queue_dir: Path) -> None:
+    future = (time.time_ns() // 1000) + 3600 * 10**6  # as if the last run's clock was 1 h ahead
+    store = SqliteStore.open(queue_dir)
+    await store.close()
+    with contextlib.closing(raw(queue_dir)) as conn:
+        conn.execute("UPDATE queue_id_state SET last_id = ?", (future,))
+
+    store = SqliteStore.open(queue_dir)
+    try:
+        queued = await store.enqueue(ENVELOPE, body(1), time.time())
+    finally:
+        await store.close()
+    assert parse_queue_id(queued.id) == future + 1
+
+
+async def test_duplicate_recipients_are_queued_once(store: SqliteStore) -> None:
+    envelope = Envelope("a@example.org", ("b@example.com", "c@example.com", "b@example.com"))
+    queued = await store.enqueue(envelope, body(1), time.time())
+
+    assert queued.envelope.recipients == ("b@example.com", "c@example.com")
+    detail = store.get_message(queued.id)
+    assert detail is not None
+    assert [r.address for r in detail.recipients] == ["b@example.com", "c@example.com"]
+
+
+async def test_concurrent_enqueues_share_commits(store: SqliteStore) -> None:
+    before = store.commits
+    queued = await asyncio.gather(
+        *(store.enqueue(ENVELOPE, body(n), time.time()) for n in range(300))
+    )
+
+    assert len({q.id for q in queued}) == 300
+    assert store.commits - before < 300
+    assert all(store.load_data(q.id) == body(n) for n, q in enumerate(queued))
+
+
+async def test_close_finishes_writes_already_submitted(queue_dir: Path) -> None:
+    store = SqliteStore.open(queue_dir)
+    tasks = [asyncio.create_task(store.enqueue(ENVELOPE, body(n), time.time())) for n in range(100)]
+    await asyncio.sleep(0)  # let every task submit its write
+    await store.close()
+
+    ids = [task.result().id for task in tasks]
+    reopened = SqliteStore.open(queue_dir)
+    try:
+        assert reopened.count_messages() == 100
+        assert all(reopened.load_data(i) for i in ids)
+    finally:
+        await reopened.close()
+
+
+async def test_writes_after_close_are_refused(queue_dir: Path) -> None:
+    store = SqliteStore.open(queue_dir)
+    await store.close()
+    with pytest.raises(RelaymailError, match="closed"):
+        await store.enqueue(ENVELOPE, body(1), time.time())
+
+
+async def test_read_data_reads_small_bodies_inline_and_large_ones_in_a_thread(
+    store: SqliteStore,
+) -> None:
+    small = await store.enqueue(ENVELOPE, body(7), time.time())
+    large = await store.enqueue(ENVELOPE, body(8, size=300_000), time.time())  # via a thread
+
+    assert await store.read_data(small.id) == body(7)
+    assert await store.read_data(large.id) == body(8, size=300_000)
+    for missing in ("00000000000", "not-an-id"):
+        with pytest.raises(KeyError):
+            await store.read_data(missing)
+
+
+# -- record ------------------------------------------------------------------
+
+
+async def test_record_keeps_a_message_until_every_recipient_is_final(
+    store: SqliteStore, queue_dir: Path
+) -> None:
+    queued = await store.enqueue(ENVELOPE, body(1), 1000.0)
+    await store.record(
+        [
+            update(
+                queued.id,
+                "bob@example.com",
+                RecipientState.DELIVERED,
+                last_attempt=1010.0,
+                last_reply="250 2.0.0 Ok: queued as 4XyZ",
+                tls='{"version": "TLSv1.3", "verified": true}',
+                host="mx.example.com",
+            ),
+            update(
+                queued.id,
+                "carol@example.net",
+                RecipientState.DEFERRED,
+                next_attempt=1300.0,
+                last_attempt=1010.0,
+                last_reply="451 4.7.1 greylisted",
+                host="mx.example.net",
+            ),
+        ]
+    )
+
+    detail = store.get_message(queued.id)
+    assert detail is not None
+    bob, carol = detail.recipients
+    assert (bob.state, bob.attempts, bob.last_reply, bob.host) == (
+        RecipientState.DELIVERED,
+        1,
+        "250 2.0.0 Ok: queued as 4XyZ",
+        "mx.example.com",
+    )
+    assert bob.tls == '{"version": "TLSv1.3", "verified": true}'
+    assert (carol.state, carol.next_attempt, carol.last_attempt) == (
+        RecipientState.DEFERRED,
+        1300.0,
+        1010.0,
+    )
+    [pending] = store.load_pending()
+    assert [r.address for r in pending.recipients] == ["carol@example.net"]
+
+    await store.record(
+        [
+            update(
+                queued.id,
+                "carol@example.net",
+                RecipientState.BOUNCED,
+                attempts=2,
+                last_reply="550 5.1.1 no such user",
+            )
+        ]
+    )
+
+    assert store.get_message(queued.id) is None
+    assert store.load_pending() == []
+    with pytest.raises(KeyError):
+        store.load_data(queued.id)
+    assert orphans(queue_dir) == (0, 0, 0)
+
+
+async def test_record_for_a_message_deleted_meanwhile_is_harmless(store: SqliteStore) -> None:
+    queued = await store.enqueue(ENVELOPE, body(1), time.time())
+    assert await store.delete(queued.id)
+
+    await store.record([update(queued.id, "bob@example.com", RecipientState.DELIVERED)])
+
+    assert store.get_message(queued.id) is None
+
+
+async def test_record_refuses_an_id_that_is_not_a_queue_id(store: SqliteStore) -> None:
+    with pytest.raises(ValueError, match="queue id"):
+        await store.record([update("nope", "bob@example.com", RecipientState.DELIVERED)])
+
+
+async def test_concurrent_records_and_enqueues_all_land(store: SqliteStore) -> None:
+    queued = await asyncio.gather(*(store.enqueue(ENVELOPE, body(n), 0.0) for n in range(100)))
+    await asyncio.gather(
+        *(
+            store.record([update(q.id, "bob@example.com", RecipientState.DELIVERED)])
+            for q in queued
+        ),
+        *(store.enqueue(ENVELOPE, body(n), 0.0) for n in range(100, 150)),
+    )
+
+    assert store.count_messages() == 150
+    assert store.count_messages(RecipientState.DELIVERED) == 100
+    assert store.stats().recipients.queued == 100 + 2 * 50
+
+
+# -- admin -------------------------------------------------------------------
+
+
+async def test_hold_release_delete_and_retry_are_logged_as_admin_events(
+    store: SqliteStore,
+) -> None:
+    cursor = store.latest_admin_event_id()
+    first = await store.enqueue(ENVELOPE, body(1), 0.0)
+    second = await store.enqueue(ENVELOPE, body(2), 0.0)
+
+    assert await store.set_hold(first.id, True)
+    assert store.load_pending()[0].held
+    assert await store.set_hold(first.id, False)
+    assert await store.retry(None, now=5.0) == 0  # everything is already due
+    assert await store.delete(second.id)
+
+    events = store.fetch_admin_events(cursor)
+    assert [(e.message_id, e.action) for e in events] == [
+        (first.id, AdminAction.HOLD),
+        (first.id, AdminAction.RELEASE),
+        (None, AdminAction.RETRY),
+        (second.id, AdminAction.DELETE),
+    ]
+    assert events == sorted(events, key=lambda e: e.id)
+    assert store.fetch_admin_events(events[-1].id) == []
+    assert store.latest_admin_event_id() == events[-1].id
+
+
+async def test_admin_operations_on_unknown_ids_change_nothing(store: SqliteStore) -> None:
+    cursor = store.latest_admin_event_id()
+    for message_id in ("00000000001", "not-an-id"):
+        assert not await store.set_hold(message_id, True)
+        assert not await store.delete(message_id)
+        assert not await store.mark_warned(message_id)
+        assert await store.retry(message_id) == 0
+        assert store.get_message(message_id) is None
+        assert store.load_pending_message(message_id) is None
+        with pytest.raises(KeyError):
+            store.load_data(message_id)
+    assert store.fetch_admin_events(cursor) == []
+
+
+async def test_retry_makes_waiting_recipients_due_now(store: SqliteStore) -> None:
+    queued = await store.enqueue(ENVELOPE, body(1), 1000.0)
+    await store.record(
+        [
+            update(queued.id, "bob@example.com", RecipientState.DEFERRED, next_attempt=9000.0),
+            update(queued.id, "carol@example.net", RecipientState.DEFERRED, next_attempt=9500.0),
+        ]
+    )
+
+    assert await store.retry(queued.id, now=2000.0) == 2
+
+    pending = store.load_pending_message(queued.id)
+    assert pending is not None
+    assert [r.next_attempt for r in pending.recipients] == [2000.0, 2000.0]
+    assert [e.action for e in store.fetch_admin_events(0)] == [AdminAction.RETRY]
+
+
+async def test_mark_warned_is_remembered(store: SqliteStore) -> None:
+    queued = await store.enqueue(ENVELOPE, body(1), 0.0)
+    assert await store.mark_warned(queued.id)
+    pending = store.load_pending_message(queued.id)
+    assert pending is not None and pending.warned
+    assert store.fetch_admin_events(0) == []  # the daemon's own bookkeeping, not an admin act
+
+
+async def test_admin_change_made_by_another_process_reaches_the_daemon(
+    store: SqliteStore, queue_dir: Path
+) -> None:
+    queued = await store.enqueue(ENVELOPE, body(1), 0.0)
+    cursor = store.latest_admin_event_id()
+    cli = (
+        "import asyncio, sys\n"
+        "from relaymail.queue import SqliteStore\n"
+        "async def main():\n"
+        "    store = SqliteStore.open(sys.argv[1])\n"
+        "    assert await store.set_hold(sys.argv[2], True)\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", cli, str(queue_dir), queued.id],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        timeout=60,
+    )
+
+    [event] = store.fetch_admin_events(cursor)
+    assert (event.message_id, event.action) == (queued.id, AdminAction.HOLD)
+    pending = store.load_pending_message(queued.id)
+    assert pending is not None and pending.held
+
+
+# -- reporting ---------------------------------------------------------------
+
+
+async def test_list_messages_pages_in_arrival_order_and_filters_by_state(
+    store: SqliteStore,
+) -> None:
+    queued = [await store.enqueue(ENVELOPE, body(n), 100.0 + n) for n in range(10)]
+    for q in queued[::2]:
+        await store.record(
+            [update(q.id, "carol@example.net", RecipientState.DEFERRED, next_attempt=500.0)]
+        )
+
+    first_page = store.list_messages(limit=4)
+    second_page = store.list_messages(limit=4, offset=4)
+    deferred = store.list_messages(limit=100, state=RecipientState.DEFERRED)
+
+    assert [m.id for m in first_page + second_page] == [q.id for q in queued[:8]]
+    top = first_page[0]
+    assert (top.sender, top.size, top.received_at, top.held) == (
+        "alice@example.org",
+        len(body(0)),
+        100.0,
+        False,
+    )
+    assert (top.recipients.queued, top.recipients.deferred, top.recipients.total) == (1, 1, 2)
+    assert top.next_attempt == 100.0  # bob is still due since arrival
+    assert [m.id for m in deferred] == [q.id for q in queued[::2]]
+    assert store.count_messages() == 10
+    assert store.count_messages(RecipientState.DEFERRED) == 5
+    assert store.count_messages(RecipientState.BOUNCED) == 0
+
+
+async def test_stats_count_states_bytes_and_the_oldest_message(store: SqliteStore) -> None:
+    empty = store.stats(now=50.0)
+    assert (empty.messages, empty.total_bytes, empty.oldest_age) == (0, 0, None)
+
+    first = await store.enqueue(ENVELOPE, body(1), 100.0)
+    await store.enqueue(ENVELOPE, body(2, size=10_000), 150.0)
+    await store.set_hold(first.id, True)
+    await store.record([update(first.id, "bob@example.com", RecipientState.BOUNCED)])
+
+    stats = store.stats(now=400.0)
+    assert stats.messages == 2
+    assert stats.held == 1
+    assert stats.total_bytes == len(body(1)) + 10_000
+    assert (stats.recipients.queued, stats.recipients.bounced) == (3, 1)
+    assert (stats.oldest_received_at, stats.oldest_age) == (100.0, 300.0)
+
+
+# -- storage failures --------------------------------------------------------
+
+
+async def test_disk_full_fails_with_queue_full_and_never_half_writes(queue_dir: Path) -> None:
+    # max_bytes makes SQLite itself answer SQLITE_FULL, the same path as a full disk.
+    store = SqliteStore.open(queue_dir, max_bytes=400 * 1024)
+    try:
+        accepted: dict[str, int] = {}
+        with pytest.raises(QueueFull, match="disk full"):
+            for n in range(1000):
+                accepted[(await store.enqueue(ENVELOPE, body(n), 0.0)).id] = n
+        assert 10 < len(accepted) < 1000
+
+        # A burst at the limit: some may fit, the rest fail; each caller learns which.
+        numbers = range(2000, 2030)
+        burst = await asyncio.gather(
+            *(store.enqueue(ENVELOPE, body(n), 0.0) for n in numbers),
+            return_exceptions=True,
+        )
+        for n, result in zip(numbers, burst, strict=True):
+            if isinstance(result, BaseException):
+                assert isinstance(result, QueueFull)
+            else:
+                accepted[result.id] = n
+
+        assert store.count_messages() == len(accepted)
+        assert orphans(queue_dir) == (0, 0, 0)
+        assert all(store.load_data(i) == body(n) for i, n in accepted.items())
+
+        # Delivering (and so deleting) frees pages: the queue takes mail again.
+        await store.record(
+            [
+                update(i, rcpt, RecipientState.DELIVERED)
+                for i in list(accepted)[:20]
+                for rcpt in ENVELOPE.recipients
+            ]
+        )
+        again = await store.enqueue(ENVELOPE, body(5000), 0.0)
+        assert store.load_data(again.id) == body(5000)
+    finally:
+        await store.close()
+
+
+async def test_a_failed_enqueue_does_not_take_down_its_batch_neighbours(queue_dir: Path) -> None:
+    store = SqliteStore.open(queue_dir, max_bytes=400 * 1024)
+    try:
+        first = await store.enqueue(ENVELOPE, body(1), 0.0)
+        huge = b"Subject: too big\r\n\r\n" + b"x" * 1_000_000 + b"\r\n"
+        results = await asyncio.gather(
+            store.enqueue(ENVELOPE, body(2), 0.0),
+            store.enqueue(ENVELOPE, huge, 0.0),
+            store.record([update(first.id, "bob@example.com", RecipientState.DELIVERED)]),
+            store.enqueue(ENVELOPE, body(3), 0.0),
+            return_exceptions=True,
+        )
+        ok_before, too_big, recorded, ok_after = results
+
+        assert isinstance(too_big, QueueFull)
+        assert recorded is None
+        assert not isinstance(ok_before, BaseException)
+        assert not isinstance(ok_after, BaseException)
+        assert store.load_data(ok_before.id) == body(2)
+        assert store.load_data(ok_after.id) == body(3)
+        assert store.count_messages() == 3
+        assert orphans(queue_dir) == (0, 0, 0)
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """Make files refuse every write, even root's (ext4's immutable attribute)."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    done: list[Path] = []
+    try:
+        for path in paths:
+            result = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+            if result.returncode != 0:
+                pytest.skip(f"cannot set the immutable attribute here: {result.stderr!r}")
+            done.append(path)
+        yield
+    finally:
+        for path in done:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+async def test_write_refused_by_the_filesystem_gives_queue_full_then_recovers(
+    store: SqliteStore, queue_dir: Path
+) -> None:
+    before = await store.enqueue(ENVELOPE, body(1), 0.0)
+    db = queue_dir / DB_FILENAME
+
+    with immutable(db, db.with_name(DB_FILENAME + "-wal")):
+        with pytest.raises(QueueFull, match="I/O error"):
+            await store.enqueue(ENVELOPE, body(2), 0.0)
+        with pytest.raises(QueueFull):
+            await store.set_hold(before.id, True)
+        assert store.count_messages() == 1  # reads still work
+
+    after = await store.enqueue(ENVELOPE, body(3), 0.0)
+    assert store.load_data(after.id) == body(3)
+    assert store.count_messages() == 2
+    assert orphans(queue_dir) == (0, 0, 0)
+
+
+async def test_a_lock_held_by_another_process_fails_the_batch_once_then_clears(
+    queue_dir: Path,
+) -> None:
+    store = SqliteStore.open(queue_dir, busy_timeout=0.2)
+    try:
+        with contextlib.closing(raw(queue_dir)) as other:
+            other.execute("BEGIN IMMEDIATE")  # e.g. a CLI stuck inside a write
+            start = time.monotonic()
+            results = await asyncio.gather(
+                *(store.enqueue(ENVELOPE, body(n), 0.0) for n in range(20)),
+                return_exceptions=True,
+            )
+            waited = time.monotonic() - start
+            other.execute("ROLLBACK")
+
+        assert all(isinstance(r, QueueFull) for r in results)
+        assert "locked by another process" in str(results[0])
+        assert waited < 2.0  # not one lock timeout per write
+        queued = await store.enqueue(ENVELOPE, body(99), 0.0)
+        assert store.load_data(queued.id) == body(99)
+        assert store.count_messages() == 1
+    finally:
+        await store.close()
+
+
+async def test_a_newer_schema_is_left_alone(queue_dir: Path) -> None:
+    store = SqliteStore.open(queue_dir)
+    await store.close()
+    with contextlib.closing(raw(queue_dir)) as conn:
+        conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (99, 0)")
+
+    with pytest.raises(RelaymailError, match="schema version 99"):
+        SqliteStore.open(queue_dir)
+
+
+# -- crash safety ------------------------------------------------------------
+
+ENQUEUER = r"""
+import asyncio, hashlib, sys, time
+from relaymail.message import Envelope
+from relaymail.queue import SqliteStore
+
+def body(n):
+    head = b"Subject: message %d\r\n\r\n" % n
+    filler = hashlib.sha256(b"%d" % n).hexdigest().encode()
+    return head + (filler * (2048 // len(filler) + 1))[: 2048 - len(head) - 2] + b"\r\n"
+
+async def enqueuer(store, out, n, step):
+    envelope = Envelope("alice@example.org", ("bob@example.com",))
+    while True:
+        queued = await store.enqueue(envelope, body(n), time.time())
+        # Printed only after the await: an acknowledged message.
+        out.write(f"{queued.id} {n}\n".encode())
+        n += step
+
+async def main():
+    store = SqliteStore.open(sys.argv[1])
+    base, step = int(sys.argv[3]), 32
+    with open(sys.argv[2], "ab", buffering=0) as out:
+        await asyncio.gather(*(enqueuer(store, out, base + i, step) for i in range(step)))
+
+asyncio.run(main())
+"""
+
+
+def acknowledged(log: Path) -> dict[str, int]:
+    lines = log.read_bytes().split(b"\n")[:-1]  # a line cut by the kill has no newline
+    return {line.split()[0].decode(): int(line.split()[1]) for line in lines}
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_never_loses_an_acknowledged_message(queue_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "acknowledged.log"
+    rng = random.Random()
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    for run in range(5):
+        before = len(acknowledged(log)) if log.exists() else 0
+        child = subprocess.Popen(
+            [sys.executable, "-c", ENQUEUER, str(queue_dir), str(log), str(run * 10**9)], env=env
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while (not log.exists() or len(acknowledged(log)) <= before) and child.poll() is None:
+                assert time.monotonic() < deadline, "the enqueuer acknowledged nothing"
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.05, 0.8))
+        finally:
+            child.kill()  # SIGKILL: no cleanup, no close()
+            child.wait()
+        assert child.returncode == -9
+
+    expected = acknowledged(log)
+    assert len(expected) > 500
+    with contextlib.closing(raw(queue_dir)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert orphans(queue_dir) == (0, 0, 0)
+
+    async def check() -> None:
+        store = SqliteStore.open(queue_dir)
+        try:
+            assert store.count_messages() >= len(expected)
+            lost = [i for i, n in expected.items() if store.load_data(i) != body(n)]
+            assert lost == []
+            assert len(store.load_pending()) == store.count_messages()
+        finally:
+            await store.close()
+
+    asyncio.run(check())
