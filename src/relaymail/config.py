@@ -84,6 +84,9 @@ class QueueSettings:
     delay_warning: float = 4 * 3600.0  # one warning to the sender, then silence
     retry: RetrySchedule = field(default_factory=RetrySchedule)
     max_deliveries: int = 200  # messages in delivery at once, all destinations
+    # A cap on the queue's size on disk; past it new mail gets 452 4.3.1, as on a
+    # full disk (Postfix's queue_minfree, seen from the other side).
+    max_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +189,11 @@ def check_server_config(config: Config) -> None:
 
 
 def _queue(raw: Mapping[str, Any]) -> QueueSettings:
-    _only(raw, "queue", {"directory", "lifetime", "delay_warning", "retry", "max_deliveries"})
+    _only(
+        raw,
+        "queue",
+        {"directory", "lifetime", "delay_warning", "retry", "max_deliveries", "max_size"},
+    )
     values: dict[str, Any] = {}
     if "directory" in raw:
         values["directory"] = Path(_string(raw["directory"], "queue.directory"))
@@ -200,6 +207,8 @@ def _queue(raw: Mapping[str, Any]) -> QueueSettings:
         values["retry"] = RetrySchedule(tuple(parse_duration(v, "queue.retry") for v in intervals))
     if "max_deliveries" in raw:
         values["max_deliveries"] = _positive_int(raw["max_deliveries"], "queue.max_deliveries")
+    if "max_size" in raw:
+        values["max_size"] = parse_size(raw["max_size"], "queue.max_size")
     return QueueSettings(**values)
 
 

@@ -36,7 +36,7 @@ class Daemon:
     async def run(self) -> None:
         config = self.config
         check_server_config(config)
-        store = SqliteStore.open(config.queue.directory)
+        store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
         engine = DeliveryEngine(config)
         self.scheduler = Scheduler(store, engine, config.queue, hostname=config.delivery.helo_name)
         try:

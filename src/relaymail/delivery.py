@@ -439,6 +439,10 @@ class DeliveryEngine:
             run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls)
             run.note(hop, ip, "smtputf8-refused", tls, reason)
             return
+        if session.conn.in_transaction:
+            reset = await session.command(Verb.RSET)
+            if not reset.is_success:
+                raise SessionError(f"RSET answered {reset}")
         params = _mail_parameters(caps, size, run.data, run.needs_smtputf8)
         group = [(Verb.MAIL, f"FROM:<{run.sender}>{params}")]
         group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]

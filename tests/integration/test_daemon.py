@@ -259,3 +259,28 @@ async def test_sendmail_and_the_queue_tools(smtp_peer, ca_file, tmp_path):
     assert json.loads(out)["messages"] == 0
     code, _, err = await run_command(*queue, "show", "NOSUCHID")
     assert code == 66 and "no message" in err
+
+
+async def test_full_queue_answers_452_and_keeps_what_it_accepted(smtp_peer, ca_file, tmp_path):
+    # A real SQLITE_FULL: the queue's size cap stands in for a full disk.
+    peer = await smtp_peer(Script(greeting="421 4.3.2 not now"))  # nothing leaves the queue
+    port = free_port()
+    config = make_config(tmp_path, port, ca_file, {"dest.test": [hop(peer)]},
+                         queue={"max_size": "400K", "retry": ["1h"]})  # fmt: skip
+    daemon = await start_daemon(tmp_path, config, port)
+    body = ("x" * 70 + "\n") * 850  # 60 KB in lines of legal length
+    accepted = 0
+    try:
+        for _ in range(20):
+            code, out = await swaks(port, "--from", "a@src.test", "--to", "u@dest.test",
+                                    "--body", body)  # fmt: skip
+            if code != 0:
+                break
+            accepted += 1
+        assert "452 4.3.1" in out, out[-500:]
+    finally:
+        await daemon.stop()
+    assert accepted >= 1
+    code, out, _ = await run_command(RELAYMAIL, "queue", "--config", str(config), "--json",
+                                     "stats")  # fmt: skip
+    assert json.loads(out)["messages"] == accepted  # every 250 is in the queue

@@ -314,3 +314,24 @@ async def test_connection_reuse_for_the_next_message(smtp_peer, ca_file):
     assert peer.connections == 1
     assert len(peer.transactions) == 5
     assert peer.lines().count("STARTTLS") == 1
+
+
+async def test_reused_session_is_reset_after_a_transaction_left_open(smtp_peer, ca_file):
+    from relaymail.delivery import DeliveryEngine
+    from relaymail.message import Envelope
+
+    peer = await smtp_peer(
+        Script(rcpt_replies={"gone@dest.test": "550 5.1.1 no"}, data_reply="554 5.5.1 no rcpt")
+    )
+    engine = DeliveryEngine(config_for([peer], ca_file=ca_file))
+    try:
+        [first] = await engine.deliver(Envelope("a@sender.test", ("gone@dest.test",)), MESSAGE)
+        [second] = await engine.deliver(Envelope("a@sender.test", ("u@dest.test",)), MESSAGE)
+    finally:
+        await engine.close()
+    assert first.status is Status.BOUNCED
+    assert peer.connections == 1  # the same session, reused
+    assert "RSET" in peer.lines()
+    assert peer.lines().index("RSET") < peer.lines().index("RCPT TO:<u@dest.test>")
+    # The session's script still refuses DATA: the point is the RSET before MAIL.
+    assert second.status is Status.BOUNCED and "refused DATA" in second.reason

@@ -144,3 +144,18 @@ def test_capabilities_from_ehlo():
 def test_size_zero_means_no_limit():
     assert Capabilities.from_ehlo(Reply(250, ("mx", "SIZE 0"))).size_limit is None
     assert Capabilities.from_ehlo(Reply(250, ("mx", "SIZE junk"))).size_limit is None
+
+
+def test_a_transaction_left_open_is_remembered_until_rset():
+    conn = ready()
+    conn.send(Verb.MAIL, "FROM:<a@x>")
+    conn.send(Verb.RCPT, "TO:<b@y>")
+    conn.send(Verb.DATA)
+    conn.receive_data(b"250 ok\r\n550 no\r\n554 no valid recipients\r\n")
+    for _ in range(3):
+        conn.next_event()
+    assert conn.in_transaction  # the server still holds MAIL FROM
+    conn.send(Verb.RSET)
+    conn.receive_data(b"250 reset\r\n")
+    conn.next_event()
+    assert not conn.in_transaction

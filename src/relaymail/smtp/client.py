@@ -118,6 +118,10 @@ class ClientConnection:
         self._parser = ReplyParser()
         self._awaiting: deque[Verb] = deque([Verb.GREETING])
         self._tls_boundary = False
+        # Whether the server may still hold a transaction (MAIL accepted, no
+        # reply to the message yet): then the next MAIL needs an RSET first,
+        # or a server that kept the envelope after a failed DATA says 503.
+        self.in_transaction = False
 
     @property
     def awaiting_replies(self) -> int:
@@ -185,6 +189,10 @@ class ClientConnection:
 
     def _apply(self, verb: Verb, reply: Reply) -> None:
         ok = reply.is_success or (verb is Verb.DATA and reply.code == 354)
+        if verb is Verb.MAIL:
+            self.in_transaction = ok
+        elif verb is Verb.MESSAGE or (verb is Verb.RSET and ok):
+            self.in_transaction = False
         if verb is Verb.GREETING:
             self.state = State.GREETED if ok else State.CLOSED
         elif verb is Verb.STARTTLS:
