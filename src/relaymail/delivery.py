@@ -126,7 +126,10 @@ class _DomainRun:
             if tls.used
             else "none"
         )
-        log.info(
+        # A delivery is logged once, by whoever queued it (the scheduler's
+        # "delivered" line); every other step is news and logged here.
+        log.log(
+            logging.DEBUG if result == "delivered" else logging.INFO,
             "domain=%s host=%s ip=%s tls=%s result=%s policy=%s (%s): %s",
             self.domain, hop.label, ip, tls_words, result,
             self.level.value, self.level_source, detail,

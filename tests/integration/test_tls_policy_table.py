@@ -124,7 +124,7 @@ async def test_after_tls_ehlo_again_and_forget_the_clear_capabilities(smtp_peer,
     ("context", "why"),
     [
         (server_context(("wrong.example.test",)), "certificate-host-mismatch"),
-        (unknown_ca_server_context(), "validation-failure"),
+        (unknown_ca_server_context(), "certificate-not-trusted"),
         (expired_server_context(), "certificate-expired"),
     ],
     ids=["wrong-name", "unknown-ca", "expired"],

@@ -155,7 +155,7 @@ def check_peer(
         except (VerificationError, ValueError):
             pass  # not a name problem (or a wildcard name): report the chain error
     if "candidates exhausted" in error:
-        error = "the chain does not lead to a trusted CA"
+        return False, "certificate-not-trusted: the chain does not lead to a trusted CA"
     return False, f"validation-failure: {error}"
 
 
