@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("id", nargs="?")
     target.add_argument("--all", action="store_true")
 
+    tls = commands.add_parser("tls", help="downgrade memory: forget a domain's TLS history")
+    tls.add_argument("--config", type=Path)
+    tls_actions = tls.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    tls_actions.add_parser("forget", help="accept mail in clear to DOMAIN again").add_argument(
+        "domain"
+    )
+
     commands.add_parser("sendmail", help="queue a message from stdin (sendmail -t -i -f ...)")
     commands.add_parser("passwd", help="hash a password for [users] (read from stdin)")
     return parser
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _serve,
         "queue": _queue,
         "passwd": _passwd,
+        "tls": _tls,
     }[args.command]
     try:
         return handler(args)
@@ -181,6 +189,21 @@ def _queue(args: argparse.Namespace) -> int:
     from .queue_tools import run_queue_command
 
     return run_queue_command(_config(args.config), args)
+
+
+def _tls(args: argparse.Namespace) -> int:
+    from .message import domain_of
+    from .tls.memory import TlsMemory
+
+    config = _config(args.config)
+    domain = domain_of(f"x@{args.domain}")
+    memory = TlsMemory(config.queue.directory, config.tls.remember_for)
+    try:
+        forgotten = memory.forget(domain)
+    finally:
+        memory.close()
+    print(f"{domain}: " + ("forgotten" if forgotten else "nothing remembered"))
+    return EX_OK
 
 
 def _passwd(args: argparse.Namespace) -> int:

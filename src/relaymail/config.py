@@ -68,6 +68,14 @@ class TlsSettings:
     tempfail_fallback: bool = True
     ca_file: Path | None = None
     policy: PolicyTable = field(default_factory=PolicyTable)
+    # Downgrade memory: every domain (True), these domains, or none.
+    remember: bool | tuple[str, ...] = False
+    remember_for: float = 30 * 86400.0
+
+    def remembers(self, domain: str) -> bool:
+        return self.remember is True or (
+            isinstance(self.remember, tuple) and domain in self.remember
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +313,11 @@ def _delivery(raw: Mapping[str, Any]) -> DeliverySettings:
 
 
 def _tls(raw: Mapping[str, Any]) -> TlsSettings:
-    _only(raw, "tls", {"tempfail_fallback", "ca_file", "policy", "default_level"})
+    _only(
+        raw,
+        "tls",
+        {"tempfail_fallback", "ca_file", "policy", "default_level", "remember", "remember_for"},
+    )
     fallback = raw.get("tempfail_fallback", True)
     if not isinstance(fallback, bool):
         raise ConfigError("tls.tempfail_fallback", f"must be true or false, not {fallback!r}")
@@ -321,10 +333,18 @@ def _tls(raw: Mapping[str, Any]) -> TlsSettings:
             default = _level(value, key)
         else:
             levels.append((_domain_key(domain, key), _level(value, key)))
+    remember = raw.get("remember", False)
+    if isinstance(remember, list):
+        remember = tuple(_domain_key(_string(d, "tls.remember"), "tls.remember") for d in remember)
+    elif not isinstance(remember, bool):
+        raise ConfigError("tls.remember", "must be true, false or a list of domains")
+    remember_for = parse_duration(raw.get("remember_for", "30d"), "tls.remember_for")
     return TlsSettings(
         tempfail_fallback=fallback,
         ca_file=ca_file,
         policy=PolicyTable(levels=tuple(levels), default=default),
+        remember=remember,
+        remember_for=remember_for,
     )
 
 

@@ -33,6 +33,7 @@ from .tls.context import (
     peer_chain,
     trust_store,
 )
+from .tls.memory import TlsMemory
 from .tls.policy import Action, Decision, Event, Level, decide, wants_starttls
 
 log = logging.getLogger("relaymail.delivery")
@@ -178,6 +179,11 @@ class DeliveryEngine:
             config.routes, make_resolver(config.dns), config.delivery.port
         )
         self._tls_context = client_context()
+        self._memory = (
+            TlsMemory(config.queue.directory, config.tls.remember_for)
+            if config.tls.remember
+            else None
+        )
         self._idle: dict[tuple[str, int, str, Level], list[_Cached]] = defaultdict(list)
         self._slots: dict[str, asyncio.Semaphore] = {}
 
@@ -197,7 +203,9 @@ class DeliveryEngine:
         return [results[rcpt] for rcpt in envelope.recipients]
 
     async def close(self) -> None:
-        """QUIT every idle session."""
+        """QUIT every idle session; release the downgrade memory."""
+        if self._memory is not None:
+            self._memory.close()
         idle = [c for entries in self._idle.values() for c in entries]
         self._idle.clear()
         for cached in idle:
@@ -323,7 +331,11 @@ class DeliveryEngine:
     ) -> tuple[TlsFacts, Capabilities, SmtpSession]:
         fallback = self.config.tls.tempfail_fallback
         event, detail, tls = await self._negotiate(run.domain, hop, session, caps)
-        decision = decide(run.level, fallback, event, detail)
+        memory = self._memory if self.config.tls.remembers(run.domain) else None
+        promised = memory.promised(run.domain) if memory and event is Event.NOT_OFFERED else None
+        if memory and tls.used:
+            memory.saw_tls(run.domain)
+        decision = decide(run.level, fallback, event, detail, promised)
         result = {
             Action.USE_TLS: "tls",
             Action.CONTINUE_CLEAR: "continued-clear",

@@ -283,3 +283,32 @@ async def test_required_tls_moves_on_to_a_host_that_has_it(smtp_peer, ca_file):
     assert result.tls.used
     assert not broken.transactions and good.transactions[0].tls
     assert next(a.result for a in result.attempts) == "tls-policy-failed"
+
+
+async def test_downgrade_memory_defers_when_starttls_vanishes(smtp_peer, ca_file, tmp_path):
+    from relaymail.config import parse_config
+    from tests.integration.conftest import hop
+    from tests.integration.daemon_process import RELAYMAIL, run_command, write_toml
+
+    peer = await smtp_peer(Script())
+    raw = {
+        "delivery": {"helo_name": "client.relaymail.test", "connection_idle_time": 0.01},
+        "tls": {"ca_file": str(ca_file), "remember": True},
+        "queue": {"directory": str(tmp_path / "queue")},
+        "routes": {"dest.test": [hop(peer)]},
+    }
+    config = parse_config(raw)
+    [result] = await deliver(config)
+    assert result.status is Status.DELIVERED and result.tls.used
+
+    peer.script = Script(advertise_starttls=False)  # stripped, as by a man in the middle
+    [result] = await deliver(config)
+    assert result.status is Status.DEFERRED
+    assert "possible STARTTLS stripping" in result.reason
+    assert len(peer.transactions) == 1
+
+    path = write_toml(tmp_path / "relaymail.toml", {"queue": {"directory": tmp_path / "queue"}})
+    code, out, _ = await run_command(RELAYMAIL, "tls", "--config", str(path), "forget", "dest.test")
+    assert code == 0 and "forgotten" in out
+    [result] = await deliver(config)
+    assert result.status is Status.DELIVERED and not result.tls.used

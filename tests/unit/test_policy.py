@@ -66,3 +66,13 @@ def test_policy_lookup_exact_then_parent_then_default():
     assert table.level_for("sub.bank.example")[0] is Level.MAY
     assert table.level_for("mx.eu.corp.example")[0] is Level.VERIFY
     assert table.level_for("other.example") == (Level.MAY, "default level")
+
+
+def test_remembered_tls_turns_a_missing_starttls_into_a_failed_host():
+    promised = "its MX did TLS on 2026-11-01 10:00Z"
+    decision = decide(Level.MAY, True, Event.NOT_OFFERED, promised=promised)
+    assert decision.action is FAIL
+    assert "possible STARTTLS stripping" in decision.reason and promised in decision.reason
+    # Only a vanished STARTTLS is suspicious; a refusal is the server's own answer.
+    assert decide(Level.MAY, True, Event.PERMFAIL, promised=promised).action is CLEAR
+    assert decide(Level.NONE, True, Event.NOT_OFFERED, promised=promised).action is CLEAR

@@ -70,9 +70,25 @@ def wants_starttls(level: Level) -> bool:
     return level is not Level.NONE
 
 
-def decide(level: Level, tempfail_fallback: bool, event: Event, detail: str = "") -> Decision:
-    """What to do after `event` under `level`; `detail` is the server's words, for the reason."""
+def decide(
+    level: Level,
+    tempfail_fallback: bool,
+    event: Event,
+    detail: str = "",
+    promised: str | None = None,
+) -> Decision:
+    """What to do after `event` under `level`; `detail` is the server's words, for the reason.
+
+    `promised` says why the domain is known to do TLS (downgrade memory): then a
+    missing STARTTLS is a possible stripping attack, not a plain server.
+    """
     what = f"{event.value} ({detail})" if detail else event.value
+    if event is Event.NOT_OFFERED and promised and level is Level.MAY:
+        return Decision(
+            Action.HOST_FAILS,
+            f"{what}, but {promised}: possible STARTTLS stripping; deferred until "
+            "`relaymail tls forget` or remember_for passes",
+        )
     if event is Event.VERIFIED:
         return Decision(Action.USE_TLS, what)
     if event is Event.UNVERIFIED:
