@@ -71,6 +71,15 @@ class TlsSettings:
     # Downgrade memory: every domain (True), these domains, or none.
     remember: bool | tuple[str, ...] = False
     remember_for: float = 30 * 86400.0
+    # MTA-STS (RFC 8461) for MX delivery; its policies are fetched over HTTPS
+    # verified against mta_sts_ca_file (default: the system's Web PKI store).
+    mta_sts: bool = True
+    mta_sts_ca_file: Path | None = None
+    mta_sts_port: int = 443
+    # TLS-RPT (RFC 8460): count every session's TLS outcome, send daily reports.
+    reporting: bool = True
+    report_organization: str | None = None  # default: delivery.helo_name
+    report_contact: str | None = None  # default: postmaster@helo_name
 
     def remembers(self, domain: str) -> bool:
         return self.remember is True or (
@@ -316,15 +325,19 @@ def _tls(raw: Mapping[str, Any]) -> TlsSettings:
     _only(
         raw,
         "tls",
-        {"tempfail_fallback", "ca_file", "policy", "default_level", "remember", "remember_for"},
-    )
+        {
+            "tempfail_fallback", "ca_file", "policy", "default_level", "remember",
+            "remember_for", "mta_sts", "mta_sts_ca_file", "mta_sts_port", "reporting",
+            "report_organization", "report_contact",
+        },
+    )  # fmt: skip
     fallback = raw.get("tempfail_fallback", True)
     if not isinstance(fallback, bool):
         raise ConfigError("tls.tempfail_fallback", f"must be true or false, not {fallback!r}")
     ca_file = None
     if "ca_file" in raw:
         ca_file = Path(_string(raw["ca_file"], "tls.ca_file"))
-        _check_ca_file(ca_file)
+        _check_ca_file(ca_file, "tls.ca_file")
     default = _level(raw.get("default_level", "may"), "tls.default_level")
     levels = []
     for domain, value in _table(raw, "policy", "tls.policy").items():
@@ -339,7 +352,22 @@ def _tls(raw: Mapping[str, Any]) -> TlsSettings:
     elif not isinstance(remember, bool):
         raise ConfigError("tls.remember", "must be true, false or a list of domains")
     remember_for = parse_duration(raw.get("remember_for", "30d"), "tls.remember_for")
+    extra: dict[str, Any] = {}
+    for key in ("mta_sts", "reporting"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise ConfigError(f"tls.{key}", "must be true or false")
+            extra[key] = raw[key]
+    if "mta_sts_ca_file" in raw:
+        extra["mta_sts_ca_file"] = Path(_string(raw["mta_sts_ca_file"], "tls.mta_sts_ca_file"))
+        _check_ca_file(extra["mta_sts_ca_file"], "tls.mta_sts_ca_file")
+    if "mta_sts_port" in raw:
+        extra["mta_sts_port"] = _positive_int(raw["mta_sts_port"], "tls.mta_sts_port")
+    for key in ("report_organization", "report_contact"):
+        if key in raw:
+            extra[key] = _string(raw[key], f"tls.{key}")
     return TlsSettings(
+        **extra,
         tempfail_fallback=fallback,
         ca_file=ca_file,
         policy=PolicyTable(levels=tuple(levels), default=default),
@@ -348,17 +376,17 @@ def _tls(raw: Mapping[str, Any]) -> TlsSettings:
     )
 
 
-def _check_ca_file(path: Path) -> None:
+def _check_ca_file(path: Path, key: str) -> None:
     from cryptography import x509
 
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
     except OSError as exc:
-        raise ConfigError("tls.ca_file", f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        raise ConfigError("tls.ca_file", f"{path} holds no PEM certificates ({exc})") from None
+        raise ConfigError(key, f"{path} holds no PEM certificates ({exc})") from None
     if not certs:
-        raise ConfigError("tls.ca_file", f"{path} holds no PEM certificates")
+        raise ConfigError(key, f"{path} holds no PEM certificates")
 
 
 def _routes(raw: Mapping[str, Any]) -> dict[str, tuple[HostPort, ...]]:

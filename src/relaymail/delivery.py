@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Any
 
 from .config import Config
 from .message import Envelope, domain_of, dot_stuff
-from .routing import NextHop, Router, RoutingError, make_resolver
+from .routing import HopSource, NextHop, Router, RoutingError, make_resolver
 from .smtp.client import Capabilities, State, Verb
 from .smtp.reply import Reply
 from .smtp.session import SessionError, SmtpSession
@@ -34,7 +36,17 @@ from .tls.context import (
     trust_store,
 )
 from .tls.memory import TlsMemory
-from .tls.policy import Action, Decision, Event, Level, decide, wants_starttls
+from .tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
+from .tls.policy import (
+    DEFAULT_SOURCE,
+    Action,
+    Decision,
+    Event,
+    Level,
+    decide,
+    wants_starttls,
+)
+from .tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
 
 log = logging.getLogger("relaymail.delivery")
 
@@ -111,6 +123,8 @@ class _DomainRun:
     needs_smtputf8: bool
     outcomes: dict[str, _Outcome]
     attempts: list[Attempt] = field(default_factory=list)
+    sts: StsPolicy | None = None  # an MTA-STS policy in enforce or testing mode
+    events: list[TlsEvent] = field(default_factory=list)  # for TLS reporting
 
     @property
     def pending(self) -> list[str]:
@@ -175,10 +189,13 @@ class DeliveryEngine:
 
     def __init__(self, config: Config, router: Router | None = None) -> None:
         self.config = config
-        self.router = router or Router(
-            config.routes, make_resolver(config.dns), config.delivery.port
-        )
+        # One resolver for routing, MTA-STS and DANE, so they see the same DNS.
+        self.resolver = make_resolver(config.dns)
+        self.router = router or Router(config.routes, self.resolver, config.delivery.port)
         self._tls_context = client_context()
+        self._sts: StsResolver | None = None
+        self._sts_cache: StsCache | None = None
+        self._reports: TlsReportStore | None = None
         self._memory = (
             TlsMemory(config.queue.directory, config.tls.remember_for)
             if config.tls.remember
@@ -203,9 +220,14 @@ class DeliveryEngine:
         return [results[rcpt] for rcpt in envelope.recipients]
 
     async def close(self) -> None:
-        """QUIT every idle session; release the downgrade memory."""
+        """QUIT every idle session; release the policy caches and report counters."""
         if self._memory is not None:
             self._memory.close()
+        if self._sts is not None:
+            await self._sts.close()
+        for store in (self._sts_cache, self._reports):
+            if store is not None:
+                store.close()
         idle = [c for entries in self._idle.values() for c in entries]
         self._idle.clear()
         for cached in idle:
@@ -221,6 +243,9 @@ class DeliveryEngine:
             domain, level, source, envelope.sender, data, stuffed,
             envelope.needs_smtputf8, {r: _Outcome() for r in rcpts},
         )  # fmt: skip
+        # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
+        # policies do not apply, and the session is not counted in its reports.
+        relaxed = tls_not_required(data)
         slot = self._slots.setdefault(
             domain, asyncio.Semaphore(self.config.delivery.destination_concurrency)
         )
@@ -231,12 +256,62 @@ class DeliveryEngine:
                 status = Status.BOUNCED if exc.permanent else Status.DEFERRED
                 run.settle(rcpts, status, exc.reason)
                 return _results(run, {r: exc.status for r in rcpts})
+            published = source == DEFAULT_SOURCE and hops[0].source in _DNS_HOPS
+            if published and not relaxed and self.config.tls.mta_sts:
+                await self._apply_mta_sts(run)
             await self._try_hops(run, hops)
+        if run.events and self.config.tls.reporting and not relaxed:
+            await self._report_store().record(run.events)
         return _results(run, {})
+
+    async def _apply_mta_sts(self, run: _DomainRun) -> None:
+        """RFC 8461 5: an enforce policy makes the domain `verify` with its MX list."""
+        if self._sts is None:
+            self._sts_cache = StsCache(self.config.queue.directory)
+            self._sts = StsResolver(
+                self.resolver,
+                self._sts_cache,
+                https_port=self.config.tls.mta_sts_port,
+                ssl_context=https_context(self.config.tls.mta_sts_ca_file),
+            )
+        lookup = await self._sts.lookup(run.domain)
+        policy = lookup.policy
+        if lookup.result_type is not None:
+            run.events.append(
+                TlsEvent(
+                    policy_domain=run.domain,
+                    success=False,
+                    at=time.time(),
+                    policy_type=PolicyType.STS,
+                    result_type=ResultType(lookup.result_type),
+                    failure_reason_code=lookup.error,
+                )
+            )
+            log.warning("domain=%s: MTA-STS policy: %s", run.domain, lookup.error)
+        if policy is None or policy.mode is StsMode.NONE:
+            return
+        run.sts = policy
+        where = f"MTA-STS {policy.mode.value} (policy id {policy.policy_id})"
+        if policy.mode is StsMode.ENFORCE:
+            run.level, run.level_source = Level.VERIFY, where
+        else:
+            run.level_source += f"; {where}"
+
+    def _report_store(self) -> TlsReportStore:
+        if self._reports is None:
+            self._reports = TlsReportStore(self.config.queue.directory)
+        return self._reports
 
     async def _try_hops(self, run: _DomainRun, hops: list[NextHop]) -> None:
         failures: list[str] = []
         for hop in hops:
+            if run.sts is not None and not run.sts.matches(hop.name):
+                detail = f"{hop.name} is not in the MTA-STS policy's mx list ({run.sts.mx})"
+                if run.sts.mode is StsMode.ENFORCE:
+                    run.note(hop, "-", "sts-mx-mismatch", CLEAR, detail)
+                    failures.append(f"{hop.label}: {detail}")
+                    continue
+                run.note(hop, "-", "sts-testing-mx-mismatch", CLEAR, detail + "; testing only")
             if not hop.addresses:
                 detail = hop.lookup_error or "no addresses"
                 run.note(hop, "-", "no-address", CLEAR, detail)
@@ -331,6 +406,8 @@ class DeliveryEngine:
     ) -> tuple[TlsFacts, Capabilities, SmtpSession]:
         fallback = self.config.tls.tempfail_fallback
         event, detail, tls = await self._negotiate(run.domain, hop, session, caps)
+        if self.config.tls.reporting:
+            run.events.append(self._session_event(run, hop, ip, event, tls, detail))
         memory = self._memory if self.config.tls.remembers(run.domain) else None
         promised = memory.promised(run.domain) if memory and event is Event.NOT_OFFERED else None
         if memory and tls.used:
@@ -355,6 +432,20 @@ class DeliveryEngine:
         session.abort()
         fresh, fresh_caps, _ = await self._open(run, hop, ip, starttls=False)
         return CLEAR, fresh_caps, fresh
+
+    @staticmethod
+    def _session_event(
+        run: _DomainRun, hop: NextHop, ip: str, event: Event, tls: TlsFacts, detail: str
+    ) -> TlsEvent:
+        sts = run.sts
+        return session_event(
+            run.domain, event=event, tls=tls, detail=detail, mx_hostname=hop.name,
+            receiving_ip=ip, at=time.time(),
+            verification_required=run.level is Level.VERIFY or sts is not None,
+            policy_type=PolicyType.STS if sts else PolicyType.NO_POLICY_FOUND,
+            policy_strings=tuple(sts.text.splitlines()) if sts else (),
+            mx_host_patterns=sts.mx if sts else (),
+        )  # fmt: skip
 
     async def _negotiate(
         self, domain: str, hop: NextHop, session: SmtpSession, caps: Capabilities
@@ -557,6 +648,16 @@ class DeliveryEngine:
         if cached in entries:
             entries.remove(cached)
             asyncio.get_running_loop().create_task(cached.session.quit())
+
+
+_DNS_HOPS = (HopSource.MX, HopSource.IMPLICIT_MX)
+_TLS_NOT_REQUIRED = re.compile(rb"(?im)^TLS-Required:[ \t]*No[ \t]*\r?$")
+
+
+def tls_not_required(data: bytes) -> bool:
+    """Whether the header section carries RFC 8689's `TLS-Required: No`."""
+    end = data.find(b"\r\n\r\n")
+    return bool(_TLS_NOT_REQUIRED.search(data if end < 0 else data[:end]))
 
 
 def _mail_parameters(caps: Capabilities, size: int, data: bytes, smtputf8: bool) -> str:

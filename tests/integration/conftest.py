@@ -50,6 +50,8 @@ def config_for(
                 "policy": {domain: level},
             },
             "routes": {domain: [p if isinstance(p, str) else hop(p) for p in peers]},
+            # TLS-RPT counters and policy caches live beside the queue: keep them per test.
+            "queue": {"directory": str(ca_file.parent / "state")},
         }
     )
 

@@ -16,6 +16,7 @@ def mx_config(dns, port: int, ca_file, level: str = "may", **dns_settings):
             "delivery": {"helo_name": "client.relaymail.test", "command_timeout": 3.0,
                          "port": port},
             "tls": {"ca_file": str(ca_file), "policy": {"dest.test": level}},
+            "queue": {"directory": str(ca_file.parent / "state")},
             "dns": {"nameservers": [f"{dns.host}:{dns.port}"], "timeout": 3.0, **dns_settings},
         }
     )  # fmt: skip

@@ -32,6 +32,9 @@ For one MX host, `lookup_tlsa` decides in two steps:
 
    Usable means DANE-TA(2) or DANE-EE(3) with a known selector and matching type and a
    digest of the right length: PKIX-TA(0) and PKIX-EE(1) are ignored for SMTP (3.1.3).
+   One trap: dnspython 2.9 refuses a whole response in which a TLSA digest has the wrong
+   length (over UDP it drops it and waits for the lifetime), so such an RRset ends as
+   UNUSABLE rather than having the one bad record ignored. That fails closed, never open.
 
 `verify_chain` (section 3) then authenticates the server's chain against the usable records:
 DANE-EE(3) pins the leaf alone, with no name or expiry checks (3.1.1); DANE-TA(2) names a
@@ -46,6 +49,7 @@ import copy
 import datetime as dt
 import enum
 import hashlib
+import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -69,6 +73,7 @@ from cryptography.x509.verification import (
 )
 
 from .context import _EE_POLICY
+from .tlsrpt import ResultType
 
 
 class Usage(enum.IntEnum):
@@ -147,7 +152,7 @@ class DaneResult:
     verified: bool
     reason: str
     record: TlsaRecord | None = None  # the record that matched
-    result_type: str | None = None  # the TLS-RPT (RFC 8460) failure class when not verified
+    result_type: ResultType | None = None  # the TLS-RPT (RFC 8460) class when not verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +165,7 @@ class TlsaLookup:
     records: tuple[TlsaRecord, ...] = ()  # usable records only
     secure: bool = False  # the TLSA answer (or its denial) was DNSSEC-validated
     error: str | None = None  # why the lookup failed: the host is unusable
-    result_type: str | None = None  # TLS-RPT: "dnssec-invalid" or "tlsa-invalid"
+    result_type: ResultType | None = None  # TLS-RPT: DNSSEC_INVALID or TLSA_INVALID
     unusable: tuple[TlsaRecord, ...] = ()  # secure records that were ignored
     base_domain: str | None = None  # the TLSA base domain the records came from
     names: tuple[str, ...] = ()  # reference identifiers for DANE-TA
@@ -235,9 +240,11 @@ def verify_chain(
     """
     usable = [record for record in records if record.usable]
     if not usable:
-        return DaneResult(False, "no usable TLSA records", result_type="tlsa-invalid")
+        return DaneResult(False, "no usable TLSA records", result_type=ResultType.TLSA_INVALID)
     if not chain:
-        return DaneResult(False, "the server sent no certificate", result_type="validation-failure")
+        return DaneResult(
+            False, "the server sent no certificate", result_type=ResultType.VALIDATION_FAILURE
+        )
     leaf = chain[0]
     end_entity = [r for r in usable if r.usage == Usage.DANE_EE]
     for record in end_entity:
@@ -257,7 +264,8 @@ def verify_chain(
     return DaneResult(
         False,
         f"no DANE-EE record matches the server certificate ({_describe(leaf)})",
-        result_type="validation-failure",
+        # RFC 8460 4.3.1: no trust anchor validates it; for DANE-EE the key is the anchor.
+        result_type=ResultType.CERTIFICATE_NOT_TRUSTED,
     )
 
 
@@ -281,7 +289,7 @@ def _verify_dane_ta(
         return DaneResult(
             False,
             "no certificate in the server's chain matches a DANE-TA record",
-            result_type="validation-failure",
+            result_type=ResultType.CERTIFICATE_NOT_TRUSTED,
         )
     builder = (
         PolicyBuilder()
@@ -293,7 +301,7 @@ def _verify_dane_ta(
     for name in names:
         try:
             path = builder.build_server_verifier(DNSName(name)).verify(leaf, intermediates)
-        except VerificationError as exc:
+        except (VerificationError, ValueError) as exc:
             error = str(exc)
             continue
         anchor = path[-1]
@@ -308,26 +316,33 @@ def _verify_dane_ta(
         return DaneResult(
             False,
             f"the certificate expired {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z",
-            result_type="certificate-expired",
+            result_type=ResultType.CERTIFICATE_EXPIRED,
         )
     if leaf.not_valid_before_utc > now:
         return DaneResult(
-            False, "the certificate is not yet valid", result_type="validation-failure"
+            False, "the certificate is not yet valid", result_type=ResultType.VALIDATION_FAILURE
         )
     # Tell a wrong name from a broken chain: does the chain hold for a name it carries?
+    # (A wildcard name is tried with a label in place of the "*".)
     for carried in _dns_names(leaf):
+        probe = "wildcard" + carried[1:] if carried.startswith("*.") else carried
         try:
-            builder.build_server_verifier(DNSName(carried)).verify(leaf, intermediates)
+            builder.build_server_verifier(DNSName(probe)).verify(leaf, intermediates)
         except (VerificationError, ValueError):
             continue
         return DaneResult(
             False,
             f"the certificate names {', '.join(_dns_names(leaf))}, not {' or '.join(names)}",
-            result_type="certificate-host-mismatch",
+            result_type=ResultType.CERTIFICATE_HOST_MISMATCH,
         )
     if "candidates exhausted" in error:
-        error = "the chain does not lead to the DANE-TA trust anchor"
-    return DaneResult(False, f"DANE-TA: {error}", result_type="validation-failure")
+        # No path from the leaf to an anchor: wrong issuer, or a signature that fails.
+        return DaneResult(
+            False,
+            "the chain does not lead to the DANE-TA trust anchor",
+            result_type=ResultType.CERTIFICATE_NOT_TRUSTED,
+        )
+    return DaneResult(False, f"DANE-TA: {error}", result_type=ResultType.VALIDATION_FAILURE)
 
 
 def _reference_names(mx_host: str, names: Sequence[str]) -> tuple[str, ...]:
@@ -423,6 +438,12 @@ async def lookup_tlsa(
     changed (a copy sets DO). Never raises for DNS trouble: failures are in the result.
     """
     host = mx_host.rstrip(".").lower()
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return TlsaLookup(mx_host, port, reason="no DANE for an address literal")
     secure_resolver = _dnssec_resolver(resolver)
     v6, v4 = await asyncio.gather(
         _query(secure_resolver, host, "AAAA"), _query(secure_resolver, host, "A")
@@ -430,7 +451,9 @@ async def lookup_tlsa(
     answered = [a for a in (v6, v4) if a.error is None]
     if not answered:
         error = f"address lookup for {host} failed: AAAA {v6.error}, A {v4.error}"
-        return TlsaLookup(mx_host, port, reason=error, error=error, result_type="dnssec-invalid")
+        return TlsaLookup(
+            mx_host, port, reason=error, error=error, result_type=ResultType.DNSSEC_INVALID
+        )
     if not all(a.secure for a in answered):
         return TlsaLookup(
             mx_host, port, reason=f"no DANE: the address records of {host} are not signed"
@@ -451,7 +474,7 @@ async def lookup_tlsa(
                 port,
                 reason=f"TLSA lookup for {owner} failed: {tlsa.error}",
                 error=f"TLSA lookup for {owner} failed: {tlsa.error}",
-                result_type="dnssec-invalid",
+                result_type=ResultType.DNSSEC_INVALID,
                 base_domain=base,
             )
         if not tlsa.secure:
@@ -471,7 +494,7 @@ async def lookup_tlsa(
                 reason=f"DANE: {owner} has {len(found)} TLSA records, none usable: "
                 "TLS is mandatory but cannot be authenticated",
                 secure=True,
-                result_type="tlsa-invalid",
+                result_type=ResultType.TLSA_INVALID,
                 unusable=unusable,
                 base_domain=base,
                 names=names,

@@ -112,6 +112,9 @@ def decide(
     return Decision(action, f"{what}; {because}; {action.value}")
 
 
+DEFAULT_SOURCE = "default level"
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyTable:
     """Per-domain levels from the configuration: exact domain, then parent '.suffix', then '*'."""
@@ -129,4 +132,4 @@ class PolicyTable:
             suffix = "." + ".".join(labels[i:])
             if suffix in entries:
                 return entries[suffix], f'[tls.policy] "{suffix}"'
-        return self.default, "default level"
+        return self.default, DEFAULT_SOURCE
