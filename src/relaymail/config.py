@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .retry import RetrySchedule
-from .tls.policy import Level, PolicyTable
+from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
 if TYPE_CHECKING:
     from .passwords import PasswordHash
@@ -80,6 +80,8 @@ class TlsSettings:
     reporting: bool = True
     report_organization: str | None = None  # default: delivery.helo_name
     report_contact: str | None = None  # default: postmaster@helo_name
+    # DANE (RFC 7672) for MX hosts; needs a DNSSEC-validating resolver ([dns]).
+    dane: bool = False
 
     def remembers(self, domain: str) -> bool:
         return self.remember is True or (
@@ -328,7 +330,7 @@ def _tls(raw: Mapping[str, Any]) -> TlsSettings:
         {
             "tempfail_fallback", "ca_file", "policy", "default_level", "remember",
             "remember_for", "mta_sts", "mta_sts_ca_file", "mta_sts_port", "reporting",
-            "report_organization", "report_contact",
+            "report_organization", "report_contact", "dane",
         },
     )  # fmt: skip
     fallback = raw.get("tempfail_fallback", True)
@@ -353,7 +355,7 @@ def _tls(raw: Mapping[str, Any]) -> TlsSettings:
         raise ConfigError("tls.remember", "must be true, false or a list of domains")
     remember_for = parse_duration(raw.get("remember_for", "30d"), "tls.remember_for")
     extra: dict[str, Any] = {}
-    for key in ("mta_sts", "reporting"):
+    for key in ("mta_sts", "reporting", "dane"):
         if key in raw:
             if not isinstance(raw[key], bool):
                 raise ConfigError(f"tls.{key}", "must be true or false")
@@ -470,11 +472,10 @@ def _positive_int(value: Any, key: str) -> int:
 
 
 def _level(value: Any, key: str) -> Level:
-    try:
-        return Level(value)
-    except ValueError:
-        choices = ", ".join(level.value for level in Level)
-        raise ConfigError(key, f"{value!r} is not a TLS level (one of {choices})") from None
+    if value not in [level.value for level in CONFIG_LEVELS]:
+        choices = ", ".join(level.value for level in CONFIG_LEVELS)
+        raise ConfigError(key, f"{value!r} is not a TLS level (one of {choices})")
+    return Level(value)
 
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")

@@ -11,6 +11,7 @@ delivery cheap.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import enum
 import logging
 import re
@@ -35,6 +36,7 @@ from .tls.context import (
     peer_chain,
     trust_store,
 )
+from .tls.dane import DaneStatus, TlsaLookup, lookup_tlsa
 from .tls.memory import TlsMemory
 from .tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
 from .tls.policy import (
@@ -110,6 +112,15 @@ class _Outcome:
     tls: TlsFacts = CLEAR
 
 
+@dataclass(frozen=True, slots=True)
+class _HostPolicy:
+    """The level for one next hop: the domain's, unless DANE says more for this host."""
+
+    level: Level
+    source: str
+    dane: TlsaLookup | None = None
+
+
 @dataclass(slots=True)
 class _DomainRun:
     """Mutable state of one domain's delivery: who is still pending, what happened."""
@@ -125,6 +136,8 @@ class _DomainRun:
     attempts: list[Attempt] = field(default_factory=list)
     sts: StsPolicy | None = None  # an MTA-STS policy in enforce or testing mode
     events: list[TlsEvent] = field(default_factory=list)  # for TLS reporting
+    published: bool = False  # the domain's DNS-published policies (DANE, MTA-STS) apply
+    host: _HostPolicy = field(default_factory=lambda: _HostPolicy(Level.MAY, ""))
 
     @property
     def pending(self) -> list[str]:
@@ -147,7 +160,7 @@ class _DomainRun:
             logging.DEBUG if result == "delivered" else logging.INFO,
             "domain=%s host=%s ip=%s tls=%s result=%s policy=%s (%s): %s",
             self.domain, hop.label, ip, tls_words, result,
-            self.level.value, self.level_source, detail,
+            self.host.level.value, self.host.source, detail,
         )  # fmt: skip
 
 
@@ -196,6 +209,7 @@ class DeliveryEngine:
         self._sts: StsResolver | None = None
         self._sts_cache: StsCache | None = None
         self._reports: TlsReportStore | None = None
+        self._tlsa_cache: dict[tuple[str, int], tuple[float, TlsaLookup]] = {}
         self._memory = (
             TlsMemory(config.queue.directory, config.tls.remember_for)
             if config.tls.remember
@@ -256,8 +270,8 @@ class DeliveryEngine:
                 status = Status.BOUNCED if exc.permanent else Status.DEFERRED
                 run.settle(rcpts, status, exc.reason)
                 return _results(run, {r: exc.status for r in rcpts})
-            published = source == DEFAULT_SOURCE and hops[0].source in _DNS_HOPS
-            if published and not relaxed and self.config.tls.mta_sts:
+            run.published = source == DEFAULT_SOURCE and hops[0].source in _DNS_HOPS and not relaxed
+            if run.published and self.config.tls.mta_sts:
                 await self._apply_mta_sts(run)
             await self._try_hops(run, hops)
         if run.events and self.config.tls.reporting and not relaxed:
@@ -312,6 +326,12 @@ class DeliveryEngine:
                     failures.append(f"{hop.label}: {detail}")
                     continue
                 run.note(hop, "-", "sts-testing-mx-mismatch", CLEAR, detail + "; testing only")
+            try:
+                run.host = await self._host_policy(run, hop)
+            except _HostFailed as failed:
+                run.note(hop, "-", failed.result, CLEAR, failed.detail)
+                failures.append(f"{hop.label}: {failed.detail}")
+                continue
             if not hop.addresses:
                 detail = hop.lookup_error or "no addresses"
                 run.note(hop, "-", "no-address", CLEAR, detail)
@@ -334,8 +354,45 @@ class DeliveryEngine:
                 if outcome.reply is None:
                     outcome.reason = f"no host accepted the mail: {summary}"
 
+    async def _host_policy(self, run: _DomainRun, hop: NextHop) -> _HostPolicy:
+        """DANE before MTA-STS (RFC 7672 2.2): usable TLSA records decide this host alone."""
+        domain_policy = _HostPolicy(run.level, run.level_source)
+        if not (run.published and self.config.tls.dane):
+            return domain_policy
+        lookup = await self._tlsa(hop)
+        status = lookup.status
+        if status is DaneStatus.UNUSABLE:
+            if lookup.result_type is not None and self.config.tls.reporting:
+                run.events.append(
+                    TlsEvent(
+                        policy_domain=run.domain,
+                        success=False,
+                        at=time.time(),
+                        policy_type=PolicyType.TLSA,
+                        result_type=lookup.result_type,
+                        receiving_mx_hostname=hop.name,
+                        failure_reason_code=lookup.error,
+                    )
+                )
+            raise _HostFailed("dane-unusable", f"TLSA lookup failed: {lookup.reason}")
+        if status is DaneStatus.AUTHENTICATE:
+            return _HostPolicy(Level.DANE, f"DANE: {lookup.reason}", lookup)
+        if status is DaneStatus.ENCRYPT:
+            return _HostPolicy(Level.ENCRYPT, f"DANE without usable records: {lookup.reason}")
+        return domain_policy
+
+    async def _tlsa(self, hop: NextHop) -> TlsaLookup:
+        key = (hop.name, hop.port)
+        now = time.monotonic()
+        cached = self._tlsa_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        lookup = await lookup_tlsa(self.resolver, hop.name, hop.port)
+        self._tlsa_cache[key] = (now + _TLSA_CACHE_SECONDS, lookup)
+        return lookup
+
     async def _try_host(self, run: _DomainRun, hop: NextHop, ip: str, *, starttls: bool) -> None:
-        cached = self._take_idle(hop, ip, run.level)
+        cached = self._take_idle(hop, ip, run.host.level)
         if cached is not None:
             session, caps, tls = cached.session, cached.caps, cached.tls
         else:
@@ -350,7 +407,7 @@ class DeliveryEngine:
                 return await self._try_host(run, hop, ip, starttls=starttls)
             raise _HostFailed("session-failed", f"{exc} (during the mail transaction)") from None
         if session.is_usable and session.conn.state is State.READY:
-            self._keep_idle(hop, ip, run.level, _Cached(session, caps, tls))
+            self._keep_idle(hop, ip, run.host.level, _Cached(session, caps, tls))
         else:
             await session.quit()
 
@@ -373,13 +430,14 @@ class DeliveryEngine:
                 raise _HostFailed("greeting-refused", f"greeting {greeting}")
             caps = await self._hello(session)
             tls = CLEAR
-            if wants_starttls(run.level) and starttls:
+            level = run.host.level
+            if wants_starttls(level) and starttls:
                 tls, caps, session = await self._starttls_step(run, hop, ip, session, caps)
             elif not starttls:
                 run.note(hop, ip, "reconnected-clear", CLEAR, "new session without STARTTLS")
-            if run.level.requires_tls and not tls.used:
+            if level.requires_tls and not tls.used:
                 # The table never gets here; this guard is the last line against a leak.
-                raise _HostFailed("tls-required", f"policy {run.level.value} requires TLS")
+                raise _HostFailed("tls-required", f"policy {level.value} requires TLS")
             return session, caps, tls
         except SessionError as exc:
             session.abort()
@@ -405,14 +463,14 @@ class DeliveryEngine:
         self, run: _DomainRun, hop: NextHop, ip: str, session: SmtpSession, caps: Capabilities
     ) -> tuple[TlsFacts, Capabilities, SmtpSession]:
         fallback = self.config.tls.tempfail_fallback
-        event, detail, tls = await self._negotiate(run.domain, hop, session, caps)
+        event, detail, tls = await self._negotiate(run.domain, hop, session, caps, run.host.dane)
         if self.config.tls.reporting:
             run.events.append(self._session_event(run, hop, ip, event, tls, detail))
         memory = self._memory if self.config.tls.remembers(run.domain) else None
         promised = memory.promised(run.domain) if memory and event is Event.NOT_OFFERED else None
         if memory and tls.used:
             memory.saw_tls(run.domain)
-        decision = decide(run.level, fallback, event, detail, promised)
+        decision = decide(run.host.level, fallback, event, detail, promised)
         result = {
             Action.USE_TLS: "tls",
             Action.CONTINUE_CLEAR: "continued-clear",
@@ -437,18 +495,28 @@ class DeliveryEngine:
     def _session_event(
         run: _DomainRun, hop: NextHop, ip: str, event: Event, tls: TlsFacts, detail: str
     ) -> TlsEvent:
-        sts = run.sts
+        sts, dane = run.sts, run.host.dane
+        if dane is not None:
+            policy_type, strings = PolicyType.TLSA, tuple(str(r) for r in dane.records)
+        elif sts is not None:
+            policy_type, strings = PolicyType.STS, tuple(sts.text.splitlines())
+        else:
+            policy_type, strings = PolicyType.NO_POLICY_FOUND, ()
         return session_event(
             run.domain, event=event, tls=tls, detail=detail, mx_hostname=hop.name,
             receiving_ip=ip, at=time.time(),
-            verification_required=run.level is Level.VERIFY or sts is not None,
-            policy_type=PolicyType.STS if sts else PolicyType.NO_POLICY_FOUND,
-            policy_strings=tuple(sts.text.splitlines()) if sts else (),
-            mx_host_patterns=sts.mx if sts else (),
+            verification_required=run.host.level.requires_verification or sts is not None,
+            policy_type=policy_type, policy_strings=strings,
+            mx_host_patterns=sts.mx if sts and dane is None else (),
         )  # fmt: skip
 
     async def _negotiate(
-        self, domain: str, hop: NextHop, session: SmtpSession, caps: Capabilities
+        self,
+        domain: str,
+        hop: NextHop,
+        session: SmtpSession,
+        caps: Capabilities,
+        dane: TlsaLookup | None = None,
     ) -> tuple[Event, str, TlsFacts]:
         """Run STARTTLS and the handshake; say what happened, never decide."""
         if "STARTTLS" not in caps:
@@ -475,7 +543,7 @@ class DeliveryEngine:
         except SessionError as exc:
             return Event.HANDSHAKE_FAILED, str(exc), CLEAR
         assert session.ssl_object is not None
-        tls = self._tls_facts(session, reference)
+        tls = self._tls_facts(session, reference, dane)
         if tls.verified:
             return Event.VERIFIED, f"{tls.version} {tls.cipher}", tls
         return Event.UNVERIFIED, tls.verify_error or "", tls
@@ -509,14 +577,21 @@ class DeliveryEngine:
         finally:
             await session.quit()
 
-    def _tls_facts(self, session: SmtpSession, reference: str) -> TlsFacts:
+    def _tls_facts(self, session: SmtpSession, reference: str, dane: TlsaLookup | None) -> TlsFacts:
+        """The session's TLS facts; `verified` by the TLSA records when DANE applies."""
         ssl_object = session.ssl_object
         assert ssl_object is not None
         chain = peer_chain(ssl_object)
-        try:
-            verified, error = check_peer(chain, reference, trust_store(self.config.tls.ca_file))
-        except (OSError, ValueError) as exc:
-            verified, error = False, f"validation-failure: trust store unusable: {exc}"
+        if dane is not None:
+            result = dane.verify(chain, now=dt.datetime.now(dt.UTC))
+            verified = result.verified
+            error = None if verified else f"{result.result_type}: {result.reason}"
+        else:
+            try:
+                store = trust_store(self.config.tls.ca_file)
+                verified, error = check_peer(chain, reference, store)
+            except (OSError, ValueError) as exc:
+                verified, error = False, f"validation-failure: trust store unusable: {exc}"
         cipher = ssl_object.cipher()
         return TlsFacts(
             used=True,
@@ -651,6 +726,8 @@ class DeliveryEngine:
 
 
 _DNS_HOPS = (HopSource.MX, HopSource.IMPLICIT_MX)
+# TLSA answers are reused this long (seconds); DNSSEC lookups cost three queries per host.
+_TLSA_CACHE_SECONDS = 60.0
 _TLS_NOT_REQUIRED = re.compile(rb"(?im)^TLS-Required:[ \t]*No[ \t]*\r?$")
 
 

@@ -27,8 +27,13 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from relaymail.config import Config, parse_config
+from relaymail.delivery import DeliveryEngine, RecipientResult, Status
+from relaymail.message import Envelope
 from relaymail.tls.context import client_context, peer_chain
 from relaymail.tls.dane import DaneStatus, TlsaRecord, lookup_tlsa, verify_chain
+from relaymail.tls.tlsrpt import TlsReportStore, preview_reports
+from tests.integration.conftest import MESSAGE
 from tests.peers.dns_server import AAAA, CNAME, MX, TLSA, A, DNSServerFactory, Record
 from tests.peers.dnssec_zone import DNSSECResolver, Security, Zone
 from tests.peers.smtp_server import Script, SMTPPeerFactory
@@ -535,3 +540,118 @@ async def test_tlsa_for_another_key_rejects_a_real_handshake(
     result = verify_chain(lookup.records, chain, "mx.dane.test", now=NOW)
     assert not result.verified
     assert result.result_type == "certificate-not-trusted"
+
+
+# --- in delivery: DANE decides the host, before MTA-STS and whatever tempfail_fallback says ---
+
+
+def dane_config(server: DNSSECResolver, port: int, tmp_path: Path) -> Config:
+    return parse_config(
+        {
+            "delivery": {"helo_name": "client.relaymail.test", "port": port,
+                         "command_timeout": 3.0},
+            "tls": {"dane": True, "tempfail_fallback": True},
+            "dns": {"nameservers": [f"{server.host}:{server.port}"], "timeout": 3.0},
+            "queue": {"directory": str(tmp_path / "state")},
+        }
+    )  # fmt: skip
+
+
+async def deliver_to(config: Config) -> RecipientResult:
+    engine = DeliveryEngine(config)
+    try:
+        [result] = await engine.deliver(Envelope("a@src.test", ("u@dane.test",)), MESSAGE)
+    finally:
+        await engine.close()
+    return result
+
+
+def dane_zone(leaf: x509.Certificate, port: int, *, forged: bool = False) -> Zone:
+    # The TLSA owner names the port delivery connects to (RFC 7672 2.2.3): the peer's.
+    owner = f"_{port}._tcp.mx.dane.test."
+    return signed(
+        "dane.test.",
+        MX("dane.test.", 10, "mx.dane.test."),
+        A("mx.dane.test.", "127.0.0.1"),
+        dane_ee(owner, leaf),
+        forged=(owner,) if forged else (),
+    )
+
+
+async def test_delivery_authenticates_by_tlsa_not_by_web_pki(
+    dnssec_resolver: DNSSECResolverFactory,
+    smtp_peer: SMTPPeerFactory,
+    server_leaf: trustme.LeafCert,
+    tmp_path: Path,
+) -> None:
+    # The certificate chains to a CA nobody trusts: only the DNSSEC-signed TLSA vouches for it.
+    peer = await smtp_peer(Script(ssl_context=server_context_with_chain(server_leaf, [], tmp_path)))
+    server = dnssec_resolver([dane_zone(pem_chain(server_leaf)[0], peer.port)])
+    result = await deliver_to(dane_config(server, peer.port, tmp_path))
+    assert result.status is Status.DELIVERED, result.reason
+    assert result.tls.used and result.tls.verified
+    assert peer.transactions[0].tls
+
+
+async def test_delivery_refuses_an_impostor_and_never_goes_clear(
+    dnssec_resolver: DNSSECResolverFactory,
+    smtp_peer: SMTPPeerFactory,
+    server_leaf: trustme.LeafCert,
+    tmp_path: Path,
+) -> None:
+    impostor = trustme.CA().issue_cert("mx.dane.test")
+    peer = await smtp_peer(Script(ssl_context=server_context_with_chain(impostor, [], tmp_path)))
+    server = dnssec_resolver([dane_zone(pem_chain(server_leaf)[0], peer.port)])
+    result = await deliver_to(dane_config(server, peer.port, tmp_path))
+    assert result.status is Status.DEFERRED
+    assert "certificate-not-trusted" in result.reason
+    assert not peer.transactions
+
+    # A 4xx to STARTTLS does not open the cleartext door either (RFC 7672 2.2).
+    peer.script = Script(starttls="454 4.7.0 TLS not available")
+    result = await deliver_to(dane_config(server, peer.port, tmp_path))
+    assert result.status is Status.DEFERRED
+    assert "policy dane never sends mail in clear" in result.reason
+    assert not [line for line in peer.transcript if line.verb in ("MAIL", "RCPT")]
+
+
+async def test_bogus_tlsa_makes_the_host_unusable_and_is_reported(
+    dnssec_resolver: DNSSECResolverFactory,
+    smtp_peer: SMTPPeerFactory,
+    server_leaf: trustme.LeafCert,
+    tmp_path: Path,
+) -> None:
+    peer = await smtp_peer(Script())
+    server = dnssec_resolver([dane_zone(pem_chain(server_leaf)[0], peer.port, forged=True)])
+    result = await deliver_to(dane_config(server, peer.port, tmp_path))
+    assert result.status is Status.DEFERRED
+    assert result.attempts[0].result == "dane-unusable"
+    assert peer.connections == 0
+    store = TlsReportStore(tmp_path / "state")
+    try:
+        [report] = preview_reports(store, domain="dane.test", organization_name="t",
+                                   contact_info="postmaster@t.test")  # fmt: skip
+    finally:
+        store.close()
+    [failure] = report["policies"][0]["failure-details"]
+    assert failure["result-type"] == "dnssec-invalid"
+
+
+async def test_an_unsigned_zone_gets_no_dane(
+    dnssec_resolver: DNSSECResolverFactory,
+    smtp_peer: SMTPPeerFactory,
+    server_leaf: trustme.LeafCert,
+    tmp_path: Path,
+) -> None:
+    peer = await smtp_peer(Script(starttls="454 4.7.0 TLS not available"))
+    zone = signed(
+        "dane.test.",
+        MX("dane.test.", 10, "mx.dane.test."),
+        A("mx.dane.test.", "127.0.0.1"),
+        dane_ee(f"_{peer.port}._tcp.mx.dane.test.", pem_chain(server_leaf)[0]),
+        security=Security.UNSIGNED,
+    )
+    server = dnssec_resolver([zone])
+    result = await deliver_to(dane_config(server, peer.port, tmp_path))
+    # Without DNSSEC the TLSA record proves nothing: plain `may`, and the seed's fallback.
+    assert result.status is Status.DELIVERED and not result.tls.used

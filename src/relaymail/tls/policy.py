@@ -19,10 +19,19 @@ class Level(enum.Enum):
     MAY = "may"  # opportunistic: TLS when it works, clear otherwise
     ENCRYPT = "encrypt"  # TLS required, any certificate
     VERIFY = "verify"  # TLS required, certificate must chain to the trust store and match
+    # Not a configuration value: what a host with usable TLSA records gets (RFC 7672).
+    DANE = "dane"  # TLS required, certificate must match the DNSSEC-signed TLSA records
 
     @property
     def requires_tls(self) -> bool:
-        return self in (Level.ENCRYPT, Level.VERIFY)
+        return self in (Level.ENCRYPT, Level.VERIFY, Level.DANE)
+
+    @property
+    def requires_verification(self) -> bool:
+        return self in (Level.VERIFY, Level.DANE)
+
+
+CONFIG_LEVELS = (Level.NONE, Level.MAY, Level.ENCRYPT, Level.VERIFY)
 
 
 class Event(enum.Enum):
@@ -92,8 +101,10 @@ def decide(
     if event is Event.VERIFIED:
         return Decision(Action.USE_TLS, what)
     if event is Event.UNVERIFIED:
-        if level is Level.VERIFY:
-            return Decision(Action.HOST_FAILS, f"{what}; policy verify requires a verified peer")
+        if level.requires_verification:
+            return Decision(
+                Action.HOST_FAILS, f"{what}; policy {level.value} requires a verified peer"
+            )
         return Decision(Action.USE_TLS, f"{what}; policy {level.value} accepts it")
     if level is Level.NONE:
         return Decision(Action.CONTINUE_CLEAR, f"{what}; policy none does not use TLS")
