@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "domain"
     )
 
+    tlsrpt = commands.add_parser("tlsrpt", help="TLS reports (RFC 8460)")
+    tlsrpt.add_argument("--config", type=Path)
+    tlsrpt_actions = tlsrpt.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    show = tlsrpt_actions.add_parser("show", help="what would be reported for today so far")
+    show.add_argument("domain", nargs="?")
+
     commands.add_parser("sendmail", help="queue a message from stdin (sendmail -t -i -f ...)")
     commands.add_parser("passwd", help="hash a password for [users] (read from stdin)")
     return parser
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "queue": _queue,
         "passwd": _passwd,
         "tls": _tls,
+        "tlsrpt": _tlsrpt,
     }[args.command]
     try:
         return handler(args)
@@ -203,6 +210,25 @@ def _tls(args: argparse.Namespace) -> int:
     finally:
         memory.close()
     print(f"{domain}: " + ("forgotten" if forgotten else "nothing remembered"))
+    return EX_OK
+
+
+def _tlsrpt(args: argparse.Namespace) -> int:
+    from .tls.tlsrpt import TlsReportStore, preview_reports
+
+    config = _config(args.config)
+    name = config.delivery.helo_name
+    store = TlsReportStore(config.queue.directory)
+    try:
+        reports = preview_reports(
+            store,
+            domain=args.domain,
+            organization_name=config.tls.report_organization or name,
+            contact_info=config.tls.report_contact or f"postmaster@{name}",
+        )
+    finally:
+        store.close()
+    print(json.dumps(reports, indent=2))
     return EX_OK
 
 

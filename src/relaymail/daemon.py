@@ -9,6 +9,7 @@ them safely, then close the queue, which drains its last commits).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ log = logging.getLogger("relaymail.daemon")
 
 # How long in-flight SMTP sessions and deliveries may take to finish on SIGTERM.
 SHUTDOWN_GRACE = 20.0
+# How often to look for TLS reports due (they cover whole UTC days).
+REPORT_INTERVAL = 3600.0
 
 
 @dataclass
@@ -43,18 +46,48 @@ class Daemon:
             pending = self.scheduler.load()
             log.info("queue %s: %d message(s) waiting", config.queue.directory, pending)
             scheduling = asyncio.create_task(self.scheduler.run())
+            reporting = asyncio.create_task(self._send_tls_reports())
             await self._start_listeners(config)
             self._install_signals()
             await self.stopping.wait()
             log.info("stopping: no new mail accepted; finishing deliveries")
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
             await self.scheduler.stop(SHUTDOWN_GRACE)
-            scheduling.cancel()
-            await asyncio.gather(scheduling, return_exceptions=True)
+            for task in (scheduling, reporting):
+                task.cancel()
+            await asyncio.gather(scheduling, reporting, return_exceptions=True)
             await self.scheduler.engine.close()
         finally:
             await store.close()
         log.info("stopped")
+
+    async def _send_tls_reports(self) -> None:
+        """RFC 8460: once a day, yesterday's TLS report to each domain that asks for one.
+
+        Checked hourly; what was sent is recorded, so a restart does not resend.
+        """
+        from .tls.tlsrpt import TlsReportStore, send_daily_reports
+
+        while True:
+            tls = self.config.tls
+            if tls.reporting:
+                name = self.config.delivery.helo_name
+                yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+                store = TlsReportStore(self.config.queue.directory)
+                try:
+                    outcomes = await send_daily_reports(
+                        store, yesterday, self.scheduler.engine.resolver, self._spool,
+                        organization_name=tls.report_organization or name, submitter=name,
+                        contact_info=tls.report_contact or f"postmaster@{name}",
+                    )  # fmt: skip
+                    for outcome in outcomes:
+                        log.info("TLS report for %s: %s", yesterday, outcome)
+                    store.prune(yesterday - dt.timedelta(days=14))
+                except Exception:  # a report is never worth the daemon
+                    log.exception("sending TLS reports failed; trying again in an hour")
+                finally:
+                    store.close()
+            await asyncio.sleep(REPORT_INTERVAL)
 
     async def _spool(self, envelope: Envelope, data: bytes) -> str:
         return await self.scheduler.enqueue(envelope, data)

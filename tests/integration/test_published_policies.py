@@ -20,6 +20,7 @@ from relaymail.delivery import DeliveryEngine, Status
 from relaymail.message import Envelope
 from relaymail.tls.tlsrpt import TlsReportStore, preview_reports, send_daily_reports
 from tests.integration.conftest import MESSAGE
+from tests.integration.daemon_process import RELAYMAIL, run_command, write_toml
 from tests.integration.test_smtp_client import Script
 from tests.peers.certs import server_context
 from tests.peers.dns_server import AAAA, MX, TXT, A
@@ -105,6 +106,13 @@ async def test_enforce_never_falls_back_to_clear_and_the_report_says_why(
     [failure] = policy["failure-details"]
     assert failure["result-type"] == "starttls-not-supported"
     assert failure["receiving-mx-hostname"] == "mx.example.test"
+
+    # The admin's view of the same: `relaymail tlsrpt show`.
+    path = write_toml(tmp_path / "relaymail.toml", {"queue": {"directory": tmp_path / "state"}})
+    code, out, err = await run_command(RELAYMAIL, "tlsrpt", "--config", str(path), "show")
+    assert code == 0, err
+    [shown] = json.loads(out)
+    assert shown["policies"][0]["failure-details"][0]["result-type"] == "starttls-not-supported"
 
 
 async def test_enforce_skips_mx_hosts_outside_the_policy(
