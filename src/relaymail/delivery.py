@@ -113,12 +113,22 @@ class _Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class _HostPolicy:
+class HostPolicy:
     """The level for one next hop: the domain's, unless DANE says more for this host."""
 
     level: Level
     source: str
     dane: TlsaLookup | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainPlan:
+    """What decides a domain's TLS: its level and why, MTA-STS, and each host's policy."""
+
+    level: Level
+    source: str
+    sts: StsPolicy | None
+    hosts: tuple[tuple[NextHop, HostPolicy | str], ...]  # str: why the host is unusable
 
 
 @dataclass(slots=True)
@@ -137,7 +147,7 @@ class _DomainRun:
     sts: StsPolicy | None = None  # an MTA-STS policy in enforce or testing mode
     events: list[TlsEvent] = field(default_factory=list)  # for TLS reporting
     published: bool = False  # the domain's DNS-published policies (DANE, MTA-STS) apply
-    host: _HostPolicy = field(default_factory=lambda: _HostPolicy(Level.MAY, ""))
+    host: HostPolicy = field(default_factory=lambda: HostPolicy(Level.MAY, ""))
 
     @property
     def pending(self) -> list[str]:
@@ -176,6 +186,7 @@ class HostInspection:
     event: Event | None = None
     tls: TlsFacts = CLEAR
     level: Level | None = None
+    level_source: str | None = None  # e.g. the TLSA records when DANE decides the host
     decision: Decision | None = None
     error: str | None = None
 
@@ -270,13 +281,34 @@ class DeliveryEngine:
                 status = Status.BOUNCED if exc.permanent else Status.DEFERRED
                 run.settle(rcpts, status, exc.reason)
                 return _results(run, {r: exc.status for r in rcpts})
-            run.published = source == DEFAULT_SOURCE and hops[0].source in _DNS_HOPS and not relaxed
-            if run.published and self.config.tls.mta_sts:
-                await self._apply_mta_sts(run)
+            await self._apply_published_policies(run, hops, relaxed)
             await self._try_hops(run, hops)
         if run.events and self.config.tls.reporting and not relaxed:
             await self._report_store().record(run.events)
         return _results(run, {})
+
+    async def plan(self, domain: str, hops: list[NextHop]) -> DomainPlan:
+        """The policy delivery to `domain` would follow over `hops` (for `relaymail probe`)."""
+        level, source = self.config.tls.policy.level_for(domain)
+        run = _DomainRun(domain, level, source, "", b"", b"", False, {})
+        await self._apply_published_policies(run, hops, relaxed=False)
+        hosts: list[tuple[NextHop, HostPolicy | str]] = []
+        for hop in hops:
+            try:
+                hosts.append((hop, await self._host_policy(run, hop)))
+            except _HostFailed as failed:
+                hosts.append((hop, failed.detail))
+        return DomainPlan(run.level, run.level_source, run.sts, tuple(hosts))
+
+    async def _apply_published_policies(
+        self, run: _DomainRun, hops: list[NextHop], relaxed: bool
+    ) -> None:
+        """Precedence: the config's own entry, then DANE (per host), then MTA-STS."""
+        run.published = (
+            run.level_source == DEFAULT_SOURCE and hops[0].source in _DNS_HOPS and not relaxed
+        )
+        if run.published and self.config.tls.mta_sts:
+            await self._apply_mta_sts(run)
 
     async def _apply_mta_sts(self, run: _DomainRun) -> None:
         """RFC 8461 5: an enforce policy makes the domain `verify` with its MX list."""
@@ -354,9 +386,9 @@ class DeliveryEngine:
                 if outcome.reply is None:
                     outcome.reason = f"no host accepted the mail: {summary}"
 
-    async def _host_policy(self, run: _DomainRun, hop: NextHop) -> _HostPolicy:
+    async def _host_policy(self, run: _DomainRun, hop: NextHop) -> HostPolicy:
         """DANE before MTA-STS (RFC 7672 2.2): usable TLSA records decide this host alone."""
-        domain_policy = _HostPolicy(run.level, run.level_source)
+        domain_policy = HostPolicy(run.level, run.level_source)
         if not (run.published and self.config.tls.dane):
             return domain_policy
         lookup = await self._tlsa(hop)
@@ -376,9 +408,9 @@ class DeliveryEngine:
                 )
             raise _HostFailed("dane-unusable", f"TLSA lookup failed: {lookup.reason}")
         if status is DaneStatus.AUTHENTICATE:
-            return _HostPolicy(Level.DANE, f"DANE: {lookup.reason}", lookup)
+            return HostPolicy(Level.DANE, f"DANE: {lookup.reason}", lookup)
         if status is DaneStatus.ENCRYPT:
-            return _HostPolicy(Level.ENCRYPT, f"DANE without usable records: {lookup.reason}")
+            return HostPolicy(Level.ENCRYPT, f"DANE without usable records: {lookup.reason}")
         return domain_policy
 
     async def _tlsa(self, hop: NextHop) -> TlsaLookup:
@@ -548,10 +580,12 @@ class DeliveryEngine:
             return Event.VERIFIED, f"{tls.version} {tls.cipher}", tls
         return Event.UNVERIFIED, tls.verify_error or "", tls
 
-    async def inspect_host(self, domain: str, hop: NextHop, ip: str) -> HostInspection:
+    async def inspect_host(
+        self, domain: str, hop: NextHop, ip: str, policy: HostPolicy
+    ) -> HostInspection:
         """Connect, EHLO, STARTTLS and QUIT without sending mail (for `relaymail probe`)."""
         settings = self.config.delivery
-        level, _ = self.config.tls.policy.level_for(domain)
+        level = policy.level
         try:
             session = await SmtpSession.open(
                 ip, hop.port,
@@ -565,12 +599,13 @@ class DeliveryEngine:
             if not greeting.is_success:
                 return HostInspection(hop, ip, greeting=str(greeting), error="greeting refused")
             caps = await self._hello(session)
-            event, detail, tls = await self._negotiate(domain, hop, session, caps)
+            event, detail, tls = await self._negotiate(domain, hop, session, caps, policy.dane)
             after = await self._hello(session) if tls.used else None
             decision = decide(level, self.config.tls.tempfail_fallback, event, detail)
             return HostInspection(
                 hop, ip, greeting=str(greeting), capabilities=caps, event=event, tls=tls,
                 capabilities_after_tls=after, decision=decision, level=level,
+                level_source=policy.source,
             )  # fmt: skip
         except (SessionError, _HostFailed) as exc:
             return HostInspection(hop, ip, error=str(exc))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
 from .delivery import DeliveryEngine, HostInspection
 from .routing import RoutingError
+from .tls.mta_sts import StsPolicy
 from .tls.policy import Action, Level
 
 
@@ -25,6 +27,8 @@ class ProbeReport:
     tempfail_fallback: bool
     routing_error: str | None = None
     hosts: tuple[HostInspection, ...] = field(default_factory=tuple)
+    sts: StsPolicy | None = None
+    tlsrpt: str | None = None  # the rua URIs, or why there are none
 
     @property
     def reachable(self) -> bool:
@@ -37,20 +41,42 @@ class ProbeReport:
 async def probe_domain(domain: str, config: Config) -> ProbeReport:
     from .message import domain_of
 
-    lookup = domain_of(f"probe@{domain}")
+    name = domain_of(f"probe@{domain}")
     engine = DeliveryEngine(config)
-    level, source = config.tls.policy.level_for(lookup)
     try:
-        hops = await engine.router.next_hops(lookup)
-    except RoutingError as exc:
-        return ProbeReport(lookup, level, source, config.tls.tempfail_fallback, exc.reason)
-    inspections = await asyncio.gather(
-        *(engine.inspect_host(lookup, hop, ip) for hop in hops for ip in hop.addresses)
-    )
-    unresolved = [HostInspection(h, "-", error=h.lookup_error) for h in hops if not h.addresses]
-    return ProbeReport(
-        lookup, level, source, config.tls.tempfail_fallback, None, (*inspections, *unresolved)
-    )
+        level, source = config.tls.policy.level_for(name)
+        fallback = config.tls.tempfail_fallback
+        try:
+            hops = await engine.router.next_hops(name)
+        except RoutingError as exc:
+            return ProbeReport(name, level, source, fallback, exc.reason)
+        plan = await engine.plan(name, hops)
+        inspections = []
+        for hop, policy in plan.hosts:
+            if isinstance(policy, str) or not hop.addresses:
+                error = policy if isinstance(policy, str) else hop.lookup_error
+                inspections.append(_ready(HostInspection(hop, "-", error=error)))
+            else:
+                inspections += [engine.inspect_host(name, hop, ip, policy) for ip in hop.addresses]
+        hosts = tuple(await asyncio.gather(*inspections))
+        rua = await _tlsrpt(name, engine)
+        return ProbeReport(name, plan.level, plan.source, fallback, None, hosts, plan.sts, rua)
+    finally:
+        await engine.close()
+
+
+async def _ready(inspection: HostInspection) -> HostInspection:
+    return inspection
+
+
+async def _tlsrpt(domain: str, engine: DeliveryEngine) -> str:
+    from .tls.tlsrpt import TlsRptLookupError, lookup_tlsrpt
+
+    try:
+        record = await lookup_tlsrpt(domain, engine.resolver)
+    except TlsRptLookupError as exc:
+        return f"lookup failed: {exc}"
+    return ", ".join(record.rua) if record else "none published"
 
 
 def report_json(report: ProbeReport) -> dict[str, Any]:
@@ -62,7 +88,21 @@ def report_json(report: ProbeReport) -> dict[str, Any]:
             "tempfail_fallback": report.tempfail_fallback,
         },
         "routing_error": report.routing_error,
+        "mta_sts": _sts_json(report.sts),
+        "tlsrpt_rua": report.tlsrpt,
         "hosts": [_host_json(h) for h in report.hosts],
+    }
+
+
+def _sts_json(sts: StsPolicy | None) -> dict[str, Any] | None:
+    if sts is None:
+        return None
+    return {
+        "mode": sts.mode.value,
+        "mx": list(sts.mx),
+        "max_age": sts.max_age,
+        "id": sts.policy_id,
+        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sts.fetched_at)),
     }
 
 
@@ -79,6 +119,8 @@ def _host_json(h: HostInspection) -> dict[str, Any]:
             sorted(h.capabilities_after_tls.keywords) if h.capabilities_after_tls else None
         ),
         "starttls": h.event.value if h.event else None,
+        "level": h.level.value if h.level else None,
+        "level_source": h.level_source,
         "tls": {
             "used": h.tls.used,
             "version": h.tls.version,
@@ -123,8 +165,11 @@ def print_report(report: ProbeReport, *, as_json: bool) -> None:
     if report.routing_error:
         console.print(f"[red]no next hop:[/red] {escape(report.routing_error)}")
         return
+    sts = _sts_json(report.sts)
+    console.print("MTA-STS: " + (escape(json.dumps(sts)) if sts else "no policy in force"))
+    console.print(f"TLS-RPT rua: {escape(report.tlsrpt or '-')}")
     table = Table(show_lines=True)
-    for column in ("host", "ip", "EHLO", "STARTTLS", "TLS", "certificate", "decision"):
+    for column in ("host", "ip", "level", "EHLO", "STARTTLS", "TLS", "certificate", "decision"):
         table.add_column(column, overflow="fold")
     for h in report.hosts:
         caps = " ".join(sorted(h.capabilities.keywords)) if h.capabilities else "-"
@@ -142,6 +187,7 @@ def print_report(report: ProbeReport, *, as_json: bool) -> None:
         )
         decision = escape(h.decision.reason) if h.decision else f"[red]{escape(str(h.error))}[/red]"
         starttls = h.event.value if h.event else "-"
-        cells = (h.hop.label, h.ip, caps, starttls, tls, cert_text)
+        level = f"{h.level.value}\n{h.level_source}" if h.level else "-"
+        cells = (h.hop.label, h.ip, level, caps, starttls, tls, cert_text)
         table.add_row(*(escape(cell) for cell in cells), decision)
     console.print(table)

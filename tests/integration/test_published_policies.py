@@ -208,3 +208,25 @@ async def test_daily_report_arrives_as_mail_and_is_not_held_to_the_policy(
     report = json.loads(gzip.decompress(attachment.get_content()))
     assert report["policies"][0]["policy"]["policy-domain"] == "dest.test"
     assert report["policies"][0]["summary"]["total-failure-session-count"] >= 1
+
+
+async def test_probe_shows_which_policy_decides(
+    smtp_peer, dns_server, policy_server, ca_file, tmp_path
+):
+    from relaymail.probe import probe_domain, report_json
+
+    peer = await smtp_peer(Script())
+    https = await policy_server("enforce")
+    dns = dns_server(zone())
+    report = report_json(
+        await probe_domain("dest.test", config(dns, peer.port, https.port, ca_file, tmp_path))
+    )
+    assert report["policy"]["level"] == "verify"
+    assert report["policy"]["source"].startswith("MTA-STS enforce")
+    assert report["mta_sts"]["mode"] == "enforce"
+    assert report["mta_sts"]["mx"] == ["mx.example.test"]
+    assert report["tlsrpt_rua"] == "mailto:tlsrpt@dest.test"
+    [host] = report["hosts"]
+    assert host["level"] == "verify" and host["tls"]["verified"]
+    assert host["decision"]["action"] == "use TLS"
+    assert not peer.transactions
