@@ -30,11 +30,19 @@ SHUTDOWN_GRACE = 20.0
 REPORT_INTERVAL = 3600.0
 
 
+async def _retire(engine: DeliveryEngine, running: list[asyncio.Task[None]]) -> None:
+    """Close an engine replaced by a reload once the deliveries it carries are done."""
+    if running:
+        await asyncio.wait(running)
+    await engine.close()
+
+
 @dataclass
 class Daemon:
     config: Config
     listeners: list[ListenerHandle] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _retiring: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         config = self.config
@@ -57,6 +65,8 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(scheduling, reporting, return_exceptions=True)
             await self.scheduler.engine.close()
+            if self._retiring is not None:
+                await self._retiring
         finally:
             await store.close()
         log.info("stopped")
@@ -144,5 +154,6 @@ class Daemon:
                 await self._start_listeners(self.config)
                 return
         self.config = new
-        await old_engine.close()
+        running = self.scheduler.in_flight()
+        self._retiring = asyncio.create_task(_retire(old_engine, running))
         log.info("reloaded %s", new.source)

@@ -327,8 +327,9 @@ class Scheduler:
             for event in events:
                 self._admin_cursor = max(self._admin_cursor, event.id)
                 if event.message_id is None:
-                    for entry in self._entries.values():
-                        self._reload(entry.id) if entry.id not in self._in_flight else None
+                    for message_id in list(self._entries):
+                        if message_id not in self._in_flight:
+                            self._reload(message_id)
                 elif event.message_id in self._in_flight:
                     self._stale.add(event.message_id)
                 else:
@@ -342,11 +343,9 @@ class Scheduler:
         else:
             self._adopt(message)
 
-    # -- reporting ----------------------------------------------------------------
-
-    @property
-    def size(self) -> int:
-        return len(self._entries)
+    def in_flight(self) -> list[asyncio.Task[None]]:
+        """The deliveries running now (a reload lets them finish on the old engine)."""
+        return list(self._in_flight.values())
 
 
 def _update(
