@@ -7,7 +7,6 @@ from cron, say) does not pay for the daemon's modules at start-up.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Coroutine
@@ -252,6 +251,8 @@ def _passwd(args: argparse.Namespace) -> int:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX

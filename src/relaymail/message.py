@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import idna
-
 from .errors import AddressError
 
 _BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -57,6 +55,8 @@ def domain_of(address: str) -> str:
         return domain
     if domain.isascii():
         return domain
+    import idna  # only international domains pay for its tables (sendmail starts fast)
+
     try:
         return idna.encode(domain, uts46=True).decode("ascii")
     except idna.IDNAError as exc:

@@ -129,8 +129,6 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    import asyncio
-
     from .config import find_config, load_config
     from .errors import AddressError, ConfigError, QueueFull
     from .message import Envelope, canonical_data
@@ -158,25 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     except AddressError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_NOUSER
-    from .queue.sqlite import SqliteStore
+    from .queue.sqlite import submit_now
 
     try:
-        store = SqliteStore.open(config.queue.directory)
+        queue_id = submit_now(config.queue.directory, envelope, data, time.time())
     except (OSError, QueueFull) as exc:
-        print(f"sendmail: cannot open the queue {config.queue.directory}: {exc}", file=sys.stderr)
-        return EX_TEMPFAIL
-
-    async def submit() -> str:
-        try:
-            message = await store.enqueue(envelope, data, time.time(), announce=True)
-            return message.id
-        finally:
-            await store.close()
-
-    try:
-        queue_id = asyncio.run(submit())
-    except QueueFull as exc:
-        print(f"sendmail: {exc}", file=sys.stderr)
+        print(f"sendmail: cannot queue in {config.queue.directory}: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     if os.environ.get("RELAYMAIL_SENDMAIL_VERBOSE"):
         print(f"sendmail: queued as {queue_id}", file=sys.stderr)

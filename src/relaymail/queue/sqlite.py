@@ -34,7 +34,6 @@ the same order as the numbers: `1K1CBR3JRJT`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import functools
@@ -46,6 +45,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    # Imported where used at run time: `sendmail` (submit_now) never needs an event loop.
+    import asyncio
 
 from ..errors import QueueFull, RelaymailError
 from ..message import Envelope
@@ -329,6 +332,8 @@ class _Writer:
         self._thread.start()
 
     def submit(self, apply: Callable[[_Transaction], T], weight: int = 0) -> asyncio.Future[T]:
+        import asyncio
+
         if self._closing:
             raise RelaymailError("the queue store is closed")
         loop = asyncio.get_running_loop()
@@ -337,6 +342,8 @@ class _Writer:
         return future
 
     async def close(self) -> None:
+        import asyncio
+
         if not self._closing:
             self._closing = True
             self._inbox.put(None)
@@ -575,25 +582,9 @@ class SqliteStore:
         """
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        directory = Path(directory)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = directory / DB_FILENAME
-        conn = _connect(path, check_same_thread=False, busy_timeout=busy_timeout)
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RelaymailError(f"{path}: cannot switch to WAL mode (got {mode})")
-            # FULL: in WAL mode, fsync the WAL at every commit; NORMAL would not.
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA journal_size_limit = 67108864")
-            conn.execute("PRAGMA cache_size = -16384")
-            if max_bytes is not None:
-                page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-                conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
-            _create_or_check_schema(conn, path)
-        except BaseException:
-            conn.close()
-            raise
+        path, conn = _open_database(
+            Path(directory), max_bytes, busy_timeout, check_same_thread=False
+        )
         return cls(path, _Writer(conn, max_batch), _Readers(path))
 
     async def close(self) -> None:
@@ -702,6 +693,8 @@ class SqliteStore:
             if row is not None and row[1] is not None:
                 return bytes(row[1])
             if row is not None:
+                import asyncio
+
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(None, self.load_data, message_id)
         raise KeyError(message_id)
@@ -896,3 +889,60 @@ def _pending_message(row: Any, recipients: list[PendingRecipient]) -> PendingMes
 
 if TYPE_CHECKING:
     _IMPLEMENTS_STORE: type[Store] = SqliteStore  # mypy proves the protocol is met
+
+
+def _open_database(
+    directory: Path, max_bytes: int | None, busy_timeout: float, *, check_same_thread: bool
+) -> tuple[Path, sqlite3.Connection]:
+    """The queue database in `directory`, created if needed, in WAL with fsync at commit."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / DB_FILENAME
+    conn = _connect(path, check_same_thread=check_same_thread, busy_timeout=busy_timeout)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RelaymailError(f"{path}: cannot switch to WAL mode (got {mode})")
+        # FULL: in WAL mode, fsync the WAL at every commit; NORMAL would not.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute("PRAGMA cache_size = -16384")
+        if max_bytes is not None:
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
+        _create_or_check_schema(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return path, conn
+
+
+def submit_now(
+    directory: Path | str,
+    envelope: Envelope,
+    data: bytes,
+    received_at: float,
+    *,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+) -> str:
+    """Queue one message for a running (or the next) daemon, synchronously: postdrop's job.
+
+    No writer thread and no event loop, so a short-lived `sendmail` starts fast; the
+    SUBMIT admin event makes a running daemon schedule the message within a second.
+    Durable (fsync'd) when it returns; QueueFull when the storage cannot take it.
+    """
+    recipients = tuple(dict.fromkeys(envelope.recipients))
+    _, conn = _open_database(Path(directory), None, busy_timeout, check_same_thread=True)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        txn = _Transaction(conn)
+        qid = _insert_message(txn, envelope.sender, recipients, data, received_at, announce=True)
+        txn.finish()
+        conn.execute("COMMIT")
+    except Exception as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise _storage_error(exc) from None
+    finally:
+        conn.close()
+    return format_queue_id(qid)
