@@ -499,6 +499,9 @@ class Exim(Peer):
             "rfc1413_hosts =",
             "tls_advertise_hosts =",
             "acl_smtp_rcpt = acl_check_rcpt",
+            # Exim's default of 1000 messages per connection would 421 the submission
+            # client mid-run; Postfix and relaymail set no such limit.
+            "smtp_accept_max_per_connection = 0",
         ]
         if spec.total_connections:
             lines.append("smtp_accept_queue_per_connection = 0")
