@@ -446,13 +446,8 @@ class DeliveryEngine:
     async def _open(
         self, run: _DomainRun, hop: NextHop, ip: str, starttls: bool
     ) -> tuple[SmtpSession, Capabilities, TlsFacts]:
-        settings = self.config.delivery
         try:
-            session = await SmtpSession.open(
-                ip, hop.port,
-                connect_timeout=settings.connect_timeout,
-                command_timeout=settings.command_timeout,
-            )  # fmt: skip
+            session = await self._connect(hop, ip)
         except SessionError as exc:
             raise _HostFailed("connect-failed", str(exc)) from None
         try:
@@ -477,6 +472,14 @@ class DeliveryEngine:
         except _HostFailed:
             await session.quit()
             raise
+
+    async def _connect(self, hop: NextHop, ip: str) -> SmtpSession:
+        settings = self.config.delivery
+        return await SmtpSession.open(
+            ip, hop.port,
+            connect_timeout=settings.connect_timeout,
+            command_timeout=settings.command_timeout,
+        )  # fmt: skip
 
     async def _hello(self, session: SmtpSession) -> Capabilities:
         helo_name = self.config.delivery.helo_name
@@ -584,14 +587,9 @@ class DeliveryEngine:
         self, domain: str, hop: NextHop, ip: str, policy: HostPolicy
     ) -> HostInspection:
         """Connect, EHLO, STARTTLS and QUIT without sending mail (for `relaymail probe`)."""
-        settings = self.config.delivery
         level = policy.level
         try:
-            session = await SmtpSession.open(
-                ip, hop.port,
-                connect_timeout=settings.connect_timeout,
-                command_timeout=settings.command_timeout,
-            )  # fmt: skip
+            session = await self._connect(hop, ip)
         except SessionError as exc:
             return HostInspection(hop, ip, error=str(exc))
         try:

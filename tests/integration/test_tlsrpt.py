@@ -18,9 +18,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from relaymail.delivery import DeliveryEngine, Status, deliver
+from relaymail.delivery import DeliveryEngine, HostPolicy, Status, deliver
 from relaymail.message import Envelope
 from relaymail.routing import HopSource, NextHop
+from relaymail.tls.policy import Level
 from relaymail.tls.tlsrpt import (
     PolicyType,
     ReportState,
@@ -380,7 +381,8 @@ async def test_real_sessions_become_a_valid_report(store, smtp_peer, ca_file, dn
     try:
         for peer in (good, expired, clear):
             hop = NextHop("mx.example.test", peer.port, (peer.host,), HopSource.ROUTE)
-            seen = await engine.inspect_host("dest.test", hop, peer.host)
+            policy = HostPolicy(Level.VERIFY, "test")
+            seen = await engine.inspect_host("dest.test", hop, peer.host, policy)
             assert seen.event is not None, seen.error
             event = session_event(
                 "dest.test", event=seen.event, tls=seen.tls, mx_hostname=hop.name,
