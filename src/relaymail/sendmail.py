@@ -13,7 +13,6 @@ import getpass
 import os
 import sys
 import time
-from email.utils import formatdate, getaddresses, make_msgid
 from pathlib import Path
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 67, 75, 78
@@ -89,6 +88,15 @@ def _has_header(headers: bytes, name: bytes) -> bool:
     return any(line.lower().startswith(name.lower() + b":") for line in headers.split(b"\r\n"))
 
 
+def _rfc5322_date() -> str:
+    # strftime's names are English here: Python leaves LC_TIME at "C".
+    return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime())
+
+
+def _message_id(hostname: str) -> str:
+    return f"<{time.time_ns():x}.{os.getpid()}.{os.urandom(4).hex()}@{hostname}>"
+
+
 def _header_values(headers: bytes, names: tuple[str, ...]) -> list[str]:
     from email.parser import BytesHeaderParser
     from email.policy import compat32
@@ -105,6 +113,9 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
     headers, body = _header_section(data)
     recipients = list(options.recipients)
     if options.extract:
+        # Imported here: only -t pays for the email package at start-up.
+        from email.utils import getaddresses
+
         recipients += [a for _, a in getaddresses(_header_values(headers, ("to", "cc", "bcc")))]
         # -t: Bcc recipients get the message, nobody sees the Bcc header.
         kept, skipping = [], False
@@ -120,9 +131,9 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
         name = f'"{options.full_name}" ' if options.full_name else ""
         added.append(f"From: {name}<{sender}>")
     if not _has_header(headers, b"Date"):
-        added.append(f"Date: {formatdate(localtime=True)}")
+        added.append(f"Date: {_rfc5322_date()}")
     if not _has_header(headers, b"Message-ID"):
-        added.append(f"Message-ID: {make_msgid(domain=hostname)}")
+        added.append(f"Message-ID: {_message_id(hostname)}")
     prefix = "".join(f"{h}\r\n" for h in added).encode()
     headers = headers if headers.endswith(b"\r\n") or not headers else headers + b"\r\n"
     return prefix + headers + b"\r\n" + body, [r for r in recipients if r]
