@@ -9,6 +9,8 @@ failure reaches its TLS report.
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import gzip
 import json
 import time
@@ -21,10 +23,10 @@ from relaymail.message import Envelope
 from relaymail.tls.tlsrpt import TlsReportStore, preview_reports, send_daily_reports
 from tests.integration.conftest import MESSAGE
 from tests.integration.daemon_process import RELAYMAIL, run_command, write_toml
-from tests.integration.test_smtp_client import Script
 from tests.peers.certs import server_context
 from tests.peers.dns_server import AAAA, MX, TXT, A
 from tests.peers.https_server import HTTPSServer, Response
+from tests.peers.smtp_server import Script
 
 POLICY = "version: STSv1\nmode: {mode}\nmx: mx.example.test\nmax_age: 86400\n"
 
@@ -196,9 +198,6 @@ async def test_daily_report_arrives_as_mail_and_is_not_held_to_the_policy(
     [delivery] = sent
     assert delivery.status is Status.DELIVERED, delivery.reason
     [mail] = [t for t in peer.transactions if t.recipients == ("tlsrpt@dest.test",)]
-    import email
-    import email.policy
-
     message = email.message_from_bytes(mail.data, policy=email.policy.default)
     assert message.get_content_type() == "multipart/report"
     assert message.get_param("report-type") == "tlsrpt"
