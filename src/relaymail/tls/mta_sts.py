@@ -62,15 +62,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dns.asyncresolver
 import dns.exception
 import dns.rdtypes.ANY.TXT
 import dns.resolver
-import httpx
 import idna
 
 from ..errors import RelaymailError
+
+if TYPE_CHECKING:
+    import httpx  # imported where used: `deliver` and the daemon start without it
 
 log = logging.getLogger("relaymail.mta_sts")
 
@@ -379,6 +382,8 @@ class _Unreachable(StsError):
 
 
 async def _fetch_from(host: str, address: str, port: int, context: ssl.SSLContext) -> bytes:
+    import httpx
+
     ip_host = f"[{address}]" if ":" in address else address
     where = f"https://{host}{WELL_KNOWN_PATH} at {ip_host}:{port}"
     headers = {
@@ -416,6 +421,7 @@ async def _fetch_from(host: str, address: str, port: int, context: ssl.SSLContex
 
 
 def _check_response(response: httpx.Response, where: str) -> None:
+
     if response.is_redirect:
         target = response.headers.get("location", "")
         raise StsFetchError(
@@ -438,6 +444,7 @@ def _check_response(response: httpx.Response, where: str) -> None:
 
 
 async def _read_limited(response: httpx.Response, where: str) -> bytes:
+
     body = bytearray()
     async for chunk in response.aiter_raw():
         body += chunk

@@ -53,17 +53,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
-import httpx
 
 from ..errors import AddressError, RelaymailError
 from ..message import Envelope, check_address, domain_of
 from .context import TlsFacts
 from .policy import Event
+
+if TYPE_CHECKING:
+    import httpx  # imported where used: `deliver` and the daemon start without it
 
 __all__ = [
     "DB_FILENAME",
@@ -981,6 +983,8 @@ async def post_report(
     (SNI and Host carry the name). Addresses are tried in turn until one
     connects; once a request may have reached the server there is no second try.
     """
+    import httpx
+
     url = httpx.URL(uri)
     if url.scheme != "https" or not url.raw_host:
         return DestinationResult(uri, False, "not an https URL with a host", permanent=True)
@@ -1062,6 +1066,8 @@ async def send_daily_reports(
     that took it. `enqueue` queues a message (Scheduler.enqueue); `ssl_context`
     verifies https receivers (default: the system's trust store).
     """
+    import httpx
+
     if day >= utc_day(clock()):
         raise ValueError(f"{day} is not over yet (UTC); its report would be incomplete")
     contact = contact_info or f"postmaster@{submitter}"
