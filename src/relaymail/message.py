@@ -76,7 +76,8 @@ def canonical_data(raw: bytes) -> bytes:
 
 def dot_stuff(data: bytes) -> bytes:
     """Transparency per RFC 5321 4.5.2, on canonical data; the terminator is not added."""
-    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    # find() allocates nothing: most messages have no line to stuff, and keep their bytes.
+    stuffed = data.replace(b"\r\n.", b"\r\n..") if b"\r\n." in data else data
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
     return stuffed

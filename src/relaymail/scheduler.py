@@ -154,7 +154,9 @@ class Scheduler:
         """Queue and schedule a message (inbound mail, DSNs, local submission)."""
         message = await self.store.enqueue(envelope, data, self._clock())
         self.submit(message, data)
-        log.info(
+        # The inbound server logs the acceptance with this id; DSNs and local
+        # submissions say so in their own lines.
+        log.debug(
             "queued id=%s from=<%s> recipients=%d size=%d",
             message.id, envelope.sender, len(envelope.recipients), len(data),
         )  # fmt: skip

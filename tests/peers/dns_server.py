@@ -346,4 +346,3 @@ class DNSServerFactory(Protocol):
     """The `dns_server` fixture: start unbound for `entries`; stopped when the test ends."""
 
     def __call__(self, entries: Iterable[DNSEntry], *, host: str = ...) -> DNSServer: ...
-

@@ -61,8 +61,11 @@ def test_unconsumed_bytes_include_parsed_but_unclaimed_replies():
 
 @given(
     code=st.integers(200, 599),
-    lines=st.lists(st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
-                   min_size=1, max_size=5),
+    lines=st.lists(
+        st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+        min_size=1,
+        max_size=5,
+    ),
     cuts=st.lists(st.integers(0, 400), max_size=6),
 )
 def test_any_split_of_the_stream_gives_the_same_reply(code, lines, cuts):
