@@ -40,7 +40,6 @@ import binascii
 import collections
 import email.utils
 import enum
-import functools
 import ipaddress
 import logging
 import re
@@ -297,20 +296,20 @@ def count_received(data: bytes) -> int:
     return len(_RECEIVED_FIELD.findall(header))
 
 
-def line_too_long(data: bytes, limit: int) -> bool:
-    """Whether canonical `data` has a line longer than `limit` octets with its CRLF.
+def canonical_lines(data: bytes) -> tuple[bytes, int]:
+    """``data`` in canonical form (message.canonical_data), and its longest line with CRLF.
 
-    Anchored at line starts, so the scan is linear, and nothing is copied: a
-    split into lines costs two copies of the message (a third of DATA's time
-    at 100 KB).
+    canonical_data rewrites every line ending through a regex: 350 us per
+    100 KB here. Mail from conforming clients has nothing to rewrite, and the
+    split that measures the lines also proves that (no CR or LF left once
+    the CRLFs are gone), at a third of the cost.
     """
-    return _long_line(limit).search(data) is not None
-
-
-@functools.lru_cache(maxsize=4)
-def _long_line(limit: int) -> re.Pattern[bytes]:
-    # A line of n octets plus CRLF is too long when n >= limit - 1.
-    return re.compile(rb"^[^\r\n]{%d}" % (limit - 1), re.MULTILINE)
+    lines = data.split(b"\r\n")
+    rest = b"".join(lines)
+    if b"\n" in rest or b"\r" in rest or (data and not data.endswith(b"\r\n")):
+        data = canonical_data(data)
+        lines = data.split(b"\r\n")
+    return data, max(map(len, lines)) + 2
 
 
 # RFC 2034: once ENHANCEDSTATUSCODES is advertised, every 2xx/4xx/5xx reply
@@ -964,9 +963,9 @@ class InboundHandler:
         self, server: InboundSMTP, session: InboundSession, envelope: SMTPEnvelope
     ) -> str:
         assert isinstance(envelope.content, bytes) and envelope.mail_from is not None
-        data = canonical_data(envelope.content)
+        data, longest = canonical_lines(envelope.content)
         limit = self.settings.max_line_length
-        if limit is not None and line_too_long(data, limit):
+        if limit is not None and longest > limit:
             return f"500 5.5.2 Line too long, the limit is {limit} octets (RFC 5321 4.5.3.1.6)"
         if count_received(data) >= self.settings.max_received_headers:
             return "554 5.4.6 Too many Received: headers, mail loop detected"

@@ -7,12 +7,11 @@ import ipaddress
 import pytest
 
 from relaymail.errors import ConfigError
-from relaymail.message import canonical_data
 from relaymail.server import (
     ListenerMode,
     ListenerSettings,
+    canonical_lines,
     count_received,
-    line_too_long,
     may_relay,
     parse_esmtp_params,
     received_header,
@@ -164,12 +163,9 @@ def test_count_received_looks_at_the_header_section_only() -> None:
 # --------------------------------------------------------------------------- message data
 
 
-def test_line_length_counts_the_crlf() -> None:
+def test_canonical_lines_leaves_crlf_data_alone_and_measures_lines() -> None:
     data = b"Subject: x\r\n\r\n" + b"a" * 100 + b"\r\n"
-    assert not line_too_long(data, 102)
-    assert line_too_long(data, 101)
-    assert line_too_long(b"b" * 200, 150)  # the last line, without CRLF
-    assert not line_too_long(b"", 80)
+    assert canonical_lines(data) == (data, 102)
 
 
 @pytest.mark.parametrize(
@@ -181,8 +177,8 @@ def test_line_length_counts_the_crlf() -> None:
         (b"", b""),
     ],
 )
-def test_bare_line_ends_are_normalised(raw: bytes, canonical: bytes) -> None:
-    assert canonical_data(raw) == canonical
+def test_canonical_lines_normalises_bare_line_ends(raw: bytes, canonical: bytes) -> None:
+    assert canonical_lines(raw)[0] == canonical
 
 
 # --------------------------------------------------------------------------- replies and params
