@@ -500,7 +500,8 @@ class DeliveryEngine:
         fallback = self.config.tls.tempfail_fallback
         event, detail, tls = await self._negotiate(run.domain, hop, session, caps, run.host.dane)
         if self.config.tls.reporting:
-            run.events.append(self._session_event(run, hop, ip, event, tls, detail))
+            local = session.local_address
+            run.events.append(self._session_event(run, hop, ip, event, tls, detail, local))
         memory = self._memory if self.config.tls.remembers(run.domain) else None
         promised = memory.promised(run.domain) if memory and event is Event.NOT_OFFERED else None
         if memory and tls.used:
@@ -528,7 +529,13 @@ class DeliveryEngine:
 
     @staticmethod
     def _session_event(
-        run: _DomainRun, hop: NextHop, ip: str, event: Event, tls: TlsFacts, detail: str
+        run: _DomainRun,
+        hop: NextHop,
+        ip: str,
+        event: Event,
+        tls: TlsFacts,
+        detail: str,
+        local_ip: str | None,
     ) -> TlsEvent:
         sts, dane = run.sts, run.host.dane
         if dane is not None:
@@ -543,6 +550,7 @@ class DeliveryEngine:
             verification_required=run.host.level.requires_verification or sts is not None,
             policy_type=policy_type, policy_strings=strings,
             mx_host_patterns=sts.mx if sts and dane is None else (),
+            sending_mta_ip=local_ip,
         )  # fmt: skip
 
     async def _negotiate(

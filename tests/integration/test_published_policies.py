@@ -108,6 +108,7 @@ async def test_enforce_never_falls_back_to_clear_and_the_report_says_why(
     [failure] = policy["failure-details"]
     assert failure["result-type"] == "starttls-not-supported"
     assert failure["receiving-mx-hostname"] == "mx.example.test"
+    assert failure["sending-mta-ip"] == "127.0.0.1"
 
     # The admin's view of the same: `relaymail tlsrpt show`.
     path = write_toml(tmp_path / "relaymail.toml", {"queue": {"directory": tmp_path / "state"}})

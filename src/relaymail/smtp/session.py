@@ -112,6 +112,13 @@ class SmtpSession:
         return cls(wire, address, port, command_timeout)
 
     @property
+    def local_address(self) -> str | None:
+        """Our end's IP address (TLS reports name it as the sending MTA)."""
+        transport = self._wire.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        return str(sockname[0]) if sockname else None
+
+    @property
     def is_usable(self) -> bool:
         """Open, idle and with nothing unsolicited from the server (for connection reuse)."""
         return (
