@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from .config import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
+from .errors import QueueFull
 from .message import Envelope, domain_of
 from .queue.store import (
     PendingMessage,
@@ -186,8 +187,13 @@ class Scheduler:
     async def _deliver(self, entry: _Entry) -> None:
         try:
             await self._attempt(entry)
-        except Exception:  # a bug must not kill the scheduler; the store still has the mail
-            log.exception("id=%s: delivery attempt failed unexpectedly", entry.id)
+        except Exception as exc:
+            # The store still holds the recipients as they were: the next try may
+            # repeat a delivery whose outcome could not be recorded, never lose one.
+            if isinstance(exc, QueueFull):
+                log.error("id=%s: outcome not recorded, will retry: %s", entry.id, exc)
+            else:  # a bug must not kill the scheduler
+                log.exception("id=%s: delivery attempt failed unexpectedly", entry.id)
             for pending in entry.recipients.values():
                 pending.due = self._clock() + self.settings.retry.delay(pending.attempts + 1)
         finally:
