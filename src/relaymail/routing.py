@@ -21,6 +21,7 @@ import dns.nameserver
 import dns.resolver
 
 from .config import DnsSettings, HostPort
+from .dns_errors import describe_dns_error
 from .errors import RelaymailError
 
 
@@ -119,8 +120,9 @@ class Router:
                 ) from None
             return [hop]
         except dns.exception.DNSException as exc:
+            why = describe_dns_error(exc)
             raise RoutingError(
-                f"MX lookup for {domain} failed: {_dns_error(exc)}", permanent=False, status="4.4.3"
+                f"MX lookup for {domain} failed: {why}", permanent=False, status="4.4.3"
             ) from None
         records = [(r.preference, r.exchange.to_text(omit_final_dot=True).lower()) for r in answer]
         hosts = [(pref, name) for pref, name in records if name not in ("", ".")]
@@ -154,7 +156,7 @@ class Router:
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             return [], f"{host} has no address records"
         except dns.exception.DNSException as exc:
-            return [], f"{rdtype} lookup for {host} failed: {_dns_error(exc)}"
+            return [], f"{rdtype} lookup for {host} failed: {describe_dns_error(exc)}"
         return [r.to_text() for r in answer], None
 
 
@@ -169,11 +171,3 @@ def _literal_hop(domain: str, port: int) -> NextHop:
             f"{domain} is not a valid address literal", permanent=True, status="5.1.2"
         ) from None
     return NextHop(address, port, (address,), HopSource.LITERAL)
-
-
-def _dns_error(exc: dns.exception.DNSException) -> str:
-    if isinstance(exc, dns.resolver.LifetimeTimeout):
-        return "timed out"
-    if isinstance(exc, dns.resolver.NoNameservers):
-        return "no name server answered (SERVFAIL)"
-    return str(exc) or type(exc).__name__

@@ -70,6 +70,7 @@ import dns.rdtypes.ANY.TXT
 import dns.resolver
 import idna
 
+from ..dns_errors import describe_dns_error
 from ..errors import RelaymailError
 
 if TYPE_CHECKING:
@@ -362,7 +363,7 @@ async def _address_records(
     except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
         return [], None
     except dns.exception.DNSException as exc:
-        return [], f"{rdtype} lookup for {host} failed: {_dns_error(exc)}"
+        return [], f"{rdtype} lookup for {host} failed: {describe_dns_error(exc)}"
     return [rdata.to_text() for rdata in answer], None
 
 
@@ -480,14 +481,6 @@ def _tls_error(exc: BaseException) -> str | None:
         if isinstance(cause, ssl.SSLError):
             return str(cause.reason or cause)
     return None
-
-
-def _dns_error(exc: dns.exception.DNSException) -> str:
-    if isinstance(exc, dns.resolver.LifetimeTimeout):
-        return "timed out"
-    if isinstance(exc, dns.resolver.NoNameservers):
-        return "no name server answered (SERVFAIL)"
-    return str(exc) or type(exc).__name__
 
 
 # --- The durable cache -----------------------------------------------------------------
@@ -675,7 +668,7 @@ class StsResolver:
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             return None
         except dns.exception.DNSException as exc:
-            raise StsError(f"TXT lookup for {name} failed: {_dns_error(exc)}") from None
+            raise StsError(f"TXT lookup for {name} failed: {describe_dns_error(exc)}") from None
         texts = [
             b"".join(rdata.strings).decode("utf-8", errors="replace")
             for rdata in answer

@@ -59,6 +59,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from ..dns_errors import describe_dns_error
 from ..errors import AddressError, RelaymailError
 from ..message import Envelope, check_address, domain_of
 from .context import TlsFacts
@@ -926,7 +927,7 @@ async def lookup_tlsrpt(domain: str, resolver: dns.asyncresolver.Resolver) -> Tl
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return None
     except dns.exception.DNSException as exc:
-        why = str(exc) or type(exc).__name__
+        why = describe_dns_error(exc)
         raise TlsRptLookupError(f"TXT lookup for {name} failed: {why}") from exc
     # A record's character-strings are one string, concatenated without spaces.
     # Latin-1 cannot fail; non-ASCII then fails the grammar, as it should.
@@ -993,7 +994,8 @@ async def post_report(
     try:
         addresses = [host] if literal else await _addresses(host, resolver)
     except dns.exception.DNSException as exc:
-        return DestinationResult(uri, False, f"address lookup for {host} failed: {exc}")
+        why = describe_dns_error(exc)
+        return DestinationResult(uri, False, f"address lookup for {host} failed: {why}")
     if not addresses:
         return DestinationResult(uri, False, f"{host} has no address records")
     authority = host if url.port is None else f"{host}:{url.port}"
