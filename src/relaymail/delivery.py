@@ -198,7 +198,10 @@ class DeliveryEngine:
         self.config = config
         # One resolver for routing, MTA-STS and DANE, so they see the same DNS.
         self.resolver = make_resolver(config.dns)
-        self.router = router or Router(config.routes, self.resolver, config.delivery.port)
+        self.router = router or Router(
+            config.routes, self.resolver, config.delivery.port,
+            system_lookup=not config.dns.nameservers,
+        )  # fmt: skip
         self._sts: StsResolver | None = None
         self._sts_cache: StsCache | None = None
         self._reports: TlsReportStore | None = None
