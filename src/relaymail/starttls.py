@@ -18,18 +18,11 @@ from .config import TlsSettings
 from .routing import NextHop
 from .smtp.client import Capabilities, Verb
 from .smtp.session import SessionError, SmtpSession
-from .tls.context import (
-    CLEAR,
-    TlsFacts,
-    check_peer,
-    client_context,
-    describe,
-    peer_chain,
-    trust_store,
-)
+from .tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
 from .tls.dane import TlsaLookup
 from .tls.memory import TlsMemory
 from .tls.policy import Decision, Event, Level, decide
+from .tls.verify import check_peer, openssl_store
 
 log = logging.getLogger("relaymail.delivery")
 
@@ -120,7 +113,7 @@ class StarttlsStep:
             error = None if verified else f"{result.result_type}: {result.reason}"
         else:
             try:
-                store = trust_store(self._settings.ca_file)
+                store = openssl_store(self._settings.ca_file)
                 verified, error = check_peer(chain, reference, store)
             except (OSError, ValueError) as exc:
                 verified, error = False, f"validation-failure: trust store unusable: {exc}"
