@@ -27,8 +27,8 @@ import dns.nameserver
 import dns.resolver
 
 from .config import DnsSettings, HostPort
-from .dns_errors import describe_dns_error
 from .errors import RelaymailError
+from .resolver import describe_dns_error
 
 
 class HopSource(enum.Enum):

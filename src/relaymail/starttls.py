@@ -10,11 +10,11 @@ the caller: only delivery sends mail.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import logging
 from dataclasses import dataclass
 
 from .config import TlsSettings
+from .resolver import is_ip
 from .routing import NextHop
 from .smtp.client import Capabilities, Verb
 from .smtp.session import SessionError, SmtpSession
@@ -94,7 +94,7 @@ class StarttlsStep:
             return Event.INJECTION, f"{len(injected)} bytes: {injected[:60]!r}", CLEAR
         reference = hop.name
         try:
-            await session.start_tls(self._context, None if _is_ip(reference) else reference)
+            await session.start_tls(self._context, None if is_ip(reference) else reference)
         except SessionError as exc:
             return Event.HANDSHAKE_FAILED, str(exc), CLEAR
         tls = self._tls_facts(session, reference, dane)
@@ -126,11 +126,3 @@ class StarttlsStep:
             verify_error=error,
             certificate=describe(chain[0]) if chain else None,
         )
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True

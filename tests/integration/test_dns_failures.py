@@ -1,6 +1,6 @@
 """A resolver that fails: delivery and `relaymail probe` name the same, real cause.
 
-Both go through one description (relaymail.dns_errors): a REFUSED answer is not called
+Both go through one description (relaymail.resolver): a REFUSED answer is not called
 SERVFAIL, and a timeout names the server that stayed silent.
 """
 

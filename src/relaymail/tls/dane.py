@@ -72,7 +72,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from ..dns_errors import describe_dns_error
+from ..resolver import describe_dns_error
 from .context import _EE_POLICY
 from .tlsrpt import ResultType
 

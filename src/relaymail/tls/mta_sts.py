@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import logging
 import re
 import sqlite3
@@ -70,8 +69,8 @@ import dns.rdtypes.ANY.TXT
 import dns.resolver
 import idna
 
-from ..dns_errors import describe_dns_error
 from ..errors import RelaymailError
+from ..resolver import describe_dns_error, is_ip
 
 if TYPE_CHECKING:
     import httpx  # imported where used: `deliver` and the daemon start without it
@@ -692,7 +691,7 @@ class StsResolver:
 def _normalize(domain: str) -> str:
     """The lower-case A-label form of `domain`; "" for an address literal."""
     domain = domain.rstrip(".").lower()
-    if domain.startswith("[") or _is_ip(domain):
+    if domain.startswith("[") or is_ip(domain):
         return ""
     if not domain.isascii():
         try:
@@ -702,14 +701,6 @@ def _normalize(domain: str) -> str:
     if not domain or not all(_LABEL.fullmatch(label) for label in domain.split(".")):
         raise ValueError("not a valid domain name")
     return domain
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 __all__ = [

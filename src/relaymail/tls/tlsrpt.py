@@ -37,7 +37,6 @@ import contextlib
 import enum
 import gzip
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -59,9 +58,9 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from ..dns_errors import describe_dns_error
 from ..errors import AddressError, RelaymailError
 from ..message import Envelope, check_address, domain_of
+from ..resolver import describe_dns_error, is_ip
 from .context import TlsFacts
 from .policy import Event
 
@@ -990,7 +989,7 @@ async def post_report(
     if url.scheme != "https" or not url.raw_host:
         return DestinationResult(uri, False, "not an https URL with a host", permanent=True)
     host = url.raw_host.decode("ascii")
-    literal = _is_ip(host)
+    literal = is_ip(host)
     try:
         addresses = [host] if literal else await _addresses(host, resolver)
     except dns.exception.DNSException as exc:
@@ -1036,14 +1035,6 @@ async def _addresses(host: str, resolver: dns.asyncresolver.Resolver) -> list[st
 
     v6, v4 = await asyncio.gather(query("AAAA"), query("A"))
     return v6 + v4
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def send_daily_reports(

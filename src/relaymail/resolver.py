@@ -1,4 +1,6 @@
-"""Why a DNS lookup failed, in the words an operator can act on.
+"""Words about names and addresses shared by every lookup: why DNS failed, what an IP is.
+
+Why a DNS lookup failed, in the words an operator can act on:
 
 dnspython raises one `NoNameservers` whether the servers answered SERVFAIL,
 answered REFUSED (a resolver whose ACL does not include us), or could not be
@@ -10,12 +12,22 @@ same cause for the same failure.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
 import dns.exception
 import dns.message
 import dns.resolver
+
+
+def is_ip(text: str) -> bool:
+    """Whether `text` is an IPv4 or IPv6 address (not a host name)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def describe_dns_error(exc: dns.exception.DNSException) -> str:
