@@ -11,7 +11,6 @@ delivery cheap.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import enum
 import logging
 import re
@@ -27,15 +26,8 @@ from .routing import HopSource, NextHop, Router, RoutingError, make_resolver
 from .smtp.client import Capabilities, State, Verb
 from .smtp.reply import Reply
 from .smtp.session import SessionError, SmtpSession
-from .tls.context import (
-    CLEAR,
-    TlsFacts,
-    check_peer,
-    client_context,
-    describe,
-    peer_chain,
-    trust_store,
-)
+from .starttls import HostPolicy, StarttlsStep
+from .tls.context import CLEAR, TlsFacts
 from .tls.dane import DaneStatus, TlsaLookup, lookup_tlsa
 from .tls.memory import TlsMemory
 from .tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
@@ -45,7 +37,6 @@ from .tls.policy import (
     Decision,
     Event,
     Level,
-    decide,
     wants_starttls,
 )
 from .tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
@@ -110,15 +101,6 @@ class _Outcome:
     host: str | None = None
     reply: Reply | None = None
     tls: TlsFacts = CLEAR
-
-
-@dataclass(frozen=True, slots=True)
-class HostPolicy:
-    """The level for one next hop: the domain's, unless DANE says more for this host."""
-
-    level: Level
-    source: str
-    dane: TlsaLookup | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +176,11 @@ class HostInspection:
 class _HostFailed(Exception):
     """This host cannot take the pending recipients; the reason goes to the next one."""
 
-    def __init__(self, result: str, detail: str) -> None:
+    def __init__(self, result: str, detail: str, tls: TlsFacts = CLEAR) -> None:
         super().__init__(detail)
         self.result = result
         self.detail = detail
+        self.tls = tls  # TLS can be up when the host fails (a certificate `verify` refuses)
 
 
 @dataclass(slots=True)
@@ -215,8 +198,10 @@ class DeliveryEngine:
         self.config = config
         # One resolver for routing, MTA-STS and DANE, so they see the same DNS.
         self.resolver = make_resolver(config.dns)
-        self.router = router or Router(config.routes, self.resolver, config.delivery.port)
-        self._tls_context = client_context()
+        self.router = router or Router(
+            config.routes, self.resolver, config.delivery.port,
+            system_lookup=not config.dns.nameservers,
+        )  # fmt: skip
         self._sts: StsResolver | None = None
         self._sts_cache: StsCache | None = None
         self._reports: TlsReportStore | None = None
@@ -226,6 +211,7 @@ class DeliveryEngine:
             if config.tls.remember
             else None
         )
+        self._starttls = StarttlsStep(config.tls, self._memory)
         self._idle: dict[tuple[str, int, str, Level], list[_Cached]] = defaultdict(list)
         self._slots: dict[str, asyncio.Semaphore] = {}
 
@@ -375,7 +361,7 @@ class DeliveryEngine:
                 try:
                     await self._try_host(run, hop, ip, starttls=True)
                 except _HostFailed as failed:
-                    run.note(hop, ip, failed.result, CLEAR, failed.detail)
+                    run.note(hop, ip, failed.result, failed.tls, failed.detail)
                     failures.append(f"{hop.label}: {failed.detail}")
         if run.pending and failures:
             # Recipients that no host accepted: defer with every host's reason,
@@ -497,16 +483,13 @@ class DeliveryEngine:
     async def _starttls_step(
         self, run: _DomainRun, hop: NextHop, ip: str, session: SmtpSession, caps: Capabilities
     ) -> tuple[TlsFacts, Capabilities, SmtpSession]:
-        fallback = self.config.tls.tempfail_fallback
-        event, detail, tls = await self._negotiate(run.domain, hop, session, caps, run.host.dane)
-        if self.config.tls.reporting:
+        step = await self._starttls.run(run.domain, hop, session, caps, run.host)
+        event, tls, decision = step.event, step.tls, step.decision
+        # RFC 8460 reports on the domain's own MX hosts: a static route or smarthost is
+        # the sender's infrastructure, not the recipient domain's.
+        if self.config.tls.reporting and hop.source in _DNS_HOPS:
             local = session.local_address
-            run.events.append(self._session_event(run, hop, ip, event, tls, detail, local))
-        memory = self._memory if self.config.tls.remembers(run.domain) else None
-        promised = memory.promised(run.domain) if memory and event is Event.NOT_OFFERED else None
-        if memory and tls.used:
-            memory.saw_tls(run.domain)
-        decision = decide(run.host.level, fallback, event, detail, promised)
+            run.events.append(self._session_event(run, hop, ip, event, tls, step.detail, local))
         result = {
             Action.USE_TLS: "tls",
             Action.CONTINUE_CLEAR: "continued-clear",
@@ -519,7 +502,7 @@ class DeliveryEngine:
             return tls, await self._hello(session), session
         if decision.action is Action.HOST_FAILS:
             session.abort()
-            raise _HostFailed(result, decision.reason)
+            raise _HostFailed(result, decision.reason, tls)
         run.note(hop, ip, result, CLEAR, decision.reason)
         if decision.action is Action.CONTINUE_CLEAR:
             return CLEAR, caps, session
@@ -553,44 +536,6 @@ class DeliveryEngine:
             sending_mta_ip=local_ip,
         )  # fmt: skip
 
-    async def _negotiate(
-        self,
-        domain: str,
-        hop: NextHop,
-        session: SmtpSession,
-        caps: Capabilities,
-        dane: TlsaLookup | None = None,
-    ) -> tuple[Event, str, TlsFacts]:
-        """Run STARTTLS and the handshake; say what happened, never decide."""
-        if "STARTTLS" not in caps:
-            return Event.NOT_OFFERED, "", CLEAR
-        try:
-            reply = await session.command(Verb.STARTTLS)
-        except SessionError as exc:
-            return Event.NO_REPLY, str(exc), CLEAR
-        if reply.is_transient:
-            return Event.TEMPFAIL, str(reply), CLEAR
-        if not reply.is_success:
-            return Event.PERMFAIL, str(reply), CLEAR
-        injected = session.conn.take_trailing_data()
-        if injected:
-            log.warning(
-                "domain=%s host=%s: %d cleartext bytes followed the 220 to STARTTLS: %r",
-                domain, hop.label, len(injected), injected[:200],
-            )  # fmt: skip
-            return Event.INJECTION, f"{len(injected)} bytes: {injected[:60]!r}", CLEAR
-        reference = hop.name
-        sni = None if _is_ip(reference) else reference
-        try:
-            await session.start_tls(self._tls_context, sni)
-        except SessionError as exc:
-            return Event.HANDSHAKE_FAILED, str(exc), CLEAR
-        assert session.ssl_object is not None
-        tls = self._tls_facts(session, reference, dane)
-        if tls.verified:
-            return Event.VERIFIED, f"{tls.version} {tls.cipher}", tls
-        return Event.UNVERIFIED, tls.verify_error or "", tls
-
     async def inspect_host(
         self, domain: str, hop: NextHop, ip: str, policy: HostPolicy
     ) -> HostInspection:
@@ -605,43 +550,17 @@ class DeliveryEngine:
             if not greeting.is_success:
                 return HostInspection(hop, ip, greeting=str(greeting), error="greeting refused")
             caps = await self._hello(session)
-            event, detail, tls = await self._negotiate(domain, hop, session, caps, policy.dane)
-            after = await self._hello(session) if tls.used else None
-            decision = decide(level, self.config.tls.tempfail_fallback, event, detail)
+            step = await self._starttls.run(domain, hop, session, caps, policy)
+            after = await self._hello(session) if step.tls.used else None
             return HostInspection(
-                hop, ip, greeting=str(greeting), capabilities=caps, event=event, tls=tls,
-                capabilities_after_tls=after, decision=decision, level=level,
+                hop, ip, greeting=str(greeting), capabilities=caps, event=step.event,
+                tls=step.tls, capabilities_after_tls=after, decision=step.decision, level=level,
                 level_source=policy.source,
             )  # fmt: skip
         except (SessionError, _HostFailed) as exc:
             return HostInspection(hop, ip, error=str(exc))
         finally:
             await session.quit()
-
-    def _tls_facts(self, session: SmtpSession, reference: str, dane: TlsaLookup | None) -> TlsFacts:
-        """The session's TLS facts; `verified` by the TLSA records when DANE applies."""
-        ssl_object = session.ssl_object
-        assert ssl_object is not None
-        chain = peer_chain(ssl_object)
-        if dane is not None:
-            result = dane.verify(chain, now=dt.datetime.now(dt.UTC))
-            verified = result.verified
-            error = None if verified else f"{result.result_type}: {result.reason}"
-        else:
-            try:
-                store = trust_store(self.config.tls.ca_file)
-                verified, error = check_peer(chain, reference, store)
-            except (OSError, ValueError) as exc:
-                verified, error = False, f"validation-failure: trust store unusable: {exc}"
-        cipher = ssl_object.cipher()
-        return TlsFacts(
-            used=True,
-            version=ssl_object.version(),
-            cipher=cipher[0] if cipher else None,
-            verified=verified,
-            verify_error=error,
-            certificate=describe(chain[0]) if chain else None,
-        )
 
     async def _transaction(
         self, run: _DomainRun, hop: NextHop, session: SmtpSession, caps: Capabilities,
@@ -787,16 +706,6 @@ def _mail_parameters(caps: Capabilities, size: int, data: bytes, smtputf8: bool)
     if smtputf8:
         params.append(" SMTPUTF8")
     return "".join(params)
-
-
-def _is_ip(name: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _results(run: _DomainRun, statuses: dict[str, str]) -> list[RecipientResult]:

@@ -4,6 +4,11 @@ Static routes from [routes] win (a smarthost or transport map); otherwise DNS:
 MX by preference with random order among equals (RFC 5321 5.1), the implicit
 MX when there is none, the null MX of RFC 7505. Delivery code sees only
 NextHop values, never DNS records.
+
+A [routes] host is the operator's own name for a machine, so it resolves as
+the system does (/etc/hosts, then DNS: Exim's manualroute and Postfix's
+relayhost do the same), unless [dns] names servers; MX hosts are the
+recipient domain's names and always come from DNS.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import enum
 import ipaddress
 import random
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,6 +28,7 @@ import dns.resolver
 
 from .config import DnsSettings, HostPort
 from .errors import RelaymailError
+from .resolver import describe_dns_error
 
 
 class HopSource(enum.Enum):
@@ -78,10 +85,13 @@ class Router:
         routes: Mapping[str, tuple[HostPort, ...]],
         resolver: dns.asyncresolver.Resolver,
         mx_port: int = 25,
+        *,
+        system_lookup: bool = False,
     ) -> None:
         self._routes = routes
         self._resolver = resolver
         self._mx_port = mx_port
+        self._system_lookup = system_lookup  # route hosts through getaddrinfo()
 
     def route_for(self, domain: str) -> tuple[HostPort, ...] | None:
         """The static route for `domain`: exact, then '.parent' entries, then '*'."""
@@ -119,8 +129,9 @@ class Router:
                 ) from None
             return [hop]
         except dns.exception.DNSException as exc:
+            why = describe_dns_error(exc)
             raise RoutingError(
-                f"MX lookup for {domain} failed: {_dns_error(exc)}", permanent=False, status="4.4.3"
+                f"MX lookup for {domain} failed: {why}", permanent=False, status="4.4.3"
             ) from None
         records = [(r.preference, r.exchange.to_text(omit_final_dot=True).lower()) for r in answer]
         hosts = [(pref, name) for pref, name in records if name not in ("", ".")]
@@ -143,6 +154,8 @@ class Router:
             return NextHop(host, port, (host,), source, preference)
         except ValueError:
             pass
+        if source is HopSource.ROUTE and self._system_lookup:
+            return await _system_hop(host, port)
         v6, v4 = await asyncio.gather(self._addresses(host, "AAAA"), self._addresses(host, "A"))
         addresses = v6[0] + v4[0]
         error = None if addresses else (v6[1] or v4[1])
@@ -154,8 +167,18 @@ class Router:
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             return [], f"{host} has no address records"
         except dns.exception.DNSException as exc:
-            return [], f"{rdtype} lookup for {host} failed: {_dns_error(exc)}"
+            return [], f"{rdtype} lookup for {host} failed: {describe_dns_error(exc)}"
         return [r.to_text() for r in answer], None
+
+
+async def _system_hop(host: str, port: int) -> NextHop:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return NextHop(host, port, (), HopSource.ROUTE, lookup_error=f"{host}: {exc.strerror}")
+    # The system's order (RFC 6724 address selection), each address once.
+    addresses = dict.fromkeys(str(info[4][0]) for info in infos)
+    return NextHop(host, port, tuple(addresses), HopSource.ROUTE)
 
 
 def _literal_hop(domain: str, port: int) -> NextHop:
@@ -169,11 +192,3 @@ def _literal_hop(domain: str, port: int) -> NextHop:
             f"{domain} is not a valid address literal", permanent=True, status="5.1.2"
         ) from None
     return NextHop(address, port, (address,), HopSource.LITERAL)
-
-
-def _dns_error(exc: dns.exception.DNSException) -> str:
-    if isinstance(exc, dns.resolver.LifetimeTimeout):
-        return "timed out"
-    if isinstance(exc, dns.resolver.NoNameservers):
-        return "no name server answered (SERVFAIL)"
-    return str(exc) or type(exc).__name__

@@ -390,9 +390,9 @@ async def test_a_domain_without_mta_sts_has_no_policy_and_is_remembered(
     clock.advance(2)
     failed = await resolver.lookup(DOMAIN)
     assert failed.policy is None and failed.result_type is None
-    assert failed.error == (
-        f"TXT lookup for _mta-sts.{DOMAIN} failed: no name server answered (SERVFAIL)"
-    )
+    assert failed.error is not None
+    assert failed.error.startswith(f"TXT lookup for _mta-sts.{DOMAIN} failed: ")
+    assert failed.error.endswith(" answered SERVFAIL")
     assert server.requests == []
 
 

@@ -1,33 +1,23 @@
-"""TLS for outbound sessions: one client context, and certificate checks we control.
+"""TLS for outbound sessions: one client context, and the facts a session records.
 
 Every session handshakes with verification off and then checks the peer's
-chain itself (cryptography's X.509 verifier). One mechanism serves every level:
-`may` reports `verified` without acting on it, `verify` fails the host before
-a single command is sent over the unverified channel, and the failure reason
-is precise enough for TLS reporting (expired vs. wrong name vs. unknown CA).
-OpenSSL's own verification would abort the handshake instead, leaving `may`
-with nothing to report.
+chain itself (tls/verify.py, or the TLSA records under DANE). One mechanism
+serves every level: `may` reports `verified` without acting on it, `verify`
+fails the host before a single command is sent over the unverified channel,
+and the failure reason is precise enough for TLS reporting (expired vs. wrong
+name vs. unknown CA). Verification inside the handshake would abort it
+instead, leaving `may` with nothing to report.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import ipaddress
 import ssl
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
 )
 
 
@@ -55,9 +45,9 @@ class TlsFacts:
 
 CLEAR = TlsFacts(used=False)
 
-# The Web PKI profile (CA/Browser Forum rules) refuses many certificates that mail
-# servers use legitimately (private CAs, a critical subjectAltName, no EKU); OpenSSL,
-# which Postfix and Exim verify with, accepts them. So the leaf needs only a
+# For DANE-TA (tls/dane.py), which verifies with cryptography: the Web PKI profile
+# (CA/Browser Forum rules) refuses many certificates that mail servers use
+# legitimately (a critical subjectAltName, no EKU). So the leaf needs only a
 # subjectAltName to match against; CA certificates keep the full Web PKI checks
 # (basicConstraints, keyUsage), so a leaf can never act as an issuer.
 _EE_POLICY = ExtensionPolicy.permit_all().require_present(
@@ -69,25 +59,13 @@ _ENCODING_DER = 2
 
 
 def client_context() -> ssl.SSLContext:
-    """The context for every outbound STARTTLS; certificate checks happen in check_peer()."""
+    """The context for every outbound STARTTLS; certificates are checked after the handshake."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     # RFC 7435 opportunistic security: any protocol the library still allows
     # beats cleartext, so keep OpenSSL's defaults (TLS 1.2+) and nothing stricter.
     return context
-
-
-@functools.lru_cache(maxsize=8)
-def trust_store(ca_file: Path | None) -> Store:
-    """The trust anchors: the configured file, or the system's bundle."""
-    path = ca_file or Path(
-        ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
-    )
-    with warnings.catch_warnings():
-        # Some system bundles carry old roots with non-positive serial numbers.
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        return Store(x509.load_pem_x509_certificates(path.read_bytes()))
 
 
 def peer_chain(ssl_object: ssl.SSLObject) -> list[x509.Certificate]:
@@ -118,49 +96,3 @@ def describe(cert: x509.Certificate) -> PeerCertificate:
         not_after=cert.not_valid_after_utc.isoformat(),
         names=names,
     )
-
-
-def check_peer(
-    chain: list[x509.Certificate], reference: str, store: Store
-) -> tuple[bool, str | None]:
-    """Whether `chain` is valid now for `reference` (a host name or an IP literal).
-
-    Returns (verified, why not). The reason names the TLS-RPT failure class.
-    """
-    if not chain:
-        return False, "validation-failure: the server sent no certificate"
-    leaf, intermediates = chain[0], chain[1:]
-    now = dt.datetime.now(dt.UTC)
-    if leaf.not_valid_after_utc < now:
-        return False, f"certificate-expired: expired {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
-    if leaf.not_valid_before_utc > now:
-        return False, "validation-failure: certificate not yet valid"
-    builder = (
-        PolicyBuilder()
-        .store(store)
-        .time(now)
-        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_EE_POLICY)
-    )
-    try:
-        builder.build_server_verifier(_subject(reference)).verify(leaf, intermediates)
-        return True, None
-    except VerificationError as exc:
-        error = str(exc)
-    # Tell a wrong name from an untrusted chain: does the chain hold for a name it carries?
-    names = describe(leaf).names
-    if names and names[0] != reference:
-        try:
-            builder.build_server_verifier(_subject(names[0])).verify(leaf, intermediates)
-            return False, f"certificate-host-mismatch: {reference} not in {', '.join(names)}"
-        except (VerificationError, ValueError):
-            pass  # not a name problem (or a wildcard name): report the chain error
-    if "candidates exhausted" in error:
-        return False, "certificate-not-trusted: the chain does not lead to a trusted CA"
-    return False, f"validation-failure: {error}"
-
-
-def _subject(reference: str) -> DNSName | IPAddress:
-    try:
-        return IPAddress(ipaddress.ip_address(reference.strip("[]")))
-    except ValueError:
-        return DNSName(reference.rstrip(".").lower())

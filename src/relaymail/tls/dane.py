@@ -72,6 +72,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from ..resolver import describe_dns_error
 from .context import _EE_POLICY
 from .tlsrpt import ResultType
 
@@ -402,12 +403,8 @@ async def _query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -
             secure=bool(responses) and all(_ad(r) for r in responses),
             canonical=exc.canonical_name.to_text(omit_final_dot=True).lower(),
         )
-    except dns.resolver.NoNameservers as exc:
-        return _Answer(error=_servfail(exc))
-    except dns.resolver.LifetimeTimeout:
-        return _Answer(error="timed out")
     except dns.exception.DNSException as exc:
-        return _Answer(error=str(exc) or type(exc).__name__)
+        return _Answer(error=describe_dns_error(exc))
     return _Answer(
         rdatas=tuple(answer.rrset) if answer.rrset is not None else (),
         secure=_ad(answer.response),
@@ -417,16 +414,6 @@ async def _query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -
 
 def _ad(response: dns.message.Message) -> bool:
     return bool(response.flags & dns.flags.AD)
-
-
-def _servfail(exc: dns.resolver.NoNameservers) -> str:
-    """SERVFAIL, with the resolver's Extended DNS Error (RFC 8914) when it sent one."""
-    details = []
-    for error in exc.kwargs.get("errors", []):
-        response = error[4] if len(error) > 4 else None
-        if isinstance(response, dns.message.Message):
-            details += [option.to_text() for option in response.extended_errors()]
-    return "SERVFAIL" + (f" ({'; '.join(details)})" if details else "")
 
 
 async def lookup_tlsa(

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import logging
 import re
 import sqlite3
@@ -71,6 +70,7 @@ import dns.resolver
 import idna
 
 from ..errors import RelaymailError
+from ..resolver import describe_dns_error, is_ip
 
 if TYPE_CHECKING:
     import httpx  # imported where used: `deliver` and the daemon start without it
@@ -362,7 +362,7 @@ async def _address_records(
     except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
         return [], None
     except dns.exception.DNSException as exc:
-        return [], f"{rdtype} lookup for {host} failed: {_dns_error(exc)}"
+        return [], f"{rdtype} lookup for {host} failed: {describe_dns_error(exc)}"
     return [rdata.to_text() for rdata in answer], None
 
 
@@ -480,14 +480,6 @@ def _tls_error(exc: BaseException) -> str | None:
         if isinstance(cause, ssl.SSLError):
             return str(cause.reason or cause)
     return None
-
-
-def _dns_error(exc: dns.exception.DNSException) -> str:
-    if isinstance(exc, dns.resolver.LifetimeTimeout):
-        return "timed out"
-    if isinstance(exc, dns.resolver.NoNameservers):
-        return "no name server answered (SERVFAIL)"
-    return str(exc) or type(exc).__name__
 
 
 # --- The durable cache -----------------------------------------------------------------
@@ -675,7 +667,7 @@ class StsResolver:
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             return None
         except dns.exception.DNSException as exc:
-            raise StsError(f"TXT lookup for {name} failed: {_dns_error(exc)}") from None
+            raise StsError(f"TXT lookup for {name} failed: {describe_dns_error(exc)}") from None
         texts = [
             b"".join(rdata.strings).decode("utf-8", errors="replace")
             for rdata in answer
@@ -699,7 +691,7 @@ class StsResolver:
 def _normalize(domain: str) -> str:
     """The lower-case A-label form of `domain`; "" for an address literal."""
     domain = domain.rstrip(".").lower()
-    if domain.startswith("[") or _is_ip(domain):
+    if domain.startswith("[") or is_ip(domain):
         return ""
     if not domain.isascii():
         try:
@@ -709,14 +701,6 @@ def _normalize(domain: str) -> str:
     if not domain or not all(_LABEL.fullmatch(label) for label in domain.split(".")):
         raise ValueError("not a valid domain name")
     return domain
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 __all__ = [

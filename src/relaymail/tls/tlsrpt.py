@@ -37,7 +37,6 @@ import contextlib
 import enum
 import gzip
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -61,6 +60,7 @@ import dns.resolver
 
 from ..errors import AddressError, RelaymailError
 from ..message import Envelope, check_address, domain_of
+from ..resolver import describe_dns_error, is_ip
 from .context import TlsFacts
 from .policy import Event
 
@@ -926,7 +926,7 @@ async def lookup_tlsrpt(domain: str, resolver: dns.asyncresolver.Resolver) -> Tl
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return None
     except dns.exception.DNSException as exc:
-        why = str(exc) or type(exc).__name__
+        why = describe_dns_error(exc)
         raise TlsRptLookupError(f"TXT lookup for {name} failed: {why}") from exc
     # A record's character-strings are one string, concatenated without spaces.
     # Latin-1 cannot fail; non-ASCII then fails the grammar, as it should.
@@ -989,11 +989,12 @@ async def post_report(
     if url.scheme != "https" or not url.raw_host:
         return DestinationResult(uri, False, "not an https URL with a host", permanent=True)
     host = url.raw_host.decode("ascii")
-    literal = _is_ip(host)
+    literal = is_ip(host)
     try:
         addresses = [host] if literal else await _addresses(host, resolver)
     except dns.exception.DNSException as exc:
-        return DestinationResult(uri, False, f"address lookup for {host} failed: {exc}")
+        why = describe_dns_error(exc)
+        return DestinationResult(uri, False, f"address lookup for {host} failed: {why}")
     if not addresses:
         return DestinationResult(uri, False, f"{host} has no address records")
     authority = host if url.port is None else f"{host}:{url.port}"
@@ -1034,14 +1035,6 @@ async def _addresses(host: str, resolver: dns.asyncresolver.Resolver) -> list[st
 
     v6, v4 = await asyncio.gather(query("AAAA"), query("A"))
     return v6 + v4
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def send_daily_reports(

@@ -1,0 +1,128 @@
+"""The STARTTLS step of one session: observe what the server does, then decide.
+
+Delivery and `relaymail probe` both run `StarttlsStep.run`, so the probe shows
+the decision delivery would take at that host, downgrade memory included
+(a probe that said "continue in clear" where delivery defers would mislead).
+Enacting the decision (use TLS, go on in clear, reconnect, give up) stays with
+the caller: only delivery sends mail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from .config import TlsSettings
+from .resolver import is_ip
+from .routing import NextHop
+from .smtp.client import Capabilities, Verb
+from .smtp.session import SessionError, SmtpSession
+from .tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
+from .tls.dane import TlsaLookup
+from .tls.memory import TlsMemory
+from .tls.policy import Decision, Event, Level, decide
+from .tls.verify import check_peer, openssl_store
+
+log = logging.getLogger("relaymail.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """The level for one next hop: the domain's, unless DANE says more for this host."""
+
+    level: Level
+    source: str
+    dane: TlsaLookup | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StarttlsOutcome:
+    """What happened at the STARTTLS step and what the policy table makes of it."""
+
+    event: Event
+    detail: str  # the server's words or the handshake's error
+    tls: TlsFacts
+    decision: Decision
+
+
+class StarttlsStep:
+    """Observe -> decide for one session; one instance per delivery engine."""
+
+    def __init__(self, settings: TlsSettings, memory: TlsMemory | None) -> None:
+        self._settings = settings
+        self._memory = memory
+        self._context = client_context()
+
+    async def run(
+        self, domain: str, hop: NextHop, session: SmtpSession, caps: Capabilities,
+        policy: HostPolicy,
+    ) -> StarttlsOutcome:  # fmt: skip
+        event, detail, tls = await self._negotiate(domain, hop, session, caps, policy.dane)
+        memory = self._memory if self._settings.remembers(domain) else None
+        promised = memory.promised(domain) if memory and event is Event.NOT_OFFERED else None
+        if memory and tls.used:
+            memory.saw_tls(domain)
+        decision = decide(policy.level, self._settings.tempfail_fallback, event, detail, promised)
+        return StarttlsOutcome(event, detail, tls, decision)
+
+    async def _negotiate(
+        self,
+        domain: str,
+        hop: NextHop,
+        session: SmtpSession,
+        caps: Capabilities,
+        dane: TlsaLookup | None,
+    ) -> tuple[Event, str, TlsFacts]:
+        """Run STARTTLS and the handshake; say what happened, never decide."""
+        if "STARTTLS" not in caps:
+            return Event.NOT_OFFERED, "", CLEAR
+        try:
+            reply = await session.command(Verb.STARTTLS)
+        except SessionError as exc:
+            return Event.NO_REPLY, str(exc), CLEAR
+        if reply.is_transient:
+            return Event.TEMPFAIL, str(reply), CLEAR
+        if not reply.is_success:
+            return Event.PERMFAIL, str(reply), CLEAR
+        injected = session.conn.take_trailing_data()
+        if injected:
+            log.warning(
+                "domain=%s host=%s: %d cleartext bytes followed the 220 to STARTTLS: %r",
+                domain, hop.label, len(injected), injected[:200],
+            )  # fmt: skip
+            return Event.INJECTION, f"{len(injected)} bytes: {injected[:60]!r}", CLEAR
+        reference = hop.name
+        try:
+            await session.start_tls(self._context, None if is_ip(reference) else reference)
+        except SessionError as exc:
+            return Event.HANDSHAKE_FAILED, str(exc), CLEAR
+        tls = self._tls_facts(session, reference, dane)
+        if tls.verified:
+            return Event.VERIFIED, f"{tls.version} {tls.cipher}", tls
+        return Event.UNVERIFIED, tls.verify_error or "", tls
+
+    def _tls_facts(self, session: SmtpSession, reference: str, dane: TlsaLookup | None) -> TlsFacts:
+        """The session's TLS facts; `verified` by the TLSA records when DANE applies."""
+        ssl_object = session.ssl_object
+        assert ssl_object is not None
+        chain = peer_chain(ssl_object)
+        if dane is not None:
+            result = dane.verify(chain, now=dt.datetime.now(dt.UTC))
+            verified = result.verified
+            error = None if verified else f"{result.result_type}: {result.reason}"
+        else:
+            try:
+                store = openssl_store(self._settings.ca_file)
+                verified, error = check_peer(chain, reference, store)
+            except (OSError, ValueError) as exc:
+                verified, error = False, f"validation-failure: trust store unusable: {exc}"
+        cipher = ssl_object.cipher()
+        return TlsFacts(
+            used=True,
+            version=ssl_object.version(),
+            cipher=cipher[0] if cipher else None,
+            verified=verified,
+            verify_error=error,
+            certificate=describe(chain[0]) if chain else None,
+        )

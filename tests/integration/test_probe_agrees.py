@@ -1,0 +1,53 @@
+"""`relaymail probe` and delivery take the same decision at the STARTTLS step.
+
+Both run one function (relaymail.starttls), so the probe cannot say "continue in clear"
+where delivery would defer: the downgrade memory counts in both.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from relaymail.config import parse_config
+from relaymail.delivery import Status
+from relaymail.probe import probe_domain
+from relaymail.tls.policy import Action
+from tests.integration.conftest import deliver, hop
+from tests.peers.smtp_server import Script
+
+# What delivery's attempt line calls each action.
+ATTEMPT_RESULT = {Action.HOST_FAILS: "tls-policy-failed", Action.CONTINUE_CLEAR: "continued-clear"}
+
+
+@pytest.mark.parametrize(
+    ("changed", "action", "status"),
+    [
+        (Script(advertise_starttls=False), Action.HOST_FAILS, Status.DEFERRED),
+        (Script(starttls="454 4.7.0 TLS not available"), Action.CONTINUE_CLEAR, Status.DELIVERED),
+    ],
+    ids=["starttls-vanished", "starttls-454"],
+)
+async def test_probe_and_delivery_agree_for_a_remembered_domain(
+    smtp_peer, ca_file, tmp_path, changed, action, status
+):
+    peer = await smtp_peer(Script())
+    config = parse_config({
+        "delivery": {"helo_name": "client.relaymail.test", "command_timeout": 3.0,
+                     "connection_idle_time": 0.01},
+        "tls": {"ca_file": str(ca_file), "remember": True},
+        "queue": {"directory": str(tmp_path / "queue")},
+        "routes": {"dest.test": [hop(peer)]},
+    })  # fmt: skip
+    [first] = await deliver(config)
+    assert first.status is Status.DELIVERED and first.tls.used
+
+    peer.script = changed
+    report = await probe_domain("dest.test", config)
+    [host] = report.hosts
+    assert host.decision is not None, host.error
+    assert host.decision.action is action
+
+    [result] = await deliver(config)
+    assert result.status is status, result.reason
+    [attempt] = [a for a in result.attempts if a.result == ATTEMPT_RESULT[action]]
+    assert attempt.detail == host.decision.reason
