@@ -1,0 +1,156 @@
+"""The queue under real faults: a full disk, files changed under the daemon, a bad start.
+
+Every fault is made for real (a small tmpfs filled to the last byte, files deleted or
+made immutable, a read-only mount), against `relaymail serve` as a process, with a sink
+on loopback counting what arrives. The rule checked: nothing acknowledged is lost, and a
+recipient the next hop accepted is not delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import re
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from tests.integration.daemon_process import RELAYMAIL, Daemon, free_port, run_command, write_toml
+from tests.peers.smtp_server import Script, SMTPPeer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs of its own, so that filling it fills nobody else's disk."""
+    mountpoint = tmp_path / "fs"
+    mountpoint.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mountpoint)],
+        capture_output=True,
+    )
+    if result.returncode != 0:  # never a skip: CI runs as root and can mount
+        pytest.fail(f"cannot mount a tmpfs here (root needed): {result.stderr!r}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write one file until the filesystem says ENOSPC; deleting it frees the space."""
+    ballast = directory / "ballast"
+    with ballast.open("wb", buffering=0) as out:
+        chunk = b"\0" * 65536
+        try:
+            while True:
+                out.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        try:
+            while True:
+                out.write(b"\0" * 512)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return ballast
+
+
+def config_file(tmp_path: Path, queue: Path, port: int, sink_port: int, ca_file: Path) -> Path:
+    return write_toml(tmp_path / "relaymail.toml", {
+        "delivery": {"helo_name": "relay.relaymail.test", "command_timeout": 5.0},
+        "tls": {"ca_file": ca_file},
+        "queue": {"directory": queue, "retry": ["0.2s"]},
+        "routes": {"dest.test": [f"127.0.0.1:{sink_port}"]},
+        "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"]}],
+    })  # fmt: skip
+
+
+async def submit(port: int, tokens: list[str]) -> list[tuple[int, str]]:
+    """Each message in its own transaction; the final reply to each."""
+    replies = []
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
+        for token in tokens:
+            message = f"From: a@src.test\r\nTo: u@dest.test\r\nSubject: {token}\r\n\r\nbody\r\n"
+            try:
+                _, reply = await client.sendmail("a@src.test", ["u@dest.test"], message)
+                replies.append((250, reply))
+            except aiosmtplib.SMTPResponseException as exc:
+                replies.append((exc.code, exc.message))
+                await client.rset()
+    return replies
+
+
+def arrived(sink: SMTPPeer) -> list[str]:
+    return [
+        m.group(1).decode()
+        for t in sink.transactions
+        if t.accepted and (m := re.search(rb"Subject: (t-\d+)", t.data))
+    ]
+
+
+async def queue_stats(config: Path) -> dict[str, object]:
+    command = (RELAYMAIL, "queue", "--config", str(config), "--json", "stats")
+    code, out, err = await run_command(*command)
+    assert code == 0, err
+    stats: dict[str, object] = json.loads(out)
+    return stats
+
+
+async def wait_for(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            done = condition()
+            if done if isinstance(done, bool) else await done:
+                return
+            await asyncio.sleep(0.1)
+
+
+async def test_outcomes_that_cannot_be_written_are_kept_not_delivered_again(
+    small_fs: Path, ca_file: Path, tmp_path: Path
+) -> None:
+    port, sink_port = free_port(), free_port()
+    config = config_file(tmp_path, small_fs / "queue", port, sink_port, ca_file)
+    daemon = Daemon(config, port, tmp_path / "serve.log")
+    await daemon.start()
+    tokens = [f"t-{n}" for n in range(40)]
+    sink = SMTPPeer(Script(), port=sink_port)
+    try:
+        # Accepted while the next hop is down: all 40 wait in the queue.
+        assert [code for code, _ in await submit(port, tokens)] == [250] * 40
+        await wait_for(lambda: (daemon.text().count("deferred id=") >= 40))
+
+        # The disk fills; then the next hop comes up and takes every message, and
+        # not one outcome can be written.
+        ballast = fill(small_fs)
+        await sink.start()
+        await wait_for(lambda: (set(arrived(sink)) == set(tokens)))
+        # Several retry rounds pass while the outcomes wait in memory.
+        await asyncio.sleep(2.0)
+        assert sorted(arrived(sink)) == sorted(tokens)
+
+        ballast.unlink()
+
+        async def drained() -> bool:
+            return (await queue_stats(config))["messages"] == 0
+
+        await wait_for(drained)
+    finally:
+        assert await daemon.stop() == 0
+    # A restart finds nothing to deliver again.
+    again = Daemon(config, port, tmp_path / "serve-again.log")
+    await again.start()
+    try:
+        assert (await queue_stats(config))["messages"] == 0
+    finally:
+        assert await again.stop() == 0
+        await sink.stop()
+    assert sorted(arrived(sink)) == sorted(tokens)  # each exactly once
+    log = daemon.text()
+    assert log.count("queue storage refused a write") == 1  # one line per burst
+    assert "queue storage takes writes again" in log
+    assert "Traceback" not in log
