@@ -34,3 +34,7 @@ class LocalProtocolError(RelaymailError):
 
 class QueueFull(RelaymailError):
     """The queue cannot take more mail now (disk full, read-only): answer 452 4.3.1."""
+
+
+class QueueUnavailable(QueueFull):
+    """The queue's files changed under it or its writer stopped: nothing would be kept."""

@@ -349,6 +349,8 @@ class Scheduler:
             await asyncio.sleep(ADMIN_POLL)
             try:
                 events = await asyncio.to_thread(self.store.fetch_admin_events, self._admin_cursor)
+            except QueueFull:
+                continue  # the store has said what is wrong, once; ask again in a second
             except Exception:
                 log.exception("reading admin events failed")
                 continue

@@ -9,11 +9,13 @@ recipient the next hop accepted is not delivered again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import re
+import shutil
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiosmtplib
@@ -154,3 +156,91 @@ async def test_outcomes_that_cannot_be_written_are_kept_not_delivered_again(
     assert log.count("queue storage refused a write") == 1  # one line per burst
     assert "queue storage takes writes again" in log
     assert "Traceback" not in log
+
+
+# -- the queue's files changed under a running daemon -------------------------------
+
+
+async def codes(port: int, count: int, start: int = 0) -> list[int]:
+    return [code for code, _ in await submit(port, [f"t-{n}" for n in range(start, start + count)])]
+
+
+@contextlib.contextmanager
+def chattr(flag: str, path: Path) -> Iterator[None]:
+    result = subprocess.run(["chattr", f"+{flag}", str(path)], capture_output=True)
+    if result.returncode != 0:  # never a skip: the queue lives on ext4 here
+        pytest.fail(f"cannot set the {flag} attribute on {path}: {result.stderr!r}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", f"-{flag}", str(path)], check=True)
+
+
+@pytest.fixture
+async def running(tmp_path: Path, ca_file: Path) -> AsyncIterator[tuple[Daemon, SMTPPeer, Path]]:
+    """A daemon delivering to a live sink; yields it, the sink and the queue directory."""
+    sink = SMTPPeer(Script())
+    await sink.start()
+    port = free_port()
+    queue = tmp_path / "queue"
+    daemon = Daemon(config_file(tmp_path, queue, port, sink.port, ca_file), port, tmp_path / "log")
+    await daemon.start()
+    try:
+        yield daemon, sink, queue
+    finally:
+        await daemon.stop()
+        await sink.stop()
+
+
+async def test_mail_is_refused_while_the_queue_db_is_renamed_and_taken_once_it_is_back(
+    running: tuple[Daemon, SMTPPeer, Path],
+) -> None:
+    daemon, sink, queue = running
+    db = queue / "queue.db"
+    assert await codes(daemon.port, 2) == [250, 250]
+    db.rename(queue / "moved.db")
+    assert await codes(daemon.port, 5, start=2) == [452] * 5
+    (queue / "moved.db").rename(db)
+    assert await codes(daemon.port, 2, start=7) == [250, 250]
+    await wait_for(lambda: len(arrived(sink)) == 4)
+    assert sorted(arrived(sink)) == ["t-0", "t-1", "t-7", "t-8"]
+    assert daemon.process is not None and daemon.process.returncode is None
+    assert daemon.text().count("queue files changed under relaymail") == 1
+
+
+@pytest.mark.parametrize("change", ["delete db", "replace db", "delete wal", "move directory"])
+async def test_mail_is_refused_once_the_queue_files_are_not_the_open_ones(
+    running: tuple[Daemon, SMTPPeer, Path], change: str
+) -> None:
+    daemon, _, queue = running
+    assert await codes(daemon.port, 1) == [250]
+    db = queue / "queue.db"
+    if change == "delete db":
+        db.unlink()
+    elif change == "replace db":
+        shutil.copy(db, queue / "copy.db")
+        (queue / "copy.db").replace(db)
+    elif change == "delete wal":
+        (queue / "queue.db-wal").unlink()
+    else:
+        queue.rename(queue.with_name("queue.old"))
+    assert await codes(daemon.port, 5, start=1) == [452] * 5
+    assert daemon.process is not None and daemon.process.returncode is None
+    assert "queue files changed under relaymail" in daemon.text()
+
+
+@pytest.mark.parametrize("flag", ["i", "a"])
+async def test_an_immutable_shm_file_is_refused_with_452_not_a_sigbus(
+    running: tuple[Daemon, SMTPPeer, Path], flag: str
+) -> None:
+    daemon, sink, queue = running
+    assert await codes(daemon.port, 1) == [250]
+    with chattr(flag, queue / "queue.db-shm"):
+        assert await codes(daemon.port, 20, start=1) == [452] * 20
+        await asyncio.sleep(1.5)  # an admin poll (a read) passes through the map too
+        assert daemon.process is not None and daemon.process.returncode is None
+    assert await codes(daemon.port, 1, start=21) == [250]
+    await wait_for(lambda: sorted(arrived(sink)) == ["t-0", "t-21"])
+    log = daemon.text()
+    assert "queue.db-shm has the immutable or append-only attribute" in log
+    assert "queue files are back as they were opened" in log

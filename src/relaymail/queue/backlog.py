@@ -31,6 +31,9 @@ log = logging.getLogger("relaymail.queue")
 
 FIRST_PAUSE = 0.05  # seconds before the first retry of a refused write
 LONGEST_PAUSE = 1.0  # the pause stops doubling here: a freed disk is used within a second
+# At shutdown, the longest a refusing store is given: a disk freed by then is used,
+# but a queue file deleted under us will not come back however long one waits.
+LAST_CHANCE = 5.0
 
 Write = Callable[[], Awaitable[object]]
 
@@ -82,10 +85,10 @@ class WriteBacklog:
         return {rcpt for w in self._waiting for mid, rcpt in w.settles if mid == message_id}
 
     async def close(self, timeout: float) -> None:
-        """Give waiting writes `timeout` seconds more; say what is lost if they still wait."""
+        """Give waiting writes up to `timeout` seconds more; say what is lost if they still wait."""
         if self._flusher is not None and not self._flusher.done():
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(min(timeout, LAST_CHANCE)):
                     await asyncio.shield(self._flusher)
             except TimeoutError:
                 self._flusher.cancel()
