@@ -14,6 +14,7 @@ import errno
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,10 +22,14 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from relaymail.errors import QueueProblem
+from relaymail.queue import SqliteStore
 from tests.integration.daemon_process import RELAYMAIL, Daemon, free_port, run_command, write_toml
 from tests.peers.smtp_server import Script, SMTPPeer
 
 pytestmark = pytest.mark.timeout(120)
+
+EX_CANTCREAT, EX_CONFIG = 73, 78  # sysexits.h
 
 
 @pytest.fixture
@@ -244,3 +249,112 @@ async def test_an_immutable_shm_file_is_refused_with_452_not_a_sigbus(
     log = daemon.text()
     assert "queue.db-shm has the immutable or append-only attribute" in log
     assert "queue files are back as they were opened" in log
+
+
+# -- a queue that cannot be used at start: one line, a sysexits code ------------------
+
+
+def make_file(queue: Path) -> None:
+    queue.write_text("not a directory\n")
+
+
+def make_parent_a_file(queue: Path) -> None:
+    queue.parent.parent.mkdir(parents=True)
+    queue.parent.write_text("a file where a directory should be\n")
+
+
+def make_garbage_db(queue: Path) -> None:
+    queue.mkdir()
+    (queue / "queue.db").write_bytes(b"this is not a database\n" * 100)
+
+
+def make_corrupt_db(queue: Path) -> None:
+    queue.mkdir()
+    # SQLite's magic header, then pages of junk.
+    (queue / "queue.db").write_bytes(b"SQLite format 3\0" + bytes(range(256)) * 64)
+
+
+def make_newer_schema(queue: Path) -> None:
+    queue.mkdir()
+    with contextlib.closing(sqlite3.connect(queue / "queue.db", isolation_level=None)) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at REAL)")
+        db.execute("INSERT INTO schema_version VALUES (99, 0)")
+
+
+START_FAULTS = {
+    "a file": (make_file, QueueProblem.NOT_A_DIRECTORY),
+    "under a file": (make_parent_a_file, QueueProblem.NOT_A_DIRECTORY),
+    "not a database": (make_garbage_db, QueueProblem.NOT_A_QUEUE),
+    "corrupt database": (make_corrupt_db, QueueProblem.NOT_A_QUEUE),
+    "newer schema": (make_newer_schema, QueueProblem.NEWER_SCHEMA),
+}
+
+
+async def serve_once(tmp_path: Path, queue: Path, ca_file: Path) -> tuple[int, str]:
+    """`relaymail serve` on `queue`; it must exit by itself (it cannot start)."""
+    config = config_file(tmp_path, queue, free_port(), free_port(), ca_file)
+    code, out, err = await run_command(RELAYMAIL, "serve", "--config", str(config), timeout=30)
+    return code, out + err
+
+
+def queue_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("relaymail: queue.directory:")]
+
+
+@pytest.mark.parametrize("case", list(START_FAULTS))
+async def test_a_queue_that_is_not_one_stops_the_start_with_one_line(
+    tmp_path: Path, ca_file: Path, case: str
+) -> None:
+    make, problem = START_FAULTS[case]
+    queue = tmp_path / "spool" / "file" / "queue" if case == "under a file" else tmp_path / "q"
+    make(queue)
+    code, output = await serve_once(tmp_path, queue, ca_file)
+    assert code == problem.exit_code == EX_CONFIG
+    assert "Traceback" not in output
+    assert len(queue_lines(output)) == 1
+
+
+@pytest.fixture
+def read_only_fs(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs: refuses writes to root too, whom mode bits do not stop."""
+    mountpoint = tmp_path / "ro"
+    mountpoint.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+    )
+    if result.returncode != 0:  # never a skip: CI runs as root and can mount
+        pytest.fail(f"cannot mount a tmpfs here (root needed): {result.stderr!r}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+async def test_a_read_only_queue_directory_stops_the_start_with_ex_cantcreat(
+    tmp_path: Path, ca_file: Path, read_only_fs: Path
+) -> None:
+    for queue in (read_only_fs, read_only_fs / "missing"):
+        code, output = await serve_once(tmp_path, queue, ca_file)
+        assert code == QueueProblem.CANNOT_WRITE.exit_code == EX_CANTCREAT
+        assert "Traceback" not in output
+        assert len(queue_lines(output)) == 1
+
+
+@pytest.mark.parametrize("target", ["directory", "database", "leftover shm"])
+async def test_an_immutable_queue_stops_the_start_with_ex_cantcreat(
+    tmp_path: Path, ca_file: Path, target: str
+) -> None:
+    queue = tmp_path / "q"
+    if target != "directory":
+        store = SqliteStore.open(queue)
+        await store.close()
+    if target == "leftover shm":
+        (queue / "queue.db-shm").write_bytes(b"\0" * 32768)
+    path = {"directory": queue, "database": queue / "queue.db"}.get(target, queue / "queue.db-shm")
+    queue.mkdir(exist_ok=True)
+    with chattr("i", path):
+        code, output = await serve_once(tmp_path, queue, ca_file)
+    assert code == EX_CANTCREAT
+    assert "Traceback" not in output
+    assert len(queue_lines(output)) == 1

@@ -34,11 +34,12 @@ import enum
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import QueueUnavailable
+from ..errors import QueueProblem, QueueUnavailable, QueueUnusable
 
 log = logging.getLogger("relaymail.queue")
 
@@ -147,3 +148,40 @@ def _attributes(fd: int) -> int:
     except OSError:  # a filesystem without attributes (tmpfs before Linux 6.0): none set
         return 0
     return flags[0]
+
+
+# SQLite primary result codes at open, by what they mean for the admin.
+_OPEN_FAILURES = {
+    sqlite3.SQLITE_NOTADB: QueueProblem.NOT_A_QUEUE,
+    sqlite3.SQLITE_CORRUPT: QueueProblem.NOT_A_QUEUE,
+    sqlite3.SQLITE_READONLY: QueueProblem.CANNOT_WRITE,
+    sqlite3.SQLITE_CANTOPEN: QueueProblem.CANNOT_WRITE,
+    sqlite3.SQLITE_PERM: QueueProblem.CANNOT_WRITE,
+    sqlite3.SQLITE_IOERR: QueueProblem.CANNOT_WRITE,
+    sqlite3.SQLITE_AUTH: QueueProblem.CANNOT_WRITE,
+}
+
+
+def prepare_directory(directory: Path) -> None:
+    """Create the queue directory if it is missing; QueueUnusable if it cannot hold a queue."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise QueueUnusable(directory, QueueProblem.NOT_A_DIRECTORY, "not a directory") from None
+    except OSError as exc:
+        detail = f"cannot create the queue directory: {exc.strerror or exc}"
+        raise QueueUnusable(directory, QueueProblem.CANNOT_WRITE, detail) from None
+    # access() and not the mode bits: it also answers for root, whom the bits do
+    # not stop, on a read-only filesystem or an immutable directory.
+    if not os.access(directory, os.W_OK | os.X_OK):
+        detail = "not writable (read-only filesystem, immutable, or permissions)"
+        raise QueueUnusable(directory, QueueProblem.CANNOT_WRITE, detail)
+
+
+def open_failure(path: Path, exc: sqlite3.Error) -> Exception:
+    """What an error while opening the database means: QueueUnusable, or `exc` itself."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    problem = None if code is None else _OPEN_FAILURES.get(code & 0xFF)
+    if problem is None:
+        return exc
+    return QueueUnusable(path, problem, f"{exc} ({getattr(exc, 'sqlite_errorname', '?')})")

@@ -51,9 +51,9 @@ if TYPE_CHECKING:
     # Imported where used at run time: `sendmail` (submit_now) never needs an event loop.
     import asyncio
 
-from ..errors import QueueFull, QueueUnavailable, RelaymailError
+from ..errors import QueueFull, QueueProblem, QueueUnavailable, QueueUnusable, RelaymailError
 from ..message import Envelope
-from .files import QueueFiles
+from .files import QueueFiles, open_failure, prepare_directory
 from .store import (
     AdminAction,
     AdminEvent,
@@ -568,9 +568,11 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
         else:
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
             if version != SCHEMA_VERSION:
-                raise RelaymailError(
-                    f"{path}: queue schema version {version}, this relaymail knows"
-                    f" {SCHEMA_VERSION}; refusing to touch it"
+                raise QueueUnusable(
+                    path,
+                    QueueProblem.NEWER_SCHEMA,
+                    f"queue schema version {version}, this relaymail knows {SCHEMA_VERSION};"
+                    " refusing to touch it",
                 )
         conn.execute("DELETE FROM admin_event WHERE at < ?", (time.time() - ADMIN_EVENT_RETENTION,))
         conn.execute("COMMIT")
@@ -927,10 +929,16 @@ if TYPE_CHECKING:
 def _open_database(
     directory: Path, max_bytes: int | None, busy_timeout: float, *, check_same_thread: bool
 ) -> tuple[Path, sqlite3.Connection]:
-    """The queue database in `directory`, created if needed, in WAL with fsync at commit."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """The queue database in `directory`, created if needed, in WAL with fsync at commit.
+
+    QueueUnusable when the directory or the database cannot be a queue.
+    """
+    prepare_directory(directory)
     path = directory / DB_FILENAME
-    conn = _connect(path, check_same_thread=check_same_thread, busy_timeout=busy_timeout)
+    try:
+        conn = _connect(path, check_same_thread=check_same_thread, busy_timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise open_failure(path, exc) from None
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -943,6 +951,9 @@ def _open_database(
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
         _create_or_check_schema(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise open_failure(path, exc) from None
     except BaseException:
         conn.close()
         raise
