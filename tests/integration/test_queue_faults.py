@@ -358,3 +358,34 @@ async def test_an_immutable_queue_stops_the_start_with_ex_cantcreat(
     assert code == EX_CANTCREAT
     assert "Traceback" not in output
     assert len(queue_lines(output)) == 1
+
+
+async def test_a_message_whose_body_row_is_gone_is_held_and_said_once(
+    tmp_path: Path, ca_file: Path
+) -> None:
+    port = free_port()
+    queue = tmp_path / "queue"
+    config = config_file(tmp_path, queue, port, free_port(), ca_file)  # the next hop is down
+    daemon = Daemon(config, port, tmp_path / "serve.log")
+    await daemon.start()
+    try:
+        [(code, reply)] = await submit(port, ["t-0"])
+        assert code == 250
+        queue_id = reply.split()[-1]
+        await wait_for(lambda: "deferred id=" in daemon.text())
+        with contextlib.closing(sqlite3.connect(queue / "queue.db", isolation_level=None)) as db:
+            db.execute("DELETE FROM body")
+        command = (RELAYMAIL, "queue", "--config", str(config), "--json")
+        assert (await run_command(*command, "retry", "--all"))[0] == 0
+
+        async def held() -> bool:
+            code, out, _ = await run_command(*command, "show", queue_id)
+            return code == 0 and json.loads(out)["held"] is True
+
+        await wait_for(held)
+        await asyncio.sleep(1.0)  # more admin polls and retry rounds: no loop, no repeat
+    finally:
+        assert await daemon.stop() == 0
+    log = daemon.text()
+    assert log.count(f"id={queue_id}: message body missing from the queue") == 1
+    assert "Traceback" not in log
