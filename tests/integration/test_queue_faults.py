@@ -32,14 +32,12 @@ pytestmark = pytest.mark.timeout(120)
 EX_CANTCREAT, EX_CONFIG = 73, 78  # sysexits.h
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs of its own, so that filling it fills nobody else's disk."""
-    mountpoint = tmp_path / "fs"
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, options: str) -> Iterator[Path]:
+    """A tmpfs of its own: filling it fills nobody else's disk; `ro` refuses root too."""
     mountpoint.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mountpoint)],
-        capture_output=True,
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)], capture_output=True
     )
     if result.returncode != 0:  # never a skip: CI runs as root and can mount
         pytest.fail(f"cannot mount a tmpfs here (root needed): {result.stderr!r}")
@@ -47,6 +45,12 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "fs", "size=16m,mode=0755") as mountpoint:
+        yield mountpoint
 
 
 def fill(directory: Path) -> Path:
@@ -129,13 +133,13 @@ async def test_outcomes_that_cannot_be_written_are_kept_not_delivered_again(
     try:
         # Accepted while the next hop is down: all 40 wait in the queue.
         assert [code for code, _ in await submit(port, tokens)] == [250] * 40
-        await wait_for(lambda: (daemon.text().count("deferred id=") >= 40))
+        await wait_for(lambda: daemon.text().count("deferred id=") >= 40)
 
         # The disk fills; then the next hop comes up and takes every message, and
         # not one outcome can be written.
         ballast = fill(small_fs)
         await sink.start()
-        await wait_for(lambda: (set(arrived(sink)) == set(tokens)))
+        await wait_for(lambda: set(arrived(sink)) == set(tokens))
         # Several retry rounds pass while the outcomes wait in memory.
         await asyncio.sleep(2.0)
         assert sorted(arrived(sink)) == sorted(tokens)
@@ -316,19 +320,8 @@ async def test_a_queue_that_is_not_one_stops_the_start_with_one_line(
 
 @pytest.fixture
 def read_only_fs(tmp_path: Path) -> Iterator[Path]:
-    """A read-only tmpfs: refuses writes to root too, whom mode bits do not stop."""
-    mountpoint = tmp_path / "ro"
-    mountpoint.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-    )
-    if result.returncode != 0:  # never a skip: CI runs as root and can mount
-        pytest.fail(f"cannot mount a tmpfs here (root needed): {result.stderr!r}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 async def test_a_read_only_queue_directory_stops_the_start_with_ex_cantcreat(
