@@ -180,7 +180,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .daemon import Daemon
-    from .errors import ConfigError
+    from .errors import ConfigError, QueueUnusable
 
     config = _config(args.config)
     try:
@@ -188,6 +188,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"relaymail: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except QueueUnusable as exc:
+        print(f"relaymail: queue.directory: {exc}", file=sys.stderr)
+        return exc.problem.exit_code
     return EX_OK
 
 

@@ -14,6 +14,7 @@ import asyncio
 import enum
 import logging
 import re
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
+from .errors import RelaymailError
 from .message import Envelope, domain_of, dot_stuff
 from .routing import HopSource, NextHop, Router, RoutingError, make_resolver
 from .smtp.client import Capabilities, State, Verb
@@ -270,8 +272,16 @@ class DeliveryEngine:
             await self._apply_published_policies(run, hops, relaxed)
             await self._try_hops(run, hops)
         if run.events and self.config.tls.reporting and not relaxed:
-            await self._report_store().record(run.events)
+            await self._count_for_reports(run)
         return _results(run, {})
+
+    async def _count_for_reports(self, run: _DomainRun) -> None:
+        # After the next hop's 250: a report store that cannot write (disk full)
+        # must cost a few counts, never turn a delivered message into a retry.
+        try:
+            await self._report_store().record(run.events)
+        except (sqlite3.Error, OSError, RelaymailError) as exc:
+            log.warning("domain=%s: TLS report counts not stored: %s", run.domain, exc)
 
     async def plan(self, domain: str, hops: list[NextHop]) -> DomainPlan:
         """The policy delivery to `domain` would follow over `hops` (for `relaymail probe`)."""

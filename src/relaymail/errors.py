@@ -6,6 +6,9 @@ failed, so callers can catch precisely (the httpx model).
 
 from __future__ import annotations
 
+import enum
+from pathlib import Path
+
 
 class RelaymailError(Exception):
     """Base of every error relaymail raises on purpose."""
@@ -34,3 +37,31 @@ class LocalProtocolError(RelaymailError):
 
 class QueueFull(RelaymailError):
     """The queue cannot take more mail now (disk full, read-only): answer 452 4.3.1."""
+
+
+class QueueUnavailable(QueueFull):
+    """The queue's files changed under it or its writer stopped: nothing would be kept."""
+
+
+class QueueProblem(enum.StrEnum):
+    """Why the queue cannot be opened at start."""
+
+    NOT_A_DIRECTORY = "not a directory"  # queue.directory names a file, or goes through one
+    CANNOT_WRITE = "cannot write"  # read-only, not writable by this user, immutable
+    NOT_A_QUEUE = "not a queue"  # the database is corrupt or not SQLite at all
+    NEWER_SCHEMA = "newer schema"  # written by a newer relaymail: left untouched
+
+    @property
+    def exit_code(self) -> int:
+        # sysexits.h: EX_CANTCREAT (73) when the files cannot be created or written;
+        # EX_CONFIG (78) when queue.directory points at something that is not a queue.
+        return 73 if self is QueueProblem.CANNOT_WRITE else 78
+
+
+class QueueUnusable(RelaymailError):
+    """The queue cannot be opened: `problem` for the exit code, the text for the admin."""
+
+    def __init__(self, path: Path, problem: QueueProblem, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+        self.problem = problem

@@ -23,12 +23,16 @@ EX_OK, EX_NOINPUT, EX_TEMPFAIL = 0, 66, 75
 
 
 def run_queue_command(config: Config, args: argparse.Namespace) -> int:
-    from .errors import QueueFull
+    from .errors import QueueFull, QueueUnusable
 
     if not (config.queue.directory / "queue.db").exists():
         print(f"relaymail: no queue at {config.queue.directory}", file=sys.stderr)
         return EX_NOINPUT
-    store = SqliteStore.open(config.queue.directory)
+    try:
+        store = SqliteStore.open(config.queue.directory)
+    except QueueUnusable as exc:
+        print(f"relaymail: {exc}", file=sys.stderr)
+        return exc.problem.exit_code
     try:
         return _dispatch(store, args)
     except QueueFull as exc:

@@ -26,6 +26,7 @@ from .config import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .errors import QueueFull
 from .message import Envelope, domain_of
+from .queue.backlog import WriteBacklog
 from .queue.store import (
     PendingMessage,
     QueuedMessage,
@@ -86,6 +87,7 @@ class Scheduler:
         self._dead_until: dict[str, tuple[float, str]] = {}
         self._admin_cursor = 0
         self._stopping = False
+        self._writes = WriteBacklog()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class Scheduler:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._writes.close(grace)
 
     # -- intake ----------------------------------------------------------------
 
@@ -164,9 +167,11 @@ class Scheduler:
         return message.id
 
     def _adopt(self, message: PendingMessage) -> None:
+        settling = self._writes.settling(message.id)  # final, though the store says pending
         entry = _Entry(
             message.id, message.sender, message.received_at, message.held, message.warned,
-            {r.address: _Pending(r.attempts, r.next_attempt) for r in message.recipients},
+            {r.address: _Pending(r.attempts, r.next_attempt) for r in message.recipients
+             if r.address not in settling},
         )  # fmt: skip
         if not entry.recipients:
             self._entries.pop(message.id, None)
@@ -188,10 +193,10 @@ class Scheduler:
         try:
             await self._attempt(entry)
         except Exception as exc:
-            # The store still holds the recipients as they were: the next try may
-            # repeat a delivery whose outcome could not be recorded, never lose one.
+            # Outcomes never get here (the backlog keeps them): this is a read or a
+            # bug before any recipient was tried, so trying again repeats nothing.
             if isinstance(exc, QueueFull):
-                log.error("id=%s: outcome not recorded, will retry: %s", entry.id, exc)
+                log.error("id=%s: not attempted, will retry: %s", entry.id, exc)
             else:  # a bug must not kill the scheduler
                 log.exception("id=%s: delivery attempt failed unexpectedly", entry.id)
             for pending in entry.recipients.values():
@@ -219,8 +224,7 @@ class Scheduler:
             try:
                 data = entry.data or await self.store.read_data(entry.id)
             except KeyError:
-                self._entries.pop(entry.id, None)  # deleted meanwhile
-                entry.recipients.clear()
+                await self._body_missing(entry)
                 return
             entry.data = None
             results = await self.engine.deliver(Envelope(entry.sender, tuple(due)), data)
@@ -246,13 +250,25 @@ class Scheduler:
             self._note_destination(result, now, pending)
             updates.append(_update(entry.id, result, status, pending, now, reason))
             _log_result(entry.id, result, status, reason, pending.due)
-        await self.store.record(updates)
+        final = [(entry.id, u.recipient) for u in updates if u.state.is_final]
+        await self._writes.write(functools.partial(self.store.record, updates), settles=final)
         if bounced:
             await self._send_dsn(entry, bounced, data, delay=False)
         if deferred and not entry.warned and now - entry.received_at >= self.settings.delay_warning:
             entry.warned = True
-            await self.store.mark_warned(entry.id)
+            await self._writes.write(functools.partial(self.store.mark_warned, entry.id))
             await self._send_dsn(entry, deferred, data, delay=True)
+
+    async def _body_missing(self, entry: _Entry) -> None:
+        """The message has no data to send: deleted meanwhile, or its body row is gone."""
+        self._entries.pop(entry.id, None)
+        entry.recipients.clear()
+        if self.store.load_pending_message(entry.id) is None:
+            return  # deleted by an admin since it was scheduled: nothing to do
+        # Retrying cannot bring the body back and a bounce could not quote it:
+        # hold the message so it stays visible (`queue list`) and stops looping.
+        log.error("id=%s: message body missing from the queue; message held", entry.id)
+        await self._writes.write(functools.partial(self.store.set_hold, entry.id, True))
 
     def _skip_dead_destinations(
         self, entry: _Entry, due: list[str], now: float, updates: list[RecipientUpdate]
@@ -319,8 +335,12 @@ class Scheduler:
         )
         if notice is None:
             return
-        dsn_id = await self.enqueue(notice.envelope, notice.data)
-        log.info("id=%s: %s to <%s> queued as %s", entry.id, kind, entry.sender, dsn_id)
+
+        async def queue_notice() -> None:
+            dsn_id = await self.enqueue(notice.envelope, notice.data)
+            log.info("id=%s: %s to <%s> queued as %s", entry.id, kind, entry.sender, dsn_id)
+
+        await self._writes.write(queue_notice)
 
     # -- admin events ------------------------------------------------------------
 
@@ -329,6 +349,8 @@ class Scheduler:
             await asyncio.sleep(ADMIN_POLL)
             try:
                 events = await asyncio.to_thread(self.store.fetch_admin_events, self._admin_cursor)
+            except QueueFull:
+                continue  # the store has said what is wrong, once; ask again in a second
             except Exception:
                 log.exception("reading admin events failed")
                 continue

@@ -141,7 +141,7 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     from .config import find_config, load_config
-    from .errors import AddressError, ConfigError, QueueFull
+    from .errors import AddressError, ConfigError, QueueFull, QueueUnusable
     from .message import Envelope, canonical_data
 
     try:
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         queue_id = submit_now(config.queue.directory, envelope, data, time.time())
+    except QueueUnusable as exc:
+        print(f"sendmail: cannot queue: {exc}", file=sys.stderr)
+        return exc.problem.exit_code
     except (OSError, QueueFull) as exc:
         print(f"sendmail: cannot queue in {config.queue.directory}: {exc}", file=sys.stderr)
         return EX_TEMPFAIL

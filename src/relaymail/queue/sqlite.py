@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import logging
 import queue
 import sqlite3
 import threading
@@ -50,8 +51,9 @@ if TYPE_CHECKING:
     # Imported where used at run time: `sendmail` (submit_now) never needs an event loop.
     import asyncio
 
-from ..errors import QueueFull, RelaymailError
+from ..errors import QueueFull, QueueProblem, QueueUnavailable, QueueUnusable, RelaymailError
 from ..message import Envelope
+from .files import QueueFiles, open_failure, prepare_directory
 from .store import (
     AdminAction,
     AdminEvent,
@@ -71,6 +73,8 @@ if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["DB_FILENAME", "SCHEMA_VERSION", "SqliteStore", "format_queue_id", "parse_queue_id"]
+
+log = logging.getLogger("relaymail.queue")
 
 DB_FILENAME = "queue.db"
 SCHEMA_VERSION = 1
@@ -226,8 +230,9 @@ def _affects_every_write(exc: Exception) -> bool:
 class _Readers:
     """A pool of read-only connections, usable from any thread one at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, files: QueueFiles) -> None:
         self._path = path
+        self._files = files
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
@@ -237,6 +242,7 @@ class _Readers:
     def connection(self) -> Iterator[sqlite3.Connection]:
         if self._closed:
             raise RelaymailError("the queue store is closed")
+        self._files.verify(shm_only=True)  # a reader writes its read mark through the map
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
@@ -320,11 +326,13 @@ def _settle(items: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
 
 
 class _Writer:
-    def __init__(self, conn: sqlite3.Connection, max_batch: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, max_batch: int, files: QueueFiles) -> None:
         self._conn = conn
         self._max_batch = max_batch
+        self._files = files
         self._inbox: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._closing = False
+        self._died: str | None = None  # why the thread ended other than by close()
         self.commits = 0  # successful transactions, for metrics and benchmarks
         self._thread = threading.Thread(
             target=self._run, name="relaymail-queue-writer", daemon=True
@@ -334,6 +342,8 @@ class _Writer:
     def submit(self, apply: Callable[[_Transaction], T], weight: int = 0) -> asyncio.Future[T]:
         import asyncio
 
+        if self._died is not None:
+            raise QueueUnavailable(self._died)
         if self._closing:
             raise RelaymailError("the queue store is closed")
         loop = asyncio.get_running_loop()
@@ -350,6 +360,7 @@ class _Writer:
         await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
+        batch: list[_Job[Any]] = []
         try:
             stop = False
             while not stop:
@@ -369,12 +380,23 @@ class _Writer:
                     batch.append(job)
                     weight += job.weight
                 self._deliver(batch, self._execute(batch))
+                batch = []
+        except BaseException as exc:
+            # A bug, not the storage. Without this thread nothing is written, so
+            # every caller from now on must hear "not kept" (452), never hang.
+            self._died = f"queue storage unusable: the queue writer stopped ({exc!r})"
+            log.critical("%s; mail is refused until relaymail restarts", self._died, exc_info=True)
+            self._deliver(batch, [(False, QueueUnavailable(self._died))] * len(batch))
         finally:
-            self._closing = True  # also if this thread dies of a bug: refuse, don't hang
+            self._closing = True
             self._conn.close()
             self._fail_leftovers()
 
     def _execute(self, batch: list[_Job[Any]]) -> list[_Outcome]:
+        try:
+            self._files.verify()  # before the commit that would be acknowledged
+        except QueueUnavailable as exc:
+            return [(False, exc)] * len(batch)
         try:
             return self._transaction(batch)
         except Exception as exc:
@@ -425,7 +447,11 @@ class _Writer:
                 break
             if job is not None:
                 leftovers.append(job)
-        closed = RelaymailError("the queue store is closed")
+        closed = (
+            RelaymailError("the queue store is closed")
+            if self._died is None
+            else QueueUnavailable(self._died)
+        )
         self._deliver(leftovers, [(False, closed)] * len(leftovers))
 
 
@@ -542,9 +568,11 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
         else:
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
             if version != SCHEMA_VERSION:
-                raise RelaymailError(
-                    f"{path}: queue schema version {version}, this relaymail knows"
-                    f" {SCHEMA_VERSION}; refusing to touch it"
+                raise QueueUnusable(
+                    path,
+                    QueueProblem.NEWER_SCHEMA,
+                    f"queue schema version {version}, this relaymail knows {SCHEMA_VERSION};"
+                    " refusing to touch it",
                 )
         conn.execute("DELETE FROM admin_event WHERE at < ?", (time.time() - ADMIN_EVENT_RETENTION,))
         conn.execute("COMMIT")
@@ -557,10 +585,11 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
 class SqliteStore:
     """The `Store` protocol on SQLite. Construct with `SqliteStore.open(directory)`."""
 
-    def __init__(self, path: Path, writer: _Writer, readers: _Readers) -> None:
+    def __init__(self, path: Path, writer: _Writer, readers: _Readers, files: QueueFiles) -> None:
         self.path = path
         self._writer = writer
         self._readers = readers
+        self._files = files
 
     @classmethod
     def open(
@@ -585,11 +614,17 @@ class SqliteStore:
         path, conn = _open_database(
             Path(directory), max_bytes, busy_timeout, check_same_thread=False
         )
-        return cls(path, _Writer(conn, max_batch), _Readers(path))
+        try:
+            files = QueueFiles(path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(path, _Writer(conn, max_batch, files), _Readers(path, files), files)
 
     async def close(self) -> None:
         await self._writer.close()
         self._readers.close()
+        self._files.close()  # last: it would drop the connections' POSIX locks
 
     @property
     def commits(self) -> int:
@@ -894,10 +929,16 @@ if TYPE_CHECKING:
 def _open_database(
     directory: Path, max_bytes: int | None, busy_timeout: float, *, check_same_thread: bool
 ) -> tuple[Path, sqlite3.Connection]:
-    """The queue database in `directory`, created if needed, in WAL with fsync at commit."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """The queue database in `directory`, created if needed, in WAL with fsync at commit.
+
+    QueueUnusable when the directory or the database cannot be a queue.
+    """
+    prepare_directory(directory)
     path = directory / DB_FILENAME
-    conn = _connect(path, check_same_thread=check_same_thread, busy_timeout=busy_timeout)
+    try:
+        conn = _connect(path, check_same_thread=check_same_thread, busy_timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise open_failure(path, exc) from None
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -910,6 +951,9 @@ def _open_database(
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
         _create_or_check_schema(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise open_failure(path, exc) from None
     except BaseException:
         conn.close()
         raise

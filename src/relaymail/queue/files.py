@@ -1,0 +1,187 @@
+"""Are the queue's files still the ones the store has open? Checked before each write.
+
+SQLite keeps its files open, so a change made to them from outside is not
+seen by it, and each one costs mail:
+
+- `queue.db` (or its `-wal`) deleted, renamed or replaced, or the directory
+  removed or renamed: commits go into a file no path names any more. They
+  succeed, the client gets 250, and the mail is gone at the next start.
+- the immutable or append-only attribute on `-shm`, or the file truncated:
+  SQLite's WAL index is a shared memory map of that file, and the next write
+  through the map (the writer's commit, or a reader's read mark) is SIGBUS,
+  which kills the process with no log line.
+
+The WAL index stays a shared map all the same: `PRAGMA locking_mode =
+EXCLUSIVE` would move it to private memory, but it also locks every other
+connection out of the database (measured: another process's SELECT gets
+"database is locked"), and `sendmail` (submit_now) and `relaymail queue`
+open the queue beside the running daemon by design. So the store checks
+instead, before each group commit and each read: one stat, one fstat and one
+ioctl per file, a few microseconds. A change made between the check and the
+next write can still get through; nothing short of private memory closes
+that window.
+
+The descriptors opened here are kept until the store's connections are
+closed: closing any descriptor of a file drops every POSIX lock this process
+holds on it, SQLite's included (the trap documented in SQLite's os_unix.c).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import enum
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import QueueProblem, QueueUnavailable, QueueUnusable
+
+log = logging.getLogger("relaymail.queue")
+
+# linux/fs.h: FS_IOC_GETFLAGS and the two attributes that refuse writes through a map.
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_APPEND_FL = 0x00000020
+_FS_IMMUTABLE_FL = 0x00000010
+
+
+class FileProblem(enum.StrEnum):
+    GONE = "gone"  # the path names nothing (file deleted, directory removed or renamed)
+    REPLACED = "replaced"  # the path names another file than the one open
+    IMMUTABLE = "immutable"  # immutable or append-only: a write through the map is SIGBUS
+    TRUNCATED = "truncated"  # shorter than the part already mapped: SIGBUS on access
+
+
+_SAYS = {
+    FileProblem.GONE: "no longer exists",
+    FileProblem.REPLACED: "was replaced by another file",
+    FileProblem.IMMUTABLE: "has the immutable or append-only attribute (chattr)",
+    FileProblem.TRUNCATED: "was truncated",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FileFault:
+    """What is wrong with one of the queue's files."""
+
+    path: Path
+    problem: FileProblem
+
+    def __str__(self) -> str:
+        return f"{self.path} {_SAYS[self.problem]}"
+
+
+class QueueFiles:
+    """The database, its WAL and its shared-memory index, as they were opened."""
+
+    def __init__(self, db_path: Path) -> None:
+        names = (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"))
+        self._open: list[tuple[Path, int]] = []
+        try:
+            for path in names:
+                self._open.append((path, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+        except BaseException:
+            self.close()
+            raise
+        self._shm_size = os.fstat(self._open[2][1]).st_size
+        self._lock = threading.Lock()  # the writer thread and readers check concurrently
+        self._fault: FileFault | None = None
+
+    def verify(self, *, shm_only: bool = False) -> None:
+        """Raise QueueUnavailable while a file is not the one open; log each change once.
+
+        `shm_only` for reads: reading a replaced or deleted database is harmless,
+        only a write through the WAL index's map (a read mark) can be fatal.
+        """
+        with self._lock:
+            fault = self.check()
+            if fault is not None and shm_only and fault.path != self._open[2][0]:
+                return
+            if fault != self._fault:
+                if fault is not None:
+                    log.error(
+                        "queue files changed under relaymail: %s; mail is refused (452) until"
+                        " it is put back, or relaymail restarted on a new queue",
+                        fault,
+                    )
+                else:
+                    log.warning("queue files are back as they were opened: taking mail again")
+                self._fault = fault
+        if fault is not None:
+            raise QueueUnavailable(f"queue storage unusable: {fault}")
+
+    def check(self) -> FileFault | None:
+        """The first problem found, or None when every path still names its open file."""
+        for path, fd in reversed(self._open):  # -shm first: its faults are the fatal ones
+            try:
+                named = os.stat(path)
+            except OSError:  # ENOENT, or ENOTDIR when a file took the directory's name
+                return FileFault(path, FileProblem.GONE)
+            opened = os.fstat(fd)
+            if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+                return FileFault(path, FileProblem.REPLACED)
+            if _attributes(fd) & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
+                return FileFault(path, FileProblem.IMMUTABLE)
+        shm_path, shm_fd = self._open[2]
+        size = os.fstat(shm_fd).st_size
+        if size < self._shm_size:  # the index only grows while connections are open
+            return FileFault(shm_path, FileProblem.TRUNCATED)
+        self._shm_size = size
+        return None
+
+    def close(self) -> None:
+        """Only after every SQLite connection to these files is closed (see the module doc)."""
+        for _, fd in self._open:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._open.clear()
+
+
+def _attributes(fd: int) -> int:
+    flags = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+    except OSError:  # a filesystem without attributes (tmpfs before Linux 6.0): none set
+        return 0
+    return flags[0]
+
+
+# SQLite primary result codes at open, by what they mean for the admin.
+_OPEN_FAILURES = {
+    sqlite3.SQLITE_NOTADB: QueueProblem.NOT_A_QUEUE,
+    sqlite3.SQLITE_CORRUPT: QueueProblem.NOT_A_QUEUE,
+    sqlite3.SQLITE_READONLY: QueueProblem.CANNOT_WRITE,
+    sqlite3.SQLITE_CANTOPEN: QueueProblem.CANNOT_WRITE,
+    sqlite3.SQLITE_PERM: QueueProblem.CANNOT_WRITE,
+    sqlite3.SQLITE_IOERR: QueueProblem.CANNOT_WRITE,
+    sqlite3.SQLITE_AUTH: QueueProblem.CANNOT_WRITE,
+}
+
+
+def prepare_directory(directory: Path) -> None:
+    """Create the queue directory if it is missing; QueueUnusable if it cannot hold a queue."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise QueueUnusable(directory, QueueProblem.NOT_A_DIRECTORY, "not a directory") from None
+    except OSError as exc:
+        detail = f"cannot create the queue directory: {exc.strerror or exc}"
+        raise QueueUnusable(directory, QueueProblem.CANNOT_WRITE, detail) from None
+    # access() and not the mode bits: it also answers for root, whom the bits do
+    # not stop, on a read-only filesystem or an immutable directory.
+    if not os.access(directory, os.W_OK | os.X_OK):
+        detail = "not writable (read-only filesystem, immutable, or permissions)"
+        raise QueueUnusable(directory, QueueProblem.CANNOT_WRITE, detail)
+
+
+def open_failure(path: Path, exc: sqlite3.Error) -> Exception:
+    """What an error while opening the database means: QueueUnusable, or `exc` itself."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    problem = None if code is None else _OPEN_FAILURES.get(code & 0xFF)
+    if problem is None:
+        return exc
+    return QueueUnusable(path, problem, f"{exc} ({getattr(exc, 'sqlite_errorname', '?')})")
