@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
     except ValueError as exc:
-        print(f"sendmail: {exc}\n{USAGE}", file=sys.stderr)
+        print(f"sendmail: {exc} ({USAGE})", file=sys.stderr)
         return EX_USAGE
     try:
         config = load_config(find_config(options.config))
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(data) > limit:  # the added headers and CRs count too
             raise MessageTooLarge(limit)
         if not recipients:
-            print(f"sendmail: no recipients\n{USAGE}", file=sys.stderr)
+            print(f"sendmail: no recipients ({USAGE})", file=sys.stderr)
             return EX_USAGE
         envelope = Envelope(sender, tuple(recipients))
     except AddressError as exc:
