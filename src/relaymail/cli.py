@@ -239,12 +239,9 @@ def _deliver(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"relaymail: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
-    except MessageInputError as exc:
+    except MessageInputError as exc:  # also MessageTooLarge
         print(f"relaymail: {exc}", file=sys.stderr)
-        return EX_NOINPUT
-    except MessageTooLarge as exc:
-        print(f"relaymail: {exc}", file=sys.stderr)
-        return EX_DATAERR
+        return exc.exit_status
     results = _run(deliver(envelope, data, config))
     for result in results:
         print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)

@@ -43,9 +43,13 @@ class HeaderValueError(RelaymailError, ValueError):
 class MessageInputError(RelaymailError):
     """A message to submit cannot be read: no standard input, a missing or unreadable file."""
 
+    exit_status = 66  # EX_NOINPUT: the commands that read a message exit with this
 
-class MessageTooLarge(RelaymailError):
+
+class MessageTooLarge(MessageInputError):
     """Message input is over the size limit; read no further than the limit."""
+
+    exit_status = 65  # EX_DATAERR
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"message larger than the limit of {limit} octets")

@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import HeaderValueError
 from .headers import display_name, field, mailbox
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_NOUSER = 0, 64, 65, 66, 67
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER = 0, 64, 65, 67
 EX_TEMPFAIL, EX_CONFIG = 75, 78
 
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
@@ -182,12 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except AddressError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_NOUSER
-    except MessageInputError as exc:
+    except MessageInputError as exc:  # also MessageTooLarge
         print(f"sendmail: {exc}", file=sys.stderr)
-        return EX_NOINPUT
-    except MessageTooLarge as exc:
-        print(f"sendmail: {exc}", file=sys.stderr)
-        return EX_DATAERR
+        return exc.exit_status
     from .queue.sqlite import submit_now
 
     try:

@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 
 from relaymail.queue.sqlite import SqliteStore
-from tests.integration.conftest import hop
 from tests.integration.daemon_process import RELAYMAIL, free_port, run_command, write_toml
-from tests.integration.test_daemon import dsns, make_config, start_daemon, swaks, wait_for
-from tests.peers.smtp_server import Script
+from tests.integration.test_daemon import bounce_for, dsns
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -140,18 +138,7 @@ async def test_a_hostile_reply_cannot_add_lines_to_the_bounce(smtp_peer, ca_file
     # C1 NEL and U+2028 are line breaks to str.splitlines() readers; the 8-bit Subject
     # makes the DSN international, so its fields keep non-ASCII text.
     reply = "550 5.1.1 no such user \x85Bcc: all@src.test \u2028X-Forged: yes \x1b[2J\r\n".encode()
-    dest = await smtp_peer(Script(rcpt_replies={"gone@dest.test": reply}))
-    mailbox = await smtp_peer(Script())
-    port = free_port()
-    routes = {"dest.test": [hop(dest)], "src.test": [hop(mailbox)]}
-    daemon = await start_daemon(tmp_path, make_config(tmp_path, port, ca_file, routes), port)
-    try:
-        code, out = await swaks(port, "--from", "a@src.test", "--to", "gone@dest.test",
-                                "--header", "Subject: Grüße")  # fmt: skip
-        assert code == 0, out
-        await wait_for(lambda: dsns(mailbox), what="a bounce")
-    finally:
-        await daemon.stop()
+    mailbox = await bounce_for(smtp_peer, ca_file, tmp_path, reply, "Grüße")
     [transaction] = [t for t in mailbox.transactions if t.mail_from == ""]
     text = transaction.data.decode("utf-8")
     assert "no such user" in text
