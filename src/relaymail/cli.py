@@ -7,11 +7,15 @@ from cron, say) does not pay for the daemon's modules at start-up.
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import json
+import os
+import re
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 T = TypeVar("T")
 
@@ -19,16 +23,49 @@ T = TypeVar("T")
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+
+# SQLite integers are 64-bit; a page of the queue listing beyond this is no page.
+MAX_LIST_LIMIT = 100_000
+MAX_OFFSET = 2**63 - 1
+_MAX_PASSWORD = 1024  # octets; a line from a stray pipe is no password
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+        # One line, as every other CLI error: the usage is one --help away.
+        self.exit(EX_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a decimal integer within [low, high]."""
+
+    def parse(text: str) -> int:
+        # Matched first: int() also takes "²"-like digits, spaces and "_", and
+        # raises for more than 4300 digits.
+        value = int(text) if _INTEGER.fullmatch(text) else None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _domain(text: str) -> str:
+    """An argparse type: a domain name, in its lookup form."""
+    from .errors import AddressError
+    from .message import lookup_domain
+
+    try:
+        return lookup_domain(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("message", nargs="?", default="-", help="message file, or - for stdin")
 
     probe = commands.add_parser("probe", help="show how mail to DOMAIN would go, sending none")
-    probe.add_argument("domain")
+    probe.add_argument("domain", type=_domain)
     probe.add_argument("--config", type=Path)
     probe.add_argument("--json", action="store_true", help="one JSON object instead of a table")
 
@@ -57,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     actions = queue.add_subparsers(dest="action", required=True, parser_class=_Parser)
     listing = actions.add_parser("list", help="queued messages, oldest first")
     listing.add_argument("--state", choices=["queued", "deferred"], help="only with recipients so")
-    listing.add_argument("--limit", type=int, default=100)
-    listing.add_argument("--offset", type=int, default=0)
+    listing.add_argument("--limit", type=_count(1, MAX_LIST_LIMIT), default=100)
+    listing.add_argument("--offset", type=_count(0, MAX_OFFSET), default=0)
     actions.add_parser("stats", help="counts, sizes and the oldest message's age")
     for name, text in [
         ("show", "one message: recipients, attempts, last replies, TLS"),
@@ -76,14 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--config", type=Path)
     tls_actions = tls.add_subparsers(dest="action", required=True, parser_class=_Parser)
     tls_actions.add_parser("forget", help="accept mail in clear to DOMAIN again").add_argument(
-        "domain"
+        "domain", type=_domain
     )
 
     tlsrpt = commands.add_parser("tlsrpt", help="TLS reports (RFC 8460)")
     tlsrpt.add_argument("--config", type=Path)
     tlsrpt_actions = tlsrpt.add_subparsers(dest="action", required=True, parser_class=_Parser)
     show = tlsrpt_actions.add_parser("show", help="what would be reported for today so far")
-    show.add_argument("domain", nargs="?")
+    show.add_argument("domain", nargs="?", type=_domain)
 
     commands.add_parser("sendmail", help="queue a message from stdin (sendmail -t -i -f ...)")
     commands.add_parser("passwd", help="hash a password for [users] (read from stdin)")
@@ -99,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         return sendmail(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level, args.log_json)
+    if args.command != "serve":
+        if sys.stdout is None:  # started with stdout closed (>&-)
+            print("relaymail: cannot write output: standard output is closed", file=sys.stderr)
+            return EX_IOERR
+        sys.stdout = _guarded_stdout(sys.stdout)
     handler = {
         "deliver": _deliver,
         "probe": _probe,
@@ -109,9 +151,51 @@ def main(argv: list[str] | None = None) -> int:
         "tlsrpt": _tlsrpt,
     }[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, where a failure is caught, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         return EX_TEMPFAIL
+    except _OutputError as exc:
+        # Whatever is still buffered goes nowhere, so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), exc.fd)
+        if exc.errno != errno.EPIPE:  # a reader that went away (| head -1) wanted no more
+            print(f"relaymail: cannot write output: {exc.strerror}", file=sys.stderr)
+        return EX_IOERR
+
+
+class _OutputError(Exception):
+    """Writing standard output failed; kept apart from the OSErrors of the work itself."""
+
+    def __init__(self, fd: int, error: OSError) -> None:
+        super().__init__(error.strerror)
+        self.fd = fd
+        self.errno = error.errno
+        self.strerror = error.strerror
+
+
+class _GuardedOutput(io.RawIOBase):
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return os.write(self._fd, data)
+        except OSError as exc:
+            raise _OutputError(self._fd, exc) from None
+
+
+def _guarded_stdout(stdout: TextIO) -> TextIO:
+    return io.TextIOWrapper(
+        io.BufferedWriter(_GuardedOutput(stdout.fileno())),
+        encoding=stdout.encoding,
+        errors=stdout.errors,
+        line_buffering=bool(stdout.line_buffering),
+    )
 
 
 def _setup_logging(level: str, as_json: bool) -> None:
@@ -135,20 +219,11 @@ def _config(path: Path | None):  # type: ignore[no-untyped-def]
         sys.exit(EX_CONFIG)
 
 
-def _read_message(name: str) -> bytes:
-    if name == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(name).read_bytes()
-    except OSError as exc:
-        print(f"relaymail: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
-        sys.exit(EX_USAGE)
-
-
 def _deliver(args: argparse.Namespace) -> int:
     from .delivery import Status, deliver
-    from .errors import AddressError
+    from .errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
     from .message import Envelope, canonical_data
+    from .message_input import read_message, size_limit
 
     config = _config(args.config)
     sender = "" if args.sender in ("", "<>") else args.sender
@@ -157,7 +232,16 @@ def _deliver(args: argparse.Namespace) -> int:
     except AddressError as exc:
         print(f"relaymail: {exc}", file=sys.stderr)
         return EX_USAGE
-    data = canonical_data(_read_message(args.message))
+    try:
+        data = canonical_data(read_message(args.message, limit := size_limit(config)))
+        if len(data) > limit:
+            raise MessageTooLarge(limit)
+    except ConfigError as exc:
+        print(f"relaymail: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except MessageInputError as exc:  # also MessageTooLarge
+        print(f"relaymail: {exc}", file=sys.stderr)
+        return exc.exit_status
     results = _run(deliver(envelope, data, config))
     for result in results:
         print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
@@ -201,11 +285,10 @@ def _queue(args: argparse.Namespace) -> int:
 
 
 def _tls(args: argparse.Namespace) -> int:
-    from .message import domain_of
     from .tls.memory import TlsMemory
 
     config = _config(args.config)
-    domain = domain_of(f"x@{args.domain}")
+    domain = args.domain  # checked and in lookup form (_domain)
     memory = TlsMemory(config.queue.directory, config.tls.remember_for)
     try:
         forgotten = memory.forget(domain)
@@ -239,13 +322,24 @@ def _passwd(args: argparse.Namespace) -> int:
 
     from .passwords import hash_password
 
+    if sys.stdin is None:  # started with stdin closed (<&-)
+        print("relaymail: cannot read the password: standard input is closed", file=sys.stderr)
+        return EX_NOINPUT
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:
             print("relaymail: the passwords differ", file=sys.stderr)
             return EX_USAGE
     else:
-        password = sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.buffer.readline(_MAX_PASSWORD + 2).rstrip(b"\r\n")
+        if len(line) > _MAX_PASSWORD:
+            print(f"relaymail: password longer than {_MAX_PASSWORD} octets", file=sys.stderr)
+            return EX_DATAERR
+        try:
+            password = line.decode("utf-8")
+        except UnicodeDecodeError:
+            print("relaymail: the password is not UTF-8 text", file=sys.stderr)
+            return EX_DATAERR
     if not password:
         print("relaymail: empty password", file=sys.stderr)
         return EX_USAGE

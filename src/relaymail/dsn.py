@@ -34,6 +34,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import NamedTuple, Protocol
 
+from .headers import foreign_text
 from .message import Envelope, domain_of
 from .smtp.reply import Reply
 
@@ -59,7 +60,6 @@ MAX_DIAGNOSTIC = 1000
 
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _DIAGNOSTIC_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _REPLY = re.compile(r"([2-5]\d\d)(?:[ -](.*))?", re.DOTALL)
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[\x21-\x7e]{1,250}>)", re.IGNORECASE | re.MULTILINE)
 
@@ -415,8 +415,12 @@ def _boundary(queue_id: str, kind: _Kind, stamp: int, bodies: list[bytes]) -> st
 
 
 def _clean(text: str, international: bool) -> str:
-    """Someone else's text made safe for one header field or text line."""
-    text = _CONTROL.sub(" ", text).strip()
+    """Someone else's text made safe for one header field or text line.
+
+    A remote reply is decoded with replacement, so it can hold C1 controls and
+    U+2028 (line breaks to str.splitlines() readers) once the DSN is 8-bit.
+    """
+    text = foreign_text(text)
     if not international:
         text = text.encode("ascii", errors="replace").decode("ascii")
     if len(text) > MAX_DIAGNOSTIC:

@@ -35,6 +35,30 @@ class LocalProtocolError(RelaymailError):
     """relaymail itself tried something the protocol state does not allow (a bug)."""
 
 
+class UnsafeCommandError(LocalProtocolError):
+    """A command line would carry CR, LF or NUL: refused before it reaches the wire."""
+
+
+class HeaderValueError(RelaymailError, ValueError):
+    """A value cannot go into a header field (control characters, line breaks)."""
+
+
+class MessageInputError(RelaymailError):
+    """A message to submit cannot be read: no standard input, a missing or unreadable file."""
+
+    exit_status = 66  # EX_NOINPUT: the commands that read a message exit with this
+
+
+class MessageTooLarge(MessageInputError):
+    """Message input is over the size limit; read no further than the limit."""
+
+    exit_status = 65  # EX_DATAERR
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"message larger than the limit of {limit} octets")
+        self.limit = limit
+
+
 class QueueFull(RelaymailError):
     """The queue cannot take more mail now (disk full, read-only): answer 452 4.3.1."""
 

@@ -11,8 +11,16 @@ import re
 from dataclasses import dataclass
 
 from .errors import AddressError
+from .headers import CONTROL_CHARACTERS
 
 _BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
+# Besides what ends or splits a path, every control: an address also goes into
+# header fields (From:, To: of a DSN), where they are line breaks to some readers.
+_NOT_IN_PATH = re.compile(f"[<> ]|{CONTROL_CHARACTERS.pattern}")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+# The default of every listener's max_message_size, and so of sendmail's limit.
+DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +50,7 @@ def check_address(address: str) -> None:
     local, _, domain = address.rpartition("@")
     if not local or not domain:
         raise AddressError(f"{address!r}: empty local part or domain")
-    if any(c in address for c in "<>\r\n\0 ") or any(ord(c) < 32 for c in address):
+    if _NOT_IN_PATH.search(address):
         raise AddressError(f"{address!r}: contains characters not allowed in a path")
     if len(address.encode()) > 254:
         raise AddressError(f"{address!r}: longer than 254 octets (RFC 5321 4.5.3.1.3)")
@@ -61,6 +69,21 @@ def domain_of(address: str) -> str:
         return idna.encode(domain, uts46=True).decode("ascii")
     except idna.IDNAError as exc:
         raise AddressError(f"{address!r}: invalid international domain ({exc})") from exc
+
+
+def lookup_domain(text: str) -> str:
+    """A domain given by a user (command line) in lookup form; AddressError if it is none.
+
+    Unlike domain_of, which reads what a checked address holds, this judges the
+    whole input: empty labels, controls, overlong names, address literals.
+    """
+    if _NOT_IN_PATH.search(text) or "@" in text:
+        raise AddressError(f"{text[:80]!r}: not a domain name")
+    domain = domain_of(f"x@{text}")
+    labels = domain.split(".")
+    if len(domain) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise AddressError(f"{text[:80]!r}: not a domain name")
+    return domain
 
 
 def canonical_data(raw: bytes) -> bytes:

@@ -15,7 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 67, 75, 78
+from .errors import HeaderValueError
+from .headers import display_name, field, mailbox
+
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER = 0, 64, 65, 67
+EX_TEMPFAIL, EX_CONFIG = 75, 78
 
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
 
@@ -48,6 +52,10 @@ def parse_args(argv: list[str]) -> _Options:
                     raise ValueError(f"{flag} needs a value")
                 value = args.pop(0)
             if flag == "-F":
+                try:
+                    display_name(value)  # refused here, before the message is read
+                except HeaderValueError as exc:
+                    raise ValueError(f"-F: {exc}") from None
                 options.full_name = value
             elif flag == "-C":
                 options.config = Path(value)
@@ -65,16 +73,6 @@ def parse_args(argv: list[str]) -> _Options:
         else:
             raise ValueError(f"unknown option {arg}")
     return options
-
-
-def read_message(stream: bytes, dot_ends: bool) -> bytes:
-    if not dot_ends:
-        return stream
-    lines = stream.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.rstrip(b"\r\n") == b".":
-            return b"".join(lines[:i])
-    return stream
 
 
 def _header_section(data: bytes) -> tuple[bytes, bytes]:
@@ -109,7 +107,11 @@ def _header_values(headers: bytes, names: tuple[str, ...]) -> list[str]:
 
 
 def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple[bytes, list[str]]:
-    """Fill in missing headers (as Postfix's cleanup does) and find the recipients."""
+    """Fill in missing headers (as Postfix's cleanup does) and find the recipients.
+
+    `data` is canonical, `sender` a checked address and the -F name checked
+    by parse_args.
+    """
     headers, body = _header_section(data)
     recipients = list(options.recipients)
     if options.extract:
@@ -128,12 +130,12 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
         headers = b"\r\n".join(kept)
     added = []
     if not _has_header(headers, b"From"):
-        name = f'"{options.full_name}" ' if options.full_name else ""
-        added.append(f"From: {name}<{sender}>")
+        # -F is the user's own text: encoded (RFC 2047) or quoted, never pasted in.
+        added.append(field("From", mailbox(sender, options.full_name)))
     if not _has_header(headers, b"Date"):
-        added.append(f"Date: {_rfc5322_date()}")
+        added.append(field("Date", _rfc5322_date()))
     if not _has_header(headers, b"Message-ID"):
-        added.append(f"Message-ID: {_message_id(hostname)}")
+        added.append(field("Message-ID", _message_id(hostname)))
     prefix = "".join(f"{h}\r\n" for h in added).encode()
     headers = headers if headers.endswith(b"\r\n") or not headers else headers + b"\r\n"
     return prefix + headers + b"\r\n" + body, [r for r in recipients if r]
@@ -141,32 +143,49 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     from .config import find_config, load_config
-    from .errors import AddressError, ConfigError, QueueFull, QueueUnusable
-    from .message import Envelope, canonical_data
+    from .errors import (
+        AddressError,
+        ConfigError,
+        MessageInputError,
+        MessageTooLarge,
+        QueueFull,
+        QueueUnusable,
+    )
+    from .message import Envelope, canonical_data, check_address
+    from .message_input import read_message, size_limit
 
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
     except ValueError as exc:
-        print(f"sendmail: {exc}\n{USAGE}", file=sys.stderr)
+        print(f"sendmail: {exc} ({USAGE})", file=sys.stderr)
         return EX_USAGE
     try:
         config = load_config(find_config(options.config))
+        limit = size_limit(config)
     except ConfigError as exc:
         print(f"sendmail: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     hostname = config.delivery.helo_name
     sender = options.sender if options.sender is not None else f"{_user()}@{hostname}"
     sender = "" if sender in ("<>", "") else sender
-    data = canonical_data(read_message(sys.stdin.buffer.read(), options.dot_ends))
-    data, recipients = prepare(data, options, sender or f"MAILER-DAEMON@{hostname}", hostname)
-    if not recipients:
-        print(f"sendmail: no recipients\n{USAGE}", file=sys.stderr)
-        return EX_USAGE
     try:
+        # Checked before it goes into the From header, not only into the envelope.
+        if sender:
+            check_address(sender)
+        data = canonical_data(read_message("-", limit, dot_ends=options.dot_ends))
+        data, recipients = prepare(data, options, sender or f"MAILER-DAEMON@{hostname}", hostname)
+        if len(data) > limit:  # the added headers and CRs count too
+            raise MessageTooLarge(limit)
+        if not recipients:
+            print(f"sendmail: no recipients ({USAGE})", file=sys.stderr)
+            return EX_USAGE
         envelope = Envelope(sender, tuple(recipients))
     except AddressError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_NOUSER
+    except MessageInputError as exc:  # also MessageTooLarge
+        print(f"sendmail: {exc}", file=sys.stderr)
+        return exc.exit_status
     from .queue.sqlite import submit_now
 
     try:

@@ -54,7 +54,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from .errors import AddressError, ConfigError, QueueFull
-from .message import Envelope, canonical_data, check_address, domain_of
+from .message import DEFAULT_MAX_MESSAGE_SIZE, Envelope, canonical_data, check_address, domain_of
 from .passwords import PasswordHash
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class ListenerSettings:
     tls_key_file: Path | None = None
     require_auth: bool | None = None
     """None: required in submission and smtps modes, not in relay mode."""
-    max_message_size: int = 35 * 1024 * 1024
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     """Octets of message data as sent (advertised with SIZE)."""
     max_recipients: int = 1000
     max_line_length: int | None = 1000

@@ -119,19 +119,28 @@ async def test_starttls_4xx_server_gets_mail_in_clear_unless_tls_is_required(
     assert "policy encrypt never sends mail in clear" in log
 
 
-async def test_5xx_recipient_bounces_to_the_sender_as_rfc3464(smtp_peer, ca_file, tmp_path):
-    dest = await smtp_peer(Script(rcpt_replies={"gone@dest.test": "550 5.1.1 no such user"}))
-    mailbox = await smtp_peer(Script())
+async def bounce_for(
+    smtp_peer: Any, ca_file: Path, tmp_path: Path, rcpt_reply: str | bytes, subject: str
+) -> SMTPPeer:
+    """Send a message to gone@dest.test, which gets `rcpt_reply`; the mailbox with the DSN."""
+    dest = await smtp_peer(Script(rcpt_replies={"gone@dest.test": rcpt_reply}))
+    mailbox: SMTPPeer = await smtp_peer(Script())
     port = free_port()
     routes = {"dest.test": [hop(dest)], "src.test": [hop(mailbox)]}
     daemon = await start_daemon(tmp_path, make_config(tmp_path, port, ca_file, routes), port)
     try:
         code, out = await swaks(port, "--from", "a@src.test", "--to", "gone@dest.test",
-                                "--header", "Subject: will bounce")  # fmt: skip
+                                "--header", f"Subject: {subject}")  # fmt: skip
         assert code == 0, out
         await wait_for(lambda: dsns(mailbox), what="a bounce")
     finally:
         await daemon.stop()
+    return mailbox
+
+
+async def test_5xx_recipient_bounces_to_the_sender_as_rfc3464(smtp_peer, ca_file, tmp_path):
+    mailbox = await bounce_for(smtp_peer, ca_file, tmp_path, "550 5.1.1 no such user",
+                               "will bounce")  # fmt: skip
     [bounce] = dsns(mailbox)
     assert mailbox.transactions[0].recipients == ("a@src.test",)
     assert bounce.get_content_type() == "multipart/report"

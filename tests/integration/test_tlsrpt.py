@@ -405,3 +405,18 @@ async def test_real_sessions_become_a_valid_report(store, smtp_peer, ca_file, dn
         "total-successful-session-count": 1,
         "total-failure-session-count": 2,
     }
+
+
+async def test_a_non_ascii_mailto_address_is_unusable_and_the_others_still_get_the_report(
+    store, smtp_peer, dns_server, ca_file
+):
+    # The report mail is 7-bit ASCII (no SMTPUTF8): a UTF-8 address cannot go into its To:.
+    mailbox = await smtp_peer(Script())
+    dns = dns_server([
+        TXT("_smtp._tls.dest.test",
+            "v=TLSRPTv1; rua=mailto:r%C3%A9ports@reports.test,mailto:tlsrpt@reports.test"),
+    ])  # fmt: skip
+    await store.record(events())
+    [outcome] = await send(store, dns, Mailer(mailbox, ca_file))
+    assert [(r.ok, r.permanent) for r in outcome.destinations] == [(False, True), (True, False)]
+    assert [t.recipients for t in mailbox.transactions] == [("tlsrpt@reports.test",)]

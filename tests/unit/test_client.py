@@ -1,6 +1,6 @@
 import pytest
 
-from relaymail.errors import LocalProtocolError, RemoteProtocolError
+from relaymail.errors import LocalProtocolError, RemoteProtocolError, UnsafeCommandError
 from relaymail.smtp.client import Capabilities, ClientConnection, State, Verb
 from relaymail.smtp.reply import Reply
 
@@ -159,3 +159,14 @@ def test_a_transaction_left_open_is_remembered_until_rset():
     conn.receive_data(b"250 reset\r\n")
     conn.next_event()
     assert not conn.in_transaction
+
+
+@pytest.mark.parametrize(
+    "argument", ["FROM:<a@b>\r\nRSET", "FROM:<a@b>\nRSET", "FROM:<a@b>\r", "FROM:<a\0@b>",
+                 "FROM:<\udcff@b>"],
+)  # fmt: skip
+def test_a_command_line_with_cr_lf_nul_or_a_surrogate_is_refused_and_changes_nothing(argument):
+    conn = ready()
+    with pytest.raises(UnsafeCommandError):
+        conn.send(Verb.MAIL, argument)
+    assert conn.send(Verb.MAIL, "FROM:<a@b>") == b"MAIL FROM:<a@b>\r\n"  # still ready

@@ -34,7 +34,11 @@ def test_domains_are_lower_case_a_labels():
     assert domain_of("u@[127.0.0.1]") == "[127.0.0.1]"
 
 
-@pytest.mark.parametrize("address", ["nodomain", "a@", "@b", "a b@c", "a@b>", "a@b\r\nRCPT"])
+@pytest.mark.parametrize(
+    "address",
+    ["nodomain", "a@", "@b", "a b@c", "a@b>", "a@b\r\nRCPT", "a\x7f@b", "a\x85@b", "a\u2028@b",
+     "a\udcff@b"],
+)  # fmt: skip
 def test_unusable_addresses_are_refused(address):
     with pytest.raises(AddressError):
         Envelope("s@x.example", (address,))

@@ -19,7 +19,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..errors import LocalProtocolError, RemoteProtocolError
+from ..errors import LocalProtocolError, RemoteProtocolError, UnsafeCommandError
 from .reply import Reply, ReplyParser
 
 
@@ -136,11 +136,17 @@ class ClientConnection:
         """The wire form of a command; raises LocalProtocolError when out of order."""
         if verb is Verb.MESSAGE:
             raise LocalProtocolError("use send_message() for message data")
-        self._advance(verb)
         line = f"{verb.value} {argument}" if argument else verb.value
-        if "\r" in line or "\n" in line:
-            raise LocalProtocolError(f"line break inside a command: {line!r}")
-        return line.encode("utf-8") + b"\r\n"
+        # The last line of defence against injection: an address or name with a
+        # line break would end this command and start another (NUL truncates in C peers).
+        if "\r" in line or "\n" in line or "\0" in line:
+            raise UnsafeCommandError(f"line break or NUL inside a command: {line!r}")
+        try:
+            wire = line.encode("utf-8") + b"\r\n"
+        except UnicodeEncodeError:  # a lone surrogate: undecodable bytes from argv or a file
+            raise UnsafeCommandError(f"not encodable as UTF-8: {line!r}") from None
+        self._advance(verb)
+        return wire
 
     def send_message(self, stuffed: bytes) -> bytes:
         """The terminator to write after the dot-stuffed canonical message data."""

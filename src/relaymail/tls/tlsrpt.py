@@ -967,6 +967,8 @@ def _mailto_addresses(uri: str) -> list[str]:
         raise ValueError("no address")
     for address in addresses:
         check_address(address)
+        if not address.isascii():  # the report mail is 7-bit; no SMTPUTF8 for it
+            raise ValueError(f"{address!r}: not an ASCII address")
     return addresses
 
 
