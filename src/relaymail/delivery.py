@@ -16,9 +16,11 @@ import enum
 import logging
 import re
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import Config
@@ -164,10 +166,8 @@ class _DomainRun:
             if tls.used
             else "none"
         )
-        # A delivery is logged once, by whoever queued it (the scheduler's
-        # "delivered" line); every other step is news and logged here.
         log.log(
-            logging.DEBUG if result == "delivered" else logging.INFO,
+            _LOG_LEVELS.get(result, logging.INFO),
             "domain=%s host=%s ip=%s tls=%s result=%s policy=%s (%s): %s",
             self.domain, hop.label, ip, tls_words, result,
             self.host.level.value, self.host.source, detail,
@@ -198,6 +198,19 @@ class _HostFailed(Exception):
         super().__init__(detail)
         self.result = result
         self.detail = detail
+
+
+def _unforeseen(exc: Exception) -> _HostFailed:
+    """An exception no step expected, as a failed host whose detail says where it came from."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return _HostFailed(_INTERNAL_ERROR, f"internal error{where}: {type(exc).__name__}: {exc}")
+
+
+_INTERNAL_ERROR = "internal-error"
+# A delivery is logged once, by whoever queued it (the scheduler's "delivered" line);
+# an internal error is a defect to fix, so it stands out.
+_LOG_LEVELS = {"delivered": logging.DEBUG, _INTERNAL_ERROR: logging.ERROR}
 
 
 @dataclass(slots=True)
@@ -374,9 +387,12 @@ class DeliveryEngine:
                     return
                 try:
                     await self._try_host(run, hop, ip, starttls=True)
-                except _HostFailed as failed:
-                    run.note(hop, ip, failed.result, CLEAR, failed.detail)
-                    failures.append(f"{hop.label}: {failed.detail}")
+                except Exception as exc:
+                    # Anything else is a defect, ours or the server's, that nobody foresaw:
+                    # this host fails with the reason and the engine goes on.
+                    host = exc if isinstance(exc, _HostFailed) else _unforeseen(exc)
+                    run.note(hop, ip, host.result, CLEAR, host.detail)
+                    failures.append(f"{hop.label}: {host.detail}")
         if run.pending and failures:
             # Recipients that no host accepted: defer with every host's reason,
             # keeping a 4xx reply some host gave them as the reason if there was one.
@@ -430,18 +446,22 @@ class DeliveryEngine:
         else:
             session, caps, tls = await self._open(run, hop, ip, starttls)
         replies_before = session.replies_seen
+        kept = False
         try:
             await self._transaction(run, hop, session, caps, tls)
+            if session.is_usable and session.conn.state is State.READY:
+                self._keep_idle(hop, ip, run.host.level, _Cached(session, caps, tls))
+                kept = True
         except SessionError as exc:
             session.abort()
             if cached is not None and session.replies_seen == replies_before:
                 # The server closed the idle session as we reused it: not the host's fault.
                 return await self._try_host(run, hop, ip, starttls=starttls)
             raise _HostFailed("session-failed", f"{exc} (during the mail transaction)") from None
-        if session.is_usable and session.conn.state is State.READY:
-            self._keep_idle(hop, ip, run.host.level, _Cached(session, caps, tls))
-        else:
-            await session.quit()
+        finally:
+            # Whatever ended the transaction, a session not kept for reuse is closed here.
+            if not kept:
+                await session.quit()
 
     async def _open(
         self, run: _DomainRun, hop: NextHop, ip: str, starttls: bool
@@ -469,7 +489,8 @@ class DeliveryEngine:
         except SessionError as exc:
             session.abort()
             raise _HostFailed("session-failed", str(exc)) from None
-        except _HostFailed:
+        except BaseException:
+            # A policy refusal or anything unforeseen: QUIT if the session still can, then close.
             await session.quit()
             raise
 
@@ -518,8 +539,7 @@ class DeliveryEngine:
                 run.note(hop, ip, result, tls, decision.reason)
             return tls, await self._hello(session), session
         if decision.action is Action.HOST_FAILS:
-            session.abort()
-            raise _HostFailed(result, decision.reason)
+            raise _HostFailed(result, decision.reason)  # the caller QUITs where it still can
         run.note(hop, ip, result, CLEAR, decision.reason)
         if decision.action is Action.CONTINUE_CLEAR:
             return CLEAR, caps, session
