@@ -228,7 +228,10 @@ class DeliveryEngine:
         self.config = config
         # One resolver for routing, MTA-STS and DANE, so they see the same DNS.
         self.resolver = make_resolver(config.dns)
-        self.router = router or Router(config.routes, self.resolver, config.delivery.port)
+        self.router = router or Router(
+            config.routes, self.resolver, config.delivery.port,
+            max_mx_addresses=config.delivery.max_mx_addresses,
+        )  # fmt: skip
         self._tls_context = client_context()
         self._sts: StsResolver | None = None
         self._sts_cache: StsCache | None = None

@@ -9,8 +9,10 @@ NextHop values, never DNS records.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import ipaddress
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ import dns.resolver
 
 from .config import DnsSettings, HostPort
 from .errors import RelaymailError
+
+log = logging.getLogger("relaymail.routing")
 
 
 class HopSource(enum.Enum):
@@ -78,10 +82,13 @@ class Router:
         routes: Mapping[str, tuple[HostPort, ...]],
         resolver: dns.asyncresolver.Resolver,
         mx_port: int = 25,
+        *,
+        max_mx_addresses: int = 5,
     ) -> None:
         self._routes = routes
         self._resolver = resolver
         self._mx_port = mx_port
+        self._max_mx_addresses = max_mx_addresses
 
     def route_for(self, domain: str) -> tuple[HostPort, ...] | None:
         """The static route for `domain`: exact, then '.parent' entries, then '*'."""
@@ -117,7 +124,7 @@ class Router:
                 raise RoutingError(
                     f"{domain} has no MX and no address records", permanent=True, status="5.1.2"
                 ) from None
-            return [hop]
+            return self._capped(domain, [hop], 1)
         except dns.exception.DNSException as exc:
             raise RoutingError(
                 f"MX lookup for {domain} failed: {_dns_error(exc)}", permanent=False, status="4.4.3"
@@ -132,10 +139,27 @@ class Router:
             )
         random.shuffle(hosts)  # random among equal preferences; sort below is stable
         hosts.sort(key=lambda h: h[0])
-        hops = await asyncio.gather(
-            *(self._hop(name, self._mx_port, HopSource.MX, pref) for pref, name in hosts)
-        )
-        return list(hops)
+        # Resolve in slices of the address cap, in MX order, until it is reached: a domain
+        # with fifty MX hosts costs a few lookups, not a hundred.
+        hops: list[NextHop] = []
+        limit = self._max_mx_addresses
+        while hosts[len(hops) :] and sum(len(h.addresses) for h in hops) < limit:
+            batch = hosts[len(hops) : len(hops) + limit]
+            hops += await asyncio.gather(
+                *(self._hop(name, self._mx_port, HopSource.MX, pref) for pref, name in batch)
+            )
+        return self._capped(domain, hops, len(hosts))
+
+    def _capped(self, domain: str, hops: list[NextHop], hosts: int) -> list[NextHop]:
+        kept = cap_addresses(hops, self._max_mx_addresses)
+        tried = sum(len(h.addresses) for h in kept)
+        if len(kept) < hosts or tried < sum(len(h.addresses) for h in hops):
+            log.info(
+                "domain=%s: trying %d address(es) of %d of its %d MX host(s) "
+                "(delivery.max_mx_addresses = %d)",
+                domain, tried, len(kept), hosts, self._max_mx_addresses,
+            )  # fmt: skip
+        return kept
 
     async def _hop(self, host: str, port: int, source: HopSource, preference: int = 0) -> NextHop:
         try:
@@ -156,6 +180,24 @@ class Router:
         except dns.exception.DNSException as exc:
             return [], f"{rdtype} lookup for {host} failed: {_dns_error(exc)}"
         return [r.to_text() for r in answer], None
+
+
+def cap_addresses(hops: list[NextHop], limit: int) -> list[NextHop]:
+    """The hops in order with at most `limit` addresses in all (Postfix counts addresses).
+
+    A host whose lookup failed stays (it costs no connection and its reason is reported);
+    hosts after the limit is reached are dropped, the last one kept may lose addresses.
+    """
+    kept: list[NextHop] = []
+    left = limit
+    for hop in hops:
+        if left == 0:
+            break
+        if len(hop.addresses) > left:
+            hop = dataclasses.replace(hop, addresses=hop.addresses[:left])
+        kept.append(hop)
+        left -= len(hop.addresses)
+    return kept
 
 
 def _literal_hop(domain: str, port: int) -> NextHop:
