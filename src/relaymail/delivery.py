@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import Config
 from .message import Envelope, domain_of, dot_stuff
+from .mime7bit import ConversionImpossible, to_7bit
 from .routing import HopSource, NextHop, Router, RoutingError, make_resolver
 from .smtp.client import Capabilities, State, Verb
 from .smtp.reply import Reply
@@ -112,6 +113,7 @@ class _Outcome:
     host: str | None = None
     reply: Reply | None = None
     tls: TlsFacts = CLEAR
+    enhanced: str | None = None  # RFC 3463 status when no reply gives one
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,21 @@ class _DomainRun:
     events: list[TlsEvent] = field(default_factory=list)  # for TLS reporting
     published: bool = False  # the domain's DNS-published policies (DANE, MTA-STS) apply
     host: HostPolicy = field(default_factory=lambda: HostPolicy(Level.MAY, ""))
+    seven_bit: dict[bool, tuple[bytes, bytes]] = field(default_factory=dict)  # converted, stuffed
+
+    def data_for(self, caps: Capabilities) -> tuple[bytes, bytes]:
+        """(data, dot-stuffed data) as this next hop may take it: 7-bit without 8BITMIME.
+
+        RFC 6152 3: 8-bit data never goes to a server that did not offer 8BITMIME.
+        Raises ConversionImpossible when no 7-bit form says the same.
+        """
+        if "8BITMIME" in caps or self.data.isascii():
+            return self.data, self.stuffed
+        utf8_headers = "SMTPUTF8" in caps
+        if utf8_headers not in self.seven_bit:
+            converted = to_7bit(self.data, utf8_headers=utf8_headers)
+            self.seven_bit[utf8_headers] = (converted, dot_stuff(converted))
+        return self.seven_bit[utf8_headers]
 
     @property
     def pending(self) -> list[str]:
@@ -672,7 +689,14 @@ class DeliveryEngine:
     ) -> None:  # fmt: skip
         ip = session.address
         rcpts = run.pending
-        size = len(run.data)
+        try:
+            data, stuffed = run.data_for(caps)
+        except ConversionImpossible as exc:
+            reason = f"{hop.label} does not offer 8BITMIME and conversion to 7-bit failed: {exc}"
+            run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls, enhanced="5.6.3")
+            run.note(hop, ip, "8bitmime-refused", tls, reason)
+            return
+        size = len(data)
         limit = caps.size_limit
         if limit is not None and size > limit:
             reason = f"message size {size} exceeds the limit of {hop.label} ({limit}, from SIZE)"
@@ -688,7 +712,7 @@ class DeliveryEngine:
             reset = await session.command(Verb.RSET)
             if not reset.is_success:
                 raise SessionError(f"RSET answered {reset}")
-        params = _mail_parameters(caps, size, run.data, run.needs_smtputf8)
+        params = _mail_parameters(caps, size, data, run.needs_smtputf8)
         group = [(Verb.MAIL, f"FROM:<{run.sender}>{params}")]
         group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]
         group.append((Verb.DATA, ""))
@@ -731,7 +755,7 @@ class DeliveryEngine:
             session.write_terminator()
             await session.read_reply()
             return
-        final = await session.send_message(run.stuffed, self.config.delivery.data_timeout)
+        final = await session.send_message(stuffed, self.config.delivery.data_timeout)
         if final.is_success:
             status, reason = Status.DELIVERED, f"accepted by {hop.label}"
         elif final.is_transient:
@@ -833,7 +857,9 @@ def _results(run: _DomainRun, statuses: dict[str, str]) -> list[RecipientResult]
             reply=str(o.reply) if o.reply else None,
             tls=o.tls,
             attempts=attempts,
-            enhanced_status=statuses.get(rcpt) or (o.reply.enhanced if o.reply else None),
+            enhanced_status=statuses.get(rcpt)
+            or o.enhanced
+            or (o.reply.enhanced if o.reply else None),
         )
         for rcpt, o in run.outcomes.items()
     ]
