@@ -61,6 +61,9 @@ class DeliverySettings:
     # The port for MX hosts and address literals (Exim's smtp transport `port`);
     # [routes] entries carry their own.
     port: int = 25
+    # Addresses (not host names) one attempt tries from the MX hosts, in MX order: Postfix's
+    # smtp_mx_address_limit; chasquid also stops at five. [routes] are not cut.
+    max_mx_addresses: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +322,10 @@ def _delivery(raw: Mapping[str, Any]) -> DeliverySettings:
     if "destination_concurrency" in raw:
         values["destination_concurrency"] = _positive_int(
             raw["destination_concurrency"], "delivery.destination_concurrency"
+        )
+    if "max_mx_addresses" in raw:
+        values["max_mx_addresses"] = _positive_int(
+            raw["max_mx_addresses"], "delivery.max_mx_addresses"
         )
     return DeliverySettings(**values)
 

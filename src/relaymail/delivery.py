@@ -16,14 +16,17 @@ import logging
 import re
 import sqlite3
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import Config
 from .errors import RelaymailError
 from .message import Envelope, domain_of, dot_stuff
+from .mime7bit import ConversionImpossible, to_7bit
 from .routing import HopSource, NextHop, Router, RoutingError, make_resolver
 from .smtp.client import Capabilities, State, Verb
 from .smtp.reply import Reply
@@ -103,6 +106,7 @@ class _Outcome:
     host: str | None = None
     reply: Reply | None = None
     tls: TlsFacts = CLEAR
+    enhanced: str | None = None  # RFC 3463 status when no reply gives one
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,21 @@ class _DomainRun:
     events: list[TlsEvent] = field(default_factory=list)  # for TLS reporting
     published: bool = False  # the domain's DNS-published policies (DANE, MTA-STS) apply
     host: HostPolicy = field(default_factory=lambda: HostPolicy(Level.MAY, ""))
+    seven_bit: dict[bool, tuple[bytes, bytes]] = field(default_factory=dict)  # converted, stuffed
+
+    def data_for(self, caps: Capabilities) -> tuple[bytes, bytes]:
+        """(data, dot-stuffed data) as this next hop may take it: 7-bit without 8BITMIME.
+
+        RFC 6152 3: 8-bit data never goes to a server that did not offer 8BITMIME.
+        Raises ConversionImpossible when no 7-bit form says the same.
+        """
+        if "8BITMIME" in caps or self.data.isascii():
+            return self.data, self.stuffed
+        utf8_headers = "SMTPUTF8" in caps
+        if utf8_headers not in self.seven_bit:
+            converted = to_7bit(self.data, utf8_headers=utf8_headers)
+            self.seven_bit[utf8_headers] = (converted, dot_stuff(converted))
+        return self.seven_bit[utf8_headers]
 
     @property
     def pending(self) -> list[str]:
@@ -148,10 +167,8 @@ class _DomainRun:
             if tls.used
             else "none"
         )
-        # A delivery is logged once, by whoever queued it (the scheduler's
-        # "delivered" line); every other step is news and logged here.
         log.log(
-            logging.DEBUG if result == "delivered" else logging.INFO,
+            _LOG_LEVELS.get(result, logging.INFO),
             "domain=%s host=%s ip=%s tls=%s result=%s policy=%s (%s): %s",
             self.domain, hop.label, ip, tls_words, result,
             self.host.level.value, self.host.source, detail,
@@ -185,6 +202,19 @@ class _HostFailed(Exception):
         self.tls = tls  # TLS can be up when the host fails (a certificate `verify` refuses)
 
 
+def _unforeseen(exc: Exception) -> _HostFailed:
+    """An exception no step expected, as a failed host whose detail says where it came from."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return _HostFailed(_INTERNAL_ERROR, f"internal error{where}: {type(exc).__name__}: {exc}")
+
+
+_INTERNAL_ERROR = "internal-error"
+# A delivery is logged once, by whoever queued it (the scheduler's "delivered" line);
+# an internal error is a defect to fix, so it stands out.
+_LOG_LEVELS = {"delivered": logging.DEBUG, _INTERNAL_ERROR: logging.ERROR}
+
+
 @dataclass(slots=True)
 class _Cached:
     session: SmtpSession
@@ -203,6 +233,7 @@ class DeliveryEngine:
         self.router = router or Router(
             config.routes, self.resolver, config.delivery.port,
             system_lookup=not config.dns.nameservers,
+            max_mx_addresses=config.delivery.max_mx_addresses,
         )  # fmt: skip
         self._sts: StsResolver | None = None
         self._sts_cache: StsCache | None = None
@@ -370,9 +401,12 @@ class DeliveryEngine:
                     return
                 try:
                     await self._try_host(run, hop, ip, starttls=True)
-                except _HostFailed as failed:
-                    run.note(hop, ip, failed.result, failed.tls, failed.detail)
-                    failures.append(f"{hop.label}: {failed.detail}")
+                except Exception as exc:
+                    # Anything else is a defect, ours or the server's, that nobody foresaw:
+                    # this host fails with the reason and the engine goes on.
+                    host = exc if isinstance(exc, _HostFailed) else _unforeseen(exc)
+                    run.note(hop, ip, host.result, host.tls, host.detail)
+                    failures.append(f"{hop.label}: {host.detail}")
         if run.pending and failures:
             # Recipients that no host accepted: defer with every host's reason,
             # keeping a 4xx reply some host gave them as the reason if there was one.
@@ -426,18 +460,22 @@ class DeliveryEngine:
         else:
             session, caps, tls = await self._open(run, hop, ip, starttls)
         replies_before = session.replies_seen
+        kept = False
         try:
             await self._transaction(run, hop, session, caps, tls)
+            if session.is_usable and session.conn.state is State.READY:
+                self._keep_idle(hop, ip, run.host.level, _Cached(session, caps, tls))
+                kept = True
         except SessionError as exc:
             session.abort()
             if cached is not None and session.replies_seen == replies_before:
                 # The server closed the idle session as we reused it: not the host's fault.
                 return await self._try_host(run, hop, ip, starttls=starttls)
             raise _HostFailed("session-failed", f"{exc} (during the mail transaction)") from None
-        if session.is_usable and session.conn.state is State.READY:
-            self._keep_idle(hop, ip, run.host.level, _Cached(session, caps, tls))
-        else:
-            await session.quit()
+        finally:
+            # Whatever ended the transaction, a session not kept for reuse is closed here.
+            if not kept:
+                await session.quit()
 
     async def _open(
         self, run: _DomainRun, hop: NextHop, ip: str, starttls: bool
@@ -465,7 +503,8 @@ class DeliveryEngine:
         except SessionError as exc:
             session.abort()
             raise _HostFailed("session-failed", str(exc)) from None
-        except _HostFailed:
+        except BaseException:
+            # A policy refusal or anything unforeseen: QUIT if the session still can, then close.
             await session.quit()
             raise
 
@@ -511,8 +550,7 @@ class DeliveryEngine:
                 run.note(hop, ip, result, tls, decision.reason)
             return tls, await self._hello(session), session
         if decision.action is Action.HOST_FAILS:
-            session.abort()
-            raise _HostFailed(result, decision.reason, tls)
+            raise _HostFailed(result, decision.reason, tls)  # the caller QUITs where it can
         run.note(hop, ip, result, CLEAR, decision.reason)
         if decision.action is Action.CONTINUE_CLEAR:
             return CLEAR, caps, session
@@ -578,7 +616,14 @@ class DeliveryEngine:
     ) -> None:  # fmt: skip
         ip = session.address
         rcpts = run.pending
-        size = len(run.data)
+        try:
+            data, stuffed = run.data_for(caps)
+        except ConversionImpossible as exc:
+            reason = f"{hop.label} does not offer 8BITMIME and conversion to 7-bit failed: {exc}"
+            run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls, enhanced="5.6.3")
+            run.note(hop, ip, "8bitmime-refused", tls, reason)
+            return
+        size = len(data)
         limit = caps.size_limit
         if limit is not None and size > limit:
             reason = f"message size {size} exceeds the limit of {hop.label} ({limit}, from SIZE)"
@@ -594,7 +639,7 @@ class DeliveryEngine:
             reset = await session.command(Verb.RSET)
             if not reset.is_success:
                 raise SessionError(f"RSET answered {reset}")
-        params = _mail_parameters(caps, size, run.data, run.needs_smtputf8)
+        params = _mail_parameters(caps, size, data, run.needs_smtputf8)
         group = [(Verb.MAIL, f"FROM:<{run.sender}>{params}")]
         group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]
         group.append((Verb.DATA, ""))
@@ -637,7 +682,7 @@ class DeliveryEngine:
             session.write_terminator()
             await session.read_reply()
             return
-        final = await session.send_message(run.stuffed, self.config.delivery.data_timeout)
+        final = await session.send_message(stuffed, self.config.delivery.data_timeout)
         if final.is_success:
             status, reason = Status.DELIVERED, f"accepted by {hop.label}"
         elif final.is_transient:
@@ -729,7 +774,9 @@ def _results(run: _DomainRun, statuses: dict[str, str]) -> list[RecipientResult]
             reply=str(o.reply) if o.reply else None,
             tls=o.tls,
             attempts=attempts,
-            enhanced_status=statuses.get(rcpt) or (o.reply.enhanced if o.reply else None),
+            enhanced_status=statuses.get(rcpt)
+            or o.enhanced
+            or (o.reply.enhanced if o.reply else None),
         )
         for rcpt, o in run.outcomes.items()
     ]

@@ -14,8 +14,10 @@ recipient domain's names and always come from DNS.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import ipaddress
+import logging
 import random
 import socket
 from collections.abc import Mapping
@@ -29,6 +31,8 @@ import dns.resolver
 from .config import DnsSettings, HostPort
 from .errors import RelaymailError
 from .resolver import describe_dns_error
+
+log = logging.getLogger("relaymail.routing")
 
 
 class HopSource(enum.Enum):
@@ -87,11 +91,13 @@ class Router:
         mx_port: int = 25,
         *,
         system_lookup: bool = False,
+        max_mx_addresses: int = 5,
     ) -> None:
         self._routes = routes
         self._resolver = resolver
         self._mx_port = mx_port
         self._system_lookup = system_lookup  # route hosts through getaddrinfo()
+        self._max_mx_addresses = max_mx_addresses
 
     def route_for(self, domain: str) -> tuple[HostPort, ...] | None:
         """The static route for `domain`: exact, then '.parent' entries, then '*'."""
@@ -127,7 +133,7 @@ class Router:
                 raise RoutingError(
                     f"{domain} has no MX and no address records", permanent=True, status="5.1.2"
                 ) from None
-            return [hop]
+            return self._capped(domain, [hop], 1)
         except dns.exception.DNSException as exc:
             why = describe_dns_error(exc)
             raise RoutingError(
@@ -143,10 +149,27 @@ class Router:
             )
         random.shuffle(hosts)  # random among equal preferences; sort below is stable
         hosts.sort(key=lambda h: h[0])
-        hops = await asyncio.gather(
-            *(self._hop(name, self._mx_port, HopSource.MX, pref) for pref, name in hosts)
-        )
-        return list(hops)
+        # Resolve in slices of the address cap, in MX order, until it is reached: a domain
+        # with fifty MX hosts costs a few lookups, not a hundred.
+        hops: list[NextHop] = []
+        limit = self._max_mx_addresses
+        while hosts[len(hops) :] and sum(len(h.addresses) for h in hops) < limit:
+            batch = hosts[len(hops) : len(hops) + limit]
+            hops += await asyncio.gather(
+                *(self._hop(name, self._mx_port, HopSource.MX, pref) for pref, name in batch)
+            )
+        return self._capped(domain, hops, len(hosts))
+
+    def _capped(self, domain: str, hops: list[NextHop], hosts: int) -> list[NextHop]:
+        kept = cap_addresses(hops, self._max_mx_addresses)
+        tried = sum(len(h.addresses) for h in kept)
+        if len(kept) < hosts or tried < sum(len(h.addresses) for h in hops):
+            log.info(
+                "domain=%s: trying %d address(es) of %d of its %d MX host(s) "
+                "(delivery.max_mx_addresses = %d)",
+                domain, tried, len(kept), hosts, self._max_mx_addresses,
+            )  # fmt: skip
+        return kept
 
     async def _hop(self, host: str, port: int, source: HopSource, preference: int = 0) -> NextHop:
         try:
@@ -179,6 +202,22 @@ async def _system_hop(host: str, port: int) -> NextHop:
     # The system's order (RFC 6724 address selection), each address once.
     addresses = dict.fromkeys(str(info[4][0]) for info in infos)
     return NextHop(host, port, tuple(addresses), HopSource.ROUTE)
+def cap_addresses(hops: list[NextHop], limit: int) -> list[NextHop]:
+    """The hops in order with at most `limit` addresses in all (Postfix counts addresses).
+
+    A host whose lookup failed stays (it costs no connection and its reason is reported);
+    hosts after the limit is reached are dropped, the last one kept may lose addresses.
+    """
+    kept: list[NextHop] = []
+    left = limit
+    for hop in hops:
+        if left == 0:
+            break
+        if len(hop.addresses) > left:
+            hop = dataclasses.replace(hop, addresses=hop.addresses[:left])
+        kept.append(hop)
+        left -= len(hop.addresses)
+    return kept
 
 
 def _literal_hop(domain: str, port: int) -> NextHop:

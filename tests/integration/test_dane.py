@@ -606,6 +606,8 @@ async def test_delivery_refuses_an_impostor_and_never_goes_clear(
     assert result.status is Status.DEFERRED
     assert "certificate-not-trusted" in result.reason
     assert not peer.transactions
+    # The impostor's session ends with QUIT over TLS (RFC 5321 4.1.1.10), not a lost connection.
+    assert peer.sessions[0].quit and peer.transcript[-1].tls
 
     # A 4xx to STARTTLS does not open the cleartext door either (RFC 7672 2.2).
     peer.script = Script(starttls="454 4.7.0 TLS not available")

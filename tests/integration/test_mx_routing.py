@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
+
 from relaymail.config import parse_config
 from relaymail.delivery import Status
 from relaymail.routing import HopSource, Router, make_resolver
@@ -125,3 +128,54 @@ async def test_cname_is_followed_and_unresolvable_hosts_are_skipped(smtp_peer, d
     assert result.status is Status.DELIVERED
     assert result.attempts[0].result == "no-address"
     assert result.host == f"alias.dest.test:{peer.port}"
+
+
+def _fifty_mx() -> list:
+    names = [f"mx{i:02d}.dest.test" for i in range(50)]
+    return [MX("dest.test", 10 + i, n) for i, n in enumerate(names)] + [
+        A(n, "127.0.0.1") for n in names
+    ]
+
+
+async def test_one_attempt_tries_at_most_five_mx_addresses(smtp_peer, dns_server, ca_file, caplog):
+    # Each of the fifty MX hosts greets with 421: every connection shows at the peer.
+    peer = await smtp_peer(Script(greeting="421 4.3.2 try later"))
+    dns = dns_server(_fifty_mx())
+    caplog.set_level("INFO", logger="relaymail.routing")
+    [result] = await deliver(mx_config(dns, peer.port, ca_file))
+    assert result.status is Status.DEFERRED
+    assert peer.connections == 5
+    tried = [f"mx{i:02d}.dest.test:{peer.port}" for i in range(5)]
+    assert [a.host for a in result.attempts] == tried
+    [cut] = [r for r in caplog.records if r.name == "relaymail.routing"]
+    assert "delivery.max_mx_addresses = 5" in cut.getMessage()
+
+
+async def test_refused_connections_count_against_the_cap(dns_server, ca_file):
+    with socket.socket() as probe:  # a port nothing listens on: every connect is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dns = dns_server(_fifty_mx())
+    config = mx_config(dns, port, ca_file)
+    [result] = await deliver(config)
+    assert result.status is Status.DEFERRED
+    assert [a.result for a in result.attempts] == ["connect-failed"] * 5
+
+
+async def test_the_cap_counts_addresses_not_hosts(smtp_peer, dns_server, ca_file):
+    v6 = await smtp_peer(Script(greeting="421 4.3.2 later"), host="::1")
+    v4 = await smtp_peer(Script(greeting="421 4.3.2 later"), port=v6.port)
+    dns = dns_server([
+        MX("dest.test", 10, "mx1.dest.test"), MX("dest.test", 20, "mx2.dest.test"),
+        AAAA("mx1.dest.test", "::1"), A("mx1.dest.test", "127.0.0.1"),
+        AAAA("mx2.dest.test", "::1"), A("mx2.dest.test", "127.0.0.1"),
+    ])  # fmt: skip
+    config = mx_config(dns, v6.port, ca_file)
+    config = dataclasses.replace(
+        config, delivery=dataclasses.replace(config.delivery, max_mx_addresses=3)
+    )
+    [result] = await deliver(config)
+    assert [(a.host.split(":")[0], a.ip) for a in result.attempts] == [
+        ("mx1.dest.test", "::1"), ("mx1.dest.test", "127.0.0.1"), ("mx2.dest.test", "::1"),
+    ]  # fmt: skip
+    assert (v6.connections, v4.connections) == (2, 1)

@@ -146,6 +146,29 @@ def test_size_zero_means_no_limit():
     assert Capabilities.from_ehlo(Reply(250, ("mx", "SIZE junk"))).size_limit is None
 
 
+@pytest.mark.parametrize(
+    "line",
+    ["SIZE ²", "SIZE -1", "SIZE abc", "SIZE ١٠", "SIZE 1 2", "SIZE " + "9" * 4000, "SIZE \ufffd1"],
+)
+def test_a_size_that_breaks_its_grammar_is_absent(line):
+    caps = Capabilities.from_ehlo(Reply(250, ("mx", line, "PIPELINING")))
+    assert "SIZE" not in caps and caps.size_limit is None
+    assert "PIPELINING" in caps
+
+
+@pytest.mark.parametrize("line", ["AUTH \x01 PLAIN", "ŞIZE 10", "-X", "", "AUTH ☃", "8BIT\tMIME"])
+def test_a_line_that_is_no_ehlo_keyword_is_ignored(line):
+    assert Capabilities.from_ehlo(Reply(250, ("mx", line))).keywords == {}
+
+
+def test_capability_lines_are_read_by_their_grammar():
+    caps = Capabilities.from_ehlo(
+        Reply(250, ("mx", " size  99999999999999999999 ", "auth  PLAIN   LOGIN", "X-1"))
+    )
+    assert caps.keywords == {"SIZE": "99999999999999999999", "AUTH": "PLAIN LOGIN", "X-1": ""}
+    assert caps.size_limit == 99999999999999999999
+
+
 def test_a_transaction_left_open_is_remembered_until_rset():
     conn = ready()
     conn.send(Verb.MAIL, "FROM:<a@x>")

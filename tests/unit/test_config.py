@@ -101,3 +101,12 @@ def test_no_config_means_embedded_defaults():
     assert config.tls.tempfail_fallback is True
     assert config.tls.policy.default is Level.MAY
     assert config.routes == {}
+
+
+def test_max_mx_addresses_defaults_to_five_and_must_be_positive():
+    assert parse_config({}).delivery.max_mx_addresses == 5
+    assert parse_config({"delivery": {"max_mx_addresses": 2}}).delivery.max_mx_addresses == 2
+    for bad in (0, -1, "5", 1.5):
+        with pytest.raises(ConfigError) as info:
+            parse_config({"delivery": {"max_mx_addresses": bad}})
+        assert info.value.key == "delivery.max_mx_addresses"

@@ -16,6 +16,7 @@ means bytes arrived in clear behind the 220, which is an injection attack.
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ class Verb(enum.Enum):
 
 class State(enum.Enum):
     CONNECTED = "connected"  # waiting for the greeting
+    REFUSED = "refused"  # greeting refused: only QUIT (RFC 5321 3.1), 421 excepted
     GREETED = "greeted"  # greeting accepted; EHLO/HELO needed
     READY = "ready"  # hello done; no transaction
     MAIL = "in-mail"  # MAIL sent
@@ -77,6 +79,15 @@ class ReplyEvent:
     reply: Reply
 
 
+# RFC 5321 4.1.1.1: ehlo-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"); each ehlo-param is
+# printable US-ASCII without spaces. A line that breaks this is not a capability at all.
+_EHLO_LINE = re.compile(r" *([A-Za-z0-9][A-Za-z0-9-]*)((?: +[!-~]+)*) *")
+# Parameter grammars of the keywords whose parameters we act on; a keyword whose parameters
+# break its grammar is treated as absent (RFC 1870 6: SIZE is `[1*DIGIT]`; the bound keeps
+# int() cheap, and 20 digits are already beyond any real limit).
+_PARAMS = {"SIZE": re.compile(r"[0-9]{0,20}")}
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What the server's EHLO reply advertises (or nothing, after HELO)."""
@@ -88,9 +99,13 @@ class Capabilities:
     def from_ehlo(cls, reply: Reply) -> Capabilities:
         keywords: dict[str, str] = {}
         for line in reply.lines[1:]:
-            word, _, params = line.strip().partition(" ")
-            if word:
-                keywords[word.upper()] = params.strip()
+            match = _EHLO_LINE.fullmatch(line)
+            if match is None:
+                continue
+            word, params = match.group(1).upper(), " ".join(match.group(2).split())
+            grammar = _PARAMS.get(word)
+            if grammar is None or grammar.fullmatch(params):
+                keywords[word] = params
         return cls(esmtp=True, keywords=keywords)
 
     @classmethod
@@ -102,11 +117,9 @@ class Capabilities:
 
     @property
     def size_limit(self) -> int | None:
-        """The SIZE limit (RFC 1870); None when absent, unparsable or 0 (no limit)."""
+        """The SIZE limit (RFC 1870); None when absent or 0 (no limit)."""
         value = self.keywords.get("SIZE")
-        if value is None or not value.isdigit():
-            return None
-        return int(value) or None
+        return int(value) or None if value else None
 
 
 class ClientConnection:
@@ -126,6 +139,19 @@ class ClientConnection:
     @property
     def awaiting_replies(self) -> int:
         return len(self._awaiting)
+
+    @property
+    def can_quit(self) -> bool:
+        """Whether QUIT may go now: the server is reading commands and owes us no reply.
+
+        Never while STARTTLS is pending or its handshake has not completed (a reply to
+        STARTTLS still due, or bytes injected behind its 220), nor inside the message data.
+        """
+        return (
+            not self._tls_boundary
+            and not self._awaiting
+            and self.state in (State.REFUSED, State.GREETED, State.READY, State.MAIL, State.RCPT)
+        )
 
     @property
     def has_unread_data(self) -> bool:
@@ -159,6 +185,8 @@ class ClientConnection:
         if verb in _ANYTIME:
             if self._planned is State.CONNECTED:
                 raise LocalProtocolError(f"{verb.value} before the greeting")
+            if self._planned is State.REFUSED and verb is not Verb.QUIT:
+                raise LocalProtocolError(f"{verb.value} after a refused greeting")
             target = _ANYTIME[verb]
             if target is not None:
                 self._planned = target
@@ -200,7 +228,9 @@ class ClientConnection:
         elif verb is Verb.MESSAGE or (verb is Verb.RSET and ok):
             self.in_transaction = False
         if verb is Verb.GREETING:
-            self.state = State.GREETED if ok else State.CLOSED
+            # RFC 5321 3.1: after a 554 greeting the server waits for our QUIT.
+            refused = State.CLOSED if reply.code == 421 else State.REFUSED
+            self.state = State.GREETED if ok else refused
         elif verb is Verb.STARTTLS:
             # RFC 3207 4: after a refusal the session continues as before.
             self._tls_boundary = ok

@@ -13,8 +13,11 @@ from collections.abc import Sequence
 from typing import cast
 
 from ..errors import RelaymailError, RemoteProtocolError
-from .client import ClientConnection, ReplyEvent, State, Verb
+from .client import ClientConnection, ReplyEvent, Verb
 from .reply import Reply
+
+# How long a QUIT may wait for its reply: the mail is settled, only the peer's log gains.
+QUIT_TIMEOUT = 5.0
 
 
 class SessionError(RelaymailError):
@@ -215,11 +218,15 @@ class SmtpSession:
             raise SessionError(self._wire.closed)
 
     async def quit(self) -> None:
-        """Polite close: QUIT, a short wait for its reply, then close regardless."""
+        """Close politely: QUIT where the session still can send it, a short wait, then close.
+
+        RFC 5321 4.1.1.10: a client ends the session with QUIT, also after a policy refusal
+        (Exim and Postfix log a session without it as lost). It goes over TLS when TLS is up.
+        """
         try:
-            if self._wire.closed is None and self.conn.state is not State.CLOSED:
+            if self._wire.closed is None and self._wire.error is None and self.conn.can_quit:
                 self.write([(Verb.QUIT, "")])
-                await self.read_reply(timeout=min(self.command_timeout, 5.0))
+                await self.read_reply(timeout=min(self.command_timeout, QUIT_TIMEOUT))
         except (SessionError, RelaymailError):
             pass  # the server's QUIT reply changes nothing: the mail is already settled
         finally:
