@@ -96,6 +96,8 @@ class CommandLoop(SMTP):
     line_length_limit = STREAM_WINDOW
 
     waiting_for_command = False
+    client_closed = False
+    """The client sent EOF: what it sent before still gets answered."""
     _in_clear = True
     current_command = "connect"
     """The command being answered, as it may be logged (no AUTH credentials)."""
@@ -120,6 +122,7 @@ class CommandLoop(SMTP):
     def eof_received(self) -> bool:
         # StreamReaderProtocol's: EOF to the reader, keep the transport for
         # writing. Over TLS asyncio closes it anyway (and warns if asked not to).
+        self.client_closed = True
         self._reader.feed_eof()
         return self._in_clear
 

@@ -603,6 +603,10 @@ class InboundSMTP(CommandLoop):
         if self.tls_in_use() is not None:
             await self.push("503 5.5.1 TLS already active")
             return
+        if self.client_closed:
+            # No ClientHello can follow a half-close; the handshake would wait
+            # for one until its timeout.
+            raise ClientGone
         await super().smtp_STARTTLS(arg)
 
     @syntax("VRFY <address>")

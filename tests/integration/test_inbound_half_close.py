@@ -152,3 +152,14 @@ async def test_exim_shaped_client_through_the_daemon_is_delivered_once(
     log = daemon.text()
     assert log.count("relaymail.server: accepted ") == 1 and log.count("delivered id=") == 1
     assert "Traceback" not in log
+
+
+async def test_starttls_after_a_half_close_ends_the_session_instead_of_waiting_for_a_handshake(
+    listen: Any,
+) -> None:
+    handle, _ = await listen()
+    raw = await half_closed_session(handle.port, b"EHLO client.example\r\nSTARTTLS\r\n")
+    # 220 to STARTTLS only if the command was read before the EOF arrived; then the TLS
+    # layer sees the EOF. Either way no handshake is waited for (asyncio's limit is 60 s).
+    assert reply_codes(raw) in ((220, 250), (220, 250, 220))
+    await until(lambda: handle.active_sessions == 0)
