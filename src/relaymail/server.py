@@ -1069,4 +1069,9 @@ async def start_listener(
     )
     handle = ListenerHandle(server, listener)
     log.info("listening on %s (%s)", handle.addresses, settings.mode)
+    if settings.postmaster is None:
+        log.warning(
+            "no [local] postmaster configured: mail to <postmaster> is queued for %s",
+            settings.postmaster_address,
+        )
     return handle
