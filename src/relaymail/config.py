@@ -7,6 +7,7 @@ raises ConfigError(key, reason); the CLI turns that into exit status 78.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import re
@@ -283,18 +284,13 @@ def _listener(
     for key, value in raw.items():
         if key == "address":
             continue
-        if key == "mode":
+        if key in ("mode", "long_lines"):
+            choices: type[enum.StrEnum] = ListenerMode if key == "mode" else LongLines
             try:
-                value = ListenerMode(value)
+                value = choices(value)
             except ValueError:
-                modes = ", ".join(m.value for m in ListenerMode)
-                raise ConfigError(f"{where}.mode", f"{value!r} is not one of {modes}") from None
-        elif key == "long_lines":
-            try:
-                value = LongLines(value)
-            except ValueError:
-                choices = ", ".join(c.value for c in LongLines)
-                raise ConfigError(f"{where}.{key}", f"{value!r} is not one of {choices}") from None
+                names = ", ".join(c.value for c in choices)
+                raise ConfigError(f"{where}.{key}", f"{value!r} is not one of {names}") from None
         elif key == "relay_networks":
             value = tuple(_network(n, f"{where}.relay_networks") for n in _list(value, where, key))
         elif key == "relay_domains":
