@@ -7,6 +7,7 @@ raises ConfigError(key, reason); the CLI turns that into exit status 78.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import re
@@ -112,12 +113,20 @@ class QueueSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalSettings:
+    # Where RCPT TO:<postmaster> (no domain, RFC 5321 4.5.1) goes; None:
+    # postmaster@ the listener's host name.
+    postmaster: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     routes: Mapping[str, tuple[HostPort, ...]] = field(default_factory=dict)
     dns: DnsSettings = field(default_factory=DnsSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
     # Raw [[listener]] tables, checked by load_config; built by listeners() on demand
     # so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
@@ -127,7 +136,10 @@ class Config:
     def listeners(self) -> list[ListenerSettings]:
         """The [[listener]] tables; by default one relay listener on 127.0.0.1:2525."""
         tables = self.listener_tables or (DEFAULT_LISTENER,)
-        return [_listener(table, i, self.delivery.helo_name) for i, table in enumerate(tables)]
+        return [
+            _listener(table, i, self.delivery.helo_name, self.local.postmaster)
+            for i, table in enumerate(tables)
+        ]
 
     def users(self) -> dict[str, PasswordHash]:
         from .passwords import parse_users
@@ -177,7 +189,7 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
-    _only(raw, "", {"delivery", "tls", "routes", "dns", "queue", "listener", "users"})
+    _only(raw, "", {"delivery", "tls", "routes", "dns", "queue", "listener", "users", "local"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
@@ -190,6 +202,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         routes=_routes(_table(raw, "routes")),
         dns=_dns(_table(raw, "dns")),
         queue=_queue(_table(raw, "queue")),
+        local=_local(_table(raw, "local")),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,
@@ -234,15 +247,33 @@ def _queue(raw: Mapping[str, Any]) -> QueueSettings:
     return QueueSettings(**values)
 
 
+def _local(raw: Mapping[str, Any]) -> LocalSettings:
+    _only(raw, "local", {"postmaster"})
+    if "postmaster" not in raw:
+        return LocalSettings()
+    from .errors import AddressError
+    from .message import check_address
+
+    postmaster = _string(raw["postmaster"], "local.postmaster")
+    try:
+        check_address(postmaster)
+    except AddressError as exc:
+        raise ConfigError("local.postmaster", str(exc)) from None
+    return LocalSettings(postmaster=postmaster)
+
+
 _LISTENER_KEYS = {
     "address", "mode", "relay_networks", "relay_domains", "tls_cert_file", "tls_key_file",
     "require_auth", "max_message_size", "max_recipients", "max_line_length", "max_connections",
     "max_commands_per_verb", "max_auth_failures", "max_received_headers", "idle_timeout",
-    "hostname",
+    "hostname", "long_lines",
 }  # fmt: skip
 
 
-def _listener(raw: Mapping[str, Any], index: int, hostname: str) -> ListenerSettings:
+def _listener(
+    raw: Mapping[str, Any], index: int, hostname: str, postmaster: str | None
+) -> ListenerSettings:
+    from .long_lines import LongLines
     from .server import ListenerMode, ListenerSettings
 
     where = f"listener[{index}]"
@@ -250,16 +281,19 @@ def _listener(raw: Mapping[str, Any], index: int, hostname: str) -> ListenerSett
     if "address" not in raw:
         raise ConfigError(f"{where}.address", 'missing (e.g. "127.0.0.1:2525")')
     address = parse_host_port(_string(raw["address"], f"{where}.address"), f"{where}.address", 25)
-    values: dict[str, Any] = {"host": address.host, "port": address.port, "hostname": hostname}
+    values: dict[str, Any] = {
+        "host": address.host, "port": address.port, "hostname": hostname, "postmaster": postmaster,
+    }  # fmt: skip
     for key, value in raw.items():
         if key == "address":
             continue
-        if key == "mode":
+        if key in ("mode", "long_lines"):
+            choices: type[enum.StrEnum] = ListenerMode if key == "mode" else LongLines
             try:
-                value = ListenerMode(value)
+                value = choices(value)
             except ValueError:
-                modes = ", ".join(m.value for m in ListenerMode)
-                raise ConfigError(f"{where}.mode", f"{value!r} is not one of {modes}") from None
+                names = ", ".join(c.value for c in choices)
+                raise ConfigError(f"{where}.{key}", f"{value!r} is not one of {names}") from None
         elif key == "relay_networks":
             value = tuple(_network(n, f"{where}.relay_networks") for n in _list(value, where, key))
         elif key == "relay_domains":

@@ -48,22 +48,25 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AnyStr, Final, Protocol
+from typing import Any, AnyStr, Final, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from .errors import AddressError, ConfigError, QueueFull
-from .message import DEFAULT_MAX_MESSAGE_SIZE, Envelope, canonical_data, check_address, domain_of
+from .esmtp import (
+    POSTMASTER,
+    SmtpPath,
+    address_problem,
+    mail_param_problem,
+    parse_esmtp_params,
+    parse_path,
+    rcpt_param_problem,
+)
+from .inbound_loop import ClientGone, CommandLoop, printable
+from .long_lines import LongLines, fold_long_lines
+from .message import DEFAULT_MAX_MESSAGE_SIZE, Envelope, canonical_data, domain_of
 from .passwords import PasswordHash
-
-if TYPE_CHECKING:
-    from collections.abc import Sized
-
-    from typing_extensions import Buffer
-
-    class _Separator(Buffer, Sized, Protocol): ...
-
 
 __all__ = [
     "ListenerHandle",
@@ -130,8 +133,12 @@ class ListenerSettings:
     """Octets of message data as sent (advertised with SIZE)."""
     max_recipients: int = 1000
     max_line_length: int | None = 1000
-    """Longest message line in octets including CRLF (RFC 5321 4.5.3.1.6);
-    None accepts any length."""
+    """Longest message line in octets including CRLF (RFC 5321 4.5.3.1.6,
+    RFC 5322 2.1.1); None leaves lines as they come."""
+    long_lines: LongLines = LongLines.FOLD
+    """A longer line is folded before the message is queued, or refused."""
+    postmaster: str | None = None
+    """Where RCPT TO:<postmaster> goes ([local] postmaster); None: postmaster@hostname."""
     max_connections: int = 100
     max_commands_per_verb: int = 10_000
     """How often one connection may use each command verb before 421."""
@@ -144,6 +151,7 @@ class ListenerSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", ListenerMode(self.mode))
+        object.__setattr__(self, "long_lines", LongLines(self.long_lines))
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"{self.port} is not a TCP port")
         if not self.hostname or any(c.isspace() for c in self.hostname):
@@ -172,6 +180,10 @@ class ListenerSettings:
         object.__setattr__(
             self, "relay_domains", tuple(_relay_domain_key(d) for d in self.relay_domains)
         )
+
+    @property
+    def postmaster_address(self) -> str:
+        return self.postmaster or f"postmaster@{self.hostname}"
 
     @property
     def auth_required(self) -> bool:
@@ -355,90 +367,6 @@ def with_enhanced_code(reply: str) -> str:
     return f"{code}{separator}{default} {text}".rstrip()
 
 
-# --------------------------------------------------------------------------- ESMTP parameters
-
-_ESMTP_PARAM: Final = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([^=\s\x00-\x1f\x7f]+))?")
-# RFC 3461 4: xtext is printable ASCII except "+" and "=", which are hex-escaped.
-_XTEXT: Final = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
-_ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;\S+")
-_NOTIFY: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
-
-
-def parse_esmtp_params(text: str) -> dict[str, str | None] | None:
-    """``KEYWORD[=value]`` words to {KEYWORD: value}; values keep their case. None if malformed."""
-    params: dict[str, str | None] = {}
-    for word in text.split():
-        match = _ESMTP_PARAM.fullmatch(word)
-        if match is None:
-            return None
-        keyword = match[1].upper()
-        if keyword in params:
-            return None
-        params[keyword] = match[2]
-    return params
-
-
-def _mail_param_problem(params: Mapping[str, str | None], size_limit: int) -> str | None:
-    """The reply refusing MAIL parameters, or None if they are acceptable."""
-    for keyword, value in params.items():
-        if keyword == "SIZE":
-            if value is None or not value.isdigit():
-                return "501 5.5.4 SIZE takes a number of octets"
-            if int(value) > size_limit:
-                return "552 5.3.4 Message size exceeds fixed maximum message size"
-        elif keyword == "BODY":
-            if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                return "501 5.5.4 BODY must be 7BIT or 8BITMIME"
-        elif keyword == "SMTPUTF8":
-            if value is not None:
-                return "501 5.5.4 SMTPUTF8 takes no value"
-        elif keyword == "RET":
-            if value is None or value.upper() not in ("FULL", "HDRS"):
-                return "501 5.5.4 RET must be FULL or HDRS"
-        elif keyword == "ENVID":
-            if value is None or len(value) > 100 or not _XTEXT.fullmatch(value):
-                return "501 5.5.4 ENVID must be xtext of at most 100 characters"
-        elif keyword == "AUTH":
-            # RFC 4954 5: the submitter's identity as xtext, "<>" if unknown.
-            if value is None or not (value == "<>" or _XTEXT.fullmatch(value)):
-                return "501 5.5.4 AUTH= must be xtext or <>"
-        else:
-            return f"555 5.5.4 MAIL FROM parameter {keyword} not recognized"
-    return None
-
-
-def _rcpt_param_problem(params: Mapping[str, str | None]) -> str | None:
-    for keyword, value in params.items():
-        if keyword == "NOTIFY":
-            words = set((value or "").upper().split(","))
-            if not (words == {"NEVER"} or (words and words <= _NOTIFY)):
-                return "501 5.5.4 NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY"
-        elif keyword == "ORCPT":
-            if value is None or len(value) > 500 or not _ORCPT.fullmatch(value):
-                return "501 5.5.4 ORCPT must be addr-type;address"
-        else:
-            return f"555 5.5.4 RCPT TO parameter {keyword} not recognized"
-    return None
-
-
-def _address_problem(address: str, *, smtputf8: bool, role: str) -> str | None:
-    """Why ``address`` cannot go into our envelope, as a reply; None if it can."""
-    detail = "5.1.7" if role == "sender" else "5.1.3"
-    try:
-        address.encode("utf-8")
-    except UnicodeEncodeError:
-        return f"553 {detail} {role.capitalize()} address is not valid UTF-8"
-    if not address.isascii() and not smtputf8:
-        # RFC 6531 3.4: non-ASCII addresses only in an SMTPUTF8 transaction.
-        return "553 5.6.7 Non-ASCII address needs MAIL FROM with SMTPUTF8"
-    try:
-        check_address(address)
-        domain_of(address)
-    except AddressError:
-        return f"553 {detail} Bad {role} address syntax"
-    return None
-
-
 # --------------------------------------------------------------------------- sessions
 
 
@@ -470,66 +398,6 @@ class _ListenerState:
             self.drained.set()
 
 
-class BareLineEnding(Exception):
-    """A command line ended in a bare LF or held a bare CR."""
-
-
-_STREAM_WINDOW: Final = 64 * 1024
-"""StreamReader limit: the largest piece DATA is read in, and the longest
-command line buffered before "500 Command line too long"."""
-
-
-class _CommandLineReader(asyncio.StreamReader):
-    """A StreamReader that insists command lines end in CRLF.
-
-    aiosmtpd reads commands with ``readuntil()`` (LF) and strips CR/LF from
-    the end, so "RSET\\n" or "NOOP\\rRSET\\r\\n" would be taken as written.
-    Separators other than LF (our DATA reader) pass through unchecked.
-    """
-
-    waiting_for_command = False
-
-    async def readuntil(self, separator: _Separator = b"\n") -> bytes:
-        if separator != b"\n":
-            return await super().readuntil(separator)
-        self.waiting_for_command = True
-        try:
-            line = await super().readuntil(separator)
-        finally:
-            self.waiting_for_command = False
-        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            raise BareLineEnding
-        return line
-
-
-class _CommandLineProtocol(asyncio.StreamReaderProtocol):
-    """Puts a _CommandLineReader under aiosmtpd.
-
-    aiosmtpd's SMTP.__init__ builds a plain StreamReader and hands it to
-    ``super().__init__``; InboundSMTP lists this class after SMTP in its bases,
-    so that call lands here and the reader is swapped before anything uses it.
-    """
-
-    def __init__(
-        self,
-        stream_reader: asyncio.StreamReader,
-        client_connected_cb: Any = None,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(
-            _CommandLineReader(limit=_STREAM_WINDOW, loop=loop), client_connected_cb, loop
-        )
-
-
-# "<local@domain> params" with a dot-atom local part and a plain domain: the
-# form nearly every client sends, parsed without aiosmtpd's RFC 5322 parser
-# (the slowest step of a small message). Anything else (quoted local parts,
-# source routes, address literals, UTF-8, missing brackets) goes to aiosmtpd.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_PATH: Final = re.compile(
-    rf"<((?:{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?)?)>(?:[ \t]+(.*))?"
-)
-
 # RFC 5321 4.5.3.1.4 gives 512 octets, and each extension adds its share:
 # SIZE 26 (RFC 1870), SMTPUTF8 10 (RFC 6531), RET+ENVID 110 (RFC 3461),
 # BODY 15 (RFC 6152), AUTH= 500 (RFC 4954); NOTIFY+ORCPT add 500 to RCPT.
@@ -539,7 +407,7 @@ _COMMAND_SIZE_LIMITS: Final[Mapping[str, int]] = {
 }
 
 
-class InboundSMTP(SMTP, _CommandLineProtocol):
+class InboundSMTP(CommandLoop):
     """aiosmtpd's protocol with the wire-level changes listed in the module docstring."""
 
     def __init__(
@@ -582,6 +450,7 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
         self._registered = False
         self._over_capacity = False
         self._client_ip: IPAddress | None = None
+        self._refusal_detail: str | None = None
 
     # -- connection lifecycle ------------------------------------------------
 
@@ -611,32 +480,22 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
         self.listener.session_ended(self)
         super().connection_lost(error)
 
-    def eof_received(self) -> bool | None:
-        # SMTP has no half-close: a client that sent EOF is gone. Keeping the
-        # transport open (StreamReaderProtocol's answer) leaves the session alive
-        # forever under uvloop when the client closed before reading the greeting.
-        super().eof_received()
-        return False
-
-    async def _handle_client(self) -> None:
-        if self._over_capacity:
-            reply = (
-                "421 4.3.2 Service shutting down"
-                if self.listener.closing
-                else "421 4.7.0 Too many connections, try again later"
-            )
-            log.warning("refused %r: %s", self.session and self.session.peer, reply)
-            await self.push(reply)
-            assert self.transport is not None
-            self.transport.close()
-            return
-        await super()._handle_client()
+    async def refuse_session(self) -> bool:
+        if not self._over_capacity:
+            return False
+        reply = (
+            "421 4.3.2 Service shutting down"
+            if self.listener.closing
+            else "421 4.7.0 Too many connections, try again later"
+        )
+        self.log_refusal(reply)  # push() logs replies after the greeting only
+        await self.push(reply)
+        return True
 
     def shut_down_if_idle(self) -> bool:
         """Say 421 and close if waiting for a command outside a transaction."""
-        reader = self._reader
-        idle = isinstance(reader, _CommandLineReader) and reader.waiting_for_command
-        if idle and self.envelope is not None and self.envelope.mail_from is None:
+        envelope = self.envelope
+        if self.waiting_for_command and envelope is not None and envelope.mail_from is None:
             self.say_goodbye("421 4.3.2 Service shutting down")
             return True
         return False
@@ -668,18 +527,33 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and self._greeted:
-            await super().push(with_enhanced_code(status))
-        else:
-            await super().push(status)
+            status = with_enhanced_code(status)
+            if status[:1] in ("4", "5"):
+                # The one place every refusal passes: one line each, with the
+                # client, the command and the reply (Postfix's "reject:" line).
+                self.log_refusal(status)
+        await super().push(status)
         self._greeted = True
+
+    def log_refusal(self, outcome: str) -> None:
+        detail, self._refusal_detail = self._refusal_detail, None
+        log.info(
+            "refused client=%s command=%s reply=%s%s",
+            self._client_ip,
+            printable(self.current_command),
+            printable(outcome),
+            f" ({detail})" if detail else "",
+        )
+
+    def explain_refusal(self, detail: str) -> None:
+        """What the log line of the next refusal adds to its reply (never sent to the client)."""
+        self._refusal_detail = detail
 
     async def _push_verbatim(self, line: str) -> None:
         await super().push(line)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd would tell the client the exception's class and message.
-        if isinstance(error, BareLineEnding):
-            return "500 5.5.2 Command lines must end in CRLF, without bare CR or LF"
         log.error(
             "error in SMTP session with %r", self.session and self.session.peer, exc_info=error
         )
@@ -729,7 +603,20 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
         if self.tls_in_use() is not None:
             await self.push("503 5.5.1 TLS already active")
             return
+        if self.client_closed:
+            # No ClientHello can follow a half-close; the handshake would wait
+            # for one until its timeout.
+            raise ClientGone
         await super().smtp_STARTTLS(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        # RFC 5321 3.5.3: 252 when not verifying. Nothing is looked up, so the
+        # argument is not parsed, and never echoed (it may not even be UTF-8).
+        if not arg:
+            await self.push("501 5.5.4 Syntax: VRFY <address>")
+            return
+        await self.push("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -745,18 +632,18 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
         if envelope.mail_from is not None:
             await self.push("503 5.5.1 Error: nested MAIL command")
             return
-        address, param_text = self._parse_path("FROM:", arg)
-        params = parse_esmtp_params(param_text)
-        if address is None or not address or params is None:
+        path = self._parse_path("FROM:", arg)
+        params = None if path is None else parse_esmtp_params(path.parameters)
+        if path is None or params is None:
             await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
             return
         if params and not session.extended_smtp:
             await self.push("501 5.5.4 Parameters need EHLO")
             return
-        sender = "" if address == "<>" else address
+        sender, param_text = path.address, path.parameters
         smtputf8 = "SMTPUTF8" in params
-        problem = _mail_param_problem(params, self.data_size_limit or 0) or (
-            _address_problem(sender, smtputf8=smtputf8, role="sender") if sender else None
+        problem = mail_param_problem(params, self.data_size_limit or 0) or (
+            address_problem(sender, smtputf8=smtputf8, role="sender") if sender else None
         )
         if problem is not None:
             await self.push(problem)
@@ -779,16 +666,19 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
         if envelope.mail_from is None:
             await self.push("503 5.5.1 Error: need MAIL command")
             return
-        address, param_text = self._parse_path("TO:", arg)
-        params = parse_esmtp_params(param_text)
-        if address is None or not address or address == "<>" or params is None:
+        path = self._parse_path("TO:", arg)
+        params = None if path is None else parse_esmtp_params(path.parameters)
+        if path is None or not path.address or params is None:
             await self.push("501 5.5.4 Syntax: RCPT TO:<address> [parameters]")
             return
         if params and not session.extended_smtp:
             await self.push("501 5.5.4 Parameters need EHLO")
             return
-        problem = _rcpt_param_problem(params) or _address_problem(
-            address, smtputf8=envelope.smtp_utf8, role="recipient"
+        address, param_text = path.address, path.parameters
+        problem = rcpt_param_problem(params) or (
+            None
+            if address == POSTMASTER
+            else address_problem(address, smtputf8=envelope.smtp_utf8, role="recipient")
         )
         if problem is not None:
             await self.push(problem)
@@ -801,19 +691,10 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
             status = "250 2.1.5 Ok"
         await self.push(status)
 
-    def _parse_path(self, keyword: str, arg: str | None) -> tuple[str | None, str]:
-        """(address, parameter text) of "FROM:<path> params"; address None if malformed.
-
-        The null path comes back as "<>", as aiosmtpd's parser returns it.
-        """
+    def _parse_path(self, keyword: str, arg: str | None) -> SmtpPath | None:
+        """The path and parameters of "FROM:<path> params"; None if malformed."""
         rest = self._strip_command_keyword(keyword, arg or "")
-        if not rest:
-            return None, ""
-        simple = _SIMPLE_PATH.fullmatch(rest)
-        if simple is not None:
-            return simple[1] or "<>", simple[2] or ""
-        address, param_text = self._getaddr(rest)
-        return address, param_text or ""
+        return parse_path(rest) if rest else None
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
@@ -866,6 +747,8 @@ class InboundSMTP(SMTP, _CommandLineProtocol):
             try:
                 piece = await reader.readuntil(b".\r\n")
                 ends_data = (tail + piece[-5:])[-5:] == b"\r\n.\r\n"
+            except asyncio.IncompleteReadError:
+                raise ClientGone from None  # the message is not complete: not ours yet
             except asyncio.LimitOverrunError as exc:
                 piece = await reader.read(exc.consumed)
                 ends_data = False
@@ -943,16 +826,18 @@ class InboundHandler:
         client_ip = server.client_ip()
         authenticated = bool(session.authenticated)
         local_part, _, _ = address.rpartition("@")
-        if any(c in local_part for c in "%!@") and not (
+        if address == POSTMASTER:
+            # RFC 5321 4.5.1: accepted from anyone, whatever the relay rules say.
+            address = self.settings.postmaster_address
+        elif any(c in local_part for c in "%!@") and not (
             authenticated or _is_trusted(self.settings, client_ip)
         ):
             # user%elsewhere@relay-domain: routing through us that the next
             # hop may honour; an open relay by the back door (Postfix's
             # allow_untrusted_routing = no).
-            log.info("relay denied: %s from %s (source routing)", address, client_ip)
+            server.explain_refusal("source routing")
             return "554 5.7.1 Relay access denied"
-        if not may_relay(self.settings, domain_of(address), client_ip, authenticated):
-            log.info("relay denied: %s from %s", address, client_ip)
+        elif not may_relay(self.settings, domain_of(address), client_ip, authenticated):
             return "554 5.7.1 Relay access denied"
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
@@ -965,8 +850,12 @@ class InboundHandler:
         assert isinstance(envelope.content, bytes) and envelope.mail_from is not None
         data, longest = canonical_lines(envelope.content)
         limit = self.settings.max_line_length
+        folded = 0
         if limit is not None and longest > limit:
-            return f"500 5.5.2 Line too long, the limit is {limit} octets (RFC 5321 4.5.3.1.6)"
+            if self.settings.long_lines is LongLines.REFUSE:
+                return f"500 5.5.2 Line too long, the limit is {limit} octets (RFC 5321 4.5.3.1.6)"
+            fold = fold_long_lines(data, limit)
+            data, folded = fold.data, fold.lines
         if count_received(data) >= self.settings.max_received_headers:
             return "554 5.4.6 Too many Received: headers, mail loop detected"
         tls = server.tls_in_use()
@@ -987,19 +876,20 @@ class InboundHandler:
         try:
             queue_id = await self._spool(message, trace + data)
         except QueueFull:
-            log.warning("queue full, deferred mail from %s", server.client_ip())
+            server.explain_refusal("queue full")
             return "452 4.3.1 Insufficient system storage"
         except Exception:
             log.exception("spool failed for mail from %s", server.client_ip())
             return "451 4.3.0 Queue error, try again later"
         log.info(
-            "accepted %s from=<%s> nrcpt=%d size=%d client=%s auth=%s",
+            "accepted %s from=<%s> nrcpt=%d size=%d client=%s auth=%s%s",
             queue_id,
             message.sender,
             len(message.recipients),
             len(data),
             server.client_ip(),
             session.auth_data if session.authenticated else "-",
+            f" folded={folded} lines over {limit} octets" if folded else "",
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
@@ -1056,7 +946,7 @@ class InboundHandler:
     async def _failed(self, server: InboundSMTP, reason: str) -> AuthResult:
         session = server.inbound_session()
         session.auth_failures += 1
-        log.warning("AUTH failed from %s: %s", server.client_ip(), reason)
+        server.explain_refusal(reason)
         if session.auth_failures >= self.settings.max_auth_failures:
             await server.push("421 4.7.0 Too many failed authentication attempts")
             assert server.transport is not None
@@ -1179,4 +1069,9 @@ async def start_listener(
     )
     handle = ListenerHandle(server, listener)
     log.info("listening on %s (%s)", handle.addresses, settings.mode)
+    if settings.postmaster is None:
+        log.warning(
+            "no [local] postmaster configured: mail to <postmaster> is queued for %s",
+            settings.postmaster_address,
+        )
     return handle

@@ -12,6 +12,14 @@ import trustme
 from relaymail.config import Config, parse_config
 from relaymail.delivery import DeliveryEngine, RecipientResult
 from relaymail.message import Envelope, canonical_data
+from tests.integration.inbound_harness import (  # noqa: F401 (fixtures for the inbound tests)
+    ca,
+    client_tls,
+    clients,
+    listen,
+    server_tls,
+    users,
+)
 from tests.peers.smtp_server import SMTPPeer
 
 MESSAGE = canonical_data(

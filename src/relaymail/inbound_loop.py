@@ -1,0 +1,289 @@
+"""The inbound command loop: every command received gets its reply, whatever the client does next.
+
+aiosmtpd's own loop (``SMTP._handle_client``) is replaced here because its
+failure modes are in the loop itself, not in a command:
+
+* EOF cancels the loop at once. Exim writes the message, the final "." and
+  QUIT in one write and then calls ``shutdown(SHUT_WR)`` before it reads the
+  replies; aiosmtpd queued that message and closed without the 250, so Exim
+  sent it again. Here EOF is only the end of the input: the lines already
+  received are answered in order (250 after the data, then 221), then the
+  connection closes. The same rule ends a session whose client left before the
+  greeting (a cancelled loop on a transport kept open for the half-close left
+  it alive forever under uvloop).
+* After it closed the transport (too many unknown commands, a verb over its
+  limit) it went on reading pipelined lines and wrote to a closed TLS
+  transport. Here the loop stops as soon as the transport is closing.
+* A failed TLS handshake, a line over the window, EOF inside DATA or an AUTH
+  exchange were tracebacks and "451 Internal error". Here they are outcomes:
+  one log line, a 5xx reply or a clean close.
+
+Policy stays out of this module: replies come from the protocol's ``smtp_*``
+methods and the handler behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from base64 import b64decode, b64encode
+from typing import Final
+
+from aiosmtpd.smtp import (
+    ALLOWED_BEFORE_STARTTLS,
+    BOGUS_LIMIT,
+    MISSING,
+    SMTP,
+    TLSSetupException,
+    _Missing,
+    syntax,
+)
+
+__all__ = [
+    "STREAM_WINDOW",
+    "BareLineEnding",
+    "ClientGone",
+    "CommandLoop",
+    "LineError",
+    "LineTooLong",
+    "printable",
+]
+
+log = logging.getLogger("relaymail.server")
+
+STREAM_WINDOW: Final = 64 * 1024
+"""StreamReader limit: the largest piece DATA is read in, and the longest
+line buffered before "500 5.5.2 Line too long"."""
+
+
+class ClientGone(Exception):
+    """The client closed its side (EOF) before the line or the data it owed was complete."""
+
+
+class LineError(Exception):
+    """A line the loop refuses without looking at it; ``reply`` says why."""
+
+    reply = "500 5.5.2 Syntax error"
+
+
+class LineTooLong(LineError):
+    reply = "500 5.5.2 Command line too long"
+
+
+class BareLineEnding(LineError):
+    """aiosmtpd takes a bare LF as a line end, so "RSET\\n" or "NOOP\\rRSET\\r\\n"
+    would be taken as written."""
+
+    reply = "500 5.5.2 Command lines must end in CRLF, without bare CR or LF"
+
+
+def printable(text: str | bytes, limit: int = 200) -> str:
+    """``text`` safe for one log line: control and undecodable octets escaped, truncated."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    else:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[: limit + 1])
+    return shown[:limit] + "..." if len(shown) > limit else shown
+
+
+class CommandLoop(SMTP):
+    """aiosmtpd's protocol with the command loop above; the commands are aiosmtpd's or ours."""
+
+    # aiosmtpd sizes its StreamReader with this; only its DATA reader (not
+    # used, see InboundSMTP) reads it as a line length.
+    line_length_limit = STREAM_WINDOW
+
+    waiting_for_command = False
+    client_closed = False
+    """The client sent EOF: what it sent before still gets answered."""
+    _in_clear = True
+    current_command = "connect"
+    """The command being answered, as it may be logged (no AUTH credentials)."""
+
+    # -- what subclasses decide ----------------------------------------------
+
+    async def refuse_session(self) -> bool:
+        """Answer instead of the greeting and return True to end the session at once."""
+        return False
+
+    def log_refusal(self, outcome: str) -> None:
+        """One log line for a refused command (``outcome`` is the reply or what happened)."""
+        log.info("refused %s: %s", printable(self.current_command), printable(outcome))
+
+    # -- the loop ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called again with the TLS transport after STARTTLS.
+        self._in_clear = transport.get_extra_info("sslcontext") is None
+        super().connection_made(transport)
+
+    def eof_received(self) -> bool:
+        # StreamReaderProtocol's: EOF to the reader, keep the transport for
+        # writing. Over TLS asyncio closes it anyway (and warns if asked not to).
+        self.client_closed = True
+        self._reader.feed_eof()
+        return self._in_clear
+
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    async def _handle_client(self) -> None:
+        try:
+            if not await self.refuse_session():
+                await self.push(f"220 {self.hostname} {self.__ident__}")
+                await self._serve()
+        except ClientGone:
+            if self.current_command not in ("connect", "QUIT"):
+                log.info("lost connection during %s", printable(self.current_command))
+        except ConnectionError as error:
+            log.info("lost connection during %s: %s", printable(self.current_command), error)
+        except TLSSetupException as error:
+            cause = error.__cause__
+            self.log_refusal(f"TLS handshake failed: {str(cause) or type(cause).__name__}")
+            # The TLS layer never told us it was connected, so it will not
+            # tell us it is gone either (aiosmtpd does the same).
+            if self.transport is not None:
+                self.transport.close()
+            self.connection_lost(None)
+        finally:
+            if self.transport is not None:
+                self.transport.close()
+
+    async def _serve(self) -> None:
+        calls: collections.defaultdict[str, int] = collections.defaultdict(
+            lambda: self._call_limit_default, self._call_limit_base
+        )
+        unknown_left = BOGUS_LIMIT
+        while self.is_open():
+            self.waiting_for_command = True
+            try:
+                line = await self.read_line()
+            except LineError as error:
+                self.current_command = "-"
+                await self.push(error.reply)
+                continue
+            finally:
+                self.waiting_for_command = False
+            command, arg = _split_command(line.rstrip(b"\r\n"))
+            self.current_command = _loggable(command, arg)
+            if command is None:
+                await self.push("500 5.5.2 Error: bad syntax")
+                continue
+            limited = self.session is not None and self.session.extended_smtp
+            if len(line) - 2 > (self.command_size_limits[command] if limited else 512):
+                await self.push("500 5.5.2 Command line too long")
+                continue
+            if not self._tls_handshake_okay and command != "QUIT":
+                await self.push("554 5.7.0 Command refused due to lack of security")
+                continue
+            tls_missing = self.require_starttls and not self._tls_protocol
+            if tls_missing and command not in ALLOWED_BEFORE_STARTTLS:
+                await self.push("530 5.7.0 Must issue a STARTTLS command first")
+                continue
+            if self._enforce_call_limit:
+                calls[command] -= 1
+                if calls[command] < 0:
+                    await self._goodbye(f"421 4.7.0 {command} sent too many times")
+                    continue
+            method = self._smtp_methods.get(command)
+            if method is None:
+                unknown_left -= 1
+                if unknown_left < 1:
+                    await self._goodbye("502 5.5.1 Too many unrecognized commands, goodbye")
+                else:
+                    await self.push("500 5.5.1 Command not recognized")
+                continue
+            self._reset_timeout()
+            try:
+                await method(arg)
+            except LineError as error:
+                await self.push(error.reply)
+            except (ClientGone, ConnectionError, TLSSetupException, asyncio.CancelledError):
+                raise
+            except Exception as error:
+                await self.push(await self.handle_exception(error))
+
+    async def _goodbye(self, reply: str) -> None:
+        await self.push(reply)
+        if self.transport is not None:
+            self.transport.close()
+
+    async def read_line(self) -> bytes:
+        """The next line, CRLF included; LineError if it is not one we read."""
+        reader = self._reader
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            # Octets without a line end before EOF are not a command.
+            raise ClientGone from None
+        except asyncio.LimitOverrunError as overrun:
+            # Drop the line to its end, so the next one is read as a line.
+            consumed = overrun.consumed
+            while True:
+                await reader.read(consumed)
+                try:
+                    await reader.readuntil(b"\n")
+                    break
+                except asyncio.IncompleteReadError:
+                    raise ClientGone from None
+                except asyncio.LimitOverrunError as more:
+                    consumed = more.consumed
+            raise LineTooLong from None
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            raise BareLineEnding
+        return line
+
+    # -- commands whose aiosmtpd version ends the loop by cancelling it -------
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: QUIT")
+            return
+        await self._goodbye("221 2.0.0 Bye")
+
+    async def challenge_auth(
+        self, challenge: str | bytes, encode_to_b64: bool = True, log_client_response: bool = False
+    ) -> _Missing | bytes:
+        """aiosmtpd's, with the continuation line read like a command line."""
+        raw = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(raw) if encode_to_b64 else raw))
+        try:
+            blob = (await self.read_line()).strip()
+        except LineTooLong:
+            # RFC 4954 4: the exchange ends with this reply.
+            await self.push("500 5.5.6 Authentication exchange line is too long")
+            return MISSING
+        if blob == b"*":
+            await self.push("501 5.7.0 Authentication cancelled")
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except ValueError:  # binascii.Error is one
+            await self.push("501 5.5.2 Cannot decode base64")
+            return MISSING
+
+
+def _split_command(line: bytes) -> tuple[str | None, str | None]:
+    """(verb upper-cased, argument) of a command line; verb None if it is not ASCII or empty.
+
+    The argument is decoded as UTF-8 with surrogateescape (aiosmtpd's choice),
+    so 8-bit octets survive and are refused where an address is parsed.
+    """
+    verb, _, argument = line.partition(b" ")
+    if not verb or not verb.isascii():
+        return None, None
+    stripped = argument.strip()
+    return verb.upper().decode("ascii"), (
+        stripped.decode("utf-8", "surrogateescape") if stripped else None
+    )
+
+
+def _loggable(command: str | None, arg: str | None) -> str:
+    if command is None:
+        return "-"
+    if command == "AUTH" and arg:
+        return f"AUTH {arg.split()[0]}"  # never the initial response (credentials)
+    return command if arg is None else f"{command} {arg}"
