@@ -38,6 +38,7 @@ from typing import Protocol
 from tests.peers.binaries import MissingPeerBinary
 from tests.peers.certs import peer_ca
 from tests.peers.exim_config import EximOptions, Layout, Outcome, arrivals, outcome, render
+from tests.peers.processes import terminate, wait_accepting
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXIM_BINARY = REPO_ROOT / ".peers" / "exim" / "usr" / "sbin" / "exim4"
@@ -131,7 +132,7 @@ class EximPeer:
     def start(self, timeout: float = 30.0) -> None:
         """Start the daemon and return once every port answers with a 220 banner."""
         uid, gid = _run_as()
-        self._layout = Layout(Path(tempfile.mkdtemp(prefix="relaymail-exim-")))
+        self._layout = Layout.under(Path(tempfile.mkdtemp(prefix="relaymail-exim-")))
         layout = self._layout
         for directory in (layout.spool, layout.log, layout.maildir, layout.certificate.parent):
             directory.mkdir(parents=True)
@@ -170,7 +171,11 @@ class EximPeer:
                     # Its own process group, so that stop() reaches every child it forked.
                     start_new_session=True,
                 )
-            if self._wait_ready(deadline):
+            # Exim binds every listening socket before it accepts on any, so one port is
+            # enough (and a probe of the implicit-TLS port would log a failed handshake).
+            if wait_accepting(
+                self._process, self.host, self.port, deadline, stop=self.stop, name="exim"
+            ):
                 return
             self._process.wait()
             self._process = None
@@ -179,36 +184,10 @@ class EximPeer:
                 self.stop()
                 raise EximError(f"exim did not start:\n{failure}")
 
-    def _wait_ready(self, deadline: float) -> bool:
-        """True once the daemon accepts; False if it exited first.
-
-        Exim binds every listening socket before it accepts on any, so one port is enough
-        (and a probe of the implicit-TLS port would log a failed handshake).
-        """
-        assert self._process is not None
-        while True:
-            if self._process.poll() is not None:
-                return False
-            if time.monotonic() > deadline:
-                self.stop()
-                raise EximError("exim started but did not listen in time")
-            try:
-                socket.create_connection((self.host, self.port), timeout=5).close()
-            except ConnectionRefusedError:
-                time.sleep(0.01)
-                continue
-            return True
-
     def stop(self) -> None:
         """Stop the daemon and every Exim process of this instance; remove its files."""
         if self._process is not None:
-            if self._process.poll() is None:
-                self._process.terminate()
-                try:
-                    self._process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._process.kill()
-                    self._process.wait()
+            terminate(self._process)
             self._process = None
         if self._layout is None:
             return

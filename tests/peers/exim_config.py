@@ -62,30 +62,25 @@ class Layout:
     """Where one instance keeps its files; every path is inside its private directory."""
 
     root: Path
+    config: Path
+    spool: Path
+    log: Path
+    maildir: Path
+    certificate: Path
+    private_key: Path
 
-    @property
-    def config(self) -> Path:
-        return self.root / "exim.conf"
-
-    @property
-    def spool(self) -> Path:
-        return self.root / "spool"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log"
-
-    @property
-    def maildir(self) -> Path:
-        return self.root / "mail"
-
-    @property
-    def certificate(self) -> Path:
-        return self.root / "tls" / "cert.pem"
-
-    @property
-    def private_key(self) -> Path:
-        return self.root / "tls" / "key.pem"
+    @classmethod
+    def under(cls, root: Path) -> Layout:
+        tls = root / "tls"
+        return cls(
+            root=root,
+            config=root / "exim.conf",
+            spool=root / "spool",
+            log=root / "log",
+            maildir=root / "mail",
+            certificate=tls / "cert.pem",
+            private_key=tls / "key.pem",
+        )
 
 
 def _literal(value: str) -> str:
