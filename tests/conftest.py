@@ -17,6 +17,8 @@ import trustme
 from tests.peers.binaries import peer_binary
 from tests.peers.certs import client_context, peer_ca
 from tests.peers.dns_server import DNSEntry, DNSServer, DNSServerFactory
+from tests.peers.exim import EximFactory, EximPeer
+from tests.peers.exim_config import EximOptions
 from tests.peers.smtp_server import Script, SMTPPeer, SMTPPeerFactory
 
 
@@ -70,3 +72,22 @@ def dns_server(tmp_path: Path) -> Iterator[DNSServerFactory]:
 def swaks() -> str:
     """The path of swaks, the reference SMTP client used to check the peers themselves."""
     return peer_binary("swaks")
+
+
+@pytest.fixture
+def exim(tmp_path: Path) -> Iterator[EximFactory]:
+    """`exim(EximOptions(...))` starts a private Exim 4.96 on loopback (see tests/peers/exim.py).
+
+    Its logs are copied to tmp_path/exim-N at teardown, for the post-mortem of a failure.
+    """
+    peers: list[EximPeer] = []
+
+    def start(options: EximOptions | None = None, *, host: str = "127.0.0.1") -> EximPeer:
+        peer = EximPeer(options, host=host, keep_logs=tmp_path / f"exim-{len(peers)}")
+        peers.append(peer)
+        peer.start()
+        return peer
+
+    yield start
+    for peer in reversed(peers):
+        peer.stop()

@@ -37,6 +37,7 @@ import dns.nameserver
 import dns.query
 
 from tests.peers.binaries import peer_binary
+from tests.peers.processes import terminate, wait_accepting
 
 DEFAULT_TTL = 300
 
@@ -292,16 +293,10 @@ class DNSServer:
         # A TCP connect is refused at once until unbound has bound (UDP and TCP together),
         # where a UDP probe sent too early would only time out.
         while True:
-            if self._process.poll() is not None:
+            if not wait_accepting(
+                self._process, self.host, self.port, deadline, stop=self.stop, name="unbound"
+            ):
                 return False
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("unbound started but did not answer in time")
-            try:
-                socket.create_connection((self.host, self.port), timeout=1).close()
-            except ConnectionRefusedError:
-                time.sleep(0.005)
-                continue
             try:
                 probe = dns.message.make_query(".", "SOA")
                 dns.query.udp(probe, self.host, port=self.port, timeout=1)
@@ -310,13 +305,8 @@ class DNSServer:
             return True
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            terminate(self._process)
         self._process = None
         if self._tempdir is not None:
             self._tempdir.cleanup()
