@@ -119,7 +119,8 @@ def render(
         "keep_environment =",
         "host_lookup =",
         "rfc1413_hosts =",
-        "log_selector = +smtp_protocol_error +smtp_syntax_error +tls_peerdn",
+        # +smtp_connection: a session closed by QUIT and one that was lost read differently.
+        "log_selector = +smtp_connection +smtp_protocol_error +smtp_syntax_error +tls_peerdn",
         # No Received header: the stored message is what the client sent, byte for byte
         # (up to line endings, see received_messages).
         "received_header_text =",
