@@ -21,6 +21,7 @@ EX_USAGE = 64
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_OSERR = 71
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
@@ -180,7 +181,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .daemon import Daemon
-    from .errors import ConfigError
+    from .errors import ConfigError, ListenFailed
 
     config = _config(args.config)
     try:
@@ -188,6 +189,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"relaymail: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except ListenFailed as exc:
+        # EX_OSERR, not EX_CONFIG: the same file works once the port is free.
+        print(f"relaymail: {exc}", file=sys.stderr)
+        return EX_OSERR
     return EX_OK
 
 

@@ -34,3 +34,14 @@ class LocalProtocolError(RelaymailError):
 
 class QueueFull(RelaymailError):
     """The queue cannot take more mail now (disk full, read-only): answer 452 4.3.1."""
+
+
+class ListenFailed(RelaymailError):
+    """A listener could not bind its address: the system's doing, not the configuration's."""
+
+    def __init__(self, address: str, reason: str, holder: str | None = None) -> None:
+        held = f" (held by {holder})" if holder else ""
+        super().__init__(f"cannot listen on {address}: {reason}{held}")
+        self.address = address
+        self.reason = reason
+        self.holder = holder
