@@ -407,13 +407,13 @@ def _listener(raw: Mapping[str, Any], index: int, hostname: str) -> ListenerSett
     if cert is not None and key is None:
         raise ConfigError(f"{where}.tls_key_file", "missing (tls_cert_file needs it)")
     if cert is not None and key is not None:
-        check_key_pair(cert, key, where)
+        _check_key_pair(cert, key, where)
     return ListenerSettings(
         **{"hostname": hostname, **values}, host=address.host, port=address.port
     )
 
 
-def check_key_pair(cert: Path, key: Path, where: str) -> None:
+def _check_key_pair(cert: Path, key: Path, where: str) -> None:
     """Load a listener's certificate and key as the server will, naming the real defect.
 
     OpenSSL's own error for a mismatch ("key values mismatch") names neither file.
