@@ -26,6 +26,7 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_OSERR = 71
 EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
@@ -264,7 +265,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .daemon import Daemon
-    from .errors import ConfigError, QueueUnusable
+    from .errors import ConfigError, ListenFailed, QueueUnusable
 
     config = _config(args.config)
     try:
@@ -275,6 +276,10 @@ def _serve(args: argparse.Namespace) -> int:
     except QueueUnusable as exc:
         print(f"relaymail: queue.directory: {exc}", file=sys.stderr)
         return exc.problem.exit_code
+    except ListenFailed as exc:
+        # EX_OSERR, not EX_CONFIG: the same file works once the port is free.
+        print(f"relaymail: {exc}", file=sys.stderr)
+        return EX_OSERR
     return EX_OK
 
 

@@ -7,17 +7,37 @@ raises ConfigError(key, reason); the CLI turns that into exit status 78.
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import os
 import re
 import socket
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config_fields import (
+    Reader,
+    boolean,
+    choice,
+    count,
+    domain_key,
+    host,
+    host_name,
+    list_of,
+    network,
+    only,
+    path,
+    port,
+    read_table,
+    readable_file,
+    seconds,
+    size,
+    text,
+    whole,
+)
 from .errors import ConfigError
 from .retry import RetrySchedule
 from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
@@ -127,15 +147,15 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
-    # Raw [[listener]] tables, checked by load_config; built by listeners() on demand
-    # so that short commands (sendmail) need not import the SMTP server.
+    # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
+    # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
     user_table: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = None
 
     def listeners(self) -> list[ListenerSettings]:
         """The [[listener]] tables; by default one relay listener on 127.0.0.1:2525."""
-        tables = self.listener_tables or (DEFAULT_LISTENER,)
+        tables = self.listener_tables or ({"address": "127.0.0.1:2525"},)
         return [
             _listener(table, i, self.delivery.helo_name, self.local.postmaster)
             for i, table in enumerate(tables)
@@ -148,13 +168,6 @@ class Config:
             return parse_users(self.user_table)
         except ValueError as exc:
             raise ConfigError("users", str(exc)) from None
-
-
-DEFAULT_LISTENER: Mapping[str, Any] = {
-    "address": "127.0.0.1:2525",
-    "mode": "relay",
-    "relay_networks": ["127.0.0.0/8", "::1/128"],
-}
 
 
 SYSTEM_CONFIG = Path("/etc/relaymail/relaymail.toml")
@@ -189,25 +202,25 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
-    _only(raw, "", {"delivery", "tls", "routes", "dns", "queue", "listener", "users", "local"})
+    only(raw, "", {"delivery", "tls", "routes", "dns", "queue", "listener", "users", "local"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
     users = _table(raw, "users")
     for user, value in users.items():
-        _string(value, f'users."{user}"')
-    config = Config(
-        delivery=_delivery(_table(raw, "delivery")),
+        text(user, "users")
+        text(value, f'users."{user}"')
+    return Config(
+        delivery=DeliverySettings(**read_table(_table(raw, "delivery"), "delivery", _DELIVERY)),
         tls=_tls(_table(raw, "tls")),
         routes=_routes(_table(raw, "routes")),
         dns=_dns(_table(raw, "dns")),
-        queue=_queue(_table(raw, "queue")),
-        local=_local(_table(raw, "local")),
+        queue=QueueSettings(**read_table(_table(raw, "queue"), "queue", _QUEUE)),
+        local=LocalSettings(**read_table(_table(raw, "local"), "local", _LOCAL)),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,
     )
-    return config
 
 
 def check_server_config(config: Config) -> None:
@@ -215,6 +228,9 @@ def check_server_config(config: Config) -> None:
     listeners = config.listeners()
     users = config.users()
     for i, listener in enumerate(listeners):
+        for j, other in enumerate(listeners[:i]):
+            if (other.host, other.port) == (listener.host, listener.port):
+                raise ConfigError(f"listener[{i}].address", f"the same as listener[{j}]'s")
         if listener.auth_required and not users:
             raise ConfigError(f"listener[{i}]", "requires AUTH but [users] is empty")
         if listener.mode != "relay" and listener.tls_cert_file is None:
@@ -223,293 +239,63 @@ def check_server_config(config: Config) -> None:
             )
 
 
-def _queue(raw: Mapping[str, Any]) -> QueueSettings:
-    _only(
-        raw,
-        "queue",
-        {"directory", "lifetime", "delay_warning", "retry", "max_deliveries", "max_size"},
-    )
-    values: dict[str, Any] = {}
-    if "directory" in raw:
-        values["directory"] = Path(_string(raw["directory"], "queue.directory"))
-    for key in ("lifetime", "delay_warning"):
-        if key in raw:
-            values[key] = parse_duration(raw[key], f"queue.{key}")
-    if "retry" in raw:
-        intervals = raw["retry"]
-        if not isinstance(intervals, list) or not intervals:
-            raise ConfigError("queue.retry", 'must be a list of durations, e.g. ["1m", "5m", "1h"]')
-        values["retry"] = RetrySchedule(tuple(parse_duration(v, "queue.retry") for v in intervals))
-    if "max_deliveries" in raw:
-        values["max_deliveries"] = _positive_int(raw["max_deliveries"], "queue.max_deliveries")
-    if "max_size" in raw:
-        values["max_size"] = parse_size(raw["max_size"], "queue.max_size")
-    return QueueSettings(**values)
+def host_port(default_port: int | None) -> Reader:
+    """A reader for 'host', 'host:port', 'ip:port' or '[ipv6]:port' (a port is
+    required if default_port is None)."""
 
+    def read(value: Any, key: str) -> HostPort:
+        return parse_host_port(text(value, key), key, default_port)
 
-def _local(raw: Mapping[str, Any]) -> LocalSettings:
-    _only(raw, "local", {"postmaster"})
-    if "postmaster" not in raw:
-        return LocalSettings()
-    from .errors import AddressError
-    from .message import check_address
-
-    postmaster = _string(raw["postmaster"], "local.postmaster")
-    try:
-        check_address(postmaster)
-    except AddressError as exc:
-        raise ConfigError("local.postmaster", str(exc)) from None
-    return LocalSettings(postmaster=postmaster)
-
-
-_LISTENER_KEYS = {
-    "address", "mode", "relay_networks", "relay_domains", "tls_cert_file", "tls_key_file",
-    "require_auth", "max_message_size", "max_recipients", "max_line_length", "max_connections",
-    "max_commands_per_verb", "max_auth_failures", "max_received_headers", "idle_timeout",
-    "hostname", "long_lines",
-}  # fmt: skip
-
-
-def _listener(
-    raw: Mapping[str, Any], index: int, hostname: str, postmaster: str | None
-) -> ListenerSettings:
-    from .long_lines import LongLines
-    from .server import ListenerMode, ListenerSettings
-
-    where = f"listener[{index}]"
-    _only(raw, where, _LISTENER_KEYS)
-    if "address" not in raw:
-        raise ConfigError(f"{where}.address", 'missing (e.g. "127.0.0.1:2525")')
-    address = parse_host_port(_string(raw["address"], f"{where}.address"), f"{where}.address", 25)
-    values: dict[str, Any] = {
-        "host": address.host, "port": address.port, "hostname": hostname, "postmaster": postmaster,
-    }  # fmt: skip
-    for key, value in raw.items():
-        if key == "address":
-            continue
-        if key in ("mode", "long_lines"):
-            choices: type[enum.StrEnum] = ListenerMode if key == "mode" else LongLines
-            try:
-                value = choices(value)
-            except ValueError:
-                names = ", ".join(c.value for c in choices)
-                raise ConfigError(f"{where}.{key}", f"{value!r} is not one of {names}") from None
-        elif key == "relay_networks":
-            value = tuple(_network(n, f"{where}.relay_networks") for n in _list(value, where, key))
-        elif key == "relay_domains":
-            value = tuple(_string(d, f"{where}.relay_domains") for d in _list(value, where, key))
-        elif key in ("tls_cert_file", "tls_key_file"):
-            value = Path(_string(value, f"{where}.{key}"))
-            if not value.is_file():
-                raise ConfigError(f"{where}.{key}", f"{value} is not a readable file")
-        elif key == "idle_timeout":
-            value = parse_duration(value, f"{where}.{key}")
-        elif key == "max_message_size":
-            value = parse_size(value, f"{where}.{key}")
-        elif key == "require_auth" and not isinstance(value, bool):
-            raise ConfigError(f"{where}.{key}", "must be true or false")
-        values[key] = value
-    try:
-        return ListenerSettings(**values)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}.{exc.key}", exc.reason) from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(where, str(exc)) from None
-
-
-def _network(value: Any, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(_string(value, key), strict=False)
-    except ValueError:
-        raise ConfigError(key, f'{value!r} is not a network like "127.0.0.0/8"') from None
-
-
-def _list(value: Any, where: str, key: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}.{key}", "must be a list")
-    return value
-
-
-def parse_size(value: Any, key: str) -> int:
-    """Octets from a number or a string such as '10M', '512K', '1G'."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+)\s*([KMG]?)B?\s*", value, re.I)):
-        factor = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2).upper()]
-        if int(m.group(1)) > 0:
-            return int(m.group(1)) * factor
-    raise ConfigError(key, f'expected a size like "35M", not {value!r}')
-
-
-def _delivery(raw: Mapping[str, Any]) -> DeliverySettings:
-    _only(raw, "delivery", {f for f in DeliverySettings.__dataclass_fields__})
-    values: dict[str, Any] = {}
-    if "helo_name" in raw:
-        values["helo_name"] = _hostname(raw["helo_name"], "delivery.helo_name")
-    for key in ("connect_timeout", "command_timeout", "data_timeout", "connection_idle_time"):
-        if key in raw:
-            values[key] = _seconds(raw[key], f"delivery.{key}")
-    if "port" in raw:
-        values["port"] = _positive_int(raw["port"], "delivery.port")
-        if values["port"] > 65535:
-            raise ConfigError("delivery.port", f"port {values['port']} out of range")
-    if "destination_concurrency" in raw:
-        values["destination_concurrency"] = _positive_int(
-            raw["destination_concurrency"], "delivery.destination_concurrency"
-        )
-    if "max_mx_addresses" in raw:
-        values["max_mx_addresses"] = _positive_int(
-            raw["max_mx_addresses"], "delivery.max_mx_addresses"
-        )
-    return DeliverySettings(**values)
-
-
-def _tls(raw: Mapping[str, Any]) -> TlsSettings:
-    _only(
-        raw,
-        "tls",
-        {
-            "tempfail_fallback", "ca_file", "policy", "default_level", "remember",
-            "remember_for", "mta_sts", "mta_sts_ca_file", "mta_sts_port", "reporting",
-            "report_organization", "report_contact", "dane",
-        },
-    )  # fmt: skip
-    fallback = raw.get("tempfail_fallback", True)
-    if not isinstance(fallback, bool):
-        raise ConfigError("tls.tempfail_fallback", f"must be true or false, not {fallback!r}")
-    ca_file = None
-    if "ca_file" in raw:
-        ca_file = Path(_string(raw["ca_file"], "tls.ca_file"))
-        _check_ca_file(ca_file, "tls.ca_file")
-    default = _level(raw.get("default_level", "may"), "tls.default_level")
-    levels = []
-    for domain, value in _table(raw, "policy", "tls.policy").items():
-        key = f'tls.policy."{domain}"'
-        if domain == "*":
-            default = _level(value, key)
-        else:
-            levels.append((_domain_key(domain, key), _level(value, key)))
-    remember = raw.get("remember", False)
-    if isinstance(remember, list):
-        remember = tuple(_domain_key(_string(d, "tls.remember"), "tls.remember") for d in remember)
-    elif not isinstance(remember, bool):
-        raise ConfigError("tls.remember", "must be true, false or a list of domains")
-    remember_for = parse_duration(raw.get("remember_for", "30d"), "tls.remember_for")
-    extra: dict[str, Any] = {}
-    for key in ("mta_sts", "reporting", "dane"):
-        if key in raw:
-            if not isinstance(raw[key], bool):
-                raise ConfigError(f"tls.{key}", "must be true or false")
-            extra[key] = raw[key]
-    if "mta_sts_ca_file" in raw:
-        extra["mta_sts_ca_file"] = Path(_string(raw["mta_sts_ca_file"], "tls.mta_sts_ca_file"))
-        _check_ca_file(extra["mta_sts_ca_file"], "tls.mta_sts_ca_file")
-    if "mta_sts_port" in raw:
-        extra["mta_sts_port"] = _positive_int(raw["mta_sts_port"], "tls.mta_sts_port")
-    for key in ("report_organization", "report_contact"):
-        if key in raw:
-            extra[key] = _string(raw[key], f"tls.{key}")
-    return TlsSettings(
-        **extra,
-        tempfail_fallback=fallback,
-        ca_file=ca_file,
-        policy=PolicyTable(levels=tuple(levels), default=default),
-        remember=remember,
-        remember_for=remember_for,
-    )
-
-
-def _check_ca_file(path: Path, key: str) -> None:
-    from cryptography import x509
-
-    try:
-        certs = x509.load_pem_x509_certificates(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ConfigError(key, f"{path} holds no PEM certificates ({exc})") from None
-    if not certs:
-        raise ConfigError(key, f"{path} holds no PEM certificates")
-
-
-def _routes(raw: Mapping[str, Any]) -> dict[str, tuple[HostPort, ...]]:
-    routes: dict[str, tuple[HostPort, ...]] = {}
-    for domain, targets in raw.items():
-        key = f'routes."{domain}"'
-        if isinstance(targets, str):
-            targets = [targets]
-        if not isinstance(targets, list) or not targets:
-            raise ConfigError(key, 'must be a non-empty list of "host:port" strings')
-        name = domain if domain == "*" else _domain_key(domain, key)
-        routes[name] = tuple(
-            parse_host_port(_string(t, key), key, default_port=25) for t in targets
-        )
-    return routes
-
-
-def _dns(raw: Mapping[str, Any]) -> DnsSettings:
-    _only(raw, "dns", {"nameservers", "timeout"})
-    servers = raw.get("nameservers", [])
-    if not isinstance(servers, list):
-        raise ConfigError("dns.nameservers", 'must be a list of "ip" or "ip:port" strings')
-    parsed = tuple(
-        parse_host_port(_string(s, "dns.nameservers"), "dns.nameservers", default_port=53)
-        for s in servers
-    )
-    for server in parsed:
-        if not server.is_ip:
-            raise ConfigError("dns.nameservers", f"{server.host!r} is not an IP address")
-    timeout = _seconds(raw["timeout"], "dns.timeout") if "timeout" in raw else 10.0
-    return DnsSettings(nameservers=parsed, timeout=timeout)
+    return read
 
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")
 
 
-def parse_host_port(text: str, key: str, default_port: int) -> HostPort:
-    """'host', 'host:port', 'ip:port' or '[ipv6]:port'."""
-    match = _HOST_PORT.match(text.strip())
+def parse_host_port(value: str, key: str, default_port: int | None) -> HostPort:
+    match = _HOST_PORT.match(value.strip())
     if not match:
-        raise ConfigError(key, f"{text!r} is not host:port (use [addr]:port for IPv6)")
-    host = match.group("v6") or match.group("host")
+        raise ConfigError(key, f"{value!r} is not host:port (use [addr]:port for IPv6)")
+    name = match.group("v6") or match.group("host")
     if match.group("v6"):
         try:
-            ipaddress.IPv6Address(host)
+            ipaddress.IPv6Address(name)
         except ValueError:
-            raise ConfigError(key, f"{host!r} is not an IPv6 address") from None
+            raise ConfigError(key, f"{name!r} is not an IPv6 address") from None
     else:
-        _hostname(host, key)
-    port = int(match.group("port") or default_port)
-    if not 0 < port < 65536:
-        raise ConfigError(key, f"port {port} out of range")
-    return HostPort(host.lower(), port)
+        name = host(name, key)
+    number = int(match.group("port")) if match.group("port") else default_port
+    if number is None:
+        # A listener without one would bind port 25 silently.
+        raise ConfigError(key, f'{value!r} needs a port, e.g. "{value}:2525"')
+    if not 0 < number < 65536:
+        raise ConfigError(key, f"port {number} out of range")
+    return HostPort(name.lower(), number)
 
 
-def parse_duration(value: Any, key: str) -> float:
-    """Seconds from a number or a string such as '30s', '15m', '4h', '5d'."""
-    if isinstance(value, bool):
-        raise ConfigError(key, f'expected a duration like "4h", not {value!r}')
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (
-        m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value)
-    ):
-        unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-        seconds = float(m.group(1)) * unit
-    else:
-        raise ConfigError(key, f'expected a duration like "30s", "4h" or "5d", not {value!r}')
-    if seconds <= 0:
-        raise ConfigError(key, "must be greater than zero")
-    return seconds
+def _retry(value: Any, key: str) -> RetrySchedule:
+    return RetrySchedule(list_of(seconds, empty=False)(value, key))
 
 
-_seconds = parse_duration
+_DELIVERY: Mapping[str, Reader] = {
+    "helo_name": host_name,
+    "connect_timeout": seconds,
+    "command_timeout": seconds,
+    "data_timeout": seconds,
+    "connection_idle_time": seconds,
+    "destination_concurrency": count,
+    "port": port,
+    "max_mx_addresses": count,
+}
 
-
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(key, f"must be a positive whole number, not {value!r}")
-    return value
+_QUEUE: Mapping[str, Reader] = {
+    "directory": path,
+    "lifetime": seconds,
+    "delay_warning": seconds,
+    "retry": _retry,
+    "max_deliveries": count,
+    "max_size": size,
+}
 
 
 def _level(value: Any, key: str) -> Level:
@@ -519,43 +305,182 @@ def _level(value: Any, key: str) -> Level:
     return Level(value)
 
 
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
-
-
-def _hostname(value: Any, key: str) -> str:
-    text = _string(value, key).rstrip(".")
-    try:
-        ipaddress.ip_address(text)
-        return text
-    except ValueError:
-        pass
-    if not text or len(text) > 253 or not all(_LABEL.match(label) for label in text.split(".")):
-        raise ConfigError(key, f"{value!r} is not a valid host name")
-    return text.lower()
-
-
-def _domain_key(domain: str, key: str) -> str:
-    """A domain as a table key; a leading dot means 'every subdomain of'."""
-    if domain.startswith("."):
-        return "." + _hostname(domain[1:], key)
-    return _hostname(domain, key)
-
-
-def _string(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, f"must be a string, not {type(value).__name__}")
+def _remember(value: Any, key: str) -> bool | tuple[str, ...]:
+    if isinstance(value, list):
+        return list_of(domain_key)(value, key)
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true, false or a list of domains")
     return value
 
 
-def _table(raw: Mapping[str, Any], name: str, key: str | None = None) -> Mapping[str, Any]:
+def _ca_file(value: Any, key: str) -> Path:
+    from cryptography import x509
+
+    file = readable_file(value, key)
+    try:
+        certs = x509.load_pem_x509_certificates(file.read_bytes())
+    except ValueError as exc:
+        raise ConfigError(key, f"{file} holds no PEM certificates ({exc})") from None
+    if not certs:
+        raise ConfigError(key, f"{file} holds no PEM certificates")
+    return file
+
+
+def _policy(value: Any, key: str) -> dict[str, Level]:
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a table")
+    return {
+        domain if domain == "*" else domain_key(domain, f'{key}."{domain}"'): _level(
+            level, f'{key}."{domain}"'
+        )
+        for domain, level in value.items()
+    }
+
+
+_TLS: Mapping[str, Reader] = {
+    "tempfail_fallback": boolean,
+    "ca_file": _ca_file,
+    "policy": _policy,
+    "default_level": _level,
+    "remember": _remember,
+    "remember_for": seconds,
+    "mta_sts": boolean,
+    "mta_sts_ca_file": _ca_file,
+    "mta_sts_port": port,
+    "reporting": boolean,
+    "report_organization": text,
+    "report_contact": text,
+    "dane": boolean,
+}
+
+
+def _tls(raw: Mapping[str, Any]) -> TlsSettings:
+    values = read_table(raw, "tls", _TLS)
+    levels = values.pop("policy", {})
+    default = levels.pop("*", values.pop("default_level", Level.MAY))
+    return TlsSettings(**values, policy=PolicyTable(levels=tuple(levels.items()), default=default))
+
+
+def _routes(raw: Mapping[str, Any]) -> dict[str, tuple[HostPort, ...]]:
+    routes: dict[str, tuple[HostPort, ...]] = {}
+    for domain, targets in raw.items():
+        key = f'routes."{domain}"'
+        name = domain if domain == "*" else domain_key(domain, key)
+        hops = [targets] if isinstance(targets, str) else targets
+        routes[name] = list_of(host_port(25), empty=False)(hops, key)
+    return routes
+
+
+def _nameserver(value: Any, key: str) -> HostPort:
+    server = parse_host_port(text(value, key), key, default_port=53)
+    if not server.is_ip:
+        raise ConfigError(key, f"{server.host!r} is not an IP address")
+    return server
+
+
+_DNS: Mapping[str, Reader] = {"nameservers": list_of(_nameserver), "timeout": seconds}
+
+
+def _dns(raw: Mapping[str, Any]) -> DnsSettings:
+    return DnsSettings(**read_table(raw, "dns", _DNS))
+
+
+def _mailbox(value: Any, key: str) -> str:
+    from .errors import AddressError
+    from .message import check_address
+
+    address = text(value, key)
+    try:
+        check_address(address)
+    except AddressError as exc:
+        raise ConfigError(key, str(exc)) from None
+    return address
+
+
+_LOCAL: Mapping[str, Reader] = {"postmaster": _mailbox}
+
+
+# [[listener]] keys left out take these values (then ListenerSettings' own).
+LISTENER_DEFAULTS: Mapping[str, Any] = {"relay_networks": ["127.0.0.0/8", "::1/128"]}
+
+_LISTENER: Mapping[str, Reader] = {
+    "address": host_port(None),
+    "relay_networks": list_of(network),
+    "relay_domains": list_of(domain_key),
+    "tls_cert_file": readable_file,
+    "tls_key_file": readable_file,
+    "require_auth": boolean,
+    "max_message_size": size,
+    "max_recipients": count,
+    # RFC 5321 4.5.3.1.6 lets no one go below 1000 octets; 80 is a sanity floor.
+    "max_line_length": whole(80),
+    "max_connections": count,
+    "max_commands_per_verb": count,
+    "max_auth_failures": count,
+    "max_received_headers": count,
+    "idle_timeout": seconds,
+    "hostname": host_name,
+}
+
+
+def _listener(
+    raw: Mapping[str, Any], index: int, hostname: str, postmaster: str | None
+) -> ListenerSettings:
+    from .long_lines import LongLines
+    from .server import ListenerMode, ListenerSettings
+
+    where = f"listener[{index}]"
+    if "address" not in raw:
+        raise ConfigError(f"{where}.address", 'missing (e.g. "127.0.0.1:2525")')
+    fields = {**_LISTENER, "mode": choice(ListenerMode), "long_lines": choice(LongLines)}
+    values = read_table({**LISTENER_DEFAULTS, **raw}, where, fields)
+    address: HostPort = values.pop("address")
+    cert, key = values.get("tls_cert_file"), values.get("tls_key_file")
+    if cert is None and key is not None:
+        raise ConfigError(f"{where}.tls_cert_file", "missing (tls_key_file needs it)")
+    if cert is not None and key is None:
+        raise ConfigError(f"{where}.tls_key_file", "missing (tls_cert_file needs it)")
+    if cert is not None and key is not None:
+        _check_key_pair(cert, key, where)
+    return ListenerSettings(
+        **{"hostname": hostname, **values},
+        host=address.host,
+        port=address.port,
+        postmaster=postmaster,
+    )
+
+
+def _check_key_pair(cert: Path, key: Path, where: str) -> None:
+    """Load a listener's certificate and key as the server will, naming the real defect.
+
+    OpenSSL's own error for a mismatch ("key values mismatch") names neither file.
+    """
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    cert_key, key_key = f"{where}.tls_cert_file", f"{where}.tls_key_file"
+    try:
+        chain = x509.load_pem_x509_certificates(cert.read_bytes())
+    except ValueError:
+        raise ConfigError(cert_key, f"{cert} holds no PEM certificate") from None
+    try:
+        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except TypeError:
+        raise ConfigError(key_key, f"{key} is encrypted; a passphrase cannot be given") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(key_key, f"{key} holds no PEM private key") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if private.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
+        raise ConfigError(key_key, f"{key} does not match the certificate in {cert}")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigError(cert_key, f"TLS refuses {cert}: {exc.reason or exc}") from None
+
+
+def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = raw.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(key or name, "must be a table")
+        raise ConfigError(name, "must be a table")
     return value
-
-
-def _only(raw: Mapping[str, Any], section: str, allowed: set[str]) -> None:
-    for name in raw:
-        if name not in allowed:
-            where = f"{section}.{name}" if section else name
-            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(allowed))})")

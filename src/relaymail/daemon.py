@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 
 from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
-from .errors import ConfigError
+from .errors import ConfigError, ListenFailed
 from .message import Envelope
 from .queue.sqlite import SqliteStore
 from .scheduler import Scheduler
@@ -114,7 +116,7 @@ class Daemon:
         except OSError as exc:
             for handle in started:
                 await handle.close(0)
-            raise ConfigError("listener.address", f"cannot listen: {exc.strerror or exc}") from None
+            raise _listen_failed(settings.host, settings.port, exc) from None
         self.listeners = started
 
     def _install_signals(self) -> None:
@@ -149,7 +151,7 @@ class Daemon:
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in old))
             try:
                 await self._start_listeners(new)
-            except ConfigError as exc:
+            except ListenFailed as exc:
                 log.error("reload: new listeners failed (%s); restoring the old ones", exc)
                 await self._start_listeners(self.config)
                 return
@@ -157,3 +159,15 @@ class Daemon:
         running = self.scheduler.in_flight()
         self._retiring = asyncio.create_task(_retire(old_engine, running))
         log.info("reloaded %s", new.source)
+
+
+def _listen_failed(host: str, port: int, exc: OSError) -> ListenFailed:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    holder = None
+    if exc.errno == errno.EADDRINUSE:
+        from .port_holder import find_holder
+
+        holder = find_holder(host, port)
+    # asyncio wraps the errno's text in a sentence of its own; the errno says it all.
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ListenFailed(address, reason, str(holder) if holder else None)

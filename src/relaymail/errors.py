@@ -89,3 +89,14 @@ class QueueUnusable(RelaymailError):
         super().__init__(f"{path}: {detail}")
         self.path = path
         self.problem = problem
+
+
+class ListenFailed(RelaymailError):
+    """A listener could not bind its address: the system's doing, not the configuration's."""
+
+    def __init__(self, address: str, reason: str, holder: str | None = None) -> None:
+        held = f" (held by {holder})" if holder else ""
+        super().__init__(f"cannot listen on {address}: {reason}{held}")
+        self.address = address
+        self.reason = reason
+        self.holder = holder

@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 from typing import BinaryIO
 
-from .config import DEFAULT_LISTENER, Config, parse_size
+from .config import Config
+from .config_fields import size
 from .errors import MessageInputError, MessageTooLarge
 from .message import DEFAULT_MAX_MESSAGE_SIZE
 
@@ -24,10 +25,10 @@ _CHUNK = 1 << 20
 def size_limit(config: Config) -> int:
     """The largest max_message_size among the listeners, in octets."""
     return max(
-        parse_size(table["max_message_size"], f"listener[{i}].max_message_size")
+        size(table["max_message_size"], f"listener[{i}].max_message_size")
         if "max_message_size" in table
         else DEFAULT_MAX_MESSAGE_SIZE
-        for i, table in enumerate(config.listener_tables or (DEFAULT_LISTENER,))
+        for i, table in enumerate(config.listener_tables or ({},))
     )
 
 

@@ -1,9 +1,15 @@
+import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
-from relaymail.config import load_config, parse_config, parse_duration
+from relaymail.config import check_server_config, load_config, parse_config
+from relaymail.config_fields import seconds
 from relaymail.errors import ConfigError
+from relaymail.server import ListenerMode, ListenerSettings
 from relaymail.tls.policy import Level
 
 GOOD = """
@@ -90,10 +96,10 @@ def test_star_policy_sets_the_default_level():
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30s", 30), ("15m", 900), ("4h", 14400), ("5d", 432000), (2.5, 2.5)]
+    ("text", "expected"), [("30s", 30), ("15m", 900), ("4h", 14400), ("5d", 432000), (2.5, 2.5)]
 )
-def test_durations(text, seconds):
-    assert parse_duration(text, "k") == seconds
+def test_durations(text, expected):
+    assert seconds(text, "k") == expected
 
 
 def test_no_config_means_embedded_defaults():
@@ -110,3 +116,253 @@ def test_max_mx_addresses_defaults_to_five_and_must_be_positive():
         with pytest.raises(ConfigError) as info:
             parse_config({"delivery": {"max_mx_addresses": bad}})
         assert info.value.key == "delivery.max_mx_addresses"
+
+
+# ---------------------------------------------------------------- every key, one rigour
+
+NAN, INF = float("nan"), float("inf")
+# Values every numeric key refuses: TOML's nan and inf, a bool (an int in Python),
+# nothing, a negative, and zero where no key has a meaning for it.
+NOT_A_NUMBER = [NAN, INF, -INF, -1, 0, True, False, "", [], {}]
+NOT_A_COUNT = [*NOT_A_NUMBER, 1.5, 10.0, "10", 2**63]
+NOT_A_DURATION = [*NOT_A_NUMBER, "soon", "-5m", "1e400", "99999999d"]
+NOT_A_SIZE = [*NOT_A_NUMBER, 1.5, "0", "1.5M", "35 parsecs", 2**63]
+NOT_A_PORT = [*NOT_A_COUNT, 65536]
+NOT_A_NAME = ["", "   ", 5, True, [], "a\nb", "a\r\nX-Injected: 1"]
+NOT_A_BOOL = [0, 1, "yes", "true", "", 1.0]
+
+SECTION_KEYS = {
+    "delivery": {
+        "connect_timeout": NOT_A_DURATION, "command_timeout": NOT_A_DURATION,
+        "data_timeout": NOT_A_DURATION, "connection_idle_time": NOT_A_DURATION,
+        "destination_concurrency": NOT_A_COUNT, "port": NOT_A_PORT, "helo_name": NOT_A_NAME,
+    },
+    "tls": {
+        "remember_for": NOT_A_DURATION, "mta_sts_port": NOT_A_PORT,
+        "ca_file": NOT_A_NAME, "mta_sts_ca_file": NOT_A_NAME,
+        "report_organization": NOT_A_NAME, "report_contact": NOT_A_NAME,
+        "tempfail_fallback": NOT_A_BOOL, "mta_sts": NOT_A_BOOL, "reporting": NOT_A_BOOL,
+        "dane": NOT_A_BOOL, "default_level": NOT_A_NAME,
+    },
+    "dns": {"timeout": NOT_A_DURATION},
+    "queue": {
+        "lifetime": NOT_A_DURATION, "delay_warning": NOT_A_DURATION,
+        "max_deliveries": NOT_A_COUNT, "max_size": NOT_A_SIZE, "directory": NOT_A_NAME,
+    },
+}  # fmt: skip
+LISTENER_KEYS = {
+    "idle_timeout": NOT_A_DURATION, "max_message_size": NOT_A_SIZE,
+    "max_recipients": NOT_A_COUNT, "max_connections": NOT_A_COUNT,
+    "max_commands_per_verb": NOT_A_COUNT, "max_auth_failures": NOT_A_COUNT,
+    "max_received_headers": NOT_A_COUNT, "max_line_length": [*NOT_A_COUNT, 79],
+    "hostname": NOT_A_NAME, "address": NOT_A_NAME, "mode": NOT_A_NAME,
+    "tls_cert_file": NOT_A_NAME, "tls_key_file": NOT_A_NAME, "require_auth": NOT_A_BOOL,
+}  # fmt: skip
+
+
+def config_error(raw: dict[str, Any]) -> ConfigError:
+    """The error `serve` stops with for `raw` (listeners are built only there)."""
+    with pytest.raises(ConfigError) as info:
+        check_server_config(parse_config(raw))
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        pytest.param(section, key, value, id=f"{section}.{key}={value!r}")
+        for section, keys in SECTION_KEYS.items()
+        for key, values in keys.items()
+        for value in values
+    ],
+)
+def test_every_section_key_refuses_values_that_parse_but_break(section, key, value):
+    assert config_error({section: {key: value}}).key == f"{section}.{key}"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param(key, value, id=f"{key}={value!r}")
+        for key, values in LISTENER_KEYS.items()
+        for value in values
+    ],
+)
+def test_every_listener_key_is_checked_as_strictly_and_named_with_its_index(key, value):
+    good = {"address": "127.0.0.1:2525"}
+    raw = {"listener": [good, {"address": "127.0.0.1:2526", key: value}]}
+    assert config_error(raw).key == f"listener[1].{key}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"queue": {"retry": []}}, "queue.retry"),
+        ({"queue": {"retry": ["1m", NAN]}}, "queue.retry"),
+        ({"queue": {"retry": "1m"}}, "queue.retry"),
+        ({"tls": {"remember": ["gmail.com", ""]}}, "tls.remember"),
+        ({"tls": {"remember": "gmail.com"}}, "tls.remember"),
+        ({"tls": {"policy": {"": "encrypt"}}}, 'tls.policy.""'),
+        ({"tls": {"policy": "encrypt"}}, "tls.policy"),
+        ({"routes": {"example.test": [""]}}, 'routes."example.test"'),
+        ({"routes": {"example.test": 5}}, 'routes."example.test"'),
+        ({"dns": {"nameservers": [""]}}, "dns.nameservers"),
+        ({"dns": {"nameservers": "127.0.0.1"}}, "dns.nameservers"),
+        ({"users": {"alice": ""}}, 'users."alice"'),
+        ({"users": {"alice": 5}}, 'users."alice"'),
+        ({"listener": [{"address": "127.0.0.1:2525", "relay_networks": [""]}]},
+         "listener[0].relay_networks"),
+        ({"listener": [{"address": "127.0.0.1:2525", "relay_networks": "127.0.0.0/8"}]},
+         "listener[0].relay_networks"),
+        ({"listener": [{"address": "127.0.0.1:2525", "relay_domains": [5]}]},
+         "listener[0].relay_domains"),
+        ({"listener": [{"address": "127.0.0.1:2525", "relay_domains": ["a b.example"]}]},
+         "listener[0].relay_domains"),
+        ({"listener": [{"address": "127.0.0.1:2525", "bogus": 1}]}, "listener[0].bogus"),
+        ({"listener": [{"mode": "relay"}]}, "listener[0].address"),
+        ({"listener": [{"address": "127.0.0.1:2525"}, {"address": "127.0.0.1:2525"}]},
+         "listener[1].address"),
+    ],
+)  # fmt: skip
+def test_lists_and_tables_check_every_item(raw, key):
+    assert config_error(raw).key == key
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "[::1]", "localhost", "127.0.0.1:0"])
+def test_a_listener_address_needs_a_port(address):
+    error = config_error({"listener": [{"address": address}]})
+    assert error.key == "listener[0].address"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["mail example.org", "mail.example.org\r\nX: y", "mäil.example", "mail_1.example",
+     "-mail.example", "mail-.example", "a" * 64 + ".example", "mail..example", "[127.0.0.1]",
+     "127.0.0.1:25"],
+)  # fmt: skip
+def test_names_that_reach_the_wire_must_be_host_names(name):
+    assert config_error({"delivery": {"helo_name": name}}).key == "delivery.helo_name"
+    raw = {"listener": [{"address": "127.0.0.1:2525", "hostname": name}]}
+    assert config_error(raw).key == "listener[0].hostname"
+
+
+def test_host_names_are_kept_in_lower_case_without_the_root_dot():
+    config = parse_config(
+        {
+            "delivery": {"helo_name": "Relay.Example.ORG."},
+            "listener": [{"address": "127.0.0.1:2525", "hostname": "MX1.example.org"}],
+        }
+    )
+    assert config.delivery.helo_name == "relay.example.org"
+    assert config.listeners()[0].hostname == "mx1.example.org"
+
+
+def test_a_listener_that_sets_only_its_address_keeps_every_default():
+    config = parse_config(
+        {"delivery": {"helo_name": "relay.example.org"}, "listener": [{"address": "[::1]:2525"}]}
+    )
+    (listener,) = config.listeners()
+    default = ListenerSettings(host="::1", port=2525)
+    assert (listener.host, listener.port, listener.mode) == ("::1", 2525, ListenerMode.RELAY)
+    assert listener.relay_networks == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert listener.hostname == "relay.example.org"
+    assert listener.max_recipients == default.max_recipients
+    assert listener.max_message_size == default.max_message_size
+    assert listener.idle_timeout == default.idle_timeout
+
+
+def test_listener_values_arrive_typed():
+    config = parse_config(
+        {
+            "listener": [
+                {
+                    "address": "127.0.0.1:2587", "mode": "relay", "max_message_size": "10M",
+                    "max_recipients": 10, "idle_timeout": "2m", "relay_networks": ["10.0.0.0/8"],
+                    "relay_domains": ["Example.ORG", ".bücher.example"], "require_auth": False,
+                }
+            ]
+        }
+    )  # fmt: skip
+    (listener,) = config.listeners()
+    assert listener.max_message_size == 10 * 1024 * 1024
+    assert listener.max_recipients == 10
+    assert listener.idle_timeout == 120.0
+    assert listener.relay_networks == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert listener.relay_domains == ("example.org", ".xn--bcher-kva.example")
+    assert listener.auth_required is False
+
+
+# ---------------------------------------------------------------- certificate and key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    ca = trustme.CA()
+    one, other = ca.issue_cert("mx.example.test"), ca.issue_cert("other.example.test")
+    root = tmp_path_factory.mktemp("pki")
+    files = {
+        "cert": one.cert_chain_pems[0].bytes(),
+        "key": one.private_key_pem.bytes(),
+        "other_key": other.private_key_pem.bytes(),
+        "both": one.cert_chain_pems[0].bytes() + one.private_key_pem.bytes(),
+        "junk": b"not PEM at all\n",
+        "encrypted_key": serialization.load_pem_private_key(
+            one.private_key_pem.bytes(), None
+        ).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        ),
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = root / f"{name}.pem"
+        paths[name].write_bytes(data)
+    paths["missing"] = root / "missing.pem"
+    paths["directory"] = root
+    return paths
+
+
+def tls_listener(pki: dict[str, Path], cert: str, key: str) -> dict[str, Any]:
+    listener = {"address": "127.0.0.1:2525", "mode": "submission"}
+    return {
+        "users": {"alice": "$scrypt$x"},
+        "listener": [{**listener, "tls_cert_file": str(pki[cert]), "tls_key_file": str(pki[key])}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "bad_key"),
+    [
+        ("cert", "other_key", "tls_key_file"),  # the pair does not match
+        ("cert", "junk", "tls_key_file"),
+        ("cert", "encrypted_key", "tls_key_file"),
+        ("cert", "cert", "tls_key_file"),  # a certificate where the key belongs
+        ("cert", "missing", "tls_key_file"),
+        ("cert", "directory", "tls_key_file"),
+        ("junk", "key", "tls_cert_file"),
+        ("key", "key", "tls_cert_file"),
+        ("missing", "key", "tls_cert_file"),
+    ],
+)
+def test_a_bad_certificate_or_key_is_named_by_its_own_key(pki, cert, key, bad_key):
+    raw = tls_listener(pki, cert, key)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw).listeners()
+    assert info.value.key == f"listener[0].{bad_key}"
+
+
+@pytest.mark.parametrize(("cert", "key"), [("cert", "key"), ("both", "both")])
+def test_a_matching_pair_loads(pki, cert, key):
+    (listener,) = parse_config(tls_listener(pki, cert, key)).listeners()
+    assert listener.tls_cert_file == pki[cert]
+
+
+@pytest.mark.parametrize(("given", "missing"), [("tls_cert_file", "tls_key_file"),
+                                                 ("tls_key_file", "tls_cert_file")])  # fmt: skip
+def test_a_certificate_without_its_key_names_the_missing_one(pki, given, missing):
+    raw = {"listener": [{"address": "127.0.0.1:2525", given: str(pki["both"])}]}
+    assert config_error(raw).key == f"listener[0].{missing}"
