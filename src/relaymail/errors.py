@@ -31,6 +31,10 @@ class RemoteProtocolError(RelaymailError):
     """The remote SMTP server broke the protocol (malformed or oversized reply)."""
 
 
+class SessionError(RelaymailError):
+    """The connection failed: refused, timed out, dropped, or the server broke the protocol."""
+
+
 class LocalProtocolError(RelaymailError):
     """relaymail itself tried something the protocol state does not allow (a bug)."""
 

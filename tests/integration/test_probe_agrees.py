@@ -1,6 +1,6 @@
 """`relaymail probe` and delivery take the same decision at the STARTTLS step.
 
-Both run one function (relaymail.starttls), so the probe cannot say "continue in clear"
+Both run one function (relaymail.delivery.starttls), so the probe cannot say "continue in clear"
 where delivery would defer: the downgrade memory counts in both.
 """
 

@@ -12,16 +12,12 @@ import ssl
 from collections.abc import Sequence
 from typing import cast
 
-from ..errors import RelaymailError, RemoteProtocolError
+from ..errors import RelaymailError, RemoteProtocolError, SessionError
 from .client import ClientConnection, ReplyEvent, Verb
 from .reply import Reply
 
 # How long a QUIT may wait for its reply: the mail is settled, only the peer's log gains.
 QUIT_TIMEOUT = 5.0
-
-
-class SessionError(RelaymailError):
-    """The connection failed: refused, timed out, dropped, or the server broke the protocol."""
 
 
 class _Wire(asyncio.Protocol):

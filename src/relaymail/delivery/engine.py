@@ -11,7 +11,6 @@ delivery cheap.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import re
 import sqlite3
@@ -23,20 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import RelaymailError
-from .message import Envelope, domain_of, dot_stuff
-from .mime7bit import ConversionImpossible, to_7bit
-from .routing import HopSource, NextHop, Router, RoutingError, make_resolver
-from .smtp.client import Capabilities, State, Verb
-from .smtp.reply import Reply
-from .smtp.session import SessionError, SmtpSession
-from .starttls import HostPolicy, StarttlsStep
-from .tls.context import CLEAR, TlsFacts
-from .tls.dane import DaneStatus, TlsaLookup, lookup_tlsa
-from .tls.memory import TlsMemory
-from .tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
-from .tls.policy import (
+from ..config import Config
+from ..errors import RelaymailError, SessionError
+from ..message import Envelope, domain_of, dot_stuff
+from ..routing import HopSource, NextHop, Router, RoutingError, make_resolver
+from ..smtp.client import Capabilities, State, Verb
+from ..smtp.reply import Reply
+from ..smtp.session import SmtpSession
+from ..tls.context import CLEAR, TlsFacts
+from ..tls.dane import DaneStatus, TlsaLookup, lookup_tlsa
+from ..tls.memory import TlsMemory
+from ..tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
+from ..tls.policy import (
     DEFAULT_SOURCE,
     Action,
     Decision,
@@ -44,57 +41,12 @@ from .tls.policy import (
     Level,
     wants_starttls,
 )
-from .tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
+from ..tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
+from .convert import ConversionImpossible, to_7bit
+from .results import Attempt, RecipientResult, Status
+from .starttls import HostPolicy, StarttlsStep
 
 log = logging.getLogger("relaymail.delivery")
-
-
-class Status(enum.StrEnum):
-    DELIVERED = "delivered"
-    DEFERRED = "deferred"
-    BOUNCED = "bounced"
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One step of a delivery that a person may want to see."""
-
-    host: str
-    ip: str
-    result: str
-    tls: bool
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientResult:
-    recipient: str
-    status: Status
-    reason: str
-    host: str | None = None
-    reply: str | None = None
-    tls: TlsFacts = CLEAR
-    attempts: tuple[Attempt, ...] = ()
-    enhanced_status: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "recipient": self.recipient,
-            "status": self.status.value,
-            "host": self.host,
-            "reply": self.reply,
-            "tls": {
-                "used": self.tls.used,
-                "version": self.tls.version,
-                "cipher": self.tls.cipher,
-                "verified": self.tls.verified,
-            },
-            "reason": self.reason,
-            "attempts": [
-                {"host": a.host, "ip": a.ip, "result": a.result, "tls": a.tls, "detail": a.detail}
-                for a in self.attempts
-            ],
-        }
 
 
 @dataclass(slots=True)

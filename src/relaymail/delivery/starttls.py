@@ -13,16 +13,17 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from .config import TlsSettings
-from .resolver import is_ip
-from .routing import NextHop
-from .smtp.client import Capabilities, Verb
-from .smtp.session import SessionError, SmtpSession
-from .tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
-from .tls.dane import TlsaLookup
-from .tls.memory import TlsMemory
-from .tls.policy import Decision, Event, Level, decide
-from .tls.verify import check_peer, openssl_store
+from ..config import TlsSettings
+from ..errors import SessionError
+from ..resolver import is_ip
+from ..routing import NextHop
+from ..smtp.client import Capabilities, Verb
+from ..smtp.session import SmtpSession
+from ..tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
+from ..tls.dane import TlsaLookup
+from ..tls.memory import TlsMemory
+from ..tls.policy import Decision, Event, Level, decide
+from ..tls.verify import check_peer, openssl_store
 
 log = logging.getLogger("relaymail.delivery")
 
