@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import RelaymailError, SessionError
+from ..errors import ConnectFailed, RelaymailError, SessionError
 from ..message import Envelope, domain_of, dot_stuff
 from ..routing import HopSource, NextHop, Router, RoutingError, make_resolver
 from ..smtp.client import Capabilities, State, Verb
@@ -43,7 +43,7 @@ from ..tls.policy import (
 )
 from ..tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
 from .convert import ConversionImpossible, to_7bit
-from .results import Attempt, RecipientResult, Status
+from .results import Attempt, AttemptResult, RecipientResult, Status
 from .starttls import HostPolicy, StarttlsStep
 
 log = logging.getLogger("relaymail.delivery")
@@ -112,7 +112,9 @@ class _DomainRun:
         for rcpt in recipients:
             self.outcomes[rcpt] = _Outcome(status, reason, **facts)
 
-    def note(self, hop: NextHop, ip: str, result: str, tls: TlsFacts, detail: str) -> None:
+    def note(
+        self, hop: NextHop, ip: str, result: AttemptResult, tls: TlsFacts, detail: str
+    ) -> None:
         self.attempts.append(Attempt(hop.label, ip, result, tls.used, detail))
         tls_words = (
             f"{tls.version}/{tls.cipher}/{'verified' if tls.verified else 'unverified'}"
@@ -147,7 +149,7 @@ class HostInspection:
 class _HostFailed(Exception):
     """This host cannot take the pending recipients; the reason goes to the next one."""
 
-    def __init__(self, result: str, detail: str, tls: TlsFacts = CLEAR) -> None:
+    def __init__(self, result: AttemptResult, detail: str, tls: TlsFacts = CLEAR) -> None:
         super().__init__(detail)
         self.result = result
         self.detail = detail
@@ -158,13 +160,14 @@ def _unforeseen(exc: Exception) -> _HostFailed:
     """An exception no step expected, as a failed host whose detail says where it came from."""
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    return _HostFailed(_INTERNAL_ERROR, f"internal error{where}: {type(exc).__name__}: {exc}")
+    return _HostFailed(
+        AttemptResult.INTERNAL_ERROR, f"internal error{where}: {type(exc).__name__}: {exc}"
+    )
 
 
-_INTERNAL_ERROR = "internal-error"
 # A delivery is logged once, by whoever queued it (the scheduler's "delivered" line);
 # an internal error is a defect to fix, so it stands out.
-_LOG_LEVELS = {"delivered": logging.DEBUG, _INTERNAL_ERROR: logging.ERROR}
+_LOG_LEVELS = {AttemptResult.DELIVERED: logging.DEBUG, AttemptResult.INTERNAL_ERROR: logging.ERROR}
 
 
 @dataclass(slots=True)
@@ -333,10 +336,16 @@ class DeliveryEngine:
             if run.sts is not None and not run.sts.matches(hop.name):
                 detail = f"{hop.name} is not in the MTA-STS policy's mx list ({run.sts.mx})"
                 if run.sts.mode is StsMode.ENFORCE:
-                    run.note(hop, "-", "sts-mx-mismatch", CLEAR, detail)
+                    run.note(hop, "-", AttemptResult.STS_MX_MISMATCH, CLEAR, detail)
                     failures.append(f"{hop.label}: {detail}")
                     continue
-                run.note(hop, "-", "sts-testing-mx-mismatch", CLEAR, detail + "; testing only")
+                run.note(
+                    hop,
+                    "-",
+                    AttemptResult.STS_TESTING_MX_MISMATCH,
+                    CLEAR,
+                    detail + "; testing only",
+                )
             try:
                 run.host = await self._host_policy(run, hop)
             except _HostFailed as failed:
@@ -345,7 +354,7 @@ class DeliveryEngine:
                 continue
             if not hop.addresses:
                 detail = hop.lookup_error or "no addresses"
-                run.note(hop, "-", "no-address", CLEAR, detail)
+                run.note(hop, "-", AttemptResult.NO_ADDRESS, CLEAR, detail)
                 failures.append(f"{hop.label}: {detail}")
                 continue
             for ip in hop.addresses:
@@ -388,7 +397,7 @@ class DeliveryEngine:
                         failure_reason_code=lookup.error,
                     )
                 )
-            raise _HostFailed("dane-unusable", f"TLSA lookup failed: {lookup.reason}")
+            raise _HostFailed(AttemptResult.DANE_UNUSABLE, f"TLSA lookup failed: {lookup.reason}")
         if status is DaneStatus.AUTHENTICATE:
             return HostPolicy(Level.DANE, f"DANE: {lookup.reason}", lookup)
         if status is DaneStatus.ENCRYPT:
@@ -423,7 +432,9 @@ class DeliveryEngine:
             if cached is not None and session.replies_seen == replies_before:
                 # The server closed the idle session as we reused it: not the host's fault.
                 return await self._try_host(run, hop, ip, starttls=starttls)
-            raise _HostFailed("session-failed", f"{exc} (during the mail transaction)") from None
+            raise _HostFailed(
+                AttemptResult.SESSION_FAILED, f"{exc} (during the mail transaction)"
+            ) from None
         finally:
             # Whatever ended the transaction, a session not kept for reuse is closed here.
             if not kept:
@@ -434,27 +445,29 @@ class DeliveryEngine:
     ) -> tuple[SmtpSession, Capabilities, TlsFacts]:
         try:
             session = await self._connect(hop, ip)
-        except SessionError as exc:
-            raise _HostFailed("connect-failed", str(exc)) from None
+        except ConnectFailed as exc:  # ConnectTimeout too
+            raise _HostFailed(AttemptResult.CONNECT_FAILED, str(exc)) from None
         try:
             greeting = (await session.read_reply()).reply
             if not greeting.is_success:
                 # Like Postfix, a 5xx greeting skips the host rather than bouncing.
-                raise _HostFailed("greeting-refused", f"greeting {greeting}")
+                raise _HostFailed(AttemptResult.GREETING_REFUSED, f"greeting {greeting}")
             caps = await self._hello(session)
             tls = CLEAR
             level = run.host.level
             if wants_starttls(level) and starttls:
                 tls, caps, session = await self._starttls_step(run, hop, ip, session, caps)
             elif not starttls:
-                run.note(hop, ip, "reconnected-clear", CLEAR, "new session without STARTTLS")
+                run.note(
+                    hop, ip, AttemptResult.RECONNECTED_CLEAR, CLEAR, "new session without STARTTLS"
+                )
             if level.requires_tls and not tls.used:
                 # The table never gets here; this guard is the last line against a leak.
-                raise _HostFailed("tls-required", f"policy {level.value} requires TLS")
+                raise _HostFailed(AttemptResult.TLS_REQUIRED, f"policy {level.value} requires TLS")
             return session, caps, tls
         except SessionError as exc:
             session.abort()
-            raise _HostFailed("session-failed", str(exc)) from None
+            raise _HostFailed(AttemptResult.SESSION_FAILED, str(exc)) from None
         except BaseException:
             # A policy refusal or anything unforeseen: QUIT if the session still can, then close.
             await session.quit()
@@ -474,11 +487,13 @@ class DeliveryEngine:
         if reply.is_success:
             return Capabilities.from_ehlo(reply)
         if not reply.is_permanent:
-            raise _HostFailed("ehlo-refused", f"EHLO answered {reply}")
+            raise _HostFailed(AttemptResult.EHLO_REFUSED, f"EHLO answered {reply}")
         # RFC 5321 3.2: a server that does not speak ESMTP gets HELO.
         helo = await session.command(Verb.HELO, helo_name)
         if not helo.is_success:
-            raise _HostFailed("helo-refused", f"EHLO answered {reply}; HELO answered {helo}")
+            raise _HostFailed(
+                AttemptResult.HELO_REFUSED, f"EHLO answered {reply}; HELO answered {helo}"
+            )
         return Capabilities.from_helo()
 
     async def _starttls_step(
@@ -492,10 +507,10 @@ class DeliveryEngine:
             local = session.local_address
             run.events.append(self._session_event(run, hop, ip, event, tls, step.detail, local))
         result = {
-            Action.USE_TLS: "tls",
-            Action.CONTINUE_CLEAR: "continued-clear",
-            Action.RECONNECT_CLEAR: "tls-failed-reconnect-clear",
-            Action.HOST_FAILS: "tls-policy-failed",
+            Action.USE_TLS: AttemptResult.TLS,
+            Action.CONTINUE_CLEAR: AttemptResult.CONTINUED_CLEAR,
+            Action.RECONNECT_CLEAR: AttemptResult.TLS_FAILED_RECONNECT_CLEAR,
+            Action.HOST_FAILS: AttemptResult.TLS_POLICY_FAILED,
         }[decision.action]
         if decision.action is Action.USE_TLS:
             if event is Event.UNVERIFIED:
@@ -573,19 +588,19 @@ class DeliveryEngine:
         except ConversionImpossible as exc:
             reason = f"{hop.label} does not offer 8BITMIME and conversion to 7-bit failed: {exc}"
             run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls, enhanced="5.6.3")
-            run.note(hop, ip, "8bitmime-refused", tls, reason)
+            run.note(hop, ip, AttemptResult.EIGHTBITMIME_REFUSED, tls, reason)
             return
         size = len(data)
         limit = caps.size_limit
         if limit is not None and size > limit:
             reason = f"message size {size} exceeds the limit of {hop.label} ({limit}, from SIZE)"
             run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls)
-            run.note(hop, ip, "size-refused", tls, reason)
+            run.note(hop, ip, AttemptResult.SIZE_REFUSED, tls, reason)
             return
         if run.needs_smtputf8 and "SMTPUTF8" not in caps:
             reason = f"{hop.label} does not offer SMTPUTF8, needed for an international address"
             run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls)
-            run.note(hop, ip, "smtputf8-refused", tls, reason)
+            run.note(hop, ip, AttemptResult.SMTPUTF8_REFUSED, tls, reason)
             return
         if session.conn.in_transaction:
             reset = await session.command(Verb.RSET)
@@ -627,7 +642,7 @@ class DeliveryEngine:
                 status = Status.BOUNCED if data_reply.is_permanent else Status.DEFERRED
                 reason = f"{hop.label} refused DATA: {data_reply}"
                 run.settle(accepted, status, reason, host=hop.label, reply=data_reply, tls=tls)
-                run.note(hop, ip, status.value, tls, reason)
+                run.note(hop, ip, AttemptResult.of_message(status), tls, reason)
             return
         if not accepted:
             # RFC 2920 3.1: a 354 after every RCPT failed still wants data; send none.
@@ -642,7 +657,9 @@ class DeliveryEngine:
         else:
             status, reason = Status.BOUNCED, f"{hop.label} rejected the message: {final}"
         run.settle(accepted, status, reason, host=hop.label, reply=final, tls=tls)
-        run.note(hop, ip, status.value, tls, f"{len(accepted)} recipient(s): {final}")
+        run.note(
+            hop, ip, AttemptResult.of_message(status), tls, f"{len(accepted)} recipient(s): {final}"
+        )
 
     def _settle_envelope(
         self, run: _DomainRun, hop: NextHop, ip: str, rcpts: list[str], replies: list[Reply],
@@ -654,17 +671,17 @@ class DeliveryEngine:
             status = Status.BOUNCED if mail.is_permanent else Status.DEFERRED
             reason = f"{hop.label} refused the sender: {mail}"
             run.settle(rcpts, status, reason, host=hop.label, reply=mail, tls=tls)
-            run.note(hop, ip, f"mail-{status.value}", tls, reason)
+            run.note(hop, ip, AttemptResult.of_mail(status), tls, reason)
             return
         for rcpt, reply in zip(rcpts, replies[1:], strict=False):
             if reply.is_permanent:
                 reason = f"{hop.label} refused the recipient: {reply}"
                 run.settle([rcpt], Status.BOUNCED, reason, host=hop.label, reply=reply, tls=tls)
-                run.note(hop, ip, "rcpt-bounced", tls, f"{rcpt}: {reply}")
+                run.note(hop, ip, AttemptResult.RCPT_BOUNCED, tls, f"{rcpt}: {reply}")
             elif reply.is_transient:
                 reason = f"{hop.label} deferred the recipient: {reply}"
                 run.settle([rcpt], Status.DEFERRED, reason, host=hop.label, reply=reply, tls=tls)
-                run.note(hop, ip, "rcpt-deferred", tls, f"{rcpt}: {reply}")
+                run.note(hop, ip, AttemptResult.RCPT_DEFERRED, tls, f"{rcpt}: {reply}")
 
     def _take_idle(self, hop: NextHop, ip: str, level: Level) -> _Cached | None:
         entries = self._idle.get((ip, hop.port, hop.name, level))
