@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 
 from relaymail.delivery import DeliveryEngine, Status, deliver
-from relaymail.delivery.starttls import HostPolicy
+from relaymail.delivery.plan import HostPolicy
 from relaymail.message import Envelope
 from relaymail.routing import HopSource, NextHop
 from relaymail.tls.policy import Level

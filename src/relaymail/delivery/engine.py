@@ -1,132 +1,52 @@
 """One delivery: a message to its recipients, host by host, the TLS policy applied.
 
-For each recipient domain: resolve the next hops, try them in order, and for
-each session apply the policy table (tls/policy.py) at the STARTTLS step.
-Every step that matters becomes an Attempt, so each result can say why it went
-the way it did. Sessions that end cleanly are kept for the next message to the
-same host (Postfix's connection cache): with pipelining, that is what makes
-delivery cheap.
+For each recipient domain: resolve the next hops, plan the TLS policy
+(plan.py), try the hosts in order, and for each session apply the policy
+table (tls/policy.py) at the STARTTLS step. Every step that matters becomes
+an Attempt, so each result can say why it went the way it did. The host
+policy travels with each attempt (`Target`); nothing reads it from shared state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import sqlite3
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..config import Config
 from ..errors import ConnectFailed, RelaymailError, SessionError
 from ..message import Envelope, domain_of, dot_stuff
-from ..routing import HopSource, NextHop, Router, RoutingError, make_resolver
+from ..routing import NextHop, Router, RoutingError, make_resolver
 from ..smtp.client import Capabilities, State, Verb
-from ..smtp.reply import Reply
 from ..smtp.session import SmtpSession
 from ..tls.context import CLEAR, TlsFacts
-from ..tls.dane import DaneStatus, TlsaLookup, lookup_tlsa
+from ..tls.dane import TlsaLookup, lookup_tlsa
 from ..tls.memory import TlsMemory
 from ..tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
-from ..tls.policy import (
-    DEFAULT_SOURCE,
-    Action,
-    Decision,
-    Event,
-    Level,
-    wants_starttls,
-)
+from ..tls.policy import Action, Decision, Event, Level, wants_starttls
 from ..tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
-from .convert import ConversionImpossible, to_7bit
-from .results import Attempt, AttemptResult, RecipientResult, Status
-from .starttls import HostPolicy, StarttlsStep
+from .plan import (
+    DNS_HOPS,
+    DomainPlan,
+    HostPolicy,
+    HostRefused,
+    plan,
+    published_policies_apply,
+)
+from .pool import DestinationSlots, IdleSession, SessionPool
+from .results import AttemptResult, RecipientResult, Status
+from .run import DomainRun, Outcome, Target
+from .starttls import StarttlsStep
+from .transaction import transaction
 
 log = logging.getLogger("relaymail.delivery")
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """A recipient's standing within one domain's delivery."""
-
-    status: Status = Status.DEFERRED
-    reason: str = "no host was tried"
-    host: str | None = None
-    reply: Reply | None = None
-    tls: TlsFacts = CLEAR
-    enhanced: str | None = None  # RFC 3463 status when no reply gives one
-
-
-@dataclass(frozen=True, slots=True)
-class DomainPlan:
-    """What decides a domain's TLS: its level and why, MTA-STS, and each host's policy."""
-
-    level: Level
-    source: str
-    sts: StsPolicy | None
-    hosts: tuple[tuple[NextHop, HostPolicy | str], ...]  # str: why the host is unusable
-
-
-@dataclass(slots=True)
-class _DomainRun:
-    """Mutable state of one domain's delivery: who is still pending, what happened."""
-
-    domain: str
-    level: Level
-    level_source: str
-    sender: str
-    data: bytes
-    stuffed: bytes
-    needs_smtputf8: bool
-    outcomes: dict[str, _Outcome]
-    attempts: list[Attempt] = field(default_factory=list)
-    sts: StsPolicy | None = None  # an MTA-STS policy in enforce or testing mode
-    events: list[TlsEvent] = field(default_factory=list)  # for TLS reporting
-    published: bool = False  # the domain's DNS-published policies (DANE, MTA-STS) apply
-    host: HostPolicy = field(default_factory=lambda: HostPolicy(Level.MAY, ""))
-    seven_bit: dict[bool, tuple[bytes, bytes]] = field(default_factory=dict)  # converted, stuffed
-
-    def data_for(self, caps: Capabilities) -> tuple[bytes, bytes]:
-        """(data, dot-stuffed data) as this next hop may take it: 7-bit without 8BITMIME.
-
-        RFC 6152 3: 8-bit data never goes to a server that did not offer 8BITMIME.
-        Raises ConversionImpossible when no 7-bit form says the same.
-        """
-        if "8BITMIME" in caps or self.data.isascii():
-            return self.data, self.stuffed
-        utf8_headers = "SMTPUTF8" in caps
-        if utf8_headers not in self.seven_bit:
-            converted = to_7bit(self.data, utf8_headers=utf8_headers)
-            self.seven_bit[utf8_headers] = (converted, dot_stuff(converted))
-        return self.seven_bit[utf8_headers]
-
-    @property
-    def pending(self) -> list[str]:
-        return [r for r, o in self.outcomes.items() if o.status is Status.DEFERRED]
-
-    def settle(self, recipients: Iterable[str], status: Status, reason: str, **facts: Any) -> None:
-        for rcpt in recipients:
-            self.outcomes[rcpt] = _Outcome(status, reason, **facts)
-
-    def note(
-        self, hop: NextHop, ip: str, result: AttemptResult, tls: TlsFacts, detail: str
-    ) -> None:
-        self.attempts.append(Attempt(hop.label, ip, result, tls.used, detail))
-        tls_words = (
-            f"{tls.version}/{tls.cipher}/{'verified' if tls.verified else 'unverified'}"
-            if tls.used
-            else "none"
-        )
-        log.log(
-            _LOG_LEVELS.get(result, logging.INFO),
-            "domain=%s host=%s ip=%s tls=%s result=%s policy=%s (%s): %s",
-            self.domain, hop.label, ip, tls_words, result,
-            self.host.level.value, self.host.source, detail,
-        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,19 +85,6 @@ def _unforeseen(exc: Exception) -> _HostFailed:
     )
 
 
-# A delivery is logged once, by whoever queued it (the scheduler's "delivered" line);
-# an internal error is a defect to fix, so it stands out.
-_LOG_LEVELS = {AttemptResult.DELIVERED: logging.DEBUG, AttemptResult.INTERNAL_ERROR: logging.ERROR}
-
-
-@dataclass(slots=True)
-class _Cached:
-    session: SmtpSession
-    caps: Capabilities
-    tls: TlsFacts
-    expires: asyncio.TimerHandle | None = None
-
-
 class DeliveryEngine:
     """Delivers messages; one engine per process so sessions and DNS answers are shared."""
 
@@ -200,8 +107,8 @@ class DeliveryEngine:
             else None
         )
         self._starttls = StarttlsStep(config.tls, self._memory)
-        self._idle: dict[tuple[str, int, str, Level], list[_Cached]] = defaultdict(list)
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._pool = SessionPool(config.delivery.connection_idle_time)
+        self._slots = DestinationSlots(config.delivery.destination_concurrency)
 
     async def deliver(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
         """Deliver canonical message data (CRLF, not dot-stuffed); one result per recipient."""
@@ -227,41 +134,33 @@ class DeliveryEngine:
         for store in (self._sts_cache, self._reports):
             if store is not None:
                 store.close()
-        idle = [c for entries in self._idle.values() for c in entries]
-        self._idle.clear()
-        for cached in idle:
-            if cached.expires is not None:
-                cached.expires.cancel()
-        await asyncio.gather(*(c.session.quit() for c in idle))
+        await self._pool.close()
 
     async def _deliver_domain(
         self, domain: str, rcpts: list[str], envelope: Envelope, data: bytes, stuffed: bytes
     ) -> list[RecipientResult]:
         level, source = self.config.tls.policy.level_for(domain)
-        run = _DomainRun(
-            domain, level, source, envelope.sender, data, stuffed,
-            envelope.needs_smtputf8, {r: _Outcome() for r in rcpts},
+        run = DomainRun(
+            domain, DomainPlan(level, source), envelope.sender, data, stuffed,
+            envelope.needs_smtputf8, {r: Outcome() for r in rcpts},
         )  # fmt: skip
         # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
         # policies do not apply, and the session is not counted in its reports.
         relaxed = tls_not_required(data)
-        slot = self._slots.setdefault(
-            domain, asyncio.Semaphore(self.config.delivery.destination_concurrency)
-        )
-        async with slot:
+        async with self._slots.slot(domain):
             try:
                 hops = await self.router.next_hops(domain)
             except RoutingError as exc:
                 status = Status.BOUNCED if exc.permanent else Status.DEFERRED
                 run.settle(rcpts, status, exc.reason)
-                return _results(run, {r: exc.status for r in rcpts})
-            await self._apply_published_policies(run, hops, relaxed)
+                return run.results({r: exc.status for r in rcpts})
+            run.plan = await self._plan(domain, hops, relaxed, run.events)
             await self._try_hops(run, hops)
         if run.events and self.config.tls.reporting and not relaxed:
             await self._count_for_reports(run)
-        return _results(run, {})
+        return run.results({})
 
-    async def _count_for_reports(self, run: _DomainRun) -> None:
+    async def _count_for_reports(self, run: DomainRun) -> None:
         # After the next hop's 250: a report store that cannot write (disk full)
         # must cost a few counts, never turn a delivered message into a retry.
         try:
@@ -271,29 +170,24 @@ class DeliveryEngine:
 
     async def plan(self, domain: str, hops: list[NextHop]) -> DomainPlan:
         """The policy delivery to `domain` would follow over `hops` (for `relaymail probe`)."""
-        level, source = self.config.tls.policy.level_for(domain)
-        run = _DomainRun(domain, level, source, "", b"", b"", False, {})
-        await self._apply_published_policies(run, hops, relaxed=False)
+        events: list[TlsEvent] = []
+        domain_plan = await self._plan(domain, hops, False, events)
         hosts: list[tuple[NextHop, HostPolicy | str]] = []
         for hop in hops:
-            try:
-                hosts.append((hop, await self._host_policy(run, hop)))
-            except _HostFailed as failed:
-                hosts.append((hop, failed.detail))
-        return DomainPlan(run.level, run.level_source, run.sts, tuple(hosts))
+            policy = await self._host_policy(domain, domain_plan, hop, events)
+            hosts.append((hop, policy.detail if isinstance(policy, HostRefused) else policy))
+        return dataclasses.replace(domain_plan, hosts=tuple(hosts))
 
-    async def _apply_published_policies(
-        self, run: _DomainRun, hops: list[NextHop], relaxed: bool
-    ) -> None:
-        """Precedence: the config's own entry, then DANE (per host), then MTA-STS."""
-        run.published = (
-            run.level_source == DEFAULT_SOURCE and hops[0].source in _DNS_HOPS and not relaxed
-        )
-        if run.published and self.config.tls.mta_sts:
-            await self._apply_mta_sts(run)
+    async def _plan(
+        self, domain: str, hops: list[NextHop], relaxed: bool, events: list[TlsEvent]
+    ) -> DomainPlan:
+        """Look up what the precedence needs (MTA-STS here, DANE per host later), then plan."""
+        level, source = self.config.tls.policy.level_for(domain)
+        published = published_policies_apply(source, hops, relaxed)
+        sts = await self._mta_sts(domain, events) if published and self.config.tls.mta_sts else None
+        return plan(level, source, published=published, sts=sts, dane=self.config.tls.dane)
 
-    async def _apply_mta_sts(self, run: _DomainRun) -> None:
-        """RFC 8461 5: an enforce policy makes the domain `verify` with its MX list."""
+    async def _mta_sts(self, domain: str, events: list[TlsEvent]) -> StsPolicy | None:
         if self._sts is None:
             self._sts_cache = StsCache(self.config.queue.directory)
             self._sts = StsResolver(
@@ -302,12 +196,11 @@ class DeliveryEngine:
                 https_port=self.config.tls.mta_sts_port,
                 ssl_context=https_context(self.config.tls.mta_sts_ca_file),
             )
-        lookup = await self._sts.lookup(run.domain)
-        policy = lookup.policy
+        lookup = await self._sts.lookup(domain)
         if lookup.result_type is not None:
-            run.events.append(
+            events.append(
                 TlsEvent(
-                    policy_domain=run.domain,
+                    policy_domain=domain,
                     success=False,
                     at=time.time(),
                     policy_type=PolicyType.STS,
@@ -315,58 +208,49 @@ class DeliveryEngine:
                     failure_reason_code=lookup.error,
                 )
             )
-            log.warning("domain=%s: MTA-STS policy: %s", run.domain, lookup.error)
-        if policy is None or policy.mode is StsMode.NONE:
-            return
-        run.sts = policy
-        where = f"MTA-STS {policy.mode.value} (policy id {policy.policy_id})"
-        if policy.mode is StsMode.ENFORCE:
-            run.level, run.level_source = Level.VERIFY, where
-        else:
-            run.level_source += f"; {where}"
+            log.warning("domain=%s: MTA-STS policy: %s", domain, lookup.error)
+        return lookup.policy
 
     def _report_store(self) -> TlsReportStore:
         if self._reports is None:
             self._reports = TlsReportStore(self.config.queue.directory)
         return self._reports
 
-    async def _try_hops(self, run: _DomainRun, hops: list[NextHop]) -> None:
+    async def _try_hops(self, run: DomainRun, hops: list[NextHop]) -> None:
         failures: list[str] = []
+        domain_plan = run.plan
         for hop in hops:
-            if run.sts is not None and not run.sts.matches(hop.name):
-                detail = f"{hop.name} is not in the MTA-STS policy's mx list ({run.sts.mx})"
-                if run.sts.mode is StsMode.ENFORCE:
-                    run.note(hop, "-", AttemptResult.STS_MX_MISMATCH, CLEAR, detail)
-                    failures.append(f"{hop.label}: {detail}")
+            unlisted = Target(hop, "-", domain_plan.policy)
+            mismatch = domain_plan.mx_mismatch(hop)
+            if mismatch is not None:
+                assert domain_plan.sts is not None
+                if domain_plan.sts.mode is StsMode.ENFORCE:
+                    run.note(unlisted, AttemptResult.STS_MX_MISMATCH, CLEAR, mismatch)
+                    failures.append(f"{hop.label}: {mismatch}")
                     continue
-                run.note(
-                    hop,
-                    "-",
-                    AttemptResult.STS_TESTING_MX_MISMATCH,
-                    CLEAR,
-                    detail + "; testing only",
-                )
-            try:
-                run.host = await self._host_policy(run, hop)
-            except _HostFailed as failed:
-                run.note(hop, "-", failed.result, CLEAR, failed.detail)
-                failures.append(f"{hop.label}: {failed.detail}")
+                detail = mismatch + "; testing only"
+                run.note(unlisted, AttemptResult.STS_TESTING_MX_MISMATCH, CLEAR, detail)
+            policy = await self._host_policy(run.domain, domain_plan, hop, run.events)
+            if isinstance(policy, HostRefused):
+                run.note(unlisted, policy.result, CLEAR, policy.detail)
+                failures.append(f"{hop.label}: {policy.detail}")
                 continue
             if not hop.addresses:
                 detail = hop.lookup_error or "no addresses"
-                run.note(hop, "-", AttemptResult.NO_ADDRESS, CLEAR, detail)
+                run.note(Target(hop, "-", policy), AttemptResult.NO_ADDRESS, CLEAR, detail)
                 failures.append(f"{hop.label}: {detail}")
                 continue
             for ip in hop.addresses:
                 if not run.pending:
                     return
+                at = Target(hop, ip, policy)
                 try:
-                    await self._try_host(run, hop, ip, starttls=True)
+                    await self._try_host(run, at, starttls=True)
                 except Exception as exc:
                     # Anything else is a defect, ours or the server's, that nobody foresaw:
                     # this host fails with the reason and the engine goes on.
                     host = exc if isinstance(exc, _HostFailed) else _unforeseen(exc)
-                    run.note(hop, ip, host.result, host.tls, host.detail)
+                    run.note(at, host.result, host.tls, host.detail)
                     failures.append(f"{hop.label}: {host.detail}")
         if run.pending and failures:
             # Recipients that no host accepted: defer with every host's reason,
@@ -377,32 +261,29 @@ class DeliveryEngine:
                 if outcome.reply is None:
                     outcome.reason = f"no host accepted the mail: {summary}"
 
-    async def _host_policy(self, run: _DomainRun, hop: NextHop) -> HostPolicy:
-        """DANE before MTA-STS (RFC 7672 2.2): usable TLSA records decide this host alone."""
-        domain_policy = HostPolicy(run.level, run.level_source)
-        if not (run.published and self.config.tls.dane):
-            return domain_policy
-        lookup = await self._tlsa(hop)
-        status = lookup.status
-        if status is DaneStatus.UNUSABLE:
-            if lookup.result_type is not None and self.config.tls.reporting:
-                run.events.append(
-                    TlsEvent(
-                        policy_domain=run.domain,
-                        success=False,
-                        at=time.time(),
-                        policy_type=PolicyType.TLSA,
-                        result_type=lookup.result_type,
-                        receiving_mx_hostname=hop.name,
-                        failure_reason_code=lookup.error,
-                    )
+    async def _host_policy(
+        self, domain: str, domain_plan: DomainPlan, hop: NextHop, events: list[TlsEvent]
+    ) -> HostPolicy | HostRefused:
+        tlsa = await self._tlsa(hop) if domain_plan.dane else None
+        policy = domain_plan.host(tlsa)
+        if (
+            isinstance(policy, HostRefused)
+            and tlsa is not None
+            and tlsa.result_type is not None
+            and self.config.tls.reporting
+        ):
+            events.append(
+                TlsEvent(
+                    policy_domain=domain,
+                    success=False,
+                    at=time.time(),
+                    policy_type=PolicyType.TLSA,
+                    result_type=tlsa.result_type,
+                    receiving_mx_hostname=hop.name,
+                    failure_reason_code=tlsa.error,
                 )
-            raise _HostFailed(AttemptResult.DANE_UNUSABLE, f"TLSA lookup failed: {lookup.reason}")
-        if status is DaneStatus.AUTHENTICATE:
-            return HostPolicy(Level.DANE, f"DANE: {lookup.reason}", lookup)
-        if status is DaneStatus.ENCRYPT:
-            return HostPolicy(Level.ENCRYPT, f"DANE without usable records: {lookup.reason}")
-        return domain_policy
+            )
+        return policy
 
     async def _tlsa(self, hop: NextHop) -> TlsaLookup:
         key = (hop.name, hop.port)
@@ -414,24 +295,26 @@ class DeliveryEngine:
         self._tlsa_cache[key] = (now + _TLSA_CACHE_SECONDS, lookup)
         return lookup
 
-    async def _try_host(self, run: _DomainRun, hop: NextHop, ip: str, *, starttls: bool) -> None:
-        cached = self._take_idle(hop, ip, run.host.level)
-        if cached is not None:
-            session, caps, tls = cached.session, cached.caps, cached.tls
+    async def _try_host(self, run: DomainRun, at: Target, *, starttls: bool) -> None:
+        hop, ip, level = at.hop, at.ip, at.policy.level
+        idle = self._pool.take(hop, ip, level)
+        if idle is not None:
+            session, caps, tls = idle.session, idle.caps, idle.tls
         else:
-            session, caps, tls = await self._open(run, hop, ip, starttls)
+            session, caps, tls = await self._open(run, at, starttls)
         replies_before = session.replies_seen
         kept = False
         try:
-            await self._transaction(run, hop, session, caps, tls)
+            data_timeout = self.config.delivery.data_timeout
+            await transaction(run, at, session, caps, tls, data_timeout)
             if session.is_usable and session.conn.state is State.READY:
-                self._keep_idle(hop, ip, run.host.level, _Cached(session, caps, tls))
+                self._pool.keep(hop, ip, level, IdleSession(session, caps, tls))
                 kept = True
         except SessionError as exc:
             session.abort()
-            if cached is not None and session.replies_seen == replies_before:
+            if idle is not None and session.replies_seen == replies_before:
                 # The server closed the idle session as we reused it: not the host's fault.
-                return await self._try_host(run, hop, ip, starttls=starttls)
+                return await self._try_host(run, at, starttls=starttls)
             raise _HostFailed(
                 AttemptResult.SESSION_FAILED, f"{exc} (during the mail transaction)"
             ) from None
@@ -441,10 +324,10 @@ class DeliveryEngine:
                 await session.quit()
 
     async def _open(
-        self, run: _DomainRun, hop: NextHop, ip: str, starttls: bool
+        self, run: DomainRun, at: Target, starttls: bool
     ) -> tuple[SmtpSession, Capabilities, TlsFacts]:
         try:
-            session = await self._connect(hop, ip)
+            session = await self._connect(at.hop, at.ip)
         except ConnectFailed as exc:  # ConnectTimeout too
             raise _HostFailed(AttemptResult.CONNECT_FAILED, str(exc)) from None
         try:
@@ -454,13 +337,12 @@ class DeliveryEngine:
                 raise _HostFailed(AttemptResult.GREETING_REFUSED, f"greeting {greeting}")
             caps = await self._hello(session)
             tls = CLEAR
-            level = run.host.level
+            level = at.policy.level
             if wants_starttls(level) and starttls:
-                tls, caps, session = await self._starttls_step(run, hop, ip, session, caps)
+                tls, caps, session = await self._starttls_step(run, at, session, caps)
             elif not starttls:
-                run.note(
-                    hop, ip, AttemptResult.RECONNECTED_CLEAR, CLEAR, "new session without STARTTLS"
-                )
+                detail = "new session without STARTTLS"
+                run.note(at, AttemptResult.RECONNECTED_CLEAR, CLEAR, detail)
             if level.requires_tls and not tls.used:
                 # The table never gets here; this guard is the last line against a leak.
                 raise _HostFailed(AttemptResult.TLS_REQUIRED, f"policy {level.value} requires TLS")
@@ -491,51 +373,40 @@ class DeliveryEngine:
         # RFC 5321 3.2: a server that does not speak ESMTP gets HELO.
         helo = await session.command(Verb.HELO, helo_name)
         if not helo.is_success:
-            raise _HostFailed(
-                AttemptResult.HELO_REFUSED, f"EHLO answered {reply}; HELO answered {helo}"
-            )
+            detail = f"EHLO answered {reply}; HELO answered {helo}"
+            raise _HostFailed(AttemptResult.HELO_REFUSED, detail)
         return Capabilities.from_helo()
 
     async def _starttls_step(
-        self, run: _DomainRun, hop: NextHop, ip: str, session: SmtpSession, caps: Capabilities
+        self, run: DomainRun, at: Target, session: SmtpSession, caps: Capabilities
     ) -> tuple[TlsFacts, Capabilities, SmtpSession]:
-        step = await self._starttls.run(run.domain, hop, session, caps, run.host)
+        """Enact what the table decided at the STARTTLS step (observe and decide: starttls.py)."""
+        hop, ip = at.hop, at.ip
+        step = await self._starttls.run(run.domain, hop, session, caps, at.policy)
         event, tls, decision = step.event, step.tls, step.decision
-        # RFC 8460 reports on the domain's own MX hosts: a static route or smarthost is
-        # the sender's infrastructure, not the recipient domain's.
-        if self.config.tls.reporting and hop.source in _DNS_HOPS:
+        # RFC 8460 reports on the domain's own MX hosts only (DNS_HOPS).
+        if self.config.tls.reporting and hop.source in DNS_HOPS:
             local = session.local_address
-            run.events.append(self._session_event(run, hop, ip, event, tls, step.detail, local))
-        result = {
-            Action.USE_TLS: AttemptResult.TLS,
-            Action.CONTINUE_CLEAR: AttemptResult.CONTINUED_CLEAR,
-            Action.RECONNECT_CLEAR: AttemptResult.TLS_FAILED_RECONNECT_CLEAR,
-            Action.HOST_FAILS: AttemptResult.TLS_POLICY_FAILED,
-        }[decision.action]
+            run.events.append(self._session_event(run, at, event, tls, step.detail, local))
+        result = step.result
         if decision.action is Action.USE_TLS:
             if event is Event.UNVERIFIED:
-                run.note(hop, ip, result, tls, decision.reason)
+                run.note(at, result, tls, decision.reason)
             return tls, await self._hello(session), session
         if decision.action is Action.HOST_FAILS:
             raise _HostFailed(result, decision.reason, tls)  # the caller QUITs where it can
-        run.note(hop, ip, result, CLEAR, decision.reason)
+        run.note(at, result, CLEAR, decision.reason)
         if decision.action is Action.CONTINUE_CLEAR:
             return CLEAR, caps, session
         session.abort()
-        fresh, fresh_caps, _ = await self._open(run, hop, ip, starttls=False)
+        fresh, fresh_caps, _ = await self._open(run, Target(hop, ip, at.policy), starttls=False)
         return CLEAR, fresh_caps, fresh
 
     @staticmethod
     def _session_event(
-        run: _DomainRun,
-        hop: NextHop,
-        ip: str,
-        event: Event,
-        tls: TlsFacts,
-        detail: str,
-        local_ip: str | None,
+        run: DomainRun, at: Target, event: Event, tls: TlsFacts, detail: str, local_ip: str | None
     ) -> TlsEvent:
-        sts, dane = run.sts, run.host.dane
+        sts, dane = run.plan.sts, at.policy.dane
         if dane is not None:
             policy_type, strings = PolicyType.TLSA, tuple(str(r) for r in dane.records)
         elif sts is not None:
@@ -543,9 +414,9 @@ class DeliveryEngine:
         else:
             policy_type, strings = PolicyType.NO_POLICY_FOUND, ()
         return session_event(
-            run.domain, event=event, tls=tls, detail=detail, mx_hostname=hop.name,
-            receiving_ip=ip, at=time.time(),
-            verification_required=run.host.level.requires_verification or sts is not None,
+            run.domain, event=event, tls=tls, detail=detail, mx_hostname=at.hop.name,
+            receiving_ip=at.ip, at=time.time(),
+            verification_required=at.policy.level.requires_verification or sts is not None,
             policy_type=policy_type, policy_strings=strings,
             mx_host_patterns=sts.mx if sts and dane is None else (),
             sending_mta_ip=local_ip,
@@ -577,139 +448,7 @@ class DeliveryEngine:
         finally:
             await session.quit()
 
-    async def _transaction(
-        self, run: _DomainRun, hop: NextHop, session: SmtpSession, caps: Capabilities,
-        tls: TlsFacts,
-    ) -> None:  # fmt: skip
-        ip = session.address
-        rcpts = run.pending
-        try:
-            data, stuffed = run.data_for(caps)
-        except ConversionImpossible as exc:
-            reason = f"{hop.label} does not offer 8BITMIME and conversion to 7-bit failed: {exc}"
-            run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls, enhanced="5.6.3")
-            run.note(hop, ip, AttemptResult.EIGHTBITMIME_REFUSED, tls, reason)
-            return
-        size = len(data)
-        limit = caps.size_limit
-        if limit is not None and size > limit:
-            reason = f"message size {size} exceeds the limit of {hop.label} ({limit}, from SIZE)"
-            run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls)
-            run.note(hop, ip, AttemptResult.SIZE_REFUSED, tls, reason)
-            return
-        if run.needs_smtputf8 and "SMTPUTF8" not in caps:
-            reason = f"{hop.label} does not offer SMTPUTF8, needed for an international address"
-            run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls)
-            run.note(hop, ip, AttemptResult.SMTPUTF8_REFUSED, tls, reason)
-            return
-        if session.conn.in_transaction:
-            reset = await session.command(Verb.RSET)
-            if not reset.is_success:
-                raise SessionError(f"RSET answered {reset}")
-        params = _mail_parameters(caps, size, data, run.needs_smtputf8)
-        group = [(Verb.MAIL, f"FROM:<{run.sender}>{params}")]
-        group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]
-        group.append((Verb.DATA, ""))
-        pipelining = "PIPELINING" in caps
-        if pipelining:
-            session.write(group)
-        replies: list[Reply] = []
-        for verb, arg in group:
-            if not pipelining:
-                if verb is Verb.RCPT and not replies[0].is_success:
-                    break
-                if verb is Verb.DATA and not any(r.is_success for r in replies[1:]):
-                    break
-                session.write([(verb, arg)])
-            reply = (await session.read_reply()).reply
-            replies.append(reply)
-            if reply.code == 421:
-                break
-        self._settle_envelope(run, hop, ip, rcpts, replies, tls)
-        accepted = [r for r, reply in zip(rcpts, replies[1:], strict=False) if reply.is_success]
-        if not replies[0].is_success:
-            accepted = []
-        data_reply = replies[len(rcpts) + 1] if len(replies) == len(rcpts) + 2 else None
-        if data_reply is None or data_reply.code == 421:
-            if accepted:
-                reason = f"{hop.label} ended the session before DATA: {replies[-1]}"
-                run.settle(
-                    accepted, Status.DEFERRED, reason, host=hop.label, reply=replies[-1], tls=tls
-                )
-            return
-        if data_reply.code != 354:
-            if accepted:
-                status = Status.BOUNCED if data_reply.is_permanent else Status.DEFERRED
-                reason = f"{hop.label} refused DATA: {data_reply}"
-                run.settle(accepted, status, reason, host=hop.label, reply=data_reply, tls=tls)
-                run.note(hop, ip, AttemptResult.of_message(status), tls, reason)
-            return
-        if not accepted:
-            # RFC 2920 3.1: a 354 after every RCPT failed still wants data; send none.
-            session.write_terminator()
-            await session.read_reply()
-            return
-        final = await session.send_message(stuffed, self.config.delivery.data_timeout)
-        if final.is_success:
-            status, reason = Status.DELIVERED, f"accepted by {hop.label}"
-        elif final.is_transient:
-            status, reason = Status.DEFERRED, f"{hop.label} deferred the message: {final}"
-        else:
-            status, reason = Status.BOUNCED, f"{hop.label} rejected the message: {final}"
-        run.settle(accepted, status, reason, host=hop.label, reply=final, tls=tls)
-        run.note(
-            hop, ip, AttemptResult.of_message(status), tls, f"{len(accepted)} recipient(s): {final}"
-        )
 
-    def _settle_envelope(
-        self, run: _DomainRun, hop: NextHop, ip: str, rcpts: list[str], replies: list[Reply],
-        tls: TlsFacts,
-    ) -> None:  # fmt: skip
-        """Apply the MAIL and RCPT replies: 5xx bounces, 4xx stays pending for the next host."""
-        mail = replies[0]
-        if not mail.is_success:
-            status = Status.BOUNCED if mail.is_permanent else Status.DEFERRED
-            reason = f"{hop.label} refused the sender: {mail}"
-            run.settle(rcpts, status, reason, host=hop.label, reply=mail, tls=tls)
-            run.note(hop, ip, AttemptResult.of_mail(status), tls, reason)
-            return
-        for rcpt, reply in zip(rcpts, replies[1:], strict=False):
-            if reply.is_permanent:
-                reason = f"{hop.label} refused the recipient: {reply}"
-                run.settle([rcpt], Status.BOUNCED, reason, host=hop.label, reply=reply, tls=tls)
-                run.note(hop, ip, AttemptResult.RCPT_BOUNCED, tls, f"{rcpt}: {reply}")
-            elif reply.is_transient:
-                reason = f"{hop.label} deferred the recipient: {reply}"
-                run.settle([rcpt], Status.DEFERRED, reason, host=hop.label, reply=reply, tls=tls)
-                run.note(hop, ip, AttemptResult.RCPT_DEFERRED, tls, f"{rcpt}: {reply}")
-
-    def _take_idle(self, hop: NextHop, ip: str, level: Level) -> _Cached | None:
-        entries = self._idle.get((ip, hop.port, hop.name, level))
-        while entries:
-            cached = entries.pop()
-            if cached.expires is not None:
-                cached.expires.cancel()
-            if cached.session.is_usable:
-                return cached
-            cached.session.abort()
-        return None
-
-    def _keep_idle(self, hop: NextHop, ip: str, level: Level, cached: _Cached) -> None:
-        key = (ip, hop.port, hop.name, level)
-        loop = asyncio.get_running_loop()
-        cached.expires = loop.call_later(
-            self.config.delivery.connection_idle_time, self._expire, key, cached
-        )
-        self._idle[key].append(cached)
-
-    def _expire(self, key: tuple[str, int, str, Level], cached: _Cached) -> None:
-        entries = self._idle.get(key, [])
-        if cached in entries:
-            entries.remove(cached)
-            asyncio.get_running_loop().create_task(cached.session.quit())
-
-
-_DNS_HOPS = (HopSource.MX, HopSource.IMPLICIT_MX)
 # TLSA answers are reused this long (seconds); DNSSEC lookups cost three queries per host.
 _TLSA_CACHE_SECONDS = 60.0
 _TLS_NOT_REQUIRED = re.compile(rb"(?im)^TLS-Required:[ \t]*No[ \t]*\r?$")
@@ -719,36 +458,6 @@ def tls_not_required(data: bytes) -> bool:
     """Whether the header section carries RFC 8689's `TLS-Required: No`."""
     end = data.find(b"\r\n\r\n")
     return bool(_TLS_NOT_REQUIRED.search(data if end < 0 else data[:end]))
-
-
-def _mail_parameters(caps: Capabilities, size: int, data: bytes, smtputf8: bool) -> str:
-    params = []
-    if "SIZE" in caps:
-        params.append(f" SIZE={size}")
-    if "8BITMIME" in caps and not data.isascii():
-        params.append(" BODY=8BITMIME")
-    if smtputf8:
-        params.append(" SMTPUTF8")
-    return "".join(params)
-
-
-def _results(run: _DomainRun, statuses: dict[str, str]) -> list[RecipientResult]:
-    attempts = tuple(run.attempts)
-    return [
-        RecipientResult(
-            recipient=rcpt,
-            status=o.status,
-            reason=o.reason,
-            host=o.host,
-            reply=str(o.reply) if o.reply else None,
-            tls=o.tls,
-            attempts=attempts,
-            enhanced_status=statuses.get(rcpt)
-            or o.enhanced
-            or (o.reply.enhanced if o.reply else None),
-        )
-        for rcpt, o in run.outcomes.items()
-    ]
 
 
 async def deliver(envelope: Envelope, data: bytes, config: Config) -> list[RecipientResult]:
