@@ -198,16 +198,8 @@ class DeliveryEngine:
             )
         lookup = await self._sts.lookup(domain)
         if lookup.result_type is not None:
-            events.append(
-                TlsEvent(
-                    policy_domain=domain,
-                    success=False,
-                    at=time.time(),
-                    policy_type=PolicyType.STS,
-                    result_type=ResultType(lookup.result_type),
-                    failure_reason_code=lookup.error,
-                )
-            )
+            result_type = ResultType(lookup.result_type)
+            events.append(_lookup_failed(domain, PolicyType.STS, result_type, lookup.error))
             log.warning("domain=%s: MTA-STS policy: %s", domain, lookup.error)
         return lookup.policy
 
@@ -272,17 +264,8 @@ class DeliveryEngine:
             and tlsa.result_type is not None
             and self.config.tls.reporting
         ):
-            events.append(
-                TlsEvent(
-                    policy_domain=domain,
-                    success=False,
-                    at=time.time(),
-                    policy_type=PolicyType.TLSA,
-                    result_type=tlsa.result_type,
-                    receiving_mx_hostname=hop.name,
-                    failure_reason_code=tlsa.error,
-                )
-            )
+            failed = _lookup_failed(domain, PolicyType.TLSA, tlsa.result_type, tlsa.error, hop)
+            events.append(failed)
         return policy
 
     async def _tlsa(self, hop: NextHop) -> TlsaLookup:
@@ -452,6 +435,25 @@ class DeliveryEngine:
 # TLSA answers are reused this long (seconds); DNSSEC lookups cost three queries per host.
 _TLSA_CACHE_SECONDS = 60.0
 _TLS_NOT_REQUIRED = re.compile(rb"(?im)^TLS-Required:[ \t]*No[ \t]*\r?$")
+
+
+def _lookup_failed(
+    domain: str,
+    policy_type: PolicyType,
+    result_type: ResultType,
+    error: str | None,
+    hop: NextHop | None = None,
+) -> TlsEvent:
+    """A TLS report failure for a policy that could not be fetched or validated."""
+    return TlsEvent(
+        policy_domain=domain,
+        success=False,
+        at=time.time(),
+        policy_type=policy_type,
+        result_type=result_type,
+        receiving_mx_hostname=hop.name if hop else None,
+        failure_reason_code=error,
+    )
 
 
 def tls_not_required(data: bytes) -> bool:
