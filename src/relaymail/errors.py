@@ -31,6 +31,30 @@ class RemoteProtocolError(RelaymailError):
     """The remote SMTP server broke the protocol (malformed or oversized reply)."""
 
 
+class SessionError(RelaymailError):
+    """The connection failed: refused, timed out, dropped, or the server broke the protocol.
+
+    Raised as itself for a protocol error or a failed TLS handshake; the subclasses
+    name the other ways a session ends, so callers catch by type, not by wording.
+    """
+
+
+class ConnectFailed(SessionError):
+    """The TCP connection could not be made (refused, unreachable)."""
+
+
+class ConnectTimeout(ConnectFailed):
+    """The TCP connection was not made within the connect timeout."""
+
+
+class ReplyTimeout(SessionError):
+    """The server sent no reply, or stopped reading, within the command timeout."""
+
+
+class ConnectionLost(SessionError):
+    """The server closed the connection, or it dropped, while a reply was due."""
+
+
 class LocalProtocolError(RelaymailError):
     """relaymail itself tried something the protocol state does not allow (a bug)."""
 

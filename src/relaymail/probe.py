@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .delivery import DeliveryEngine, HostInspection
+from .delivery import DeliveryEngine
+from .delivery.engine import HostInspection
 from .routing import RoutingError
 from .tls.mta_sts import StsPolicy
 from .tls.policy import Action, Level

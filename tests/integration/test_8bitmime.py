@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email
 
-from relaymail.delivery import Status
+from relaymail.delivery import AttemptResult, Status
 from relaymail.message import canonical_data
 from tests.integration.conftest import config_for, deliver
 from tests.peers.smtp_server import Script
@@ -54,7 +54,7 @@ async def test_8bit_header_without_8bitmime_or_smtputf8_bounces_with_5_6_3(smtp_
     [result] = await deliver(config_for([peer], ca_file=ca_file), data=data)
     assert result.status is Status.BOUNCED
     assert result.enhanced_status == "5.6.3"
-    assert [a.result for a in result.attempts] == ["8bitmime-refused"]
+    assert [a.result for a in result.attempts] == [AttemptResult.EIGHTBITMIME_REFUSED]
     assert not [line for line in peer.lines() if line.startswith("MAIL")]
     assert peer.sessions[0].quit
 

@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from relaymail.config import Config, parse_config
-from relaymail.delivery import DeliveryEngine, RecipientResult, Status
+from relaymail.delivery import AttemptResult, DeliveryEngine, RecipientResult, Status
 from relaymail.message import Envelope
 from relaymail.tls.context import client_context, peer_chain
 from relaymail.tls.dane import DaneStatus, TlsaRecord, lookup_tlsa, verify_chain
@@ -627,7 +627,7 @@ async def test_bogus_tlsa_makes_the_host_unusable_and_is_reported(
     server = dnssec_resolver([dane_zone(pem_chain(server_leaf)[0], peer.port, forged=True)])
     result = await deliver_to(dane_config(server, peer.port, tmp_path))
     assert result.status is Status.DEFERRED
-    assert result.attempts[0].result == "dane-unusable"
+    assert result.attempts[0].result == AttemptResult.DANE_UNUSABLE
     assert peer.connections == 0
     store = TlsReportStore(tmp_path / "state")
     try:

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from relaymail.delivery import RecipientResult, Status
+from relaymail.delivery import AttemptResult, RecipientResult, Status
 from tests.integration.conftest import config_for, deliver
 from tests.peers.smtp_server import Response, Script, SMTPPeer
 
@@ -105,7 +105,7 @@ async def test_garbage_at_any_step_defers_and_closes_the_session(smtp_peer, ca_f
         return
     assert [r.status for r in results] == [Status.DEFERRED] * ATTEMPTS
     for result in results:
-        assert [a.result for a in result.attempts] == ["session-failed"]
+        assert [a.result for a in result.attempts] == [AttemptResult.SESSION_FAILED]
 
 
 async def test_non_utf8_reply_text_is_kept_readable(smtp_peer, ca_file):

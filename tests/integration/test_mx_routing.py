@@ -6,7 +6,7 @@ import dataclasses
 import socket
 
 from relaymail.config import parse_config
-from relaymail.delivery import Status
+from relaymail.delivery import AttemptResult, Status
 from relaymail.routing import HopSource, Router, make_resolver
 from tests.integration.conftest import deliver
 from tests.peers.dns_server import AAAA, CNAME, MX, A, NXDomain, ServFail
@@ -41,7 +41,7 @@ async def test_mx_preference_order_and_verify_against_the_mx_name(smtp_peer, dns
         f"mx1.dest.test:{backup.port}",
         f"mx.example.test:{backup.port}",
     ]
-    assert result.attempts[0].result == "greeting-refused"
+    assert result.attempts[0].result == AttemptResult.GREETING_REFUSED
     assert result.tls.verified  # the certificate names mx.example.test
     assert primary.connections == 1 and backup.transactions
 
@@ -110,8 +110,8 @@ async def test_ipv6_then_ipv4_addresses_of_a_host(smtp_peer, dns_server, ca_file
     [result] = await deliver(mx_config(dns, peer.port, ca_file))
     assert result.status is Status.DELIVERED
     assert [(a.ip, a.result) for a in result.attempts] == [
-        ("::1", "connect-failed"),
-        ("127.0.0.1", "delivered"),
+        ("::1", AttemptResult.CONNECT_FAILED),
+        ("127.0.0.1", AttemptResult.DELIVERED),
     ]
 
 
@@ -126,7 +126,7 @@ async def test_cname_is_followed_and_unresolvable_hosts_are_skipped(smtp_peer, d
     ])  # fmt: skip
     [result] = await deliver(mx_config(dns, peer.port, ca_file))
     assert result.status is Status.DELIVERED
-    assert result.attempts[0].result == "no-address"
+    assert result.attempts[0].result == AttemptResult.NO_ADDRESS
     assert result.host == f"alias.dest.test:{peer.port}"
 
 
@@ -159,7 +159,7 @@ async def test_refused_connections_count_against_the_cap(dns_server, ca_file):
     config = mx_config(dns, port, ca_file)
     [result] = await deliver(config)
     assert result.status is Status.DEFERRED
-    assert [a.result for a in result.attempts] == ["connect-failed"] * 5
+    assert [a.result for a in result.attempts] == [AttemptResult.CONNECT_FAILED] * 5
 
 
 async def test_the_cap_counts_addresses_not_hosts(smtp_peer, dns_server, ca_file):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from relaymail.config import parse_config
-from relaymail.delivery import Status
+from relaymail.delivery import AttemptResult, Status
 from relaymail.probe import probe_domain
 from relaymail.tls.policy import Event
 from relaymail.tls.tlsrpt import ResultType, session_event
@@ -111,7 +111,7 @@ async def test_what_openssl_refuses_still_fails_with_its_result_type(
     [result] = await deliver(config)
     assert result.status is Status.DEFERRED
     assert not peer.transactions
-    [failed] = [a for a in result.attempts if a.result == "tls-policy-failed"]
+    [failed] = [a for a in result.attempts if a.result == AttemptResult.TLS_POLICY_FAILED]
     assert failed.tls is True  # TLS was up when the certificate was refused
 
     [host] = (await probe_domain("dest.test", config)).hosts

@@ -1,6 +1,6 @@
 """`relaymail probe` and delivery take the same decision at the STARTTLS step.
 
-Both run one function (relaymail.starttls), so the probe cannot say "continue in clear"
+Both run one function (relaymail.delivery.starttls), so the probe cannot say "continue in clear"
 where delivery would defer: the downgrade memory counts in both.
 """
 
@@ -9,14 +9,17 @@ from __future__ import annotations
 import pytest
 
 from relaymail.config import parse_config
-from relaymail.delivery import Status
+from relaymail.delivery import AttemptResult, Status
 from relaymail.probe import probe_domain
 from relaymail.tls.policy import Action
 from tests.integration.conftest import deliver, hop
 from tests.peers.smtp_server import Script
 
 # What delivery's attempt line calls each action.
-ATTEMPT_RESULT = {Action.HOST_FAILS: "tls-policy-failed", Action.CONTINUE_CLEAR: "continued-clear"}
+ATTEMPT_RESULT = {
+    Action.HOST_FAILS: AttemptResult.TLS_POLICY_FAILED,
+    Action.CONTINUE_CLEAR: AttemptResult.CONTINUED_CLEAR,
+}
 
 
 @pytest.mark.parametrize(

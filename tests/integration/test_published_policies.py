@@ -18,7 +18,7 @@ import time
 import pytest
 
 from relaymail.config import parse_config
-from relaymail.delivery import DeliveryEngine, Status
+from relaymail.delivery import AttemptResult, DeliveryEngine, Status
 from relaymail.message import Envelope
 from relaymail.tls.tlsrpt import TlsReportStore, preview_reports, send_daily_reports
 from tests.integration.conftest import MESSAGE
@@ -126,7 +126,7 @@ async def test_enforce_skips_mx_hosts_outside_the_policy(
     dns = dns_server(zone(mx="rogue.dest.test"))
     result = await deliver_one(config(dns, peer.port, https.port, ca_file, tmp_path))
     assert result.status is Status.DEFERRED
-    assert result.attempts[0].result == "sts-mx-mismatch"
+    assert result.attempts[0].result == AttemptResult.STS_MX_MISMATCH
     assert peer.connections == 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from relaymail.config import parse_config
-from relaymail.delivery import Status
+from relaymail.delivery import AttemptResult, Status
 from tests.integration.conftest import config_for, deliver, envelope_lines, hop
 from tests.peers.certs import server_context
 from tests.peers.smtp_server import Script, SMTPPeer, StartTLS
@@ -37,7 +37,7 @@ async def test_policy_refusal_in_clear_ends_with_quit(smtp_peer, ca_file, script
     config = config_for([peer], ca_file=ca_file, level=level, fallback=fallback)
     [result] = await deliver(config)
     assert result.status is Status.DEFERRED
-    assert [a.result for a in result.attempts] == ["tls-policy-failed"]
+    assert [a.result for a in result.attempts] == [AttemptResult.TLS_POLICY_FAILED]
     assert ended_with_quit(peer, tls=False)
     assert not envelope_lines(peer)
 
@@ -74,7 +74,7 @@ async def test_refused_greeting_ends_with_quit(smtp_peer, ca_file):
     # RFC 5321 3.1: a server that greets with 554 waits for the client's QUIT.
     peer = await smtp_peer(Script(greeting="554 5.3.2 not accepting mail"))
     [result] = await deliver(config_for([peer], ca_file=ca_file))
-    assert [a.result for a in result.attempts] == ["greeting-refused"]
+    assert [a.result for a in result.attempts] == [AttemptResult.GREETING_REFUSED]
     assert peer.lines() == ["QUIT"]
 
 

@@ -7,7 +7,7 @@ often only in /etc/hosts. MX hosts stay DNS-only (test_mx_routing.py).
 from __future__ import annotations
 
 from relaymail.config import parse_config
-from relaymail.delivery import Status
+from relaymail.delivery import AttemptResult, Status
 from tests.integration.conftest import deliver
 from tests.peers.dns_server import A
 from tests.peers.smtp_server import Script
@@ -37,7 +37,7 @@ async def test_an_unknown_route_host_defers_with_the_system_reason(tmp_path):
     [result] = await deliver(route_config("no-such-host.invalid:2525", tmp_path))
     assert result.status is Status.DEFERRED
     [attempt] = result.attempts
-    assert attempt.result == "no-address"
+    assert attempt.result == AttemptResult.NO_ADDRESS
 
 
 async def test_with_dns_servers_named_a_route_host_comes_from_dns(smtp_peer, dns_server, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from relaymail.delivery import Status
+from relaymail.delivery import AttemptResult, Status
 from relaymail.message import canonical_data
 from tests.integration.conftest import MESSAGE, config_for, deliver, hop
 from tests.peers.smtp_server import Action, Script
@@ -39,7 +39,10 @@ async def test_4xx_to_rcpt_is_tried_on_the_next_host_in_the_same_attempt(smtp_pe
     [result] = await deliver(config_for([first, second], ca_file=ca_file))
     assert result.status is Status.DELIVERED
     assert result.host == hop(second)
-    assert [a.result for a in result.attempts] == ["rcpt-deferred", "delivered"]
+    assert [a.result for a in result.attempts] == [
+        AttemptResult.RCPT_DEFERRED,
+        AttemptResult.DELIVERED,
+    ]
 
 
 async def test_4xx_everywhere_defers_with_the_last_reply(smtp_peer, ca_file):
@@ -97,7 +100,7 @@ async def test_dropped_connection_mid_data_defers(smtp_peer, ca_file):
     peer = await smtp_peer(Script(mid_data=Action.DROP))
     [result] = await deliver(config_for([peer], ca_file=ca_file))
     assert result.status is Status.DEFERRED
-    assert "session" in result.attempts[-1].result
+    assert result.attempts[-1].result is AttemptResult.SESSION_FAILED
 
 
 # -- hosts that fail before the transaction ------------------------------------------------
@@ -108,7 +111,7 @@ async def test_5xx_greeting_skips_the_host(smtp_peer, ca_file):
     second = await smtp_peer(Script())
     [result] = await deliver(config_for([first, second], ca_file=ca_file))
     assert result.status is Status.DELIVERED
-    assert result.attempts[0].result == "greeting-refused"
+    assert result.attempts[0].result == AttemptResult.GREETING_REFUSED
     assert "554 5.3.2" in result.attempts[0].detail
 
 
@@ -128,7 +131,7 @@ async def test_refused_connection_moves_on(smtp_peer, ca_file):
     good = await smtp_peer(Script())
     [result] = await deliver(config_for([f"127.0.0.1:{port}", good], ca_file=ca_file))
     assert result.status is Status.DELIVERED
-    assert result.attempts[0].result == "connect-failed"
+    assert result.attempts[0].result == AttemptResult.CONNECT_FAILED
 
 
 async def test_connect_timeout_covers_the_tcp_connect(ca_file):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from relaymail.delivery import Status
+from relaymail.delivery import AttemptResult, Status
 from tests.integration.conftest import config_for, deliver, envelope_lines
 from tests.peers.certs import expired_server_context, server_context, unknown_ca_server_context
 from tests.peers.smtp_server import Script, StartTLS
@@ -168,7 +168,7 @@ async def test_454_to_starttls_continues_in_clear_when_fallback_on(smtp_peer, ca
     peer = await smtp_peer(Script(starttls="454 4.7.0 TLS not available due to temporary reason"))
     results = await deliver(config_for([peer], ca_file=ca_file, level="may", fallback=True))
     result = assert_clear_delivery(results, peer, connections=1)
-    [step] = [a for a in result.attempts if a.result == "continued-clear"]
+    [step] = [a for a in result.attempts if a.result == AttemptResult.CONTINUED_CLEAR]
     assert "454 4.7.0" in step.detail and "tempfail_fallback is on" in step.detail
 
 
@@ -232,7 +232,7 @@ async def test_failed_handshake_reconnects_in_clear_when_fallback_on(smtp_peer, 
     assert not envelope_lines(peer)[0][0]
     assert [line for line in peer.lines(session=1) if line.startswith(("MAIL", "RCPT"))] == []
     steps = [a.result for a in result.attempts]
-    assert steps[:2] == ["tls-failed-reconnect-clear", "reconnected-clear"]
+    assert steps[:2] == [AttemptResult.TLS_FAILED_RECONNECT_CLEAR, AttemptResult.RECONNECTED_CLEAR]
 
 
 async def test_injected_bytes_are_a_failed_handshake_and_never_acted_on(smtp_peer, ca_file, caplog):
@@ -244,7 +244,7 @@ async def test_injected_bytes_are_a_failed_handshake_and_never_acted_on(smtp_pee
     )
     results = await deliver(config_for([peer], ca_file=ca_file, level="may"))
     result = assert_clear_delivery(results, peer, connections=2)
-    [step] = [a for a in result.attempts if a.result == "tls-failed-reconnect-clear"]
+    [step] = [a for a in result.attempts if a.result == AttemptResult.TLS_FAILED_RECONNECT_CLEAR]
     assert "injection" in step.detail
     assert any("cleartext bytes followed the 220" in r.getMessage() for r in caplog.records)
     assert peer.sessions[0].plaintext_after_starttls == b""
@@ -282,7 +282,7 @@ async def test_required_tls_moves_on_to_a_host_that_has_it(smtp_peer, ca_file):
     assert result.status is Status.DELIVERED
     assert result.tls.used
     assert not broken.transactions and good.transactions[0].tls
-    assert next(a.result for a in result.attempts) == "tls-policy-failed"
+    assert next(a.result for a in result.attempts) == AttemptResult.TLS_POLICY_FAILED
 
 
 async def test_downgrade_memory_defers_when_starttls_vanishes(smtp_peer, ca_file, tmp_path):

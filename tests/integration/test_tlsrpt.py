@@ -18,7 +18,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from relaymail.delivery import DeliveryEngine, HostPolicy, Status, deliver
+from relaymail.delivery import DeliveryEngine, Status, deliver
+from relaymail.delivery.plan import HostPolicy
 from relaymail.message import Envelope
 from relaymail.routing import HopSource, NextHop
 from relaymail.tls.policy import Level

@@ -12,16 +12,20 @@ import ssl
 from collections.abc import Sequence
 from typing import cast
 
-from ..errors import RelaymailError, RemoteProtocolError
+from ..errors import (
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    RelaymailError,
+    RemoteProtocolError,
+    ReplyTimeout,
+    SessionError,
+)
 from .client import ClientConnection, ReplyEvent, Verb
 from .reply import Reply
 
 # How long a QUIT may wait for its reply: the mail is settled, only the peer's log gains.
 QUIT_TIMEOUT = 5.0
-
-
-class SessionError(RelaymailError):
-    """The connection failed: refused, timed out, dropped, or the server broke the protocol."""
 
 
 class _Wire(asyncio.Protocol):
@@ -109,9 +113,9 @@ class SmtpSession:
             async with asyncio.timeout(connect_timeout):
                 await loop.create_connection(lambda: wire, address, port)
         except TimeoutError:
-            raise SessionError(f"connect timed out after {connect_timeout:g}s") from None
+            raise ConnectTimeout(f"connect timed out after {connect_timeout:g}s") from None
         except OSError as exc:
-            raise SessionError(f"connect failed: {exc.strerror or exc}") from None
+            raise ConnectFailed(f"connect failed: {exc.strerror or exc}") from None
         return cls(wire, address, port, command_timeout)
 
     @property
@@ -139,7 +143,7 @@ class SmtpSession:
         self._wire.transport.write(payload)
 
     async def read_reply(self, timeout: float | None = None) -> ReplyEvent:
-        """The next reply, or SessionError when none comes in time."""
+        """The next reply; ReplyTimeout when none comes in time, ConnectionLost when closed."""
         limit = self.command_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
@@ -151,10 +155,10 @@ class SmtpSession:
                     if self._wire.error is not None:
                         raise SessionError(f"protocol error: {self._wire.error}")
                     if self._wire.closed is not None:
-                        raise SessionError(self._wire.closed)
+                        raise ConnectionLost(self._wire.closed)
                     await self._wire.wait_for_data()
         except TimeoutError:
-            raise SessionError(f"no reply within {limit:g}s") from None
+            raise ReplyTimeout(f"no reply within {limit:g}s") from None
 
     async def command(self, verb: Verb, argument: str = "") -> Reply:
         self.write([(verb, argument)])
@@ -180,7 +184,7 @@ class SmtpSession:
             async with asyncio.timeout(self.command_timeout):
                 await self._wire.drain()
         except TimeoutError:
-            raise SessionError(
+            raise ReplyTimeout(
                 f"the server stopped reading the message for {self.command_timeout:g}s"
             ) from None
         return (await self.read_reply(timeout)).reply
@@ -215,7 +219,7 @@ class SmtpSession:
 
     def _check_open(self) -> None:
         if self._wire.closed is not None:
-            raise SessionError(self._wire.closed)
+            raise ConnectionLost(self._wire.closed)
 
     async def quit(self) -> None:
         """Close politely: QUIT where the session still can send it, a short wait, then close.

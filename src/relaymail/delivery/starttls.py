@@ -13,27 +13,21 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from .config import TlsSettings
-from .resolver import is_ip
-from .routing import NextHop
-from .smtp.client import Capabilities, Verb
-from .smtp.session import SessionError, SmtpSession
-from .tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
-from .tls.dane import TlsaLookup
-from .tls.memory import TlsMemory
-from .tls.policy import Decision, Event, Level, decide
-from .tls.verify import check_peer, openssl_store
+from ..config import TlsSettings
+from ..errors import SessionError
+from ..resolver import is_ip
+from ..routing import NextHop
+from ..smtp.client import Capabilities, Verb
+from ..smtp.session import SmtpSession
+from ..tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
+from ..tls.dane import TlsaLookup
+from ..tls.memory import TlsMemory
+from ..tls.policy import Action, Decision, Event, decide
+from ..tls.verify import check_peer, openssl_store
+from .plan import HostPolicy
+from .results import AttemptResult
 
 log = logging.getLogger("relaymail.delivery")
-
-
-@dataclass(frozen=True, slots=True)
-class HostPolicy:
-    """The level for one next hop: the domain's, unless DANE says more for this host."""
-
-    level: Level
-    source: str
-    dane: TlsaLookup | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +39,25 @@ class StarttlsOutcome:
     tls: TlsFacts
     decision: Decision
 
+    @property
+    def result(self) -> AttemptResult:
+        """The attempt's result when delivery enacts the decision."""
+        return _RESULTS[self.decision.action]
+
+
+_RESULTS = {
+    Action.USE_TLS: AttemptResult.TLS,
+    Action.CONTINUE_CLEAR: AttemptResult.CONTINUED_CLEAR,
+    Action.RECONNECT_CLEAR: AttemptResult.TLS_FAILED_RECONNECT_CLEAR,
+    Action.HOST_FAILS: AttemptResult.TLS_POLICY_FAILED,
+}
+
 
 class StarttlsStep:
-    """Observe -> decide for one session; one instance per delivery engine."""
+    """Observe -> decide for one session; one instance per delivery engine.
+
+    Delivery enacts the decision (engine.py); `StarttlsOutcome.result` names it.
+    """
 
     def __init__(self, settings: TlsSettings, memory: TlsMemory | None) -> None:
         self._settings = settings

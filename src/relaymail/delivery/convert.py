@@ -17,7 +17,7 @@ from __future__ import annotations
 import email.message
 import re
 
-from .errors import RelaymailError
+from ..errors import RelaymailError
 
 CRLF = b"\r\n"
 # RFC 2045 6.7 rule 5: encoded lines are at most 76 characters, the soft break's "=" included.

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relaymail.mime7bit import ConversionImpossible, quoted_printable, to_7bit
+from relaymail.delivery.convert import ConversionImpossible, quoted_printable, to_7bit
 
 MULTIPART = (
     b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="=_b"\r\n\r\n'

@@ -1,0 +1,471 @@
+"""One delivery: a message to its recipients, host by host, the TLS policy applied.
+
+For each recipient domain: resolve the next hops, plan the TLS policy
+(plan.py), try the hosts in order, and for each session apply the policy
+table (tls/policy.py) at the STARTTLS step. Every step that matters becomes
+an Attempt, so each result can say why it went the way it did. The host
+policy travels with each attempt (`Target`); nothing reads it from shared state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import sqlite3
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..errors import ConnectFailed, RelaymailError, SessionError
+from ..message import Envelope, domain_of, dot_stuff
+from ..routing import NextHop, Router, RoutingError, make_resolver
+from ..smtp.client import Capabilities, State, Verb
+from ..smtp.session import SmtpSession
+from ..tls.context import CLEAR, TlsFacts
+from ..tls.dane import TlsaLookup, lookup_tlsa
+from ..tls.memory import TlsMemory
+from ..tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
+from ..tls.policy import Action, Decision, Event, Level, wants_starttls
+from ..tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
+from .plan import (
+    DNS_HOPS,
+    DomainPlan,
+    HostPolicy,
+    HostRefused,
+    plan,
+    published_policies_apply,
+)
+from .pool import DestinationSlots, IdleSession, SessionPool
+from .results import AttemptResult, RecipientResult, Status
+from .run import DomainRun, Outcome, Target
+from .starttls import StarttlsStep
+from .transaction import transaction
+
+log = logging.getLogger("relaymail.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class HostInspection:
+    """What `inspect_host` saw at one server address."""
+
+    hop: NextHop
+    ip: str
+    greeting: str | None = None
+    capabilities: Capabilities | None = None
+    capabilities_after_tls: Capabilities | None = None
+    event: Event | None = None
+    tls: TlsFacts = CLEAR
+    level: Level | None = None
+    level_source: str | None = None  # e.g. the TLSA records when DANE decides the host
+    decision: Decision | None = None
+    error: str | None = None
+
+
+class _HostFailed(Exception):
+    """This host cannot take the pending recipients; the reason goes to the next one."""
+
+    def __init__(self, result: AttemptResult, detail: str, tls: TlsFacts = CLEAR) -> None:
+        super().__init__(detail)
+        self.result = result
+        self.detail = detail
+        self.tls = tls  # TLS can be up when the host fails (a certificate `verify` refuses)
+
+
+def _unforeseen(exc: Exception) -> _HostFailed:
+    """An exception no step expected, as a failed host whose detail says where it came from."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return _HostFailed(
+        AttemptResult.INTERNAL_ERROR, f"internal error{where}: {type(exc).__name__}: {exc}"
+    )
+
+
+class DeliveryEngine:
+    """Delivers messages; one engine per process so sessions and DNS answers are shared."""
+
+    def __init__(self, config: Config, router: Router | None = None) -> None:
+        self.config = config
+        # One resolver for routing, MTA-STS and DANE, so they see the same DNS.
+        self.resolver = make_resolver(config.dns)
+        self.router = router or Router(
+            config.routes, self.resolver, config.delivery.port,
+            system_lookup=not config.dns.nameservers,
+            max_mx_addresses=config.delivery.max_mx_addresses,
+        )  # fmt: skip
+        self._sts: StsResolver | None = None
+        self._sts_cache: StsCache | None = None
+        self._reports: TlsReportStore | None = None
+        self._tlsa_cache: dict[tuple[str, int], tuple[float, TlsaLookup]] = {}
+        self._memory = (
+            TlsMemory(config.queue.directory, config.tls.remember_for)
+            if config.tls.remember
+            else None
+        )
+        self._starttls = StarttlsStep(config.tls, self._memory)
+        self._pool = SessionPool(config.delivery.connection_idle_time)
+        self._slots = DestinationSlots(config.delivery.destination_concurrency)
+
+    async def deliver(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
+        """Deliver canonical message data (CRLF, not dot-stuffed); one result per recipient."""
+        by_domain: dict[str, list[str]] = defaultdict(list)
+        for rcpt in envelope.recipients:
+            by_domain[domain_of(rcpt)].append(rcpt)
+        stuffed = dot_stuff(data)
+        runs = await asyncio.gather(
+            *(
+                self._deliver_domain(d, rcpts, envelope, data, stuffed)
+                for d, rcpts in by_domain.items()
+            )
+        )
+        results = {r.recipient: r for run in runs for r in run}
+        return [results[rcpt] for rcpt in envelope.recipients]
+
+    async def close(self) -> None:
+        """QUIT every idle session; release the policy caches and report counters."""
+        if self._memory is not None:
+            self._memory.close()
+        if self._sts is not None:
+            await self._sts.close()
+        for store in (self._sts_cache, self._reports):
+            if store is not None:
+                store.close()
+        await self._pool.close()
+
+    async def _deliver_domain(
+        self, domain: str, rcpts: list[str], envelope: Envelope, data: bytes, stuffed: bytes
+    ) -> list[RecipientResult]:
+        level, source = self.config.tls.policy.level_for(domain)
+        run = DomainRun(
+            domain, DomainPlan(level, source), envelope.sender, data, stuffed,
+            envelope.needs_smtputf8, {r: Outcome() for r in rcpts},
+        )  # fmt: skip
+        # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
+        # policies do not apply, and the session is not counted in its reports.
+        relaxed = tls_not_required(data)
+        async with self._slots.slot(domain):
+            try:
+                hops = await self.router.next_hops(domain)
+            except RoutingError as exc:
+                status = Status.BOUNCED if exc.permanent else Status.DEFERRED
+                run.settle(rcpts, status, exc.reason)
+                return run.results({r: exc.status for r in rcpts})
+            run.plan = await self._plan(domain, hops, relaxed, run.events)
+            await self._try_hops(run, hops)
+        if run.events and self.config.tls.reporting and not relaxed:
+            await self._count_for_reports(run)
+        return run.results({})
+
+    async def _count_for_reports(self, run: DomainRun) -> None:
+        # After the next hop's 250: a report store that cannot write (disk full)
+        # must cost a few counts, never turn a delivered message into a retry.
+        try:
+            await self._report_store().record(run.events)
+        except (sqlite3.Error, OSError, RelaymailError) as exc:
+            log.warning("domain=%s: TLS report counts not stored: %s", run.domain, exc)
+
+    async def plan(self, domain: str, hops: list[NextHop]) -> DomainPlan:
+        """The policy delivery to `domain` would follow over `hops` (for `relaymail probe`)."""
+        events: list[TlsEvent] = []
+        domain_plan = await self._plan(domain, hops, False, events)
+        hosts: list[tuple[NextHop, HostPolicy | str]] = []
+        for hop in hops:
+            policy = await self._host_policy(domain, domain_plan, hop, events)
+            hosts.append((hop, policy.detail if isinstance(policy, HostRefused) else policy))
+        return dataclasses.replace(domain_plan, hosts=tuple(hosts))
+
+    async def _plan(
+        self, domain: str, hops: list[NextHop], relaxed: bool, events: list[TlsEvent]
+    ) -> DomainPlan:
+        """Look up what the precedence needs (MTA-STS here, DANE per host later), then plan."""
+        level, source = self.config.tls.policy.level_for(domain)
+        published = published_policies_apply(source, hops, relaxed)
+        sts = await self._mta_sts(domain, events) if published and self.config.tls.mta_sts else None
+        return plan(level, source, published=published, sts=sts, dane=self.config.tls.dane)
+
+    async def _mta_sts(self, domain: str, events: list[TlsEvent]) -> StsPolicy | None:
+        if self._sts is None:
+            self._sts_cache = StsCache(self.config.queue.directory)
+            self._sts = StsResolver(
+                self.resolver,
+                self._sts_cache,
+                https_port=self.config.tls.mta_sts_port,
+                ssl_context=https_context(self.config.tls.mta_sts_ca_file),
+            )
+        lookup = await self._sts.lookup(domain)
+        if lookup.result_type is not None:
+            result_type = ResultType(lookup.result_type)
+            events.append(_lookup_failed(domain, PolicyType.STS, result_type, lookup.error))
+            log.warning("domain=%s: MTA-STS policy: %s", domain, lookup.error)
+        return lookup.policy
+
+    def _report_store(self) -> TlsReportStore:
+        if self._reports is None:
+            self._reports = TlsReportStore(self.config.queue.directory)
+        return self._reports
+
+    async def _try_hops(self, run: DomainRun, hops: list[NextHop]) -> None:
+        failures: list[str] = []
+        domain_plan = run.plan
+        for hop in hops:
+            unlisted = Target(hop, "-", domain_plan.policy)
+            mismatch = domain_plan.mx_mismatch(hop)
+            if mismatch is not None:
+                assert domain_plan.sts is not None
+                if domain_plan.sts.mode is StsMode.ENFORCE:
+                    run.note(unlisted, AttemptResult.STS_MX_MISMATCH, CLEAR, mismatch)
+                    failures.append(f"{hop.label}: {mismatch}")
+                    continue
+                detail = mismatch + "; testing only"
+                run.note(unlisted, AttemptResult.STS_TESTING_MX_MISMATCH, CLEAR, detail)
+            policy = await self._host_policy(run.domain, domain_plan, hop, run.events)
+            if isinstance(policy, HostRefused):
+                run.note(unlisted, policy.result, CLEAR, policy.detail)
+                failures.append(f"{hop.label}: {policy.detail}")
+                continue
+            if not hop.addresses:
+                detail = hop.lookup_error or "no addresses"
+                run.note(Target(hop, "-", policy), AttemptResult.NO_ADDRESS, CLEAR, detail)
+                failures.append(f"{hop.label}: {detail}")
+                continue
+            for ip in hop.addresses:
+                if not run.pending:
+                    return
+                at = Target(hop, ip, policy)
+                try:
+                    await self._try_host(run, at, starttls=True)
+                except Exception as exc:
+                    # Anything else is a defect, ours or the server's, that nobody foresaw:
+                    # this host fails with the reason and the engine goes on.
+                    host = exc if isinstance(exc, _HostFailed) else _unforeseen(exc)
+                    run.note(at, host.result, host.tls, host.detail)
+                    failures.append(f"{hop.label}: {host.detail}")
+        if run.pending and failures:
+            # Recipients that no host accepted: defer with every host's reason,
+            # keeping a 4xx reply some host gave them as the reason if there was one.
+            summary = "; ".join(failures)
+            for rcpt in run.pending:
+                outcome = run.outcomes[rcpt]
+                if outcome.reply is None:
+                    outcome.reason = f"no host accepted the mail: {summary}"
+
+    async def _host_policy(
+        self, domain: str, domain_plan: DomainPlan, hop: NextHop, events: list[TlsEvent]
+    ) -> HostPolicy | HostRefused:
+        tlsa = await self._tlsa(hop) if domain_plan.dane else None
+        policy = domain_plan.host(tlsa)
+        if (
+            isinstance(policy, HostRefused)
+            and tlsa is not None
+            and tlsa.result_type is not None
+            and self.config.tls.reporting
+        ):
+            failed = _lookup_failed(domain, PolicyType.TLSA, tlsa.result_type, tlsa.error, hop)
+            events.append(failed)
+        return policy
+
+    async def _tlsa(self, hop: NextHop) -> TlsaLookup:
+        key = (hop.name, hop.port)
+        now = time.monotonic()
+        cached = self._tlsa_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        lookup = await lookup_tlsa(self.resolver, hop.name, hop.port)
+        self._tlsa_cache[key] = (now + _TLSA_CACHE_SECONDS, lookup)
+        return lookup
+
+    async def _try_host(self, run: DomainRun, at: Target, *, starttls: bool) -> None:
+        hop, ip, level = at.hop, at.ip, at.policy.level
+        idle = self._pool.take(hop, ip, level)
+        if idle is not None:
+            session, caps, tls = idle.session, idle.caps, idle.tls
+        else:
+            session, caps, tls = await self._open(run, at, starttls)
+        replies_before = session.replies_seen
+        kept = False
+        try:
+            data_timeout = self.config.delivery.data_timeout
+            await transaction(run, at, session, caps, tls, data_timeout)
+            if session.is_usable and session.conn.state is State.READY:
+                self._pool.keep(hop, ip, level, IdleSession(session, caps, tls))
+                kept = True
+        except SessionError as exc:
+            session.abort()
+            if idle is not None and session.replies_seen == replies_before:
+                # The server closed the idle session as we reused it: not the host's fault.
+                return await self._try_host(run, at, starttls=starttls)
+            raise _HostFailed(
+                AttemptResult.SESSION_FAILED, f"{exc} (during the mail transaction)"
+            ) from None
+        finally:
+            # Whatever ended the transaction, a session not kept for reuse is closed here.
+            if not kept:
+                await session.quit()
+
+    async def _open(
+        self, run: DomainRun, at: Target, starttls: bool
+    ) -> tuple[SmtpSession, Capabilities, TlsFacts]:
+        try:
+            session = await self._connect(at.hop, at.ip)
+        except ConnectFailed as exc:  # ConnectTimeout too
+            raise _HostFailed(AttemptResult.CONNECT_FAILED, str(exc)) from None
+        try:
+            greeting = (await session.read_reply()).reply
+            if not greeting.is_success:
+                # Like Postfix, a 5xx greeting skips the host rather than bouncing.
+                raise _HostFailed(AttemptResult.GREETING_REFUSED, f"greeting {greeting}")
+            caps = await self._hello(session)
+            tls = CLEAR
+            level = at.policy.level
+            if wants_starttls(level) and starttls:
+                tls, caps, session = await self._starttls_step(run, at, session, caps)
+            elif not starttls:
+                detail = "new session without STARTTLS"
+                run.note(at, AttemptResult.RECONNECTED_CLEAR, CLEAR, detail)
+            if level.requires_tls and not tls.used:
+                # The table never gets here; this guard is the last line against a leak.
+                raise _HostFailed(AttemptResult.TLS_REQUIRED, f"policy {level.value} requires TLS")
+            return session, caps, tls
+        except SessionError as exc:
+            session.abort()
+            raise _HostFailed(AttemptResult.SESSION_FAILED, str(exc)) from None
+        except BaseException:
+            # A policy refusal or anything unforeseen: QUIT if the session still can, then close.
+            await session.quit()
+            raise
+
+    async def _connect(self, hop: NextHop, ip: str) -> SmtpSession:
+        settings = self.config.delivery
+        return await SmtpSession.open(
+            ip, hop.port,
+            connect_timeout=settings.connect_timeout,
+            command_timeout=settings.command_timeout,
+        )  # fmt: skip
+
+    async def _hello(self, session: SmtpSession) -> Capabilities:
+        helo_name = self.config.delivery.helo_name
+        reply = await session.command(Verb.EHLO, helo_name)
+        if reply.is_success:
+            return Capabilities.from_ehlo(reply)
+        if not reply.is_permanent:
+            raise _HostFailed(AttemptResult.EHLO_REFUSED, f"EHLO answered {reply}")
+        # RFC 5321 3.2: a server that does not speak ESMTP gets HELO.
+        helo = await session.command(Verb.HELO, helo_name)
+        if not helo.is_success:
+            detail = f"EHLO answered {reply}; HELO answered {helo}"
+            raise _HostFailed(AttemptResult.HELO_REFUSED, detail)
+        return Capabilities.from_helo()
+
+    async def _starttls_step(
+        self, run: DomainRun, at: Target, session: SmtpSession, caps: Capabilities
+    ) -> tuple[TlsFacts, Capabilities, SmtpSession]:
+        """Enact what the table decided at the STARTTLS step (observe and decide: starttls.py)."""
+        hop, ip = at.hop, at.ip
+        step = await self._starttls.run(run.domain, hop, session, caps, at.policy)
+        event, tls, decision = step.event, step.tls, step.decision
+        # RFC 8460 reports on the domain's own MX hosts only (DNS_HOPS).
+        if self.config.tls.reporting and hop.source in DNS_HOPS:
+            local = session.local_address
+            run.events.append(self._session_event(run, at, event, tls, step.detail, local))
+        result = step.result
+        if decision.action is Action.USE_TLS:
+            if event is Event.UNVERIFIED:
+                run.note(at, result, tls, decision.reason)
+            return tls, await self._hello(session), session
+        if decision.action is Action.HOST_FAILS:
+            raise _HostFailed(result, decision.reason, tls)  # the caller QUITs where it can
+        run.note(at, result, CLEAR, decision.reason)
+        if decision.action is Action.CONTINUE_CLEAR:
+            return CLEAR, caps, session
+        session.abort()
+        fresh, fresh_caps, _ = await self._open(run, Target(hop, ip, at.policy), starttls=False)
+        return CLEAR, fresh_caps, fresh
+
+    @staticmethod
+    def _session_event(
+        run: DomainRun, at: Target, event: Event, tls: TlsFacts, detail: str, local_ip: str | None
+    ) -> TlsEvent:
+        sts, dane = run.plan.sts, at.policy.dane
+        if dane is not None:
+            policy_type, strings = PolicyType.TLSA, tuple(str(r) for r in dane.records)
+        elif sts is not None:
+            policy_type, strings = PolicyType.STS, tuple(sts.text.splitlines())
+        else:
+            policy_type, strings = PolicyType.NO_POLICY_FOUND, ()
+        return session_event(
+            run.domain, event=event, tls=tls, detail=detail, mx_hostname=at.hop.name,
+            receiving_ip=at.ip, at=time.time(),
+            verification_required=at.policy.level.requires_verification or sts is not None,
+            policy_type=policy_type, policy_strings=strings,
+            mx_host_patterns=sts.mx if sts and dane is None else (),
+            sending_mta_ip=local_ip,
+        )  # fmt: skip
+
+    async def inspect_host(
+        self, domain: str, hop: NextHop, ip: str, policy: HostPolicy
+    ) -> HostInspection:
+        """Connect, EHLO, STARTTLS and QUIT without sending mail (for `relaymail probe`)."""
+        level = policy.level
+        try:
+            session = await self._connect(hop, ip)
+        except SessionError as exc:
+            return HostInspection(hop, ip, error=str(exc))
+        try:
+            greeting = (await session.read_reply()).reply
+            if not greeting.is_success:
+                return HostInspection(hop, ip, greeting=str(greeting), error="greeting refused")
+            caps = await self._hello(session)
+            step = await self._starttls.run(domain, hop, session, caps, policy)
+            after = await self._hello(session) if step.tls.used else None
+            return HostInspection(
+                hop, ip, greeting=str(greeting), capabilities=caps, event=step.event,
+                tls=step.tls, capabilities_after_tls=after, decision=step.decision, level=level,
+                level_source=policy.source,
+            )  # fmt: skip
+        except (SessionError, _HostFailed) as exc:
+            return HostInspection(hop, ip, error=str(exc))
+        finally:
+            await session.quit()
+
+
+# TLSA answers are reused this long (seconds); DNSSEC lookups cost three queries per host.
+_TLSA_CACHE_SECONDS = 60.0
+_TLS_NOT_REQUIRED = re.compile(rb"(?im)^TLS-Required:[ \t]*No[ \t]*\r?$")
+
+
+def _lookup_failed(
+    domain: str,
+    policy_type: PolicyType,
+    result_type: ResultType,
+    error: str | None,
+    hop: NextHop | None = None,
+) -> TlsEvent:
+    """A TLS report failure for a policy that could not be fetched or validated."""
+    return TlsEvent(
+        policy_domain=domain,
+        success=False,
+        at=time.time(),
+        policy_type=policy_type,
+        result_type=result_type,
+        receiving_mx_hostname=hop.name if hop else None,
+        failure_reason_code=error,
+    )
+
+
+def tls_not_required(data: bytes) -> bool:
+    """Whether the header section carries RFC 8689's `TLS-Required: No`."""
+    end = data.find(b"\r\n\r\n")
+    return bool(_TLS_NOT_REQUIRED.search(data if end < 0 else data[:end]))
+
+
+async def deliver(envelope: Envelope, data: bytes, config: Config) -> list[RecipientResult]:
+    """Deliver one message now with a fresh engine (the daemon keeps one engine instead)."""
+    engine = DeliveryEngine(config)
+    try:
+        return await engine.deliver(envelope, data)
+    finally:
+        await engine.close()

@@ -1,0 +1,81 @@
+"""Sessions kept between messages, and how many sessions a destination may have at once.
+
+Sessions that end a transaction cleanly wait here for the next message to the
+same host (Postfix's connection cache): with pipelining, that is what makes
+delivery cheap. A session is kept per address, port, name and TLS level, so a
+message never rides a session opened under a weaker policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ..routing import NextHop
+from ..smtp.client import Capabilities
+from ..smtp.session import SmtpSession
+from ..tls.context import TlsFacts
+from ..tls.policy import Level
+
+_Key = tuple[str, int, str, Level]
+
+
+@dataclass(slots=True)
+class IdleSession:
+    session: SmtpSession
+    caps: Capabilities
+    tls: TlsFacts
+    expires: asyncio.TimerHandle | None = None
+
+
+class SessionPool:
+    """Idle sessions by destination; each one QUIT after `idle_time` seconds unused."""
+
+    def __init__(self, idle_time: float) -> None:
+        self._idle_time = idle_time
+        self._idle: dict[_Key, list[IdleSession]] = defaultdict(list)
+
+    def take(self, hop: NextHop, ip: str, level: Level) -> IdleSession | None:
+        """A kept session still usable, or None; unusable ones found on the way are closed."""
+        entries = self._idle.get((ip, hop.port, hop.name, level))
+        while entries:
+            idle = entries.pop()
+            if idle.expires is not None:
+                idle.expires.cancel()
+            if idle.session.is_usable:
+                return idle
+            idle.session.abort()
+        return None
+
+    def keep(self, hop: NextHop, ip: str, level: Level, idle: IdleSession) -> None:
+        key = (ip, hop.port, hop.name, level)
+        loop = asyncio.get_running_loop()
+        idle.expires = loop.call_later(self._idle_time, self._expire, key, idle)
+        self._idle[key].append(idle)
+
+    def _expire(self, key: _Key, idle: IdleSession) -> None:
+        entries = self._idle.get(key, [])
+        if idle in entries:
+            entries.remove(idle)
+            asyncio.get_running_loop().create_task(idle.session.quit())
+
+    async def close(self) -> None:
+        """QUIT every idle session."""
+        idle = [entry for entries in self._idle.values() for entry in entries]
+        self._idle.clear()
+        for entry in idle:
+            if entry.expires is not None:
+                entry.expires.cancel()
+        await asyncio.gather(*(entry.session.quit() for entry in idle))
+
+
+class DestinationSlots:
+    """At most `concurrency` deliveries at once to one destination domain."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._concurrency = concurrency
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def slot(self, domain: str) -> asyncio.Semaphore:
+        return self._slots.setdefault(domain, asyncio.Semaphore(self._concurrency))

@@ -1,0 +1,121 @@
+"""What a delivery reports: per recipient a status, the reason, and every attempt."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from ..tls.context import CLEAR, TlsFacts
+
+
+class Status(enum.StrEnum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+class AttemptResult(enum.StrEnum):
+    """What one step of a delivery came to; the values are the words in logs and JSON."""
+
+    # The message at one host, by its reply to the data (or to DATA itself).
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+    # The envelope: the reply to MAIL or to one RCPT.
+    MAIL_DEFERRED = "mail-deferred"
+    MAIL_BOUNCED = "mail-bounced"
+    RCPT_DEFERRED = "rcpt-deferred"
+    RCPT_BOUNCED = "rcpt-bounced"
+    # The message cannot go to this host as it is.
+    EIGHTBITMIME_REFUSED = "8bitmime-refused"
+    SIZE_REFUSED = "size-refused"
+    SMTPUTF8_REFUSED = "smtputf8-refused"
+    # The host cannot be used under the domain's published policies.
+    STS_MX_MISMATCH = "sts-mx-mismatch"
+    STS_TESTING_MX_MISMATCH = "sts-testing-mx-mismatch"
+    DANE_UNUSABLE = "dane-unusable"
+    NO_ADDRESS = "no-address"
+    # The session up to the mail transaction.
+    CONNECT_FAILED = "connect-failed"
+    GREETING_REFUSED = "greeting-refused"
+    EHLO_REFUSED = "ehlo-refused"
+    HELO_REFUSED = "helo-refused"
+    SESSION_FAILED = "session-failed"
+    # The STARTTLS step, by the policy table's action (tls/policy.py).
+    TLS = "tls"
+    CONTINUED_CLEAR = "continued-clear"
+    TLS_FAILED_RECONNECT_CLEAR = "tls-failed-reconnect-clear"
+    RECONNECTED_CLEAR = "reconnected-clear"
+    TLS_POLICY_FAILED = "tls-policy-failed"
+    TLS_REQUIRED = "tls-required"
+    # A defect nobody foresaw, ours or the server's.
+    INTERNAL_ERROR = "internal-error"
+
+    @classmethod
+    def of_message(cls, status: Status) -> AttemptResult:
+        return _OF_MESSAGE[status]
+
+    @classmethod
+    def of_mail(cls, status: Status) -> AttemptResult:
+        """The reply to MAIL refused the sender: it bounces or defers every recipient."""
+        return _OF_MAIL[status]
+
+
+_OF_MESSAGE = {
+    Status.DELIVERED: AttemptResult.DELIVERED,
+    Status.DEFERRED: AttemptResult.DEFERRED,
+    Status.BOUNCED: AttemptResult.BOUNCED,
+}
+_OF_MAIL = {
+    Status.DEFERRED: AttemptResult.MAIL_DEFERRED,
+    Status.BOUNCED: AttemptResult.MAIL_BOUNCED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One step of a delivery that a person may want to see."""
+
+    host: str
+    ip: str
+    result: AttemptResult
+    tls: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    recipient: str
+    status: Status
+    reason: str
+    host: str | None = None
+    reply: str | None = None
+    tls: TlsFacts = CLEAR
+    attempts: tuple[Attempt, ...] = ()
+    enhanced_status: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipient": self.recipient,
+            "status": self.status.value,
+            "host": self.host,
+            "reply": self.reply,
+            "tls": {
+                "used": self.tls.used,
+                "version": self.tls.version,
+                "cipher": self.tls.cipher,
+                "verified": self.tls.verified,
+            },
+            "reason": self.reason,
+            "attempts": [
+                {
+                    "host": a.host,
+                    "ip": a.ip,
+                    "result": a.result.value,
+                    "tls": a.tls,
+                    "detail": a.detail,
+                }
+                for a in self.attempts
+            ],
+        }

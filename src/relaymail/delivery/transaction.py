@@ -1,0 +1,169 @@
+"""One mail transaction on an open session: MAIL, RCPT, DATA and the message.
+
+With PIPELINING (RFC 2920) the envelope goes in one write and the replies are
+read back; each reply is applied by the command it answers (`ReplyEvent.verb`),
+so a session that ends early (a 421) leaves exactly the unanswered commands
+unapplied. Without PIPELINING each command waits for the one before.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import SessionError
+from ..smtp.client import Capabilities, Verb
+from ..smtp.reply import Reply
+from ..smtp.session import SmtpSession
+from ..tls.context import TlsFacts
+from .convert import ConversionImpossible
+from .results import AttemptResult, Status
+from .run import DomainRun, Target
+
+
+@dataclass(slots=True)
+class _Replies:
+    """The envelope's replies by the command they answer."""
+
+    mail: Reply | None = None
+    rcpts: list[tuple[str, Reply]] = field(default_factory=list)
+    data: Reply | None = None
+    last: Reply | None = None
+
+    @property
+    def accepted(self) -> list[str]:
+        if self.mail is None or not self.mail.is_success:
+            return []
+        return [rcpt for rcpt, reply in self.rcpts if reply.is_success]
+
+
+async def transaction(
+    run: DomainRun, at: Target, session: SmtpSession, caps: Capabilities, tls: TlsFacts,
+    data_timeout: float,
+) -> None:  # fmt: skip
+    """Offer the pending recipients the message; settle each by the replies."""
+    hop = at.hop
+    rcpts = run.pending
+    try:
+        data, stuffed = run.data_for(caps)
+    except ConversionImpossible as exc:
+        reason = f"{hop.label} does not offer 8BITMIME and conversion to 7-bit failed: {exc}"
+        run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls, enhanced="5.6.3")
+        run.note(at, AttemptResult.EIGHTBITMIME_REFUSED, tls, reason)
+        return
+    size = len(data)
+    limit = caps.size_limit
+    if limit is not None and size > limit:
+        reason = f"message size {size} exceeds the limit of {hop.label} ({limit}, from SIZE)"
+        run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls)
+        run.note(at, AttemptResult.SIZE_REFUSED, tls, reason)
+        return
+    if run.needs_smtputf8 and "SMTPUTF8" not in caps:
+        reason = f"{hop.label} does not offer SMTPUTF8, needed for an international address"
+        run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls)
+        run.note(at, AttemptResult.SMTPUTF8_REFUSED, tls, reason)
+        return
+    if session.conn.in_transaction:
+        reset = await session.command(Verb.RSET)
+        if not reset.is_success:
+            raise SessionError(f"RSET answered {reset}")
+    params = _mail_parameters(caps, size, data, run.needs_smtputf8)
+    replies = await _envelope(session, caps, f"FROM:<{run.sender}>{params}", rcpts)
+    _settle_envelope(run, at, rcpts, replies, tls)
+    accepted = replies.accepted
+    data_reply = replies.data
+    if data_reply is None or data_reply.code == 421:
+        if accepted:
+            reason = f"{hop.label} ended the session before DATA: {replies.last}"
+            run.settle(
+                accepted, Status.DEFERRED, reason, host=hop.label, reply=replies.last, tls=tls
+            )
+        return
+    if data_reply.code != 354:
+        if accepted:
+            status = Status.BOUNCED if data_reply.is_permanent else Status.DEFERRED
+            reason = f"{hop.label} refused DATA: {data_reply}"
+            run.settle(accepted, status, reason, host=hop.label, reply=data_reply, tls=tls)
+            run.note(at, AttemptResult.of_message(status), tls, reason)
+        return
+    if not accepted:
+        # RFC 2920 3.1: a 354 after every RCPT failed still wants data; send none.
+        session.write_terminator()
+        await session.read_reply()
+        return
+    final = await session.send_message(stuffed, data_timeout)
+    if final.is_success:
+        status, reason = Status.DELIVERED, f"accepted by {hop.label}"
+    elif final.is_transient:
+        status, reason = Status.DEFERRED, f"{hop.label} deferred the message: {final}"
+    else:
+        status, reason = Status.BOUNCED, f"{hop.label} rejected the message: {final}"
+    run.settle(accepted, status, reason, host=hop.label, reply=final, tls=tls)
+    run.note(at, AttemptResult.of_message(status), tls, f"{len(accepted)} recipient(s): {final}")
+
+
+async def _envelope(
+    session: SmtpSession, caps: Capabilities, mail: str, rcpts: list[str]
+) -> _Replies:
+    """Send MAIL, RCPT for each recipient and DATA; collect the replies by command."""
+    group = [(Verb.MAIL, mail)]
+    group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]
+    group.append((Verb.DATA, ""))
+    pipelining = "PIPELINING" in caps
+    if pipelining:
+        session.write(group)
+    replies = _Replies()
+    # RCPT replies come back in the order the RCPTs went (RFC 2920 3.1).
+    unanswered = deque(rcpts)
+    for verb, arg in group:
+        if not pipelining:
+            if verb is Verb.RCPT and not (replies.mail and replies.mail.is_success):
+                break
+            if verb is Verb.DATA and not any(r.is_success for _, r in replies.rcpts):
+                break
+            session.write([(verb, arg)])
+        event = await session.read_reply()
+        if event.verb is Verb.MAIL:
+            replies.mail = event.reply
+        elif event.verb is Verb.RCPT:
+            replies.rcpts.append((unanswered.popleft(), event.reply))
+        elif event.verb is Verb.DATA:
+            replies.data = event.reply
+        replies.last = event.reply
+        if event.reply.code == 421:
+            break
+    return replies
+
+
+def _settle_envelope(
+    run: DomainRun, at: Target, rcpts: list[str], replies: _Replies, tls: TlsFacts
+) -> None:
+    """Apply the MAIL and RCPT replies: 5xx bounces, 4xx stays pending for the next host."""
+    label = at.hop.label
+    mail = replies.mail
+    if mail is not None and not mail.is_success:
+        status = Status.BOUNCED if mail.is_permanent else Status.DEFERRED
+        reason = f"{label} refused the sender: {mail}"
+        run.settle(rcpts, status, reason, host=label, reply=mail, tls=tls)
+        run.note(at, AttemptResult.of_mail(status), tls, reason)
+        return
+    for rcpt, reply in replies.rcpts:
+        if reply.is_permanent:
+            reason = f"{label} refused the recipient: {reply}"
+            run.settle([rcpt], Status.BOUNCED, reason, host=label, reply=reply, tls=tls)
+            run.note(at, AttemptResult.RCPT_BOUNCED, tls, f"{rcpt}: {reply}")
+        elif reply.is_transient:
+            reason = f"{label} deferred the recipient: {reply}"
+            run.settle([rcpt], Status.DEFERRED, reason, host=label, reply=reply, tls=tls)
+            run.note(at, AttemptResult.RCPT_DEFERRED, tls, f"{rcpt}: {reply}")
+
+
+def _mail_parameters(caps: Capabilities, size: int, data: bytes, smtputf8: bool) -> str:
+    params = []
+    if "SIZE" in caps:
+        params.append(f" SIZE={size}")
+    if "8BITMIME" in caps and not data.isascii():
+        params.append(" BODY=8BITMIME")
+    if smtputf8:
+        params.append(" SMTPUTF8")
+    return "".join(params)
