@@ -44,7 +44,8 @@ from .tls.policy import (
     Level,
     wants_starttls,
 )
-from .tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
+from .tls.results import PolicyType, ResultType
+from .tls.tlsrpt import TlsEvent, TlsReportStore, session_event
 
 log = logging.getLogger("relaymail.delivery")
 

@@ -15,12 +15,11 @@ import pytest
 
 from relaymail.tls.context import CLEAR, TlsFacts
 from relaymail.tls.policy import Event
+from relaymail.tls.results import PolicyType, ResultType
 from relaymail.tls.tlsrpt import (
     DomainSummary,
     FailureDetail,
     PolicySummary,
-    PolicyType,
-    ResultType,
     TlsEvent,
     TlsReport,
     TlsReportStore,

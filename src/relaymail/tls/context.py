@@ -15,10 +15,6 @@ import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +40,6 @@ class TlsFacts:
 
 
 CLEAR = TlsFacts(used=False)
-
-# For DANE-TA (tls/dane.py), which verifies with cryptography: the Web PKI profile
-# (CA/Browser Forum rules) refuses many certificates that mail servers use
-# legitimately (a critical subjectAltName, no EKU). So the leaf needs only a
-# subjectAltName to match against; CA certificates keep the full Web PKI checks
-# (basicConstraints, keyUsage), so a leaf can never act as an issuer.
-_EE_POLICY = ExtensionPolicy.permit_all().require_present(
-    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
-)
 
 # _ssl.ENCODING_DER: the private module's constant has no public alias before 3.13.
 _ENCODING_DER = 2

@@ -66,6 +66,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName
 from cryptography.x509.verification import (
+    Criticality,
     ExtensionPolicy,
     PolicyBuilder,
     Store,
@@ -73,8 +74,16 @@ from cryptography.x509.verification import (
 )
 
 from ..resolver import describe_dns_error
-from .context import _EE_POLICY
-from .tlsrpt import ResultType
+from .results import ResultType
+
+# DANE-TA verifies with cryptography, whose Web PKI profile
+# (CA/Browser Forum rules) refuses many certificates that mail servers use
+# legitimately (a critical subjectAltName, no EKU). So the leaf needs only a
+# subjectAltName to match against; CA certificates keep the full Web PKI checks
+# (basicConstraints, keyUsage), so a leaf can never act as an issuer.
+_EE_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+)
 
 
 class Usage(enum.IntEnum):
