@@ -44,7 +44,7 @@ from .tls.policy import (
     Level,
     wants_starttls,
 )
-from .tls.results import PolicyType, ResultType
+from .tls.results import PolicyType
 from .tls.tlsrpt import TlsEvent, TlsReportStore, session_event
 
 log = logging.getLogger("relaymail.delivery")
@@ -357,7 +357,7 @@ class DeliveryEngine:
                     success=False,
                     at=time.time(),
                     policy_type=PolicyType.STS,
-                    result_type=ResultType(lookup.result_type),
+                    result_type=lookup.result_type,
                     failure_reason_code=lookup.error,
                 )
             )
