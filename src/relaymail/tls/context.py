@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from .verify import VerifyResult
+
 
 @dataclass(frozen=True, slots=True)
 class PeerCertificate:
@@ -34,9 +36,19 @@ class TlsFacts:
     used: bool
     version: str | None = None
     cipher: str | None = None
-    verified: bool = False
-    verify_error: str | None = None
+    verification: VerifyResult | None = None  # None when TLS was not used
     certificate: PeerCertificate | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is not None and self.verification.verified
+
+    @property
+    def verify_error(self) -> str | None:
+        """Why the certificate was not verified, result type first, for people to read."""
+        if self.verification is None or self.verification.verified:
+            return None
+        return str(self.verification)
 
 
 CLEAR = TlsFacts(used=False)

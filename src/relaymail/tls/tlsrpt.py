@@ -173,7 +173,11 @@ def session_event(
         pass
     elif event is Event.UNVERIFIED:
         if verification_required:
-            result, reason = _certificate_failure(tls.verify_error or detail)
+            checked = tls.verification
+            if checked is not None and checked.result_type is not None:
+                result, reason = checked.result_type, checked.reason
+            else:
+                result = ResultType.VALIDATION_FAILURE
     elif event in _NO_STARTTLS:
         result = ResultType.STARTTLS_NOT_SUPPORTED
         reason = f"{event.value}: {detail}" if detail else event.value
@@ -194,19 +198,6 @@ def session_event(
         receiving_mx_helo=receiving_mx_helo,
         failure_reason_code=(reason or None) if result is not None else None,
     )
-
-
-def _certificate_failure(verify_error: str) -> tuple[ResultType, str]:
-    """The result type for tls/context.py check_peer's "class: words" reason."""
-    name, _, words = verify_error.partition(":")
-    try:
-        result = ResultType(name.strip())
-    except ValueError:
-        return ResultType.VALIDATION_FAILURE, verify_error
-    if result is ResultType.VALIDATION_FAILURE and "trusted CA" in words:
-        # check_peer files an unknown issuer under validation-failure; 4.3.1 has a name for it.
-        result = ResultType.CERTIFICATE_NOT_TRUSTED
-    return result, words.strip() or verify_error
 
 
 # ---------------------------------------------------------------------------
