@@ -38,6 +38,7 @@ from .tls.memory import TlsMemory
 from .tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
 from .tls.policy import (
     DEFAULT_SOURCE,
+    NOT_ASKED,
     Action,
     Decision,
     Event,
@@ -599,6 +600,12 @@ class DeliveryEngine:
             if not greeting.is_success:
                 return HostInspection(hop, ip, greeting=str(greeting), error="greeting refused")
             caps = await self._hello(session)
+            if not wants_starttls(level):
+                # Delivery sends no STARTTLS under `none`, so neither does its preview.
+                return HostInspection(
+                    hop, ip, greeting=str(greeting), capabilities=caps, decision=NOT_ASKED,
+                    level=level, level_source=policy.source,
+                )  # fmt: skip
             step = await self._starttls.run(domain, hop, session, caps, policy)
             after = await self._hello(session) if step.tls.used else None
             return HostInspection(
