@@ -13,9 +13,9 @@ from relaymail.tls.mta_sts import (
     StsCache,
     StsMode,
     StsResolver,
-    StsResultType,
     fetch_policy,
 )
+from relaymail.tls.results import ResultType
 from tests.peers.certs import (
     DEFAULT_CERT_NAMES,
     client_context,
@@ -177,7 +177,7 @@ async def test_the_cached_policy_stays_in_force_when_a_refresh_fails(
     clock.advance(60)
     result = await resolver.lookup(DOMAIN)
     assert result.policy == fetched and result.from_cache
-    assert result.result_type is StsResultType.FETCH_ERROR
+    assert result.result_type is ResultType.STS_POLICY_FETCH_ERROR
     assert result.error is not None and "HTTP 404" in result.error
     assert "cached policy (id 1) stays in force" in result.error
     # The failure is remembered: the next message does not knock again at once.
@@ -196,7 +196,7 @@ async def test_an_expired_cached_policy_is_not_used(dns_server, https_server, ca
     clock.advance(3600)
     result = await resolver.lookup(DOMAIN)
     assert result.policy is None and not result.from_cache
-    assert result.result_type is StsResultType.FETCH_ERROR
+    assert result.result_type is ResultType.STS_POLICY_FETCH_ERROR
     assert result.error is not None and "HTTP 500, not 200" in result.error
     assert cache.get(DOMAIN) is None
 
@@ -255,7 +255,7 @@ async def test_redirects_are_not_followed(dns_server, https_server, cache, clock
     server.serve("/elsewhere.txt", Response(body=ENFORCE))
     result = await sts_resolver(sts_dns(dns_server), server, cache, clock).lookup(DOMAIN)
     assert result.policy is None
-    assert result.result_type is StsResultType.FETCH_ERROR
+    assert result.result_type is ResultType.STS_POLICY_FETCH_ERROR
     assert result.error is not None and "HTTP 301 redirect" in result.error
     assert "refused (RFC 8461 3.3)" in result.error
     assert server.paths == [PATH]
@@ -264,7 +264,7 @@ async def test_redirects_are_not_followed(dns_server, https_server, cache, clock
 async def test_a_404_is_a_fetch_error(dns_server, https_server, cache, clock):
     server = await https_server()
     result = await sts_resolver(sts_dns(dns_server), server, cache, clock).lookup(DOMAIN)
-    assert result.policy is None and result.result_type is StsResultType.FETCH_ERROR
+    assert result.policy is None and result.result_type is ResultType.STS_POLICY_FETCH_ERROR
     assert result.error == (
         f"https://{STS_HOST}{PATH} at 127.0.0.1:{server.port}: HTTP 404, not 200"
     )
@@ -276,7 +276,7 @@ async def test_a_body_that_is_not_text_plain_is_refused(
 ):
     server = await https_server({PATH: Response(body=ENFORCE, content_type=content_type)})
     result = await sts_resolver(sts_dns(dns_server), server, cache, clock).lookup(DOMAIN)
-    assert result.policy is None and result.result_type is StsResultType.FETCH_ERROR
+    assert result.policy is None and result.result_type is ResultType.STS_POLICY_FETCH_ERROR
     assert result.error is not None and "not text/plain" in result.error
     assert repr(content_type or "(none)") in result.error
 
@@ -287,7 +287,7 @@ async def test_an_invalid_policy_is_reported_as_sts_policy_invalid(
     server = await https_server({PATH: Response(body="version: STSv1\nmode: enforce\n")})
     result = await sts_resolver(sts_dns(dns_server), server, cache, clock).lookup(DOMAIN)
     assert result.policy is None
-    assert result.result_type is StsResultType.POLICY_INVALID
+    assert result.result_type is ResultType.STS_POLICY_INVALID
     assert result.error == "the max_age field is missing"
 
 
@@ -309,7 +309,7 @@ async def test_an_oversized_body_is_abandoned(
     started = time.monotonic()
     result = await sts_resolver(sts_dns(dns_server), server, cache, clock).lookup(DOMAIN)
     assert time.monotonic() - started < 1.0
-    assert result.policy is None and result.result_type is StsResultType.FETCH_ERROR
+    assert result.policy is None and result.result_type is ResultType.STS_POLICY_FETCH_ERROR
     assert result.error is not None and f"exceeds {MAX_POLICY_SIZE}" in result.error
 
 
@@ -324,7 +324,7 @@ async def test_a_certificate_for_another_name_is_a_webpki_failure(
     )
     result = await sts_resolver(sts_dns(dns_server), server, cache, clock).lookup(DOMAIN)
     assert result.policy is None
-    assert result.result_type is StsResultType.WEBPKI_INVALID
+    assert result.result_type is ResultType.STS_WEBPKI_INVALID
     assert result.error is not None
     assert f"certificate not valid for {STS_HOST}: Hostname mismatch" in result.error
     assert server.requests == [] and server.sni_names == [STS_HOST]
@@ -342,7 +342,7 @@ async def test_untrusted_or_expired_certificates_are_webpki_failures(
 ):
     server = await https_server({PATH: Response(body=ENFORCE)}, context=context())
     result = await sts_resolver(sts_dns(dns_server), server, cache, clock).lookup(DOMAIN)
-    assert result.result_type is StsResultType.WEBPKI_INVALID
+    assert result.result_type is ResultType.STS_WEBPKI_INVALID
     assert result.error is not None and why in result.error
     assert server.requests == []
 
@@ -353,7 +353,7 @@ async def test_a_slow_policy_server_times_out(dns_server, https_server, cache, c
     started = time.monotonic()
     result = await resolver.lookup(DOMAIN)
     assert 0.3 <= time.monotonic() - started < 1.5
-    assert result.policy is None and result.result_type is StsResultType.FETCH_ERROR
+    assert result.policy is None and result.result_type is ResultType.STS_POLICY_FETCH_ERROR
     assert result.error == f"fetching https://{STS_HOST}{PATH}: timed out after 0.3 s"
 
 
@@ -363,7 +363,7 @@ async def test_a_policy_host_without_addresses_is_a_fetch_error(
     server = await https_server()
     dns = dns_server([TXT(f"_mta-sts.{DOMAIN}", "v=STSv1; id=1")])
     result = await sts_resolver(dns, server, cache, clock).lookup(DOMAIN)
-    assert result.policy is None and result.result_type is StsResultType.FETCH_ERROR
+    assert result.policy is None and result.result_type is ResultType.STS_POLICY_FETCH_ERROR
     assert result.error == f"{STS_HOST} has no address records"
 
 
@@ -372,7 +372,7 @@ async def test_a_refused_connection_is_a_fetch_error(dns_server, cache, clock):
     await server.start()
     await server.stop()  # the port is now closed
     result = await sts_resolver(sts_dns(dns_server), server, cache, clock).lookup(DOMAIN)
-    assert result.policy is None and result.result_type is StsResultType.FETCH_ERROR
+    assert result.policy is None and result.result_type is ResultType.STS_POLICY_FETCH_ERROR
     assert result.error is not None and "cannot connect" in result.error
 
 

@@ -12,7 +12,7 @@ from relaymail.config import parse_config
 from relaymail.delivery import AttemptResult, Status
 from relaymail.probe import probe_domain
 from relaymail.tls.policy import Action
-from tests.integration.conftest import deliver, hop
+from tests.integration.conftest import config_for, deliver, hop
 from tests.peers.smtp_server import Script
 
 # What delivery's attempt line calls each action.
@@ -54,3 +54,15 @@ async def test_probe_and_delivery_agree_for_a_remembered_domain(
     assert result.status is status, result.reason
     [attempt] = [a for a in result.attempts if a.result == ATTEMPT_RESULT[action]]
     assert attempt.detail == host.decision.reason
+
+
+async def test_probe_under_none_does_not_ask_for_starttls_as_delivery_does(smtp_peer, ca_file):
+    peer = await smtp_peer(Script())
+    config = config_for([peer], ca_file=ca_file, level="none")
+    [host] = (await probe_domain("dest.test", config)).hosts
+    assert host.decision is not None, host.error
+    assert host.decision.action is Action.CONTINUE_CLEAR
+    assert host.event is None and host.tls.used is False
+    [result] = await deliver(config)
+    assert result.status is Status.DELIVERED and result.tls.used is False
+    assert "STARTTLS" not in peer.lines()

@@ -23,10 +23,9 @@ from relaymail.delivery.plan import HostPolicy
 from relaymail.message import Envelope
 from relaymail.routing import HopSource, NextHop
 from relaymail.tls.policy import Level
+from relaymail.tls.results import PolicyType, ResultType
 from relaymail.tls.tlsrpt import (
-    PolicyType,
     ReportState,
-    ResultType,
     TlsEvent,
     TlsReportStore,
     lookup_tlsrpt,

@@ -13,11 +13,11 @@ from relaymail.tls.mta_sts import (
     StsPolicy,
     StsPolicyInvalid,
     StsRecordInvalid,
-    StsResultType,
     parse_policy,
     parse_txt_record,
     select_txt_record,
 )
+from relaymail.tls.results import ResultType
 
 POLICY = "version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmax_age: 86400\n"
 
@@ -29,7 +29,7 @@ def policy(*lines: str, end: str = "\n") -> str:
 def invalid(text: str) -> str:
     with pytest.raises(StsPolicyInvalid) as info:
         parse_policy(text)
-    assert info.value.result_type is StsResultType.POLICY_INVALID
+    assert info.value.result_type is ResultType.STS_POLICY_INVALID
     return info.value.reason
 
 
@@ -294,7 +294,7 @@ def test_several_sts_txt_records_mean_no_policy():
 
 def test_fetch_errors_carry_their_tls_rpt_result_type():
     assert StsFetchError("x").result_type == "sts-policy-fetch-error"
-    assert StsFetchError("x", StsResultType.WEBPKI_INVALID).result_type == "sts-webpki-invalid"
+    assert StsFetchError("x", ResultType.STS_WEBPKI_INVALID).result_type == "sts-webpki-invalid"
     assert StsPolicyInvalid("x").result_type == "sts-policy-invalid"
 
 

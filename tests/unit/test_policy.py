@@ -2,7 +2,16 @@
 
 import pytest
 
-from relaymail.tls.policy import Action, Event, Level, PolicyTable, decide, wants_starttls
+from relaymail.errors import LocalProtocolError
+from relaymail.tls.policy import (
+    Action,
+    Event,
+    Level,
+    PolicyTable,
+    UnreachableCell,
+    decide,
+    wants_starttls,
+)
 
 CLEAR, RECONNECT, FAIL, TLS = (
     Action.CONTINUE_CLEAR,
@@ -10,28 +19,41 @@ CLEAR, RECONNECT, FAIL, TLS = (
     Action.HOST_FAILS,
     Action.USE_TLS,
 )
-# Columns: may+fallback, may-no-fallback, encrypt, verify (none never sends STARTTLS).
+# Columns: may+fallback, may-no-fallback, encrypt, verify, dane (none never sends STARTTLS).
 TABLE = {
-    Event.NOT_OFFERED: (CLEAR, CLEAR, FAIL, FAIL),
-    Event.VERIFIED: (TLS, TLS, TLS, TLS),
-    Event.UNVERIFIED: (TLS, TLS, TLS, FAIL),
-    Event.TEMPFAIL: (CLEAR, FAIL, FAIL, FAIL),
-    Event.PERMFAIL: (CLEAR, CLEAR, FAIL, FAIL),
-    Event.NO_REPLY: (FAIL, FAIL, FAIL, FAIL),
-    Event.HANDSHAKE_FAILED: (RECONNECT, FAIL, FAIL, FAIL),
-    Event.INJECTION: (RECONNECT, FAIL, FAIL, FAIL),
+    Event.NOT_OFFERED: (CLEAR, CLEAR, FAIL, FAIL, FAIL),
+    Event.VERIFIED: (TLS, TLS, TLS, TLS, TLS),
+    Event.UNVERIFIED: (TLS, TLS, TLS, FAIL, FAIL),
+    Event.TEMPFAIL: (CLEAR, FAIL, FAIL, FAIL, FAIL),
+    Event.PERMFAIL: (CLEAR, CLEAR, FAIL, FAIL, FAIL),
+    Event.NO_REPLY: (FAIL, FAIL, FAIL, FAIL, FAIL),
+    Event.HANDSHAKE_FAILED: (RECONNECT, FAIL, FAIL, FAIL, FAIL),
+    Event.INJECTION: (RECONNECT, FAIL, FAIL, FAIL, FAIL),
 }
 
 
 @pytest.mark.parametrize("event", list(Event))
 def test_decision_table_matches_the_readme(event):
-    may_on, may_off, encrypt, verify = TABLE[event]
+    may_on, may_off, encrypt, verify, dane = TABLE[event]
     assert decide(Level.MAY, True, event).action is may_on
     assert decide(Level.ENCRYPT, True, event).action is encrypt
     assert decide(Level.ENCRYPT, False, event).action is encrypt
     assert decide(Level.VERIFY, True, event).action is verify
     assert decide(Level.VERIFY, False, event).action is verify
     assert decide(Level.MAY, False, event).action is may_off
+    assert decide(Level.DANE, True, event).action is dane
+    assert decide(Level.DANE, False, event).action is dane
+
+
+def test_none_goes_clear_without_starttls_and_cannot_meet_what_follows_it():
+    assert decide(Level.NONE, True, Event.NOT_OFFERED).action is CLEAR
+    assert decide(Level.NONE, False, Event.NOT_OFFERED).action is CLEAR
+    for event in set(Event) - {Event.NOT_OFFERED}:
+        for fallback in (True, False):
+            with pytest.raises(UnreachableCell) as raised:
+                decide(Level.NONE, fallback, event)
+            assert isinstance(raised.value, LocalProtocolError)
+            assert raised.value.event is event
 
 
 def test_none_never_starttls():
@@ -40,7 +62,7 @@ def test_none_never_starttls():
 
 
 def test_required_levels_never_allow_clear_whatever_happened():
-    for level in (Level.ENCRYPT, Level.VERIFY):
+    for level in (Level.ENCRYPT, Level.VERIFY, Level.DANE):
         for event in Event:
             for fallback in (True, False):
                 action = decide(level, fallback, event).action

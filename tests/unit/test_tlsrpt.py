@@ -15,12 +15,11 @@ import pytest
 
 from relaymail.tls.context import CLEAR, TlsFacts
 from relaymail.tls.policy import Event
+from relaymail.tls.results import PolicyType, ResultType
 from relaymail.tls.tlsrpt import (
     DomainSummary,
     FailureDetail,
     PolicySummary,
-    PolicyType,
-    ResultType,
     TlsEvent,
     TlsReport,
     TlsReportStore,
@@ -34,6 +33,7 @@ from relaymail.tls.tlsrpt import (
     session_event,
     utc_day,
 )
+from relaymail.tls.verify import VERIFIED, VerifyResult
 
 DAY = date(2026, 3, 14)
 NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC).timestamp()
@@ -95,35 +95,39 @@ def session(event: Event, tls: TlsFacts = CLEAR, **options: object) -> TlsEvent:
 
 
 def test_a_verified_session_is_a_success_for_the_a_label_domain():
-    event = session(Event.VERIFIED, TlsFacts(used=True, verified=True))
+    event = session(Event.VERIFIED, TlsFacts(used=True, verification=VERIFIED))
     assert event.success and event.result_type is None
     assert event.policy_domain == "xn--bcher-kva.example"
     assert event.receiving_mx_hostname == "mx1.example.com"
 
 
 def test_an_unverified_certificate_is_a_success_when_no_verification_was_required():
-    tls = TlsFacts(used=True, verify_error="certificate-expired: expired 2020-01-01 00:00Z")
+    expired = VerifyResult(False, ResultType.CERTIFICATE_EXPIRED, "expired 2020-01-01 00:00Z")
+    tls = TlsFacts(used=True, verification=expired)
     assert session(Event.UNVERIFIED, tls, verification_required=False).success
 
 
 @pytest.mark.parametrize(
-    ("verify_error", "result"),
+    ("result", "words"),
     [
-        ("certificate-expired: expired 2020-01-01 00:00Z", ResultType.CERTIFICATE_EXPIRED),
-        ("certificate-host-mismatch: mx1 not in other", ResultType.CERTIFICATE_HOST_MISMATCH),
-        (
-            "validation-failure: the chain does not lead to a trusted CA",
-            ResultType.CERTIFICATE_NOT_TRUSTED,
-        ),
-        ("validation-failure: the server sent no certificate", ResultType.VALIDATION_FAILURE),
-        ("something unforeseen", ResultType.VALIDATION_FAILURE),
+        (ResultType.CERTIFICATE_EXPIRED, "expired 2020-01-01 00:00Z"),
+        (ResultType.CERTIFICATE_HOST_MISMATCH, "mx1 not in other"),
+        (ResultType.CERTIFICATE_NOT_TRUSTED, "the chain does not lead to a trusted CA"),
+        (ResultType.VALIDATION_FAILURE, "the server sent no certificate"),
     ],
 )
-def test_check_peer_reasons_become_their_result_type(verify_error: str, result: ResultType):
-    event = session(Event.UNVERIFIED, TlsFacts(used=True, verify_error=verify_error))
+def test_a_failed_check_gives_the_event_its_result_type(result: ResultType, words: str):
+    tls = TlsFacts(used=True, verification=VerifyResult(False, result, words))
+    event = session(Event.UNVERIFIED, tls)
     assert not event.success
     assert event.result_type is result
-    assert event.failure_reason_code
+    assert event.failure_reason_code == words
+
+
+def test_an_unverified_session_without_a_check_is_a_validation_failure():
+    event = session(Event.UNVERIFIED, TlsFacts(used=True), detail="something unforeseen")
+    assert event.result_type is ResultType.VALIDATION_FAILURE
+    assert event.failure_reason_code == "something unforeseen"
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,9 @@ from ..tls.context import CLEAR, TlsFacts
 from ..tls.dane import TlsaLookup, lookup_tlsa
 from ..tls.memory import TlsMemory
 from ..tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
-from ..tls.policy import Action, Decision, Event, Level, wants_starttls
-from ..tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
+from ..tls.policy import NOT_ASKED, Action, Decision, Event, Level, wants_starttls
+from ..tls.results import PolicyType, ResultType
+from ..tls.tlsrpt import TlsEvent, TlsReportStore, session_event
 from .plan import (
     DNS_HOPS,
     DomainPlan,
@@ -198,8 +199,7 @@ class DeliveryEngine:
             )
         lookup = await self._sts.lookup(domain)
         if lookup.result_type is not None:
-            result_type = ResultType(lookup.result_type)
-            events.append(_lookup_failed(domain, PolicyType.STS, result_type, lookup.error))
+            events.append(_lookup_failed(domain, PolicyType.STS, lookup.result_type, lookup.error))
             log.warning("domain=%s: MTA-STS policy: %s", domain, lookup.error)
         return lookup.policy
 
@@ -419,6 +419,12 @@ class DeliveryEngine:
             if not greeting.is_success:
                 return HostInspection(hop, ip, greeting=str(greeting), error="greeting refused")
             caps = await self._hello(session)
+            if not wants_starttls(level):
+                # Delivery sends no STARTTLS under `none`, so neither does its preview.
+                return HostInspection(
+                    hop, ip, greeting=str(greeting), capabilities=caps, decision=NOT_ASKED,
+                    level=level, level_source=policy.source,
+                )  # fmt: skip
             step = await self._starttls.run(domain, hop, session, caps, policy)
             after = await self._hello(session) if step.tls.used else None
             return HostInspection(

@@ -23,7 +23,8 @@ from ..tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
 from ..tls.dane import TlsaLookup
 from ..tls.memory import TlsMemory
 from ..tls.policy import Action, Decision, Event, decide
-from ..tls.verify import check_peer, openssl_store
+from ..tls.results import ResultType
+from ..tls.verify import check_peer, failed, openssl_store
 from .plan import HostPolicy
 from .results import AttemptResult
 
@@ -118,21 +119,18 @@ class StarttlsStep:
         assert ssl_object is not None
         chain = peer_chain(ssl_object)
         if dane is not None:
-            result = dane.verify(chain, now=dt.datetime.now(dt.UTC))
-            verified = result.verified
-            error = None if verified else f"{result.result_type}: {result.reason}"
+            verification = dane.verify(chain, now=dt.datetime.now(dt.UTC)).verification
         else:
             try:
                 store = openssl_store(self._settings.ca_file)
-                verified, error = check_peer(chain, reference, store)
+                verification = check_peer(chain, reference, store)
             except (OSError, ValueError) as exc:
-                verified, error = False, f"validation-failure: trust store unusable: {exc}"
+                verification = failed(ResultType.VALIDATION_FAILURE, f"trust store unusable: {exc}")
         cipher = ssl_object.cipher()
         return TlsFacts(
             used=True,
             version=ssl_object.version(),
             cipher=cipher[0] if cipher else None,
-            verified=verified,
-            verify_error=error,
+            verification=verification,
             certificate=describe(chain[0]) if chain else None,
         )

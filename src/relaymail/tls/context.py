@@ -15,10 +15,8 @@ import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-)
+
+from .verify import VerifyResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +36,22 @@ class TlsFacts:
     used: bool
     version: str | None = None
     cipher: str | None = None
-    verified: bool = False
-    verify_error: str | None = None
+    verification: VerifyResult | None = None  # None when TLS was not used
     certificate: PeerCertificate | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is not None and self.verification.verified
+
+    @property
+    def verify_error(self) -> str | None:
+        """Why the certificate was not verified, result type first, for people to read."""
+        if self.verification is None or self.verification.verified:
+            return None
+        return str(self.verification)
 
 
 CLEAR = TlsFacts(used=False)
-
-# For DANE-TA (tls/dane.py), which verifies with cryptography: the Web PKI profile
-# (CA/Browser Forum rules) refuses many certificates that mail servers use
-# legitimately (a critical subjectAltName, no EKU). So the leaf needs only a
-# subjectAltName to match against; CA certificates keep the full Web PKI checks
-# (basicConstraints, keyUsage), so a leaf can never act as an issuer.
-_EE_POLICY = ExtensionPolicy.permit_all().require_present(
-    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
-)
 
 # _ssl.ENCODING_DER: the private module's constant has no public alias before 3.13.
 _ENCODING_DER = 2

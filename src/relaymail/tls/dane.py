@@ -66,6 +66,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName
 from cryptography.x509.verification import (
+    Criticality,
     ExtensionPolicy,
     PolicyBuilder,
     Store,
@@ -73,8 +74,17 @@ from cryptography.x509.verification import (
 )
 
 from ..resolver import describe_dns_error
-from .context import _EE_POLICY
-from .tlsrpt import ResultType
+from .results import ResultType
+from .verify import VerifyResult
+
+# DANE-TA verifies with cryptography, whose Web PKI profile
+# (CA/Browser Forum rules) refuses many certificates that mail servers use
+# legitimately (a critical subjectAltName, no EKU). So the leaf needs only a
+# subjectAltName to match against; CA certificates keep the full Web PKI checks
+# (basicConstraints, keyUsage), so a leaf can never act as an issuer.
+_EE_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+)
 
 
 class Usage(enum.IntEnum):
@@ -154,6 +164,10 @@ class DaneResult:
     reason: str
     record: TlsaRecord | None = None  # the record that matched
     result_type: ResultType | None = None  # the TLS-RPT (RFC 8460) class when not verified
+
+    @property
+    def verification(self) -> VerifyResult:
+        return VerifyResult(self.verified, self.result_type, self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,8 +295,7 @@ def _verify_dane_ta(
     RFC 7672 3.1.2 obliges servers to send the trust anchor certificate, even a
     self-signed root, so anchors are looked for in the chain only. The path from the leaf
     to the anchor is checked by cryptography's X.509 verifier: signatures, validity of every
-    certificate, basicConstraints, and the name, with the same relaxed leaf profile as the
-    `verify` level (context.py).
+    certificate, basicConstraints, and the name, with the relaxed leaf profile `_EE_POLICY`.
     """
     leaf, intermediates = chain[0], chain[1:]
     matched = [(cert, r) for cert in intermediates for r in records if r.matches(cert)]

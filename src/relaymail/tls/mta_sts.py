@@ -71,6 +71,7 @@ import idna
 
 from ..errors import RelaymailError
 from ..resolver import describe_dns_error, is_ip
+from .results import ResultType
 
 if TYPE_CHECKING:
     import httpx  # imported where used: `deliver` and the daemon start without it
@@ -88,18 +89,10 @@ class StsMode(enum.StrEnum):
     NONE = "none"  # the domain has withdrawn its policy
 
 
-class StsResultType(enum.StrEnum):
-    """The RFC 8460 (TLS-RPT) result types for failures to obtain a policy."""
-
-    FETCH_ERROR = "sts-policy-fetch-error"
-    POLICY_INVALID = "sts-policy-invalid"
-    WEBPKI_INVALID = "sts-webpki-invalid"
-
-
 class StsError(RelaymailError):
     """MTA-STS information could not be obtained; `reason` says why in a person's words."""
 
-    result_type: StsResultType | None = None
+    result_type: ResultType | None = None
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -113,13 +106,15 @@ class StsRecordInvalid(StsError):
 class StsPolicyInvalid(StsError):
     """The policy text breaks RFC 8461 3.2."""
 
-    result_type = StsResultType.POLICY_INVALID
+    result_type = ResultType.STS_POLICY_INVALID
 
 
 class StsFetchError(StsError):
     """The policy could not be fetched; `result_type` tells a certificate problem apart."""
 
-    def __init__(self, reason: str, result_type: StsResultType = StsResultType.FETCH_ERROR) -> None:
+    def __init__(
+        self, reason: str, result_type: ResultType = ResultType.STS_POLICY_FETCH_ERROR
+    ) -> None:
         super().__init__(reason)
         self.result_type = result_type
 
@@ -161,7 +156,7 @@ class StsLookup:
     policy: StsPolicy | None  # None: deliver as if the domain had no MTA-STS
     from_cache: bool = False
     error: str | None = None  # what went wrong, even when a cached policy still applies
-    result_type: StsResultType | None = None  # the TLS-RPT result type for that failure
+    result_type: ResultType | None = None  # the TLS-RPT result type for that failure
 
     @property
     def mode(self) -> StsMode:
@@ -410,7 +405,7 @@ async def _fetch_from(host: str, address: str, port: int, context: ssl.SSLContex
             if certificate is not None:
                 raise StsFetchError(
                     f"{where}: certificate not valid for {host}: {certificate}",
-                    StsResultType.WEBPKI_INVALID,
+                    ResultType.STS_WEBPKI_INVALID,
                 ) from None
             handshake = _tls_error(exc)
             if handshake is not None:
@@ -715,7 +710,6 @@ __all__ = [
     "StsPolicyInvalid",
     "StsRecordInvalid",
     "StsResolver",
-    "StsResultType",
     "fetch_policy",
     "https_context",
     "parse_policy",

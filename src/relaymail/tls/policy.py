@@ -1,15 +1,22 @@
 """The TLS policy: per-domain levels and the decision table, pure and I/O-free.
 
-This module is the README's policy table in code. `decide()` maps
-(level, tempfail_fallback, what happened at the STARTTLS step) to an action;
-every action carries the sentence that explains it in logs and results.
-Keep the table here next to the README's when changing either.
+`TABLE` is the README's policy table as data, row for row and column for
+column (tests/unit/test_policy_readme.py reads the README and compares every
+cell). A cell the STARTTLS step cannot reach is absent: a `none` session never
+sends STARTTLS, so nothing that follows a STARTTLS can happen under it, and
+asking about it is a bug in the caller (`UnreachableCell`). `decide()` adds
+the one thing the table cannot hold, downgrade memory, and words the reason
+that logs and results carry.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+
+from ..errors import LocalProtocolError
 
 
 class Level(enum.Enum):
@@ -60,23 +67,71 @@ class Decision:
     reason: str
 
 
-# What `may` does after each event. tempfail_fallback (the seed's option, Exim's
-# tls_tempfail_tryclear) governs the rows where TLS was attempted and broke for
-# what may be a passing reason: off, those hosts fail instead of going clear.
-_TEMPORARY = frozenset({Event.TEMPFAIL, Event.HANDSHAKE_FAILED, Event.INJECTION})
-_MAY: dict[Event, Action] = {
-    Event.NOT_OFFERED: Action.CONTINUE_CLEAR,
-    Event.PERMFAIL: Action.CONTINUE_CLEAR,
-    Event.TEMPFAIL: Action.CONTINUE_CLEAR,
-    Event.NO_REPLY: Action.HOST_FAILS,
-    Event.HANDSHAKE_FAILED: Action.RECONNECT_CLEAR,
-    Event.INJECTION: Action.RECONNECT_CLEAR,
-}
+class Column(enum.Enum):
+    """A column of the policy table: the level, and for `may` the tempfail_fallback option."""
+
+    NONE = "none"
+    MAY_FALLBACK = "may, fallback on"
+    MAY_NO_FALLBACK = "may, fallback off"
+    ENCRYPT = "encrypt"
+    VERIFY = "verify"
+    DANE = "dane"
+
+    @classmethod
+    def of(cls, level: Level, tempfail_fallback: bool) -> Column:
+        # tempfail_fallback (the seed's option, Exim's tls_tempfail_tryclear) applies to
+        # `may` only: the required levels never go clear whatever it says.
+        if level is Level.MAY:
+            return cls.MAY_FALLBACK if tempfail_fallback else cls.MAY_NO_FALLBACK
+        return cls(level.value)
+
+
+class UnreachableCell(LocalProtocolError):
+    """decide() was asked about an event the STARTTLS step cannot observe under that level."""
+
+    def __init__(self, event: Event, column: Column) -> None:
+        super().__init__(f"{event.value!r} cannot happen under {column.value!r}")
+        self.event = event
+        self.column = column
+
+
+_TLS, _CLEAR, _RECONNECT, _FAIL = (
+    Action.USE_TLS,
+    Action.CONTINUE_CLEAR,
+    Action.RECONNECT_CLEAR,
+    Action.HOST_FAILS,
+)
+_NEVER = None  # the README's "-": the step cannot get there under that column
+
+
+def _row(*cells: Action | None) -> Mapping[Column, Action]:
+    return MappingProxyType(
+        {column: action for column, action in zip(Column, cells, strict=True) if action is not None}
+    )
+
+
+TABLE: Mapping[Event, Mapping[Column, Action]] = MappingProxyType(
+    {
+        # Columns: none, may with fallback on, may with fallback off, encrypt, verify, dane
+        Event.NOT_OFFERED: _row(_CLEAR, _CLEAR, _CLEAR, _FAIL, _FAIL, _FAIL),
+        Event.VERIFIED: _row(_NEVER, _TLS, _TLS, _TLS, _TLS, _TLS),
+        Event.UNVERIFIED: _row(_NEVER, _TLS, _TLS, _TLS, _FAIL, _FAIL),
+        Event.TEMPFAIL: _row(_NEVER, _CLEAR, _FAIL, _FAIL, _FAIL, _FAIL),
+        Event.PERMFAIL: _row(_NEVER, _CLEAR, _CLEAR, _FAIL, _FAIL, _FAIL),
+        Event.NO_REPLY: _row(_NEVER, _FAIL, _FAIL, _FAIL, _FAIL, _FAIL),
+        Event.HANDSHAKE_FAILED: _row(_NEVER, _RECONNECT, _FAIL, _FAIL, _FAIL, _FAIL),
+        Event.INJECTION: _row(_NEVER, _RECONNECT, _FAIL, _FAIL, _FAIL, _FAIL),
+    }
+)
 
 
 def wants_starttls(level: Level) -> bool:
     """Whether to send STARTTLS when the server offers it."""
     return level is not Level.NONE
+
+
+# What a level that never sends STARTTLS does with a server that offers it.
+NOT_ASKED = Decision(Action.CONTINUE_CLEAR, "STARTTLS not asked; policy none does not use TLS")
 
 
 def decide(
@@ -98,29 +153,38 @@ def decide(
             f"{what}, but {promised}: possible STARTTLS stripping; deferred until "
             "`relaymail tls forget` or remember_for passes",
         )
+    column = Column.of(level, tempfail_fallback)
+    action = TABLE[event].get(column)
+    if action is None:
+        raise UnreachableCell(event, column)
+    return Decision(action, _reason(level, event, action, what))
+
+
+def _fallback_decides(event: Event) -> bool:
+    """Whether tempfail_fallback changes what `may` does after `event` (TLS tried and broke)."""
+    row = TABLE[event]
+    return row[Column.MAY_FALLBACK] is not row[Column.MAY_NO_FALLBACK]
+
+
+def _reason(level: Level, event: Event, action: Action, what: str) -> str:
     if event is Event.VERIFIED:
-        return Decision(Action.USE_TLS, what)
+        return what
     if event is Event.UNVERIFIED:
-        if level.requires_verification:
-            return Decision(
-                Action.HOST_FAILS, f"{what}; policy {level.value} requires a verified peer"
-            )
-        return Decision(Action.USE_TLS, f"{what}; policy {level.value} accepts it")
+        if action is Action.HOST_FAILS:
+            return f"{what}; policy {level.value} requires a verified peer"
+        return f"{what}; policy {level.value} accepts it"
     if level is Level.NONE:
-        return Decision(Action.CONTINUE_CLEAR, f"{what}; policy none does not use TLS")
+        return f"{what}; policy none does not use TLS"
     if level.requires_tls:
-        return Decision(
-            Action.HOST_FAILS, f"{what}; policy {level.value} never sends mail in clear"
-        )
+        return f"{what}; policy {level.value} never sends mail in clear"
     if event is Event.INJECTION:
         what += ", a possible STARTTLS response injection; those bytes were discarded"
-    if event in _TEMPORARY and not tempfail_fallback:
-        return Decision(Action.HOST_FAILS, f"{what}; tempfail_fallback is off")
-    action = _MAY[event]
+    fallback_decides = _fallback_decides(event)
     if action is Action.HOST_FAILS:
-        return Decision(action, f"{what}; the host is unusable")
-    because = "tempfail_fallback is on" if event in _TEMPORARY else "policy may"
-    return Decision(action, f"{what}; {because}; {action.value}")
+        why = "tempfail_fallback is off" if fallback_decides else "the host is unusable"
+        return f"{what}; {why}"
+    because = "tempfail_fallback is on" if fallback_decides else "policy may"
+    return f"{what}; {because}; {action.value}"
 
 
 DEFAULT_SOURCE = "default level"

@@ -63,6 +63,7 @@ from ..message import Envelope, check_address, domain_of
 from ..resolver import describe_dns_error, is_ip
 from .context import TlsFacts
 from .policy import Event
+from .results import PolicyType, ResultType
 
 if TYPE_CHECKING:
     import httpx  # imported where used: `deliver` and the daemon start without it
@@ -75,11 +76,9 @@ __all__ = [
     "Enqueue",
     "FailureDetail",
     "PolicySummary",
-    "PolicyType",
     "ReportMail",
     "ReportOutcome",
     "ReportState",
-    "ResultType",
     "TlsEvent",
     "TlsReport",
     "TlsReportStore",
@@ -108,33 +107,6 @@ MAX_REASON = 200
 # Reports are sent to this many domains at once.
 SEND_CONCURRENCY = 10
 _BUSY_TIMEOUT_MS = 5000
-
-
-class ResultType(enum.StrEnum):
-    """RFC 8460 4.3: why a session failed."""
-
-    # 4.3.1 negotiation failures
-    STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
-    CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
-    CERTIFICATE_EXPIRED = "certificate-expired"
-    CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
-    VALIDATION_FAILURE = "validation-failure"
-    # 4.3.2.1 DANE
-    TLSA_INVALID = "tlsa-invalid"
-    DNSSEC_INVALID = "dnssec-invalid"
-    DANE_REQUIRED = "dane-required"
-    # 4.3.2.2 MTA-STS
-    STS_POLICY_FETCH_ERROR = "sts-policy-fetch-error"
-    STS_POLICY_INVALID = "sts-policy-invalid"
-    STS_WEBPKI_INVALID = "sts-webpki-invalid"
-
-
-class PolicyType(enum.StrEnum):
-    """RFC 8460 4.4 policy-type: which policy the session was checked against."""
-
-    STS = "sts"
-    TLSA = "tlsa"
-    NO_POLICY_FOUND = "no-policy-found"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +173,11 @@ def session_event(
         pass
     elif event is Event.UNVERIFIED:
         if verification_required:
-            result, reason = _certificate_failure(tls.verify_error or detail)
+            checked = tls.verification
+            if checked is not None and checked.result_type is not None:
+                result, reason = checked.result_type, checked.reason
+            else:
+                result = ResultType.VALIDATION_FAILURE
     elif event in _NO_STARTTLS:
         result = ResultType.STARTTLS_NOT_SUPPORTED
         reason = f"{event.value}: {detail}" if detail else event.value
@@ -222,19 +198,6 @@ def session_event(
         receiving_mx_helo=receiving_mx_helo,
         failure_reason_code=(reason or None) if result is not None else None,
     )
-
-
-def _certificate_failure(verify_error: str) -> tuple[ResultType, str]:
-    """The result type for tls/context.py check_peer's "class: words" reason."""
-    name, _, words = verify_error.partition(":")
-    try:
-        result = ResultType(name.strip())
-    except ValueError:
-        return ResultType.VALIDATION_FAILURE, verify_error
-    if result is ResultType.VALIDATION_FAILURE and "trusted CA" in words:
-        # check_peer files an unknown issuer under validation-failure; 4.3.1 has a name for it.
-        result = ResultType.CERTIFICATE_NOT_TRUSTED
-    return result, words.strip() or verify_error
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,8 @@ OpenSSL's X509_verify_cert (through pyOpenSSL, as the stdlib does not expose
 it), the leaf's purpose is checked as OpenSSL's "ssl_server" purpose does, and
 the name is matched here by RFC 6125 as OpenSSL's X509_check_host does.
 
-Reasons start with the TLS-RPT result type (RFC 8460 4.3), then the words.
+A failed check names its TLS-RPT result type (RFC 8460 4.3) as a value beside
+the words, so the report's class never depends on how a reason is phrased.
 """
 
 from __future__ import annotations
@@ -19,15 +20,41 @@ import datetime as dt
 import functools
 import ipaddress
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 
+from .results import ResultType
+
 # X509_V_ERR_* codes that mean "no path to a trust anchor" (openssl/x509_vfy.h).
 _UNTRUSTED = frozenset({2, 18, 19, 20, 21, 27})
 _EXPIRED = 10
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """A certificate check: verified, or the RFC 8460 result type and the words for why not."""
+
+    verified: bool
+    result_type: ResultType | None = None  # set exactly when not verified
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verified is (self.result_type is not None):
+            raise ValueError("a failed check has a result type, a verified one has none")
+
+    def __str__(self) -> str:
+        return "verified" if self.verified else f"{self.result_type}: {self.reason}"
+
+
+VERIFIED = VerifyResult(True)
+
+
+def failed(result_type: ResultType, reason: str) -> VerifyResult:
+    return VerifyResult(False, result_type, reason)
 
 
 @functools.lru_cache(maxsize=8)
@@ -48,19 +75,17 @@ def openssl_store(ca_file: Path | None) -> crypto.X509Store:
 
 def check_peer(
     chain: list[x509.Certificate], reference: str, store: crypto.X509Store
-) -> tuple[bool, str | None]:
-    """Whether `chain` (leaf first) is valid now for `reference` (a host name or an IP).
-
-    Returns (verified, why not); the reason names the TLS-RPT failure class.
-    """
+) -> VerifyResult:
+    """Whether `chain` (leaf first) is valid now for `reference` (a host name or an IP)."""
     if not chain:
-        return False, "validation-failure: the server sent no certificate"
+        return failed(ResultType.VALIDATION_FAILURE, "the server sent no certificate")
     leaf = chain[0]
     now = dt.datetime.now(dt.UTC)
     if leaf.not_valid_after_utc < now:
-        return False, f"certificate-expired: expired {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
+        expired = f"expired {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
+        return failed(ResultType.CERTIFICATE_EXPIRED, expired)
     if leaf.not_valid_before_utc > now:
-        return False, "validation-failure: certificate not yet valid"
+        return failed(ResultType.VALIDATION_FAILURE, "certificate not yet valid")
     context = crypto.X509StoreContext(
         store,
         crypto.X509.from_cryptography(leaf),
@@ -69,24 +94,29 @@ def check_peer(
     try:
         context.verify_certificate()
     except crypto.X509StoreContextError as exc:
-        return False, _chain_failure(exc)
+        return _chain_failure(exc)
     if not _for_tls_servers(leaf):
-        return False, "validation-failure: the certificate's extendedKeyUsage excludes serverAuth"
+        return failed(
+            ResultType.VALIDATION_FAILURE, "the certificate's extendedKeyUsage excludes serverAuth"
+        )
     if not matches_reference(leaf, reference):
         names = ", ".join(presented_names(leaf)) or "no name"
-        return False, f"certificate-host-mismatch: {reference} not in {names}"
-    return True, None
+        return failed(ResultType.CERTIFICATE_HOST_MISMATCH, f"{reference} not in {names}")
+    return VERIFIED
 
 
-def _chain_failure(exc: crypto.X509StoreContextError) -> str:
+def _chain_failure(exc: crypto.X509StoreContextError) -> VerifyResult:
     code, depth, message = exc.errors
     subject = exc.certificate.to_cryptography().subject.rfc4514_string()
     where = f"OpenSSL: {message} at depth {depth} ({subject})"
     if code in _UNTRUSTED:
-        return f"certificate-not-trusted: the chain does not lead to a trusted CA ({where})"
+        return failed(
+            ResultType.CERTIFICATE_NOT_TRUSTED,
+            f"the chain does not lead to a trusted CA ({where})",
+        )
     if code == _EXPIRED:
-        return f"certificate-expired: {where}"
-    return f"validation-failure: {where}"
+        return failed(ResultType.CERTIFICATE_EXPIRED, where)
+    return failed(ResultType.VALIDATION_FAILURE, where)
 
 
 def _for_tls_servers(leaf: x509.Certificate) -> bool:

@@ -1,0 +1,91 @@
+"""The README's policy table and `tls.policy.TABLE` say the same thing, cell by cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relaymail.tls.policy import TABLE, Action, Column, Event, Level, UnreachableCell, decide
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+# The README's words, mapped explicitly: rewording either side fails this test.
+ROWS = {
+    "no STARTTLS advertised (or only HELO works)": Event.NOT_OFFERED,
+    "STARTTLS works, certificate verified": Event.VERIFIED,
+    "STARTTLS works, certificate not verified": Event.UNVERIFIED,
+    "4xx to STARTTLS": Event.TEMPFAIL,
+    "5xx to STARTTLS": Event.PERMFAIL,
+    "no reply / connection drops after STARTTLS": Event.NO_REPLY,
+    "220, then the handshake fails": Event.HANDSHAKE_FAILED,
+    "bytes after the 220, before the handshake (response injection)": Event.INJECTION,
+}
+COLUMNS = {
+    "none": Column.NONE,
+    "may, fallback on": Column.MAY_FALLBACK,
+    "may, fallback off": Column.MAY_NO_FALLBACK,
+    "encrypt": Column.ENCRYPT,
+    "verify": Column.VERIFY,
+    "dane": Column.DANE,
+}
+CELLS: dict[str, Action | None] = {
+    "TLS": Action.USE_TLS,
+    "clear": Action.CONTINUE_CLEAR,
+    "reconnect in clear": Action.RECONNECT_CLEAR,
+    "host fails": Action.HOST_FAILS,
+    "-": None,  # cannot happen under that column
+}
+# The level and tempfail_fallback that select each column.
+SETTINGS = {
+    Column.NONE: (Level.NONE, True),
+    Column.MAY_FALLBACK: (Level.MAY, True),
+    Column.MAY_NO_FALLBACK: (Level.MAY, False),
+    Column.ENCRYPT: (Level.ENCRYPT, True),
+    Column.VERIFY: (Level.VERIFY, True),
+    Column.DANE: (Level.DANE, True),
+}
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def readme_table() -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the table in the README's "TLS policy" section."""
+    section = README.read_text(encoding="utf-8").split("\n## TLS policy\n", 1)[1]
+    lines = [line for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("|")]
+    header, rule, *rows = lines
+    assert set(_cells(rule)) == {"---"}
+    return _cells(header), [_cells(row) for row in rows]
+
+
+def test_the_readme_table_has_every_event_and_every_column_once():
+    header, rows = readme_table()
+    assert header[0] == "remote behaviour"
+    assert [COLUMNS[name] for name in header[1:]] == list(Column)
+    assert sorted((ROWS[row[0]] for row in rows), key=list(Event).index) == list(Event)
+    assert all(len(row) == len(header) for row in rows)
+
+
+def test_every_readme_cell_is_the_code_s_action():
+    header, rows = readme_table()
+    columns = [COLUMNS[name] for name in header[1:]]
+    for label, *cells in rows:
+        event = ROWS[label]
+        for column, cell in zip(columns, cells, strict=True):
+            assert TABLE[event].get(column) is CELLS[cell], (label, column.value, cell)
+
+
+def test_decide_follows_the_readme_and_refuses_its_dashes():
+    header, rows = readme_table()
+    columns = [COLUMNS[name] for name in header[1:]]
+    for label, *cells in rows:
+        for column, cell in zip(columns, cells, strict=True):
+            level, fallback = SETTINGS[column]
+            expected = CELLS[cell]
+            if expected is None:
+                with pytest.raises(UnreachableCell):
+                    decide(level, fallback, ROWS[label])
+            else:
+                assert decide(level, fallback, ROWS[label]).action is expected, (label, column)
