@@ -26,16 +26,23 @@ def route(peer: Any) -> str:
     return f"{peer.host}:{peer.port}"
 
 
-def session_ends(mainlog: str) -> tuple[int, int]:
+async def session_ends(peer: Any) -> tuple[int, int]:
     """(sessions closed by QUIT, sessions lost) among those Exim received.
 
-    One lost session is the fixture's readiness probe (connect, then close without a word);
-    Exim logs it whenever that session's process ends, before or after ours.
+    Exim's per-connection process logs how its session ended after the last reply, so
+    the log is read once every session it opened has its end line (or after 10 s).
+    One lost session is the fixture's readiness probe (connect, then close without a
+    word); Exim logs it whenever that session's process ends, before or after ours.
     """
-    lines = [line for line in mainlog.splitlines() if "SMTP connection from" in line]
-    quits = sum("closed by QUIT" in line for line in lines)
-    lost = sum(" lost" in line or "unexpected disconnection" in line for line in lines)
-    return quits, lost - 1
+    async with asyncio.timeout(10):
+        while True:
+            lines = [line for line in peer.mainlog().splitlines() if "SMTP connection from" in line]
+            opened = sum("connection count =" in line for line in lines)
+            quits = sum("closed by QUIT" in line for line in lines)
+            lost = sum(" lost" in line or "unexpected disconnection" in line for line in lines)
+            if quits + lost >= opened:
+                return quits, lost - 1
+            await asyncio.sleep(0.05)
 
 
 async def test_exim_sending_through_relaymail_delivers_one_copy_and_exim_sees_the_250(
@@ -68,7 +75,7 @@ async def test_454_to_starttls_with_fallback_off_defers_and_quits(exim: Any, ca_
     config = config_for([route(peer)], ca_file=ca_file, level="may", fallback=False)
     [result] = await deliver(config)
     assert result.status is Status.DEFERRED
-    assert session_ends(peer.mainlog()) == (1, 0), peer.mainlog()
+    assert await session_ends(peer) == (1, 0), peer.mainlog()
 
 
 async def test_454_to_starttls_with_fallback_on_is_the_seed_case_delivered_in_clear(
@@ -89,7 +96,7 @@ async def test_a_certificate_verify_refuses_is_followed_by_quit_over_tls(
     [result] = await deliver(config_for([route(peer)], ca_file=ca_file, level="verify"))
     assert result.status is Status.DEFERRED
     assert result.attempts and result.attempts[-1].tls
-    assert session_ends(peer.mainlog()) == (1, 0), peer.mainlog()
+    assert await session_ends(peer) == (1, 0), peer.mainlog()
     assert peer.received_messages() == []
 
 
@@ -99,7 +106,7 @@ async def test_encrypt_against_exim_without_starttls_defers_and_quits(
     peer = await asyncio.to_thread(exim, EximOptions(starttls=StartTLS.OFF))
     [result] = await deliver(config_for([route(peer)], ca_file=ca_file, level="encrypt"))
     assert result.status is Status.DEFERRED
-    assert session_ends(peer.mainlog()) == (1, 0), peer.mainlog()
+    assert await session_ends(peer) == (1, 0), peer.mainlog()
     assert peer.received_messages() == []
 
 
