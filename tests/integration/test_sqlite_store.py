@@ -26,7 +26,7 @@ from relaymail.queue import (
     SqliteStore,
     parse_queue_id,
 )
-from relaymail.queue.sqlite import DB_FILENAME
+from relaymail.queue.schema import DB_FILENAME
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ENVELOPE = Envelope("alice@example.org", ("bob@example.com", "carol@example.net"))
