@@ -1,17 +1,18 @@
-"""What every queue store promises (queue/store.py), against the SQLite store."""
+"""What every queue store promises (queue/store.py), against each backend: SQLite and memory."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from relaymail.errors import RelaymailError
 from relaymail.message import Envelope
-from relaymail.queue import AdminAction, RecipientState, SqliteStore
+from relaymail.queue import AdminAction, RecipientState, SqliteStore, Store
+from relaymail.queue.memory import MemoryStore
 from tests.queue_samples import ENVELOPE, body, orphans, update
 
 
@@ -20,14 +21,25 @@ def queue_dir(tmp_path: Path) -> Path:
     return tmp_path / "queue"
 
 
+OpenStore = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def open_store(request: pytest.FixtureRequest, queue_dir: Path) -> OpenStore:
+    """A function opening a new store of one backend (SQLite in `queue_dir`)."""
+    if request.param == "sqlite":
+        return lambda: SqliteStore.open(queue_dir)
+    return MemoryStore
+
+
 @pytest.fixture
-async def store(queue_dir: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore.open(queue_dir)
+async def store(open_store: OpenStore) -> AsyncIterator[Store]:
+    opened = open_store()
     yield opened
     await opened.close()
 
 
-async def test_queue_ids_are_short_unique_and_sort_in_arrival_order(store: SqliteStore) -> None:
+async def test_queue_ids_are_short_unique_and_sort_in_arrival_order(store: Store) -> None:
     ids = [(await store.enqueue(ENVELOPE, body(n), time.time())).id for n in range(50)]
 
     assert ids == sorted(ids)
@@ -35,7 +47,7 @@ async def test_queue_ids_are_short_unique_and_sort_in_arrival_order(store: Sqlit
     assert all(len(i) == 11 and i.isalnum() and i.isupper() for i in ids)
 
 
-async def test_duplicate_recipients_are_queued_once(store: SqliteStore) -> None:
+async def test_duplicate_recipients_are_queued_once(store: Store) -> None:
     envelope = Envelope("a@example.org", ("b@example.com", "c@example.com", "b@example.com"))
     queued = await store.enqueue(envelope, body(1), time.time())
 
@@ -45,15 +57,15 @@ async def test_duplicate_recipients_are_queued_once(store: SqliteStore) -> None:
     assert [r.address for r in detail.recipients] == ["b@example.com", "c@example.com"]
 
 
-async def test_writes_after_close_are_refused(queue_dir: Path) -> None:
-    store = SqliteStore.open(queue_dir)
+async def test_writes_after_close_are_refused(open_store: OpenStore) -> None:
+    store = open_store()
     await store.close()
     with pytest.raises(RelaymailError, match="closed"):
         await store.enqueue(ENVELOPE, body(1), time.time())
 
 
 async def test_record_keeps_a_message_until_every_recipient_is_final(
-    store: SqliteStore, queue_dir: Path
+    store: Store,
 ) -> None:
     queued = await store.enqueue(ENVELOPE, body(1), 1000.0)
     await store.record(
@@ -113,10 +125,11 @@ async def test_record_keeps_a_message_until_every_recipient_is_final(
     assert store.load_pending() == []
     with pytest.raises(KeyError):
         store.load_data(queued.id)
-    assert orphans(queue_dir) == (0, 0, 0)
+    if isinstance(store, SqliteStore):
+        assert orphans(store.path.parent) == (0, 0, 0)
 
 
-async def test_record_for_a_message_deleted_meanwhile_is_harmless(store: SqliteStore) -> None:
+async def test_record_for_a_message_deleted_meanwhile_is_harmless(store: Store) -> None:
     queued = await store.enqueue(ENVELOPE, body(1), time.time())
     assert await store.delete(queued.id)
 
@@ -125,12 +138,12 @@ async def test_record_for_a_message_deleted_meanwhile_is_harmless(store: SqliteS
     assert store.get_message(queued.id) is None
 
 
-async def test_record_refuses_an_id_that_is_not_a_queue_id(store: SqliteStore) -> None:
+async def test_record_refuses_an_id_that_is_not_a_queue_id(store: Store) -> None:
     with pytest.raises(ValueError, match="queue id"):
         await store.record([update("nope", "bob@example.com", RecipientState.DELIVERED)])
 
 
-async def test_concurrent_records_and_enqueues_all_land(store: SqliteStore) -> None:
+async def test_concurrent_records_and_enqueues_all_land(store: Store) -> None:
     queued = await asyncio.gather(*(store.enqueue(ENVELOPE, body(n), 0.0) for n in range(100)))
     await asyncio.gather(
         *(
@@ -146,7 +159,7 @@ async def test_concurrent_records_and_enqueues_all_land(store: SqliteStore) -> N
 
 
 async def test_hold_release_delete_and_retry_are_logged_as_admin_events(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     cursor = store.latest_admin_event_id()
     first = await store.enqueue(ENVELOPE, body(1), 0.0)
@@ -170,7 +183,7 @@ async def test_hold_release_delete_and_retry_are_logged_as_admin_events(
     assert store.latest_admin_event_id() == events[-1].id
 
 
-async def test_admin_operations_on_unknown_ids_change_nothing(store: SqliteStore) -> None:
+async def test_admin_operations_on_unknown_ids_change_nothing(store: Store) -> None:
     cursor = store.latest_admin_event_id()
     for message_id in ("00000000001", "not-an-id"):
         assert not await store.set_hold(message_id, True)
@@ -184,7 +197,7 @@ async def test_admin_operations_on_unknown_ids_change_nothing(store: SqliteStore
     assert store.fetch_admin_events(cursor) == []
 
 
-async def test_retry_makes_waiting_recipients_due_now(store: SqliteStore) -> None:
+async def test_retry_makes_waiting_recipients_due_now(store: Store) -> None:
     queued = await store.enqueue(ENVELOPE, body(1), 1000.0)
     await store.record(
         [
@@ -201,7 +214,7 @@ async def test_retry_makes_waiting_recipients_due_now(store: SqliteStore) -> Non
     assert [e.action for e in store.fetch_admin_events(0)] == [AdminAction.RETRY]
 
 
-async def test_mark_warned_is_remembered(store: SqliteStore) -> None:
+async def test_mark_warned_is_remembered(store: Store) -> None:
     queued = await store.enqueue(ENVELOPE, body(1), 0.0)
     assert await store.mark_warned(queued.id)
     pending = store.load_pending_message(queued.id)
@@ -210,7 +223,7 @@ async def test_mark_warned_is_remembered(store: SqliteStore) -> None:
 
 
 async def test_list_messages_pages_in_arrival_order_and_filters_by_state(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     queued = [await store.enqueue(ENVELOPE, body(n), 100.0 + n) for n in range(10)]
     for q in queued[::2]:
@@ -238,7 +251,7 @@ async def test_list_messages_pages_in_arrival_order_and_filters_by_state(
     assert store.count_messages(RecipientState.BOUNCED) == 0
 
 
-async def test_stats_count_states_bytes_and_the_oldest_message(store: SqliteStore) -> None:
+async def test_stats_count_states_bytes_and_the_oldest_message(store: Store) -> None:
     empty = store.stats(now=50.0)
     assert (empty.messages, empty.total_bytes, empty.oldest_age) == (0, 0, None)
 
