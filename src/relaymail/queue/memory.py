@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RelaymailError
 from ..message import Envelope
@@ -68,6 +68,17 @@ class _Message:
 
     def __post_init__(self) -> None:
         self.size = len(self.data)
+
+    def about(self) -> dict[str, Any]:
+        """The fields every view of a message (pending, summary, detail) starts with."""
+        return {
+            "id": self.id,
+            "sender": self.sender,
+            "size": self.size,
+            "received_at": self.received_at,
+            "held": self.held,
+            "warned": self.warned,
+        }
 
     def counts(self) -> RecipientCounts:
         states = [r.state for r in self.recipients.values()]
@@ -214,12 +225,7 @@ class MemoryStore:
     @staticmethod
     def _pending(message: _Message) -> PendingMessage:
         return PendingMessage(
-            id=message.id,
-            sender=message.sender,
-            received_at=message.received_at,
-            size=message.size,
-            held=message.held,
-            warned=message.warned,
+            **message.about(),
             recipients=tuple(
                 PendingRecipient(r.address, r.state, r.attempts, r.next_attempt)
                 for r in message.recipients.values()
@@ -238,12 +244,7 @@ class MemoryStore:
     ) -> list[MessageSummary]:
         return [
             MessageSummary(
-                id=m.id,
-                sender=m.sender,
-                size=m.size,
-                received_at=m.received_at,
-                held=m.held,
-                warned=m.warned,
+                **m.about(),
                 recipients=m.counts(),
                 next_attempt=min(
                     (r.next_attempt for r in m.recipients.values() if r.pending), default=None
@@ -267,12 +268,7 @@ class MemoryStore:
         if m is None:
             return None
         return MessageDetail(
-            id=m.id,
-            sender=m.sender,
-            size=m.size,
-            received_at=m.received_at,
-            held=m.held,
-            warned=m.warned,
+            **m.about(),
             recipients=tuple(
                 RecipientDetail(
                     address=r.address,
