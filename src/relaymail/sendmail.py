@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     except MessageInputError as exc:  # also MessageTooLarge
         print(f"sendmail: {exc}", file=sys.stderr)
         return exc.exit_status
-    from .queue.sqlite import submit_now
+    from .queue import submit_now
 
     try:
         queue_id = submit_now(config.queue.directory, envelope, data, time.time())

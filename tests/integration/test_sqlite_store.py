@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import random
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,57 +16,16 @@ from pathlib import Path
 import pytest
 
 from relaymail.errors import QueueFull, QueueUnavailable, RelaymailError
-from relaymail.message import Envelope
 from relaymail.queue import (
     AdminAction,
     RecipientState,
-    RecipientUpdate,
     SqliteStore,
     parse_queue_id,
 )
-from relaymail.queue.sqlite import DB_FILENAME
+from relaymail.queue.schema import DB_FILENAME
+from tests.queue_samples import ENVELOPE, body, orphans, raw, update
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-ENVELOPE = Envelope("alice@example.org", ("bob@example.com", "carol@example.net"))
-
-
-def body(n: int, size: int = 2048) -> bytes:
-    head = b"Subject: message %d\r\n\r\n" % n
-    filler = hashlib.sha256(b"%d" % n).hexdigest().encode()
-    return head + (filler * (size // len(filler) + 1))[: size - len(head) - 2] + b"\r\n"
-
-
-def update(
-    message_id: str,
-    recipient: str,
-    state: RecipientState,
-    *,
-    attempts: int = 1,
-    next_attempt: float = 0.0,
-    **facts: str | float | None,
-) -> RecipientUpdate:
-    return RecipientUpdate(message_id, recipient, state, attempts, next_attempt, **facts)  # type: ignore[arg-type]
-
-
-def raw(directory: Path) -> sqlite3.Connection:
-    return sqlite3.connect(directory / DB_FILENAME, isolation_level=None)
-
-
-def orphans(directory: Path) -> tuple[int, int, int]:
-    """Rows that would mean a half-written or half-deleted message."""
-    with contextlib.closing(raw(directory)) as conn:
-        return (
-            conn.execute(
-                "SELECT count(*) FROM body WHERE message_id NOT IN (SELECT id FROM message)"
-            ).fetchone()[0],
-            conn.execute(
-                "SELECT count(*) FROM recipient WHERE message_id NOT IN (SELECT id FROM message)"
-            ).fetchone()[0],
-            conn.execute(
-                "SELECT count(*) FROM message WHERE id NOT IN (SELECT message_id FROM body)"
-                " OR id NOT IN (SELECT message_id FROM recipient)"
-            ).fetchone()[0],
-        )
 
 
 @pytest.fixture
@@ -107,14 +64,6 @@ async def test_enqueued_message_survives_a_reopen_with_its_body(queue_dir: Path)
     ]
 
 
-async def test_queue_ids_are_short_unique_and_sort_in_arrival_order(store: SqliteStore) -> None:
-    ids = [(await store.enqueue(ENVELOPE, body(n), time.time())).id for n in range(50)]
-
-    assert ids == sorted(ids)
-    assert len(set(ids)) == 50
-    assert all(len(i) == 11 and i.isalnum() and i.isupper() for i in ids)
-
-
 async def test_queue_ids_stay_unique_when_the_clock_goes_back(queue_dir: Path) -> None:
     future = (time.time_ns() // 1000) + 3600 * 10**6  # as if the last run's clock was 1 h ahead
     store = SqliteStore.open(queue_dir)
@@ -128,16 +77,6 @@ async def test_queue_ids_stay_unique_when_the_clock_goes_back(queue_dir: Path) -
     finally:
         await store.close()
     assert parse_queue_id(queued.id) == future + 1
-
-
-async def test_duplicate_recipients_are_queued_once(store: SqliteStore) -> None:
-    envelope = Envelope("a@example.org", ("b@example.com", "c@example.com", "b@example.com"))
-    queued = await store.enqueue(envelope, body(1), time.time())
-
-    assert queued.envelope.recipients == ("b@example.com", "c@example.com")
-    detail = store.get_message(queued.id)
-    assert detail is not None
-    assert [r.address for r in detail.recipients] == ["b@example.com", "c@example.com"]
 
 
 async def test_concurrent_enqueues_share_commits(store: SqliteStore) -> None:
@@ -166,13 +105,6 @@ async def test_close_finishes_writes_already_submitted(queue_dir: Path) -> None:
         await reopened.close()
 
 
-async def test_writes_after_close_are_refused(queue_dir: Path) -> None:
-    store = SqliteStore.open(queue_dir)
-    await store.close()
-    with pytest.raises(RelaymailError, match="closed"):
-        await store.enqueue(ENVELOPE, body(1), time.time())
-
-
 async def test_read_data_reads_small_bodies_inline_and_large_ones_in_a_thread(
     store: SqliteStore,
 ) -> None:
@@ -186,167 +118,7 @@ async def test_read_data_reads_small_bodies_inline_and_large_ones_in_a_thread(
             await store.read_data(missing)
 
 
-# -- record ------------------------------------------------------------------
-
-
-async def test_record_keeps_a_message_until_every_recipient_is_final(
-    store: SqliteStore, queue_dir: Path
-) -> None:
-    queued = await store.enqueue(ENVELOPE, body(1), 1000.0)
-    await store.record(
-        [
-            update(
-                queued.id,
-                "bob@example.com",
-                RecipientState.DELIVERED,
-                last_attempt=1010.0,
-                last_reply="250 2.0.0 Ok: queued as 4XyZ",
-                tls='{"version": "TLSv1.3", "verified": true}',
-                host="mx.example.com",
-            ),
-            update(
-                queued.id,
-                "carol@example.net",
-                RecipientState.DEFERRED,
-                next_attempt=1300.0,
-                last_attempt=1010.0,
-                last_reply="451 4.7.1 greylisted",
-                host="mx.example.net",
-            ),
-        ]
-    )
-
-    detail = store.get_message(queued.id)
-    assert detail is not None
-    bob, carol = detail.recipients
-    assert (bob.state, bob.attempts, bob.last_reply, bob.host) == (
-        RecipientState.DELIVERED,
-        1,
-        "250 2.0.0 Ok: queued as 4XyZ",
-        "mx.example.com",
-    )
-    assert bob.tls == '{"version": "TLSv1.3", "verified": true}'
-    assert (carol.state, carol.next_attempt, carol.last_attempt) == (
-        RecipientState.DEFERRED,
-        1300.0,
-        1010.0,
-    )
-    [pending] = store.load_pending()
-    assert [r.address for r in pending.recipients] == ["carol@example.net"]
-
-    await store.record(
-        [
-            update(
-                queued.id,
-                "carol@example.net",
-                RecipientState.BOUNCED,
-                attempts=2,
-                last_reply="550 5.1.1 no such user",
-            )
-        ]
-    )
-
-    assert store.get_message(queued.id) is None
-    assert store.load_pending() == []
-    with pytest.raises(KeyError):
-        store.load_data(queued.id)
-    assert orphans(queue_dir) == (0, 0, 0)
-
-
-async def test_record_for_a_message_deleted_meanwhile_is_harmless(store: SqliteStore) -> None:
-    queued = await store.enqueue(ENVELOPE, body(1), time.time())
-    assert await store.delete(queued.id)
-
-    await store.record([update(queued.id, "bob@example.com", RecipientState.DELIVERED)])
-
-    assert store.get_message(queued.id) is None
-
-
-async def test_record_refuses_an_id_that_is_not_a_queue_id(store: SqliteStore) -> None:
-    with pytest.raises(ValueError, match="queue id"):
-        await store.record([update("nope", "bob@example.com", RecipientState.DELIVERED)])
-
-
-async def test_concurrent_records_and_enqueues_all_land(store: SqliteStore) -> None:
-    queued = await asyncio.gather(*(store.enqueue(ENVELOPE, body(n), 0.0) for n in range(100)))
-    await asyncio.gather(
-        *(
-            store.record([update(q.id, "bob@example.com", RecipientState.DELIVERED)])
-            for q in queued
-        ),
-        *(store.enqueue(ENVELOPE, body(n), 0.0) for n in range(100, 150)),
-    )
-
-    assert store.count_messages() == 150
-    assert store.count_messages(RecipientState.DELIVERED) == 100
-    assert store.stats().recipients.queued == 100 + 2 * 50
-
-
 # -- admin -------------------------------------------------------------------
-
-
-async def test_hold_release_delete_and_retry_are_logged_as_admin_events(
-    store: SqliteStore,
-) -> None:
-    cursor = store.latest_admin_event_id()
-    first = await store.enqueue(ENVELOPE, body(1), 0.0)
-    second = await store.enqueue(ENVELOPE, body(2), 0.0)
-
-    assert await store.set_hold(first.id, True)
-    assert store.load_pending()[0].held
-    assert await store.set_hold(first.id, False)
-    assert await store.retry(None, now=5.0) == 0  # everything is already due
-    assert await store.delete(second.id)
-
-    events = store.fetch_admin_events(cursor)
-    assert [(e.message_id, e.action) for e in events] == [
-        (first.id, AdminAction.HOLD),
-        (first.id, AdminAction.RELEASE),
-        (None, AdminAction.RETRY),
-        (second.id, AdminAction.DELETE),
-    ]
-    assert events == sorted(events, key=lambda e: e.id)
-    assert store.fetch_admin_events(events[-1].id) == []
-    assert store.latest_admin_event_id() == events[-1].id
-
-
-async def test_admin_operations_on_unknown_ids_change_nothing(store: SqliteStore) -> None:
-    cursor = store.latest_admin_event_id()
-    for message_id in ("00000000001", "not-an-id"):
-        assert not await store.set_hold(message_id, True)
-        assert not await store.delete(message_id)
-        assert not await store.mark_warned(message_id)
-        assert await store.retry(message_id) == 0
-        assert store.get_message(message_id) is None
-        assert store.load_pending_message(message_id) is None
-        with pytest.raises(KeyError):
-            store.load_data(message_id)
-    assert store.fetch_admin_events(cursor) == []
-
-
-async def test_retry_makes_waiting_recipients_due_now(store: SqliteStore) -> None:
-    queued = await store.enqueue(ENVELOPE, body(1), 1000.0)
-    await store.record(
-        [
-            update(queued.id, "bob@example.com", RecipientState.DEFERRED, next_attempt=9000.0),
-            update(queued.id, "carol@example.net", RecipientState.DEFERRED, next_attempt=9500.0),
-        ]
-    )
-
-    assert await store.retry(queued.id, now=2000.0) == 2
-
-    pending = store.load_pending_message(queued.id)
-    assert pending is not None
-    assert [r.next_attempt for r in pending.recipients] == [2000.0, 2000.0]
-    assert [e.action for e in store.fetch_admin_events(0)] == [AdminAction.RETRY]
-
-
-async def test_mark_warned_is_remembered(store: SqliteStore) -> None:
-    queued = await store.enqueue(ENVELOPE, body(1), 0.0)
-    assert await store.mark_warned(queued.id)
-    pending = store.load_pending_message(queued.id)
-    assert pending is not None and pending.warned
-    assert store.fetch_admin_events(0) == []  # the daemon's own bookkeeping, not an admin act
 
 
 async def test_admin_change_made_by_another_process_reaches_the_daemon(
@@ -374,55 +146,6 @@ async def test_admin_change_made_by_another_process_reaches_the_daemon(
     assert (event.message_id, event.action) == (queued.id, AdminAction.HOLD)
     pending = store.load_pending_message(queued.id)
     assert pending is not None and pending.held
-
-
-# -- reporting ---------------------------------------------------------------
-
-
-async def test_list_messages_pages_in_arrival_order_and_filters_by_state(
-    store: SqliteStore,
-) -> None:
-    queued = [await store.enqueue(ENVELOPE, body(n), 100.0 + n) for n in range(10)]
-    for q in queued[::2]:
-        await store.record(
-            [update(q.id, "carol@example.net", RecipientState.DEFERRED, next_attempt=500.0)]
-        )
-
-    first_page = store.list_messages(limit=4)
-    second_page = store.list_messages(limit=4, offset=4)
-    deferred = store.list_messages(limit=100, state=RecipientState.DEFERRED)
-
-    assert [m.id for m in first_page + second_page] == [q.id for q in queued[:8]]
-    top = first_page[0]
-    assert (top.sender, top.size, top.received_at, top.held) == (
-        "alice@example.org",
-        len(body(0)),
-        100.0,
-        False,
-    )
-    assert (top.recipients.queued, top.recipients.deferred, top.recipients.total) == (1, 1, 2)
-    assert top.next_attempt == 100.0  # bob is still due since arrival
-    assert [m.id for m in deferred] == [q.id for q in queued[::2]]
-    assert store.count_messages() == 10
-    assert store.count_messages(RecipientState.DEFERRED) == 5
-    assert store.count_messages(RecipientState.BOUNCED) == 0
-
-
-async def test_stats_count_states_bytes_and_the_oldest_message(store: SqliteStore) -> None:
-    empty = store.stats(now=50.0)
-    assert (empty.messages, empty.total_bytes, empty.oldest_age) == (0, 0, None)
-
-    first = await store.enqueue(ENVELOPE, body(1), 100.0)
-    await store.enqueue(ENVELOPE, body(2, size=10_000), 150.0)
-    await store.set_hold(first.id, True)
-    await store.record([update(first.id, "bob@example.com", RecipientState.BOUNCED)])
-
-    stats = store.stats(now=400.0)
-    assert stats.messages == 2
-    assert stats.held == 1
-    assert stats.total_bytes == len(body(1)) + 10_000
-    assert (stats.recipients.queued, stats.recipients.bounced) == (3, 1)
-    assert (stats.oldest_received_at, stats.oldest_age) == (100.0, 300.0)
 
 
 # -- storage failures --------------------------------------------------------

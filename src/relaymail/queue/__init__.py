@@ -1,6 +1,7 @@
 """The durable mail queue: the `Store` protocol and its SQLite backend."""
 
-from .sqlite import SqliteStore, format_queue_id, parse_queue_id
+from .ids import format_queue_id, parse_queue_id
+from .sqlite import SqliteStore
 from .store import (
     AdminAction,
     AdminEvent,
@@ -16,6 +17,7 @@ from .store import (
     RecipientUpdate,
     Store,
 )
+from .submit import submit_now
 
 __all__ = [
     "AdminAction",
@@ -34,4 +36,5 @@ __all__ = [
     "Store",
     "format_queue_id",
     "parse_queue_id",
+    "submit_now",
 ]

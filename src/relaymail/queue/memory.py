@@ -1,0 +1,309 @@
+"""The `Store` protocol in memory: nothing survives the process.
+
+A second backend that keeps the whole contract (see `store.py`) except
+durability across restarts: it proves the protocol carries no SQLite
+assumptions, and it lets the scheduler be tested without files or threads.
+Every write is applied at once and completely, so "durable when it returns"
+holds for the life of the object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RelaymailError
+from ..message import Envelope
+from .ids import format_queue_id, parse_queue_id
+from .store import (
+    AdminAction,
+    AdminEvent,
+    MessageDetail,
+    MessageSummary,
+    PendingMessage,
+    PendingRecipient,
+    QueuedMessage,
+    QueueStats,
+    RecipientCounts,
+    RecipientDetail,
+    RecipientState,
+    RecipientUpdate,
+)
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass(slots=True)
+class _Recipient:
+    address: str
+    state: RecipientState = RecipientState.QUEUED
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_attempt: float | None = None
+    last_reply: str | None = None
+    last_error: str | None = None
+    tls: str | None = None
+    host: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return not self.state.is_final
+
+
+@dataclass(slots=True)
+class _Message:
+    id: str
+    sender: str
+    received_at: float
+    data: bytes
+    recipients: dict[str, _Recipient]  # in envelope order
+    held: bool = False
+    warned: bool = False
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.data)
+
+    def about(self) -> dict[str, Any]:
+        """The fields every view of a message (pending, summary, detail) starts with."""
+        return {
+            "id": self.id,
+            "sender": self.sender,
+            "size": self.size,
+            "received_at": self.received_at,
+            "held": self.held,
+            "warned": self.warned,
+        }
+
+    def counts(self) -> RecipientCounts:
+        states = [r.state for r in self.recipients.values()]
+        return RecipientCounts(*(states.count(s) for s in _COUNTED))
+
+
+_COUNTED = (
+    RecipientState.QUEUED,
+    RecipientState.DEFERRED,
+    RecipientState.DELIVERED,
+    RecipientState.BOUNCED,
+)
+
+
+class MemoryStore:
+    """The `Store` protocol on a dict. `clock` stamps admin events (wall clock by default)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._messages: dict[str, _Message] = {}  # insertion order is queue-id order
+        self._events: list[AdminEvent] = []
+        self._last_id = 0
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+
+    # -- writes --------------------------------------------------------------
+
+    async def enqueue(
+        self, envelope: Envelope, data: bytes, received_at: float, *, announce: bool = False
+    ) -> QueuedMessage:
+        self._writable()
+        recipients = tuple(dict.fromkeys(envelope.recipients))
+        if recipients != envelope.recipients:
+            envelope = Envelope(envelope.sender, recipients)
+        # The same ids as SQLite's: microseconds, strictly increasing.
+        self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
+        message = _Message(
+            format_queue_id(self._last_id),
+            envelope.sender,
+            received_at,
+            bytes(data),
+            {r: _Recipient(r, next_attempt=received_at) for r in recipients},
+        )
+        self._messages[message.id] = message
+        if announce:
+            self._append_event(message.id, AdminAction.SUBMIT)
+        return QueuedMessage(message.id, envelope, message.size, received_at)
+
+    async def record(self, updates: Sequence[RecipientUpdate]) -> None:
+        self._writable()
+        for update in updates:
+            if parse_queue_id(update.message_id) is None:
+                raise ValueError(f"not a queue id: {update.message_id!r}")
+        for update in updates:
+            message = self._messages.get(update.message_id)
+            recipient = None if message is None else message.recipients.get(update.recipient)
+            if recipient is None:
+                continue  # deleted meanwhile: nothing to update
+            recipient.state = update.state
+            recipient.attempts = update.attempts
+            recipient.next_attempt = update.next_attempt
+            recipient.last_attempt = update.last_attempt
+            recipient.last_reply = update.last_reply
+            recipient.last_error = update.last_error
+            recipient.tls = update.tls
+            recipient.host = update.host
+        for message_id in dict.fromkeys(u.message_id for u in updates):
+            message = self._messages.get(message_id)
+            if message is not None and not any(r.pending for r in message.recipients.values()):
+                del self._messages[message_id]
+
+    async def mark_warned(self, message_id: str) -> bool:
+        self._writable()
+        message = self._messages.get(message_id)
+        if message is None:
+            return False
+        message.warned = True
+        return True
+
+    async def set_hold(self, message_id: str, held: bool) -> bool:
+        self._writable()
+        message = self._messages.get(message_id)
+        if message is None:
+            return False
+        message.held = held
+        self._append_event(message_id, AdminAction.HOLD if held else AdminAction.RELEASE)
+        return True
+
+    async def delete(self, message_id: str) -> bool:
+        self._writable()
+        if self._messages.pop(message_id, None) is None:
+            return False
+        self._append_event(message_id, AdminAction.DELETE)
+        return True
+
+    async def retry(self, message_id: str | None = None, *, now: float | None = None) -> int:
+        self._writable()
+        if message_id is None:
+            messages = list(self._messages.values())
+        elif message_id in self._messages:
+            messages = [self._messages[message_id]]
+        else:
+            return 0
+        when = time.time() if now is None else now
+        moved = 0
+        for message in messages:
+            for recipient in message.recipients.values():
+                if recipient.pending and recipient.next_attempt > when:
+                    recipient.next_attempt = when
+                    moved += 1
+        self._append_event(message_id, AdminAction.RETRY)
+        return moved
+
+    def _writable(self) -> None:
+        if self._closed:
+            raise RelaymailError("the queue store is closed")
+
+    def _append_event(self, message_id: str | None, action: AdminAction) -> None:
+        last = self._events[-1].id if self._events else 0
+        self._events.append(AdminEvent(last + 1, message_id, action, self._clock()))
+
+    # -- reads ---------------------------------------------------------------
+
+    async def read_data(self, message_id: str) -> bytes:
+        return self.load_data(message_id)
+
+    def load_data(self, message_id: str) -> bytes:
+        message = self._messages.get(message_id)
+        if message is None:
+            raise KeyError(message_id)
+        return message.data
+
+    def load_pending(self) -> list[PendingMessage]:
+        pending = (self._pending(m) for m in self._messages.values())
+        return [p for p in pending if p.recipients]
+
+    def load_pending_message(self, message_id: str) -> PendingMessage | None:
+        message = self._messages.get(message_id)
+        pending = None if message is None else self._pending(message)
+        return pending if pending is not None and pending.recipients else None
+
+    @staticmethod
+    def _pending(message: _Message) -> PendingMessage:
+        return PendingMessage(
+            **message.about(),
+            recipients=tuple(
+                PendingRecipient(r.address, r.state, r.attempts, r.next_attempt)
+                for r in message.recipients.values()
+                if r.pending
+            ),
+        )
+
+    def latest_admin_event_id(self) -> int:
+        return self._events[-1].id if self._events else 0
+
+    def fetch_admin_events(self, after_id: int) -> list[AdminEvent]:
+        return [event for event in self._events if event.id > after_id]
+
+    def list_messages(
+        self, limit: int = 50, offset: int = 0, state: RecipientState | None = None
+    ) -> list[MessageSummary]:
+        return [
+            MessageSummary(
+                **m.about(),
+                recipients=m.counts(),
+                next_attempt=min(
+                    (r.next_attempt for r in m.recipients.values() if r.pending), default=None
+                ),
+            )
+            for m in self._selected(state)[offset : offset + limit]
+        ]
+
+    def count_messages(self, state: RecipientState | None = None) -> int:
+        return len(self._selected(state))
+
+    def _selected(self, state: RecipientState | None) -> list[_Message]:
+        return [
+            m
+            for m in self._messages.values()
+            if state is None or any(r.state is state for r in m.recipients.values())
+        ]
+
+    def get_message(self, message_id: str) -> MessageDetail | None:
+        m = self._messages.get(message_id)
+        if m is None:
+            return None
+        return MessageDetail(
+            **m.about(),
+            recipients=tuple(
+                RecipientDetail(
+                    address=r.address,
+                    state=r.state,
+                    attempts=r.attempts,
+                    next_attempt=r.next_attempt,
+                    last_attempt=r.last_attempt,
+                    last_reply=r.last_reply,
+                    last_error=r.last_error,
+                    tls=r.tls,
+                    host=r.host,
+                )
+                for r in m.recipients.values()
+            ),
+        )
+
+    def stats(self, now: float | None = None) -> QueueStats:
+        messages = list(self._messages.values())
+        counts = [m.counts() for m in messages]
+        oldest = min((m.received_at for m in messages), default=None)
+        when = time.time() if now is None else now
+        return QueueStats(
+            messages=len(messages),
+            held=sum(m.held for m in messages),
+            total_bytes=sum(m.size for m in messages),
+            recipients=RecipientCounts(
+                queued=sum(c.queued for c in counts),
+                deferred=sum(c.deferred for c in counts),
+                delivered=sum(c.delivered for c in counts),
+                bounced=sum(c.bounced for c in counts),
+            ),
+            oldest_received_at=oldest,
+            oldest_age=None if oldest is None else max(0.0, when - oldest),
+        )
+
+
+if TYPE_CHECKING:
+    _IMPLEMENTS_STORE: type[Store] = MemoryStore  # mypy proves the protocol is met

@@ -1,0 +1,138 @@
+"""The queue database file: opening it (WAL, fsync at commit), its schema and its version."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from ..errors import QueueProblem, QueueUnusable, RelaymailError
+from .files import open_failure, prepare_directory
+from .store import RecipientState
+
+DB_FILENAME = "queue.db"
+SCHEMA_VERSION = 1
+DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock
+ADMIN_EVENT_RETENTION = 7 * 24 * 3600.0
+
+_SCHEMA_V1 = """
+CREATE TABLE schema_version (
+    version    INTEGER NOT NULL,
+    applied_at REAL NOT NULL
+);
+CREATE TABLE queue_id_state (last_id INTEGER NOT NULL);
+INSERT INTO queue_id_state (last_id) VALUES (0);
+-- Bodies live in their own table so that scans of `message` (listing,
+-- counting, stats) read small rows only.
+CREATE TABLE message (
+    id          INTEGER PRIMARY KEY,
+    sender      TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    size        INTEGER NOT NULL,
+    held        INTEGER NOT NULL DEFAULT 0,
+    warned      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE body (
+    message_id INTEGER PRIMARY KEY,
+    data       BLOB NOT NULL
+);
+CREATE TABLE recipient (
+    message_id   INTEGER NOT NULL,
+    idx          INTEGER NOT NULL,
+    address      TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_attempt REAL,
+    last_reply   TEXT,
+    last_error   TEXT,
+    tls          TEXT,
+    host         TEXT,
+    PRIMARY KEY (message_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX recipient_by_state ON recipient (state, message_id);
+CREATE TABLE admin_event (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id INTEGER,
+    action     TEXT NOT NULL,
+    at         REAL NOT NULL
+);
+"""
+
+PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
+
+
+def connect(
+    path: Path, *, check_same_thread: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=check_same_thread, cached_statements=64
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    return conn
+
+
+def open_database(
+    directory: Path, max_bytes: int | None, busy_timeout: float, *, check_same_thread: bool
+) -> tuple[Path, sqlite3.Connection]:
+    """The queue database in `directory`, created if needed, in WAL with fsync at commit.
+
+    QueueUnusable when the directory or the database cannot be a queue.
+    """
+    prepare_directory(directory)
+    path = directory / DB_FILENAME
+    try:
+        conn = connect(path, check_same_thread=check_same_thread, busy_timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise open_failure(path, exc) from None
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RelaymailError(f"{path}: cannot switch to WAL mode (got {mode})")
+        # FULL: in WAL mode, fsync the WAL at every commit; NORMAL would not.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute("PRAGMA cache_size = -16384")
+        if max_bytes is not None:
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
+        _create_or_check_schema(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise open_failure(path, exc) from None
+    except BaseException:
+        conn.close()
+        raise
+    return path, conn
+
+
+def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if exists is None:
+            for statement in _SCHEMA_V1.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (SCHEMA_VERSION, time.time()),
+            )
+        else:
+            version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise QueueUnusable(
+                    path,
+                    QueueProblem.NEWER_SCHEMA,
+                    f"queue schema version {version}, this relaymail knows {SCHEMA_VERSION};"
+                    " refusing to touch it",
+                )
+        conn.execute("DELETE FROM admin_event WHERE at < ?", (time.time() - ADMIN_EVENT_RETENTION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,99 @@
+"""The queue's writes: functions of the open transaction, run on the writer thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from .schema import PENDING
+from .store import AdminAction
+from .writer import Transaction
+
+
+def insert_message(
+    txn: Transaction,
+    sender: str,
+    recipients: tuple[str, ...],
+    data: bytes,
+    received_at: float,
+    announce: bool = False,
+) -> int:
+    qid = txn.new_queue_id()
+    conn = txn.conn
+    conn.execute(
+        "INSERT INTO message (id, sender, received_at, size) VALUES (?, ?, ?, ?)",
+        (qid, sender, received_at, len(data)),
+    )
+    conn.execute("INSERT INTO body (message_id, data) VALUES (?, ?)", (qid, data))
+    conn.executemany(
+        "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
+        " VALUES (?, ?, ?, 'queued', ?)",
+        [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
+    )
+    if announce:
+        _append_event(conn, qid, AdminAction.SUBMIT)
+    return qid
+
+
+def _delete_message(conn: sqlite3.Connection, qid: int) -> bool:
+    conn.execute("DELETE FROM recipient WHERE message_id = ?", (qid,))
+    conn.execute("DELETE FROM body WHERE message_id = ?", (qid,))
+    return conn.execute("DELETE FROM message WHERE id = ?", (qid,)).rowcount > 0
+
+
+def apply_updates(txn: Transaction, rows: list[tuple[Any, ...]]) -> None:
+    conn = txn.conn
+    conn.executemany(
+        "UPDATE recipient SET state = ?, attempts = ?, next_attempt = ?, last_attempt = ?,"
+        " last_reply = ?, last_error = ?, tls = ?, host = ?"
+        " WHERE message_id = ? AND address = ?",
+        rows,
+    )
+    for qid in dict.fromkeys(row[8] for row in rows):
+        still_pending = conn.execute(
+            "SELECT 1 FROM recipient WHERE message_id = ? AND state IN (?, ?) LIMIT 1",
+            (qid, *PENDING),
+        ).fetchone()
+        if still_pending is None:
+            _delete_message(conn, qid)
+
+
+def _append_event(conn: sqlite3.Connection, qid: int | None, action: AdminAction) -> None:
+    conn.execute(
+        "INSERT INTO admin_event (message_id, action, at) VALUES (?, ?, ?)",
+        (qid, action.value, time.time()),
+    )
+
+
+def set_flag(txn: Transaction, qid: int, column: str, value: bool) -> bool:
+    sql = f"UPDATE message SET {column} = ? WHERE id = ?"  # column: one of ours, not input
+    return txn.conn.execute(sql, (int(value), qid)).rowcount > 0
+
+
+def hold(txn: Transaction, qid: int, held: bool) -> bool:
+    found = set_flag(txn, qid, "held", held)
+    if found:
+        _append_event(txn.conn, qid, AdminAction.HOLD if held else AdminAction.RELEASE)
+    return found
+
+
+def delete(txn: Transaction, qid: int) -> bool:
+    found = _delete_message(txn.conn, qid)
+    if found:
+        _append_event(txn.conn, qid, AdminAction.DELETE)
+    return found
+
+
+def retry(txn: Transaction, qid: int | None, now: float) -> int:
+    sql = "UPDATE recipient SET next_attempt = ? WHERE state IN (?, ?) AND next_attempt > ?"
+    params: tuple[Any, ...] = (now, *PENDING, now)
+    if qid is not None:
+        exists = txn.conn.execute("SELECT 1 FROM message WHERE id = ?", (qid,)).fetchone()
+        if exists is None:
+            return 0
+        sql += " AND message_id = ?"
+        params += (qid,)
+    moved = txn.conn.execute(sql, params).rowcount
+    _append_event(txn.conn, qid, AdminAction.RETRY)
+    return moved
