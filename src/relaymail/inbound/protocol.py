@@ -1,0 +1,703 @@
+"""The inbound command loop: every command received gets its reply, whatever the client does next.
+
+aiosmtpd's own loop (``SMTP._handle_client``) is replaced here because its
+failure modes are in the loop itself, not in a command:
+
+* EOF cancels the loop at once. Exim writes the message, the final "." and
+  QUIT in one write and then calls ``shutdown(SHUT_WR)`` before it reads the
+  replies; aiosmtpd queued that message and closed without the 250, so Exim
+  sent it again. Here EOF is only the end of the input: the lines already
+  received are answered in order (250 after the data, then 221), then the
+  connection closes. The same rule ends a session whose client left before the
+  greeting (a cancelled loop on a transport kept open for the half-close left
+  it alive forever under uvloop).
+* After it closed the transport (too many unknown commands, a verb over its
+  limit) it went on reading pipelined lines and wrote to a closed TLS
+  transport. Here the loop stops as soon as the transport is closing.
+* A failed TLS handshake, a line over the window, EOF inside DATA or an AUTH
+  exchange were tracebacks and "451 Internal error". Here they are outcomes:
+  one log line, a 5xx reply or a clean close.
+
+Policy stays out of this module: replies come from the protocol's ``smtp_*``
+methods and the handler behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import ssl
+from base64 import b64decode, b64encode
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, AnyStr, Final
+
+from aiosmtpd.smtp import (
+    ALLOWED_BEFORE_STARTTLS,
+    BOGUS_LIMIT,
+    MISSING,
+    SMTP,
+    Session,
+    TLSSetupException,
+    _Missing,
+    syntax,
+)
+
+from ..listener_settings import ListenerMode
+from .checks import (
+    IPAddress,
+    address_problem,
+    mail_param_problem,
+    rcpt_param_problem,
+    with_enhanced_code,
+)
+from .grammar import POSTMASTER, SmtpPath, parse_esmtp_params, parse_path
+
+if TYPE_CHECKING:
+    from .handler import InboundHandler
+    from .listener import _ListenerState
+
+__all__ = [
+    "STREAM_WINDOW",
+    "BareLineEnding",
+    "ClientGone",
+    "CommandLoop",
+    "InboundSMTP",
+    "InboundSession",
+    "LineError",
+    "LineTooLong",
+    "printable",
+]
+
+log = logging.getLogger("relaymail.server")
+
+STREAM_WINDOW: Final = 64 * 1024
+"""StreamReader limit: the largest piece DATA is read in, and the longest
+line buffered before "500 5.5.2 Line too long"."""
+
+
+class ClientGone(Exception):
+    """The client closed its side (EOF) before the line or the data it owed was complete."""
+
+
+class LineError(Exception):
+    """A line the loop refuses without looking at it; ``reply`` says why."""
+
+    reply = "500 5.5.2 Syntax error"
+
+
+class LineTooLong(LineError):
+    reply = "500 5.5.2 Command line too long"
+
+
+class BareLineEnding(LineError):
+    """aiosmtpd takes a bare LF as a line end, so "RSET\\n" or "NOOP\\rRSET\\r\\n"
+    would be taken as written."""
+
+    reply = "500 5.5.2 Command lines must end in CRLF, without bare CR or LF"
+
+
+def printable(text: str | bytes, limit: int = 200) -> str:
+    """``text`` safe for one log line: control and undecodable octets escaped, truncated."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    else:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[: limit + 1])
+    return shown[:limit] + "..." if len(shown) > limit else shown
+
+
+class CommandLoop(SMTP):
+    """aiosmtpd's protocol with the command loop above; the commands are aiosmtpd's or ours."""
+
+    # aiosmtpd sizes its StreamReader with this; only its DATA reader (not
+    # used, see InboundSMTP) reads it as a line length.
+    line_length_limit = STREAM_WINDOW
+
+    waiting_for_command = False
+    client_closed = False
+    """The client sent EOF: what it sent before still gets answered."""
+    _in_clear = True
+    current_command = "connect"
+    """The command being answered, as it may be logged (no AUTH credentials)."""
+
+    # -- what subclasses decide ----------------------------------------------
+
+    async def refuse_session(self) -> bool:
+        """Answer instead of the greeting and return True to end the session at once."""
+        return False
+
+    def log_refusal(self, outcome: str) -> None:
+        """One log line for a refused command (``outcome`` is the reply or what happened)."""
+        log.info("refused %s: %s", printable(self.current_command), printable(outcome))
+
+    # -- the loop ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called again with the TLS transport after STARTTLS.
+        self._in_clear = transport.get_extra_info("sslcontext") is None
+        super().connection_made(transport)
+
+    def eof_received(self) -> bool:
+        # StreamReaderProtocol's: EOF to the reader, keep the transport for
+        # writing. Over TLS asyncio closes it anyway (and warns if asked not to).
+        self.client_closed = True
+        self._reader.feed_eof()
+        return self._in_clear
+
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    async def _handle_client(self) -> None:
+        try:
+            if not await self.refuse_session():
+                await self.push(f"220 {self.hostname} {self.__ident__}")
+                await self._serve()
+        except ClientGone:
+            if self.current_command not in ("connect", "QUIT"):
+                log.info("lost connection during %s", printable(self.current_command))
+        except ConnectionError as error:
+            log.info("lost connection during %s: %s", printable(self.current_command), error)
+        except TLSSetupException as error:
+            cause = error.__cause__
+            self.log_refusal(f"TLS handshake failed: {str(cause) or type(cause).__name__}")
+            # The TLS layer never told us it was connected, so it will not
+            # tell us it is gone either (aiosmtpd does the same).
+            if self.transport is not None:
+                self.transport.close()
+            self.connection_lost(None)
+        finally:
+            if self.transport is not None:
+                self.transport.close()
+
+    async def _serve(self) -> None:
+        calls: collections.defaultdict[str, int] = collections.defaultdict(
+            lambda: self._call_limit_default, self._call_limit_base
+        )
+        unknown_left = BOGUS_LIMIT
+        while self.is_open():
+            self.waiting_for_command = True
+            try:
+                line = await self.read_line()
+            except LineError as error:
+                self.current_command = "-"
+                await self.push(error.reply)
+                continue
+            finally:
+                self.waiting_for_command = False
+            command, arg = _split_command(line.rstrip(b"\r\n"))
+            self.current_command = _loggable(command, arg)
+            if command is None:
+                await self.push("500 5.5.2 Error: bad syntax")
+                continue
+            limited = self.session is not None and self.session.extended_smtp
+            if len(line) - 2 > (self.command_size_limits[command] if limited else 512):
+                await self.push("500 5.5.2 Command line too long")
+                continue
+            if not self._tls_handshake_okay and command != "QUIT":
+                await self.push("554 5.7.0 Command refused due to lack of security")
+                continue
+            tls_missing = self.require_starttls and not self._tls_protocol
+            if tls_missing and command not in ALLOWED_BEFORE_STARTTLS:
+                await self.push("530 5.7.0 Must issue a STARTTLS command first")
+                continue
+            if self._enforce_call_limit:
+                calls[command] -= 1
+                if calls[command] < 0:
+                    await self._goodbye(f"421 4.7.0 {command} sent too many times")
+                    continue
+            method = self._smtp_methods.get(command)
+            if method is None:
+                unknown_left -= 1
+                if unknown_left < 1:
+                    await self._goodbye("502 5.5.1 Too many unrecognized commands, goodbye")
+                else:
+                    await self.push("500 5.5.1 Command not recognized")
+                continue
+            self._reset_timeout()
+            try:
+                await method(arg)
+            except LineError as error:
+                await self.push(error.reply)
+            except (ClientGone, ConnectionError, TLSSetupException, asyncio.CancelledError):
+                raise
+            except Exception as error:
+                await self.push(await self.handle_exception(error))
+
+    async def _goodbye(self, reply: str) -> None:
+        await self.push(reply)
+        if self.transport is not None:
+            self.transport.close()
+
+    async def read_line(self) -> bytes:
+        """The next line, CRLF included; LineError if it is not one we read."""
+        reader = self._reader
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            # Octets without a line end before EOF are not a command.
+            raise ClientGone from None
+        except asyncio.LimitOverrunError as overrun:
+            # Drop the line to its end, so the next one is read as a line.
+            consumed = overrun.consumed
+            while True:
+                await reader.read(consumed)
+                try:
+                    await reader.readuntil(b"\n")
+                    break
+                except asyncio.IncompleteReadError:
+                    raise ClientGone from None
+                except asyncio.LimitOverrunError as more:
+                    consumed = more.consumed
+            raise LineTooLong from None
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            raise BareLineEnding
+        return line
+
+    # -- commands whose aiosmtpd version ends the loop by cancelling it -------
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: QUIT")
+            return
+        await self._goodbye("221 2.0.0 Bye")
+
+    async def challenge_auth(
+        self, challenge: str | bytes, encode_to_b64: bool = True, log_client_response: bool = False
+    ) -> _Missing | bytes:
+        """aiosmtpd's, with the continuation line read like a command line."""
+        raw = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(raw) if encode_to_b64 else raw))
+        try:
+            blob = (await self.read_line()).strip()
+        except LineTooLong:
+            # RFC 4954 4: the exchange ends with this reply.
+            await self.push("500 5.5.6 Authentication exchange line is too long")
+            return MISSING
+        if blob == b"*":
+            await self.push("501 5.7.0 Authentication cancelled")
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except ValueError:  # binascii.Error is one
+            await self.push("501 5.5.2 Cannot decode base64")
+            return MISSING
+
+
+def _split_command(line: bytes) -> tuple[str | None, str | None]:
+    """(verb upper-cased, argument) of a command line; verb None if it is not ASCII or empty.
+
+    The argument is decoded as UTF-8 with surrogateescape (aiosmtpd's choice),
+    so 8-bit octets survive and are refused where an address is parsed.
+    """
+    verb, _, argument = line.partition(b" ")
+    if not verb or not verb.isascii():
+        return None, None
+    stripped = argument.strip()
+    return verb.upper().decode("ascii"), (
+        stripped.decode("utf-8", "surrogateescape") if stripped else None
+    )
+
+
+def _loggable(command: str | None, arg: str | None) -> str:
+    if command is None:
+        return "-"
+    if command == "AUTH" and arg:
+        return f"AUTH {arg.split()[0]}"  # never the initial response (credentials)
+    return command if arg is None else f"{command} {arg}"
+
+
+class InboundSession(Session):
+    """aiosmtpd's session plus what the policy counts per connection."""
+
+    # aiosmtpd assigns Session.login_data after every successful AUTH, and its
+    # property logs a deprecation warning each time; a plain attribute is quiet.
+    login_data: Any = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.auth_failures = 0
+
+
+# RFC 5321 4.5.3.1.4 gives 512 octets, and each extension adds its share:
+# SIZE 26 (RFC 1870), SMTPUTF8 10 (RFC 6531), RET+ENVID 110 (RFC 3461),
+# BODY 15 (RFC 6152), AUTH= 500 (RFC 4954); NOTIFY+ORCPT add 500 to RCPT.
+_COMMAND_SIZE_LIMITS: Final[Mapping[str, int]] = {
+    "MAIL": 512 + 26 + 10 + 110 + 15 + 500,
+    "RCPT": 1012,
+}
+
+
+class InboundSMTP(CommandLoop):
+    """aiosmtpd's protocol with the wire-level changes listed in the module docstring."""
+
+    def __init__(
+        self,
+        handler: InboundHandler,
+        listener: _ListenerState,
+        tls_context: ssl.SSLContext | None,
+        *,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        settings = listener.settings
+        implicit_tls = settings.mode is ListenerMode.SMTPS
+        super().__init__(
+            handler,
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=settings.hostname,
+            ident="ESMTP relaymail",
+            tls_context=None if implicit_tls else tls_context,
+            require_starttls=settings.mode is ListenerMode.SUBMISSION,
+            timeout=settings.idle_timeout,
+            # handle_MAIL enforces authentication; aiosmtpd's own switch would
+            # also warn on every connection of an implicit-TLS listener.
+            auth_required=False,
+            # On an implicit-TLS listener the whole connection is encrypted,
+            # but aiosmtpd only knows about TLS it started itself.
+            auth_require_tls=not implicit_tls,
+            auth_exclude_mechanism=() if handler.users else ("PLAIN", "LOGIN"),
+            command_call_limit=settings.max_commands_per_verb,
+            loop=loop,
+        )
+        # aiosmtpd keeps these limits in a class-level dict that every EHLO
+        # enlarges; ours are fixed and per instance.
+        self.command_size_limits = collections.defaultdict(
+            lambda: SMTP.command_size_limit, _COMMAND_SIZE_LIMITS
+        )
+        self.listener = listener
+        self._offers_auth = bool(handler.users)
+        self._greeted = False
+        self._registered = False
+        self._over_capacity = False
+        self._client_ip: IPAddress | None = None
+        self._refusal_detail: str | None = None
+
+    # -- connection lifecycle ------------------------------------------------
+
+    def _create_session(self) -> InboundSession:
+        return InboundSession(self.loop)
+
+    def inbound_session(self) -> InboundSession:
+        # A method, not a property: aiosmtpd runs inspect.getmembers() on us
+        # before there is a session.
+        assert isinstance(self.session, InboundSession)
+        return self.session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called again after STARTTLS, with the TLS transport; count once.
+        if not self._registered:
+            self._registered = True
+            sessions = self.listener.sessions
+            self._over_capacity = (
+                self.listener.closing or len(sessions) >= self.listener.settings.max_connections
+            )
+            if not self._over_capacity:
+                sessions.add(self)
+            self._client_ip = _peer_ip(transport.get_extra_info("peername"))
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.listener.session_ended(self)
+        super().connection_lost(error)
+
+    async def refuse_session(self) -> bool:
+        if not self._over_capacity:
+            return False
+        reply = (
+            "421 4.3.2 Service shutting down"
+            if self.listener.closing
+            else "421 4.7.0 Too many connections, try again later"
+        )
+        self.log_refusal(reply)  # push() logs replies after the greeting only
+        await self.push(reply)
+        return True
+
+    def shut_down_if_idle(self) -> bool:
+        """Say 421 and close if waiting for a command outside a transaction."""
+        envelope = self.envelope
+        if self.waiting_for_command and envelope is not None and envelope.mail_from is None:
+            self.say_goodbye("421 4.3.2 Service shutting down")
+            return True
+        return False
+
+    def say_goodbye(self, reply: str) -> None:
+        """Send ``reply`` and close, from outside the session's own task."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(reply.encode("ascii") + b"\r\n")
+            self.transport.close()
+
+    def abort(self) -> None:
+        if isinstance(self.transport, asyncio.Transport):
+            self.transport.abort()
+
+    def tls_in_use(self) -> tuple[str, str] | None:
+        """(TLS version, cipher) of this connection, None in cleartext."""
+        if self.transport is None:
+            return None
+        tls = self.transport.get_extra_info("ssl_object")
+        if not isinstance(tls, ssl.SSLObject | ssl.SSLSocket):
+            return None
+        cipher = tls.cipher()
+        return (tls.version() or "TLS", cipher[0] if cipher else "unknown")
+
+    def client_ip(self) -> IPAddress | None:
+        return self._client_ip
+
+    # -- replies -------------------------------------------------------------
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and self._greeted:
+            status = with_enhanced_code(status)
+            if status[:1] in ("4", "5"):
+                # The one place every refusal passes: one line each, with the
+                # client, the command and the reply (Postfix's "reject:" line).
+                self.log_refusal(status)
+        await super().push(status)
+        self._greeted = True
+
+    def log_refusal(self, outcome: str) -> None:
+        detail, self._refusal_detail = self._refusal_detail, None
+        log.info(
+            "refused client=%s command=%s reply=%s%s",
+            self._client_ip,
+            printable(self.current_command),
+            printable(outcome),
+            f" ({detail})" if detail else "",
+        )
+
+    def explain_refusal(self, detail: str) -> None:
+        """What the log line of the next refusal adds to its reply (never sent to the client)."""
+        self._refusal_detail = detail
+
+    async def _push_verbatim(self, line: str) -> None:
+        await super().push(line)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd would tell the client the exception's class and message.
+        log.error(
+            "error in SMTP session with %r", self.session and self.session.peer, exc_info=error
+        )
+        return "451 4.3.0 Internal error, try again later"
+
+    # -- commands ------------------------------------------------------------
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        self.envelope = self._create_envelope()
+        session = self.inbound_session()
+        session.extended_smtp = False
+        session.host_name = hostname
+        await self._push_verbatim(f"250 {self.hostname}")
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self.envelope = self._create_envelope()
+        session = self.inbound_session()
+        session.extended_smtp = True
+        session.host_name = hostname
+        tls_active = self.tls_in_use() is not None
+        extensions = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self.data_size_limit}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.tls_context is not None and not tls_active:
+            extensions.append("STARTTLS")
+        if self._offers_auth and (tls_active or not self._auth_require_tls):
+            extensions.append("AUTH PLAIN LOGIN")
+        reply = [f"250-{line}" for line in extensions[:-1]] + [f"250 {extensions[-1]}"]
+        await self._push_verbatim("\r\n".join(reply))
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd would start a second TLS layer inside the first.
+        if self.tls_in_use() is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        if self.client_closed:
+            # No ClientHello can follow a half-close; the handshake would wait
+            # for one until its timeout.
+            raise ClientGone
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        # RFC 5321 3.5.3: 252 when not verifying. Nothing is looked up, so the
+        # argument is not parsed, and never echoed (it may not even be UTF-8).
+        if not arg:
+            await self.push("501 5.5.4 Syntax: VRFY <address>")
+            return
+        await self.push("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if self.listener.closing:
+            await self.push("421 4.3.2 Service shutting down")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        envelope, session = self.envelope, self.inbound_session()
+        assert envelope is not None
+        if envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: nested MAIL command")
+            return
+        path = self._parse_path("FROM:", arg)
+        params = None if path is None else parse_esmtp_params(path.parameters)
+        if path is None or params is None:
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
+            return
+        if params and not session.extended_smtp:
+            await self.push("501 5.5.4 Parameters need EHLO")
+            return
+        sender, param_text = path.address, path.parameters
+        smtputf8 = "SMTPUTF8" in params
+        problem = mail_param_problem(params, self.data_size_limit or 0) or (
+            address_problem(sender, smtputf8=smtputf8, role="sender") if sender else None
+        )
+        if problem is not None:
+            await self.push(problem)
+            return
+        envelope.smtp_utf8 = smtputf8
+        options = param_text.split()
+        status = await self._call_handler_hook("MAIL", sender, options)
+        if status is MISSING:
+            envelope.mail_from = sender
+            envelope.mail_options.extend(options)
+            status = "250 2.1.0 Ok"
+        await self.push(status)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        envelope, session = self.envelope, self.inbound_session()
+        assert envelope is not None
+        if envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        path = self._parse_path("TO:", arg)
+        params = None if path is None else parse_esmtp_params(path.parameters)
+        if path is None or not path.address or params is None:
+            await self.push("501 5.5.4 Syntax: RCPT TO:<address> [parameters]")
+            return
+        if params and not session.extended_smtp:
+            await self.push("501 5.5.4 Parameters need EHLO")
+            return
+        address, param_text = path.address, path.parameters
+        problem = rcpt_param_problem(params) or (
+            None
+            if address == POSTMASTER
+            else address_problem(address, smtputf8=envelope.smtp_utf8, role="recipient")
+        )
+        if problem is not None:
+            await self.push(problem)
+            return
+        options = param_text.split()
+        status = await self._call_handler_hook("RCPT", address, options)
+        if status is MISSING:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+            status = "250 2.1.5 Ok"
+        await self.push(status)
+
+    def _parse_path(self, keyword: str, arg: str | None) -> SmtpPath | None:
+        """The path and parameters of "FROM:<path> params"; None if malformed."""
+        rest = self._strip_command_keyword(keyword, arg or "")
+        return parse_path(rest) if rest else None
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        if not envelope.rcpt_tos:
+            # RFC 2920 3.1: a pipelining client learns here that nothing was accepted.
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content = await self._read_message_data()
+            if content is None:
+                status: str = "552 5.3.4 Message size exceeds fixed maximum message size"
+            else:
+                envelope.content = envelope.original_content = content
+                status = await self._call_handler_hook("DATA")
+        finally:
+            # The transaction is over whatever happened (RFC 5321 4.1.1.4).
+            self.envelope = self._create_envelope()
+        await self.push(status)
+        if self.listener.closing and self.transport is not None:
+            await self.push("421 4.3.2 Service shutting down")
+            self.transport.close()
+
+    async def _read_message_data(self) -> bytes | None:
+        """The message up to CRLF "." CRLF, un-dot-stuffed; None if over the size limit.
+
+        Reads pieces ending in ".\\r\\n" (or 64 KiB of data without one), so a
+        typical message takes a few reads instead of one per line. A piece
+        ends the message when the five octets before its end are CRLF "."
+        CRLF; the DATA command's own CRLF counts as the start, so an empty
+        message (a lone "." line) works. Over the size limit the rest is read
+        and dropped, then refused (RFC 5321 4.2.5: reply after the data).
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        pieces: list[bytes] = []
+        size = 0
+        tail = b"\r\n"
+        while True:
+            try:
+                piece = await reader.readuntil(b".\r\n")
+                ends_data = (tail + piece[-5:])[-5:] == b"\r\n.\r\n"
+            except asyncio.IncompleteReadError:
+                raise ClientGone from None  # the message is not complete: not ours yet
+            except asyncio.LimitOverrunError as exc:
+                piece = await reader.read(exc.consumed)
+                ends_data = False
+            self._reset_timeout()
+            if ends_data:
+                piece = piece[:-3]
+            size += len(piece)
+            if size <= limit:
+                pieces.append(piece)
+            else:
+                pieces.clear()
+            if ends_data:
+                break
+            tail = (tail + piece[-4:])[-4:]
+        if size > limit:
+            return None
+        data = b"".join(pieces)
+        # RFC 5321 4.5.2: drop the first "." of every line that starts with one.
+        data = data.replace(b"\r\n.", b"\r\n")
+        return data[1:] if data.startswith(b".") else data
+
+
+def _peer_ip(peer: object) -> IPAddress | None:
+    if not isinstance(peer, tuple) or not peer:
+        return None
+    try:
+        return ipaddress.ip_address(str(peer[0]).partition("%")[0])
+    except ValueError:
+        return None
