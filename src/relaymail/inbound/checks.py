@@ -37,7 +37,7 @@ def may_relay(
     authenticated: bool,
 ) -> bool:
     """Whether mail for ``domain`` (lookup form, see message.domain_of) may be taken."""
-    if authenticated or _is_trusted(settings, client_ip):
+    if authenticated or is_trusted(settings, client_ip):
         return True
     return any(
         domain.endswith(entry) if entry.startswith(".") else domain == entry
@@ -45,7 +45,7 @@ def may_relay(
     )
 
 
-def _is_trusted(settings: ListenerSettings, client_ip: IPAddress | None) -> bool:
+def is_trusted(settings: ListenerSettings, client_ip: IPAddress | None) -> bool:
     if client_ip is None:
         return False
     if isinstance(client_ip, ipaddress.IPv6Address) and client_ip.ipv4_mapped is not None:

@@ -16,7 +16,7 @@ from ..errors import QueueFull
 from ..listener_settings import LongLines
 from ..message import Envelope, domain_of
 from ..passwords import PasswordHash
-from .checks import _is_trusted, may_relay
+from .checks import is_trusted, may_relay
 from .cleanup import (
     canonical_lines,
     count_received,
@@ -27,7 +27,7 @@ from .cleanup import (
 from .grammar import POSTMASTER
 
 if TYPE_CHECKING:
-    from .listener import _ListenerState
+    from .listener import ListenerState
     from .protocol import InboundSession, InboundSMTP
 
 __all__ = ["InboundHandler", "Spool", "Users"]
@@ -57,7 +57,7 @@ _NO_SUCH_USER: Final = PasswordHash(log2_n=15, r=8, p=1, salt=bytes(16), digest=
 class InboundHandler:
     """The policy of one listener, as aiosmtpd hooks; see the module docstring."""
 
-    def __init__(self, listener: _ListenerState, spool: Spool, users: Users) -> None:
+    def __init__(self, listener: ListenerState, spool: Spool, users: Users) -> None:
         self.listener = listener
         self.settings = listener.settings
         self.spool = spool
@@ -97,7 +97,7 @@ class InboundHandler:
             # RFC 5321 4.5.1: accepted from anyone, whatever the relay rules say.
             address = self.settings.postmaster_address
         elif any(c in local_part for c in "%!@") and not (
-            authenticated or _is_trusted(self.settings, client_ip)
+            authenticated or is_trusted(self.settings, client_ip)
         ):
             # user%elsewhere@relay-domain: routing through us that the next
             # hop may honour; an open relay by the back door (Postfix's

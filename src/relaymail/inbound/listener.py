@@ -27,7 +27,7 @@ def server_tls_context(settings: ListenerSettings) -> ssl.SSLContext | None:
 
 
 @dataclass(eq=False)
-class _ListenerState:
+class ListenerState:
     """What the sessions of one listener share."""
 
     settings: ListenerSettings
@@ -48,7 +48,7 @@ class _ListenerState:
 class ListenerHandle:
     """A running listener: its bound addresses and a way to stop it."""
 
-    def __init__(self, server: asyncio.Server, listener: _ListenerState) -> None:
+    def __init__(self, server: asyncio.Server, listener: ListenerState) -> None:
         self._server = server
         self._listener = listener
 
@@ -112,7 +112,7 @@ async def start_listener(
     if settings.auth_required and not users:
         raise ConfigError("users", "authentication is required but no users are configured")
     loop = asyncio.get_running_loop()
-    listener = _ListenerState(settings)
+    listener = ListenerState(settings)
     handler = InboundHandler(listener, spool, users)
 
     def new_session() -> InboundSMTP:

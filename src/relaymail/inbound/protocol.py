@@ -56,7 +56,7 @@ from .grammar import POSTMASTER, SmtpPath, parse_esmtp_params, parse_path
 
 if TYPE_CHECKING:
     from .handler import InboundHandler
-    from .listener import _ListenerState
+    from .listener import ListenerState
 
 __all__ = [
     "STREAM_WINDOW",
@@ -336,7 +336,7 @@ class InboundSMTP(CommandLoop):
     def __init__(
         self,
         handler: InboundHandler,
-        listener: _ListenerState,
+        listener: ListenerState,
         tls_context: ssl.SSLContext | None,
         *,
         loop: asyncio.AbstractEventLoop,
