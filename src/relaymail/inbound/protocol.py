@@ -108,6 +108,27 @@ def printable(text: str | bytes, limit: int = 200) -> str:
     return shown[:limit] + "..." if len(shown) > limit else shown
 
 
+# RFC 5321 4.5.3.1.4 gives 512 octets, and each extension adds its share:
+# SIZE 26 (RFC 1870), SMTPUTF8 10 (RFC 6531), RET+ENVID 110 (RFC 3461),
+# BODY 15 (RFC 6152), AUTH= 500 (RFC 4954); NOTIFY+ORCPT add 500 to RCPT.
+COMMAND_SIZE_LIMITS: Final[Mapping[str, int]] = {
+    "MAIL": 512 + 26 + 10 + 110 + 15 + 500,
+    "RCPT": 1012,
+}
+
+
+class InboundSession(Session):
+    """aiosmtpd's session plus what the policy counts per connection."""
+
+    # aiosmtpd assigns Session.login_data after every successful AUTH, and its
+    # property logs a deprecation warning each time; a plain attribute is quiet.
+    login_data: Any = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.auth_failures = 0
+
+
 class CommandLoop(SMTP):
     """aiosmtpd's protocol with the command loop above; the commands are aiosmtpd's or ours."""
 
@@ -121,6 +142,91 @@ class CommandLoop(SMTP):
     _in_clear = True
     current_command = "connect"
     """The command being answered, as it may be logged (no AUTH credentials)."""
+
+    def __init__(self, handler: Any, **settings: Any) -> None:
+        super().__init__(handler, **settings)
+        # aiosmtpd keeps these limits in a class-level dict that every EHLO
+        # enlarges; ours are fixed and per instance.
+        self.command_size_limits = collections.defaultdict(
+            lambda: SMTP.command_size_limit, COMMAND_SIZE_LIMITS
+        )
+
+    # -- aiosmtpd's internals, for the commands ------------------------------
+
+    def _create_session(self) -> InboundSession:
+        return InboundSession(self.loop)
+
+    def inbound_session(self) -> InboundSession:
+        # A method, not a property: aiosmtpd runs inspect.getmembers() on us
+        # before there is a session.
+        assert isinstance(self.session, InboundSession)
+        return self.session
+
+    def reset_transaction(self) -> None:
+        """A new, empty envelope: after HELO/EHLO and at the end of every DATA."""
+        self.envelope = self._create_envelope()
+
+    async def call_hook(self, verb: str, *args: Any) -> Any:
+        """The handler's ``handle_<verb>`` reply, or MISSING if it has none."""
+        return await self._call_handler_hook(verb, *args)
+
+    # Not named auth_*: aiosmtpd takes every auth_ member as a SASL mechanism.
+    @property
+    def tls_required_for_auth(self) -> bool:
+        return bool(self._auth_require_tls)
+
+    def parse_path_argument(self, keyword: str, arg: str | None) -> SmtpPath | None:
+        """The path and parameters of "FROM:<path> params"; None if malformed."""
+        rest = self._strip_command_keyword(keyword, arg or "")
+        return parse_path(rest) if rest else None
+
+    def say_goodbye(self, reply: str) -> None:
+        """Send ``reply`` and close, from outside the session's own task."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(reply.encode("ascii") + b"\r\n")
+            self.transport.close()
+
+    async def read_message_data(self) -> bytes | None:
+        """The message up to CRLF "." CRLF, un-dot-stuffed; None if over the size limit.
+
+        Reads pieces ending in ".\\r\\n" (or 64 KiB of data without one), so a
+        typical message takes a few reads instead of one per line. A piece
+        ends the message when the five octets before its end are CRLF "."
+        CRLF; the DATA command's own CRLF counts as the start, so an empty
+        message (a lone "." line) works. Over the size limit the rest is read
+        and dropped, then refused (RFC 5321 4.2.5: reply after the data).
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        pieces: list[bytes] = []
+        size = 0
+        tail = b"\r\n"
+        while True:
+            try:
+                piece = await reader.readuntil(b".\r\n")
+                ends_data = (tail + piece[-5:])[-5:] == b"\r\n.\r\n"
+            except asyncio.IncompleteReadError:
+                raise ClientGone from None  # the message is not complete: not ours yet
+            except asyncio.LimitOverrunError as exc:
+                piece = await reader.read(exc.consumed)
+                ends_data = False
+            self._reset_timeout()
+            if ends_data:
+                piece = piece[:-3]
+            size += len(piece)
+            if size <= limit:
+                pieces.append(piece)
+            else:
+                pieces.clear()
+            if ends_data:
+                break
+            tail = (tail + piece[-4:])[-4:]
+        if size > limit:
+            return None
+        data = b"".join(pieces)
+        # RFC 5321 4.5.2: drop the first "." of every line that starts with one.
+        data = data.replace(b"\r\n.", b"\r\n")
+        return data[1:] if data.startswith(b".") else data
 
     # -- what subclasses decide ----------------------------------------------
 
@@ -309,27 +415,6 @@ def _loggable(command: str | None, arg: str | None) -> str:
     return command if arg is None else f"{command} {arg}"
 
 
-class InboundSession(Session):
-    """aiosmtpd's session plus what the policy counts per connection."""
-
-    # aiosmtpd assigns Session.login_data after every successful AUTH, and its
-    # property logs a deprecation warning each time; a plain attribute is quiet.
-    login_data: Any = None
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.auth_failures = 0
-
-
-# RFC 5321 4.5.3.1.4 gives 512 octets, and each extension adds its share:
-# SIZE 26 (RFC 1870), SMTPUTF8 10 (RFC 6531), RET+ENVID 110 (RFC 3461),
-# BODY 15 (RFC 6152), AUTH= 500 (RFC 4954); NOTIFY+ORCPT add 500 to RCPT.
-_COMMAND_SIZE_LIMITS: Final[Mapping[str, int]] = {
-    "MAIL": 512 + 26 + 10 + 110 + 15 + 500,
-    "RCPT": 1012,
-}
-
-
 class InboundSMTP(CommandLoop):
     """aiosmtpd's protocol with the wire-level changes listed in the module docstring."""
 
@@ -362,11 +447,6 @@ class InboundSMTP(CommandLoop):
             command_call_limit=settings.max_commands_per_verb,
             loop=loop,
         )
-        # aiosmtpd keeps these limits in a class-level dict that every EHLO
-        # enlarges; ours are fixed and per instance.
-        self.command_size_limits = collections.defaultdict(
-            lambda: SMTP.command_size_limit, _COMMAND_SIZE_LIMITS
-        )
         self.listener = listener
         self._offers_auth = bool(handler.users)
         self._greeted = False
@@ -376,15 +456,6 @@ class InboundSMTP(CommandLoop):
         self._refusal_detail: str | None = None
 
     # -- connection lifecycle ------------------------------------------------
-
-    def _create_session(self) -> InboundSession:
-        return InboundSession(self.loop)
-
-    def inbound_session(self) -> InboundSession:
-        # A method, not a property: aiosmtpd runs inspect.getmembers() on us
-        # before there is a session.
-        assert isinstance(self.session, InboundSession)
-        return self.session
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Called again after STARTTLS, with the TLS transport; count once.
@@ -422,12 +493,6 @@ class InboundSMTP(CommandLoop):
             self.say_goodbye("421 4.3.2 Service shutting down")
             return True
         return False
-
-    def say_goodbye(self, reply: str) -> None:
-        """Send ``reply`` and close, from outside the session's own task."""
-        if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(reply.encode("ascii") + b"\r\n")
-            self.transport.close()
 
     def abort(self) -> None:
         if isinstance(self.transport, asyncio.Transport):
@@ -489,7 +554,7 @@ class InboundSMTP(CommandLoop):
         if not hostname:
             await self.push("501 5.5.4 Syntax: HELO hostname")
             return
-        self.envelope = self._create_envelope()
+        self.reset_transaction()
         session = self.inbound_session()
         session.extended_smtp = False
         session.host_name = hostname
@@ -500,7 +565,7 @@ class InboundSMTP(CommandLoop):
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
-        self.envelope = self._create_envelope()
+        self.reset_transaction()
         session = self.inbound_session()
         session.extended_smtp = True
         session.host_name = hostname
@@ -515,7 +580,7 @@ class InboundSMTP(CommandLoop):
         ]
         if self.tls_context is not None and not tls_active:
             extensions.append("STARTTLS")
-        if self._offers_auth and (tls_active or not self._auth_require_tls):
+        if self._offers_auth and (tls_active or not self.tls_required_for_auth):
             extensions.append("AUTH PLAIN LOGIN")
         reply = [f"250-{line}" for line in extensions[:-1]] + [f"250 {extensions[-1]}"]
         await self._push_verbatim("\r\n".join(reply))
@@ -555,7 +620,7 @@ class InboundSMTP(CommandLoop):
         if envelope.mail_from is not None:
             await self.push("503 5.5.1 Error: nested MAIL command")
             return
-        path = self._parse_path("FROM:", arg)
+        path = self.parse_path_argument("FROM:", arg)
         params = None if path is None else parse_esmtp_params(path.parameters)
         if path is None or params is None:
             await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
@@ -573,7 +638,7 @@ class InboundSMTP(CommandLoop):
             return
         envelope.smtp_utf8 = smtputf8
         options = param_text.split()
-        status = await self._call_handler_hook("MAIL", sender, options)
+        status = await self.call_hook("MAIL", sender, options)
         if status is MISSING:
             envelope.mail_from = sender
             envelope.mail_options.extend(options)
@@ -589,7 +654,7 @@ class InboundSMTP(CommandLoop):
         if envelope.mail_from is None:
             await self.push("503 5.5.1 Error: need MAIL command")
             return
-        path = self._parse_path("TO:", arg)
+        path = self.parse_path_argument("TO:", arg)
         params = None if path is None else parse_esmtp_params(path.parameters)
         if path is None or not path.address or params is None:
             await self.push("501 5.5.4 Syntax: RCPT TO:<address> [parameters]")
@@ -607,17 +672,12 @@ class InboundSMTP(CommandLoop):
             await self.push(problem)
             return
         options = param_text.split()
-        status = await self._call_handler_hook("RCPT", address, options)
+        status = await self.call_hook("RCPT", address, options)
         if status is MISSING:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
             status = "250 2.1.5 Ok"
         await self.push(status)
-
-    def _parse_path(self, keyword: str, arg: str | None) -> SmtpPath | None:
-        """The path and parameters of "FROM:<path> params"; None if malformed."""
-        rest = self._strip_command_keyword(keyword, arg or "")
-        return parse_path(rest) if rest else None
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
@@ -637,61 +697,19 @@ class InboundSMTP(CommandLoop):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content = await self._read_message_data()
+            content = await self.read_message_data()
             if content is None:
                 status: str = "552 5.3.4 Message size exceeds fixed maximum message size"
             else:
                 envelope.content = envelope.original_content = content
-                status = await self._call_handler_hook("DATA")
+                status = await self.call_hook("DATA")
         finally:
             # The transaction is over whatever happened (RFC 5321 4.1.1.4).
-            self.envelope = self._create_envelope()
+            self.reset_transaction()
         await self.push(status)
         if self.listener.closing and self.transport is not None:
             await self.push("421 4.3.2 Service shutting down")
             self.transport.close()
-
-    async def _read_message_data(self) -> bytes | None:
-        """The message up to CRLF "." CRLF, un-dot-stuffed; None if over the size limit.
-
-        Reads pieces ending in ".\\r\\n" (or 64 KiB of data without one), so a
-        typical message takes a few reads instead of one per line. A piece
-        ends the message when the five octets before its end are CRLF "."
-        CRLF; the DATA command's own CRLF counts as the start, so an empty
-        message (a lone "." line) works. Over the size limit the rest is read
-        and dropped, then refused (RFC 5321 4.2.5: reply after the data).
-        """
-        reader = self._reader
-        limit = self.data_size_limit or 0
-        pieces: list[bytes] = []
-        size = 0
-        tail = b"\r\n"
-        while True:
-            try:
-                piece = await reader.readuntil(b".\r\n")
-                ends_data = (tail + piece[-5:])[-5:] == b"\r\n.\r\n"
-            except asyncio.IncompleteReadError:
-                raise ClientGone from None  # the message is not complete: not ours yet
-            except asyncio.LimitOverrunError as exc:
-                piece = await reader.read(exc.consumed)
-                ends_data = False
-            self._reset_timeout()
-            if ends_data:
-                piece = piece[:-3]
-            size += len(piece)
-            if size <= limit:
-                pieces.append(piece)
-            else:
-                pieces.clear()
-            if ends_data:
-                break
-            tail = (tail + piece[-4:])[-4:]
-        if size > limit:
-            return None
-        data = b"".join(pieces)
-        # RFC 5321 4.5.2: drop the first "." of every line that starts with one.
-        data = data.replace(b"\r\n.", b"\r\n")
-        return data[1:] if data.startswith(b".") else data
 
 
 def _peer_ip(peer: object) -> IPAddress | None:
