@@ -27,8 +27,9 @@ from .cleanup import (
 from .grammar import POSTMASTER
 
 if TYPE_CHECKING:
+    from .connection import InboundSMTP
     from .listener import ListenerState
-    from .protocol import InboundSession, InboundSMTP
+    from .protocol import InboundSession
 
 __all__ = ["InboundHandler", "Spool", "Users"]
 

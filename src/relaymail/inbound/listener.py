@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..listener_settings import ListenerMode, ListenerSettings
+from .connection import InboundSMTP
 from .handler import InboundHandler, Spool, Users
-from .protocol import InboundSMTP
 
 __all__ = ["ListenerHandle", "server_tls_context", "start_listener"]
 
