@@ -4,13 +4,14 @@ Theory of operation
 -------------------
 The work is split the way aiosmtpd intends:
 
-* ``InboundHandler`` is the policy. Its hooks are named after the verb
+* ``InboundHandler`` (handler.py) is the policy. Its hooks are named after the verb
   (``handle_MAIL``, ``handle_RCPT``, ``handle_DATA``, ``auth_PLAIN``) and return
   the reply: who may relay where, who may authenticate, how many recipients,
   the trace header, loop detection, and the hand-off to the spool.
-* ``InboundSMTP`` is the wire: a subclass of aiosmtpd's protocol class that
-  keeps aiosmtpd's command loop, STARTTLS and AUTH exchanges, and replaces the
-  parts an MTA cannot live with (see LIBRARIES.md, "Inbound: aiosmtpd"):
+* ``InboundSMTP`` (connection.py) is the wire: a subclass of aiosmtpd's
+  protocol class, through ``CommandLoop`` (protocol.py, the one module that
+  touches aiosmtpd's internals; its docstring lists them). It keeps aiosmtpd's
+  STARTTLS and AUTH exchanges, and replaces the parts an MTA cannot live with:
 
   - MAIL/RCPT parameters: aiosmtpd answers 555 to every RCPT parameter and to
     RET/ENVID, and upper-cases values (which corrupts ORCPT xtext). Here the
@@ -27,6 +28,12 @@ The work is split the way aiosmtpd intends:
     processes pipelined input in order).
   - A connection over ``max_connections`` gets 421 instead of the greeting;
     a second STARTTLS gets 503 instead of a TLS layer inside TLS.
+
+The pure parts are apart: checks.py (relay, trusted clients, parameters,
+reply codes), grammar.py (paths, ESMTP parameters), cleanup.py (what the
+queue gets: canonical lines, trace header, loop count, folded long lines);
+listener.py starts and stops listeners. Their settings are
+relaymail.listener_settings, owned by the configuration.
 
 Nothing here delivers mail. ``handle_DATA`` answers 250 only after the spool
 callback has returned, i.e. after the queue says the message is durable.

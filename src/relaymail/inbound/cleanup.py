@@ -1,11 +1,11 @@
-"""What the queue gets from a front door: canonical lines, the trace header, loop count,
-long lines folded.
+"""What the queue gets from a front door: canonical lines, trace header, loop count, folding.
 
-Long lines (RFC 5322 2.1.1: 998 octets plus CRLF) are made short.
+SMTP uses it now, local pickup will: both hand the queue the same bytes.
 
-Applications that write unwrapped HTML send such lines; refusing them loses
-the mail, and relaying them as they are gets it refused further on. Postfix
-accepts and breaks them, and so does ``fold_long_lines``, once, before the
+Lines longer than a message may carry (RFC 5322 2.1.1: 998 octets plus CRLF)
+are made short. Applications that write unwrapped HTML send such lines;
+refusing them loses the mail, and relaying them as they are gets it refused
+further on. Postfix accepts and breaks them, and so does ``fold_long_lines``, once, before the
 message is queued:
 
 * a header line is folded at the last space or tab that fits (RFC 5322

@@ -31,7 +31,7 @@ log = logging.getLogger("relaymail.server")
 
 
 class InboundSMTP(CommandLoop):
-    """aiosmtpd's protocol with the wire-level changes listed in the module docstring."""
+    """aiosmtpd's protocol with the wire-level changes listed in the package docstring."""
 
     def __init__(
         self,

@@ -18,8 +18,53 @@ failure modes are in the loop itself, not in a command:
   exchange were tracebacks and "451 Internal error". Here they are outcomes:
   one log line, a 5xx reply or a clean close.
 
-Policy stays out of this module: replies come from the protocol's ``smtp_*``
-methods and the handler behind them.
+Policy stays out of this module: replies come from the ``smtp_*`` methods of
+connection.InboundSMTP and the handler behind them.
+
+aiosmtpd internals
+------------------
+This is the one module that uses aiosmtpd's private or undocumented names;
+the rest of relaymail uses its public API only (``SMTP``'s constructor and
+``smtp_*``/``push``/``challenge_auth``, ``Session``, ``Envelope``,
+``AuthResult``, ``MISSING``, ``syntax``, handler hooks). They are why
+pyproject.toml pins ``aiosmtpd>=1.4.6,<1.5``:
+
+* ``SMTP._handle_client`` -- overridden: the command loop above.
+* ``SMTP._create_session`` -- overridden, to give every connection an
+  ``InboundSession``.
+* ``SMTP._create_envelope`` -- a fresh envelope (``reset_transaction``).
+* ``SMTP._call_handler_hook`` -- runs ``handle_<VERB>`` with aiosmtpd's
+  arguments (``call_hook``).
+* ``SMTP._strip_command_keyword`` -- "FROM:"/"TO:" off the argument
+  (``parse_path_argument``).
+* ``_reader``, ``_writer`` (asyncio.StreamReaderProtocol's) -- the loop reads
+  lines and DATA pieces itself; ``say_goodbye`` writes from another task.
+* ``_reset_timeout`` -- the idle timer, restarted per command and DATA piece.
+* ``_tls_handshake_okay``, ``_tls_protocol`` -- STARTTLS state, read by the
+  loop to refuse commands after a failed handshake or before STARTTLS.
+* ``_enforce_call_limit``, ``_call_limit_default``, ``_call_limit_base`` --
+  what ``command_call_limit`` became; the loop counts verbs with them.
+* ``_smtp_methods`` -- the verb -> ``smtp_*`` table built by ``__init__``.
+* ``_auth_require_tls`` -- whether AUTH waits for TLS (EHLO's AUTH line).
+* ``_Missing``, ``SMTP.__ident__`` -- the type of MISSING; the greeting text.
+* Undocumented public names: ``command_size_limits``/``command_size_limit``
+  (replaced per instance: aiosmtpd enlarges a class-level dict on every EHLO),
+  ``line_length_limit`` (sizes the StreamReader), ``BOGUS_LIMIT``,
+  ``ALLOWED_BEFORE_STARTTLS``, ``TLSSetupException``, and
+  ``Session.login_data`` (a property that warns on every AUTH; shadowed).
+
+aiosmtpd also takes every ``auth_*`` member of the protocol and the handler as
+a SASL mechanism (``inspect.getmembers``), so nothing else may use that prefix.
+
+Upgrading aiosmtpd past 1.4: diff its ``smtp.py`` for each name above (still
+there, same meaning and type); read the changes to ``_handle_client`` and
+``smtp_DATA``, which are replaced here rather than inherited, so a security
+fix in them does not reach us by itself (the 1.4.5 SMTP-smuggling fix is
+redone in ``read_message_data``); keep ``smtp_STARTTLS`` and
+``connection_made`` inherited, since on the TLS transport ``connection_made``
+discards the plaintext read before the handshake (STARTTLS command injection,
+CVE-2024-34083); then run tests/integration/test_inbound_*.py and
+test_server.py.
 """
 
 from __future__ import annotations
