@@ -43,8 +43,8 @@ from .retry import RetrySchedule
 from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
 if TYPE_CHECKING:
+    from .listener_settings import ListenerSettings
     from .passwords import PasswordHash
-    from .server import ListenerSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,8 +426,7 @@ _LISTENER: Mapping[str, Reader] = {
 def _listener(
     raw: Mapping[str, Any], index: int, hostname: str, postmaster: str | None
 ) -> ListenerSettings:
-    from .long_lines import LongLines
-    from .server import ListenerMode, ListenerSettings
+    from .listener_settings import ListenerMode, ListenerSettings, LongLines
 
     where = f"listener[{index}]"
     if "address" not in raw:

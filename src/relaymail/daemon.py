@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
 from .errors import ConfigError, ListenFailed
+from .inbound import ListenerHandle, server_tls_context, start_listener
 from .message import Envelope
 from .queue.sqlite import SqliteStore
 from .scheduler import Scheduler
-from .server import ListenerHandle, server_tls_context, start_listener
 
 log = logging.getLogger("relaymail.daemon")
 

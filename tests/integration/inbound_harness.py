@@ -20,9 +20,10 @@ import pytest
 import trustme
 
 from relaymail.errors import QueueFull
+from relaymail.inbound import ListenerHandle, start_listener
+from relaymail.listener_settings import ListenerSettings
 from relaymail.message import Envelope
 from relaymail.passwords import PasswordHash, hash_password
-from relaymail.server import ListenerHandle, ListenerSettings, start_listener
 
 HOSTNAME = "mx.test.example"
 RELAY_DOMAIN = "inbound.example"

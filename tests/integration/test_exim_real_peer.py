@@ -1,6 +1,6 @@
 """relaymail between real Exim 4.96 peers: Exim as the sending client, Exim as the next hop.
 
-Exim is the strict, honest peer LIBRARIES.md describes: as a client it writes the message,
+Exim is a strict, honest peer: as a client it writes the message,
 the final "." and QUIT in one write and half-closes before it reads the replies; as a server
 it logs how every session ended ("closed by QUIT" or "lost").
 """

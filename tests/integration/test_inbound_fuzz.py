@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from relaymail.inbound import ListenerHandle, start_listener
+from relaymail.listener_settings import ListenerMode, ListenerSettings
 from relaymail.passwords import PasswordHash
-from relaymail.server import ListenerHandle, ListenerMode, ListenerSettings, start_listener
 from tests.integration.inbound_harness import HOSTNAME, LOOPBACK, RELAY_DOMAIN, MemorySpool
 from tests.integration.session_fuzzer import Ending, FuzzSession, session
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import uvloop
 
-from relaymail.server import ListenerSettings, start_listener
+from relaymail.inbound import start_listener
+from relaymail.listener_settings import ListenerSettings
 from tests.integration.conftest import hop
 from tests.integration.daemon_process import free_port
 from tests.integration.inbound_harness import HOSTNAME, LOOPBACK, MemorySpool

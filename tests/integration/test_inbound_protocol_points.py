@@ -12,8 +12,7 @@ import pytest
 
 from relaymail.config import parse_config
 from relaymail.errors import ConfigError
-from relaymail.long_lines import LongLines
-from relaymail.server import ListenerMode
+from relaymail.listener_settings import ListenerMode, LongLines
 from tests.integration.inbound_harness import ELSEWHERE, HOSTNAME, Client, Listen
 
 SENDER = "a@client.example"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from relaymail.listener_settings import ListenerMode
 from relaymail.message import Envelope
-from relaymail.server import ListenerMode
 from tests.integration.inbound_harness import (
     ELSEWHERE,
     HOSTNAME,

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from relaymail.config import check_server_config, load_config, parse_config
 from relaymail.config_fields import seconds
 from relaymail.errors import ConfigError
-from relaymail.server import ListenerMode, ListenerSettings
+from relaymail.listener_settings import ListenerMode, ListenerSettings
 from relaymail.tls.policy import Level
 
 GOOD = """

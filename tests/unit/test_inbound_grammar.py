@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from relaymail.esmtp import POSTMASTER, SmtpPath, mail_param_problem, parse_path
-from relaymail.long_lines import fold_long_lines
+from relaymail.inbound.checks import mail_param_problem
+from relaymail.inbound.cleanup import fold_long_lines
+from relaymail.inbound.grammar import POSTMASTER, SmtpPath, parse_path
 
 
 @pytest.mark.parametrize(

@@ -7,17 +7,15 @@ import ipaddress
 import pytest
 
 from relaymail.errors import ConfigError
-from relaymail.server import (
-    ListenerMode,
-    ListenerSettings,
+from relaymail.inbound.checks import may_relay, with_enhanced_code
+from relaymail.inbound.cleanup import (
     canonical_lines,
     count_received,
-    may_relay,
-    parse_esmtp_params,
     received_header,
     trace_protocol,
-    with_enhanced_code,
 )
+from relaymail.inbound.grammar import parse_esmtp_params
+from relaymail.listener_settings import ListenerMode, ListenerSettings
 
 ip = ipaddress.ip_address
 

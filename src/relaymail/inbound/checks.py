@@ -1,80 +1,27 @@
-"""The arguments of MAIL and RCPT: paths (RFC 5321 4.1.2) and ESMTP parameters, pure.
-
-One grammar for every listener, written out instead of borrowed: aiosmtpd
-hands paths to the e-mail header parser of the standard library, which is
-RFC 5322 (comments, folding) rather than RFC 5321, and which raises
-IndexError on a truncated "<". Arguments arrive decoded as UTF-8 with
-surrogateescape, so an undecodable octet is a lone surrogate here: the
-patterns admit only real characters, and such input is a syntax error.
-"""
+"""What the inbound side decides without I/O: relay, trusted clients, parameters, reply codes."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final
 
-from .errors import AddressError
-from .message import check_address, domain_of
+from ..errors import AddressError
+from ..listener_settings import ListenerSettings
+from ..message import check_address, domain_of
 
 __all__ = [
-    "POSTMASTER",
-    "SmtpPath",
+    "IPAddress",
     "address_problem",
     "mail_param_problem",
-    "parse_esmtp_params",
-    "parse_path",
+    "may_relay",
     "rcpt_param_problem",
+    "with_enhanced_code",
 ]
 
-# RFC 6531 3.3: UTF8-non-ascii wherever atext, qtext or a label allows a
-# character; [\ud800-\udfff] is what surrogateescape makes of invalid UTF-8.
-_U8: Final = "\u0080-\ud7ff\ue000-\U0010ffff"
-_ATOM: Final = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_U8}]+"
-_QUOTED: Final = rf'"(?:[ !#-\[\]-~{_U8}]|\\[ -~])*"'
-# Labels as mail software meets them: underscores and leading hyphens exist
-# in the wild and are the next hop's business, not a syntax error here.
-_LABEL: Final = rf"[A-Za-z0-9_\-{_U8}]+"
-_DOMAIN: Final = rf"{_LABEL}(?:\.{_LABEL})*\.?"
-_LITERAL: Final = r"\[[!-Z^-~]+\]"
-_MAILBOX: Final = rf"(?:{_ATOM}(?:\.{_ATOM})*|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})"
-_ROUTE: Final = rf"@{_DOMAIN}(?:,[ \t]*@{_DOMAIN})*:"
-_PARAMS: Final = r"(?:[ \t]+(.*))?"
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_BRACKETED: Final = re.compile(rf"<(?:{_ROUTE})?({_MAILBOX})?>{_PARAMS}", re.DOTALL)
-_BARE: Final = re.compile(rf"({_MAILBOX}){_PARAMS}", re.DOTALL)
-_POSTMASTER: Final = re.compile(rf"<(postmaster)>{_PARAMS}", re.IGNORECASE | re.DOTALL)
-
-POSTMASTER: Final = "postmaster"
-"""The address of ``RCPT TO:<Postmaster>`` (RFC 5321 4.5.1), which has no domain."""
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpPath:
-    """A parsed reverse- or forward-path: "" for the null path, POSTMASTER for <postmaster>."""
-
-    address: str
-    parameters: str = ""
-
-
-def parse_path(text: str) -> SmtpPath | None:
-    """``text`` after "FROM:" or "TO:"; None if it is not a path.
-
-    A source route (``<@a.example:user@b.example>``) is dropped, as RFC 5321
-    Appendix C asks; a path without brackets is taken, as Postfix does.
-    """
-    for pattern in (_BRACKETED, _POSTMASTER, _BARE):
-        match = pattern.fullmatch(text)
-        if match is not None:
-            address = match[1] or ""
-            if pattern is _POSTMASTER:
-                address = POSTMASTER
-            return SmtpPath(address, match[2] or "")
-    return None
-
-
-_ESMTP_PARAM: Final = re.compile(rf"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([!-<>-~{_U8}]+))?")
 # RFC 3461 4: xtext is printable ASCII except "+" and "=", which are hex-escaped.
 _XTEXT: Final = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
 _ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;\S+")
@@ -83,18 +30,27 @@ _NOTIFY: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 _SIZE: Final = re.compile(r"[0-9]{1,20}")
 
 
-def parse_esmtp_params(text: str) -> dict[str, str | None] | None:
-    """``KEYWORD[=value]`` words to {KEYWORD: value}; values keep their case. None if malformed."""
-    params: dict[str, str | None] = {}
-    for word in text.split():
-        match = _ESMTP_PARAM.fullmatch(word)
-        if match is None:
-            return None
-        keyword = match[1].upper()
-        if keyword in params:
-            return None
-        params[keyword] = match[2]
-    return params
+def may_relay(
+    settings: ListenerSettings,
+    domain: str,
+    client_ip: IPAddress | None,
+    authenticated: bool,
+) -> bool:
+    """Whether mail for ``domain`` (lookup form, see message.domain_of) may be taken."""
+    if authenticated or is_trusted(settings, client_ip):
+        return True
+    return any(
+        domain.endswith(entry) if entry.startswith(".") else domain == entry
+        for entry in settings.relay_domains
+    )
+
+
+def is_trusted(settings: ListenerSettings, client_ip: IPAddress | None) -> bool:
+    if client_ip is None:
+        return False
+    if isinstance(client_ip, ipaddress.IPv6Address) and client_ip.ipv4_mapped is not None:
+        client_ip = client_ip.ipv4_mapped
+    return any(client_ip in network for network in settings.relay_networks)
 
 
 def mail_param_problem(params: Mapping[str, str | None], size_limit: int) -> str | None:
@@ -153,3 +109,46 @@ def address_problem(address: str, *, smtputf8: bool, role: str) -> str | None:
     except AddressError:
         return f"553 {detail} Bad {role} address syntax"
     return None
+
+
+# RFC 2034: once ENHANCEDSTATUSCODES is advertised, every 2xx/4xx/5xx reply
+# except the greeting and the HELO/EHLO reply carries an RFC 3463 code. Our own
+# replies always do; aiosmtpd's mostly don't ("250 OK", "503 Error: need MAIL
+# command", "530 Must issue a STARTTLS command first"), so they get the code
+# their reply code stands for in this table.
+_DEFAULT_ENHANCED: Final[Mapping[str, str]] = {
+    "211": "2.0.0",
+    "214": "2.0.0",
+    "220": "2.0.0",
+    "221": "2.0.0",
+    "235": "2.7.0",
+    "250": "2.0.0",
+    "252": "2.0.0",
+    "421": "4.3.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "538": "5.7.11",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+_HAS_ENHANCED: Final = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
+
+
+def with_enhanced_code(reply: str) -> str:
+    """``reply`` with the default RFC 3463 code for its reply code, unless it has one."""
+    code, separator, text = reply[:3], reply[3:4], reply[4:]
+    default = _DEFAULT_ENHANCED.get(code)
+    if default is None or separator not in (" ", "-") or _HAS_ENHANCED.match(text):
+        return reply
+    return f"{code}{separator}{default} {text}".rstrip()

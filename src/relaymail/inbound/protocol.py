@@ -18,8 +18,53 @@ failure modes are in the loop itself, not in a command:
   exchange were tracebacks and "451 Internal error". Here they are outcomes:
   one log line, a 5xx reply or a clean close.
 
-Policy stays out of this module: replies come from the protocol's ``smtp_*``
-methods and the handler behind them.
+Policy stays out of this module: replies come from the ``smtp_*`` methods of
+connection.InboundSMTP and the handler behind them.
+
+aiosmtpd internals
+------------------
+This is the one module that uses aiosmtpd's private or undocumented names;
+the rest of relaymail uses its public API only (``SMTP``'s constructor and
+``smtp_*``/``push``/``challenge_auth``, ``Session``, ``Envelope``,
+``AuthResult``, ``MISSING``, ``syntax``, handler hooks). They are why
+pyproject.toml pins ``aiosmtpd>=1.4.6,<1.5``:
+
+* ``SMTP._handle_client`` -- overridden: the command loop above.
+* ``SMTP._create_session`` -- overridden, to give every connection an
+  ``InboundSession``.
+* ``SMTP._create_envelope`` -- a fresh envelope (``reset_transaction``).
+* ``SMTP._call_handler_hook`` -- runs ``handle_<VERB>`` with aiosmtpd's
+  arguments (``call_hook``).
+* ``SMTP._strip_command_keyword`` -- "FROM:"/"TO:" off the argument
+  (``parse_path_argument``).
+* ``_reader``, ``_writer`` (asyncio.StreamReaderProtocol's) -- the loop reads
+  lines and DATA pieces itself; ``say_goodbye`` writes from another task.
+* ``_reset_timeout`` -- the idle timer, restarted per command and DATA piece.
+* ``_tls_handshake_okay``, ``_tls_protocol`` -- STARTTLS state, read by the
+  loop to refuse commands after a failed handshake or before STARTTLS.
+* ``_enforce_call_limit``, ``_call_limit_default``, ``_call_limit_base`` --
+  what ``command_call_limit`` became; the loop counts verbs with them.
+* ``_smtp_methods`` -- the verb -> ``smtp_*`` table built by ``__init__``.
+* ``_auth_require_tls`` -- whether AUTH waits for TLS (EHLO's AUTH line).
+* ``_Missing``, ``SMTP.__ident__`` -- the type of MISSING; the greeting text.
+* Undocumented public names: ``command_size_limits``/``command_size_limit``
+  (replaced per instance: aiosmtpd enlarges a class-level dict on every EHLO),
+  ``line_length_limit`` (sizes the StreamReader), ``BOGUS_LIMIT``,
+  ``ALLOWED_BEFORE_STARTTLS``, ``TLSSetupException``, and
+  ``Session.login_data`` (a property that warns on every AUTH; shadowed).
+
+aiosmtpd also takes every ``auth_*`` member of the protocol and the handler as
+a SASL mechanism (``inspect.getmembers``), so nothing else may use that prefix.
+
+Upgrading aiosmtpd past 1.4: diff its ``smtp.py`` for each name above (still
+there, same meaning and type); read the changes to ``_handle_client`` and
+``smtp_DATA``, which are replaced here rather than inherited, so a security
+fix in them does not reach us by itself (the 1.4.5 SMTP-smuggling fix is
+redone in ``read_message_data``); keep ``smtp_STARTTLS`` and
+``connection_made`` inherited, since on the TLS transport ``connection_made``
+discards the plaintext read before the handshake (STARTTLS command injection,
+CVE-2024-34083); then run tests/integration/test_inbound_*.py and
+test_server.py.
 """
 
 from __future__ import annotations
@@ -28,23 +73,28 @@ import asyncio
 import collections
 import logging
 from base64 import b64decode, b64encode
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from aiosmtpd.smtp import (
     ALLOWED_BEFORE_STARTTLS,
     BOGUS_LIMIT,
     MISSING,
     SMTP,
+    Session,
     TLSSetupException,
     _Missing,
     syntax,
 )
+
+from .grammar import SmtpPath, parse_path
 
 __all__ = [
     "STREAM_WINDOW",
     "BareLineEnding",
     "ClientGone",
     "CommandLoop",
+    "InboundSession",
     "LineError",
     "LineTooLong",
     "printable",
@@ -88,6 +138,27 @@ def printable(text: str | bytes, limit: int = 200) -> str:
     return shown[:limit] + "..." if len(shown) > limit else shown
 
 
+# RFC 5321 4.5.3.1.4 gives 512 octets, and each extension adds its share:
+# SIZE 26 (RFC 1870), SMTPUTF8 10 (RFC 6531), RET+ENVID 110 (RFC 3461),
+# BODY 15 (RFC 6152), AUTH= 500 (RFC 4954); NOTIFY+ORCPT add 500 to RCPT.
+COMMAND_SIZE_LIMITS: Final[Mapping[str, int]] = {
+    "MAIL": 512 + 26 + 10 + 110 + 15 + 500,
+    "RCPT": 1012,
+}
+
+
+class InboundSession(Session):
+    """aiosmtpd's session plus what the policy counts per connection."""
+
+    # aiosmtpd assigns Session.login_data after every successful AUTH, and its
+    # property logs a deprecation warning each time; a plain attribute is quiet.
+    login_data: Any = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.auth_failures = 0
+
+
 class CommandLoop(SMTP):
     """aiosmtpd's protocol with the command loop above; the commands are aiosmtpd's or ours."""
 
@@ -101,6 +172,91 @@ class CommandLoop(SMTP):
     _in_clear = True
     current_command = "connect"
     """The command being answered, as it may be logged (no AUTH credentials)."""
+
+    def __init__(self, handler: Any, **settings: Any) -> None:
+        super().__init__(handler, **settings)
+        # aiosmtpd keeps these limits in a class-level dict that every EHLO
+        # enlarges; ours are fixed and per instance.
+        self.command_size_limits = collections.defaultdict(
+            lambda: SMTP.command_size_limit, COMMAND_SIZE_LIMITS
+        )
+
+    # -- aiosmtpd's internals, for the commands ------------------------------
+
+    def _create_session(self) -> InboundSession:
+        return InboundSession(self.loop)
+
+    def inbound_session(self) -> InboundSession:
+        # A method, not a property: aiosmtpd runs inspect.getmembers() on us
+        # before there is a session.
+        assert isinstance(self.session, InboundSession)
+        return self.session
+
+    def reset_transaction(self) -> None:
+        """A new, empty envelope: after HELO/EHLO and at the end of every DATA."""
+        self.envelope = self._create_envelope()
+
+    async def call_hook(self, verb: str, *args: Any) -> Any:
+        """The handler's ``handle_<verb>`` reply, or MISSING if it has none."""
+        return await self._call_handler_hook(verb, *args)
+
+    # Not named auth_*: aiosmtpd takes every auth_ member as a SASL mechanism.
+    @property
+    def tls_required_for_auth(self) -> bool:
+        return bool(self._auth_require_tls)
+
+    def parse_path_argument(self, keyword: str, arg: str | None) -> SmtpPath | None:
+        """The path and parameters of "FROM:<path> params"; None if malformed."""
+        rest = self._strip_command_keyword(keyword, arg or "")
+        return parse_path(rest) if rest else None
+
+    def say_goodbye(self, reply: str) -> None:
+        """Send ``reply`` and close, from outside the session's own task."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(reply.encode("ascii") + b"\r\n")
+            self.transport.close()
+
+    async def read_message_data(self) -> bytes | None:
+        """The message up to CRLF "." CRLF, un-dot-stuffed; None if over the size limit.
+
+        Reads pieces ending in ".\\r\\n" (or 64 KiB of data without one), so a
+        typical message takes a few reads instead of one per line. A piece
+        ends the message when the five octets before its end are CRLF "."
+        CRLF; the DATA command's own CRLF counts as the start, so an empty
+        message (a lone "." line) works. Over the size limit the rest is read
+        and dropped, then refused (RFC 5321 4.2.5: reply after the data).
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        pieces: list[bytes] = []
+        size = 0
+        tail = b"\r\n"
+        while True:
+            try:
+                piece = await reader.readuntil(b".\r\n")
+                ends_data = (tail + piece[-5:])[-5:] == b"\r\n.\r\n"
+            except asyncio.IncompleteReadError:
+                raise ClientGone from None  # the message is not complete: not ours yet
+            except asyncio.LimitOverrunError as exc:
+                piece = await reader.read(exc.consumed)
+                ends_data = False
+            self._reset_timeout()
+            if ends_data:
+                piece = piece[:-3]
+            size += len(piece)
+            if size <= limit:
+                pieces.append(piece)
+            else:
+                pieces.clear()
+            if ends_data:
+                break
+            tail = (tail + piece[-4:])[-4:]
+        if size > limit:
+            return None
+        data = b"".join(pieces)
+        # RFC 5321 4.5.2: drop the first "." of every line that starts with one.
+        data = data.replace(b"\r\n.", b"\r\n")
+        return data[1:] if data.startswith(b".") else data
 
     # -- what subclasses decide ----------------------------------------------
 

@@ -1,0 +1,336 @@
+"""One client connection: the SMTP verbs, their replies, and the refusal log line."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from typing import TYPE_CHECKING, AnyStr
+
+from aiosmtpd.smtp import MISSING, syntax
+
+from ..listener_settings import ListenerMode
+from .checks import (
+    IPAddress,
+    address_problem,
+    mail_param_problem,
+    rcpt_param_problem,
+    with_enhanced_code,
+)
+from .grammar import POSTMASTER, parse_esmtp_params
+from .protocol import ClientGone, CommandLoop, printable
+
+if TYPE_CHECKING:
+    from .handler import InboundHandler
+    from .listener import ListenerState
+
+__all__ = ["InboundSMTP"]
+
+log = logging.getLogger("relaymail.server")
+
+
+class InboundSMTP(CommandLoop):
+    """aiosmtpd's protocol with the wire-level changes listed in the package docstring."""
+
+    def __init__(
+        self,
+        handler: InboundHandler,
+        listener: ListenerState,
+        tls_context: ssl.SSLContext | None,
+        *,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        settings = listener.settings
+        implicit_tls = settings.mode is ListenerMode.SMTPS
+        super().__init__(
+            handler,
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=settings.hostname,
+            ident="ESMTP relaymail",
+            tls_context=None if implicit_tls else tls_context,
+            require_starttls=settings.mode is ListenerMode.SUBMISSION,
+            timeout=settings.idle_timeout,
+            # handle_MAIL enforces authentication; aiosmtpd's own switch would
+            # also warn on every connection of an implicit-TLS listener.
+            auth_required=False,
+            # On an implicit-TLS listener the whole connection is encrypted,
+            # but aiosmtpd only knows about TLS it started itself.
+            auth_require_tls=not implicit_tls,
+            auth_exclude_mechanism=() if handler.users else ("PLAIN", "LOGIN"),
+            command_call_limit=settings.max_commands_per_verb,
+            loop=loop,
+        )
+        self.listener = listener
+        self._offers_auth = bool(handler.users)
+        self._greeted = False
+        self._registered = False
+        self._over_capacity = False
+        self._client_ip: IPAddress | None = None
+        self._refusal_detail: str | None = None
+
+    # -- connection lifecycle ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called again after STARTTLS, with the TLS transport; count once.
+        if not self._registered:
+            self._registered = True
+            sessions = self.listener.sessions
+            self._over_capacity = (
+                self.listener.closing or len(sessions) >= self.listener.settings.max_connections
+            )
+            if not self._over_capacity:
+                sessions.add(self)
+            self._client_ip = _peer_ip(transport.get_extra_info("peername"))
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.listener.session_ended(self)
+        super().connection_lost(error)
+
+    async def refuse_session(self) -> bool:
+        if not self._over_capacity:
+            return False
+        reply = (
+            "421 4.3.2 Service shutting down"
+            if self.listener.closing
+            else "421 4.7.0 Too many connections, try again later"
+        )
+        self.log_refusal(reply)  # push() logs replies after the greeting only
+        await self.push(reply)
+        return True
+
+    def shut_down_if_idle(self) -> bool:
+        """Say 421 and close if waiting for a command outside a transaction."""
+        envelope = self.envelope
+        if self.waiting_for_command and envelope is not None and envelope.mail_from is None:
+            self.say_goodbye("421 4.3.2 Service shutting down")
+            return True
+        return False
+
+    def abort(self) -> None:
+        if isinstance(self.transport, asyncio.Transport):
+            self.transport.abort()
+
+    def tls_in_use(self) -> tuple[str, str] | None:
+        """(TLS version, cipher) of this connection, None in cleartext."""
+        if self.transport is None:
+            return None
+        tls = self.transport.get_extra_info("ssl_object")
+        if not isinstance(tls, ssl.SSLObject | ssl.SSLSocket):
+            return None
+        cipher = tls.cipher()
+        return (tls.version() or "TLS", cipher[0] if cipher else "unknown")
+
+    def client_ip(self) -> IPAddress | None:
+        return self._client_ip
+
+    # -- replies -------------------------------------------------------------
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and self._greeted:
+            status = with_enhanced_code(status)
+            if status[:1] in ("4", "5"):
+                # The one place every refusal passes: one line each, with the
+                # client, the command and the reply (Postfix's "reject:" line).
+                self.log_refusal(status)
+        await super().push(status)
+        self._greeted = True
+
+    def log_refusal(self, outcome: str) -> None:
+        detail, self._refusal_detail = self._refusal_detail, None
+        log.info(
+            "refused client=%s command=%s reply=%s%s",
+            self._client_ip,
+            printable(self.current_command),
+            printable(outcome),
+            f" ({detail})" if detail else "",
+        )
+
+    def explain_refusal(self, detail: str) -> None:
+        """What the log line of the next refusal adds to its reply (never sent to the client)."""
+        self._refusal_detail = detail
+
+    async def _push_verbatim(self, line: str) -> None:
+        await super().push(line)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd would tell the client the exception's class and message.
+        log.error(
+            "error in SMTP session with %r", self.session and self.session.peer, exc_info=error
+        )
+        return "451 4.3.0 Internal error, try again later"
+
+    # -- commands ------------------------------------------------------------
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        self.reset_transaction()
+        session = self.inbound_session()
+        session.extended_smtp = False
+        session.host_name = hostname
+        await self._push_verbatim(f"250 {self.hostname}")
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self.reset_transaction()
+        session = self.inbound_session()
+        session.extended_smtp = True
+        session.host_name = hostname
+        tls_active = self.tls_in_use() is not None
+        extensions = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self.data_size_limit}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.tls_context is not None and not tls_active:
+            extensions.append("STARTTLS")
+        if self._offers_auth and (tls_active or not self.tls_required_for_auth):
+            extensions.append("AUTH PLAIN LOGIN")
+        reply = [f"250-{line}" for line in extensions[:-1]] + [f"250 {extensions[-1]}"]
+        await self._push_verbatim("\r\n".join(reply))
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd would start a second TLS layer inside the first.
+        if self.tls_in_use() is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        if self.client_closed:
+            # No ClientHello can follow a half-close; the handshake would wait
+            # for one until its timeout.
+            raise ClientGone
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        # RFC 5321 3.5.3: 252 when not verifying. Nothing is looked up, so the
+        # argument is not parsed, and never echoed (it may not even be UTF-8).
+        if not arg:
+            await self.push("501 5.5.4 Syntax: VRFY <address>")
+            return
+        await self.push("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if self.listener.closing:
+            await self.push("421 4.3.2 Service shutting down")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        envelope, session = self.envelope, self.inbound_session()
+        assert envelope is not None
+        if envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: nested MAIL command")
+            return
+        path = self.parse_path_argument("FROM:", arg)
+        params = None if path is None else parse_esmtp_params(path.parameters)
+        if path is None or params is None:
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
+            return
+        if params and not session.extended_smtp:
+            await self.push("501 5.5.4 Parameters need EHLO")
+            return
+        sender, param_text = path.address, path.parameters
+        smtputf8 = "SMTPUTF8" in params
+        problem = mail_param_problem(params, self.data_size_limit or 0) or (
+            address_problem(sender, smtputf8=smtputf8, role="sender") if sender else None
+        )
+        if problem is not None:
+            await self.push(problem)
+            return
+        envelope.smtp_utf8 = smtputf8
+        options = param_text.split()
+        status = await self.call_hook("MAIL", sender, options)
+        if status is MISSING:
+            envelope.mail_from = sender
+            envelope.mail_options.extend(options)
+            status = "250 2.1.0 Ok"
+        await self.push(status)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        envelope, session = self.envelope, self.inbound_session()
+        assert envelope is not None
+        if envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        path = self.parse_path_argument("TO:", arg)
+        params = None if path is None else parse_esmtp_params(path.parameters)
+        if path is None or not path.address or params is None:
+            await self.push("501 5.5.4 Syntax: RCPT TO:<address> [parameters]")
+            return
+        if params and not session.extended_smtp:
+            await self.push("501 5.5.4 Parameters need EHLO")
+            return
+        address, param_text = path.address, path.parameters
+        problem = rcpt_param_problem(params) or (
+            None
+            if address == POSTMASTER
+            else address_problem(address, smtputf8=envelope.smtp_utf8, role="recipient")
+        )
+        if problem is not None:
+            await self.push(problem)
+            return
+        options = param_text.split()
+        status = await self.call_hook("RCPT", address, options)
+        if status is MISSING:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+            status = "250 2.1.5 Ok"
+        await self.push(status)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        if not envelope.rcpt_tos:
+            # RFC 2920 3.1: a pipelining client learns here that nothing was accepted.
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content = await self.read_message_data()
+            if content is None:
+                status: str = "552 5.3.4 Message size exceeds fixed maximum message size"
+            else:
+                envelope.content = envelope.original_content = content
+                status = await self.call_hook("DATA")
+        finally:
+            # The transaction is over whatever happened (RFC 5321 4.1.1.4).
+            self.reset_transaction()
+        await self.push(status)
+        if self.listener.closing and self.transport is not None:
+            await self.push("421 4.3.2 Service shutting down")
+            self.transport.close()
+
+
+def _peer_ip(peer: object) -> IPAddress | None:
+    if not isinstance(peer, tuple) or not peer:
+        return None
+    try:
+        return ipaddress.ip_address(str(peer[0]).partition("%")[0])
+    except ValueError:
+        return None

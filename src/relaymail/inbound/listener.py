@@ -1,0 +1,135 @@
+"""A listener's life: the socket, the sessions it counts, and an orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from ..listener_settings import ListenerMode, ListenerSettings
+from .connection import InboundSMTP
+from .handler import InboundHandler, Spool, Users
+
+__all__ = ["ListenerHandle", "server_tls_context", "start_listener"]
+
+log = logging.getLogger("relaymail.server")
+
+
+def server_tls_context(settings: ListenerSettings) -> ssl.SSLContext | None:
+    """The server-side context for a listener's certificate, or None if it has none."""
+    if settings.tls_cert_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
+@dataclass(eq=False)
+class ListenerState:
+    """What the sessions of one listener share."""
+
+    settings: ListenerSettings
+    sessions: set[InboundSMTP] = field(default_factory=set)
+    spooling: set[asyncio.Task[str]] = field(default_factory=set)
+    closing: bool = False
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def session_ended(self, session: InboundSMTP) -> None:
+        self.sessions.discard(session)
+        if self.closing and not self.sessions:
+            self.drained.set()
+
+
+# --------------------------------------------------------------------------- start / stop
+
+
+class ListenerHandle:
+    """A running listener: its bound addresses and a way to stop it."""
+
+    def __init__(self, server: asyncio.Server, listener: ListenerState) -> None:
+        self._server = server
+        self._listener = listener
+
+    @property
+    def settings(self) -> ListenerSettings:
+        return self._listener.settings
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """The (host, port) pairs actually bound (port 0 in the settings picks one)."""
+        return tuple(
+            (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+            for sock in self._server.sockets
+        )
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._listener.sessions)
+
+    async def close(self, grace: float = 30.0) -> None:
+        """Stop accepting; let transactions in progress finish for up to ``grace`` seconds.
+
+        Sessions waiting for a command outside a transaction get "421 4.3.2"
+        at once; the others get it after their current message (or when they
+        start a new one). Whatever is left after ``grace`` is cut off; that
+        loses no mail, because nothing was acknowledged before it was spooled.
+        Returns once messages being spooled are in the queue.
+        """
+        listener = self._listener
+        listener.closing = True
+        self._server.close()
+        for session in list(listener.sessions):
+            session.shut_down_if_idle()
+        if listener.sessions:
+            try:
+                await asyncio.wait_for(listener.drained.wait(), grace)
+            except TimeoutError:
+                for session in list(listener.sessions):
+                    session.say_goodbye("421 4.3.2 Service shutting down")
+                await asyncio.sleep(0.1)
+                for session in list(listener.sessions):
+                    session.abort()
+        await self._server.wait_closed()
+        if listener.spooling:
+            await asyncio.wait(set(listener.spooling))
+
+
+async def start_listener(
+    settings: ListenerSettings,
+    spool: Spool,
+    users: Users,
+    tls_context: ssl.SSLContext | None,
+) -> ListenerHandle:
+    """Listen on ``settings.host``/``settings.port`` on the running event loop."""
+    if settings.mode is not ListenerMode.RELAY and tls_context is None:
+        raise ConfigError("tls_cert_file", f"a {settings.mode} listener needs a certificate")
+    if settings.auth_required and not users:
+        raise ConfigError("users", "authentication is required but no users are configured")
+    loop = asyncio.get_running_loop()
+    listener = ListenerState(settings)
+    handler = InboundHandler(listener, spool, users)
+
+    def new_session() -> InboundSMTP:
+        return InboundSMTP(handler, listener, tls_context, loop=loop)
+
+    server = await loop.create_server(
+        new_session,
+        host=settings.host,
+        port=settings.port,
+        ssl=tls_context if settings.mode is ListenerMode.SMTPS else None,
+        reuse_address=True,
+    )
+    handle = ListenerHandle(server, listener)
+    log.info("listening on %s (%s)", handle.addresses, settings.mode)
+    if settings.postmaster is None:
+        log.warning(
+            "no [local] postmaster configured: mail to <postmaster> is queued for %s",
+            settings.postmaster_address,
+        )
+    return handle
