@@ -44,7 +44,7 @@ from .tls.policy import (
     Level,
     wants_starttls,
 )
-from .tls.tlsrpt import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
+from .tls.reporting import PolicyType, ResultType, TlsEvent, TlsReportStore, session_event
 
 log = logging.getLogger("relaymail.delivery")
 

@@ -18,7 +18,7 @@ from relaymail.config import parse_config
 from relaymail.delivery import Status
 from relaymail.probe import probe_domain
 from relaymail.tls.policy import Event
-from relaymail.tls.tlsrpt import ResultType, session_event
+from relaymail.tls.reporting import ResultType, session_event
 from tests.integration.conftest import deliver
 from tests.peers.binaries import peer_binary
 from tests.peers.smtp_server import Script

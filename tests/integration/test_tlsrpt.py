@@ -22,7 +22,7 @@ from relaymail.delivery import DeliveryEngine, HostPolicy, Status, deliver
 from relaymail.message import Envelope
 from relaymail.routing import HopSource, NextHop
 from relaymail.tls.policy import Level
-from relaymail.tls.tlsrpt import (
+from relaymail.tls.reporting import (
     PolicyType,
     ReportState,
     ResultType,

@@ -28,7 +28,7 @@ from relaymail.tls.dane import (
     spki_der,
     verify_chain,
 )
-from relaymail.tls.tlsrpt import ResultType
+from relaymail.tls.reporting import ResultType
 
 NOW = dt.datetime.now(dt.UTC)
 MX = "mx.dane.test"

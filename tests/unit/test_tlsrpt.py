@@ -15,7 +15,7 @@ import pytest
 
 from relaymail.tls.context import CLEAR, TlsFacts
 from relaymail.tls.policy import Event
-from relaymail.tls.tlsrpt import (
+from relaymail.tls.reporting import (
     DomainSummary,
     FailureDetail,
     PolicySummary,

@@ -74,7 +74,7 @@ from cryptography.x509.verification import (
 
 from ..resolver import describe_dns_error
 from .context import _EE_POLICY
-from .tlsrpt import ResultType
+from .reporting import ResultType
 
 
 class Usage(enum.IntEnum):
