@@ -22,7 +22,7 @@ from .policy import (
     StsLookup,
     StsPolicy,
     StsRecordInvalid,
-    _normalize,
+    normalize_domain,
     select_txt_record,
 )
 
@@ -59,7 +59,7 @@ class StsResolver:
     async def lookup(self, domain: str) -> StsLookup:
         """The MTA-STS policy in force for `domain` (an ASCII or IDNA domain name)."""
         try:
-            domain = _normalize(domain)
+            domain = normalize_domain(domain)
         except ValueError as exc:
             return StsLookup(None, error=f"no MTA-STS for {domain!r}: {exc}")
         if not domain:

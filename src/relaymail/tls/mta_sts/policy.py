@@ -235,7 +235,7 @@ def select_txt_record(texts: Sequence[str]) -> str | None:
     return parse_txt_record(candidates[0])
 
 
-def _normalize(domain: str) -> str:
+def normalize_domain(domain: str) -> str:
     """The lower-case A-label form of `domain`; "" for an address literal."""
     domain = domain.rstrip(".").lower()
     if domain.startswith("[") or is_ip(domain):

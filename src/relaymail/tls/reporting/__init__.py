@@ -58,7 +58,7 @@ from .send import (
     preview_reports,
     send_daily_reports,
 )
-from .store import DB_FILENAME, ReportState, TlsReportStore
+from .store import DB_FILENAME, ReportProgress, ReportState, TlsReportStore
 
 __all__ = [
     "DB_FILENAME",
@@ -71,6 +71,7 @@ __all__ = [
     "PolicyType",
     "ReportMail",
     "ReportOutcome",
+    "ReportProgress",
     "ReportState",
     "ResultType",
     "TlsEvent",

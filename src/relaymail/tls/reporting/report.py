@@ -143,6 +143,6 @@ class TlsReport:
         return gzip.compress(json.dumps(self.json).encode(), mtime=0)
 
 
-def _report_id(day: date, token: str, submitter: str) -> str:
+def new_report_id(day: date, token: str, submitter: str) -> str:
     # Also used as Message-ID and inside <> in the Subject: an addr-spec-like form.
     return f"{day:%Y%m%d}.{token}@{submitter}"

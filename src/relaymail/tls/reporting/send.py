@@ -240,7 +240,7 @@ async def send_daily_reports(
     sender = from_address or f"noreply-smtp-tls-reporting@{submitter}"
     slots = asyncio.Semaphore(SEND_CONCURRENCY)
     async with (
-        store._sending,
+        store.sending,
         httpx.AsyncClient(
             verify=ssl_context or ssl.create_default_context(),
             timeout=http_timeout,
@@ -275,7 +275,7 @@ async def _send_domain(
     from_address: str,
     clock: Callable[[], float],
 ) -> ReportOutcome:
-    row = await asyncio.to_thread(store._report, day, domain)
+    row = await asyncio.to_thread(store.progress, day, domain)
     if row is not None and row.state is not ReportState.OPEN:
         return ReportOutcome(domain, day, row.state, detail="already done")
     try:
@@ -286,17 +286,17 @@ async def _send_domain(
     if record is None:
         detail = f"no usable TLSRPT record at _smtp._tls.{domain}"
         await asyncio.to_thread(
-            store._close_report, day, domain, ReportState.NO_RECORD, detail, clock()
+            store.close_report, day, domain, ReportState.NO_RECORD, detail, clock()
         )
         return ReportOutcome(domain, day, ReportState.NO_RECORD, detail=detail)
     supported = [u for u in dict.fromkeys(record.rua) if _scheme(u) in ("mailto", "https")]
     if not supported:
         detail = f"no mailto: or https: URI in the TLSRPT record of {domain}"
         await asyncio.to_thread(
-            store._close_report, day, domain, ReportState.NO_RECORD, detail, clock()
+            store.close_report, day, domain, ReportState.NO_RECORD, detail, clock()
         )
         return ReportOutcome(domain, day, ReportState.NO_RECORD, detail=detail)
-    row = await asyncio.to_thread(store._open_report, day, domain, submitter, clock())
+    row = await asyncio.to_thread(store.open_report, day, domain, submitter, clock())
     report_id = row.report_id
     summary = await asyncio.to_thread(store.summary, day, domain)
     report = TlsReport(
@@ -317,14 +317,14 @@ async def _send_domain(
             domain, day, report_id, uri, "sent" if result.ok else "failed", result.detail,
         )  # fmt: skip
         if result.ok:
-            await asyncio.to_thread(store._mark_delivered, day, domain, uri, clock())
+            await asyncio.to_thread(store.mark_delivered, day, domain, uri, clock())
         results.append(result)
     owed = [r for r in results if not r.ok and not r.permanent]
     if owed:
         return ReportOutcome(domain, day, ReportState.OPEN, report_id, tuple(results))
     delivered = len(row.delivered) + sum(r.ok for r in results)
     detail = f"sent to {delivered} of {len(record.rua)} rua URIs"
-    await asyncio.to_thread(store._close_report, day, domain, ReportState.SENT, detail, clock())
+    await asyncio.to_thread(store.close_report, day, domain, ReportState.SENT, detail, clock())
     return ReportOutcome(domain, day, ReportState.SENT, report_id, tuple(results), detail)
 
 
@@ -383,7 +383,7 @@ def preview_reports(
         summary = store.summary(day, name)
         if not summary.policies:
             continue
-        row = store._report(day, name)
+        row = store.progress(day, name)
         reports.append(
             report_json(
                 summary,

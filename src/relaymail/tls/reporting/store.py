@@ -19,7 +19,7 @@ from typing import Any
 
 from ...errors import RelaymailError
 from .events import PolicyType, ResultType, TlsEvent, utc_day
-from .report import DomainSummary, FailureDetail, PolicySummary, _report_id, report_json
+from .report import DomainSummary, FailureDetail, PolicySummary, new_report_id, report_json
 
 DB_FILENAME = "tlsrpt.db"
 SCHEMA_VERSION = 1
@@ -101,7 +101,9 @@ class ReportState(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class _ReportRow:
+class ReportProgress:
+    """How far sending one domain's report for one day has come."""
+
     token: str  # letters and digits: the unique-id of the file name (RFC 8460 5.1)
     report_id: str
     state: ReportState
@@ -189,7 +191,7 @@ class TlsReportStore:
         )
         self._lock = threading.Lock()
         self._write_lock = asyncio.Lock()
-        self._sending = asyncio.Lock()  # one send_daily_reports() at a time
+        self.sending = asyncio.Lock()  # one send_daily_reports() at a time
         self._open: _Batch = _Batch()
         with self._lock:
             self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -386,7 +388,8 @@ class TlsReportStore:
 
     # -- report bookkeeping (send_daily_reports) ---------------------------------
 
-    def _report(self, day: date, domain: str) -> _ReportRow | None:
+    def progress(self, day: date, domain: str) -> ReportProgress | None:
+        """Where sending the report of `domain` for `day` stands; None before the first try."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT token, report_id, state FROM report WHERE day = ? AND domain = ?",
@@ -399,9 +402,11 @@ class TlsReportStore:
                 (day.isoformat(), domain),
             ).fetchall()
         token, report_id, state = row
-        return _ReportRow(token, report_id, ReportState(state), frozenset(d for (d,) in delivered))
+        return ReportProgress(
+            token, report_id, ReportState(state), frozenset(d for (d,) in delivered)
+        )
 
-    def _open_report(self, day: date, domain: str, submitter: str, now: float) -> _ReportRow:
+    def open_report(self, day: date, domain: str, submitter: str, now: float) -> ReportProgress:
         """The report's row, made with a fresh id if there is none yet."""
         token = secrets.token_hex(8)
         with self._transaction() as conn:
@@ -412,24 +417,26 @@ class TlsReportStore:
                 ON CONFLICT DO NOTHING
                 """,
                 (
-                    day.isoformat(), domain, token, _report_id(day, token, submitter),
+                    day.isoformat(), domain, token, new_report_id(day, token, submitter),
                     ReportState.OPEN.value, now,
                 ),
             )  # fmt: skip
-        row = self._report(day, domain)
+        row = self.progress(day, domain)
         assert row is not None
         return row
 
-    def _mark_delivered(self, day: date, domain: str, destination: str, now: float) -> None:
+    def mark_delivered(self, day: date, domain: str, destination: str, now: float) -> None:
+        """Record that `destination` took the report: it is never sent there again."""
         with self._transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO report_destination VALUES (?, ?, ?, ?)",
                 (day.isoformat(), domain, destination, now),
             )
 
-    def _close_report(
+    def close_report(
         self, day: date, domain: str, state: ReportState, detail: str, now: float
     ) -> None:
+        """Settle the report in `state` (SENT, NO_RECORD): later sends skip it."""
         with self._transaction() as conn:
             conn.execute(
                 """
