@@ -257,7 +257,7 @@ async def send_daily_reports(
                     contact_info=contact, from_address=sender, clock=clock,
                 )  # fmt: skip
 
-        domains = await asyncio.to_thread(store.domains, day)
+        domains = await store.db.run(store.domains, day)
         return list(await asyncio.gather(*(one(d) for d in domains)))
 
 
@@ -275,7 +275,7 @@ async def _send_domain(
     from_address: str,
     clock: Callable[[], float],
 ) -> ReportOutcome:
-    row = await asyncio.to_thread(store.progress, day, domain)
+    row = await store.db.run(store.progress, day, domain)
     if row is not None and row.state is not ReportState.OPEN:
         return ReportOutcome(domain, day, row.state, detail="already done")
     try:
@@ -285,20 +285,16 @@ async def _send_domain(
         return ReportOutcome(domain, day, None, detail=str(exc))
     if record is None:
         detail = f"no usable TLSRPT record at _smtp._tls.{domain}"
-        await asyncio.to_thread(
-            store.close_report, day, domain, ReportState.NO_RECORD, detail, clock()
-        )
+        await store.db.run(store.close_report, day, domain, ReportState.NO_RECORD, detail, clock())
         return ReportOutcome(domain, day, ReportState.NO_RECORD, detail=detail)
     supported = [u for u in dict.fromkeys(record.rua) if _scheme(u) in ("mailto", "https")]
     if not supported:
         detail = f"no mailto: or https: URI in the TLSRPT record of {domain}"
-        await asyncio.to_thread(
-            store.close_report, day, domain, ReportState.NO_RECORD, detail, clock()
-        )
+        await store.db.run(store.close_report, day, domain, ReportState.NO_RECORD, detail, clock())
         return ReportOutcome(domain, day, ReportState.NO_RECORD, detail=detail)
-    row = await asyncio.to_thread(store.open_report, day, domain, submitter, clock())
+    row = await store.db.run(store.open_report, day, domain, submitter, clock())
     report_id = row.report_id
-    summary = await asyncio.to_thread(store.summary, day, domain)
+    summary = await store.db.run(store.summary, day, domain)
     report = TlsReport(
         day, domain, submitter, row.token,
         report_json(summary, organization_name=organization_name, contact_info=contact_info,
@@ -317,14 +313,14 @@ async def _send_domain(
             domain, day, report_id, uri, "sent" if result.ok else "failed", result.detail,
         )  # fmt: skip
         if result.ok:
-            await asyncio.to_thread(store.mark_delivered, day, domain, uri, clock())
+            await store.db.run(store.mark_delivered, day, domain, uri, clock())
         results.append(result)
     owed = [r for r in results if not r.ok and not r.permanent]
     if owed:
         return ReportOutcome(domain, day, ReportState.OPEN, report_id, tuple(results))
     delivered = len(row.delivered) + sum(r.ok for r in results)
     detail = f"sent to {delivered} of {len(record.rua)} rua URIs"
-    await asyncio.to_thread(store.close_report, day, domain, ReportState.SENT, detail, clock())
+    await store.db.run(store.close_report, day, domain, ReportState.SENT, detail, clock())
     return ReportOutcome(domain, day, ReportState.SENT, report_id, tuple(results), detail)
 
 

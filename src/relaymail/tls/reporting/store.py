@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
 import re
 import secrets
-import sqlite3
-import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from ...errors import RelaymailError
+from ...state_db import StateDb
 from .events import PolicyType, ResultType, TlsEvent, utc_day
 from .report import DomainSummary, FailureDetail, PolicySummary, new_report_id, report_json
 
@@ -25,7 +22,6 @@ DB_FILENAME = "tlsrpt.db"
 SCHEMA_VERSION = 1
 # A reason is someone else's text; it is a counter key, so keep it short.
 MAX_REASON = 200
-_BUSY_TIMEOUT_MS = 5000
 
 
 # ---------------------------------------------------------------------------
@@ -177,38 +173,20 @@ class _Batch:
 class TlsReportStore:
     """Daily TLS counters and report bookkeeping in `<directory>/tlsrpt.db`.
 
-    One connection, used by one thread at a time under a lock; WAL so that
-    another process (the CLI) can read while the daemon writes. Losing the
-    last commit in a power cut costs a few counts, so commits do not fsync
-    the WAL (synchronous=NORMAL).
+    A state file (state_db.py): WAL so that another process (the CLI) can
+    read while the daemon writes; losing the last commit in a power cut costs
+    a few counts, so commits do not fsync the WAL.
     """
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / DB_FILENAME
-        self._conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, cached_statements=32
-        )
-        self._lock = threading.Lock()
+        self.db = StateDb(directory, DB_FILENAME, _SCHEMA, version=SCHEMA_VERSION)
+        self.path = self.db.path
         self._write_lock = asyncio.Lock()
         self.sending = asyncio.Lock()  # one send_daily_reports() at a time
         self._open: _Batch = _Batch()
-        with self._lock:
-            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RelaymailError(
-                    f"{self.path}: schema version {version} is newer than this relaymail"
-                )
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.db.close()
 
     # -- counting ----------------------------------------------------------------
 
@@ -232,14 +210,14 @@ class TlsReportStore:
         async with self._write_lock:
             if self._open is batch:
                 self._open = _Batch()
-            await asyncio.to_thread(self._write, batch.tallies)
+            await self.db.run(self._write, batch.tallies)
 
     def record_blocking(self, events: Iterable[TlsEvent]) -> None:
         """record() for code without an event loop (tools, tests of the CLI)."""
         self._write(_aggregate(events))
 
     def _write(self, tallies: dict[_PolicyKey, _Tally]) -> None:
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             for key, tally in tallies.items():
                 (policy_id,) = conn.execute(
                     """
@@ -279,43 +257,32 @@ class TlsReportStore:
                     ],
                 )
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
     # -- reading -------------------------------------------------------------------
 
     def domains(self, day: date) -> list[str]:
         """The policy domains with sessions counted on `day`, sorted."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self.db.connection() as conn:
+            rows = conn.execute(
                 "SELECT DISTINCT domain FROM policy_day WHERE day = ? ORDER BY domain",
                 (day.isoformat(),),
             ).fetchall()
         return [domain for (domain,) in rows]
 
     def days(self) -> list[date]:
-        with self._lock:
-            rows = self._conn.execute("SELECT DISTINCT day FROM policy_day ORDER BY day").fetchall()
+        with self.db.connection() as conn:
+            rows = conn.execute("SELECT DISTINCT day FROM policy_day ORDER BY day").fetchall()
         return [date.fromisoformat(day) for (day,) in rows]
 
     def summary(self, day: date, domain: str) -> DomainSummary:
-        with self._lock:
-            policies = self._conn.execute(
+        with self.db.connection() as conn:
+            policies = conn.execute(
                 """
                 SELECT id, policy_type, policy_strings, mx_patterns, successes, failures
                 FROM policy_day WHERE day = ? AND domain = ? ORDER BY id
                 """,
                 (day.isoformat(), domain),
             ).fetchall()
-            failures = self._conn.execute(
+            failures = conn.execute(
                 """
                 SELECT f.policy_id, f.result_type, f.sending_ip, f.mx_hostname, f.mx_helo,
                        f.receiving_ip, f.reason, f.sessions
@@ -374,7 +341,7 @@ class TlsReportStore:
     def prune(self, before: date) -> int:
         """Forget counters and report bookkeeping of days before `before`; returns rows gone."""
         cutoff = before.isoformat()
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             # Without relying on the foreign key's cascade: another process may
             # have opened the file with foreign_keys off.
             conn.execute(
@@ -390,14 +357,14 @@ class TlsReportStore:
 
     def progress(self, day: date, domain: str) -> ReportProgress | None:
         """Where sending the report of `domain` for `day` stands; None before the first try."""
-        with self._lock:
-            row = self._conn.execute(
+        with self.db.connection() as conn:
+            row = conn.execute(
                 "SELECT token, report_id, state FROM report WHERE day = ? AND domain = ?",
                 (day.isoformat(), domain),
             ).fetchone()
             if row is None:
                 return None
-            delivered = self._conn.execute(
+            delivered = conn.execute(
                 "SELECT destination FROM report_destination WHERE day = ? AND domain = ?",
                 (day.isoformat(), domain),
             ).fetchall()
@@ -409,7 +376,7 @@ class TlsReportStore:
     def open_report(self, day: date, domain: str, submitter: str, now: float) -> ReportProgress:
         """The report's row, made with a fresh id if there is none yet."""
         token = secrets.token_hex(8)
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(
                 """
                 INSERT INTO report (day, domain, token, report_id, state, updated_at)
@@ -427,7 +394,7 @@ class TlsReportStore:
 
     def mark_delivered(self, day: date, domain: str, destination: str, now: float) -> None:
         """Record that `destination` took the report: it is never sent there again."""
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO report_destination VALUES (?, ?, ?, ?)",
                 (day.isoformat(), domain, destination, now),
@@ -437,7 +404,7 @@ class TlsReportStore:
         self, day: date, domain: str, state: ReportState, detail: str, now: float
     ) -> None:
         """Settle the report in `state` (SENT, NO_RECORD): later sends skip it."""
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(
                 """
                 INSERT INTO report (day, domain, token, report_id, state, detail, updated_at)
