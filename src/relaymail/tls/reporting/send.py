@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import logging
 import ssl
 import time
@@ -21,6 +20,7 @@ import dns.resolver
 
 from ...errors import AddressError, RelaymailError
 from ...message import Envelope, check_address
+from ...mime import Part, multipart_report
 from ...resolver import describe_dns_error, is_ip
 from .events import utc_day
 from .record import TlsRptLookupError, lookup_tlsrpt
@@ -60,7 +60,6 @@ def build_report_mail(
         f"This is an aggregate TLS report (RFC 8460) from {report.submitter}\r\n"
         f"for {report.domain}, covering {report.day.isoformat()} (UTC).\r\n"
     ).encode()
-    boundary = "tlsrpt=" + hashlib.sha256(attachment).hexdigest()[:24]
     head = [
         f"From: <{from_address}>",
         f"To: {', '.join(f'<{a}>' for a in to)}",
@@ -76,13 +75,12 @@ def build_report_mail(
         # RFC 8460 5.3: reports MUST be delivered despite TLS failures (the very
         # failures they report); RFC 8689 is how a message asks for that.
         "TLS-Required: No",
-        "MIME-Version: 1.0",
-        'Content-Type: multipart/report; report-type="tlsrpt";',
-        f'\tboundary="{boundary}"',
     ]
-    parts: list[tuple[list[str], bytes]] = [
-        (["Content-Type: text/plain; charset=us-ascii", "Content-Transfer-Encoding: 7bit"], text),
-        (
+    parts = [
+        Part(
+            ["Content-Type: text/plain; charset=us-ascii", "Content-Transfer-Encoding: 7bit"], text
+        ),
+        Part(
             [
                 f"Content-Type: {MEDIA_TYPE}",
                 "Content-Transfer-Encoding: base64",
@@ -92,16 +90,8 @@ def build_report_mail(
             attachment,
         ),
     ]
-    out = bytearray(_lines(head))
-    out += b"\r\nThis is a multipart message in MIME format.\r\n"
-    for part_head, body in parts:
-        out += f"\r\n--{boundary}\r\n".encode() + _lines(part_head) + b"\r\n" + body
-    out += f"\r\n--{boundary}--\r\n".encode()
-    return ReportMail(Envelope(from_address, tuple(to)), bytes(out))
-
-
-def _lines(lines: list[str]) -> bytes:
-    return "".join(line + "\r\n" for line in lines).encode("ascii")
+    data = multipart_report(head, '"tlsrpt"', parts, boundary_prefix="tlsrpt")
+    return ReportMail(Envelope(from_address, tuple(to)), data)
 
 
 # ---------------------------------------------------------------------------
