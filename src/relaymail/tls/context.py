@@ -12,7 +12,9 @@ instead, leaving `may` with nothing to report.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.verification import (
@@ -41,6 +43,25 @@ class TlsFacts:
     verified: bool = False
     verify_error: str | None = None
     certificate: PeerCertificate | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The facts results and the queue keep: the verify error and certificate stay in logs."""
+        return {
+            "used": self.used,
+            "version": self.version,
+            "cipher": self.cipher,
+            "verified": self.verified,
+        }
+
+    @classmethod
+    def from_json(cls, facts: Mapping[str, Any]) -> TlsFacts:
+        """The facts `to_json` gave; a missing field takes its default."""
+        return cls(
+            used=bool(facts.get("used", False)),
+            version=facts.get("version"),
+            cipher=facts.get("cipher"),
+            verified=bool(facts.get("verified", False)),
+        )
 
 
 CLEAR = TlsFacts(used=False)
