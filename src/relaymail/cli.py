@@ -304,7 +304,7 @@ def _tls(args: argparse.Namespace) -> int:
 
 
 def _tlsrpt(args: argparse.Namespace) -> int:
-    from .tls.tlsrpt import TlsReportStore, preview_reports
+    from .tls.reporting import TlsReportStore, preview_reports
 
     config = _config(args.config)
     name = config.delivery.helo_name

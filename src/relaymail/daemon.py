@@ -78,7 +78,7 @@ class Daemon:
 
         Checked hourly; what was sent is recorded, so a restart does not resend.
         """
-        from .tls.tlsrpt import TlsReportStore, send_daily_reports
+        from .tls.reporting import TlsReportStore, send_daily_reports
 
         while True:
             tls = self.config.tls

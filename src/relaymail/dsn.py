@@ -2,11 +2,9 @@
 
 Pure functions: facts in, an envelope and message bytes out; no clock, no I/O.
 
-The message is built by hand rather than with `email.message.EmailMessage`:
-the stdlib generator re-folds and re-encodes header fields and treats the
-blocks of a message/delivery-status body as sub-messages, while a DSN must
-carry the original header section byte for byte and fields in the exact
-RFC 3464 form. Tests parse the result back with the stdlib parser.
+The message is written by mime.py's multipart/report writer (why by hand:
+see there), with the fields in the exact RFC 3464 form. Tests parse the
+result back with the stdlib parser.
 
 Shape (RFC 6522 multipart/report, report-type=delivery-status):
   1. text/plain: what happened, in plain words, for a person;
@@ -25,7 +23,6 @@ Never bounce a bounce: a message with the null reverse-path gets no DSN
 from __future__ import annotations
 
 import enum
-import hashlib
 import re
 import textwrap
 from collections.abc import Sequence
@@ -36,6 +33,7 @@ from typing import NamedTuple, Protocol
 
 from .headers import foreign_text
 from .message import Envelope, domain_of
+from .mime import Part, crlf_lines, multipart_report
 from .smtp.reply import Reply
 
 __all__ = [
@@ -337,7 +335,7 @@ def _build(
         headers += b"\r\n"
 
     parts = [
-        (
+        Part(
             [
                 "Content-Description: Notification",
                 "Content-Type: text/plain; charset=utf-8",
@@ -345,7 +343,7 @@ def _build(
             ],
             human,
         ),
-        (
+        Part(
             [
                 "Content-Description: Delivery report",
                 "Content-Type: message/global-delivery-status"
@@ -354,7 +352,7 @@ def _build(
             ],
             status,
         ),
-        (
+        Part(
             [
                 "Content-Description: Undelivered Message Headers"
                 if kind is _Kind.BOUNCE
@@ -368,8 +366,6 @@ def _build(
         ),
     ]
     stamp = int(now.timestamp())
-    boundary = _boundary(queue_id, kind, stamp, [body for _, body in parts])
-
     top = [
         f"From: Mail Delivery System <MAILER-DAEMON@{mta}>",
         f"To: <{original_sender}>",
@@ -381,37 +377,15 @@ def _build(
     if original_id is not None:
         reference = original_id.group(1).decode("ascii")
         top += [f"In-Reply-To: {reference}", f"References: {reference}"]
-    top += [
-        "Auto-Submitted: auto-replied",  # RFC 3834 5: nobody should answer this
-        "MIME-Version: 1.0",
-        "Content-Type: multipart/report; report-type=delivery-status;",
-        f'\tboundary="{boundary}"',
-    ]
-    if international:
-        top.append("Content-Transfer-Encoding: 8bit")
-
-    out = bytearray(_lines(top))
-    out += b"\r\nThis is a MIME-encapsulated message.\r\n"
-    for part_headers, body in parts:
-        out += f"\r\n--{boundary}\r\n".encode()
-        out += _lines(part_headers)
-        out += b"\r\n" + body
-    out += f"\r\n--{boundary}--\r\n".encode()
-    return Dsn(Envelope("", (original_sender,)), bytes(out))
-
-
-def _lines(lines: list[str]) -> bytes:
-    return "".join(line + "\r\n" for line in lines).encode("utf-8")
-
-
-def _boundary(queue_id: str, kind: _Kind, stamp: int, bodies: list[bytes]) -> str:
-    digest = hashlib.sha256(b"".join(bodies)).hexdigest()[:16]
-    candidate = f"{queue_id}.{stamp}/{kind.tag}={digest}"
-    counter = 0
-    while any(candidate.encode() in body for body in bodies):  # a deliberate collision
-        counter += 1
-        candidate = f"{queue_id}.{stamp}/{kind.tag}={digest}.{counter}"
-    return candidate
+    top.append("Auto-Submitted: auto-replied")  # RFC 3834 5: nobody should answer this
+    data = multipart_report(
+        top,
+        "delivery-status",
+        parts,
+        boundary_prefix=f"{queue_id}.{stamp}/{kind.tag}",
+        eight_bit=international,
+    )
+    return Dsn(Envelope("", (original_sender,)), data)
 
 
 def _clean(text: str, international: bool) -> str:
@@ -479,7 +453,7 @@ def _delivery_status(
         if retry_until is not None:
             block.append(f"Will-Retry-Until: {format_datetime(retry_until)}")
         blocks.append(block)
-    return b"\r\n".join(_lines(block) for block in blocks)
+    return b"\r\n".join(crlf_lines(block) for block in blocks)
 
 
 def _explain(report: RecipientReport, international: bool) -> list[str]:
@@ -548,4 +522,4 @@ def _human_text(
             )
         lines.append("")
     lines += textwrap.wrap(closing, width=72)
-    return _lines(lines)
+    return crlf_lines(lines)

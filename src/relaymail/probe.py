@@ -71,7 +71,7 @@ async def _ready(inspection: HostInspection) -> HostInspection:
 
 
 async def _tlsrpt(domain: str, engine: DeliveryEngine) -> str:
-    from .tls.tlsrpt import TlsRptLookupError, lookup_tlsrpt
+    from .tls.reporting import TlsRptLookupError, lookup_tlsrpt
 
     try:
         record = await lookup_tlsrpt(domain, engine.resolver)

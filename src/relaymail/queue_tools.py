@@ -143,11 +143,13 @@ def _console() -> Any:
 def _tls_words(tls: str | None) -> str:
     if not tls:
         return "-"
-    facts = json.loads(tls)
-    if not facts.get("used"):
+    from .tls.context import TlsFacts  # here: `relaymail queue` starts without cryptography
+
+    facts = TlsFacts.from_json(json.loads(tls))
+    if not facts.used:
         return "none"
-    verified = "verified" if facts.get("verified") else "not verified"
-    return f"{facts.get('version')} {verified}"
+    verified = "verified" if facts.verified else "not verified"
+    return f"{facts.version} {verified}"
 
 
 def _print_stats(stats: QueueStats, as_json: bool) -> None:

@@ -391,10 +391,7 @@ def _update(
         Status.BOUNCED: RecipientState.BOUNCED,
         Status.DEFERRED: RecipientState.DEFERRED,
     }[status]
-    tls = json.dumps(
-        {"used": result.tls.used, "version": result.tls.version, "cipher": result.tls.cipher,
-         "verified": result.tls.verified}
-    )  # fmt: skip
+    tls = json.dumps(result.tls.to_json())
     return RecipientUpdate(
         message_id, result.recipient, state, pending.attempts, pending.due,
         last_attempt=now, last_reply=result.reply, last_error=reason, tls=tls, host=result.host,

@@ -32,7 +32,7 @@ from relaymail.delivery import AttemptResult, DeliveryEngine, RecipientResult, S
 from relaymail.message import Envelope
 from relaymail.tls.context import client_context, peer_chain
 from relaymail.tls.dane import DaneStatus, TlsaRecord, lookup_tlsa, verify_chain
-from relaymail.tls.tlsrpt import TlsReportStore, preview_reports
+from relaymail.tls.reporting import TlsReportStore, preview_reports
 from tests.integration.conftest import MESSAGE
 from tests.peers.dns_server import AAAA, CNAME, MX, TLSA, A, DNSServerFactory, Record
 from tests.peers.dnssec_zone import DNSSECResolver, Security, Zone

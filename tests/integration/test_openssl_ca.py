@@ -18,8 +18,8 @@ from relaymail.config import parse_config
 from relaymail.delivery import AttemptResult, Status
 from relaymail.probe import probe_domain
 from relaymail.tls.policy import Event
+from relaymail.tls.reporting import session_event
 from relaymail.tls.results import ResultType
-from relaymail.tls.tlsrpt import session_event
 from tests.integration.conftest import deliver
 from tests.peers.binaries import peer_binary
 from tests.peers.smtp_server import Script

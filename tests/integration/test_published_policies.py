@@ -20,7 +20,7 @@ import pytest
 from relaymail.config import parse_config
 from relaymail.delivery import AttemptResult, DeliveryEngine, Status
 from relaymail.message import Envelope
-from relaymail.tls.tlsrpt import TlsReportStore, preview_reports, send_daily_reports
+from relaymail.tls.reporting import TlsReportStore, preview_reports, send_daily_reports
 from tests.integration.conftest import MESSAGE
 from tests.integration.daemon_process import RELAYMAIL, run_command, write_toml
 from tests.peers.certs import server_context

@@ -11,7 +11,7 @@ import datetime as dt
 
 from relaymail.config import parse_config
 from relaymail.delivery import Status
-from relaymail.tls.tlsrpt import TlsReportStore
+from relaymail.tls.reporting import TlsReportStore
 from tests.integration.conftest import deliver, hop
 from tests.peers.dns_server import MX, A
 from tests.peers.smtp_server import Script

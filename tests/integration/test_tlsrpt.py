@@ -23,8 +23,7 @@ from relaymail.delivery.plan import HostPolicy
 from relaymail.message import Envelope
 from relaymail.routing import HopSource, NextHop
 from relaymail.tls.policy import Level
-from relaymail.tls.results import PolicyType, ResultType
-from relaymail.tls.tlsrpt import (
+from relaymail.tls.reporting import (
     ReportState,
     TlsEvent,
     TlsReportStore,
@@ -33,6 +32,7 @@ from relaymail.tls.tlsrpt import (
     session_event,
     utc_day,
 )
+from relaymail.tls.results import PolicyType, ResultType
 from tests.integration.conftest import config_for
 from tests.peers.certs import expired_server_context
 from tests.peers.dns_server import AAAA, TXT, A, NXDomain, ServFail

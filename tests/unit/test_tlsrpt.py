@@ -15,8 +15,7 @@ import pytest
 
 from relaymail.tls.context import CLEAR, TlsFacts
 from relaymail.tls.policy import Event
-from relaymail.tls.results import PolicyType, ResultType
-from relaymail.tls.tlsrpt import (
+from relaymail.tls.reporting import (
     DomainSummary,
     FailureDetail,
     PolicySummary,
@@ -33,6 +32,7 @@ from relaymail.tls.tlsrpt import (
     session_event,
     utc_day,
 )
+from relaymail.tls.results import PolicyType, ResultType
 from relaymail.tls.verify import VERIFIED, VerifyResult
 
 DAY = date(2026, 3, 14)

@@ -31,8 +31,8 @@ from ..tls.dane import TlsaLookup, lookup_tlsa
 from ..tls.memory import TlsMemory
 from ..tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
 from ..tls.policy import NOT_ASKED, Action, Decision, Event, Level, wants_starttls
+from ..tls.reporting import TlsEvent, TlsReportStore, session_event
 from ..tls.results import PolicyType, ResultType
-from ..tls.tlsrpt import TlsEvent, TlsReportStore, session_event
 from .plan import (
     DNS_HOPS,
     DomainPlan,

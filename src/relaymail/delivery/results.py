@@ -101,12 +101,7 @@ class RecipientResult:
             "status": self.status.value,
             "host": self.host,
             "reply": self.reply,
-            "tls": {
-                "used": self.tls.used,
-                "version": self.tls.version,
-                "cipher": self.tls.cipher,
-                "verified": self.tls.verified,
-            },
+            "tls": self.tls.to_json(),
             "reason": self.reason,
             "attempts": [
                 {

@@ -12,7 +12,7 @@ from ..routing import NextHop
 from ..smtp.client import Capabilities
 from ..smtp.reply import Reply
 from ..tls.context import CLEAR, TlsFacts
-from ..tls.tlsrpt import TlsEvent
+from ..tls.reporting import TlsEvent
 from .convert import to_7bit
 from .plan import DomainPlan, HostPolicy
 from .results import Attempt, AttemptResult, RecipientResult, Status

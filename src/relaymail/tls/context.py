@@ -12,11 +12,13 @@ instead, leaving `may` with nothing to report.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 
-from .verify import VerifyResult
+from .verify import VERIFIED, VerifyResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,26 @@ class TlsFacts:
         if self.verification is None or self.verification.verified:
             return None
         return str(self.verification)
+
+    def to_json(self) -> dict[str, Any]:
+        """The facts results and the queue keep: the verify error and certificate stay in logs."""
+        return {
+            "used": self.used,
+            "version": self.version,
+            "cipher": self.cipher,
+            "verified": self.verified,
+        }
+
+    @classmethod
+    def from_json(cls, facts: Mapping[str, Any]) -> TlsFacts:
+        """The facts `to_json` gave; a missing field takes its default."""
+        return cls(
+            used=bool(facts.get("used", False)),
+            version=facts.get("version"),
+            cipher=facts.get("cipher"),
+            # The reason a certificate failed is not kept (it stays in the logs).
+            verification=VERIFIED if facts.get("verified") else None,
+        )
 
 
 CLEAR = TlsFacts(used=False)

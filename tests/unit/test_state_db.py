@@ -1,0 +1,70 @@
+"""The small state files: pragmas, the schema version, the transaction, the worker thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from relaymail.errors import RelaymailError
+from relaymail.state_db import BUSY_TIMEOUT_MS, StateDb
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY);"
+
+
+def test_a_new_file_gets_the_schema_the_version_and_the_pragmas(tmp_path: Path) -> None:
+    db = StateDb(tmp_path / "state", "seen.db", SCHEMA, version=3)
+    with db.connection() as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        assert conn.execute("PRAGMA busy_timeout").fetchone() == (BUSY_TIMEOUT_MS,)
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [
+            ("seen",),
+            ("sqlite_autoindex_seen_1",),
+        ]
+    db.close()
+    assert db.path == tmp_path / "state" / "seen.db"
+
+
+def test_an_older_file_is_upgraded_and_a_newer_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "seen.db"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE seen (name TEXT PRIMARY KEY)")
+    raw.execute("INSERT INTO seen VALUES ('kept')")
+    raw.commit()
+    raw.close()
+    db = StateDb(tmp_path, "seen.db", SCHEMA, version=2)
+    with db.connection() as conn:
+        assert conn.execute("SELECT name FROM seen").fetchall() == [("kept",)]
+    db.close()
+    with pytest.raises(RelaymailError) as info:
+        StateDb(tmp_path, "seen.db", SCHEMA, version=1)
+    assert str(info.value) == f"{path}: schema version 2 is newer than this relaymail"
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    db = StateDb(tmp_path, "seen.db", SCHEMA)
+    with pytest.raises(sqlite3.IntegrityError), db.transaction() as conn:
+        conn.execute("INSERT INTO seen VALUES ('a')")
+        conn.execute("INSERT INTO seen VALUES ('a')")
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO seen VALUES ('b')")
+    with db.connection() as conn:
+        assert conn.execute("SELECT name FROM seen").fetchall() == [("b",)]
+    db.close()
+
+
+async def test_run_does_the_work_on_a_worker_thread(tmp_path: Path) -> None:
+    db = StateDb(tmp_path, "seen.db", SCHEMA)
+
+    def count(extra: int) -> tuple[int, bool]:
+        with db.connection() as conn:
+            (rows,) = conn.execute("SELECT count(*) FROM seen").fetchone()
+        return rows + extra, threading.current_thread() is threading.main_thread()
+
+    assert await db.run(count, 2) == (2, False)
+    db.close()
