@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from relaymail.commands.probe import probe_domain
 from relaymail.config import parse_config
 from relaymail.delivery import Status
-from relaymail.probe import probe_domain
 from relaymail.tls.policy import Event
 from relaymail.tls.tlsrpt import ResultType, session_event
 from tests.integration.conftest import deliver

@@ -15,15 +15,15 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from .config import Config
-from .queue.sqlite import SqliteStore
-from .queue.store import MessageDetail, MessageSummary, QueueStats, RecipientState
+from ..config import Config
+from ..queue.sqlite import SqliteStore
+from ..queue.store import MessageDetail, MessageSummary, QueueStats, RecipientState
 
 EX_OK, EX_NOINPUT, EX_TEMPFAIL = 0, 66, 75
 
 
 def run_queue_command(config: Config, args: argparse.Namespace) -> int:
-    from .errors import QueueFull, QueueUnusable
+    from ..errors import QueueFull, QueueUnusable
 
     if not (config.queue.directory / "queue.db").exists():
         print(f"relaymail: no queue at {config.queue.directory}", file=sys.stderr)

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import HeaderValueError
-from .headers import display_name, field, mailbox
+from ..errors import HeaderValueError
+from ..headers import display_name, field, mailbox
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER = 0, 64, 65, 67
 EX_TEMPFAIL, EX_CONFIG = 75, 78
@@ -142,8 +142,8 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import find_config, load_config
-    from .errors import (
+    from ..config import find_config, load_config
+    from ..errors import (
         AddressError,
         ConfigError,
         MessageInputError,
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         QueueFull,
         QueueUnusable,
     )
-    from .message import Envelope, canonical_data, check_address
-    from .message_input import read_message, size_limit
+    from ..message import Envelope, canonical_data, check_address
+    from .input import read_message, size_limit
 
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     except MessageInputError as exc:  # also MessageTooLarge
         print(f"sendmail: {exc}", file=sys.stderr)
         return exc.exit_status
-    from .queue.sqlite import submit_now
+    from ..queue.sqlite import submit_now
 
     try:
         queue_id = submit_now(config.queue.directory, envelope, data, time.time())

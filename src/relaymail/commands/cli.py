@@ -60,8 +60,8 @@ def _count(low: int, high: int) -> Callable[[str], int]:
 
 def _domain(text: str) -> str:
     """An argparse type: a domain name, in its lookup form."""
-    from .errors import AddressError
-    from .message import lookup_domain
+    from ..errors import AddressError
+    from ..message import lookup_domain
 
     try:
         return lookup_domain(text)
@@ -200,7 +200,7 @@ def _guarded_stdout(stdout: TextIO) -> TextIO:
 
 
 def _setup_logging(level: str, as_json: bool) -> None:
-    from .logs import setup_logging
+    from ..logs import setup_logging
 
     try:
         setup_logging(level, as_json)
@@ -210,8 +210,8 @@ def _setup_logging(level: str, as_json: bool) -> None:
 
 
 def _config(path: Path | None):  # type: ignore[no-untyped-def]
-    from .config import find_config, load_config
-    from .errors import ConfigError
+    from ..config import find_config, load_config
+    from ..errors import ConfigError
 
     try:
         return load_config(find_config(path))
@@ -221,10 +221,10 @@ def _config(path: Path | None):  # type: ignore[no-untyped-def]
 
 
 def _deliver(args: argparse.Namespace) -> int:
-    from .delivery import Status, deliver
-    from .errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
-    from .message import Envelope, canonical_data
-    from .message_input import read_message, size_limit
+    from ..delivery import Status, deliver
+    from ..errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
+    from ..message import Envelope, canonical_data
+    from .input import read_message, size_limit
 
     config = _config(args.config)
     sender = "" if args.sender in ("", "<>") else args.sender
@@ -264,8 +264,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
-    from .errors import ConfigError, ListenFailed, QueueUnusable
+    from ..daemon import Daemon
+    from ..errors import ConfigError, ListenFailed, QueueUnusable
 
     config = _config(args.config)
     try:
@@ -284,13 +284,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _queue(args: argparse.Namespace) -> int:
-    from .queue_tools import run_queue_command
+    from .queue import run_queue_command
 
     return run_queue_command(_config(args.config), args)
 
 
 def _tls(args: argparse.Namespace) -> int:
-    from .tls.memory import TlsMemory
+    from ..tls.memory import TlsMemory
 
     config = _config(args.config)
     domain = args.domain  # checked and in lookup form (_domain)
@@ -304,7 +304,7 @@ def _tls(args: argparse.Namespace) -> int:
 
 
 def _tlsrpt(args: argparse.Namespace) -> int:
-    from .tls.tlsrpt import TlsReportStore, preview_reports
+    from ..tls.tlsrpt import TlsReportStore, preview_reports
 
     config = _config(args.config)
     name = config.delivery.helo_name
@@ -325,7 +325,7 @@ def _tlsrpt(args: argparse.Namespace) -> int:
 def _passwd(args: argparse.Namespace) -> int:
     import getpass
 
-    from .passwords import hash_password
+    from ..passwords import hash_password
 
     if sys.stdin is None:  # started with stdin closed (<&-)
         print("relaymail: cannot read the password: standard input is closed", file=sys.stderr)
