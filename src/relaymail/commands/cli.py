@@ -290,36 +290,15 @@ def _queue(args: argparse.Namespace) -> int:
 
 
 def _tls(args: argparse.Namespace) -> int:
-    from ..tls.memory import TlsMemory
+    from .tls import forget
 
-    config = _config(args.config)
-    domain = args.domain  # checked and in lookup form (_domain)
-    memory = TlsMemory(config.queue.directory, config.tls.remember_for)
-    try:
-        forgotten = memory.forget(domain)
-    finally:
-        memory.close()
-    print(f"{domain}: " + ("forgotten" if forgotten else "nothing remembered"))
-    return EX_OK
+    return forget(_config(args.config), args.domain)
 
 
 def _tlsrpt(args: argparse.Namespace) -> int:
-    from ..tls.tlsrpt import TlsReportStore, preview_reports
+    from .tls import show_reports
 
-    config = _config(args.config)
-    name = config.delivery.helo_name
-    store = TlsReportStore(config.queue.directory)
-    try:
-        reports = preview_reports(
-            store,
-            domain=args.domain,
-            organization_name=config.tls.report_organization or name,
-            contact_info=config.tls.report_contact or f"postmaster@{name}",
-        )
-    finally:
-        store.close()
-    print(json.dumps(reports, indent=2))
-    return EX_OK
+    return show_reports(_config(args.config), args.domain)
 
 
 def _passwd(args: argparse.Namespace) -> int:
