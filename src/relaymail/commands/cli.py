@@ -17,19 +17,19 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
-T = TypeVar("T")
+from .exits import (
+    EX_DATAERR,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_OSERR,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    stop,
+)
 
-# sysexits.h, as Postfix's and Exim's sendmail use them.
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_OSERR = 71
-EX_IOERR = 74
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+T = TypeVar("T")
 
 # SQLite integers are 64-bit; a page of the queue listing beyond this is no page.
 MAX_LIST_LIMIT = 100_000
@@ -216,8 +216,7 @@ def _config(path: Path | None):  # type: ignore[no-untyped-def]
     try:
         return load_config(find_config(path))
     except ConfigError as exc:
-        print(f"relaymail: configuration error: {exc}", file=sys.stderr)
-        sys.exit(EX_CONFIG)
+        sys.exit(stop("relaymail", exc))
 
 
 def _deliver(args: argparse.Namespace) -> int:
@@ -237,12 +236,8 @@ def _deliver(args: argparse.Namespace) -> int:
         data = canonical_data(read_message(args.message, limit := size_limit(config)))
         if len(data) > limit:
             raise MessageTooLarge(limit)
-    except ConfigError as exc:
-        print(f"relaymail: configuration error: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    except MessageInputError as exc:  # also MessageTooLarge
-        print(f"relaymail: {exc}", file=sys.stderr)
-        return exc.exit_status
+    except (ConfigError, MessageInputError) as exc:  # also MessageTooLarge
+        return stop("relaymail", exc)
     results = _run(deliver(envelope, data, config))
     for result in results:
         print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
@@ -271,8 +266,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         _run(Daemon(config).run())
     except ConfigError as exc:
-        print(f"relaymail: configuration error: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return stop("relaymail", exc)
     except QueueUnusable as exc:
         print(f"relaymail: queue.directory: {exc}", file=sys.stderr)
         return exc.problem.exit_code

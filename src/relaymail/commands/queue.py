@@ -18,8 +18,7 @@ from typing import Any
 from ..config import Config
 from ..queue.sqlite import SqliteStore
 from ..queue.store import MessageDetail, MessageSummary, QueueStats, RecipientState
-
-EX_OK, EX_NOINPUT, EX_TEMPFAIL = 0, 66, 75
+from .exits import EX_NOINPUT, EX_OK, EX_TEMPFAIL
 
 
 def run_queue_command(config: Config, args: argparse.Namespace) -> int:

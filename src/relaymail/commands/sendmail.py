@@ -17,9 +17,7 @@ from pathlib import Path
 
 from ..errors import HeaderValueError
 from ..headers import display_name, field, mailbox
-
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER = 0, 64, 65, 67
-EX_TEMPFAIL, EX_CONFIG = 75, 78
+from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, stop
 
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
 
@@ -163,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(find_config(options.config))
         limit = size_limit(config)
     except ConfigError as exc:
-        print(f"sendmail: configuration error: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return stop("sendmail", exc)
     hostname = config.delivery.helo_name
     sender = options.sender if options.sender is not None else f"{_user()}@{hostname}"
     sender = "" if sender in ("<>", "") else sender
@@ -184,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_NOUSER
     except MessageInputError as exc:  # also MessageTooLarge
-        print(f"sendmail: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return stop("sendmail", exc)
     from ..queue.sqlite import submit_now
 
     try:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from ..config import Config
-
-EX_OK = 0
+from .exits import EX_OK
 
 
 def forget(config: Config, domain: str) -> int:
