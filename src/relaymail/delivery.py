@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import Config
 from .errors import RelaymailError
-from .message import Envelope, domain_of, dot_stuff
+from .message import Envelope, domain_of, dot_stuff, header_section
 from .mime7bit import ConversionImpossible, to_7bit
 from .routing import HopSource, NextHop, Router, RoutingError, make_resolver
 from .smtp.client import Capabilities, State, Verb
@@ -748,8 +748,7 @@ _TLS_NOT_REQUIRED = re.compile(rb"(?im)^TLS-Required:[ \t]*No[ \t]*\r?$")
 
 def tls_not_required(data: bytes) -> bool:
     """Whether the header section carries RFC 8689's `TLS-Required: No`."""
-    end = data.find(b"\r\n\r\n")
-    return bool(_TLS_NOT_REQUIRED.search(data if end < 0 else data[:end]))
+    return bool(_TLS_NOT_REQUIRED.search(header_section(data)))
 
 
 def _mail_parameters(caps: Capabilities, size: int, data: bytes, smtputf8: bool) -> str:

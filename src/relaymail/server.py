@@ -65,7 +65,13 @@ from .esmtp import (
 )
 from .inbound_loop import ClientGone, CommandLoop, printable
 from .long_lines import LongLines, fold_long_lines
-from .message import DEFAULT_MAX_MESSAGE_SIZE, Envelope, canonical_data, domain_of
+from .message import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Envelope,
+    canonical_data,
+    domain_of,
+    header_section,
+)
 from .passwords import PasswordHash
 
 __all__ = [
@@ -301,11 +307,7 @@ _RECEIVED_FIELD: Final = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MUL
 
 def count_received(data: bytes) -> int:
     """Received: fields in the header section of canonical message data."""
-    if data.startswith(b"\r\n"):
-        return 0
-    end = data.find(b"\r\n\r\n")
-    header = data if end < 0 else data[: end + 2]
-    return len(_RECEIVED_FIELD.findall(header))
+    return len(_RECEIVED_FIELD.findall(header_section(data)))
 
 
 def canonical_lines(data: bytes) -> tuple[bytes, int]:

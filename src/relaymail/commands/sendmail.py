@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import HeaderValueError
 from ..headers import display_name, field, mailbox
+from ..message import split_header_section
 from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, stop
 
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
@@ -73,13 +74,6 @@ def parse_args(argv: list[str]) -> _Options:
     return options
 
 
-def _header_section(data: bytes) -> tuple[bytes, bytes]:
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return data, b""
-    return data[: end + 2], data[end + 4 :]
-
-
 def _has_header(headers: bytes, name: bytes) -> bool:
     return any(line.lower().startswith(name.lower() + b":") for line in headers.split(b"\r\n"))
 
@@ -110,7 +104,7 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
     `data` is canonical, `sender` a checked address and the -F name checked
     by parse_args.
     """
-    headers, body = _header_section(data)
+    headers, body = split_header_section(data)
     recipients = list(options.recipients)
     if options.extract:
         # Imported here: only -t pays for the email package at start-up.
