@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..resolver import governing_key
+
 
 class Level(enum.Enum):
     """How much TLS a domain requires (Postfix's smtp_tls_security_level names)."""
@@ -136,11 +138,7 @@ class PolicyTable:
     def level_for(self, domain: str) -> tuple[Level, str]:
         """The level for `domain` and where it comes from (for the explanation)."""
         entries = dict(self.levels)
-        if domain in entries:
-            return entries[domain], f'[tls.policy] "{domain}"'
-        labels = domain.split(".")
-        for i in range(1, len(labels)):
-            suffix = "." + ".".join(labels[i:])
-            if suffix in entries:
-                return entries[suffix], f'[tls.policy] "{suffix}"'
+        key = governing_key(entries, domain)
+        if key is not None:
+            return entries[key], f'[tls.policy] "{key}"'
         return self.default, DEFAULT_SOURCE
