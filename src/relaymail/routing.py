@@ -30,7 +30,7 @@ import dns.resolver
 
 from .config import DnsSettings, HostPort
 from .errors import RelaymailError
-from .resolver import describe_dns_error, governing_key
+from .resolver import describe_dns_error, governing_key, is_ip
 
 log = logging.getLogger("relaymail.routing")
 
@@ -166,11 +166,8 @@ class Router:
         return kept
 
     async def _hop(self, host: str, port: int, source: HopSource, preference: int = 0) -> NextHop:
-        try:
-            ipaddress.ip_address(host)
+        if is_ip(host):
             return NextHop(host, port, (host,), source, preference)
-        except ValueError:
-            pass
         if source is HopSource.ROUTE and self._system_lookup:
             return await _system_hop(host, port)
         v6, v4 = await asyncio.gather(self._addresses(host, "AAAA"), self._addresses(host, "A"))
