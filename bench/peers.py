@@ -194,7 +194,7 @@ class Relaymail(Peer):
         script = shutil.which("relaymail")
         if script:
             return [script]
-        return [sys.executable, "-m", "relaymail.cli"]
+        return [sys.executable, "-m", "relaymail.commands.cli"]
 
     def unavailable(self) -> str | None:
         probe = subprocess.run(

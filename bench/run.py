@@ -658,7 +658,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--relaymail-command",
         help="how to run relaymail (default: 'relaymail' on PATH, else "
-        "'python -m relaymail.cli'); 'serve --config FILE' is appended",
+        "'python -m relaymail.commands.cli'); 'serve --config FILE' is appended",
     )
     p.add_argument(
         "--relaymail-sendmail",

@@ -39,6 +39,7 @@ from .config_fields import (
     whole,
 )
 from .errors import ConfigError
+from .resolver import is_ip
 from .retry import RetrySchedule
 from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
@@ -56,11 +57,7 @@ class HostPort:
 
     @property
     def is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+        return is_ip(self.host)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

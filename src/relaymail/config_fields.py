@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from .errors import AddressError, ConfigError
 from .message import domain_of
+from .resolver import is_ip
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
@@ -177,11 +178,8 @@ def host(value: Any, key: str) -> str:
     """A host or domain name to look up (`_` allowed, as in DNS; an international
     name becomes its A-labels), or an IP address."""
     name = text(value, key).rstrip(".")
-    try:
-        ipaddress.ip_address(name)
+    if is_ip(name):
         return name
-    except ValueError:
-        pass
     if not name.isascii():
         try:
             name = domain_of(f"postmaster@{name}")

@@ -31,6 +31,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import NamedTuple, Protocol
 
+from . import message
 from .headers import foreign_text
 from .message import Envelope, domain_of
 from .mime import Part, crlf_lines, multipart_report
@@ -219,8 +220,7 @@ def _parse_reply(text: str) -> Reply | None:
 
 def header_section(data: bytes) -> bytes:
     """The original header section (without the blank line), from canonical data."""
-    end = data.find(b"\r\n\r\n")
-    headers = data if end < 0 else data[: end + 2]
+    headers = message.header_section(data)
     if len(headers) > MAX_RETURNED_HEADERS:
         cut = headers.rfind(b"\r\n", 0, MAX_RETURNED_HEADERS)
         headers = headers[: cut + 2] if cut > 0 else b""

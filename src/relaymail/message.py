@@ -97,6 +97,24 @@ def canonical_data(raw: bytes) -> bytes:
     return data
 
 
+def header_section(data: bytes) -> bytes:
+    """The header section of canonical data: its fields with the last CRLF, not the blank line.
+
+    Data that starts with the blank line has none (RFC 5322 2.1); data without
+    a blank line is all header section.
+    """
+    if data.startswith(b"\r\n"):
+        return b""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def split_header_section(data: bytes) -> tuple[bytes, bytes]:
+    """(header section, body) of canonical data; the blank line between them is dropped."""
+    headers = header_section(data)
+    return headers, data[len(headers) + 2 :]
+
+
 def dot_stuff(data: bytes) -> bytes:
     """Transparency per RFC 5321 4.5.2, on canonical data; the terminator is not added."""
     # find() allocates nothing: most messages have no line to stuff, and keep their bytes.

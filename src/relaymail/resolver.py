@@ -1,4 +1,5 @@
-"""Words about names and addresses shared by every lookup: why DNS failed, what an IP is.
+"""Words about names and addresses shared by every lookup: why DNS failed, what an IP is,
+which configured entry governs a domain.
 
 Why a DNS lookup failed, in the words an operator can act on:
 
@@ -8,17 +9,22 @@ reached at all (`Network is unreachable`); the cause sits in the exception's
 `errors` list. Every lookup in relaymail (routing, MTA-STS, DANE, TLS-RPT) says
 why through `describe_dns_error`, so delivery and `relaymail probe` report the
 same cause for the same failure.
+
+The TLS policy table looks domains up here, and `sendmail` loads it with the
+configuration: dnspython (about 0.1 s to import) is loaded only by the
+functions that describe its errors, which run after a lookup has loaded it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import dns.exception
-import dns.message
-import dns.resolver
+if TYPE_CHECKING:
+    import dns.exception
+
+T = TypeVar("T")
 
 
 def is_ip(text: str) -> bool:
@@ -30,8 +36,23 @@ def is_ip(text: str) -> bool:
     return True
 
 
+def governing_key(entries: Mapping[str, T], domain: str) -> str | None:
+    """The key of `entries` that speaks for `domain`: the domain itself, else the nearest
+    parent entry (".example.com" stands for every name below example.com), else None."""
+    if domain in entries:
+        return domain
+    labels = domain.split(".")
+    for i in range(1, len(labels)):
+        suffix = "." + ".".join(labels[i:])
+        if suffix in entries:
+            return suffix
+    return None
+
+
 def describe_dns_error(exc: dns.exception.DNSException) -> str:
     """The cause of `exc`, per server where dnspython kept one: never a bare "SERVFAIL"."""
+    import dns.resolver
+
     if isinstance(exc, dns.resolver.LifetimeTimeout):
         servers = _unique(_server(error) for error in exc.kwargs.get("errors") or ())
         # An unconnected UDP socket never hears ICMP port-unreachable: a server that
@@ -49,6 +70,8 @@ def _server(error: tuple[Any, ...]) -> str:
 
 
 def _cause(error: tuple[Any, ...]) -> str:
+    import dns.message
+
     server, why = _server(error), error[3] if len(error) > 3 else None
     response = error[4] if len(error) > 4 else None
     if isinstance(why, str):  # an rcode: SERVFAIL, REFUSED, NOTIMP...

@@ -30,7 +30,7 @@ import dns.resolver
 
 from .config import DnsSettings, HostPort
 from .errors import RelaymailError
-from .resolver import describe_dns_error
+from .resolver import describe_dns_error, governing_key, is_ip
 
 log = logging.getLogger("relaymail.routing")
 
@@ -101,14 +101,8 @@ class Router:
 
     def route_for(self, domain: str) -> tuple[HostPort, ...] | None:
         """The static route for `domain`: exact, then '.parent' entries, then '*'."""
-        if domain in self._routes:
-            return self._routes[domain]
-        labels = domain.split(".")
-        for i in range(1, len(labels)):
-            suffix = "." + ".".join(labels[i:])
-            if suffix in self._routes:
-                return self._routes[suffix]
-        return self._routes.get("*")
+        key = governing_key(self._routes, domain)
+        return self._routes[key] if key is not None else self._routes.get("*")
 
     async def next_hops(self, domain: str) -> list[NextHop]:
         if domain.startswith("[") and domain.endswith("]"):
@@ -172,11 +166,8 @@ class Router:
         return kept
 
     async def _hop(self, host: str, port: int, source: HopSource, preference: int = 0) -> NextHop:
-        try:
-            ipaddress.ip_address(host)
+        if is_ip(host):
             return NextHop(host, port, (host,), source, preference)
-        except ValueError:
-            pass
         if source is HopSource.ROUTE and self._system_lookup:
             return await _system_hop(host, port)
         v6, v4 = await asyncio.gather(self._addresses(host, "AAAA"), self._addresses(host, "A"))

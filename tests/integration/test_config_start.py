@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relaymail.cli import EX_CONFIG, EX_OSERR
+from relaymail.commands.exits import EX_CONFIG, EX_OSERR
 from tests.integration.conftest import hop
 from tests.integration.daemon_process import RELAYMAIL, Daemon, free_port, run_command
 from tests.peers.smtp_server import Script

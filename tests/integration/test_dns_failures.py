@@ -10,9 +10,9 @@ import socket
 
 import pytest
 
+from relaymail.commands.probe import probe_domain
 from relaymail.config import parse_config
 from relaymail.delivery import Status
-from relaymail.probe import probe_domain
 from tests.integration.conftest import deliver
 from tests.peers.broken_resolver import BrokenResolver
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from relaymail.commands.probe import probe_domain
 from relaymail.config import parse_config
 from relaymail.delivery import AttemptResult, Status
-from relaymail.probe import probe_domain
 from relaymail.tls.policy import Event
 from relaymail.tls.reporting import session_event
 from relaymail.tls.results import ResultType

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from relaymail.commands.probe import probe_domain
 from relaymail.config import parse_config
 from relaymail.delivery import AttemptResult, Status
-from relaymail.probe import probe_domain
 from relaymail.tls.policy import Action
 from tests.integration.conftest import config_for, deliver, hop
 from tests.peers.smtp_server import Script

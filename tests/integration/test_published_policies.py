@@ -213,7 +213,7 @@ async def test_daily_report_arrives_as_mail_and_is_not_held_to_the_policy(
 async def test_probe_shows_which_policy_decides(
     smtp_peer, dns_server, policy_server, ca_file, tmp_path
 ):
-    from relaymail.probe import probe_domain, report_json
+    from relaymail.commands.probe import probe_domain, report_json
 
     peer = await smtp_peer(Script())
     https = await policy_server("enforce")

@@ -3,7 +3,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relaymail.errors import AddressError
-from relaymail.message import Envelope, canonical_data, domain_of, dot_stuff
+from relaymail.message import (
+    Envelope,
+    canonical_data,
+    domain_of,
+    dot_stuff,
+    header_section,
+    split_header_section,
+)
 
 
 def unstuff(data: bytes) -> bytes:
@@ -47,3 +54,18 @@ def test_unusable_addresses_are_refused(address):
 def test_international_addresses_need_smtputf8():
     assert Envelope("s@x.example", ("josé@example.org",)).needs_smtputf8
     assert not Envelope("", ("u@example.org",)).needs_smtputf8
+
+
+@pytest.mark.parametrize(
+    ("data", "headers", "body"),
+    [
+        (b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore\r\n", b"A: 1\r\nB: 2\r\n", b"body\r\n\r\nmore\r\n"),
+        (b"A: 1\r\n", b"A: 1\r\n", b""),  # no blank line: all header section
+        (b"A: 1\r\n\r\n", b"A: 1\r\n", b""),
+        (b"\r\nbody\r\n\r\nB: 2\r\n", b"", b"body\r\n\r\nB: 2\r\n"),  # starts with the blank line
+        (b"", b"", b""),
+    ],
+)
+def test_the_header_section_ends_at_the_first_blank_line(data, headers, body):
+    assert header_section(data) == headers
+    assert split_header_section(data) == (headers, body)

@@ -18,6 +18,7 @@ import email.message
 import re
 
 from ..errors import RelaymailError
+from ..message import split_header_section
 
 CRLF = b"\r\n"
 # RFC 2045 6.7 rule 5: encoded lines are at most 76 characters, the soft break's "=" included.
@@ -36,7 +37,7 @@ def to_7bit(data: bytes, *, utf8_headers: bool = False) -> bytes:
 
 
 def _entity(entity: bytes, default_type: str, *, utf8_headers: bool, top: bool) -> bytes:
-    head, body = _split(entity)
+    head, body = split_header_section(entity)
     if not head.isascii() and not utf8_headers:
         raise ConversionImpossible("8-bit octets in a header, and the next hop lacks SMTPUTF8")
     if body.isascii():
@@ -80,16 +81,6 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _split(entity: bytes) -> tuple[bytes, bytes]:
-    """(header section with its final CRLF, body) of canonical data; the blank line is dropped."""
-    if entity.startswith(CRLF):
-        return b"", entity[2:]
-    end = entity.find(CRLF + CRLF)
-    if end < 0:
-        return entity, b""
-    return entity[: end + 2], entity[end + 4 :]
 
 
 def _fields(head: bytes) -> dict[str, bytes]:

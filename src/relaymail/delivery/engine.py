@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import ConnectFailed, RelaymailError, SessionError
-from ..message import Envelope, domain_of, dot_stuff
+from ..message import Envelope, domain_of, dot_stuff, header_section
 from ..routing import NextHop, Router, RoutingError, make_resolver
 from ..smtp.client import Capabilities, State, Verb
 from ..smtp.session import SmtpSession
@@ -464,8 +464,7 @@ def _lookup_failed(
 
 def tls_not_required(data: bytes) -> bool:
     """Whether the header section carries RFC 8689's `TLS-Required: No`."""
-    end = data.find(b"\r\n\r\n")
-    return bool(_TLS_NOT_REQUIRED.search(data if end < 0 else data[:end]))
+    return bool(_TLS_NOT_REQUIRED.search(header_section(data)))
 
 
 async def deliver(envelope: Envelope, data: bytes, config: Config) -> list[RecipientResult]:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from ..message import canonical_data
+from ..message import canonical_data, header_section
 from .checks import IPAddress
 
 __all__ = [
@@ -97,11 +97,7 @@ _RECEIVED_FIELD: Final = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MUL
 
 def count_received(data: bytes) -> int:
     """Received: fields in the header section of canonical message data."""
-    if data.startswith(b"\r\n"):
-        return 0
-    end = data.find(b"\r\n\r\n")
-    header = data if end < 0 else data[: end + 2]
-    return len(_RECEIVED_FIELD.findall(header))
+    return len(_RECEIVED_FIELD.findall(header_section(data)))
 
 
 def canonical_lines(data: bytes) -> tuple[bytes, int]:

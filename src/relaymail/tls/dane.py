@@ -49,7 +49,6 @@ import copy
 import datetime as dt
 import enum
 import hashlib
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -73,7 +72,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from ..resolver import describe_dns_error
+from ..resolver import describe_dns_error, is_ip
 from .results import ResultType
 from .verify import VerifyResult
 
@@ -438,11 +437,7 @@ async def lookup_tlsa(
     changed (a copy sets DO). Never raises for DNS trouble: failures are in the result.
     """
     host = mx_host.rstrip(".").lower()
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    else:
+    if is_ip(host.strip("[]")):
         return TlsaLookup(mx_host, port, reason="no DANE for an address literal")
     secure_resolver = _dnssec_resolver(resolver)
     v6, v4 = await asyncio.gather(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ..errors import LocalProtocolError
+from ..resolver import governing_key
 
 
 class Level(enum.Enum):
@@ -200,11 +201,7 @@ class PolicyTable:
     def level_for(self, domain: str) -> tuple[Level, str]:
         """The level for `domain` and where it comes from (for the explanation)."""
         entries = dict(self.levels)
-        if domain in entries:
-            return entries[domain], f'[tls.policy] "{domain}"'
-        labels = domain.split(".")
-        for i in range(1, len(labels)):
-            suffix = "." + ".".join(labels[i:])
-            if suffix in entries:
-                return entries[suffix], f'[tls.policy] "{suffix}"'
+        key = governing_key(entries, domain)
+        if key is not None:
+            return entries[key], f'[tls.policy] "{key}"'
         return self.default, DEFAULT_SOURCE

@@ -15,11 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import HeaderValueError
-from .headers import display_name, field, mailbox
-
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER = 0, 64, 65, 67
-EX_TEMPFAIL, EX_CONFIG = 75, 78
+from ..errors import HeaderValueError
+from ..headers import display_name, field, mailbox
+from ..message import split_header_section
+from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, stop
 
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
 
@@ -75,13 +74,6 @@ def parse_args(argv: list[str]) -> _Options:
     return options
 
 
-def _header_section(data: bytes) -> tuple[bytes, bytes]:
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return data, b""
-    return data[: end + 2], data[end + 4 :]
-
-
 def _has_header(headers: bytes, name: bytes) -> bool:
     return any(line.lower().startswith(name.lower() + b":") for line in headers.split(b"\r\n"))
 
@@ -112,7 +104,7 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
     `data` is canonical, `sender` a checked address and the -F name checked
     by parse_args.
     """
-    headers, body = _header_section(data)
+    headers, body = split_header_section(data)
     recipients = list(options.recipients)
     if options.extract:
         # Imported here: only -t pays for the email package at start-up.
@@ -142,8 +134,8 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import find_config, load_config
-    from .errors import (
+    from ..config import find_config, load_config
+    from ..errors import (
         AddressError,
         ConfigError,
         MessageInputError,
@@ -151,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         QueueFull,
         QueueUnusable,
     )
-    from .message import Envelope, canonical_data, check_address
-    from .message_input import read_message, size_limit
+    from ..message import Envelope, canonical_data, check_address
+    from .input import read_message, size_limit
 
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
@@ -163,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(find_config(options.config))
         limit = size_limit(config)
     except ConfigError as exc:
-        print(f"sendmail: configuration error: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return stop("sendmail", exc)
     hostname = config.delivery.helo_name
     sender = options.sender if options.sender is not None else f"{_user()}@{hostname}"
     sender = "" if sender in ("<>", "") else sender
@@ -184,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_NOUSER
     except MessageInputError as exc:  # also MessageTooLarge
-        print(f"sendmail: {exc}", file=sys.stderr)
-        return exc.exit_status
-    from .queue import submit_now
+        return stop("sendmail", exc)
+    from ..queue import submit_now
 
     try:
         queue_id = submit_now(config.queue.directory, envelope, data, time.time())

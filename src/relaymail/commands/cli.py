@@ -17,19 +17,19 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
-T = TypeVar("T")
+from .exits import (
+    EX_DATAERR,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_OSERR,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    stop,
+)
 
-# sysexits.h, as Postfix's and Exim's sendmail use them.
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_OSERR = 71
-EX_IOERR = 74
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+T = TypeVar("T")
 
 # SQLite integers are 64-bit; a page of the queue listing beyond this is no page.
 MAX_LIST_LIMIT = 100_000
@@ -60,8 +60,8 @@ def _count(low: int, high: int) -> Callable[[str], int]:
 
 def _domain(text: str) -> str:
     """An argparse type: a domain name, in its lookup form."""
-    from .errors import AddressError
-    from .message import lookup_domain
+    from ..errors import AddressError
+    from ..message import lookup_domain
 
     try:
         return lookup_domain(text)
@@ -200,7 +200,7 @@ def _guarded_stdout(stdout: TextIO) -> TextIO:
 
 
 def _setup_logging(level: str, as_json: bool) -> None:
-    from .logs import setup_logging
+    from ..logs import setup_logging
 
     try:
         setup_logging(level, as_json)
@@ -210,21 +210,20 @@ def _setup_logging(level: str, as_json: bool) -> None:
 
 
 def _config(path: Path | None):  # type: ignore[no-untyped-def]
-    from .config import find_config, load_config
-    from .errors import ConfigError
+    from ..config import find_config, load_config
+    from ..errors import ConfigError
 
     try:
         return load_config(find_config(path))
     except ConfigError as exc:
-        print(f"relaymail: configuration error: {exc}", file=sys.stderr)
-        sys.exit(EX_CONFIG)
+        sys.exit(stop("relaymail", exc))
 
 
 def _deliver(args: argparse.Namespace) -> int:
-    from .delivery import Status, deliver
-    from .errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
-    from .message import Envelope, canonical_data
-    from .message_input import read_message, size_limit
+    from ..delivery import Status, deliver
+    from ..errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
+    from ..message import Envelope, canonical_data
+    from .input import read_message, size_limit
 
     config = _config(args.config)
     sender = "" if args.sender in ("", "<>") else args.sender
@@ -237,12 +236,8 @@ def _deliver(args: argparse.Namespace) -> int:
         data = canonical_data(read_message(args.message, limit := size_limit(config)))
         if len(data) > limit:
             raise MessageTooLarge(limit)
-    except ConfigError as exc:
-        print(f"relaymail: configuration error: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    except MessageInputError as exc:  # also MessageTooLarge
-        print(f"relaymail: {exc}", file=sys.stderr)
-        return exc.exit_status
+    except (ConfigError, MessageInputError) as exc:  # also MessageTooLarge
+        return stop("relaymail", exc)
     results = _run(deliver(envelope, data, config))
     for result in results:
         print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
@@ -264,15 +259,14 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
-    from .errors import ConfigError, ListenFailed, QueueUnusable
+    from ..daemon import Daemon
+    from ..errors import ConfigError, ListenFailed, QueueUnusable
 
     config = _config(args.config)
     try:
         _run(Daemon(config).run())
     except ConfigError as exc:
-        print(f"relaymail: configuration error: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return stop("relaymail", exc)
     except QueueUnusable as exc:
         print(f"relaymail: queue.directory: {exc}", file=sys.stderr)
         return exc.problem.exit_code
@@ -284,48 +278,27 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _queue(args: argparse.Namespace) -> int:
-    from .queue_tools import run_queue_command
+    from .queue import run_queue_command
 
     return run_queue_command(_config(args.config), args)
 
 
 def _tls(args: argparse.Namespace) -> int:
-    from .tls.memory import TlsMemory
+    from .tls import forget
 
-    config = _config(args.config)
-    domain = args.domain  # checked and in lookup form (_domain)
-    memory = TlsMemory(config.queue.directory, config.tls.remember_for)
-    try:
-        forgotten = memory.forget(domain)
-    finally:
-        memory.close()
-    print(f"{domain}: " + ("forgotten" if forgotten else "nothing remembered"))
-    return EX_OK
+    return forget(_config(args.config), args.domain)
 
 
 def _tlsrpt(args: argparse.Namespace) -> int:
-    from .tls.reporting import TlsReportStore, preview_reports
+    from .tls import show_reports
 
-    config = _config(args.config)
-    name = config.delivery.helo_name
-    store = TlsReportStore(config.queue.directory)
-    try:
-        reports = preview_reports(
-            store,
-            domain=args.domain,
-            organization_name=config.tls.report_organization or name,
-            contact_info=config.tls.report_contact or f"postmaster@{name}",
-        )
-    finally:
-        store.close()
-    print(json.dumps(reports, indent=2))
-    return EX_OK
+    return show_reports(_config(args.config), args.domain)
 
 
 def _passwd(args: argparse.Namespace) -> int:
     import getpass
 
-    from .passwords import hash_password
+    from ..passwords import hash_password
 
     if sys.stdin is None:  # started with stdin closed (<&-)
         print("relaymail: cannot read the password: standard input is closed", file=sys.stderr)

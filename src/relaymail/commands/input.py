@@ -14,10 +14,10 @@ from __future__ import annotations
 import sys
 from typing import BinaryIO
 
-from .config import Config
-from .config_fields import size
-from .errors import MessageInputError, MessageTooLarge
-from .message import DEFAULT_MAX_MESSAGE_SIZE
+from ..config import Config
+from ..config_fields import size
+from ..errors import MessageInputError, MessageTooLarge
+from ..message import DEFAULT_MAX_MESSAGE_SIZE
 
 _CHUNK = 1 << 20
 

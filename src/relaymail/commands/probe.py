@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config
-from .delivery import DeliveryEngine
-from .delivery.engine import HostInspection
-from .routing import RoutingError
-from .tls.mta_sts import StsPolicy
-from .tls.policy import Action, Level
+from ..config import Config
+from ..delivery import DeliveryEngine
+from ..delivery.engine import HostInspection
+from ..routing import RoutingError
+from ..tls.mta_sts import StsPolicy
+from ..tls.policy import Action, Level
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ class ProbeReport:
 
 
 async def probe_domain(domain: str, config: Config) -> ProbeReport:
-    from .message import domain_of
+    from ..message import domain_of
 
     name = domain_of(f"probe@{domain}")
     engine = DeliveryEngine(config)
@@ -71,7 +71,7 @@ async def _ready(inspection: HostInspection) -> HostInspection:
 
 
 async def _tlsrpt(domain: str, engine: DeliveryEngine) -> str:
-    from .tls.reporting import TlsRptLookupError, lookup_tlsrpt
+    from ..tls.reporting import TlsRptLookupError, lookup_tlsrpt
 
     try:
         record = await lookup_tlsrpt(domain, engine.resolver)

@@ -15,15 +15,14 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from .config import Config
-from .queue.sqlite import SqliteStore
-from .queue.store import MessageDetail, MessageSummary, QueueStats, RecipientState
-
-EX_OK, EX_NOINPUT, EX_TEMPFAIL = 0, 66, 75
+from ..config import Config
+from ..queue.sqlite import SqliteStore
+from ..queue.store import MessageDetail, MessageSummary, QueueStats, RecipientState
+from .exits import EX_NOINPUT, EX_OK, EX_TEMPFAIL
 
 
 def run_queue_command(config: Config, args: argparse.Namespace) -> int:
-    from .errors import QueueFull, QueueUnusable
+    from ..errors import QueueFull, QueueUnusable
 
     if not (config.queue.directory / "queue.db").exists():
         print(f"relaymail: no queue at {config.queue.directory}", file=sys.stderr)
@@ -143,7 +142,7 @@ def _console() -> Any:
 def _tls_words(tls: str | None) -> str:
     if not tls:
         return "-"
-    from .tls.context import TlsFacts  # here: `relaymail queue` starts without cryptography
+    from ..tls.context import TlsFacts  # here: `relaymail queue` starts without cryptography
 
     facts = TlsFacts.from_json(json.loads(tls))
     if not facts.used:
