@@ -182,8 +182,13 @@ def _tail(path: Path, lines: int = 8) -> str:
 class Relaymail(Peer):
     """relaymail serve --config FILE (the daemon, under construction)."""
 
-    def __init__(self, sendmail_template: str | None = None, command: str | None = None) -> None:
-        super().__init__("relaymail")
+    def __init__(
+        self,
+        sendmail_template: str | None = None,
+        command: str | None = None,
+        name: str = "relaymail",
+    ) -> None:
+        super().__init__(name)
         self.sendmail_template = sendmail_template
         self.command = command
         self.config_path: Path | None = None
@@ -576,13 +581,25 @@ class Exim(Peer):
         return [str(EXIM_BIN), "-C", str(self.config_file), "-f", SENDER, recipient], {}
 
 
+BASELINE = "relaymail-baseline"
+
+
 def make_peer(
-    name: str, relaymail_sendmail: str | None = None, relaymail_command: str | None = None
+    name: str,
+    relaymail_sendmail: str | None = None,
+    relaymail_command: str | None = None,
+    baseline_command: str | None = None,
 ) -> Peer:
     if name == "relaymail":
         return Relaymail(relaymail_sendmail, relaymail_command)
+    if name == BASELINE:
+        # Another build of relaymail (an older checkout's venv) run as one more peer,
+        # so a change is measured against what it replaces in the same rounds.
+        if baseline_command is None:
+            raise ValueError(f"{BASELINE} needs --baseline-command")
+        return Relaymail(None, baseline_command, name=BASELINE)
     if name == "postfix":
         return Postfix()
     if name == "exim":
         return Exim()
-    raise ValueError(f"unknown peer {name!r} (known: relaymail, postfix, exim)")
+    raise ValueError(f"unknown peer {name!r} (known: relaymail, {BASELINE}, postfix, exim)")

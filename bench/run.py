@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import MemorySampler, ProcessGroup
-from peers import Peer, PeerUnavailable, RunSpec, make_peer
+from peers import BASELINE, Peer, PeerUnavailable, RunSpec, make_peer
 from sink import SinkSet, smtp_sink_available
 from submit import Workload, _message, domain, recipient, submit
 
@@ -661,6 +661,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "'python -m relaymail.commands.cli'); 'serve --config FILE' is appended",
     )
     p.add_argument(
+        "--baseline-command",
+        help="another relaymail build, e.g. an older checkout's .venv/bin/relaymail: it runs "
+        "as the peer relaymail-baseline, added to --peers, in the same rounds",
+    )
+    p.add_argument(
         "--relaymail-sendmail",
         help="relaymail's sendmail command template, e.g. "
         "'relaymail sendmail -C {config} -f {sender} {recipient}'",
@@ -732,8 +737,12 @@ def machine_facts(workdir: Path) -> dict[str, Any]:
 
 async def main_async(args: argparse.Namespace) -> int:
     peer_names = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if args.baseline_command and BASELINE not in peer_names:
+        peer_names.insert(1, BASELINE)
     peers = {
-        name: make_peer(name, args.relaymail_sendmail, args.relaymail_command)
+        name: make_peer(
+            name, args.relaymail_sendmail, args.relaymail_command, args.baseline_command
+        )
         for name in peer_names
     }
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
