@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    import dns.asyncresolver
     import dns.exception
 
 T = TypeVar("T")
@@ -47,6 +49,45 @@ def governing_key(entries: Mapping[str, T], domain: str) -> str | None:
         if suffix in entries:
             return suffix
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressLookup:
+    """A host's addresses, IPv6 first (RFC 6724 prefers it), or why there are none."""
+
+    addresses: tuple[str, ...]
+    error: str | None = None  # set exactly when `addresses` is empty
+
+
+async def lookup_addresses(resolver: dns.asyncresolver.Resolver, host: str) -> AddressLookup:
+    """AAAA and A for `host`, asked together; the one address lookup of every DNS client.
+
+    A failed query for one family does not hide the other's addresses; with none at
+    all, a real failure (SERVFAIL, timeout) is reported before "no address records".
+    """
+    import asyncio
+
+    (v6, v6_error), (v4, v4_error) = await asyncio.gather(
+        _address_records(resolver, host, "AAAA"), _address_records(resolver, host, "A")
+    )
+    if v6 or v4:
+        return AddressLookup(v6 + v4)
+    return AddressLookup((), v6_error or v4_error or f"{host} has no address records")
+
+
+async def _address_records(
+    resolver: dns.asyncresolver.Resolver, host: str, rdtype: str
+) -> tuple[tuple[str, ...], str | None]:
+    import dns.exception
+    import dns.resolver
+
+    try:
+        answer = await resolver.resolve(host, rdtype, search=False)
+    except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+        return (), None
+    except dns.exception.DNSException as exc:
+        return (), f"{rdtype} lookup for {host} failed: {describe_dns_error(exc)}"
+    return tuple(rdata.to_text() for rdata in answer), None
 
 
 def describe_dns_error(exc: dns.exception.DNSException) -> str:

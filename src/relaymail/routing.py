@@ -30,7 +30,7 @@ import dns.resolver
 
 from .config import DnsSettings, HostPort
 from .errors import RelaymailError
-from .resolver import describe_dns_error, governing_key, is_ip
+from .resolver import describe_dns_error, governing_key, is_ip, lookup_addresses
 
 log = logging.getLogger("relaymail.routing")
 
@@ -170,19 +170,8 @@ class Router:
             return NextHop(host, port, (host,), source, preference)
         if source is HopSource.ROUTE and self._system_lookup:
             return await _system_hop(host, port)
-        v6, v4 = await asyncio.gather(self._addresses(host, "AAAA"), self._addresses(host, "A"))
-        addresses = v6[0] + v4[0]
-        error = None if addresses else (v6[1] or v4[1])
-        return NextHop(host, port, tuple(addresses), source, preference, error)
-
-    async def _addresses(self, host: str, rdtype: str) -> tuple[list[str], str | None]:
-        try:
-            answer = await self._resolver.resolve(host, rdtype, search=False)
-        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
-            return [], f"{host} has no address records"
-        except dns.exception.DNSException as exc:
-            return [], f"{rdtype} lookup for {host} failed: {describe_dns_error(exc)}"
-        return [r.to_text() for r in answer], None
+        found = await lookup_addresses(self._resolver, host)
+        return NextHop(host, port, found.addresses, source, preference, found.error)
 
 
 async def _system_hop(host: str, port: int) -> NextHop:

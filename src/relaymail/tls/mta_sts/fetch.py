@@ -13,7 +13,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from ...resolver import describe_dns_error
+from ...resolver import lookup_addresses
 from ..results import ResultType
 from .policy import (
     StsError,
@@ -72,30 +72,16 @@ async def fetch_policy(
     return parse_policy(text, policy_id=policy_id, fetched_at=clock())
 
 
-async def _addresses(resolver: dns.asyncresolver.Resolver, host: str) -> list[str]:
-    answers = await asyncio.gather(
-        *(_address_records(resolver, host, rdtype) for rdtype in ("AAAA", "A"))
-    )
-    addresses = [address for records, _ in answers for address in records]
-    if not addresses:
-        errors = [error for _, error in answers if error]
-        raise StsFetchError(errors[-1] if errors else f"{host} has no address records")
-    return addresses
+async def _addresses(resolver: dns.asyncresolver.Resolver, host: str) -> tuple[str, ...]:
+    found = await lookup_addresses(resolver, host)
+    if found.error is not None:
+        raise StsFetchError(found.error)
+    return found.addresses
 
 
-async def _address_records(
-    resolver: dns.asyncresolver.Resolver, host: str, rdtype: str
-) -> tuple[list[str], str | None]:
-    try:
-        answer = await resolver.resolve(host, rdtype, search=False)
-    except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
-        return [], None
-    except dns.exception.DNSException as exc:
-        return [], f"{rdtype} lookup for {host} failed: {describe_dns_error(exc)}"
-    return [rdata.to_text() for rdata in answer], None
-
-
-async def _fetch_body(host: str, addresses: list[str], port: int, context: ssl.SSLContext) -> bytes:
+async def _fetch_body(
+    host: str, addresses: tuple[str, ...], port: int, context: ssl.SSLContext
+) -> bytes:
     """The body from the first address that answers; connection failures try the next."""
     failure = StsFetchError(f"{host}: no address to connect to")
     for address in addresses:

@@ -21,7 +21,7 @@ import dns.resolver
 from ...errors import AddressError, RelaymailError
 from ...message import Envelope, check_address
 from ...mime import Part, multipart_report
-from ...resolver import describe_dns_error, is_ip
+from ...resolver import AddressLookup, is_ip, lookup_addresses
 from .events import utc_day
 from .record import TlsRptLookupError, lookup_tlsrpt
 from .report import TlsReport, report_json
@@ -153,13 +153,10 @@ async def post_report(
         return DestinationResult(uri, False, "not an https URL with a host", permanent=True)
     host = url.raw_host.decode("ascii")
     literal = is_ip(host)
-    try:
-        addresses = [host] if literal else await _addresses(host, resolver)
-    except dns.exception.DNSException as exc:
-        why = describe_dns_error(exc)
-        return DestinationResult(uri, False, f"address lookup for {host} failed: {why}")
-    if not addresses:
-        return DestinationResult(uri, False, f"{host} has no address records")
+    found = AddressLookup((host,)) if literal else await lookup_addresses(resolver, host)
+    if found.error is not None:
+        return DestinationResult(uri, False, found.error)
+    addresses = found.addresses
     authority = host if url.port is None else f"{host}:{url.port}"
     headers = {"Host": authority, "Content-Type": MEDIA_TYPE}
     failures = []
@@ -186,18 +183,6 @@ async def post_report(
             uri, False, f"{address}: HTTP {response.status_code} {response.reason_phrase}"
         )
     return DestinationResult(uri, False, "; ".join(failures))
-
-
-async def _addresses(host: str, resolver: dns.asyncresolver.Resolver) -> list[str]:
-    async def query(rdtype: str) -> list[str]:
-        try:
-            answer = await resolver.resolve(host, rdtype, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
-        return [rdata.to_text() for rdata in answer]
-
-    v6, v4 = await asyncio.gather(query("AAAA"), query("A"))
-    return v6 + v4
 
 
 async def send_daily_reports(
