@@ -19,6 +19,7 @@ import pytest
 from relaymail.config import Config, parse_config
 from relaymail.delivery import AttemptResult, DeliveryEngine, RecipientResult, Status
 from relaymail.message import Envelope
+from relaymail.tls.reporting import TlsReportStore
 from tests.integration.conftest import MESSAGE
 from tests.integration.daemon_process import RELAYMAIL
 from tests.peers.exim import EximFactory
@@ -119,6 +120,24 @@ async def test_wrong_password_defers_and_is_logged_once_per_burst(
     logged = [r for r in caplog.records if r.levelno >= logging.INFO]
     assert [r.name for r in logged] == ["relaymail.delivery.auth"]
     assert peer.arrivals() == []
+
+
+async def test_smarthost_sessions_are_not_counted_for_tls_reports(
+    exim: EximFactory, tmp_path: Path, ca_file: Path
+) -> None:
+    options = EximOptions(auth=Credentials(USER, PASSWORD), implicit_tls=True)
+    peer = await asyncio.to_thread(exim, options)
+    config = smarthost_config(tmp_path, ca_file, f"smtps://127.0.0.1:{peer.tls_port}")
+    assert config.tls.reporting
+
+    [result] = await deliver_all(config)
+
+    assert result.status is Status.DELIVERED, result.reason
+    store = TlsReportStore(config.queue.directory)
+    try:
+        assert store.days() == []
+    finally:
+        store.close()
 
 
 # ------------------------------------------------------------------ the scripted server
