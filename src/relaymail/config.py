@@ -7,6 +7,8 @@ raises ConfigError(key, reason); the CLI turns that into exit status 78.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import ipaddress
 import os
 import re
@@ -31,9 +33,11 @@ from .config_fields import (
     only,
     path,
     port,
+    read_secret,
     read_table,
     readable_file,
     seconds,
+    secret_file,
     size,
     text,
     whole,
@@ -48,12 +52,20 @@ if TYPE_CHECKING:
     from .passwords import PasswordHash
 
 
+class Scheme(enum.Enum):
+    """How a [routes] next hop is spoken to."""
+
+    SMTP = "smtp"  # plain SMTP, STARTTLS as the TLS policy says
+    SMTPS = "smtps"  # TLS from the first byte (RFC 8314 3.3, port 465)
+
+
 @dataclass(frozen=True, slots=True)
 class HostPort:
     """A next hop from [routes] or a name server from [dns]: host name or IP literal, port."""
 
     host: str
     port: int
+    scheme: Scheme = Scheme.SMTP
 
     @property
     def is_ip(self) -> bool:
@@ -137,10 +149,23 @@ class LocalSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayAuth:
+    """Credentials for one [routes] host (a smarthost), from [relay_auth."host"]."""
+
+    username: str
+    password_file: Path
+    # Read at start and on reload; never logged, so kept out of repr().
+    password: str = field(repr=False)
+    # The least TLS a credentialed session gets: AUTH never goes in clear (RFC 4954 4).
+    tls: Level = Level.VERIFY
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     routes: Mapping[str, tuple[HostPort, ...]] = field(default_factory=dict)
+    relay_auth: Mapping[str, RelayAuth] = field(default_factory=dict)  # by route host name
     dns: DnsSettings = field(default_factory=DnsSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
@@ -199,7 +224,8 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
-    only(raw, "", {"delivery", "tls", "routes", "dns", "queue", "listener", "users", "local"})
+    sections = {"delivery", "tls", "routes", "relay_auth", "dns", "queue", "listener", "users"}
+    only(raw, "", sections | {"local"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
@@ -207,10 +233,12 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     for user, value in users.items():
         text(user, "users")
         text(value, f'users."{user}"')
+    routes = _routes(_table(raw, "routes"))
     return Config(
         delivery=DeliverySettings(**read_table(_table(raw, "delivery"), "delivery", _DELIVERY)),
         tls=_tls(_table(raw, "tls")),
-        routes=_routes(_table(raw, "routes")),
+        routes=routes,
+        relay_auth=_relay_auth(_table(raw, "relay_auth"), routes),
         dns=_dns(_table(raw, "dns")),
         queue=QueueSettings(**read_table(_table(raw, "queue"), "queue", _QUEUE)),
         local=LocalSettings(**read_table(_table(raw, "local"), "local", _LOCAL)),
@@ -358,14 +386,70 @@ def _tls(raw: Mapping[str, Any]) -> TlsSettings:
     return TlsSettings(**values, policy=PolicyTable(levels=tuple(levels.items()), default=default))
 
 
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
+# RFC 8314 7.3: 465 is submissions (implicit TLS); plain SMTP keeps the MX port.
+_SCHEME_PORTS = {Scheme.SMTP: 25, Scheme.SMTPS: 465}
+
+
+def _route(value: Any, key: str) -> HostPort:
+    """'smtps://host:port', 'smtp://host:port' or 'host:port' (smtp)."""
+    target = text(value, key).strip()
+    scheme = Scheme.SMTP
+    if match := _SCHEME.match(target):
+        try:
+            scheme = Scheme(match.group("scheme").lower())
+        except ValueError:
+            known = ", ".join(f"{s.value}://" for s in Scheme)
+            raise ConfigError(key, f"{target!r}: unknown scheme (known: {known})") from None
+        target = match.group("rest")
+    hop = parse_host_port(target, key, _SCHEME_PORTS[scheme])
+    return dataclasses.replace(hop, scheme=scheme)
+
+
 def _routes(raw: Mapping[str, Any]) -> dict[str, tuple[HostPort, ...]]:
     routes: dict[str, tuple[HostPort, ...]] = {}
     for domain, targets in raw.items():
         key = f'routes."{domain}"'
         name = domain if domain == "*" else domain_key(domain, key)
         hops = [targets] if isinstance(targets, str) else targets
-        routes[name] = list_of(host_port(25), empty=False)(hops, key)
+        routes[name] = list_of(_route, empty=False)(hops, key)
     return routes
+
+
+def _auth_level(value: Any, key: str) -> Level:
+    # Credentials never go in clear: only the two levels that require TLS.
+    if value not in (Level.ENCRYPT.value, Level.VERIFY.value):
+        raise ConfigError(key, f'{value!r} is not "verify" or "encrypt" (AUTH needs TLS)')
+    return Level(value)
+
+
+_RELAY_AUTH: Mapping[str, Reader] = {
+    "username": text,
+    "password_file": secret_file,
+    "tls": _auth_level,
+}
+
+
+def _relay_auth(
+    raw: Mapping[str, Any], routes: Mapping[str, tuple[HostPort, ...]]
+) -> dict[str, RelayAuth]:
+    route_hosts = {hop.host for hops in routes.values() for hop in hops}
+    entries: dict[str, RelayAuth] = {}
+    for name, table in raw.items():
+        where = f'relay_auth."{name}"'
+        if not isinstance(table, dict):
+            raise ConfigError(where, "must be a table")
+        hostname = host(name, where)
+        if hostname not in route_hosts:
+            raise ConfigError(where, "no [routes] entry names this host")
+        values = read_table(table, where, _RELAY_AUTH)
+        for required in ("username", "password_file"):
+            if required not in values:
+                raise ConfigError(f"{where}.{required}", "missing")
+        password_file: Path = values["password_file"]
+        password = read_secret(password_file, f"{where}.password_file")
+        entries[hostname] = RelayAuth(**values, password=password)
+    return entries
 
 
 def _nameserver(value: Any, key: str) -> HostPort:

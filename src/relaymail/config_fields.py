@@ -18,6 +18,7 @@ import enum
 import ipaddress
 import math
 import re
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -138,6 +139,46 @@ def readable_file(value: Any, key: str) -> Path:
     if not file.is_file():
         raise ConfigError(key, f"{file} is not a regular file")
     return file
+
+
+def secret_file(value: Any, key: str) -> Path:
+    """A file holding a secret: a regular file that only its owner may read or write.
+
+    ssh refuses a private key others can read for the same reason: a secret in a
+    group- or world-readable file is already shared.
+    """
+    file = path(value, key)
+    try:
+        info = file.stat()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot use {file}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(key, f"{file} is not a regular file")
+    if info.st_mode & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
+        raise ConfigError(
+            key, f"{file} is readable or writable by others (mode {mode:04o}; chmod 600 it)"
+        )
+    return file
+
+
+def read_secret(file: Path, key: str) -> str:
+    """The secret in `file` without one trailing newline; the errors never quote it."""
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {file}: {exc.strerror or exc}") from None
+    try:
+        secret = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{file} is not UTF-8 text") from None
+    # `echo secret > file` adds one newline; anything more is part of the file's mistake.
+    secret = secret.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ConfigError(key, f"{file} is empty")
+    if _CONTROL.search(secret):
+        raise ConfigError(key, f"{file} holds a line break or another control character")
+    return secret
 
 
 def choice(kind: type[E]) -> Reader:

@@ -63,6 +63,10 @@ class UnsafeCommandError(LocalProtocolError):
     """A command line would carry CR, LF or NUL: refused before it reaches the wire."""
 
 
+class CleartextAuthError(LocalProtocolError):
+    """AUTH was about to go out on a session without TLS: refused, the credentials stay here."""
+
+
 class HeaderValueError(RelaymailError, ValueError):
     """A value cannot go into a header field (control characters, line breaks)."""
 

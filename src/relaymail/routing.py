@@ -28,7 +28,7 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
-from .config import DnsSettings, HostPort
+from .config import DnsSettings, HostPort, Scheme
 from .errors import RelaymailError
 from .resolver import describe_dns_error, governing_key, is_ip, lookup_addresses
 
@@ -52,6 +52,7 @@ class NextHop:
     source: HopSource
     preference: int = 0
     lookup_error: str | None = None  # why `addresses` is empty
+    scheme: Scheme = Scheme.SMTP  # SMTPS only for a [routes] entry that says smtps://
 
     @property
     def label(self) -> str:
@@ -109,10 +110,17 @@ class Router:
             return [_literal_hop(domain, self._mx_port)]
         route = self.route_for(domain)
         if route is not None:
-            return list(
-                await asyncio.gather(*(self._hop(t.host, t.port, HopSource.ROUTE) for t in route))
+            hops = await asyncio.gather(
+                *(self._hop(t.host, t.port, HopSource.ROUTE) for t in route)
             )
+            return [
+                dataclasses.replace(h, scheme=t.scheme) for h, t in zip(hops, route, strict=True)
+            ]
         return await self._mx_hops(domain)
+
+    async def _route_hop(self, target: HostPort) -> NextHop:
+        hop = await self._hop(target.host, target.port, HopSource.ROUTE)
+        return dataclasses.replace(hop, scheme=target.scheme)
 
     async def _mx_hops(self, domain: str) -> list[NextHop]:
         try:
@@ -182,6 +190,8 @@ async def _system_hop(host: str, port: int) -> NextHop:
     # The system's order (RFC 6724 address selection), each address once.
     addresses = dict.fromkeys(str(info[4][0]) for info in infos)
     return NextHop(host, port, tuple(addresses), HopSource.ROUTE)
+
+
 def cap_addresses(hops: list[NextHop], limit: int) -> list[NextHop]:
     """The hops in order with at most `limit` addresses in all (Postfix counts addresses).
 

@@ -119,6 +119,11 @@ class Script:
     rset_reply: Response = "250 2.0.0 Ok"
     noop_reply: Response = "250 2.0.0 Ok"
     quit_reply: Response = "221 2.0.0 Bye"
+    # AUTH PLAIN (with or without an initial response) and LOGIN, each 334 answered by one
+    # line; `auth_reply` answers the last one. Advertised only if `ehlo` lists "AUTH ...".
+    auth_reply: Response = "235 2.7.0 Authentication successful"
+    # TLS from the first byte, before the greeting (an RFC 8314 port 465); STARTTLS as usual.
+    implicit_tls: bool = False
     unknown_reply: Response = "502 5.5.2 Error: command not recognized"
     delays: Mapping[Stage, float] = field(default_factory=dict)  # seconds before replying
 
@@ -318,6 +323,8 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     async def _dialogue(self) -> None:
+        if self._script.implicit_tls and not await self._start_tls():
+            return
         if self._script.greeting_delay:
             await asyncio.sleep(self._script.greeting_delay)
         if not await self._respond(self._script.greeting):
@@ -326,6 +333,7 @@ class _Connection(asyncio.Protocol):
             "EHLO": self._ehlo,
             "HELO": self._helo,
             "STARTTLS": self._starttls,
+            "AUTH": self._auth,
             "MAIL": self._mail,
             "RCPT": self._rcpt,
             "DATA": self._data,
@@ -374,6 +382,21 @@ class _Connection(asyncio.Protocol):
         self.session.quit = True
         await self._respond(self._script.quit_reply, Stage.QUIT)
         return False
+
+    async def _auth(self, argument: str) -> bool:
+        mechanism, _, initial = argument.partition(" ")
+        challenges = {"PLAIN": ("334 ",) if not initial else (), "LOGIN": ("334 VXNlcm5hbWU6",
+                      "334 UGFzc3dvcmQ6")}.get(mechanism.upper())  # fmt: skip
+        if challenges is None:
+            return await self._respond("504 5.5.4 Unrecognized authentication type")
+        for challenge in challenges:
+            self._write(_encode(challenge))
+            line = await self._read_command()
+            if line is None:
+                return False
+            if line.text == "*":  # RFC 4954 4: the client cancels
+                return await self._respond("501 5.7.0 Authentication cancelled")
+        return await self._respond(self._script.auth_reply)
 
     async def _mail(self, argument: str) -> bool:
         self._reset_transaction()

@@ -1,6 +1,11 @@
 import pytest
 
-from relaymail.errors import LocalProtocolError, RemoteProtocolError, UnsafeCommandError
+from relaymail.errors import (
+    CleartextAuthError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UnsafeCommandError,
+)
 from relaymail.smtp.client import Capabilities, ClientConnection, State, Verb
 from relaymail.smtp.reply import Reply
 
@@ -193,3 +198,74 @@ def test_a_command_line_with_cr_lf_nul_or_a_surrogate_is_refused_and_changes_not
     with pytest.raises(UnsafeCommandError):
         conn.send(Verb.MAIL, argument)
     assert conn.send(Verb.MAIL, "FROM:<a@b>") == b"MAIL FROM:<a@b>\r\n"  # still ready
+
+
+def test_auth_is_refused_in_clear_even_when_offered():
+    conn = hello(greeted())
+    with pytest.raises(CleartextAuthError):
+        conn.send(Verb.AUTH, "PLAIN AGEAYg==")
+    assert conn.state is State.READY
+
+
+def hello(conn: ClientConnection, capabilities: bytes = b"AUTH PLAIN LOGIN") -> ClientConnection:
+    conn.send(Verb.EHLO, "client.example")
+    conn.receive_data(b"250-mx.example\r\n250 " + capabilities + b"\r\n")
+    assert Capabilities.from_ehlo(conn.next_event().reply).auth_mechanisms == {"PLAIN", "LOGIN"}
+    return conn
+
+
+def implicit_tls_ready() -> ClientConnection:
+    conn = ClientConnection()
+    conn.implicit_tls_established()
+    conn.receive_data(b"220 mx.example ESMTP\r\n")
+    conn.next_event()
+    return hello(conn)
+
+
+def test_auth_login_dialogue_under_implicit_tls():
+    conn = implicit_tls_ready()
+    assert conn.send(Verb.AUTH, "LOGIN") == b"AUTH LOGIN\r\n"
+    with pytest.raises(LocalProtocolError):
+        conn.send(Verb.MAIL, "FROM:<a@x>")  # nothing may follow AUTH before its reply
+    conn.receive_data(b"334 VXNlcm5hbWU6\r\n")
+    assert conn.next_event().reply.code == 334
+    assert conn.state is State.AUTH
+    with pytest.raises(LocalProtocolError):
+        conn.send(Verb.QUIT)  # the server would read it as the user name
+    assert conn.send(Verb.AUTH_RESPONSE, "dXNlcg==") == b"dXNlcg==\r\n"
+    conn.receive_data(b"334 UGFzc3dvcmQ6\r\n")
+    conn.next_event()
+    conn.send(Verb.AUTH_RESPONSE, "cHc=")
+    conn.receive_data(b"235 2.7.0 ok\r\n")
+    assert conn.next_event().reply.code == 235
+    assert (conn.state, conn.authenticated) == (State.READY, True)
+    with pytest.raises(LocalProtocolError):
+        conn.send(Verb.AUTH, "PLAIN AGEAYg==")  # RFC 4954 4: one successful AUTH per session
+    conn.send(Verb.MAIL, "FROM:<a@x>")
+
+
+def test_refused_auth_returns_to_ready():
+    conn = implicit_tls_ready()
+    conn.send(Verb.AUTH, "PLAIN AGEAYg==")
+    conn.receive_data(b"535 5.7.8 bad\r\n")
+    assert conn.next_event().reply.code == 535
+    assert (conn.state, conn.authenticated) == (State.READY, False)
+    with pytest.raises(LocalProtocolError):
+        conn.send(Verb.AUTH_RESPONSE, "x")
+
+
+def test_auth_is_allowed_after_starttls():
+    conn = ready()
+    conn.send(Verb.STARTTLS)
+    conn.receive_data(b"220 go\r\n")
+    conn.next_event()
+    conn.tls_established()
+    assert hello(conn).send(Verb.AUTH, "PLAIN AGEAYg==") == b"AUTH PLAIN AGEAYg==\r\n"
+
+
+def test_cleartext_before_implicit_tls_is_the_servers_fault():
+    conn = ClientConnection()
+    conn.receive_data(b"220 spoken in clear\r\n")
+    with pytest.raises(RemoteProtocolError):
+        conn.implicit_tls_established()
+    assert conn.tls is False

@@ -20,10 +20,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config
+from ..config import Config, RelayAuth, Scheme
 from ..errors import ConnectFailed, RelaymailError, SessionError
 from ..message import Envelope, domain_of, dot_stuff, header_section
-from ..routing import NextHop, Router, RoutingError, make_resolver
+from ..routing import HopSource, NextHop, Router, RoutingError, make_resolver
 from ..smtp.client import Capabilities, State, Verb
 from ..smtp.session import SmtpSession
 from ..tls.context import CLEAR, TlsFacts
@@ -33,6 +33,7 @@ from ..tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_conte
 from ..tls.policy import NOT_ASKED, Action, Decision, Event, Level, wants_starttls
 from ..tls.reporting import TlsEvent, TlsReportStore, session_event
 from ..tls.results import PolicyType, ResultType
+from .auth import LoginFailureLog, credentialed_policy, log_in
 from .plan import (
     DNS_HOPS,
     DomainPlan,
@@ -110,6 +111,7 @@ class DeliveryEngine:
         self._starttls = StarttlsStep(config.tls, self._memory)
         self._pool = SessionPool(config.delivery.connection_idle_time)
         self._slots = DestinationSlots(config.delivery.destination_concurrency)
+        self._login_failures = LoginFailureLog()
 
     async def deliver(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
         """Deliver canonical message data (CRLF, not dot-stuffed); one result per recipient."""
@@ -258,6 +260,9 @@ class DeliveryEngine:
     ) -> HostPolicy | HostRefused:
         tlsa = await self._tlsa(hop) if domain_plan.dane else None
         policy = domain_plan.host(tlsa)
+        auth = self._credentials(hop)
+        if auth is not None and isinstance(policy, HostPolicy):
+            return credentialed_policy(policy, hop.name, auth)
         if (
             isinstance(policy, HostRefused)
             and tlsa is not None
@@ -267,6 +272,10 @@ class DeliveryEngine:
             failed = _lookup_failed(domain, PolicyType.TLSA, tlsa.result_type, tlsa.error, hop)
             events.append(failed)
         return policy
+
+    def _credentials(self, hop: NextHop) -> RelayAuth | None:
+        """The [relay_auth] entry for a [routes] host; MX hosts never get credentials."""
+        return self.config.relay_auth.get(hop.name) if hop.source is HopSource.ROUTE else None
 
     async def _tlsa(self, hop: NextHop) -> TlsaLookup:
         key = (hop.name, hop.port)
@@ -313,15 +322,19 @@ class DeliveryEngine:
             session = await self._connect(at.hop, at.ip)
         except ConnectFailed as exc:  # ConnectTimeout too
             raise _HostFailed(AttemptResult.CONNECT_FAILED, str(exc)) from None
+        except SessionError as exc:  # the handshake of an implicit-TLS port
+            raise _HostFailed(AttemptResult.SESSION_FAILED, str(exc)) from None
         try:
+            implicit = session.conn.tls
+            # Judged before the greeting: nothing is read from a peer the policy refuses.
+            tls = self._judge_implicit(run, at, session) if implicit else CLEAR
             greeting = (await session.read_reply()).reply
             if not greeting.is_success:
                 # Like Postfix, a 5xx greeting skips the host rather than bouncing.
                 raise _HostFailed(AttemptResult.GREETING_REFUSED, f"greeting {greeting}")
             caps = await self._hello(session)
-            tls = CLEAR
             level = at.policy.level
-            if wants_starttls(level) and starttls:
+            if not implicit and wants_starttls(level) and starttls:
                 tls, caps, session = await self._starttls_step(run, at, session, caps)
             elif not starttls:
                 detail = "new session without STARTTLS"
@@ -329,6 +342,12 @@ class DeliveryEngine:
             if level.requires_tls and not tls.used:
                 # The table never gets here; this guard is the last line against a leak.
                 raise _HostFailed(AttemptResult.TLS_REQUIRED, f"policy {level.value} requires TLS")
+            auth = self._credentials(at.hop)
+            if auth is not None:
+                refused = await log_in(session, caps, auth)
+                if refused is not None:
+                    self._login_failures.refused(at.hop.label, refused)
+                    raise _HostFailed(refused.result, refused.detail, tls)
             return session, caps, tls
         except SessionError as exc:
             session.abort()
@@ -340,11 +359,22 @@ class DeliveryEngine:
 
     async def _connect(self, hop: NextHop, ip: str) -> SmtpSession:
         settings = self.config.delivery
+        implicit = self._starttls.implicit_tls(hop) if hop.scheme is Scheme.SMTPS else None
         return await SmtpSession.open(
             ip, hop.port,
             connect_timeout=settings.connect_timeout,
             command_timeout=settings.command_timeout,
+            implicit_tls=implicit,
         )  # fmt: skip
+
+    def _judge_implicit(self, run: DomainRun, at: Target, session: SmtpSession) -> TlsFacts:
+        """The TLS of an smtps:// route, held to the host's level like STARTTLS's."""
+        step = self._starttls.judge_implicit(at.hop, session, at.policy)
+        if step.decision.action is Action.HOST_FAILS:
+            raise _HostFailed(step.result, step.decision.reason, step.tls)
+        if step.event is Event.UNVERIFIED:
+            run.note(at, step.result, step.tls, step.decision.reason)
+        return step.tls
 
     async def _hello(self, session: SmtpSession) -> Capabilities:
         helo_name = self.config.delivery.helo_name
@@ -419,6 +449,14 @@ class DeliveryEngine:
             if not greeting.is_success:
                 return HostInspection(hop, ip, greeting=str(greeting), error="greeting refused")
             caps = await self._hello(session)
+            if session.conn.tls:
+                # An smtps:// route: TLS came before the greeting, judged as delivery does.
+                step = self._starttls.judge_implicit(hop, session, policy)
+                return HostInspection(
+                    hop, ip, greeting=str(greeting), event=step.event, tls=step.tls,
+                    capabilities_after_tls=caps, decision=step.decision, level=level,
+                    level_source=policy.source,
+                )  # fmt: skip
             if not wants_starttls(level):
                 # Delivery sends no STARTTLS under `none`, so neither does its preview.
                 return HostInspection(

@@ -49,6 +49,10 @@ class AttemptResult(enum.StrEnum):
     RECONNECTED_CLEAR = "reconnected-clear"
     TLS_POLICY_FAILED = "tls-policy-failed"
     TLS_REQUIRED = "tls-required"
+    # The login to a credentialed route (SMTP AUTH): 535, another refusal, not offered.
+    AUTH_FAILED = "auth-failed"
+    AUTH_REFUSED = "auth-refused"
+    AUTH_NOT_OFFERED = "auth-not-offered"
     # A defect nobody foresaw, ours or the server's.
     INTERNAL_ERROR = "internal-error"
 

@@ -20,8 +20,15 @@ from .results import Attempt, AttemptResult, RecipientResult, Status
 log = logging.getLogger("relaymail.delivery")
 
 # A delivery is logged once, by whoever queued it (the scheduler's "delivered" line);
-# an internal error is a defect to fix, so it stands out.
-_LOG_LEVELS = {AttemptResult.DELIVERED: logging.DEBUG, AttemptResult.INTERNAL_ERROR: logging.ERROR}
+# an internal error is a defect to fix, so it stands out. A refused login is logged
+# once per burst by the login step (delivery/auth.py), not once per message.
+_LOG_LEVELS = {
+    AttemptResult.DELIVERED: logging.DEBUG,
+    AttemptResult.INTERNAL_ERROR: logging.ERROR,
+    AttemptResult.AUTH_FAILED: logging.DEBUG,
+    AttemptResult.AUTH_REFUSED: logging.DEBUG,
+    AttemptResult.AUTH_NOT_OFFERED: logging.DEBUG,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,11 @@ from ..errors import SessionError
 from ..resolver import is_ip
 from ..routing import NextHop
 from ..smtp.client import Capabilities, Verb
-from ..smtp.session import SmtpSession
+from ..smtp.session import ImplicitTls, SmtpSession
 from ..tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
 from ..tls.dane import TlsaLookup
 from ..tls.memory import TlsMemory
-from ..tls.policy import Action, Decision, Event, decide
+from ..tls.policy import Action, Decision, Event, Level, decide
 from ..tls.results import ResultType
 from ..tls.verify import check_peer, failed, openssl_store
 from .plan import HostPolicy
@@ -108,7 +108,28 @@ class StarttlsStep:
             await session.start_tls(self._context, None if is_ip(reference) else reference)
         except SessionError as exc:
             return Event.HANDSHAKE_FAILED, str(exc), CLEAR
-        tls = self._tls_facts(session, reference, dane)
+        return self._observed(self._tls_facts(session, reference, dane))
+
+    def implicit_tls(self, hop: NextHop) -> ImplicitTls:
+        """How to open a session to an smtps:// route: the same context as STARTTLS."""
+        return ImplicitTls(self._context, None if is_ip(hop.name) else hop.name)
+
+    def judge_implicit(
+        self, hop: NextHop, session: SmtpSession, policy: HostPolicy
+    ) -> StarttlsOutcome:
+        """Decide on the TLS an implicit-TLS port set up, as the table would after STARTTLS.
+
+        Only the two outcomes with TLS up can happen here: a failed handshake has already
+        failed the host, since such a port speaks nothing in clear to fall back to.
+        """
+        event, detail, tls = self._observed(self._tls_facts(session, hop.name, policy.dane))
+        # `none` never asks for TLS, but this port offers nothing else: judge it as `may`.
+        level = Level.MAY if policy.level is Level.NONE else policy.level
+        decision = decide(level, self._settings.tempfail_fallback, event, detail, None)
+        return StarttlsOutcome(event, detail, tls, decision)
+
+    @staticmethod
+    def _observed(tls: TlsFacts) -> tuple[Event, str, TlsFacts]:
         if tls.verified:
             return Event.VERIFIED, f"{tls.version} {tls.cipher}", tls
         return Event.UNVERIFIED, tls.verify_error or "", tls

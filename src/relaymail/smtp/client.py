@@ -11,6 +11,11 @@ Everything that affects the session state lives in this file, in the
 `_TRANSITIONS` table below. The STARTTLS boundary is explicit: after a 2xx to
 STARTTLS the caller must call `take_trailing_data()`; non-empty trailing data
 means bytes arrived in clear behind the 220, which is an injection attack.
+
+AUTH (RFC 4954) is a dialogue: each 334 asks for one more line (`AUTH_RESPONSE`)
+until a 235 or a refusal. The connection knows whether TLS is up (implicit TLS
+from the start, or after STARTTLS) and refuses to emit AUTH otherwise, whatever
+the caller's policy said: credentials never cross the wire in clear.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..errors import LocalProtocolError, RemoteProtocolError, UnsafeCommandError
+from ..errors import (
+    CleartextAuthError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UnsafeCommandError,
+)
 from .reply import Reply, ReplyParser
 
 
@@ -29,6 +39,8 @@ class Verb(enum.Enum):
     EHLO = "EHLO"
     HELO = "HELO"
     STARTTLS = "STARTTLS"
+    AUTH = "AUTH"
+    AUTH_RESPONSE = "auth-response"  # a line answering a 334 challenge: no verb on the wire
     MAIL = "MAIL"
     RCPT = "RCPT"
     DATA = "DATA"
@@ -47,6 +59,7 @@ class State(enum.Enum):
     RCPT = "in-rcpt"  # at least one RCPT sent
     DATA = "in-data"  # DATA sent; the message may follow once 354 arrives
     TLS = "tls-pending"  # STARTTLS sent; nothing may follow until TLS is up
+    AUTH = "in-auth"  # AUTH sent, or a 334 answered: only the next response may follow
     CLOSED = "closed"
 
 
@@ -59,6 +72,8 @@ _TRANSITIONS: dict[tuple[State, Verb], State] = {
     (State.READY, Verb.EHLO): State.READY,
     (State.READY, Verb.HELO): State.READY,
     (State.READY, Verb.STARTTLS): State.TLS,
+    (State.READY, Verb.AUTH): State.AUTH,
+    (State.AUTH, Verb.AUTH_RESPONSE): State.AUTH,
     (State.READY, Verb.MAIL): State.MAIL,
     (State.MAIL, Verb.RCPT): State.RCPT,
     (State.RCPT, Verb.RCPT): State.RCPT,
@@ -70,7 +85,12 @@ _ANYTIME = {Verb.RSET: State.READY, Verb.NOOP: None, Verb.QUIT: State.CLOSED}
 
 # Commands after which a pipelining client must wait for the reply before
 # sending more (RFC 2920 3.1: EHLO, DATA, STARTTLS, QUIT... change the state).
-SYNC_POINTS = frozenset({Verb.EHLO, Verb.HELO, Verb.STARTTLS, Verb.DATA, Verb.MESSAGE, Verb.QUIT})
+SYNC_POINTS = frozenset(
+    {Verb.EHLO, Verb.HELO, Verb.STARTTLS, Verb.AUTH, Verb.AUTH_RESPONSE, Verb.DATA, Verb.MESSAGE,
+     Verb.QUIT}
+)  # fmt: skip
+# RFC 4954 4: a 334 asks for one more line of the AUTH dialogue.
+AUTH_CONTINUE = 334
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +136,11 @@ class Capabilities:
         return keyword in self.keywords
 
     @property
+    def auth_mechanisms(self) -> frozenset[str]:
+        """The SASL mechanisms AUTH offers (RFC 4954 3), upper case; empty without AUTH."""
+        return frozenset(self.keywords.get("AUTH", "").upper().split())
+
+    @property
     def size_limit(self) -> int | None:
         """The SIZE limit (RFC 1870); None when absent or 0 (no limit)."""
         value = self.keywords.get("SIZE")
@@ -127,6 +152,10 @@ class ClientConnection:
 
     def __init__(self) -> None:
         self.state = State.CONNECTED
+        # Whether TLS carries the session: from the first byte on an implicit-TLS port
+        # (RFC 8314 3.3), or from the handshake after STARTTLS on.
+        self.tls = False
+        self.authenticated = False
         self._planned = State.CONNECTED  # state once every sent command succeeds
         self._parser = ReplyParser()
         self._awaiting: deque[Verb] = deque([Verb.GREETING])
@@ -162,7 +191,15 @@ class ClientConnection:
         """The wire form of a command; raises LocalProtocolError when out of order."""
         if verb is Verb.MESSAGE:
             raise LocalProtocolError("use send_message() for message data")
-        line = f"{verb.value} {argument}" if argument else verb.value
+        if verb in (Verb.AUTH, Verb.AUTH_RESPONSE) and not self.tls:
+            raise CleartextAuthError(f"{verb.value} refused: the session is not under TLS")
+        if verb is Verb.AUTH and self.authenticated:
+            # RFC 4954 4: after a successful AUTH, no more AUTH in the session.
+            raise LocalProtocolError("AUTH after a successful AUTH")
+        if verb is Verb.AUTH_RESPONSE:
+            line = argument
+        else:
+            line = f"{verb.value} {argument}" if argument else verb.value
         # The last line of defence against injection: an address or name with a
         # line break would end this command and start another (NUL truncates in C peers).
         if "\r" in line or "\n" in line or "\0" in line:
@@ -180,7 +217,9 @@ class ClientConnection:
         return b".\r\n" if stuffed.endswith(b"\r\n") or not stuffed else b"\r\n.\r\n"
 
     def _advance(self, verb: Verb) -> None:
-        if self._tls_boundary or self._planned in (State.TLS, State.CLOSED):
+        # Inside the AUTH dialogue the server reads every line as a response (RFC 4954 4).
+        in_auth = self._planned is State.AUTH and verb is not Verb.AUTH_RESPONSE
+        if self._tls_boundary or in_auth or self._planned in (State.TLS, State.CLOSED):
             raise LocalProtocolError(f"{verb.value} sent in state {self._planned.value}")
         if verb in _ANYTIME:
             if self._planned is State.CONNECTED:
@@ -237,6 +276,10 @@ class ClientConnection:
             self.state = State.TLS if ok else State.READY
         elif verb is Verb.QUIT or reply.code == 421:
             self.state = State.CLOSED
+        elif verb in (Verb.AUTH, Verb.AUTH_RESPONSE):
+            # 334: the dialogue goes on; anything else ends it (235 success, RFC 4954 6).
+            self.state = State.AUTH if reply.code == AUTH_CONTINUE else State.READY
+            self.authenticated = self.authenticated or reply.code == 235
         elif verb is Verb.DATA and ok:
             # Even with no recipient accepted: the server now wants data.
             self.state = State.DATA
@@ -254,6 +297,15 @@ class ClientConnection:
             raise LocalProtocolError("no STARTTLS boundary to take trailing data from")
         return self._parser.take_unconsumed()
 
+    def implicit_tls_established(self) -> None:
+        """The handshake on an implicit-TLS port succeeded, before any SMTP."""
+        if self.state is not State.CONNECTED or self._awaiting != deque([Verb.GREETING]):
+            raise LocalProtocolError("implicit TLS after the session started")
+        if self._parser.has_data:
+            # The greeting must come through TLS; bytes before it are not the server's.
+            raise RemoteProtocolError("cleartext bytes before the TLS handshake")
+        self.tls = True
+
     def tls_established(self) -> None:
         """The handshake succeeded: the session restarts and needs EHLO (RFC 3207 4.2)."""
         if not self._tls_boundary:
@@ -261,4 +313,5 @@ class ClientConnection:
         if self._parser.take_unconsumed():
             raise RemoteProtocolError("cleartext bytes behind the 220 to STARTTLS")
         self._tls_boundary = False
+        self.tls = True
         self.state = self._planned = State.GREETED

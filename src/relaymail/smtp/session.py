@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from ..errors import (
@@ -26,6 +27,14 @@ from .reply import Reply
 
 # How long a QUIT may wait for its reply: the mail is settled, only the peer's log gains.
 QUIT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ImplicitTls:
+    """TLS from the first byte (an smtps:// route, RFC 8314 3.3); checks come after."""
+
+    context: ssl.SSLContext
+    server_hostname: str | None  # SNI; None for an address
 
 
 class _Wire(asyncio.Protocol):
@@ -105,8 +114,15 @@ class SmtpSession:
 
     @classmethod
     async def open(
-        cls, address: str, port: int, *, connect_timeout: float, command_timeout: float
+        cls,
+        address: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        command_timeout: float,
+        implicit_tls: ImplicitTls | None = None,
     ) -> SmtpSession:
+        """Connect; with `implicit_tls`, complete the TLS handshake before the greeting."""
         loop = asyncio.get_running_loop()
         wire = _Wire(ClientConnection())
         try:
@@ -116,7 +132,15 @@ class SmtpSession:
             raise ConnectTimeout(f"connect timed out after {connect_timeout:g}s") from None
         except OSError as exc:
             raise ConnectFailed(f"connect failed: {exc.strerror or exc}") from None
-        return cls(wire, address, port, command_timeout)
+        session = cls(wire, address, port, command_timeout)
+        if implicit_tls is not None:
+            await session._handshake(implicit_tls.context, implicit_tls.server_hostname)
+            try:
+                session.conn.implicit_tls_established()
+            except RemoteProtocolError as exc:
+                session.abort()
+                raise SessionError(f"TLS handshake failed: {exc}") from None
+        return session
 
     @property
     def local_address(self) -> str | None:
@@ -191,6 +215,10 @@ class SmtpSession:
 
     async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
         """Upgrade after an accepted STARTTLS; the handshake counts as a command (timeout)."""
+        await self._handshake(context, server_hostname)
+        self.conn.tls_established()
+
+    async def _handshake(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
         loop = asyncio.get_running_loop()
         transport = self._wire.transport
         assert transport is not None
@@ -214,7 +242,6 @@ class SmtpSession:
         if new is None:
             raise SessionError("TLS handshake failed: the connection closed")
         self._wire.transport = new
-        self.conn.tls_established()
         self.ssl_object = new.get_extra_info("ssl_object")
 
     def _check_open(self) -> None:
