@@ -22,6 +22,7 @@ from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
 from .message import Envelope
 from .queue.sqlite import SqliteStore
+from .queue.store import TraceHeader
 from .scheduler import Scheduler
 
 log = logging.getLogger("relaymail.daemon")
@@ -101,8 +102,10 @@ class Daemon:
                     store.close()
             await asyncio.sleep(REPORT_INTERVAL)
 
-    async def _spool(self, envelope: Envelope, data: bytes) -> str:
-        return await self.scheduler.enqueue(envelope, data)
+    async def _spool(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader | None = None
+    ) -> str:
+        return await self.scheduler.enqueue(envelope, data, trace)
 
     async def _start_listeners(self, config: Config) -> None:
         users = config.users()
