@@ -91,6 +91,9 @@ def become(user: ServiceUser) -> bool:
     os.initgroups(user.name, user.gid)
     os.setgid(user.gid)
     os.setuid(user.uid)  # sets real, effective and saved uid: no way back
+    # Queued mail is private: files the daemon creates from now on (queue.db,
+    # its WAL) are the service user's alone, as under systemd's UMask=0077.
+    os.umask(0o077)
     # Proof, not trust: a setuid that left any id at 0 would be a silent failure.
     if 0 in (*os.getresuid(), *os.getresgid()):
         raise ConfigError(USER_KEY, f"could not drop root for {user.name!r}")
