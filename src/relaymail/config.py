@@ -161,6 +161,13 @@ class RelayAuth:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    # The account `serve` becomes once its listeners are bound, when started as
+    # root (relaymail.service); None: it stays who it was started as.
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -169,6 +176,7 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
     # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
@@ -225,7 +233,7 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     sections = {"delivery", "tls", "routes", "relay_auth", "dns", "queue", "listener", "users"}
-    only(raw, "", sections | {"local"})
+    only(raw, "", sections | {"local", "server"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
@@ -242,6 +250,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         dns=_dns(_table(raw, "dns")),
         queue=QueueSettings(**read_table(_table(raw, "queue"), "queue", _QUEUE)),
         local=LocalSettings(**read_table(_table(raw, "local"), "local", _LOCAL)),
+        server=ServerSettings(**read_table(_table(raw, "server"), "server", {"user": text})),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,
@@ -262,6 +271,10 @@ def check_server_config(config: Config) -> None:
             raise ConfigError(
                 f"listener[{i}].tls_cert_file", f"a {listener.mode} listener needs one"
             )
+    if config.server.user is not None:
+        from .service import lookup_user
+
+        lookup_user(config.server.user)
 
 
 def host_port(default_port: int | None) -> Reader:

@@ -4,6 +4,11 @@ Start-up order matters for "never lose a message": the queue is opened and
 its pending mail scheduled before any listener accepts new mail; shutdown
 runs the other way round (stop accepting, let deliveries finish or abandon
 them safely, then close the queue, which drains its last commits).
+
+Before the queue, the listeners are bound (not yet accepting) and, with
+`[server] user`, root is dropped (relaymail.service): the ports may need root,
+the queue must be opened, and its files created, by the service user only.
+Once the listeners accept, systemd hears READY=1.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import errno
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
@@ -22,7 +27,9 @@ from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
 from .message import Envelope
 from .queue.sqlite import SqliteStore
+from .queue.store import TraceHeader
 from .scheduler import Scheduler
+from .service import become, host_name_problem, lookup_user, must_drop_root, notify_systemd
 
 log = logging.getLogger("relaymail.daemon")
 
@@ -45,11 +52,29 @@ class Daemon:
     listeners: list[ListenerHandle] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _retiring: asyncio.Task[None] | None = None
+    # Root was given up: listeners on privileged ports cannot be bound again.
+    _dropped_root: bool = False
 
     async def run(self) -> None:
         config = self.config
         check_server_config(config)
-        store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
+        if problem := host_name_problem(config.delivery.helo_name):
+            log.warning(
+                "helo_name %r %s: other servers may refuse or score the mail;"
+                " set [delivery] helo_name to this host's public name",
+                config.delivery.helo_name, problem,
+            )  # fmt: skip
+        ports = [settings.port for settings in config.listeners()]
+        if refusal := must_drop_root(os.geteuid(), config.server.user, ports):
+            raise refusal
+        await self._start_listeners(config, serving=False)
+        try:
+            if config.server.user is not None:
+                self._dropped_root = become(lookup_user(config.server.user))
+            store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
+        except BaseException:
+            await asyncio.gather(*(h.close(0) for h in self.listeners))
+            raise
         engine = DeliveryEngine(config)
         self.scheduler = Scheduler(store, engine, config.queue, hostname=config.delivery.helo_name)
         try:
@@ -57,9 +82,12 @@ class Daemon:
             log.info("queue %s: %d message(s) waiting", config.queue.directory, pending)
             scheduling = asyncio.create_task(self.scheduler.run())
             reporting = asyncio.create_task(self._send_tls_reports())
-            await self._start_listeners(config)
+            for handle in self.listeners:
+                await handle.start_serving()
             self._install_signals()
+            notify_systemd(f"READY=1\nSTATUS=accepting mail, {pending} message(s) queued")
             await self.stopping.wait()
+            notify_systemd("STOPPING=1")
             log.info("stopping: no new mail accepted; finishing deliveries")
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
             await self.scheduler.stop(SHUTDOWN_GRACE)
@@ -101,17 +129,20 @@ class Daemon:
                     store.close()
             await asyncio.sleep(REPORT_INTERVAL)
 
-    async def _spool(self, envelope: Envelope, data: bytes) -> str:
-        return await self.scheduler.enqueue(envelope, data)
+    async def _spool(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader | None = None
+    ) -> str:
+        return await self.scheduler.enqueue(envelope, data, trace)
 
-    async def _start_listeners(self, config: Config) -> None:
+    async def _start_listeners(self, config: Config, *, serving: bool = True) -> None:
         users = config.users()
         started: list[ListenerHandle] = []
         try:
             for settings in config.listeners():
                 handle = await start_listener(
-                    settings, self._spool, users, server_tls_context(settings)
-                )
+                    settings, self._spool, users, server_tls_context(settings),
+                    start_serving=serving,
+                )  # fmt: skip
                 started.append(handle)
         except OSError as exc:
             for handle in started:
@@ -138,14 +169,25 @@ class Daemon:
             return
         if new.queue.directory != self.config.queue.directory:
             log.warning("reload: queue.directory changes only with a restart")
+        if new.server != self.config.server:
+            log.warning("reload: server.user changes only with a restart")
+        listeners_change = (new.listener_tables, new.user_table) != (
+            self.config.listener_tables,
+            self.config.user_table,
+        ) or new.delivery.helo_name != self.config.delivery.helo_name
+        if listeners_change and self._dropped_root:
+            # The service user may not bind port 25 again, and the old sockets
+            # would be gone by the time that shows: keep the running listeners.
+            log.warning("reload: listener changes need a restart after dropping root")
+            kept = replace(new.delivery, helo_name=self.config.delivery.helo_name)
+            new = replace(new, listener_tables=self.config.listener_tables,
+                          user_table=self.config.user_table, delivery=kept)  # fmt: skip
+            listeners_change = False
         log.debug("reload: new configuration accepted")
         old_engine = self.scheduler.engine
         self.scheduler.engine = DeliveryEngine(new)
         self.scheduler.settings = new.queue
-        if (new.listener_tables, new.user_table) != (
-            self.config.listener_tables,
-            self.config.user_table,
-        ) or new.delivery.helo_name != self.config.delivery.helo_name:
+        if listeners_change:
             old = self.listeners
             log.debug("reload: closing %d listener(s)", len(old))
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in old))

@@ -33,6 +33,7 @@ from .queue.store import (
     RecipientState,
     RecipientUpdate,
     Store,
+    TraceHeader,
 )
 
 log = logging.getLogger("relaymail.queue")
@@ -154,15 +155,17 @@ class Scheduler:
         self._entries[entry.id] = entry
         self._push(entry)
 
-    async def enqueue(self, envelope: Envelope, data: bytes) -> str:
+    async def enqueue(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader | None = None
+    ) -> str:
         """Queue and schedule a message (inbound mail, DSNs, local submission)."""
-        message = await self.store.enqueue(envelope, data, self._clock())
-        self.submit(message, data)
+        message = await self.store.enqueue(envelope, data, self._clock(), trace=trace)
+        self.submit(message, message.trace + data)
         # The inbound server logs the acceptance with this id; DSNs and local
         # submissions say so in their own lines.
         log.debug(
             "queued id=%s from=<%s> recipients=%d size=%d",
-            message.id, envelope.sender, len(envelope.recipients), len(data),
+            message.id, envelope.sender, len(envelope.recipients), message.size,
         )  # fmt: skip
         return message.id
 

@@ -46,17 +46,20 @@ def write_toml(path: Path, sections: dict[str, Any]) -> Path:
 
 
 class Daemon:
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(
+        self, config: Path, port: int, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.config = config
         self.port = port
         self.log = log
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float = 15.0) -> None:
         log = self.log.open("ab")
         self.process = await asyncio.create_subprocess_exec(
             RELAYMAIL, "--log-level", "DEBUG", "serve", "--config", str(self.config),
-            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log, stderr=log, env=self.env,
         )  # fmt: skip
         log.close()
         async with asyncio.timeout(timeout):

@@ -24,6 +24,7 @@ from relaymail.inbound import ListenerHandle, start_listener
 from relaymail.listener_settings import ListenerSettings
 from relaymail.message import Envelope
 from relaymail.passwords import PasswordHash, hash_password
+from relaymail.queue import TraceHeader
 
 HOSTNAME = "mx.test.example"
 RELAY_DOMAIN = "inbound.example"
@@ -38,18 +39,19 @@ ELSEWHERE = (ipaddress.ip_network("192.0.2.0/24"),)
 class MemorySpool:
     messages: list[tuple[Envelope, bytes]] = field(default_factory=list)
 
-    async def __call__(self, envelope: Envelope, data: bytes) -> str:
-        self.messages.append((envelope, data))
-        return f"Q{len(self.messages):04d}"
+    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+        queue_id = f"Q{len(self.messages) + 1:04d}"
+        self.messages.append((envelope, trace(queue_id) + data))
+        return queue_id
 
 
 class FullSpool:
-    async def __call__(self, envelope: Envelope, data: bytes) -> str:
+    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
         raise QueueFull("disk full")
 
 
 class BrokenSpool:
-    async def __call__(self, envelope: Envelope, data: bytes) -> str:
+    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
         raise RuntimeError("secret internal detail /var/spool/relaymail")
 
 
@@ -61,10 +63,10 @@ class SlowSpool(MemorySpool):
         self.release = asyncio.Event()
         self.started = asyncio.Event()
 
-    async def __call__(self, envelope: Envelope, data: bytes) -> str:
+    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
         self.started.set()
         await self.release.wait()
-        return await super().__call__(envelope, data)
+        return await super().__call__(envelope, data, trace)
 
 
 # --------------------------------------------------------------------------- TLS and users

@@ -490,18 +490,19 @@ async def test_250_is_sent_only_after_the_spool_returns(listen: Listen, clients:
 # =========================================================================== message data
 
 
-async def test_received_header_is_prepended(listen: Listen, clients: Any) -> None:
+async def test_received_header_is_prepended_with_the_queue_id(listen: Listen, clients: Any) -> None:
     handle, spool = await listen()
     client, _ = await clients(handle.port)
     await client.command("EHLO client.example")
-    await client.send_message("a@client.example", ["b@elsewhere.example"], MESSAGE)
+    _, final = await client.send_message("a@client.example", ["b@elsewhere.example"], MESSAGE)
+    assert (final.code, final.text) == (250, "2.0.0 Ok: queued as Q0001")
     [(_, data)] = spool.messages
     header, _, rest = data.partition(b"\r\n" + MESSAGE[:5])
     assert rest, data
     unfolded = header.decode().replace("\r\n\t", " ")
     match = re.fullmatch(
         r"Received: from client\.example \(\[127\.0\.0\.1\]\) by mx\.test\.example "
-        r"\(relaymail\) with ESMTP for <b@elsewhere\.example>; (.+)",
+        r"\(relaymail\) with ESMTP id Q0001 for <b@elsewhere\.example>; (.+)",
         unfolded,
     )
     assert match, unfolded
@@ -518,7 +519,7 @@ async def test_received_header_says_smtp_after_helo_and_lists_no_for_with_two_rc
     await client.send_message("a@client.example", ["b@x.example", "c@x.example"], MESSAGE)
     [(_, data)] = spool.messages
     first_field = data.split(b"\r\n", 2)[1]
-    assert first_field.startswith(b"\tby mx.test.example (relaymail) with SMTP; ")
+    assert first_field.startswith(b"\tby mx.test.example (relaymail) with SMTP id Q0001; ")
     assert b" for <" not in data.split(b"\r\nFrom:")[0]
 
 

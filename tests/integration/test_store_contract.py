@@ -47,6 +47,22 @@ async def test_queue_ids_are_short_unique_and_sort_in_arrival_order(store: Store
     assert all(len(i) == 11 and i.isalnum() and i.isupper() for i in ids)
 
 
+async def test_the_trace_header_is_made_with_the_new_queue_id_and_stored_in_front(
+    store: Store,
+) -> None:
+    def trace(queue_id: str) -> bytes:
+        return f"Received: by mx.example.org id {queue_id}\r\n".encode()
+
+    data = body(1)
+    queued = await store.enqueue(ENVELOPE, data, time.time(), trace=trace)
+
+    assert queued.trace == trace(queued.id)
+    assert store.load_data(queued.id) == queued.trace + data
+    assert queued.size == len(queued.trace) + len(data)
+    [summary] = store.list_messages()
+    assert summary.size == queued.size
+
+
 async def test_duplicate_recipients_are_queued_once(store: Store) -> None:
     envelope = Envelope("a@example.org", ("b@example.com", "c@example.com", "b@example.com"))
     queued = await store.enqueue(envelope, body(1), time.time())

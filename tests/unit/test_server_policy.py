@@ -99,6 +99,7 @@ def test_auth_is_required_by_mode_unless_configured() -> None:
 
 def test_received_header_with_one_recipient_and_tls() -> None:
     header = received_header(
+        "1K1H0AB2CDE",
         helo="client.example",
         client_ip=ip("192.0.2.7"),
         hostname="mx.example.org",
@@ -109,7 +110,7 @@ def test_received_header_with_one_recipient_and_tls() -> None:
     )
     assert header == (
         b"Received: from client.example ([192.0.2.7])\r\n"
-        b"\tby mx.example.org (relaymail) with ESMTPS\r\n"
+        b"\tby mx.example.org (relaymail) with ESMTPS id 1K1H0AB2CDE\r\n"
         b"\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n"
         b"\tfor <b@example.org>; Mon, 02 Nov 2026 10:00:00 +0000\r\n"
     )
@@ -117,6 +118,7 @@ def test_received_header_with_one_recipient_and_tls() -> None:
 
 def test_received_header_with_ipv6_several_recipients_and_a_hostile_helo() -> None:
     header = received_header(
+        "1K1H0AB2CDE",
         helo="evil; by forged.example (comment",
         client_ip=ip("2001:db8::1"),
         hostname="mx.example.org",
@@ -127,7 +129,8 @@ def test_received_header_with_ipv6_several_recipients_and_a_hostile_helo() -> No
     )
     assert header == (
         b"Received: from unknown ([IPv6:2001:db8::1])\r\n"
-        b"\tby mx.example.org (relaymail) with SMTP; Mon, 02 Nov 2026 10:00:00 +0000\r\n"
+        b"\tby mx.example.org (relaymail) with SMTP id 1K1H0AB2CDE;"
+        b" Mon, 02 Nov 2026 10:00:00 +0000\r\n"
     )
 
 

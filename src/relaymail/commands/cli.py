@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = tlsrpt_actions.add_parser("show", help="what would be reported for today so far")
     show.add_argument("domain", nargs="?", type=_domain)
 
+    install = commands.add_parser(
+        "install-system", help="create the service user, spool, configuration and systemd unit"
+    )
+    install.add_argument("--root", default="/", help="install into this staging root")
+    install.add_argument("--dry-run", action="store_true", help="print what would be done")
+
     commands.add_parser("sendmail", help="queue a message from stdin (sendmail -t -i -f ...)")
     commands.add_parser("passwd", help="hash a password for [users] (read from stdin)")
     return parser
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "passwd": _passwd,
         "tls": _tls,
         "tlsrpt": _tlsrpt,
+        "install-system": _install_system,
     }[args.command]
     try:
         code = handler(args)
@@ -275,6 +282,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"relaymail: {exc}", file=sys.stderr)
         return EX_OSERR
     return EX_OK
+
+
+def _install_system(args: argparse.Namespace) -> int:
+    from .install import run_install
+
+    return run_install(args)
 
 
 def _queue(args: argparse.Namespace) -> int:

@@ -1,6 +1,14 @@
-"""What the queue gets from a front door: canonical lines, trace header, loop count, folding.
+"""What the queue gets from a front door: canonical lines, trace header, loop count, folding,
+and the header fix-up.
 
 SMTP uses it now, local pickup will: both hand the queue the same bytes.
+
+Header fix-up is Postfix's cleanup for mail from its own users: a message
+submitted locally or by an authenticated client, or through a submission
+port, gets a ``Date:`` and a ``Message-ID:`` when it has none (RFC 6409 8.2,
+8.3: the submission server may add them; large receivers score mail without
+them). Mail relayed from other MTAs is left as it is: it is someone else's
+message, and changing it breaks their DKIM signatures.
 
 Lines longer than a message may carry (RFC 5322 2.1.1: 998 octets plus CRLF)
 are made short. Applications that write unwrapped HTML send such lines;
@@ -21,12 +29,14 @@ every line on the way out, including the new ones.
 
 from __future__ import annotations
 
-import email.utils
+import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ..headers import field
 from ..message import canonical_data, header_section
 from .checks import IPAddress
 
@@ -34,15 +44,26 @@ __all__ = [
     "Folded",
     "canonical_lines",
     "count_received",
+    "fix_up_headers",
     "fold_long_lines",
+    "local_received_header",
     "received_header",
+    "rfc5322_date",
     "trace_protocol",
 ]
 
 _TRACE_HELO: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_]{0,252}|\[[A-Za-z0-9.:]{1,60}\]")
 
 
+def rfc5322_date(when: float | None = None) -> str:
+    """``when`` (default: now) as an RFC 5322 3.3 date-time in local time."""
+    # strftime's names are English here: Python leaves LC_TIME at "C". Not
+    # email.utils: sendmail's start-up would pay for the email package.
+    return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(when))
+
+
 def received_header(
+    queue_id: str,
     *,
     helo: str | None,
     client_ip: IPAddress | None,
@@ -54,9 +75,9 @@ def received_header(
 ) -> bytes:
     """The Received: trace header (RFC 5321 4.4) we prepend, folded, ending in CRLF.
 
-    No "id" clause: the queue id only exists once the spool has stored the
-    message, and the header is part of what it stores. The accept log line
-    carries the queue id instead. ``tls`` is (protocol version, cipher).
+    The "id" clause is the queue id, so a header a user quotes leads to our
+    log lines; the store allocates it and calls this (queue.TraceHeader).
+    ``tls`` is (protocol version, cipher).
     """
     if client_ip is None:
         literal = "unknown"
@@ -69,16 +90,70 @@ def received_header(
     claimed = helo if helo and _TRACE_HELO.fullmatch(helo) else "unknown"
     lines = [
         f"Received: from {claimed} ({literal})",
-        f"\tby {hostname} (relaymail) with {protocol}",
+        f"\tby {hostname} (relaymail) with {protocol} id {queue_id}",
     ]
     if tls is not None:
         lines.append(f"\t(using {tls[0]} with cipher {tls[1]})")
-    when = date or email.utils.formatdate(localtime=True)
+    return _stamped(lines, recipients, date)
+
+
+def local_received_header(
+    queue_id: str, *, hostname: str, uid: int, recipients: Sequence[str], date: str | None = None
+) -> bytes:
+    """The Received: header of locally submitted mail, as Postfix's pickup writes it.
+
+    There is no "from" clause (no remote host): the submitting user's uid is
+    the trace, in the comment Postfix uses (``by host (Postfix, from userid 33)``).
+    """
+    lines = [f"Received: by {hostname} (relaymail, from userid {uid})", f"\tid {queue_id}"]
+    return _stamped(lines, recipients, date)
+
+
+def _stamped(lines: list[str], recipients: Sequence[str], date: str | None) -> bytes:
+    # One recipient is named (RFC 5321 4.4 "for"); more would tell each
+    # recipient who else got a copy (Bcc included), as Postfix avoids too.
+    when = date or rfc5322_date()
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>; {when}")
     else:
         lines[-1] += f"; {when}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _has_field(headers: bytes, name: bytes) -> bool:
+    # RFC 5322 4.5.3 (obsolete syntax, still sent): whitespace before the colon.
+    pattern = rb"^" + re.escape(name) + rb"[ \t]*:"
+    return re.search(pattern, headers, re.IGNORECASE | re.MULTILINE) is not None
+
+
+def _message_id(hostname: str) -> str:
+    # Time, process and 32 random bits: unique across processes and restarts
+    # without any shared counter (RFC 5322 3.6.4).
+    return f"<{time.time_ns():x}.{os.getpid()}.{os.urandom(4).hex()}@{hostname}>"
+
+
+def fix_up_headers(data: bytes, *, hostname: str, add_from: str | None = None) -> bytes:
+    """Canonical ``data`` with a ``Date:`` and ``Message-ID:`` added where missing.
+
+    ``add_from`` is a ready mailbox (relaymail.headers.mailbox) for a missing
+    ``From:``: local submission knows who sent the mail; an SMTP client's
+    envelope sender is not the author, so SMTP passes None. The new fields go
+    in front of the header section; nothing else changes. Raises
+    HeaderValueError if ``add_from`` holds a line break.
+    """
+    headers = header_section(data)
+    added = []
+    if add_from is not None and not _has_field(headers, b"From"):
+        added.append(field("From", add_from))
+    if not _has_field(headers, b"Date"):
+        added.append(field("Date", rfc5322_date()))
+    if not _has_field(headers, b"Message-ID"):
+        added.append(field("Message-ID", _message_id(hostname)))
+    if not added:
+        return data
+    prefix = "".join(f"{line}\r\n" for line in added).encode("utf-8")
+    # Data without a header section starts with its blank line, which stays.
+    return prefix + data
 
 
 def trace_protocol(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:

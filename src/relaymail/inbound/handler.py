@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -13,13 +14,15 @@ from aiosmtpd.smtp import MISSING, AuthResult
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from ..errors import QueueFull
-from ..listener_settings import LongLines
+from ..listener_settings import ListenerMode, LongLines
 from ..message import Envelope, domain_of
 from ..passwords import PasswordHash
+from ..queue.store import TraceHeader
 from .checks import is_trusted, may_relay
 from .cleanup import (
     canonical_lines,
     count_received,
+    fix_up_headers,
     fold_long_lines,
     received_header,
     trace_protocol,
@@ -42,8 +45,8 @@ Users = Mapping[str, PasswordHash]
 class Spool(Protocol):
     """Where accepted mail goes: the queue's entry point."""
 
-    async def __call__(self, envelope: Envelope, data: bytes) -> str:
-        """Store the message durably (fsync'd) and return its queue id.
+    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+        """Store ``trace(queue id) + data`` durably (fsync'd) and return the queue id.
 
         Raises relaymail.errors.QueueFull when the queue cannot take it.
         """
@@ -126,8 +129,11 @@ class InboundHandler:
             data, folded = fold.data, fold.lines
         if count_received(data) >= self.settings.max_received_headers:
             return "554 5.4.6 Too many Received: headers, mail loop detected"
+        if session.authenticated or self.settings.mode is not ListenerMode.RELAY:
+            data = fix_up_headers(data, hostname=self.settings.hostname)
         tls = server.tls_in_use()
-        trace = received_header(
+        trace = functools.partial(
+            received_header,
             helo=session.host_name,
             client_ip=server.client_ip(),
             hostname=self.settings.hostname,
@@ -142,7 +148,7 @@ class InboundHandler:
         )
         message = Envelope(sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos))
         try:
-            queue_id = await self._spool(message, trace + data)
+            queue_id = await self._spool(message, data, trace)
         except QueueFull:
             server.explain_refusal("queue full")
             return "452 4.3.1 Insufficient system storage"
@@ -161,11 +167,11 @@ class InboundHandler:
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
-    async def _spool(self, message: Envelope, data: bytes) -> str:
+    async def _spool(self, message: Envelope, data: bytes, trace: TraceHeader) -> str:
         # Shielded: once the queue has started writing, it finishes even if the
         # client goes away (the worst outcome is a duplicate after the client
         # retries, never a half-written entry). close() waits for these.
-        task = asyncio.ensure_future(self.spool(message, data))
+        task = asyncio.ensure_future(self.spool(message, data, trace))
         spooling = self.listener.spooling
         spooling.add(task)
         task.add_done_callback(_spool_done(spooling))

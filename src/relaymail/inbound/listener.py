@@ -72,6 +72,10 @@ class ListenerHandle:
     def active_sessions(self) -> int:
         return len(self._listener.sessions)
 
+    async def start_serving(self) -> None:
+        """Accept connections on a listener started with ``start_serving=False``."""
+        await self._server.start_serving()
+
     async def close(self, grace: float = 30.0) -> None:
         """Stop accepting; let transactions in progress finish for up to ``grace`` seconds.
 
@@ -105,8 +109,16 @@ async def start_listener(
     spool: Spool,
     users: Users,
     tls_context: ssl.SSLContext | None,
+    *,
+    start_serving: bool = True,
 ) -> ListenerHandle:
-    """Listen on ``settings.host``/``settings.port`` on the running event loop."""
+    """Listen on ``settings.host``/``settings.port`` on the running event loop.
+
+    With ``start_serving=False`` the socket is bound and listening (clients
+    wait in the kernel's backlog) but nothing is accepted until
+    ListenerHandle.start_serving: the daemon binds as root, drops privileges
+    and opens the queue in between.
+    """
     if settings.mode is not ListenerMode.RELAY and tls_context is None:
         raise ConfigError("tls_cert_file", f"a {settings.mode} listener needs a certificate")
     if settings.auth_required and not users:
@@ -124,6 +136,7 @@ async def start_listener(
         port=settings.port,
         ssl=tls_context if settings.mode is ListenerMode.SMTPS else None,
         reuse_address=True,
+        start_serving=start_serving,
     )
     handle = ListenerHandle(server, listener)
     log.info("listening on %s (%s)", handle.addresses, settings.mode)

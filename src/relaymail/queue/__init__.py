@@ -16,6 +16,7 @@ from .store import (
     RecipientState,
     RecipientUpdate,
     Store,
+    TraceHeader,
 )
 from .submit import submit_now
 
@@ -34,6 +35,7 @@ __all__ = [
     "RecipientUpdate",
     "SqliteStore",
     "Store",
+    "TraceHeader",
     "format_queue_id",
     "parse_queue_id",
     "submit_now",

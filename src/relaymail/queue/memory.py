@@ -30,6 +30,7 @@ from .store import (
     RecipientDetail,
     RecipientState,
     RecipientUpdate,
+    TraceHeader,
 )
 
 if TYPE_CHECKING:
@@ -109,7 +110,13 @@ class MemoryStore:
     # -- writes --------------------------------------------------------------
 
     async def enqueue(
-        self, envelope: Envelope, data: bytes, received_at: float, *, announce: bool = False
+        self,
+        envelope: Envelope,
+        data: bytes,
+        received_at: float,
+        *,
+        announce: bool = False,
+        trace: TraceHeader | None = None,
     ) -> QueuedMessage:
         self._writable()
         recipients = tuple(dict.fromkeys(envelope.recipients))
@@ -117,17 +124,19 @@ class MemoryStore:
             envelope = Envelope(envelope.sender, recipients)
         # The same ids as SQLite's: microseconds, strictly increasing.
         self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
+        queue_id = format_queue_id(self._last_id)
+        header = b"" if trace is None else trace(queue_id)
         message = _Message(
-            format_queue_id(self._last_id),
+            queue_id,
             envelope.sender,
             received_at,
-            bytes(data),
+            header + data,
             {r: _Recipient(r, next_attempt=received_at) for r in recipients},
         )
         self._messages[message.id] = message
         if announce:
             self._append_event(message.id, AdminAction.SUBMIT)
-        return QueuedMessage(message.id, envelope, message.size, received_at)
+        return QueuedMessage(message.id, envelope, message.size, received_at, header)
 
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:
         self._writable()

@@ -46,7 +46,7 @@ from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
 from .schema import DEFAULT_BUSY_TIMEOUT, open_database
 from .sqlite_reads import Readers, SqliteReads
-from .store import QueuedMessage, RecipientUpdate
+from .store import QueuedMessage, RecipientUpdate, TraceHeader
 from .writer import DEFAULT_MAX_BATCH, Writer
 
 if TYPE_CHECKING:
@@ -107,7 +107,13 @@ class SqliteStore(SqliteReads):
     # -- writes --------------------------------------------------------------
 
     async def enqueue(
-        self, envelope: Envelope, data: bytes, received_at: float, *, announce: bool = False
+        self,
+        envelope: Envelope,
+        data: bytes,
+        received_at: float,
+        *,
+        announce: bool = False,
+        trace: TraceHeader | None = None,
     ) -> QueuedMessage:
         recipients = tuple(dict.fromkeys(envelope.recipients))
         if recipients != envelope.recipients:
@@ -119,9 +125,11 @@ class SqliteStore(SqliteReads):
             data=data,
             received_at=received_at,
             announce=announce,
+            trace=trace,
         )
-        qid = await self._writer.submit(apply, weight=len(data))
-        return QueuedMessage(format_queue_id(qid), envelope, len(data), received_at)
+        qid, header = await self._writer.submit(apply, weight=len(data))
+        size = len(header) + len(data)
+        return QueuedMessage(format_queue_id(qid), envelope, size, received_at, header)
 
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:
         if not updates:

@@ -6,8 +6,9 @@ import sqlite3
 import time
 from typing import Any
 
+from .ids import format_queue_id
 from .schema import PENDING
-from .store import AdminAction
+from .store import AdminAction, TraceHeader
 from .writer import Transaction
 
 
@@ -18,14 +19,20 @@ def insert_message(
     data: bytes,
     received_at: float,
     announce: bool = False,
-) -> int:
+    trace: TraceHeader | None = None,
+) -> tuple[int, bytes]:
+    """The new message's queue id and the trace header stored in front of its data."""
     qid = txn.new_queue_id()
+    header = b"" if trace is None else trace(format_queue_id(qid))
     conn = txn.conn
     conn.execute(
         "INSERT INTO message (id, sender, received_at, size) VALUES (?, ?, ?, ?)",
-        (qid, sender, received_at, len(data)),
+        (qid, sender, received_at, len(header) + len(data)),
     )
-    conn.execute("INSERT INTO body (message_id, data) VALUES (?, ?)", (qid, data))
+    conn.execute(
+        "INSERT INTO body (message_id, data) VALUES (?, ?)",
+        (qid, header + data if header else data),
+    )
     conn.executemany(
         "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
         " VALUES (?, ?, ?, 'queued', ?)",
@@ -33,7 +40,7 @@ def insert_message(
     )
     if announce:
         _append_event(conn, qid, AdminAction.SUBMIT)
-    return qid
+    return qid, header
 
 
 def _delete_message(conn: sqlite3.Connection, qid: int) -> bool:

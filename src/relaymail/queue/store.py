@@ -29,7 +29,7 @@ Contract every backend keeps:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,18 +59,30 @@ class AdminAction(enum.StrEnum):
     SUBMIT = "submit"  # queued by another process (local submission): schedule it
 
 
+TraceHeader = Callable[[str], bytes]
+"""The trace field(s) a front door puts in front of a message, given its queue id.
+
+Every Received: header names the queue id (RFC 5321 4.4 "id"), and a backend
+allocates the id inside the write that stores the message; so the store calls
+this there, on whatever thread writes, and stores what it returns in front of
+the data. It must be pure and quick: it runs inside the transaction.
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
     """A message the queue has durably accepted.
 
     `envelope` lists each recipient once: exact duplicates in the SMTP envelope
-    are queued (and delivered) once.
+    are queued (and delivered) once. `trace` is what the TraceHeader gave, now
+    stored in front of the data; `size` counts it.
     """
 
     id: str
     envelope: Envelope
     size: int
     received_at: float
+    trace: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,12 +212,19 @@ class Store(Protocol):
         ...
 
     async def enqueue(
-        self, envelope: Envelope, data: bytes, received_at: float, *, announce: bool = False
+        self,
+        envelope: Envelope,
+        data: bytes,
+        received_at: float,
+        *,
+        announce: bool = False,
+        trace: TraceHeader | None = None,
     ) -> QueuedMessage:
         """Queue a message: every recipient QUEUED, attempts 0, due at `received_at`.
 
         `announce` also appends a SUBMIT admin event, for a process other than the
         daemon (local submission): the daemon schedules the message when it sees it.
+        `trace`, given the new queue id, makes the header stored in front of `data`.
         """
         ...
 

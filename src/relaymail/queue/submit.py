@@ -32,7 +32,7 @@ def submit_now(
     try:
         conn.execute("BEGIN IMMEDIATE")
         txn = Transaction(conn)
-        qid = insert_message(txn, envelope.sender, recipients, data, received_at, announce=True)
+        qid, _ = insert_message(txn, envelope.sender, recipients, data, received_at, announce=True)
         txn.finish()
         conn.execute("COMMIT")
     except Exception as exc:
