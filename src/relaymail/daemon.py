@@ -20,6 +20,7 @@ from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
+from .inbound.pickup import Pickup, open_maildrop
 from .message import Envelope
 from .queue.sqlite import SqliteStore
 from .scheduler import Scheduler
@@ -49,19 +50,27 @@ class Daemon:
     async def run(self) -> None:
         config = self.config
         check_server_config(config)
+        os.umask(0o077)  # the queue directory is traversable for the maildrop: see open_maildrop
         store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
         engine = DeliveryEngine(config)
         self.scheduler = Scheduler(store, engine, config.queue, hostname=config.delivery.helo_name)
         try:
+            maildrop = open_maildrop(config.queue.directory)
             pending = self.scheduler.load()
             log.info("queue %s: %d message(s) waiting", config.queue.directory, pending)
             scheduling = asyncio.create_task(self.scheduler.run())
             reporting = asyncio.create_task(self._send_tls_reports())
+            # Trusted to set the sender (-f): root and the daemon's own user.
+            pickup = Pickup(maildrop, self._spool, store, lambda: self.config,
+                            frozenset({0, os.geteuid()}))  # fmt: skip
+            picking = asyncio.create_task(pickup.run())
             await self._start_listeners(config)
             self._install_signals()
             await self.stopping.wait()
             log.info("stopping: no new mail accepted; finishing deliveries")
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
+            picking.cancel()  # a file being queued stays; its name says if it was
+            await asyncio.gather(picking, return_exceptions=True)
             await self.scheduler.stop(SHUTDOWN_GRACE)
             for task in (scheduling, reporting):
                 task.cancel()
@@ -101,8 +110,8 @@ class Daemon:
                     store.close()
             await asyncio.sleep(REPORT_INTERVAL)
 
-    async def _spool(self, envelope: Envelope, data: bytes) -> str:
-        return await self.scheduler.enqueue(envelope, data)
+    async def _spool(self, envelope: Envelope, data: bytes, *, pickup: str | None = None) -> str:
+        return await self.scheduler.enqueue(envelope, data, pickup=pickup)
 
     async def _start_listeners(self, config: Config) -> None:
         users = config.users()

@@ -154,9 +154,12 @@ class Scheduler:
         self._entries[entry.id] = entry
         self._push(entry)
 
-    async def enqueue(self, envelope: Envelope, data: bytes) -> str:
-        """Queue and schedule a message (inbound mail, DSNs, local submission)."""
-        message = await self.store.enqueue(envelope, data, self._clock())
+    async def enqueue(self, envelope: Envelope, data: bytes, *, pickup: str | None = None) -> str:
+        """Queue and schedule a message (inbound mail, DSNs, local submission).
+
+        `pickup`: the maildrop file it came from, recorded with it (Store.enqueue).
+        """
+        message = await self.store.enqueue(envelope, data, self._clock(), pickup=pickup)
         self.submit(message, data)
         # The inbound server logs the acceptance with this id; DSNs and local
         # submissions say so in their own lines.

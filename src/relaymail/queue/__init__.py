@@ -17,7 +17,6 @@ from .store import (
     RecipientUpdate,
     Store,
 )
-from .submit import submit_now
 
 __all__ = [
     "AdminAction",
@@ -36,5 +35,4 @@ __all__ = [
     "Store",
     "format_queue_id",
     "parse_queue_id",
-    "submit_now",
 ]

@@ -107,7 +107,7 @@ class SqliteStore(SqliteReads):
     # -- writes --------------------------------------------------------------
 
     async def enqueue(
-        self, envelope: Envelope, data: bytes, received_at: float, *, announce: bool = False
+        self, envelope: Envelope, data: bytes, received_at: float, *, pickup: str | None = None
     ) -> QueuedMessage:
         recipients = tuple(dict.fromkeys(envelope.recipients))
         if recipients != envelope.recipients:
@@ -118,7 +118,7 @@ class SqliteStore(SqliteReads):
             recipients=recipients,
             data=data,
             received_at=received_at,
-            announce=announce,
+            pickup=pickup,
         )
         qid = await self._writer.submit(apply, weight=len(data))
         return QueuedMessage(format_queue_id(qid), envelope, len(data), received_at)
@@ -166,6 +166,10 @@ class SqliteStore(SqliteReads):
         if qid is None:
             return False
         return await self._writer.submit(functools.partial(writes.delete, qid=qid))
+
+    async def forget_pickups(self, names: Sequence[str]) -> None:
+        if names:
+            await self._writer.submit(functools.partial(writes.forget_pickups, names=tuple(names)))
 
     async def retry(self, message_id: str | None = None, *, now: float | None = None) -> int:
         qid = None

@@ -17,7 +17,7 @@ def insert_message(
     recipients: tuple[str, ...],
     data: bytes,
     received_at: float,
-    announce: bool = False,
+    pickup: str | None = None,
 ) -> int:
     qid = txn.new_queue_id()
     conn = txn.conn
@@ -31,9 +31,16 @@ def insert_message(
         " VALUES (?, ?, ?, 'queued', ?)",
         [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
     )
-    if announce:
-        _append_event(conn, qid, AdminAction.SUBMIT)
+    if pickup is not None:
+        conn.execute(
+            "INSERT INTO pickup (name, message_id, at) VALUES (?, ?, ?)",
+            (pickup, qid, time.time()),
+        )
     return qid
+
+
+def forget_pickups(txn: Transaction, names: tuple[str, ...]) -> None:
+    txn.conn.executemany("DELETE FROM pickup WHERE name = ?", [(n,) for n in names])
 
 
 def _delete_message(conn: sqlite3.Connection, qid: int) -> bool:
