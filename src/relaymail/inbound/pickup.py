@@ -45,6 +45,7 @@ from ..maildrop import (
 )
 from ..message import Envelope, canonical_data, header_section
 from ..queue import Store
+from ..queue.files import prepare_directory
 
 log = logging.getLogger("relaymail.pickup")
 
@@ -84,6 +85,7 @@ def open_maildrop(queue_directory: Path) -> Path:
     (SQLite's -wal and -shm copy the database's mode) and the daemon's umask
     is 077 for those it creates later.
     """
+    prepare_directory(queue_directory)
     maildrop = queue_directory / DIRECTORY_NAME
     corrupt = maildrop / CORRUPT_NAME
     try:
@@ -176,11 +178,12 @@ class Pickup:
             if sender.refused is not None:
                 # As Postfix and sendmail do: the recipient sees who tried what.
                 host = config.delivery.helo_name
-                warning = f"{host}: {user} set sender to {sender.refused} using -f"
+                asked = sender.refused or "<>"
+                warning = f"{host}: {user} set sender to {asked} using -f"
                 data = field("X-Authentication-Warning", warning).encode() + b"\r\n" + data
                 log.warning(
                     "maildrop %s: uid %d (%s) may not set the sender: %s ignored, from=<%s>",
-                    name, owner, user, sender.refused, sender.address,
+                    name, owner, user, asked, sender.address,
                 )  # fmt: skip
             envelope = Envelope(sender.address, submission.recipients)
             queue_id = await self.spool(envelope, data, pickup=name)
