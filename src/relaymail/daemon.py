@@ -25,6 +25,7 @@ from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
+from .inbound.pickup import Pickup, open_maildrop
 from .message import Envelope
 from .queue.sqlite import SqliteStore
 from .queue.store import TraceHeader
@@ -71,6 +72,7 @@ class Daemon:
         try:
             if config.server.user is not None:
                 self._dropped_root = become(lookup_user(config.server.user))
+            os.umask(0o077)  # the queue directory is traversable for the maildrop (open_maildrop)
             store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
         except BaseException:
             await asyncio.gather(*(h.close(0) for h in self.listeners))
@@ -78,10 +80,15 @@ class Daemon:
         engine = DeliveryEngine(config)
         self.scheduler = Scheduler(store, engine, config.queue, hostname=config.delivery.helo_name)
         try:
+            maildrop = open_maildrop(config.queue.directory)
             pending = self.scheduler.load()
             log.info("queue %s: %d message(s) waiting", config.queue.directory, pending)
             scheduling = asyncio.create_task(self.scheduler.run())
             reporting = asyncio.create_task(self._send_tls_reports())
+            # Trusted to set the sender (-f): root and the daemon's own user.
+            pickup = Pickup(maildrop, self._spool, store, lambda: self.config,
+                            frozenset({0, os.geteuid()}))  # fmt: skip
+            picking = asyncio.create_task(pickup.run())
             for handle in self.listeners:
                 await handle.start_serving()
             self._install_signals()
@@ -90,6 +97,8 @@ class Daemon:
             notify_systemd("STOPPING=1")
             log.info("stopping: no new mail accepted; finishing deliveries")
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
+            picking.cancel()  # a file being queued stays; its name says if it was
+            await asyncio.gather(picking, return_exceptions=True)
             await self.scheduler.stop(SHUTDOWN_GRACE)
             for task in (scheduling, reporting):
                 task.cancel()
@@ -130,9 +139,14 @@ class Daemon:
             await asyncio.sleep(REPORT_INTERVAL)
 
     async def _spool(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader | None = None
+        self,
+        envelope: Envelope,
+        data: bytes,
+        trace: TraceHeader | None = None,
+        *,
+        pickup: str | None = None,
     ) -> str:
-        return await self.scheduler.enqueue(envelope, data, trace)
+        return await self.scheduler.enqueue(envelope, data, trace, pickup=pickup)
 
     async def _start_listeners(self, config: Config, *, serving: bool = True) -> None:
         users = config.users()

@@ -119,6 +119,10 @@ class QueueUnusable(RelaymailError):
         self.problem = problem
 
 
+class MaildropCorrupt(RelaymailError, ValueError):
+    """A maildrop file the daemon cannot take as a message: what is wrong with it."""
+
+
 class ListenFailed(RelaymailError):
     """A listener could not bind its address: the system's doing, not the configuration's."""
 

@@ -156,10 +156,21 @@ class Scheduler:
         self._push(entry)
 
     async def enqueue(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader | None = None
+        self,
+        envelope: Envelope,
+        data: bytes,
+        trace: TraceHeader | None = None,
+        *,
+        pickup: str | None = None,
     ) -> str:
-        """Queue and schedule a message (inbound mail, DSNs, local submission)."""
-        message = await self.store.enqueue(envelope, data, self._clock(), trace=trace)
+        """Queue and schedule a message (inbound mail, DSNs, local submission).
+
+        `trace` makes the Received: header from the queue id; `pickup` is the maildrop
+        file the message came from, recorded with it (Store.enqueue).
+        """
+        message = await self.store.enqueue(
+            envelope, data, self._clock(), trace=trace, pickup=pickup
+        )
         self.submit(message, message.trace + data)
         # The inbound server logs the acceptance with this id; DSNs and local
         # submissions say so in their own lines.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from relaymail.inbound.pickup import open_maildrop
 from relaymail.message import Envelope
 from relaymail.queue.sqlite import SqliteStore
 from tests.integration.daemon_process import RELAYMAIL, write_toml
@@ -30,6 +31,7 @@ def config(tmp_path: Path) -> Path:
         "queue": {"directory": tmp_path / "queue"},
     })  # fmt: skip
     asyncio.run(_fill_queue(tmp_path / "queue", 1))
+    open_maildrop(tmp_path / "queue")
     return path
 
 

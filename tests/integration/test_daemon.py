@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from relaymail.inbound.pickup import open_maildrop
 from tests.integration.conftest import hop
 from tests.integration.daemon_process import (
     RELAYMAIL,
@@ -237,18 +238,19 @@ async def test_sendmail_and_the_queue_tools(smtp_peer, ca_file, tmp_path):
                          queue={"retry": ["1h"]},
                          delivery={"connection_idle_time": 0.2})  # fmt: skip
     message = b"To: u@dest.test\nBcc: hidden@dest.test\nSubject: from cron\n\n.\nnot the end\n"
+    open_maildrop(tmp_path / "queue")  # as a daemon that ran before
     code, _, err = await run_command(RELAYMAIL, "sendmail", "-C", str(config), "-t", "-i",
                                      "-f", "cron@src.test", stdin=message)  # fmt: skip
     assert code == 0, err
     queue = [RELAYMAIL, "queue", "--config", str(config), "--json"]
-    code, out, _ = await run_command(*queue, "list")
-    [listed] = json.loads(out)["messages"]
-    queue_id = listed["id"]
-    assert listed["sender"] == "cron@src.test" and listed["recipients"]["queued"] == 2
 
     daemon = await start_daemon(tmp_path, config, port)
     try:
         await wait_for(lambda: daemon.text().count("deferred id=") >= 2)
+        code, out, _ = await run_command(*queue, "list")
+        [listed] = json.loads(out)["messages"]
+        queue_id = listed["id"]
+        assert listed["sender"] == "cron@src.test" and listed["recipients"]["deferred"] == 2
         code, out, _ = await run_command(*queue, "show", queue_id)
         detail = json.loads(out)
         assert {r["state"] for r in detail["recipients"]} == {"deferred"}

@@ -1,7 +1,8 @@
 """Nothing from the command line or a remote reply can add a header line or a message.
 
-`sendmail` runs as a real process writing the real queue; the DSN case runs the
-daemon against a next hop whose reply is built to inject.
+`sendmail` runs as a real process writing the real maildrop (made as the daemon
+makes it); the DSN case runs the daemon against a next hop whose reply is built
+to inject.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from relaymail.queue.sqlite import SqliteStore
+from relaymail.inbound.pickup import open_maildrop
+from relaymail.maildrop import decode
 from tests.integration.daemon_process import RELAYMAIL, free_port, run_command, write_toml
 from tests.integration.test_daemon import bounce_for, dsns
 
@@ -36,6 +38,7 @@ def sendmail_config(tmp_path: Path, *sizes: str) -> Path:
         sections["listener"] = [
             {"address": f"127.0.0.1:{free_port()}", "max_message_size": size} for size in sizes
         ]
+    open_maildrop(tmp_path / "queue")
     return write_toml(tmp_path / "relaymail.toml", sections)
 
 
@@ -47,15 +50,15 @@ async def sendmail(config: Path, *args: str, stdin: bytes = b"Subject: hi\n\nbod
     return code, err
 
 
+def dropped(tmp_path: Path) -> list[Path]:
+    return sorted(p for p in (tmp_path / "queue" / "maildrop").iterdir() if p.is_file())
+
+
 async def queued(tmp_path: Path, policy: Policy = email.policy.default) -> list[EmailMessage]:
-    store = SqliteStore.open(tmp_path / "queue")
-    try:
-        return [
-            email.message_from_bytes(store.load_data(m.id), policy=policy)  # type: ignore[misc]
-            for m in store.list_messages(100, 0)
-        ]
-    finally:
-        await store.close()
+    return [
+        email.message_from_bytes(decode(p.read_bytes()).data, policy=policy)  # type: ignore[misc]
+        for p in dropped(tmp_path)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -68,7 +71,7 @@ async def test_sendmail_refuses_a_full_name_with_line_breaks_or_controls(tmp_pat
     code, err = await sendmail(config, "-f", "eve@src.test", "-F", name, "u@dest.test")
     assert code == EX_USAGE
     assert len(err.splitlines()) == 1
-    assert not (tmp_path / "queue" / "queue.db").exists()  # nothing was queued
+    assert not dropped(tmp_path)  # nothing was queued
 
 
 @pytest.mark.parametrize(
@@ -98,7 +101,7 @@ async def test_sendmail_refuses_a_sender_that_could_inject(tmp_path, sender):
     code, err = await sendmail(config, "-f", sender, "u@dest.test")
     assert code == EX_NOUSER
     assert len(err.splitlines()) == 1
-    assert not (tmp_path / "queue" / "queue.db").exists()
+    assert not dropped(tmp_path)
 
 
 async def test_sendmail_t_refuses_a_recipient_header_that_holds_a_control(tmp_path):
@@ -131,7 +134,7 @@ async def test_sendmail_refuses_more_than_the_default_35m(tmp_path):
                                stdin=b"Subject: huge\n\n" + b"x" * (36 << 20))  # fmt: skip
     assert code == EX_DATAERR
     assert len(err.splitlines()) == 1
-    assert not (tmp_path / "queue" / "queue.db").exists()
+    assert not dropped(tmp_path)
 
 
 async def test_a_hostile_reply_cannot_add_lines_to_the_bounce(smtp_peer, ca_file, tmp_path):

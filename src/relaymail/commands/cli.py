@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def mailq() -> int:
+    """The `mailq` entry point: `relaymail queue list`, as sendmail's -bp is elsewhere."""
+    return main(["queue", "list", *sys.argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sendmail"]:

@@ -1,26 +1,67 @@
-"""`sendmail` for cron, PHP mail() and scripts: the message goes straight into the queue.
+"""`sendmail` for cron, PHP mail() and scripts: the message goes into the maildrop.
 
-Like Postfix's postdrop, it needs no running daemon: the message is durable
-in the queue when this exits 0, and the daemon picks it up (SUBMIT admin
-event) within a second, or at its next start. The flags are sendmail's own,
-not GNU style (-fsender, -oi), so they are parsed here by hand; unknown -o
-and -b options that other MTAs accept are ignored, as Postfix does.
+Like Postfix's postdrop, it never opens the queue (which other users' mail is
+in) and needs no running daemon: the message is durable in the maildrop when
+this exits 0 (relaymail.maildrop), and the daemon queues it within a second,
+or at its next start. The flags are sendmail's own, not GNU style (-fsender,
+-oi), so they are parsed here by hand; unknown -o and -b options that other
+MTAs accept are ignored, as Postfix does.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import HeaderValueError
 from ..headers import display_name, field, mailbox
+from ..maildrop import (
+    DIRECTORY_NAME,
+    FILE_MODE,
+    SYSTEM_QUEUE,
+    TEMP_PREFIX,
+    Submission,
+    encode,
+    file_name,
+    local_address,
+)
 from ..message import split_header_section
-from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, stop
+from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, stop
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
+HELP = f"""{USAGE}
+
+Queue a message read from standard input for relaymail. It goes into the
+maildrop of the configured queue; the daemon (relaymail serve) delivers it,
+now or when it next starts.
+
+  -t            recipients from To:, Cc: and Bcc: as well (Bcc: is removed)
+  -i, -oi       a line with a single dot does not end the message
+  -f ADDR       envelope sender (also -r); honoured for root and the daemon's
+                user only, others send as user@local domain
+  -F NAME       full name for the From: header added when there is none
+  -N DSN, -R RET, -B TYPE, -V ENVID
+                kept with the message (DSN notify, return, body type, envelope id)
+  -bm           deliver (the default)
+  -bv           check the recipients, print each as it would be queued, send nothing
+  -bi           rebuild the aliases (relaymail newaliases), send nothing
+  -C FILE       configuration file
+  -oem -oee -odq -odb -odi, other -o and -b options, -v
+                accepted and ignored: errors always come back by mail or exit
+                status, delivery is always in the background
+  -bs -bd -bp -q
+                refused: use relaymail serve and relaymail queue
+  --help        this text
+
+Exit status: 0 in the maildrop, 64 usage, 65 message too large, 66 no input,
+67 bad address, 75 try again later, 78 configuration (no relaymail queue)."""
 
 
 class _Options:
@@ -31,6 +72,10 @@ class _Options:
         self.full_name: str | None = None
         self.config: Path | None = None
         self.recipients: list[str] = []
+        self.flags: list[tuple[str, str]] = []  # -N -R -B -V, kept for the daemon
+        self.verify = False  # -bv
+        self.rebuild_aliases = False  # -bi
+        self.help = False
 
 
 def parse_args(argv: list[str]) -> _Options:
@@ -41,6 +86,9 @@ def parse_args(argv: list[str]) -> _Options:
         if arg == "--":
             options.recipients += args
             break
+        if arg == "--help":
+            options.help = True
+            continue
         if not arg.startswith("-") or arg == "-":
             options.recipients.append(arg)
             continue
@@ -64,10 +112,21 @@ def parse_args(argv: list[str]) -> _Options:
             options.extract = True
         elif arg in ("-i", "-oi"):
             options.dot_ends = False
-        elif flag in ("-o", "-b", "-v", "-q", "-O", "-N", "-R", "-V", "-X", "-B", "-h"):
-            if arg in ("-bs", "-bd", "-bp", "-q"):
+        elif arg in ("-bv", "-bi"):
+            options.verify = options.verify or arg == "-bv"
+            options.rebuild_aliases = options.rebuild_aliases or arg == "-bi"
+        elif flag in ("-N", "-R", "-V", "-B"):
+            if not value:
+                if not args:
+                    raise ValueError(f"{flag} needs a value")
+                value = args.pop(0)
+            if not value.isascii() or not value.isprintable() or " " in value:
+                raise ValueError(f"{flag}: not a printable word")
+            options.flags.append((flag[1], value))
+        elif flag in ("-o", "-b", "-v", "-q", "-O", "-X", "-h"):
+            if arg in ("-bs", "-bd", "-bp", "-q") or arg.startswith("-q"):
                 raise ValueError(f"{arg} is not supported: use relaymail serve / relaymail queue")
-            if flag in ("-N", "-R", "-V", "-X", "-B", "-h") and not value and args:
+            if flag in ("-X", "-h") and not value and args:
                 args.pop(0)  # options that take a separate argument we do not use
         else:
             raise ValueError(f"unknown option {arg}")
@@ -135,14 +194,7 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     from ..config import find_config, load_config
-    from ..errors import (
-        AddressError,
-        ConfigError,
-        MessageInputError,
-        MessageTooLarge,
-        QueueFull,
-        QueueUnusable,
-    )
+    from ..errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
     from ..message import Envelope, canonical_data, check_address
     from .input import read_message, size_limit
 
@@ -151,18 +203,42 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sendmail: {exc} ({USAGE})", file=sys.stderr)
         return EX_USAGE
+    if options.help:
+        print(HELP)
+        return EX_OK
     try:
-        config = load_config(find_config(options.config))
+        path = find_config(options.config)
+        config = load_config(path)
         limit = size_limit(config)
+        if options.rebuild_aliases:
+            return _rebuild_aliases(config)
+        maildrop = _maildrop(path, config.queue.directory)
     except ConfigError as exc:
         return stop("sendmail", exc)
+    except _NoMaildrop as exc:
+        print(f"sendmail: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        print(f"sendmail: uid {os.getuid()} has no user name", file=sys.stderr)
+        return EX_NOUSER
+    own = local_address(user, config)
+    # The daemon takes -f only from root and its own user (the maildrop's owner);
+    # for anyone else it uses `own`, so the From: added here says the same.
+    trusted = os.getuid() in (0, maildrop.stat().st_uid)
+    requested = None if options.sender is None else "" if options.sender == "<>" else options.sender
+    sender = own if requested is None or not trusted else requested
     hostname = config.delivery.helo_name
-    sender = options.sender if options.sender is not None else f"{_user()}@{hostname}"
-    sender = "" if sender in ("<>", "") else sender
     try:
         # Checked before it goes into the From header, not only into the envelope.
-        if sender:
-            check_address(sender)
+        for address in (sender, requested):
+            if address:
+                check_address(address)
+        if options.verify:
+            Envelope(sender, tuple(options.recipients))
+            print("\n".join(options.recipients))
+            return EX_OK
         data = canonical_data(read_message("-", limit, dot_ends=options.dot_ends))
         data, recipients = prepare(data, options, sender or f"MAILER-DAEMON@{hostname}", hostname)
         if len(data) > limit:  # the added headers and CRs count too
@@ -176,26 +252,96 @@ def main(argv: list[str] | None = None) -> int:
         return EX_NOUSER
     except MessageInputError as exc:  # also MessageTooLarge
         return stop("sendmail", exc)
-    from ..queue import submit_now
-
+    submission = Submission(
+        envelope.recipients, data, time.time(), requested, options.full_name,
+        tuple(options.flags),
+    )  # fmt: skip
     try:
-        queue_id = submit_now(config.queue.directory, envelope, data, time.time())
-    except QueueUnusable as exc:
-        print(f"sendmail: cannot queue: {exc}", file=sys.stderr)
-        return exc.problem.exit_code
-    except (OSError, QueueFull) as exc:
-        print(f"sendmail: cannot queue in {config.queue.directory}: {exc}", file=sys.stderr)
+        name = _drop(maildrop, encode(submission))
+    except OSError as exc:  # a full disk, a quota, a maildrop made read-only
+        print(f"sendmail: cannot write to {maildrop}: {exc.strerror or exc}", file=sys.stderr)
         return EX_TEMPFAIL
     if os.environ.get("RELAYMAIL_SENDMAIL_VERBOSE"):
-        print(f"sendmail: queued as {queue_id}", file=sys.stderr)
+        print(f"sendmail: in the maildrop as {name}", file=sys.stderr)
     return EX_OK
 
 
-def _user() -> str:
+class _NoMaildrop(Exception):
+    """The queue is there but its maildrop is not (yet): the daemon makes it at start."""
+
+
+def _maildrop(config_file: Path | None, queue: Path) -> Path:
+    """The maildrop to write to; ConfigError when no relaymail queue is known.
+
+    Never creates anything: a maildrop is made by the daemon that reads it. Without
+    a configuration file, the embedded default ./relaymail-data counts only if a
+    daemon already made its maildrop; then the system queue, if installed.
+    """
+    from ..errors import ConfigError
+
+    if config_file is None:
+        for candidate in (queue, SYSTEM_QUEUE):
+            if (candidate / DIRECTORY_NAME).is_dir():
+                return candidate / DIRECTORY_NAME
+        raise ConfigError(
+            "queue.directory",
+            f"no relaymail queue is configured (no configuration file, no {SYSTEM_QUEUE})",
+        )
+    if not queue.is_dir():
+        raise ConfigError("queue.directory", f"{queue}: no relaymail queue there")
+    maildrop = queue / DIRECTORY_NAME
+    if not maildrop.is_dir():
+        raise _NoMaildrop(f"{maildrop}: no maildrop yet (relaymail serve makes it at start)")
+    return maildrop
+
+
+def _drop(maildrop: Path, payload: bytes) -> str:
+    """Write one maildrop file: a temporary name, fsync, rename (postdrop's job)."""
+    name = file_name(time.time_ns(), os.getpid(), os.urandom(16))
+    temp = maildrop / (TEMP_PREFIX + name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, FILE_MODE)
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "nobody"
+        try:
+            os.fchmod(fd, FILE_MODE)  # whatever the umask: the daemon's user reads it
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            os.rename(temp, maildrop / name)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        try:
+            directory = os.open(maildrop, os.O_RDONLY | os.O_DIRECTORY)
+        except PermissionError:
+            # Other users cannot open a 1733 directory to fsync it. On a journaling
+            # filesystem (ext4, xfs) fsync of the file commits the journal that
+            # holds the rename, which is what Postfix's postdrop relies on too.
+            os.fsync(fd)
+        else:
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+    finally:
+        os.close(fd)
+    return name
+
+
+def _rebuild_aliases(config: Config) -> int:
+    """-bi: the aliases are relaymail.local's (newaliases); this relaymail may have none."""
+    import importlib
+
+    try:
+        local = importlib.import_module("relaymail.local")
+    except ImportError:
+        local = None
+    newaliases = getattr(local, "newaliases", None)
+    if newaliases is None:
+        print("sendmail: -bi: this relaymail has no aliases to rebuild", file=sys.stderr)
+        return EX_UNAVAILABLE
+    return int(newaliases(config))
 
 
 if __name__ == "__main__":

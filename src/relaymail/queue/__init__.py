@@ -18,7 +18,6 @@ from .store import (
     Store,
     TraceHeader,
 )
-from .submit import submit_now
 
 __all__ = [
     "AdminAction",
@@ -38,5 +37,4 @@ __all__ = [
     "TraceHeader",
     "format_queue_id",
     "parse_queue_id",
-    "submit_now",
 ]

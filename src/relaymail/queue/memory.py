@@ -102,6 +102,7 @@ class MemoryStore:
         self._messages: dict[str, _Message] = {}  # insertion order is queue-id order
         self._events: list[AdminEvent] = []
         self._last_id = 0
+        self._pickups: dict[str, str] = {}
         self._closed = False
 
     async def close(self) -> None:
@@ -115,8 +116,8 @@ class MemoryStore:
         data: bytes,
         received_at: float,
         *,
-        announce: bool = False,
         trace: TraceHeader | None = None,
+        pickup: str | None = None,
     ) -> QueuedMessage:
         self._writable()
         recipients = tuple(dict.fromkeys(envelope.recipients))
@@ -134,8 +135,8 @@ class MemoryStore:
             {r: _Recipient(r, next_attempt=received_at) for r in recipients},
         )
         self._messages[message.id] = message
-        if announce:
-            self._append_event(message.id, AdminAction.SUBMIT)
+        if pickup is not None:
+            self._pickups[pickup] = message.id
         return QueuedMessage(message.id, envelope, message.size, received_at, header)
 
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:
@@ -184,6 +185,11 @@ class MemoryStore:
             return False
         self._append_event(message_id, AdminAction.DELETE)
         return True
+
+    async def forget_pickups(self, names: Sequence[str]) -> None:
+        self._writable()
+        for name in names:
+            self._pickups.pop(name, None)
 
     async def retry(self, message_id: str | None = None, *, now: float | None = None) -> int:
         self._writable()
@@ -247,6 +253,9 @@ class MemoryStore:
 
     def fetch_admin_events(self, after_id: int) -> list[AdminEvent]:
         return [event for event in self._events if event.id > after_id]
+
+    def queued_pickups(self, names: Sequence[str]) -> dict[str, str]:
+        return {name: self._pickups[name] for name in names if name in self._pickups}
 
     def list_messages(
         self, limit: int = 50, offset: int = 0, state: RecipientState | None = None

@@ -11,7 +11,7 @@ from .files import open_failure, prepare_directory
 from .store import RecipientState
 
 DB_FILENAME = "queue.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock
 ADMIN_EVENT_RETENTION = 7 * 24 * 3600.0
 
@@ -58,6 +58,18 @@ CREATE TABLE admin_event (
     at         REAL NOT NULL
 );
 """
+
+# Version 2: the maildrop files already queued. The daemon unlinks a file only
+# after the transaction that queued it (and recorded its name here) committed;
+# a crash in between leaves the file, and its name here says not to queue it again.
+_SCHEMA_V2 = """
+CREATE TABLE pickup (
+    name       TEXT PRIMARY KEY,
+    message_id INTEGER NOT NULL,
+    at         REAL NOT NULL
+) WITHOUT ROWID;
+"""
+_MIGRATIONS = {1: _SCHEMA_V2}  # from version n to n + 1
 
 PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
 
@@ -114,15 +126,12 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
         ).fetchone()
         if exists is None:
-            for statement in _SCHEMA_V1.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                (SCHEMA_VERSION, time.time()),
-            )
+            _run(conn, _SCHEMA_V1 + _SCHEMA_V2, SCHEMA_VERSION)
         else:
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            while version in _MIGRATIONS:
+                _run(conn, _MIGRATIONS[version], version + 1)
+                version += 1
             if version != SCHEMA_VERSION:
                 raise QueueUnusable(
                     path,
@@ -130,9 +139,21 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
                     f"queue schema version {version}, this relaymail knows {SCHEMA_VERSION};"
                     " refusing to touch it",
                 )
-        conn.execute("DELETE FROM admin_event WHERE at < ?", (time.time() - ADMIN_EVENT_RETENTION,))
+        cutoff = time.time() - ADMIN_EVENT_RETENTION
+        conn.execute("DELETE FROM admin_event WHERE at < ?", (cutoff,))
+        # Names left by a crash between unlinking a file and forgetting its name.
+        conn.execute("DELETE FROM pickup WHERE at < ?", (cutoff,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _run(conn: sqlite3.Connection, script: str, version: int) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time())
+    )

@@ -112,8 +112,8 @@ class SqliteStore(SqliteReads):
         data: bytes,
         received_at: float,
         *,
-        announce: bool = False,
         trace: TraceHeader | None = None,
+        pickup: str | None = None,
     ) -> QueuedMessage:
         recipients = tuple(dict.fromkeys(envelope.recipients))
         if recipients != envelope.recipients:
@@ -124,8 +124,8 @@ class SqliteStore(SqliteReads):
             recipients=recipients,
             data=data,
             received_at=received_at,
-            announce=announce,
             trace=trace,
+            pickup=pickup,
         )
         qid, header = await self._writer.submit(apply, weight=len(data))
         size = len(header) + len(data)
@@ -174,6 +174,10 @@ class SqliteStore(SqliteReads):
         if qid is None:
             return False
         return await self._writer.submit(functools.partial(writes.delete, qid=qid))
+
+    async def forget_pickups(self, names: Sequence[str]) -> None:
+        if names:
+            await self._writer.submit(functools.partial(writes.forget_pickups, names=tuple(names)))
 
     async def retry(self, message_id: str | None = None, *, now: float | None = None) -> int:
         qid = None

@@ -7,7 +7,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,17 @@ class SqliteReads:
             )
             for row in rows
         ]
+
+    def queued_pickups(self, names: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._readers.connection() as conn:
+            for name in names:
+                row = conn.execute(
+                    "SELECT message_id FROM pickup WHERE name = ?", (name,)
+                ).fetchone()
+                if row is not None:
+                    found[name] = format_queue_id(row[0])
+        return found
 
     # -- reads for the CLI ---------------------------------------------------
 

@@ -18,8 +18,8 @@ def insert_message(
     recipients: tuple[str, ...],
     data: bytes,
     received_at: float,
-    announce: bool = False,
     trace: TraceHeader | None = None,
+    pickup: str | None = None,
 ) -> tuple[int, bytes]:
     """The new message's queue id and the trace header stored in front of its data."""
     qid = txn.new_queue_id()
@@ -38,9 +38,16 @@ def insert_message(
         " VALUES (?, ?, ?, 'queued', ?)",
         [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
     )
-    if announce:
-        _append_event(conn, qid, AdminAction.SUBMIT)
+    if pickup is not None:
+        conn.execute(
+            "INSERT INTO pickup (name, message_id, at) VALUES (?, ?, ?)",
+            (pickup, qid, time.time()),
+        )
     return qid, header
+
+
+def forget_pickups(txn: Transaction, names: tuple[str, ...]) -> None:
+    txn.conn.executemany("DELETE FROM pickup WHERE name = ?", [(n,) for n in names])
 
 
 def _delete_message(conn: sqlite3.Connection, qid: int) -> bool:

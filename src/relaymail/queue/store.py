@@ -56,7 +56,8 @@ class AdminAction(enum.StrEnum):
     RELEASE = "release"
     DELETE = "delete"
     RETRY = "retry"
-    SUBMIT = "submit"  # queued by another process (local submission): schedule it
+    # Queued by another process; older sendmails wrote the queue themselves.
+    SUBMIT = "submit"
 
 
 TraceHeader = Callable[[str], bytes]
@@ -217,15 +218,19 @@ class Store(Protocol):
         data: bytes,
         received_at: float,
         *,
-        announce: bool = False,
         trace: TraceHeader | None = None,
+        pickup: str | None = None,
     ) -> QueuedMessage:
         """Queue a message: every recipient QUEUED, attempts 0, due at `received_at`.
 
-        `announce` also appends a SUBMIT admin event, for a process other than the
-        daemon (local submission): the daemon schedules the message when it sees it.
         `trace`, given the new queue id, makes the header stored in front of `data`.
+        `pickup` is the name of the maildrop file the message came from, recorded
+        in the same transaction (see `queued_pickups`).
         """
+        ...
+
+    async def forget_pickups(self, names: Sequence[str]) -> None:
+        """Drop the records of maildrop files that are gone from the maildrop."""
         ...
 
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:
@@ -291,4 +296,8 @@ class Store(Protocol):
 
     def fetch_admin_events(self, after_id: int) -> list[AdminEvent]:
         """Admin events with id > after_id, oldest first; cheap when there are none."""
+        ...
+
+    def queued_pickups(self, names: Sequence[str]) -> dict[str, str]:
+        """Which of these maildrop file names are queued already, with their queue ids."""
         ...

@@ -1,0 +1,167 @@
+"""The maildrop: how `sendmail` hands a message to the daemon without opening the queue.
+
+Postfix's postdrop/pickup model. `sendmail` writes one file per message into
+`<queue.directory>/maildrop`, which the daemon creates with mode 1733: anyone
+may create a file there, nobody but the daemon may list it, and the sticky
+bit keeps users from removing or renaming each other's files. (Postfix's
+other choice, 1730 with a `postdrop` group, needs a setgid binary; an entry
+point script cannot be setgid, so 1733 is the one that works here.) File
+names carry 128 random bits, so a file is only readable by whoever knows its
+name: its writer and the daemon.
+
+The daemon (inbound/pickup.py) trusts nothing in a file: the sender comes
+from the file's owner, and the content is parsed strictly by `decode`.
+
+Format, version 1: header lines `key value` ending in LF, an empty line, then
+exactly `size` octets of canonical message data (CRLF lines):
+
+    relaymail-maildrop 1
+    submitted-at 1764412345.123456
+    sender alice@example.org          at most once; "<>" the null sender; absent: the uid's
+    full-name Alice Example           at most once, UTF-8 (-F)
+    recipient u@example.org           once per recipient, at least one
+    flag N success,failure            sendmail's -N -R -B -V, kept for DSN support
+    size 1234
+
+This module is pure and imports only the standard library: sendmail's start-up
+pays for nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import MaildropCorrupt
+
+if TYPE_CHECKING:
+    from .config import Config
+
+DIRECTORY_NAME = "maildrop"
+CORRUPT_NAME = "corrupt"  # inside the maildrop: files the daemon could not take
+MODE = 0o1733
+FILE_MODE = 0o644  # readable by the daemon's user; the name is the secret (see above)
+# Where an installed relaymail keeps its queue (install-system, the service unit).
+SYSTEM_QUEUE = Path("/var/spool/relaymail")
+TEMP_PREFIX = "t."  # being written: not taken until renamed to its final name
+
+_MAGIC = b"relaymail-maildrop 1\n"
+# Far above any real envelope (1000 recipients of 254 octets is 270 KB).
+MAX_HEADER = 4 << 20
+FLAGS = ("N", "R", "B", "V")
+_NAME = re.compile(r"[0-9a-f]{1,16}\.[0-9]{1,10}\.[0-9a-f]{32}")
+# A value: printable, no space for addresses and flags; full-name may hold spaces.
+_TOKEN = re.compile(r"[^\x00-\x20\x7f-\x9f\u2028\u2029]{1,1000}")
+_TEXT = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,1000}")
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One message handed in by `sendmail`, as its file says (nothing here is trusted)."""
+
+    recipients: tuple[str, ...]
+    data: bytes
+    submitted_at: float
+    sender: str | None = None  # -f/-r as given; "" the null sender
+    full_name: str | None = None
+    flags: tuple[tuple[str, str], ...] = ()
+
+
+def local_address(user: str, config: Config) -> str:
+    """A local user's address: `user@` the local domain ([local] domain), else helo_name."""
+    domain: str | None = getattr(config.local, "domain", None)
+    return f"{user}@{domain or config.delivery.helo_name}"
+
+
+def file_name(time_ns: int, pid: int, token: bytes) -> str:
+    """The final name of a file: time-ordered, unique by pid and 16 random octets."""
+    return f"{time_ns:016x}.{pid}.{token.hex()}"
+
+
+def is_file_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None
+
+
+def encode(submission: Submission) -> bytes:
+    lines = [f"submitted-at {submission.submitted_at:.6f}"]
+    if submission.sender is not None:
+        lines.append(f"sender {submission.sender or '<>'}")
+    if submission.full_name is not None:
+        lines.append(f"full-name {submission.full_name}")
+    lines += [f"recipient {r}" for r in submission.recipients]
+    lines += [f"flag {name} {value}" for name, value in submission.flags]
+    lines.append(f"size {len(submission.data)}")
+    return _MAGIC + "\n".join(lines).encode() + b"\n\n" + submission.data
+
+
+def decode(raw: bytes) -> Submission:
+    """Parse a maildrop file strictly; MaildropCorrupt says what is wrong with it."""
+    if not raw.startswith(_MAGIC):
+        raise MaildropCorrupt("not a relaymail maildrop file (version 1)")
+    end = raw.find(b"\n\n", len(_MAGIC) - 1, MAX_HEADER)
+    if end < 0:
+        raise MaildropCorrupt("no end to the header block")
+    try:
+        text = raw[len(_MAGIC) : end].decode()
+    except UnicodeDecodeError:
+        raise MaildropCorrupt("header block is not UTF-8") from None
+    fields: dict[str, list[str]] = {}
+    for line in text.split("\n"):
+        key, _, value = line.partition(" ")
+        fields.setdefault(key, []).append(value)
+    unknown = set(fields) - {"submitted-at", "sender", "full-name", "recipient", "flag", "size"}
+    if unknown:
+        raise MaildropCorrupt(f"unknown field {sorted(unknown)[0]!r}")
+    data = raw[end + 2 :]
+    if _one(fields, "size", required=True) != str(len(data)):
+        raise MaildropCorrupt(f"size is not the {len(data)} octets that follow")
+    recipients = tuple(_token(r, "recipient") for r in fields.get("recipient", ()))
+    if not recipients:
+        raise MaildropCorrupt("no recipient")
+    sender = _one(fields, "sender")
+    full_name = _one(fields, "full-name")
+    if full_name is not None and not _TEXT.fullmatch(full_name):
+        raise MaildropCorrupt("full-name holds a control character or is empty")
+    return Submission(
+        recipients,
+        data,
+        _time(_one(fields, "submitted-at", required=True)),
+        None if sender is None else "" if sender == "<>" else _token(sender, "sender"),
+        full_name,
+        tuple(_flag(value) for value in fields.get("flag", ())),
+    )
+
+
+def _one(fields: dict[str, list[str]], key: str, *, required: bool = False) -> str | None:
+    values = fields.get(key, [])
+    if len(values) > 1:
+        raise MaildropCorrupt(f"{key} given {len(values)} times")
+    if required and not values:
+        raise MaildropCorrupt(f"no {key}")
+    return values[0] if values else None
+
+
+def _token(value: str, key: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise MaildropCorrupt(f"{key} is empty or holds a space or control character")
+    return value
+
+
+def _time(value: str | None) -> float:
+    try:
+        at = float(value or "")
+    except ValueError:
+        raise MaildropCorrupt("submitted-at is not a number") from None
+    if not math.isfinite(at) or at < 0:
+        raise MaildropCorrupt("submitted-at is not a time")
+    return at
+
+
+def _flag(value: str) -> tuple[str, str]:
+    name, _, argument = value.partition(" ")
+    if name not in FLAGS:
+        raise MaildropCorrupt(f"unknown flag {name!r}")
+    return name, _token(argument, f"flag {name}")
