@@ -20,6 +20,7 @@ from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
+from .local import AliasTable, merged
 from .message import Envelope
 from .queue.sqlite import SqliteStore
 from .scheduler import Scheduler
@@ -49,6 +50,8 @@ class Daemon:
     async def run(self) -> None:
         config = self.config
         check_server_config(config)
+        # Read before the queue opens: a broken aliases file stops serve (78), naming the line.
+        self.aliases = AliasTable.open(config.local)
         store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
         engine = DeliveryEngine(config)
         self.scheduler = Scheduler(store, engine, config.queue, hostname=config.delivery.helo_name)
@@ -102,7 +105,19 @@ class Daemon:
             await asyncio.sleep(REPORT_INTERVAL)
 
     async def _spool(self, envelope: Envelope, data: bytes) -> str:
-        return await self.scheduler.enqueue(envelope, data)
+        """Every front door's way into the queue: aliases are expanded here, once."""
+        found = self.aliases.expansions(envelope.recipients)
+        changed = [e for e in found if e.changed]
+        if changed:
+            envelope = Envelope(envelope.sender, merged(found))
+        queue_id = await self.scheduler.enqueue(envelope, data)
+        # The queue keeps no original recipient (ORCPT) yet: the log line is the record.
+        for expansion in changed:
+            log.info(
+                "expanded id=%s orig_to=<%s> to=%s", queue_id, expansion.original,
+                ",".join(f"<{r}>" for r in expansion.recipients),
+            )  # fmt: skip
+        return queue_id
 
     async def _start_listeners(self, config: Config) -> None:
         users = config.users()
@@ -110,7 +125,7 @@ class Daemon:
         try:
             for settings in config.listeners():
                 handle = await start_listener(
-                    settings, self._spool, users, server_tls_context(settings)
+                    settings, self._spool, users, server_tls_context(settings), self.aliases
                 )
                 started.append(handle)
         except OSError as exc:
@@ -133,6 +148,7 @@ class Daemon:
         try:
             new = load_config(self.config.source)
             check_server_config(new)
+            aliases = AliasTable.open(new.local)
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
@@ -156,6 +172,7 @@ class Daemon:
                 await self._start_listeners(self.config)
                 return
         self.config = new
+        self.aliases.adopt(aliases)
         running = self.scheduler.in_flight()
         self._retiring = asyncio.create_task(_retire(old_engine, running))
         log.info("reloaded %s", new.source)

@@ -31,6 +31,7 @@ class _Options:
         self.full_name: str | None = None
         self.config: Path | None = None
         self.recipients: list[str] = []
+        self.check_aliases = False  # -bi: check the aliases file, send nothing
 
 
 def parse_args(argv: list[str]) -> _Options:
@@ -64,6 +65,8 @@ def parse_args(argv: list[str]) -> _Options:
             options.extract = True
         elif arg in ("-i", "-oi"):
             options.dot_ends = False
+        elif arg == "-bi":
+            options.check_aliases = True
         elif flag in ("-o", "-b", "-v", "-q", "-O", "-N", "-R", "-V", "-X", "-B", "-h"):
             if arg in ("-bs", "-bd", "-bp", "-q"):
                 raise ValueError(f"{arg} is not supported: use relaymail serve / relaymail queue")
@@ -156,8 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         limit = size_limit(config)
     except ConfigError as exc:
         return stop("sendmail", exc)
+    if options.check_aliases:
+        from .aliases import check_aliases
+
+        return check_aliases(config, None, "sendmail")
+    from ..local import AliasTable, qualify
+
     hostname = config.delivery.helo_name
-    sender = options.sender if options.sender is not None else f"{_user()}@{hostname}"
+    domain = config.local.domain
+    sender = qualify(options.sender if options.sender is not None else _user(), domain)
     sender = "" if sender in ("<>", "") else sender
     try:
         # Checked before it goes into the From header, not only into the envelope.
@@ -170,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         if not recipients:
             print(f"sendmail: no recipients ({USAGE})", file=sys.stderr)
             return EX_USAGE
-        envelope = Envelope(sender, tuple(recipients))
+        # This path writes the queue itself, past the daemon's entry: aliases apply here.
+        envelope = Envelope(sender, AliasTable.open(config.local).expand(recipients))
+    except ConfigError as exc:
+        return stop("sendmail", exc)
     except AddressError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_NOUSER
