@@ -130,9 +130,9 @@ def parse_aliases(text: str, domain: str) -> tuple[Aliases, tuple[AliasProblem, 
             continue
         entries[alias.name] = alias
     aliases = Aliases(entries)
-    if not problems:
-        problems += _GraphCheck(aliases, domain).problems()
-    return aliases, tuple(problems)
+    # Over the entries that parsed, so that one run lists loops beside syntax errors.
+    problems += _GraphCheck(aliases, domain).problems()
+    return aliases, tuple(sorted(problems, key=lambda p: p.line))
 
 
 class _Refused(Exception):
@@ -281,7 +281,7 @@ class _GraphCheck:
         for name in self.entries:
             if name not in self.done:
                 self._walk(name)
-        return sorted(self.found, key=lambda p: p.line)
+        return self.found
 
     def _walk(self, root: str) -> None:
         stack = [_Walk(root)]
