@@ -37,15 +37,22 @@ def aliased_config(
     return config, aliases
 
 
+async def aliased_daemon(
+    smtp_peer, ca_file: Path, tmp_path: Path, **networks
+) -> tuple[SMTPPeer, Path, Path, Daemon]:
+    """A sink for outside.test, and serve with ALIASES for example.org in front of it."""
+    peer = await smtp_peer(Script())
+    port = free_port()
+    config, aliases = aliased_config(tmp_path, port, ca_file, peer, **networks)
+    return peer, config, aliases, await start_daemon(tmp_path, config, port)
+
+
 def delivered(peer: SMTPPeer) -> list[set[str]]:
     return [set(t.recipients) for t in peer.transactions if t.recipients]
 
 
 async def test_cron_mail_to_root_reaches_the_aliased_addresses(smtp_peer, ca_file, tmp_path):
-    peer = await smtp_peer(Script())
-    port = free_port()
-    config, _ = aliased_config(tmp_path, port, ca_file, peer)
-    daemon = await start_daemon(tmp_path, config, port)
+    peer, config, _, daemon = await aliased_daemon(smtp_peer, ca_file, tmp_path)
     try:
         message = b"To: root\nSubject: Cron <root@host> run-parts /etc/cron.daily\n\nok\n"
         code, _, err = await run_command(
@@ -64,19 +71,18 @@ async def test_cron_mail_to_root_reaches_the_aliased_addresses(smtp_peer, ca_fil
 async def test_smtp_rcpt_to_an_alias_is_accepted_from_anyone_and_expanded(
     smtp_peer, ca_file, tmp_path
 ):
-    peer = await smtp_peer(Script())
-    port = free_port()
     # Loopback is not a relay network here: only our aliases are accepted.
-    config, _ = aliased_config(tmp_path, port, ca_file, peer, relay_networks=["10.0.0.0/8"])
-    daemon = await start_daemon(tmp_path, config, port)
+    peer, _, _, daemon = await aliased_daemon(
+        smtp_peer, ca_file, tmp_path, relay_networks=["10.0.0.0/8"]
+    )
     try:
-        code, out = await swaks(port, "--from", "a@src.test", "--to", "ROOT@Example.org")
+        code, out = await swaks(daemon.port, "--from", "a@src.test", "--to", "ROOT@Example.org")
         assert code == 0, out
-        code, out = await swaks(port, "--from", "a@src.test", "--to", "ops")  # a bare name
+        code, out = await swaks(daemon.port, "--from", "a@src.test", "--to", "ops")  # a bare name
         assert code == 0, out
-        code, out = await swaks(port, "--from", "a@src.test", "--to", "nobody@example.org")
+        code, out = await swaks(daemon.port, "--from", "a@src.test", "--to", "nobody@example.org")
         assert "554 5.7.1" in out
-        code, out = await swaks(port, "--from", "a@src.test", "--to", "nobody")
+        code, out = await swaks(daemon.port, "--from", "a@src.test", "--to", "nobody")
         assert "554 5.7.1" in out
         await wait_for(lambda: len(delivered(peer)) == 2)
     finally:
@@ -91,20 +97,17 @@ async def test_smtp_rcpt_to_an_alias_is_accepted_from_anyone_and_expanded(
 
 
 async def test_an_edited_aliases_file_applies_to_the_next_message(smtp_peer, ca_file, tmp_path):
-    peer = await smtp_peer(Script())
-    port = free_port()
-    config, aliases = aliased_config(tmp_path, port, ca_file, peer)
-    daemon = await start_daemon(tmp_path, config, port)
+    peer, _, aliases, daemon = await aliased_daemon(smtp_peer, ca_file, tmp_path)
     try:
         aliases.write_text("root: new@outside.test\n")
-        code, out = await swaks(port, "--from", "a@src.test", "--to", "root@example.org")
+        code, out = await swaks(daemon.port, "--from", "a@src.test", "--to", "root@example.org")
         assert code == 0, out
         await wait_for(lambda: delivered(peer))
         # A broken edit keeps the last good aliases; SIGHUP refuses it, naming the line.
         aliases.write_text("root: new@outside.test\nbad: |/bin/sh\n")
         await daemon.signal(signal.SIGHUP)
         await wait_for(lambda: "reload refused" in daemon.text())
-        code, out = await swaks(port, "--from", "a@src.test", "--to", "root@example.org")
+        code, out = await swaks(daemon.port, "--from", "a@src.test", "--to", "root@example.org")
         assert code == 0, out
         await wait_for(lambda: len(delivered(peer)) == 2)
     finally:
