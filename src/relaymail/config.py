@@ -146,6 +146,11 @@ class LocalSettings:
     # Where RCPT TO:<postmaster> (no domain, RFC 5321 4.5.1) goes; None:
     # postmaster@ the listener's host name.
     postmaster: str | None = None
+    # Bare names (root) become name@domain (Postfix's myorigin); from a file,
+    # the default is delivery.helo_name, itself the host's FQDN by default.
+    domain: str = field(default_factory=socket.getfqdn)
+    # An aliases(5) file for bare names and name@domain; None: no aliases.
+    aliases: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +224,7 @@ def find_config(explicit: Path | None) -> Path | None:
 def load_config(path: Path | None) -> Config:
     """Read and validate `path`; None gives the embedded defaults."""
     if path is None:
-        return Config()
+        return parse_config({})  # the defaults that derive from others (local.domain) included
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -242,14 +247,17 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         text(user, "users")
         text(value, f'users."{user}"')
     routes = _routes(_table(raw, "routes"))
+    delivery = DeliverySettings(**read_table(_table(raw, "delivery"), "delivery", _DELIVERY))
     return Config(
-        delivery=DeliverySettings(**read_table(_table(raw, "delivery"), "delivery", _DELIVERY)),
+        delivery=delivery,
         tls=_tls(_table(raw, "tls")),
         routes=routes,
         relay_auth=_relay_auth(_table(raw, "relay_auth"), routes),
         dns=_dns(_table(raw, "dns")),
         queue=QueueSettings(**read_table(_table(raw, "queue"), "queue", _QUEUE)),
-        local=LocalSettings(**read_table(_table(raw, "local"), "local", _LOCAL)),
+        local=LocalSettings(
+            **{"domain": delivery.helo_name, **read_table(_table(raw, "local"), "local", _LOCAL)}
+        ),
         server=ServerSettings(**read_table(_table(raw, "server"), "server", {"user": text})),
         listener_tables=tuple(listeners),
         user_table=dict(users),
@@ -491,7 +499,11 @@ def _mailbox(value: Any, key: str) -> str:
     return address
 
 
-_LOCAL: Mapping[str, Reader] = {"postmaster": _mailbox}
+_LOCAL: Mapping[str, Reader] = {
+    "postmaster": _mailbox,
+    "domain": host_name,
+    "aliases": readable_file,
+}
 
 
 # [[listener]] keys left out take these values (then ListenerSettings' own).

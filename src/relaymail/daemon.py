@@ -26,6 +26,7 @@ from .delivery import DeliveryEngine
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
 from .inbound.pickup import Pickup, open_maildrop
+from .local import AliasTable, merged
 from .message import Envelope
 from .queue.sqlite import SqliteStore
 from .queue.store import TraceHeader
@@ -68,6 +69,8 @@ class Daemon:
         ports = [settings.port for settings in config.listeners()]
         if refusal := must_drop_root(os.geteuid(), config.server.user, ports):
             raise refusal
+        # Read before the queue opens: a broken aliases file stops serve (78), naming the line.
+        self.aliases = AliasTable.open(config.local)
         await self._start_listeners(config, serving=False)
         try:
             if config.server.user is not None:
@@ -146,7 +149,19 @@ class Daemon:
         *,
         pickup: str | None = None,
     ) -> str:
-        return await self.scheduler.enqueue(envelope, data, trace, pickup=pickup)
+        """Every front door's way into the queue: aliases are expanded here, once."""
+        found = self.aliases.expansions(envelope.recipients)
+        changed = [e for e in found if e.changed]
+        if changed:
+            envelope = Envelope(envelope.sender, merged(found))
+        queue_id = await self.scheduler.enqueue(envelope, data, trace, pickup=pickup)
+        # The queue keeps no original recipient (ORCPT) yet: the log line is the record.
+        for expansion in changed:
+            log.info(
+                "expanded id=%s orig_to=<%s> to=%s", queue_id, expansion.original,
+                ",".join(f"<{r}>" for r in expansion.recipients),
+            )  # fmt: skip
+        return queue_id
 
     async def _start_listeners(self, config: Config, *, serving: bool = True) -> None:
         users = config.users()
@@ -154,7 +169,7 @@ class Daemon:
         try:
             for settings in config.listeners():
                 handle = await start_listener(
-                    settings, self._spool, users, server_tls_context(settings),
+                    settings, self._spool, users, server_tls_context(settings), self.aliases,
                     start_serving=serving,
                 )  # fmt: skip
                 started.append(handle)
@@ -178,6 +193,7 @@ class Daemon:
         try:
             new = load_config(self.config.source)
             check_server_config(new)
+            aliases = AliasTable.open(new.local)
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
@@ -212,6 +228,7 @@ class Daemon:
                 await self._start_listeners(self.config)
                 return
         self.config = new
+        self.aliases.adopt(aliases)
         running = self.scheduler.in_flight()
         self._retiring = asyncio.create_task(_retire(old_engine, running))
         log.info("reloaded %s", new.source)

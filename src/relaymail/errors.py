@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .local.aliases import AliasProblem
 
 
 class RelaymailError(Exception):
@@ -132,3 +136,24 @@ class ListenFailed(RelaymailError):
         self.address = address
         self.reason = reason
         self.holder = holder
+
+
+class AliasFileError(RelaymailError):
+    """The aliases file ([local] aliases) cannot be used; `path` names it."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+
+
+class AliasFileUnreadable(AliasFileError):
+    """The aliases file cannot be read (missing, no permission, too large)."""
+
+
+class AliasFileInvalid(AliasFileError):
+    """The aliases file holds mistakes, each with its line number (`problems`)."""
+
+    def __init__(self, path: Path, problems: tuple[AliasProblem, ...]) -> None:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(path, f"{problems[0]}{more}")
+        self.problems = problems

@@ -71,9 +71,8 @@ class Submission:
 
 
 def local_address(user: str, config: Config) -> str:
-    """A local user's address: `user@` the local domain ([local] domain), else helo_name."""
-    domain: str | None = getattr(config.local, "domain", None)
-    return f"{user}@{domain or config.delivery.helo_name}"
+    """A local user's address: `user@` the local domain ([local] domain, default helo_name)."""
+    return f"{user}@{config.local.domain}"
 
 
 def file_name(time_ns: int, pid: int, token: bytes) -> str:

@@ -366,3 +366,20 @@ def test_a_matching_pair_loads(pki, cert, key):
 def test_a_certificate_without_its_key_names_the_missing_one(pki, given, missing):
     raw = {"listener": [{"address": "127.0.0.1:2525", given: str(pki["both"])}]}
     assert config_error(raw).key == f"listener[0].{missing}"
+
+
+def test_local_domain_defaults_to_the_helo_name_and_aliases_must_be_readable(tmp_path):
+    from relaymail.config import parse_config
+    from relaymail.errors import ConfigError
+
+    assert parse_config({"delivery": {"helo_name": "mx.example.org"}}).local.domain == (
+        "mx.example.org"
+    )
+    local = parse_config({"local": {"domain": "Example.ORG"}}).local
+    assert (local.domain, local.aliases) == ("example.org", None)
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"local": {"aliases": str(tmp_path / "missing")}})
+    assert raised.value.key == "local.aliases"
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"local": {"domain": "not a host"}})
+    assert raised.value.key == "local.domain"

@@ -21,6 +21,9 @@ from relaymail.inbound.grammar import POSTMASTER, SmtpPath, parse_path
         ('<"x y"@b.example>', SmtpPath('"x y"@b.example')),
         ("<u@[127.0.0.1]>", SmtpPath("u@[127.0.0.1]")),
         ("<üser@bücher.example>", SmtpPath("üser@bücher.example")),
+        # A bare name: the handler qualifies it with [local] domain, or refuses it.
+        ("<root>", SmtpPath("root")),
+        ('<"help desk"> NOTIFY=NEVER', SmtpPath('"help desk"', "NOTIFY=NEVER")),
     ],
 )
 def test_paths_that_parse(text: str, expected: SmtpPath) -> None:
@@ -28,7 +31,19 @@ def test_paths_that_parse(text: str, expected: SmtpPath) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["<", "<a@b", "<<\udcff>>", "\udcff@", "<a@>", "<@b>", "<a b@c>", "<a@b.example"]
+    "text",
+    [
+        "<",
+        "<a@b",
+        "<<\udcff>>",
+        "\udcff@",
+        "<a@>",
+        "<@b>",
+        "<a b@c>",
+        "<a@b.example",
+        "root",
+        "<ro ot>",
+    ],
 )
 def test_paths_that_do_not(text: str) -> None:
     assert parse_path(text) is None

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install.add_argument("--root", default="/", help="install into this staging root")
     install.add_argument("--dry-run", action="store_true", help="print what would be done")
+    newaliases = commands.add_parser("newaliases", help="check the aliases file ([local] aliases)")
+    newaliases.add_argument("--config", type=Path)
+    newaliases.add_argument("file", nargs="?", type=Path, help="default: [local] aliases")
 
     commands.add_parser("sendmail", help="queue a message from stdin (sendmail -t -i -f ...)")
     commands.add_parser("passwd", help="hash a password for [users] (read from stdin)")
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = _guarded_stdout(sys.stdout)
     handler = {
         "deliver": _deliver,
+        "newaliases": _newaliases,
         "probe": _probe,
         "serve": _serve,
         "queue": _queue,
@@ -259,6 +263,12 @@ def _deliver(args: argparse.Namespace) -> int:
     if Status.BOUNCED in statuses:
         return EX_UNAVAILABLE
     return EX_OK
+
+
+def _newaliases(args: argparse.Namespace) -> int:
+    from .aliases import check_aliases
+
+    return check_aliases(_config(args.config), args.file, "newaliases")
 
 
 def _probe(args: argparse.Namespace) -> int:

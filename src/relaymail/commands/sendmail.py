@@ -30,10 +30,10 @@ from ..maildrop import (
     local_address,
 )
 from ..message import split_header_section
-from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, stop
+from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, stop
 
 if TYPE_CHECKING:
-    from ..config import Config
+    pass
 
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
 HELP = f"""{USAGE}
@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(path)
         limit = size_limit(config)
         if options.rebuild_aliases:
-            return _rebuild_aliases(config)
+            from .aliases import check_aliases
+
+            return check_aliases(config, None, "sendmail")
         maildrop = _maildrop(path, config.queue.directory)
     except ConfigError as exc:
         return stop("sendmail", exc)
@@ -223,11 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError:
         print(f"sendmail: uid {os.getuid()} has no user name", file=sys.stderr)
         return EX_NOUSER
+    from ..local import qualify
+
+    domain = config.local.domain
     own = local_address(user, config)
     # The daemon takes -f only from root and its own user (the maildrop's owner);
     # for anyone else it uses `own`, so the From: added here says the same.
     trusted = os.getuid() in (0, maildrop.stat().st_uid)
-    requested = None if options.sender is None else "" if options.sender == "<>" else options.sender
+    requested = (
+        None if options.sender is None
+        else "" if options.sender == "<>"
+        else qualify(options.sender, domain)
+    )  # fmt: skip
     sender = own if requested is None or not trusted else requested
     hostname = config.delivery.helo_name
     try:
@@ -236,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             if address:
                 check_address(address)
         if options.verify:
-            Envelope(sender, tuple(options.recipients))
-            print("\n".join(options.recipients))
+            named = tuple(qualify(r, domain) for r in options.recipients)
+            Envelope(sender, named)
+            print("\n".join(named))
             return EX_OK
         data = canonical_data(read_message("-", limit, dot_ends=options.dot_ends))
         data, recipients = prepare(data, options, sender or f"MAILER-DAEMON@{hostname}", hostname)
@@ -246,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         if not recipients:
             print(f"sendmail: no recipients ({USAGE})", file=sys.stderr)
             return EX_USAGE
-        envelope = Envelope(sender, tuple(recipients))
+        # Bare names (cron's "root") are ours; the daemon expands aliases at pickup.
+        envelope = Envelope(sender, tuple(qualify(r, domain) for r in recipients))
     except AddressError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_NOUSER
@@ -327,21 +338,6 @@ def _drop(maildrop: Path, payload: bytes) -> str:
     finally:
         os.close(fd)
     return name
-
-
-def _rebuild_aliases(config: Config) -> int:
-    """-bi: the aliases are relaymail.local's (newaliases); this relaymail may have none."""
-    import importlib
-
-    try:
-        local = importlib.import_module("relaymail.local")
-    except ImportError:
-        local = None
-    newaliases = getattr(local, "newaliases", None)
-    if newaliases is None:
-        print("sendmail: -bi: this relaymail has no aliases to rebuild", file=sys.stderr)
-        return EX_UNAVAILABLE
-    return int(newaliases(config))
 
 
 if __name__ == "__main__":

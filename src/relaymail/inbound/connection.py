@@ -279,8 +279,8 @@ class InboundSMTP(CommandLoop):
             return
         address, param_text = path.address, path.parameters
         problem = rcpt_param_problem(params) or (
-            None
-            if address == POSTMASTER
+            None  # postmaster, or a bare name: the handler qualifies it, then checks
+            if address == POSTMASTER or "@" not in address
             else address_problem(address, smtputf8=envelope.smtp_utf8, role="recipient")
         )
         if problem is not None:

@@ -38,6 +38,8 @@ _PARAMS: Final = r"(?:[ \t]+(.*))?"
 _BRACKETED: Final = re.compile(rf"<(?:{_ROUTE})?({_MAILBOX})?>{_PARAMS}", re.DOTALL)
 _BARE: Final = re.compile(rf"({_MAILBOX}){_PARAMS}", re.DOTALL)
 _POSTMASTER: Final = re.compile(rf"<(postmaster)>{_PARAMS}", re.IGNORECASE | re.DOTALL)
+# <root>: a local part alone, which only a recipient with local names may be.
+_LOCAL_NAME: Final = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*|{_QUOTED})>{_PARAMS}", re.DOTALL)
 
 POSTMASTER: Final = "postmaster"
 """The address of ``RCPT TO:<Postmaster>`` (RFC 5321 4.5.1), which has no domain."""
@@ -45,7 +47,8 @@ POSTMASTER: Final = "postmaster"
 
 @dataclass(frozen=True, slots=True)
 class SmtpPath:
-    """A parsed reverse- or forward-path: "" for the null path, POSTMASTER for <postmaster>."""
+    """A parsed reverse- or forward-path: "" for the null path, POSTMASTER for <postmaster>,
+    a bare name (no "@") for <name>."""
 
     address: str
     parameters: str = ""
@@ -57,7 +60,7 @@ def parse_path(text: str) -> SmtpPath | None:
     A source route (``<@a.example:user@b.example>``) is dropped, as RFC 5321
     Appendix C asks; a path without brackets is taken, as Postfix does.
     """
-    for pattern in (_BRACKETED, _POSTMASTER, _BARE):
+    for pattern in (_BRACKETED, _POSTMASTER, _LOCAL_NAME, _BARE):
         match = pattern.fullmatch(text)
         if match is not None:
             address = match[1] or ""

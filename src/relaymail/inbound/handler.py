@@ -15,10 +15,11 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
+from ..local import qualify
 from ..message import Envelope, domain_of
 from ..passwords import PasswordHash
 from ..queue.store import TraceHeader
-from .checks import is_trusted, may_relay
+from .checks import address_problem, is_trusted, may_relay
 from .cleanup import (
     canonical_lines,
     count_received,
@@ -30,6 +31,7 @@ from .cleanup import (
 from .grammar import POSTMASTER
 
 if TYPE_CHECKING:
+    from ..local import AliasTable
     from .connection import InboundSMTP
     from .listener import ListenerState
     from .protocol import InboundSession
@@ -61,11 +63,14 @@ _NO_SUCH_USER: Final = PasswordHash(log2_n=15, r=8, p=1, salt=bytes(16), digest=
 class InboundHandler:
     """The policy of one listener, as aiosmtpd hooks; see the module docstring."""
 
-    def __init__(self, listener: ListenerState, spool: Spool, users: Users) -> None:
+    def __init__(
+        self, listener: ListenerState, spool: Spool, users: Users, local: AliasTable | None
+    ) -> None:
         self.listener = listener
         self.settings = listener.settings
         self.spool = spool
         self.users = users
+        self.local = local
         # scrypt takes 32 MiB and tens of milliseconds per check; bound how
         # many run at once so a burst of AUTHs cannot take the machine.
         self._password_checks = asyncio.Semaphore(2)
@@ -96,6 +101,14 @@ class InboundHandler:
             return "452 4.5.3 Too many recipients"
         client_ip = server.client_ip()
         authenticated = bool(session.authenticated)
+        if address != POSTMASTER and "@" not in address:
+            # A bare name (RFC 5321 allows only Postmaster): qualified with the
+            # local domain, as Postfix appends myorigin.
+            if self.local is None:
+                return "553 5.1.3 Bad recipient address syntax"
+            address = qualify(address, self.local.domain)
+            if problem := address_problem(address, smtputf8=envelope.smtp_utf8, role="recipient"):
+                return problem
         local_part, _, _ = address.rpartition("@")
         if address == POSTMASTER:
             # RFC 5321 4.5.1: accepted from anyone, whatever the relay rules say.
@@ -108,7 +121,11 @@ class InboundHandler:
             # allow_untrusted_routing = no).
             server.explain_refusal("source routing")
             return "554 5.7.1 Relay access denied"
-        elif not may_relay(self.settings, domain_of(address), client_ip, authenticated):
+        elif not (
+            # Our aliases are ours to take, as a relay domain is.
+            (self.local is not None and self.local.has_alias(address))
+            or may_relay(self.settings, domain_of(address), client_ip, authenticated)
+        ):
             return "554 5.7.1 Relay access denied"
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)

@@ -6,11 +6,15 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..listener_settings import ListenerMode, ListenerSettings
 from .connection import InboundSMTP
 from .handler import InboundHandler, Spool, Users
+
+if TYPE_CHECKING:
+    from ..local import AliasTable
 
 __all__ = ["ListenerHandle", "server_tls_context", "start_listener"]
 
@@ -109,11 +113,14 @@ async def start_listener(
     spool: Spool,
     users: Users,
     tls_context: ssl.SSLContext | None,
+    local: AliasTable | None = None,
     *,
     start_serving: bool = True,
 ) -> ListenerHandle:
     """Listen on ``settings.host``/``settings.port`` on the running event loop.
 
+    With ``local``, RCPT takes bare names and its aliases as ours (qualified,
+    the mail queued for what they stand for); without, only full addresses.
     With ``start_serving=False`` the socket is bound and listening (clients
     wait in the kernel's backlog) but nothing is accepted until
     ListenerHandle.start_serving: the daemon binds as root, drops privileges
@@ -125,7 +132,7 @@ async def start_listener(
         raise ConfigError("users", "authentication is required but no users are configured")
     loop = asyncio.get_running_loop()
     listener = ListenerState(settings)
-    handler = InboundHandler(listener, spool, users)
+    handler = InboundHandler(listener, spool, users, local)
 
     def new_session() -> InboundSMTP:
         return InboundSMTP(handler, listener, tls_context, loop=loop)
