@@ -159,6 +159,8 @@ async def test_a_bare_sender_and_recipient_are_qualified_by_sendmail(smtp_peer, 
     peer = await smtp_peer(Script())
     port = free_port()
     config, _ = aliased_config(tmp_path, port, ca_file, peer)
+    # A daemon has run once (it makes the maildrop); the file then waits for the next start.
+    assert await (await start_daemon(tmp_path, config, port)).stop() == 0
     code, _, err = await run_command(RELAYMAIL, "sendmail", "-C", str(config), "-f", "cron",
                                      "-t", stdin=b"To: ops, x@outside.test\n\nhi\n")  # fmt: skip
     assert code == 0, err

@@ -93,7 +93,10 @@ async def test_serve_started_as_root_runs_as_the_service_user_and_still_delivers
     assert {(f.stat().st_uid, f.stat().st_gid) for f in queue_files} == {
         (NOBODY.pw_uid, NOBODY.pw_gid)
     }
-    assert {f.stat().st_mode & 0o077 for f in queue_files} == {0}  # queued mail is private
+    # Queued mail is private; only the maildrop is open to every local user (1733).
+    files = [f for f in queue_files if f.name != "maildrop"]
+    assert {f.stat().st_mode & 0o077 for f in files} == {0}
+    assert (service_dir / "queue" / "maildrop").stat().st_mode & 0o7777 == 0o1733
     [transaction] = peer.transactions
     assert transaction.recipients == ("u@dest.test",)
 
