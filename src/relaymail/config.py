@@ -13,7 +13,6 @@ import ipaddress
 import os
 import re
 import socket
-import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -560,6 +559,8 @@ def _check_key_pair(cert: Path, key: Path, where: str) -> None:
 
     OpenSSL's own error for a mismatch ("key values mismatch") names neither file.
     """
+    import ssl  # here: sendmail and the queue commands load this module too
+
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization

@@ -43,6 +43,11 @@ class Envelope:
         return any(not a.isascii() for a in (self.sender, *self.recipients))
 
 
+def qualify(name: str, domain: str) -> str:
+    """`name@domain` for a bare name (Postfix's myorigin); anything else, "" too, as it is."""
+    return f"{name}@{domain}" if name and "@" not in name else name
+
+
 def check_address(address: str) -> None:
     """Reject what cannot go into MAIL FROM / RCPT TO without quoting trouble."""
     if "@" not in address:

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError:
         print(f"sendmail: uid {os.getuid()} has no user name", file=sys.stderr)
         return EX_NOUSER
-    from ..local import qualify
+    from ..message import qualify
 
     domain = config.local.domain
     own = local_address(user, config)

@@ -15,8 +15,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
-from ..local import qualify
-from ..message import Envelope, domain_of
+from ..message import Envelope, domain_of, qualify
 from ..passwords import PasswordHash
 from ..queue.store import TraceHeader
 from .checks import address_problem, is_trusted, may_relay

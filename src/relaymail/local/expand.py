@@ -9,14 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from ..message import qualify
 from .aliases import Aliases, alias_key
 
 __all__ = ["Expansion", "expand", "expansions", "merged", "qualify"]
-
-
-def qualify(name: str, domain: str) -> str:
-    """`name@domain` for a bare name (Postfix's myorigin); anything else, "" too, as it is."""
-    return f"{name}@{domain}" if name and "@" not in name else name
 
 
 @dataclass(frozen=True, slots=True)
