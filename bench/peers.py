@@ -278,8 +278,8 @@ class Relaymail(Peer):
         # The `sendmail` entry point beside `relaymail` is what /usr/sbin/sendmail runs
         # (relaymail install-system links it); `relaymail sendmail` also loads the CLI.
         command = self._command()
-        beside = Path(command[0]).with_name("sendmail")
-        if len(command) == 1 and beside.is_file():
+        beside = Path(command[0]).with_name("sendmail")  # the venv's bin/, also for -m
+        if beside.is_file():
             return [str(beside), "-f", SENDER, recipient], env
         return [*command, "sendmail", "-f", SENDER, recipient], env
 
