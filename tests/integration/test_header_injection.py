@@ -11,14 +11,19 @@ import email
 import email.header
 import email.policy
 import email.utils
+import shutil
+import tempfile
 from email.message import EmailMessage
 from email.policy import Policy
 from pathlib import Path
 
 import pytest
 
-from relaymail.inbound.pickup import open_maildrop
-from relaymail.maildrop import decode
+from relaymail.config import load_config
+from relaymail.inbound.pickup import Pickup, open_maildrop
+from relaymail.message import Envelope
+from relaymail.queue.memory import MemoryStore
+from relaymail.queue.store import TraceHeader
 from tests.integration.daemon_process import RELAYMAIL, free_port, run_command, write_toml
 from tests.integration.test_daemon import bounce_for, dsns
 
@@ -55,9 +60,24 @@ def dropped(tmp_path: Path) -> list[Path]:
 
 
 async def queued(tmp_path: Path, policy: Policy = email.policy.default) -> list[EmailMessage]:
+    """The messages as the daemon's pickup queues them (it adds From, Date, Message-ID).
+
+    The pickup runs on copies, so the maildrop keeps its files for the next look.
+    """
+    config = load_config(tmp_path / "relaymail.toml")
+    spooled: list[bytes] = []
+
+    async def spool(envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str) -> str:
+        spooled.append(data)
+        return f"Q{len(spooled)}"
+
+    maildrop = Path(tempfile.mkdtemp(dir=tmp_path))
+    for file in dropped(tmp_path):
+        shutil.copy(file, maildrop / file.name)
+    await Pickup(maildrop, spool, MemoryStore(), lambda: config, frozenset({0})).scan()
     return [
-        email.message_from_bytes(decode(p.read_bytes()).data, policy=policy)  # type: ignore[misc]
-        for p in dropped(tmp_path)
+        email.message_from_bytes(data, policy=policy)  # type: ignore[misc]
+        for data in spooled
     ]
 
 

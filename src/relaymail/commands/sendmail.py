@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import HeaderValueError
-from ..headers import display_name, field, mailbox
+from ..headers import display_name
 from ..maildrop import (
     DIRECTORY_NAME,
     FILE_MODE,
@@ -133,19 +133,6 @@ def parse_args(argv: list[str]) -> _Options:
     return options
 
 
-def _has_header(headers: bytes, name: bytes) -> bool:
-    return any(line.lower().startswith(name.lower() + b":") for line in headers.split(b"\r\n"))
-
-
-def _rfc5322_date() -> str:
-    # strftime's names are English here: Python leaves LC_TIME at "C".
-    return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime())
-
-
-def _message_id(hostname: str) -> str:
-    return f"<{time.time_ns():x}.{os.getpid()}.{os.urandom(4).hex()}@{hostname}>"
-
-
 def _header_values(headers: bytes, names: tuple[str, ...]) -> list[str]:
     from email.parser import BytesHeaderParser
     from email.policy import compat32
@@ -157,11 +144,11 @@ def _header_values(headers: bytes, names: tuple[str, ...]) -> list[str]:
     return values
 
 
-def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple[bytes, list[str]]:
-    """Fill in missing headers (as Postfix's cleanup does) and find the recipients.
+def prepare(data: bytes, options: _Options) -> tuple[bytes, list[str]]:
+    """The recipients (arguments, and with -t the To/Cc/Bcc fields) and the data without Bcc.
 
-    `data` is canonical, `sender` a checked address and the -F name checked
-    by parse_args.
+    `data` is canonical. Missing From/Date/Message-ID are added at pickup
+    (inbound.cleanup.fix_up_headers), from the sender the daemon settles on.
     """
     headers, body = split_header_section(data)
     recipients = list(options.recipients)
@@ -179,17 +166,9 @@ def prepare(data: bytes, options: _Options, sender: str, hostname: str) -> tuple
             if not skipping:
                 kept.append(line)
         headers = b"\r\n".join(kept)
-    added = []
-    if not _has_header(headers, b"From"):
-        # -F is the user's own text: encoded (RFC 2047) or quoted, never pasted in.
-        added.append(field("From", mailbox(sender, options.full_name)))
-    if not _has_header(headers, b"Date"):
-        added.append(field("Date", _rfc5322_date()))
-    if not _has_header(headers, b"Message-ID"):
-        added.append(field("Message-ID", _message_id(hostname)))
-    prefix = "".join(f"{h}\r\n" for h in added).encode()
-    headers = headers if headers.endswith(b"\r\n") or not headers else headers + b"\r\n"
-    return prefix + headers + b"\r\n" + body, [r for r in recipients if r]
+        headers = headers if headers.endswith(b"\r\n") or not headers else headers + b"\r\n"
+        data = headers + b"\r\n" + body
+    return data, [r for r in recipients if r]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     domain = config.local.domain
     own = local_address(user, config)
     # The daemon takes -f only from root and its own user (the maildrop's owner);
-    # for anyone else it uses `own`, so the From: added here says the same.
+    # for anyone else it uses `own`: checked here as the pickup will settle it.
     trusted = os.getuid() in (0, maildrop.stat().st_uid)
     requested = (
         None if options.sender is None
@@ -238,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         else qualify(options.sender, domain)
     )  # fmt: skip
     sender = own if requested is None or not trusted else requested
-    hostname = config.delivery.helo_name
     try:
-        # Checked before it goes into the From header, not only into the envelope.
+        # Checked here, not only at pickup: a bad -f gets its exit status now.
         for address in (sender, requested):
             if address:
                 check_address(address)
@@ -250,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(named))
             return EX_OK
         data = canonical_data(read_message("-", limit, dot_ends=options.dot_ends))
-        data, recipients = prepare(data, options, sender or f"MAILER-DAEMON@{hostname}", hostname)
-        if len(data) > limit:  # the added headers and CRs count too
+        data, recipients = prepare(data, options)
+        if len(data) > limit:  # the CRs canonical form added count too
             raise MessageTooLarge(limit)
         if not recipients:
             print(f"sendmail: no recipients ({USAGE})", file=sys.stderr)

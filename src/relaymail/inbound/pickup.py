@@ -33,7 +33,7 @@ from typing import Protocol
 from ..commands.input import size_limit
 from ..config import Config
 from ..errors import MaildropCorrupt, QueueFull, QueueProblem, QueueUnusable, RelaymailError
-from ..headers import field
+from ..headers import field, mailbox
 from ..maildrop import (
     CORRUPT_NAME,
     DIRECTORY_NAME,
@@ -48,7 +48,7 @@ from ..message import Envelope, canonical_data, header_section
 from ..queue import Store
 from ..queue.files import prepare_directory
 from ..queue.store import TraceHeader
-from .cleanup import local_received_header
+from .cleanup import fix_up_headers, local_received_header
 
 log = logging.getLogger("relaymail.pickup")
 
@@ -190,6 +190,14 @@ class Pickup:
                     "maildrop %s: uid %d (%s) may not set the sender: %s ignored, from=<%s>",
                     name, owner, user, asked, sender.address,
                 )  # fmt: skip
+            # Postfix's cleanup for local mail: From (the -F name encoded, never pasted
+            # in), Date and Message-ID where the message lacks them.
+            author = sender.address or f"MAILER-DAEMON@{config.delivery.helo_name}"
+            data = fix_up_headers(
+                data,
+                hostname=config.delivery.helo_name,
+                add_from=mailbox(author, submission.full_name),
+            )
             envelope = Envelope(sender.address, submission.recipients)
             # Postfix's pickup trace: no remote host, the submitting uid, and the queue id.
             trace = functools.partial(

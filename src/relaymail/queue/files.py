@@ -14,8 +14,8 @@ seen by it, and each one costs mail:
 The WAL index stays a shared map all the same: `PRAGMA locking_mode =
 EXCLUSIVE` would move it to private memory, but it also locks every other
 connection out of the database (measured: another process's SELECT gets
-"database is locked"), and `sendmail` (submit_now) and `relaymail queue`
-open the queue beside the running daemon by design. So the store checks
+"database is locked"), and the `relaymail queue` commands open the queue
+beside the running daemon by design. So the store checks
 instead, before each group commit and each read: one stat, one fstat and one
 ioctl per file, a few microseconds. A change made between the check and the
 next write can still get through; nothing short of private memory closes

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
-    # Imported where used at run time: `sendmail` (submit_now) never needs an event loop.
+    # Imported where used at run time: the `relaymail queue` commands need no event loop.
     import asyncio
 
 from ..errors import QueueFull, QueueUnavailable, RelaymailError
