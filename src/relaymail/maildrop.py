@@ -31,21 +31,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from .errors import MaildropCorrupt
-
-if TYPE_CHECKING:
-    from .config import Config
 
 DIRECTORY_NAME = "maildrop"
 CORRUPT_NAME = "corrupt"  # inside the maildrop: files the daemon could not take
 MODE = 0o1733
 FILE_MODE = 0o644  # readable by the daemon's user; the name is the secret (see above)
 # Where an installed relaymail keeps its queue (install-system, the service unit).
-SYSTEM_QUEUE = Path("/var/spool/relaymail")
+SYSTEM_QUEUE = "/var/spool/relaymail"
 TEMP_PREFIX = "t."  # being written: not taken until renamed to its final name
 
 _MAGIC = b"relaymail-maildrop 1\n"
@@ -58,9 +53,11 @@ _TOKEN = re.compile(r"[^\x00-\x20\x7f-\x9f\u2028\u2029]{1,1000}")
 _TEXT = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,1000}")
 
 
-@dataclass(frozen=True, slots=True)
-class Submission:
-    """One message handed in by `sendmail`, as its file says (nothing here is trusted)."""
+class Submission(NamedTuple):
+    """One message handed in by `sendmail`, as its file says (nothing here is trusted).
+
+    A NamedTuple, not a dataclass: sendmail's start-up does not pay for dataclasses.
+    """
 
     recipients: tuple[str, ...]
     data: bytes
@@ -70,9 +67,9 @@ class Submission:
     flags: tuple[tuple[str, str], ...] = ()
 
 
-def local_address(user: str, config: Config) -> str:
+def local_address(user: str, domain: str) -> str:
     """A local user's address: `user@` the local domain ([local] domain, default helo_name)."""
-    return f"{user}@{config.local.domain}"
+    return f"{user}@{domain}"
 
 
 def file_name(time_ns: int, pid: int, token: bytes) -> str:
