@@ -116,7 +116,7 @@ async def test_record_keeps_a_message_until_every_recipient_is_final(
         "250 2.0.0 Ok: queued as 4XyZ",
         "mx.example.com",
     )
-    assert bob.tls == '{"version": "TLSv1.3", "verified": true}'
+    assert bob.tls == {"version": "TLSv1.3", "verified": True}
     assert (carol.state, carol.next_attempt, carol.last_attempt) == (
         RecipientState.DEFERRED,
         1300.0,
