@@ -232,6 +232,11 @@ class Daemon:
                 log.error("reload: new listeners failed (%s); restoring the old ones", exc)
                 await self._start_listeners(self.config)
                 return
+        else:
+            # Renewed files under the same names (a certbot deploy hook): new handshakes
+            # get them although the configuration did not change.
+            for handle in self.listeners:
+                handle.reload_certificate()
         self.config = new
         self.aliases.adopt(aliases)
         running = self.scheduler.in_flight()
