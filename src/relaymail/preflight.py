@@ -73,19 +73,19 @@ def _config_problem(error: ConfigError) -> Problem:
 
 
 def _server_settings(config: Config) -> Iterator[Problem]:
-    listeners = []
-    for built in config.each_listener():
+    listeners = []  # (index in the file, settings): a broken one keeps its number
+    for i, built in enumerate(config.each_listener()):
         if isinstance(built, ConfigError):
             yield _config_problem(built)
         else:
-            listeners.append(built)
+            listeners.append((i, built))
     try:
         users = config.users()
     except ConfigError as exc:
         yield _config_problem(exc)
         users = {}
-    for i, listener in enumerate(listeners):
-        for j, other in enumerate(listeners[:i]):
+    for n, (i, listener) in enumerate(listeners):
+        for j, other in listeners[:n]:
             if (other.host, other.port) == (listener.host, listener.port):
                 yield Problem(f"listener[{i}].address", f"the same as listener[{j}]'s")
         if listener.auth_required and not users:
@@ -148,19 +148,27 @@ def _account(config: Config) -> _Account | None:
     return _Account(entry.pw_name, entry.pw_uid, gids)
 
 
+def _bits(path: Path, account: _Account) -> int:
+    """The rwx bits of `path` that apply to `account` (owner, group or others)."""
+    st = path.stat()
+    if st.st_uid == account.uid:
+        return (st.st_mode >> 6) & 7
+    if st.st_gid in account.gids:
+        return (st.st_mode >> 3) & 7
+    return st.st_mode & 7
+
+
 def _may_write(path: Path, account: _Account, *, directory: bool) -> bool:
     wanted = os.W_OK | (os.X_OK if directory else 0)
     if account.uid == os.geteuid():
-        return os.access(path, wanted)  # ACLs, read-only mounts, immutable files included
-    # Another account: its mode bits, and what stops even root (read-only, immutable).
-    st = path.stat()
-    if st.st_uid == account.uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid in account.gids:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    return bits & wanted == wanted and os.access(path, os.W_OK)
+        # The kernel's own answer: ACLs, read-only mounts, immutable files, the path's
+        # directories included.
+        return os.access(path, wanted)
+    # Another account: the mode bits on the way and at the end, and what stops even
+    # root (a read-only mount, the immutable attribute).
+    if not all(_bits(parent, account) & os.X_OK for parent in path.absolute().parents):
+        return False
+    return _bits(path, account) & wanted == wanted and os.access(path, os.W_OK)
 
 
 def _queue_directory(config: Config) -> Iterator[Problem]:
