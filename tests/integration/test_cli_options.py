@@ -230,3 +230,21 @@ def test_a_queue_database_that_is_no_queue_is_found_by_check(tmp_path: Path) -> 
     assert err.splitlines() == [
         f"relaymail: queue.directory: {tmp_path / 'queue' / 'queue.db'}: not an SQLite database"
     ]
+
+
+def test_check_refuses_a_smarthost_password_others_may_read(tmp_path: Path) -> None:
+    secret = tmp_path / "smarthost.secret"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o644)
+    config = config_file(tmp_path, routes={"*": ["smtps://smtp.provider.test:465"]})
+    with config.open("a") as toml:
+        toml.write(f'[relay_auth."smtp.provider.test"]\nusername = "app"\n'
+                   f'password_file = "{secret}"\n')  # fmt: skip
+    code, out, err = run("check", "-C", str(config))
+    assert (code, out) == (EX_CONFIG, "")
+    [line] = err.splitlines()
+    key = 'relay_auth."smtp.provider.test".password_file'
+    assert line.startswith(f"relaymail: configuration error: {key}: ")
+    assert "hunter2" not in err
+    secret.chmod(0o600)
+    assert run("check", "-C", str(config))[0] == EX_OK
