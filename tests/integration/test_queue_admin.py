@@ -22,7 +22,9 @@ import pytest
 from relaymail.message import Envelope
 from relaymail.queue.sqlite import SqliteStore
 from relaymail.queue.store import RecipientState, RecipientUpdate
-from tests.integration.daemon_process import RELAYMAIL, Daemon, free_port, write_toml
+from tests.integration.conftest import hop
+from tests.integration.daemon_process import RELAYMAIL, Daemon, free_port, run_command, write_toml
+from tests.peers.smtp_server import Script
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -308,3 +310,52 @@ async def test_a_running_daemon_is_seen_and_a_second_one_on_its_queue_refused(
         assert await daemon.stop() == 0
     code, out, _ = run(config, "queue", "stats", "--json")
     assert json.loads(out)["daemon_running"] is False  # the lock went with the process
+
+
+async def test_a_running_daemon_applies_a_change_to_many_messages(
+    smtp_peer: Any, ca_file: Path, tmp_path: Path
+) -> None:
+    peer = await smtp_peer(Script(rcpt_reply="451 4.7.1 greylisted"))
+    port = free_port()
+    config = write_toml(tmp_path / "relaymail.toml", {
+        "delivery": {"helo_name": "relay.relaymail.test", "connection_idle_time": 0.2},
+        "tls": {"ca_file": ca_file},
+        "queue": {"directory": tmp_path / "queue", "retry": ["1h"]},
+        "routes": {"dest.test": [hop(peer)], "other.test": [hop(peer)]},
+        "listener": [{"address": f"127.0.0.1:{port}"}],
+    })  # fmt: skip
+    daemon = Daemon(config, port, tmp_path / "serve.log")
+    await daemon.start()
+    try:
+        for rcpt in ("u@dest.test", "w@dest.test", "v@other.test"):
+            code, out, err = await run_command("swaks", "--server", f"127.0.0.1:{port}",
+                                               "--from", "a@src.test", "--to", rcpt)  # fmt: skip
+            assert code == 0, out + err
+        await wait_for(lambda: daemon.text().count("deferred id=") == 3)
+        code, held = await asyncio.to_thread(outcome, config, "hold", "--domain", "dest.test")
+        assert len(held["changed"]) == 2
+        await wait_for(lambda: daemon.text().count("admin hold ") == 2)
+        peer.script = Script()  # the greylisting is over
+        code, retried = await asyncio.to_thread(outcome, config, "retry", "--all")
+        assert code == EX_OK and retried["held"] == held["changed"] and retried["recipients"] == 1
+        await wait_for(lambda: delivered(peer) == {"v@other.test"})
+        code, released = await asyncio.to_thread(outcome, config, "release", *held["changed"])
+        assert released["changed"] == held["changed"]
+        assert (await asyncio.to_thread(outcome, config, "retry", "--domain", "dest.test"))[0] == 0
+        await wait_for(lambda: delivered(peer) == {"v@other.test", "u@dest.test", "w@dest.test"})
+    finally:
+        assert await daemon.stop() == 0
+    assert listing(config)["total"] == 0
+    log = daemon.text()
+    for qid in held["changed"]:  # held mail went only once it was released
+        assert log.index(f"admin release {qid}") < log.index(f"delivered id={qid}")
+
+
+def delivered(peer: Any) -> set[str]:
+    return {r for t in peer.transactions if t.data for r in t.recipients}
+
+
+async def wait_for(condition: Any, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
