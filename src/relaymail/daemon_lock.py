@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RelaymailError
+from .errors import QueueProblem, QueueUnusable, RelaymailError
 
 FILENAME = "daemon.pid"
 
@@ -50,7 +50,11 @@ class DaemonLock:
 def hold_daemon_lock(directory: Path) -> DaemonLock:
     """Take the queue's daemon lock and write our pid; DaemonRunning if it is taken."""
     path = directory / FILENAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:  # a symlink (ELOOP), a directory, another user's file
+        detail = f"cannot open the daemon lock: {exc.strerror or exc}"
+        raise QueueUnusable(path, QueueProblem.CANNOT_WRITE, detail) from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

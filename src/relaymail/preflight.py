@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import pwd
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
+from .daemon_lock import FILENAME as LOCK_FILENAME
 from .errors import AliasFileInvalid, AliasFileUnreadable, ConfigError, QueueProblem
 
 QUEUE_KEY = "queue.directory"
@@ -54,7 +56,8 @@ class PreflightFailed(Exception):
     @property
     def exit_code(self) -> int:
         # A configuration mistake first: fixing the directory would not be enough.
-        return min((p.exit_code for p in self.problems), key=lambda code: code != 78)
+        codes = [p.exit_code for p in self.problems]
+        return 78 if 78 in codes else codes[0]
 
 
 def preflight(config: Config) -> list[Problem]:
@@ -189,7 +192,12 @@ def _queue_directory(config: Config) -> Iterator[Problem]:
             reason = f"{existing}: not writable by {who}{creates}"
             yield Problem(QUEUE_KEY, reason, QueueProblem.CANNOT_WRITE)
             return
-        for name in ("queue.db", "queue.db-wal", "queue.db-shm", "daemon.pid"):
+        lock = directory / LOCK_FILENAME
+        if os.path.lexists(lock) and not stat.S_ISREG(lock.lstat().st_mode):
+            # Opened without following links: a link there is a trap, not a lock.
+            yield Problem(QUEUE_KEY, f"{lock}: not a regular file", QueueProblem.CANNOT_WRITE)
+            return
+        for name in ("queue.db", "queue.db-wal", "queue.db-shm", LOCK_FILENAME):
             path = directory / name
             if path.exists() and not _may_write(path, account, directory=False):
                 reason = f"{path}: not writable by {who}"

@@ -248,3 +248,15 @@ def test_check_refuses_a_smarthost_password_others_may_read(tmp_path: Path) -> N
     assert "hunter2" not in err
     secret.chmod(0o600)
     assert run("check", "-C", str(config))[0] == EX_OK
+
+
+def test_a_link_where_the_daemon_lock_goes_stops_check_and_serve(tmp_path: Path) -> None:
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "queue" / "daemon.pid").symlink_to("/etc/passwd")
+    config = config_file(tmp_path)
+    line = f"relaymail: queue.directory: {tmp_path / 'queue' / 'daemon.pid'}: not a regular file"
+    code, _, err = run("check", "-C", str(config))
+    assert (code, err.splitlines()) == (EX_CONFIG, [line])
+    code, _, err = run("serve", "-C", str(config))
+    assert (code, said(err)) == (EX_CANTCREAT, [line])
+    assert Path("/etc/passwd").read_text().startswith("root:")  # untouched
