@@ -25,6 +25,8 @@ from ..queue.store import AdminAction, RecipientState
 from .exits import EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from .queue_views import print_detail, print_list, print_stats
 
+_CHANGES = frozenset(a.value for a in (AdminAction.HOLD, AdminAction.RELEASE, AdminAction.DELETE,
+                                       AdminAction.RETRY))  # fmt: skip
 # Ids shown on the one line that reports ids not in the queue or left held.
 _SHOWN_IDS = 10
 
@@ -37,7 +39,7 @@ def run_queue_command(config: Config, args: argparse.Namespace) -> int:
         print(f"relaymail: no queue at {config.queue.directory}", file=sys.stderr)
         return EX_NOINPUT
     try:
-        selection = selection_of(args) if hasattr(args, "ids") else None
+        selection = selection_of(args) if args.action in _CHANGES else None
     except SelectionError as exc:
         print(f"relaymail: queue {args.action}: {exc}", file=sys.stderr)
         return EX_USAGE
