@@ -83,7 +83,8 @@ def _global_options() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=unset, help="JSON output")
     common.add_argument("--log-json", action="store_true", default=unset,
                         help="log one JSON object per line")  # fmt: skip
-    common.add_argument("--log-level", default=unset, help="DEBUG, INFO, WARNING (default INFO)")
+    common.add_argument("--log-level", default=unset, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING (default INFO)")  # fmt: skip
     return common
 
 

@@ -58,7 +58,7 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     recipient = parser.add_mutually_exclusive_group()
     recipient.add_argument("--to", dest="recipient", type=_pattern, metavar="ADDR|@DOMAIN",
                            help="a recipient still to be delivered")  # fmt: skip
-    recipient.add_argument("--domain", dest="recipient", type=_recipient_domain,
+    recipient.add_argument("--domain", dest="recipient", type=_recipient_domain, metavar="DOMAIN",
                            help="a recipient at DOMAIN still to be delivered")  # fmt: skip
     parser.add_argument("--older-than", type=_age, metavar="AGE",
                         help='received longer ago than AGE ("2h", "3d")')  # fmt: skip
