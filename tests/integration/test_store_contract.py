@@ -353,6 +353,12 @@ async def test_a_retry_leaves_held_messages_alone(store: Store) -> None:
     assert held is not None and {r.next_attempt for r in held.recipients} == {10**9}
     # The whole queue retried is one event for the daemon, not one per message.
     assert [e.message_id for e in store.fetch_admin_events(before)] == [None]
+    # Released, it goes now: the admin's "go", not its old retry time.
+    done = await store.change(AdminAction.RELEASE, Selection(ids=(ids[1],)), now=2000.0)
+    assert (done.changed, done.recipients) == ((ids[1],), 2)
+    released = store.get_message(ids[1])
+    assert released is not None and not released.held
+    assert {r.next_attempt for r in released.recipients} == {2000.0}
 
 
 def _gone() -> Any:

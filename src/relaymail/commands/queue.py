@@ -19,14 +19,13 @@ from typing import Any
 
 from ..config import Config
 from ..daemon_lock import daemon_status
-from ..queue.selection import AdminOutcome
+from ..queue.selection import CHANGES, AdminOutcome
 from ..queue.sqlite import SqliteStore
 from ..queue.store import AdminAction, RecipientState
 from .exits import EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from .queue_views import print_detail, print_list, print_stats
 
-_CHANGES = frozenset(a.value for a in (AdminAction.HOLD, AdminAction.RELEASE, AdminAction.DELETE,
-                                       AdminAction.RETRY))  # fmt: skip
+_CHANGES = frozenset(action.value for action in CHANGES)
 # Ids shown on the one line that reports ids not in the queue or left held.
 _SHOWN_IDS = 10
 
@@ -108,7 +107,7 @@ def _report(outcome: AdminOutcome, directory: Path, as_json: bool) -> int:
         print(json.dumps({**asdict(outcome), "count": len(outcome.changed)}))
     else:
         done = f"{_DONE[outcome.action]} {len(outcome.changed)} message(s)"
-        if outcome.action is AdminAction.RETRY:
+        if outcome.action in (AdminAction.RETRY, AdminAction.RELEASE):
             done += f": {outcome.recipients} recipient(s) due now"
         if outcome.changed or not outcome.held:
             print(done)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RelaymailError
 from ..message import Envelope
 from .ids import format_queue_id, parse_queue_id
-from .selection import AdminOutcome
+from .selection import CHANGES, AdminOutcome
 from .store import (
     AdminAction,
     AdminEvent,
@@ -230,6 +230,8 @@ class MemoryStore:
         self, action: AdminAction, selection: Selection, *, now: float | None = None
     ) -> AdminOutcome:
         self._writable()
+        if action not in CHANGES:
+            raise ValueError(f"not an admin change: {action}")
         when = time.time() if now is None else now
         chosen = [
             m for m in self._messages.values()
@@ -244,15 +246,14 @@ class MemoryStore:
         for message in targets:
             if action is AdminAction.DELETE:
                 del self._messages[message.id]
-            elif action in (AdminAction.HOLD, AdminAction.RELEASE):
+                continue
+            if action in (AdminAction.HOLD, AdminAction.RELEASE):
                 message.held = action is AdminAction.HOLD
-            elif action is AdminAction.RETRY:
+            if action in (AdminAction.RETRY, AdminAction.RELEASE):
                 for recipient in message.recipients.values():
                     if recipient.pending and recipient.next_attempt > when:
                         recipient.next_attempt = when
                         moved += 1
-            else:
-                raise ValueError(f"not an admin change: {action}")
         if action is AdminAction.RETRY and selection.everything:
             self._append_event(None, action)
         else:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from .ids import parse_queue_id
 from .store import AdminAction
 
+# What `change` does: RELEASE also makes the mail due now, RETRY leaves held mail alone.
+CHANGES = frozenset({AdminAction.HOLD, AdminAction.RELEASE, AdminAction.DELETE, AdminAction.RETRY})
+
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -96,4 +99,4 @@ class AdminOutcome:
     changed: tuple[str, ...]  # the messages it applied to, in queue order
     held: tuple[str, ...] = ()  # retry: held messages it left alone
     missing: tuple[str, ...] = ()  # ids named that are not in the queue
-    recipients: int = 0  # retry: recipients made due now
+    recipients: int = 0  # retry, release: recipients made due now

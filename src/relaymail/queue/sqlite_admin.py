@@ -13,7 +13,7 @@ from typing import Any
 
 from .ids import format_queue_id
 from .schema import PENDING
-from .selection import AdminOutcome, Selection
+from .selection import CHANGES, AdminOutcome, Selection
 from .store import AdminAction
 from .writer import Transaction
 
@@ -44,30 +44,30 @@ def selection_sql(selection: Selection) -> tuple[str, list[Any]]:
 
 
 def change(txn: Transaction, action: AdminAction, selection: Selection, now: float) -> AdminOutcome:
+    if action not in CHANGES:
+        raise ValueError(f"not an admin change: {action}")
     conn = txn.conn
     where, params = selection_sql(selection)
     rows = conn.execute(f"SELECT m.id, m.held FROM message AS m WHERE {where} ORDER BY m.id",
                         params).fetchall()  # fmt: skip
-    held: list[int] = []
-    targets = [qid for qid, _ in rows]
+    skips_held = action is AdminAction.RETRY
+    held = [qid for qid, is_held in rows if is_held and skips_held]
+    targets = [qid for qid, is_held in rows if not (is_held and skips_held)]
     moved = 0
-    if action is AdminAction.RETRY:
-        held = [qid for qid, is_held in rows if is_held]
-        targets = [qid for qid, is_held in rows if not is_held]
+    if action in (AdminAction.HOLD, AdminAction.RELEASE):
+        conn.execute(f"UPDATE message SET held = ? WHERE id {_IN_LIST}",
+                     (int(action is AdminAction.HOLD), json.dumps(targets)))  # fmt: skip
+    if action in (AdminAction.RETRY, AdminAction.RELEASE):
+        # Releasing is the admin's "go": the mail is tried now, not at its old retry time.
         moved = conn.execute(
             "UPDATE recipient SET next_attempt = ? WHERE state IN (?, ?) AND next_attempt > ?"
             f" AND message_id {_IN_LIST}",
             (now, *PENDING, now, json.dumps(targets)),
         ).rowcount
-    elif action in (AdminAction.HOLD, AdminAction.RELEASE):
-        conn.execute(f"UPDATE message SET held = ? WHERE id {_IN_LIST}",
-                     (int(action is AdminAction.HOLD), json.dumps(targets)))  # fmt: skip
-    elif action is AdminAction.DELETE:
+    if action is AdminAction.DELETE:
         chosen = json.dumps(targets)
         for table, key in (("recipient", "message_id"), ("body", "message_id"), ("message", "id")):
             conn.execute(f"DELETE FROM {table} WHERE {key} {_IN_LIST}", (chosen,))
-    else:
-        raise ValueError(f"not an admin change: {action}")
     at = time.time()
     # A retry of the whole queue is one event: the daemon re-reads every entry anyway.
     whole = action is AdminAction.RETRY and selection.everything

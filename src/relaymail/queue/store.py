@@ -261,7 +261,8 @@ class Store(Protocol):
     ) -> AdminOutcome:
         """Hold, release, delete or retry every message selected, in one transaction.
 
-        Retry leaves held messages alone (they are listed in the outcome); one
+        Release also makes the waiting recipients due now; retry leaves held
+        messages alone (they are listed in the outcome). One
         admin event per message changed, or one for the whole queue when a
         retry selected everything.
         """
