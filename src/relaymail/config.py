@@ -168,6 +168,9 @@ class ServerSettings:
     user: str | None = None
 
 
+DEFAULT_LISTENERS: tuple[Mapping[str, Any], ...] = ({"address": "127.0.0.1:2525"},)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
@@ -186,11 +189,21 @@ class Config:
 
     def listeners(self) -> list[ListenerSettings]:
         """The [[listener]] tables; by default one relay listener on 127.0.0.1:2525."""
-        tables = self.listener_tables or ({"address": "127.0.0.1:2525"},)
-        return [
-            _listener(table, i, self.delivery.helo_name, self.local.postmaster)
-            for i, table in enumerate(tables)
-        ]
+        built = self.each_listener()
+        for problem in built:
+            if isinstance(problem, ConfigError):
+                raise problem
+        return [listener for listener in built if not isinstance(listener, ConfigError)]
+
+    def each_listener(self) -> list[ListenerSettings | ConfigError]:
+        """Each listener's settings, or what is wrong with its table (`relaymail check`)."""
+        built: list[ListenerSettings | ConfigError] = []
+        for i, table in enumerate(self.listener_tables or DEFAULT_LISTENERS):
+            try:
+                built.append(_listener(table, i, self.delivery.helo_name, self.local.postmaster))
+            except ConfigError as exc:
+                built.append(exc)
+        return built
 
     def users(self) -> dict[str, PasswordHash]:
         from .passwords import parse_users
@@ -241,26 +254,6 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         user_table=dict(users),
         source=source,
     )
-
-
-def check_server_config(config: Config) -> None:
-    """Build what only `serve` uses, so its mistakes too are named at start-up."""
-    listeners = config.listeners()
-    users = config.users()
-    for i, listener in enumerate(listeners):
-        for j, other in enumerate(listeners[:i]):
-            if (other.host, other.port) == (listener.host, listener.port):
-                raise ConfigError(f"listener[{i}].address", f"the same as listener[{j}]'s")
-        if listener.auth_required and not users:
-            raise ConfigError(f"listener[{i}]", "requires AUTH but [users] is empty")
-        if listener.mode != "relay" and listener.tls_cert_file is None:
-            raise ConfigError(
-                f"listener[{i}].tls_cert_file", f"a {listener.mode} listener needs one"
-            )
-    if config.server.user is not None:
-        from .service import lookup_user
-
-        lookup_user(config.server.user)
 
 
 def host_port(default_port: int | None) -> Reader:

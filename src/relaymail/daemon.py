@@ -21,17 +21,19 @@ import os
 import signal
 from dataclasses import dataclass, field, replace
 
-from .config import Config, check_server_config, load_config
+from .config import Config, load_config
+from .daemon_lock import hold_daemon_lock
 from .delivery import DeliveryEngine
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
 from .inbound.pickup import Pickup, open_maildrop
 from .local import AliasTable, merged
 from .message import Envelope
+from .preflight import PreflightFailed, check_server_config, preflight
 from .queue.sqlite import SqliteStore
 from .queue.store import TraceHeader
 from .scheduler import Scheduler
-from .service import become, host_name_problem, lookup_user, must_drop_root, notify_systemd
+from .service import become, host_name_problem, lookup_user, notify_systemd
 
 log = logging.getLogger("relaymail.daemon")
 
@@ -59,17 +61,14 @@ class Daemon:
 
     async def run(self) -> None:
         config = self.config
-        check_server_config(config)
+        if problems := preflight(config):
+            raise PreflightFailed(problems)
         if problem := host_name_problem(config.delivery.helo_name):
             log.warning(
                 "helo_name %r %s: other servers may refuse or score the mail;"
                 " set [delivery] helo_name to this host's public name",
                 config.delivery.helo_name, problem,
             )  # fmt: skip
-        ports = [settings.port for settings in config.listeners()]
-        if refusal := must_drop_root(os.geteuid(), config.server.user, ports):
-            raise refusal
-        # Read before the queue opens: a broken aliases file stops serve (78), naming the line.
         self.aliases = AliasTable.open(config.local)
         await self._start_listeners(config, serving=False)
         try:
@@ -79,6 +78,11 @@ class Daemon:
             store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
         except BaseException:
             await asyncio.gather(*(h.close(0) for h in self.listeners))
+            raise
+        try:
+            lock = hold_daemon_lock(config.queue.directory)
+        except BaseException:
+            await asyncio.gather(store.close(), *(h.close(0) for h in self.listeners))
             raise
         engine = DeliveryEngine(config)
         self.scheduler = Scheduler(store, engine, config.queue, hostname=config.delivery.helo_name)
@@ -111,6 +115,7 @@ class Daemon:
                 await self._retiring
         finally:
             await store.close()
+            lock.release()
         log.info("stopped")
 
     async def _send_tls_reports(self) -> None:
@@ -227,6 +232,11 @@ class Daemon:
                 log.error("reload: new listeners failed (%s); restoring the old ones", exc)
                 await self._start_listeners(self.config)
                 return
+        else:
+            # Renewed files under the same names (a certbot deploy hook): new handshakes
+            # get them although the configuration did not change.
+            for handle in self.listeners:
+                handle.reload_certificate()
         self.config = new
         self.aliases.adopt(aliases)
         running = self.scheduler.in_flight()

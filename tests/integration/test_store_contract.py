@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from relaymail.errors import RelaymailError
 from relaymail.message import Envelope
 from relaymail.queue import AdminAction, RecipientState, SqliteStore, Store
 from relaymail.queue.memory import MemoryStore
+from relaymail.queue.selection import AddressPattern, Selection
 from tests.queue_samples import ENVELOPE, body, orphans, update
 
 
@@ -116,7 +118,7 @@ async def test_record_keeps_a_message_until_every_recipient_is_final(
         "250 2.0.0 Ok: queued as 4XyZ",
         "mx.example.com",
     )
-    assert bob.tls == '{"version": "TLSv1.3", "verified": true}'
+    assert bob.tls == {"version": "TLSv1.3", "verified": True}
     assert (carol.state, carol.next_attempt, carol.last_attempt) == (
         RecipientState.DEFERRED,
         1300.0,
@@ -282,3 +284,82 @@ async def test_stats_count_states_bytes_and_the_oldest_message(store: Store) -> 
     assert stats.total_bytes == len(body(1)) + 10_000
     assert (stats.recipients.queued, stats.recipients.bounced) == (3, 1)
     assert (stats.oldest_received_at, stats.oldest_age) == (100.0, 300.0)
+
+
+# -- admin changes over a selection (queue/selection.py) ------------------------------
+
+
+async def _five(store: Store) -> list[str]:
+    """Messages the filters tell apart: sender, recipient domain, age."""
+    specs = [
+        ("spam@bad.example", ("u1@gmail.example",), 100.0),
+        ("SPAM@Bad.Example", ("u2@yahoo.example", "u3@gmail.example"), 200.0),
+        ("ok@good.example", ("u4@yahoo.example",), 300.0),
+        ("", ("postmaster@good.example",), 400.0),
+        ("o_k@good.example", ("u5@GMAIL.example",), 500.0),
+    ]
+    return [(await store.enqueue(Envelope(s, r), body(n), at)).id
+            for n, (s, r, at) in enumerate(specs)]  # fmt: skip
+
+
+SELECTIONS = [
+    (Selection(sender=AddressPattern("spam@bad.example")), [0, 1]),
+    (Selection(sender=AddressPattern("bad.example", whole_domain=True)), [0, 1]),
+    (Selection(sender=AddressPattern("")), [3]),
+    (Selection(sender=AddressPattern("o%k@good.example")), []),
+    (Selection(sender=AddressPattern("o_k@good.example")), [4]),
+    (Selection(recipient=AddressPattern("gmail.example", whole_domain=True)), [0, 1, 4]),
+    (Selection(recipient=AddressPattern("u4@yahoo.example")), [2]),
+    (Selection(received_before=250.0), [0, 1]),
+    (Selection(received_before=250.0, recipient=AddressPattern("yahoo.example", True)), [1]),
+    (Selection(ids=()), []),
+    (Selection(), [0, 1, 2, 3, 4]),
+]
+
+
+@pytest.mark.parametrize(("selection", "picked"), SELECTIONS)
+async def test_every_backend_selects_the_same_messages(
+    store: Store, selection: Selection, picked: list[int]
+) -> None:
+    ids = await _five(store)
+    done = await store.change(AdminAction.HOLD, selection)
+    assert done.changed == tuple(ids[i] for i in picked)
+    assert {m.id for m in store.list_messages() if m.held} == {ids[i] for i in picked}
+
+
+async def test_named_ids_in_any_case_and_unknown_ones(store: Store) -> None:
+    ids = await _five(store)
+    named = (ids[0].lower(), "NOSUCHID", ids[2], "", ids[2])
+    done = await store.change(AdminAction.DELETE, Selection(ids=named))
+    assert done.changed == (ids[0], ids[2]) and done.missing == ("NOSUCHID", "")
+    assert [m.id for m in store.list_messages()] == [ids[1], ids[3], ids[4]]
+    events = store.fetch_admin_events(0)
+    assert [(e.message_id, e.action) for e in events] == [
+        (ids[0], AdminAction.DELETE), (ids[2], AdminAction.DELETE)
+    ]  # fmt: skip
+
+
+async def test_a_retry_leaves_held_messages_alone(store: Store) -> None:
+    ids = await _five(store)
+    later = [update(i, r.address, RecipientState.DEFERRED, next_attempt=10**9)
+             for i in ids for r in (store.get_message(i) or _gone()).recipients]  # fmt: skip
+    await store.record(later)
+    await store.change(AdminAction.HOLD, Selection(ids=(ids[1],)))
+    before = store.latest_admin_event_id()
+    done = await store.change(AdminAction.RETRY, Selection(), now=1000.0)
+    assert done.held == (ids[1],) and ids[1] not in done.changed
+    assert done.recipients == 4  # six recipients, two of them in the held message
+    held = store.get_message(ids[1])
+    assert held is not None and {r.next_attempt for r in held.recipients} == {10**9}
+    # The whole queue retried is one event for the daemon, not one per message.
+    assert [e.message_id for e in store.fetch_admin_events(before)] == [None]
+    # Released, it goes now: the admin's "go", not its old retry time.
+    done = await store.change(AdminAction.RELEASE, Selection(ids=(ids[1],)), now=2000.0)
+    assert (done.changed, done.recipients) == ((ids[1],), 2)
+    released = store.get_message(ids[1])
+    assert released is not None and not released.held
+    assert {r.next_attempt for r in released.recipients} == {2000.0}
+
+
+def _gone() -> Any:
+    raise AssertionError("the message is gone")

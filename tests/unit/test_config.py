@@ -6,10 +6,11 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from relaymail.config import check_server_config, load_config, parse_config
+from relaymail.config import load_config, parse_config
 from relaymail.config_fields import seconds
 from relaymail.errors import ConfigError
 from relaymail.listener_settings import ListenerMode, ListenerSettings
+from relaymail.preflight import check_server_config
 from relaymail.tls.policy import Level
 
 GOOD = """

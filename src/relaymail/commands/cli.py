@@ -28,6 +28,7 @@ from .exits import (
     EX_USAGE,
     stop,
 )
+from .queue_selection import add_selection
 
 T = TypeVar("T")
 
@@ -69,72 +70,104 @@ def _domain(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _global_options() -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name.
+
+    A parent of every (sub)parser. SUPPRESS keeps an option a subparser was
+    not given out of the namespace, so it cannot overwrite the value given
+    before the subcommand's name (`relaymail --json queue list`).
+    """
+    common = _Parser(add_help=False)
+    unset = argparse.SUPPRESS
+    common.add_argument("-C", "--config", type=Path, default=unset, help="TOML configuration file")
+    common.add_argument("--json", action="store_true", default=unset, help="JSON output")
+    common.add_argument("--log-json", action="store_true", default=unset,
+                        help="log one JSON object per line")  # fmt: skip
+    common.add_argument("--log-level", default=unset, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING (default INFO)")  # fmt: skip
+    return common
+
+
+# What a global option is when it was given nowhere on the line.
+GLOBAL_DEFAULTS = {"config": None, "json": False, "log_json": False, "log_level": "INFO"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="relaymail", description="relaymail mail transfer agent")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
-    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    common = _global_options()
+    parser = _Parser(prog="relaymail", description="relaymail mail transfer agent",
+                     parents=[common])  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"relaymail {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    deliver = commands.add_parser("deliver", help="deliver one message now, in the foreground")
-    deliver.add_argument("--config", type=Path, help="TOML configuration file")
+    def command(group: Any, name: str, text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, help=text, parents=[common])
+        return sub
+
+    deliver = command(commands, "deliver", "deliver one message now, in the foreground")
     deliver.add_argument("--from", dest="sender", required=True, help="envelope sender ('' for <>)")
     deliver.add_argument("--to", dest="recipients", action="append", required=True)
     deliver.add_argument("message", nargs="?", default="-", help="message file, or - for stdin")
 
-    probe = commands.add_parser("probe", help="show how mail to DOMAIN would go, sending none")
+    probe = command(commands, "probe", "show how mail to DOMAIN would go, sending none")
     probe.add_argument("domain", type=_domain)
-    probe.add_argument("--config", type=Path)
-    probe.add_argument("--json", action="store_true", help="one JSON object instead of a table")
 
-    serve = commands.add_parser("serve", help="run the mail server (listeners, queue, delivery)")
-    serve.add_argument("--config", type=Path)
+    command(commands, "serve", "run the mail server (listeners, queue, delivery)")
+    command(commands, "check", "check the configuration as serve would, then exit")
 
-    queue = commands.add_parser("queue", help="look at and steer the queue")
-    queue.add_argument("--config", type=Path)
-    queue.add_argument("--json", action="store_true", help="JSON instead of tables")
+    queue = command(commands, "queue", "look at and steer the queue")
     actions = queue.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    listing = actions.add_parser("list", help="queued messages, oldest first")
+    listing = command(actions, "list", "queued messages, oldest first, with their recipients")
     listing.add_argument("--state", choices=["queued", "deferred"], help="only with recipients so")
     listing.add_argument("--limit", type=_count(1, MAX_LIST_LIMIT), default=100)
     listing.add_argument("--offset", type=_count(0, MAX_OFFSET), default=0)
-    actions.add_parser("stats", help="counts, sizes and the oldest message's age")
+    command(actions, "stats", "counts, sizes, the oldest message's age, the daemon")
+    command(actions, "show", "one message: recipients, attempts, last replies, TLS").add_argument(
+        "id"
+    )
+    cat = command(actions, "cat", "a message's content, as queued")
+    cat.add_argument("id")
+    part = cat.add_mutually_exclusive_group()
+    part.add_argument("--headers", action="store_true", help="the header section only")
+    part.add_argument("--body", action="store_true", help="the body only")
     for name, text in [
-        ("show", "one message: recipients, attempts, last replies, TLS"),
-        ("hold", "keep a message from delivery until released"),
-        ("release", "let a held message be delivered again"),
-        ("delete", "remove a message without delivering or bouncing it"),
+        ("hold", "keep messages from delivery until released"),
+        ("release", "let held messages be delivered again"),
+        ("delete", "remove messages without delivering or bouncing them"),
+        ("retry", "make waiting recipients due now"),
     ]:
-        actions.add_parser(name, help=text).add_argument("id")
-    retry = actions.add_parser("retry", help="try deferred mail now")
-    target = retry.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", nargs="?")
-    target.add_argument("--all", action="store_true")
+        add_selection(command(actions, name, text))
 
-    tls = commands.add_parser("tls", help="downgrade memory: forget a domain's TLS history")
-    tls.add_argument("--config", type=Path)
+    tls = command(commands, "tls", "downgrade memory: forget a domain's TLS history")
     tls_actions = tls.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    tls_actions.add_parser("forget", help="accept mail in clear to DOMAIN again").add_argument(
+    command(tls_actions, "forget", "accept mail in clear to DOMAIN again").add_argument(
         "domain", type=_domain
     )
 
-    tlsrpt = commands.add_parser("tlsrpt", help="TLS reports (RFC 8460)")
-    tlsrpt.add_argument("--config", type=Path)
+    tlsrpt = command(commands, "tlsrpt", "TLS reports (RFC 8460)")
     tlsrpt_actions = tlsrpt.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    show = tlsrpt_actions.add_parser("show", help="what would be reported for today so far")
+    show = command(tlsrpt_actions, "show", "what would be reported for today so far")
     show.add_argument("domain", nargs="?", type=_domain)
 
-    install = commands.add_parser(
-        "install-system", help="create the service user, spool, configuration and systemd unit"
+    install = command(
+        commands, "install-system", "create the service user, spool, configuration and unit"
     )
     install.add_argument("--root", default="/", help="install into this staging root")
     install.add_argument("--dry-run", action="store_true", help="print what would be done")
-    newaliases = commands.add_parser("newaliases", help="check the aliases file ([local] aliases)")
-    newaliases.add_argument("--config", type=Path)
+    newaliases = command(commands, "newaliases", "check the aliases file ([local] aliases)")
     newaliases.add_argument("file", nargs="?", type=Path, help="default: [local] aliases")
 
-    commands.add_parser("sendmail", help="queue a message from stdin (sendmail -t -i -f ...)")
-    commands.add_parser("passwd", help="hash a password for [users] (read from stdin)")
+    command(commands, "sendmail", "queue a message from stdin (sendmail -t -i -f ...)")
+    command(commands, "passwd", "hash a password for [users] (read from stdin)")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("relaymail")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def mailq() -> int:
@@ -150,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return sendmail(argv[1:])
     args = build_parser().parse_args(argv)
+    for name, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
     _setup_logging(args.log_level, args.log_json)
     if args.command != "serve":
         if sys.stdout is None:  # started with stdout closed (>&-)
@@ -157,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             return EX_IOERR
         sys.stdout = _guarded_stdout(sys.stdout)
     handler = {
+        "check": _check,
         "deliver": _deliver,
         "newaliases": _newaliases,
         "probe": _probe,
@@ -235,6 +272,12 @@ def _config(path: Path | None):  # type: ignore[no-untyped-def]
         sys.exit(stop("relaymail", exc))
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .check import run_check
+
+    return run_check(_config(args.config), as_json=args.json)
+
+
 def _deliver(args: argparse.Namespace) -> int:
     from ..delivery import Status, deliver
     from ..errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
@@ -282,18 +325,25 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from ..daemon import Daemon
+    from ..daemon_lock import DaemonRunning
     from ..errors import ConfigError, ListenFailed, QueueUnusable
+    from ..preflight import PreflightFailed
 
     config = _config(args.config)
     try:
         _run(Daemon(config).run())
+    except PreflightFailed as failed:
+        for problem in failed.problems:
+            kind = "" if problem.queue else "configuration error: "
+            print(f"relaymail: {kind}{problem}", file=sys.stderr)
+        return failed.exit_code
     except ConfigError as exc:
         return stop("relaymail", exc)
     except QueueUnusable as exc:
         print(f"relaymail: queue.directory: {exc}", file=sys.stderr)
         return exc.problem.exit_code
-    except ListenFailed as exc:
-        # EX_OSERR, not EX_CONFIG: the same file works once the port is free.
+    except (ListenFailed, DaemonRunning) as exc:
+        # EX_OSERR, not EX_CONFIG: the same file works once the port (or the queue) is free.
         print(f"relaymail: {exc}", file=sys.stderr)
         return EX_OSERR
     return EX_OK

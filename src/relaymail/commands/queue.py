@@ -1,8 +1,10 @@
-"""`relaymail queue ...`: the admin's view of the queue, as tables or JSON.
+"""`relaymail queue ...`: the admin's view of the queue, as text or JSON.
 
 Runs in its own process beside the daemon: reads go straight to the
 database (WAL lets them run while the daemon writes); changes are written
-with an admin event, which the daemon applies within a second.
+in one transaction with their admin events, which the daemon applies
+within a second. Whether a daemon runs is the queue's daemon lock's answer
+(daemon_lock.py).
 """
 
 from __future__ import annotations
@@ -11,29 +13,45 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..daemon_lock import daemon_status
+from ..queue.selection import CHANGES, AdminOutcome
 from ..queue.sqlite import SqliteStore
-from ..queue.store import MessageDetail, MessageSummary, QueueStats, RecipientState
-from .exits import EX_NOINPUT, EX_OK, EX_TEMPFAIL
+from ..queue.store import AdminAction, RecipientState
+from .exits import EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
+from .queue_views import print_detail, print_list, print_stats
+
+_CHANGES = frozenset(action.value for action in CHANGES)
+# Ids shown on the one line that reports ids not in the queue or left held.
+_SHOWN_IDS = 10
 
 
 def run_queue_command(config: Config, args: argparse.Namespace) -> int:
     from ..errors import QueueFull, QueueUnusable
+    from .queue_selection import SelectionError, selection_of
 
     if not (config.queue.directory / "queue.db").exists():
         print(f"relaymail: no queue at {config.queue.directory}", file=sys.stderr)
         return EX_NOINPUT
+    try:
+        selection = selection_of(args) if args.action in _CHANGES else None
+    except SelectionError as exc:
+        print(f"relaymail: queue {args.action}: {exc}", file=sys.stderr)
+        return EX_USAGE
     try:
         store = SqliteStore.open(config.queue.directory)
     except QueueUnusable as exc:
         print(f"relaymail: {exc}", file=sys.stderr)
         return exc.problem.exit_code
     try:
-        return _dispatch(store, args)
+        if selection is not None:
+            outcome = asyncio.run(store.change(AdminAction(args.action), selection))
+            return _report(outcome, config.queue.directory, args.json)
+        return _read(store, config.queue.directory, args)
     except QueueFull as exc:
         print(f"relaymail: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
@@ -41,123 +59,80 @@ def run_queue_command(config: Config, args: argparse.Namespace) -> int:
         asyncio.run(store.close())
 
 
-def _dispatch(store: SqliteStore, args: argparse.Namespace) -> int:
+def _read(store: SqliteStore, directory: Path, args: argparse.Namespace) -> int:
     action = args.action
     if action == "list":
         state = RecipientState(args.state) if args.state else None
         messages = store.list_messages(args.limit, args.offset, state)
-        total = store.count_messages(state)
-        _print_list(messages, total, args.json)
+        recipients = store.recipients_of([m.id for m in messages])
+        print_list(messages, recipients, store.count_messages(state), args.json)
     elif action == "stats":
-        _print_stats(store.stats(), args.json)
+        print_stats(store.stats(), daemon_status(directory), args.json)
     elif action == "show":
         detail = store.get_message(args.id)
         if detail is None:
-            return _missing(args.id)
-        _print_detail(detail, args.json)
-    elif action == "retry":
-        moved = asyncio.run(store.retry(None if args.all else args.id))
-        if not args.all and moved == 0 and store.get_message(args.id) is None:
-            return _missing(args.id)
-        _say(args.json, {"retried": moved}, f"{moved} recipient(s) due now")
-    else:
-        changes = {
-            "hold": lambda: store.set_hold(args.id, True),
-            "release": lambda: store.set_hold(args.id, False),
-            "delete": lambda: store.delete(args.id),
-        }
-        if not asyncio.run(changes[action]()):
-            return _missing(args.id)
-        _say(args.json, {"id": args.id, "action": action}, f"{args.id}: {action} done")
+            return _missing([args.id])
+        print_detail(detail, args.json)
+    elif action == "cat":
+        return _cat(store, args)
     return EX_OK
 
 
-def _missing(message_id: str) -> int:
-    print(f"relaymail: no message {message_id} in the queue", file=sys.stderr)
+def _cat(store: SqliteStore, args: argparse.Namespace) -> int:
+    """The message as queued (trace header included), as postcat -q and exim -Mvc show it."""
+    from ..message import split_header_section
+
+    try:
+        data = store.load_data(args.id)
+    except KeyError:
+        return _missing([args.id])
+    if args.headers or args.body:
+        headers, body = split_header_section(data)
+        data = headers if args.headers else body
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    return EX_OK
+
+
+_DONE = {
+    AdminAction.HOLD: "held",
+    AdminAction.RELEASE: "released",
+    AdminAction.DELETE: "deleted",
+    AdminAction.RETRY: "retried",
+}
+
+
+def _report(outcome: AdminOutcome, directory: Path, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({**asdict(outcome), "count": len(outcome.changed)}))
+    else:
+        done = f"{_DONE[outcome.action]} {len(outcome.changed)} message(s)"
+        if outcome.action in (AdminAction.RETRY, AdminAction.RELEASE):
+            done += f": {outcome.recipients} recipient(s) due now"
+        if outcome.changed or not outcome.held:
+            print(done)
+        if outcome.held:
+            print(f"held, so not retried (relaymail queue release first): {_ids(outcome.held)}")
+    if outcome.missing:
+        return _missing(outcome.missing)
+    retried = outcome.action is AdminAction.RETRY and outcome.changed
+    if retried and daemon_status(directory).stopped:
+        # postqueue -f's answer when the mail system is down; the change is kept for its start.
+        print(f"relaymail: no relaymail serve runs on {directory}: nothing is delivered"
+              " until it starts", file=sys.stderr)  # fmt: skip
+        return EX_UNAVAILABLE
+    return EX_OK
+
+
+def _ids(ids: tuple[str, ...]) -> str:
+    from ..display import printable
+
+    shown = " ".join(printable(i, 40) for i in ids[:_SHOWN_IDS])
+    return shown + (f" and {len(ids) - _SHOWN_IDS} more" if len(ids) > _SHOWN_IDS else "")
+
+
+def _missing(ids: Any) -> int:
+    ids = tuple(ids)
+    what = "no message" if len(ids) == 1 else f"{len(ids)} messages are not"
+    print(f"relaymail: {what} in the queue: {_ids(ids)}", file=sys.stderr)
     return EX_NOINPUT
-
-
-def _say(as_json: bool, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data) if as_json else text)
-
-
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-
-
-def _print_list(messages: list[MessageSummary], total: int, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"total": total, "messages": [asdict(m) for m in messages]}))
-        return
-    from rich.table import Table
-
-    table = Table(title=f"{len(messages)} of {total} message(s)")
-    table.add_column("id", no_wrap=True)
-    for column in ("received", "size", "sender", "queued", "deferred", "next try", "held"):
-        table.add_column(column)
-    for m in messages:
-        table.add_row(
-            m.id, _when(m.received_at), str(m.size), m.sender or "<>",
-            str(m.recipients.queued), str(m.recipients.deferred),
-            _when(m.next_attempt), "held" if m.held else "",
-        )  # fmt: skip
-    _console().print(table)
-
-
-def _print_detail(detail: MessageDetail, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(asdict(detail)))
-        return
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = _console()
-    console.print(
-        f"[bold]{detail.id}[/bold] from <{escape(detail.sender)}>, {detail.size} bytes, "
-        f"received {_when(detail.received_at)}"
-        + (", [yellow]held[/yellow]" if detail.held else "")
-        + (", delay warning sent" if detail.warned else "")
-    )
-    table = Table(show_lines=True)
-    for column in ("recipient", "state", "attempts", "next try", "host", "last reply", "TLS"):
-        table.add_column(column, overflow="fold")
-    for r in detail.recipients:
-        table.add_row(
-            escape(r.address), r.state.value, str(r.attempts), _when(r.next_attempt),
-            escape(r.host or "-"), escape(r.last_reply or r.last_error or "-"), _tls_words(r.tls),
-        )  # fmt: skip
-    console.print(table)
-
-
-def _console() -> Any:
-    import shutil
-
-    from rich.console import Console
-
-    return Console(width=shutil.get_terminal_size((160, 24)).columns)
-
-
-def _tls_words(tls: str | None) -> str:
-    if not tls:
-        return "-"
-    from ..tls.context import TlsFacts  # here: `relaymail queue` starts without cryptography
-
-    facts = TlsFacts.from_json(json.loads(tls))
-    if not facts.used:
-        return "none"
-    verified = "verified" if facts.verified else "not verified"
-    return f"{facts.version} {verified}"
-
-
-def _print_stats(stats: QueueStats, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(asdict(stats)))
-        return
-    r = stats.recipients
-    oldest = f"{stats.oldest_age:.0f}s" if stats.oldest_age is not None else "-"
-    print(
-        f"messages {stats.messages} (held {stats.held}), {stats.total_bytes} bytes; "
-        f"recipients queued {r.queued}, deferred {r.deferred}; oldest {oldest}"
-    )

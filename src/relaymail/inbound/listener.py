@@ -35,10 +35,22 @@ class ListenerState:
     """What the sessions of one listener share."""
 
     settings: ListenerSettings
+    # The newest good certificate: each handshake switches to it (pick_certificate),
+    # so a reload reaches new handshakes, also on sockets an smtps server made earlier.
+    tls_context: ssl.SSLContext | None = None
     sessions: set[InboundSMTP] = field(default_factory=set)
     spooling: set[asyncio.Task[str]] = field(default_factory=set)
     closing: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def use_certificate(self, context: ssl.SSLContext) -> None:
+        # The SNI callback runs at every ClientHello, with or without a server name.
+        context.sni_callback = self.pick_certificate
+        self.tls_context = context
+
+    def pick_certificate(self, tls: ssl.SSLObject, _name: str | None, _old: ssl.SSLContext) -> None:
+        if self.tls_context is not None:
+            tls.context = self.tls_context
 
     def session_ended(self, session: InboundSMTP) -> None:
         self.sessions.discard(session)
@@ -76,6 +88,26 @@ class ListenerHandle:
     def active_sessions(self) -> int:
         return len(self._listener.sessions)
 
+    def reload_certificate(self) -> bool:
+        """Re-read the certificate and key for new handshakes; sessions keep the one they have.
+
+        A file that cannot be used leaves the one in use, with one log line: a
+        half-written renewal must not leave a listener that fails every handshake.
+        """
+        settings = self.settings
+        if settings.tls_cert_file is None:
+            return False
+        try:
+            context = server_tls_context(settings)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("listener %s: cannot use %s (%s); keeping the certificate in use",
+                      _where(self), settings.tls_cert_file, exc)  # fmt: skip
+            return False
+        assert context is not None
+        self._listener.use_certificate(context)
+        log.info("listener %s: certificate %s loaded", _where(self), settings.tls_cert_file)
+        return True
+
     async def start_serving(self) -> None:
         """Accept connections on a listener started with ``start_serving=False``."""
         await self._server.start_serving()
@@ -108,6 +140,11 @@ class ListenerHandle:
             await asyncio.wait(set(listener.spooling))
 
 
+def _where(handle: ListenerHandle) -> str:
+    host, port = handle.settings.host, handle.settings.port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def start_listener(
     settings: ListenerSettings,
     spool: Spool,
@@ -132,10 +169,12 @@ async def start_listener(
         raise ConfigError("users", "authentication is required but no users are configured")
     loop = asyncio.get_running_loop()
     listener = ListenerState(settings)
+    if tls_context is not None:
+        listener.use_certificate(tls_context)
     handler = InboundHandler(listener, spool, users, local)
 
     def new_session() -> InboundSMTP:
-        return InboundSMTP(handler, listener, tls_context, loop=loop)
+        return InboundSMTP(handler, listener, listener.tls_context, loop=loop)
 
     server = await loop.create_server(
         new_session,

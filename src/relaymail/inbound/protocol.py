@@ -87,6 +87,7 @@ from aiosmtpd.smtp import (
     syntax,
 )
 
+from ..display import printable
 from .grammar import SmtpPath, parse_path
 
 __all__ = [
@@ -126,16 +127,6 @@ class BareLineEnding(LineError):
     would be taken as written."""
 
     reply = "500 5.5.2 Command lines must end in CRLF, without bare CR or LF"
-
-
-def printable(text: str | bytes, limit: int = 200) -> str:
-    """``text`` safe for one log line: control and undecodable octets escaped, truncated."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "backslashreplace")
-    else:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[: limit + 1])
-    return shown[:limit] + "..." if len(shown) > limit else shown
 
 
 # RFC 5321 4.5.3.1.4 gives 512 octets, and each extension adds its share:

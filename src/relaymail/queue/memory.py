@@ -9,6 +9,7 @@ holds for the life of the object.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RelaymailError
 from ..message import Envelope
 from .ids import format_queue_id, parse_queue_id
+from .selection import CHANGES, AdminOutcome
 from .store import (
     AdminAction,
     AdminEvent,
@@ -34,6 +36,7 @@ from .store import (
 )
 
 if TYPE_CHECKING:
+    from .selection import Selection
     from .store import Store
 
 __all__ = ["MemoryStore"]
@@ -84,6 +87,20 @@ class _Message:
     def counts(self) -> RecipientCounts:
         states = [r.state for r in self.recipients.values()]
         return RecipientCounts(*(states.count(s) for s in _COUNTED))
+
+
+def _detail(r: _Recipient) -> RecipientDetail:
+    return RecipientDetail(
+        address=r.address,
+        state=r.state,
+        attempts=r.attempts,
+        next_attempt=r.next_attempt,
+        last_attempt=r.last_attempt,
+        last_reply=r.last_reply,
+        last_error=r.last_error,
+        tls=None if r.tls is None else json.loads(r.tls),
+        host=r.host,
+    )
 
 
 _COUNTED = (
@@ -209,6 +226,42 @@ class MemoryStore:
         self._append_event(message_id, AdminAction.RETRY)
         return moved
 
+    async def change(
+        self, action: AdminAction, selection: Selection, *, now: float | None = None
+    ) -> AdminOutcome:
+        self._writable()
+        if action not in CHANGES:
+            raise ValueError(f"not an admin change: {action}")
+        when = time.time() if now is None else now
+        chosen = [
+            m for m in self._messages.values()
+            if selection.matches(parse_queue_id(m.id) or 0, m.sender,
+                                 (r.address for r in m.recipients.values() if r.pending),
+                                 m.received_at)
+        ]  # fmt: skip
+        found = [parse_queue_id(m.id) or 0 for m in chosen]
+        held = [m for m in chosen if m.held] if action is AdminAction.RETRY else []
+        targets = [m for m in chosen if m not in held]
+        moved = 0
+        for message in targets:
+            if action is AdminAction.DELETE:
+                del self._messages[message.id]
+                continue
+            if action in (AdminAction.HOLD, AdminAction.RELEASE):
+                message.held = action is AdminAction.HOLD
+            if action in (AdminAction.RETRY, AdminAction.RELEASE):
+                for recipient in message.recipients.values():
+                    if recipient.pending and recipient.next_attempt > when:
+                        recipient.next_attempt = when
+                        moved += 1
+        if action is AdminAction.RETRY and selection.everything:
+            self._append_event(None, action)
+        else:
+            for message in targets:
+                self._append_event(message.id, action)
+        return AdminOutcome(action, tuple(m.id for m in targets), tuple(m.id for m in held),
+                            selection.missing(found), moved)  # fmt: skip
+
     def _writable(self) -> None:
         if self._closed:
             raise RelaymailError("the queue store is closed")
@@ -281,26 +334,17 @@ class MemoryStore:
             if state is None or any(r.state is state for r in m.recipients.values())
         ]
 
+    def recipients_of(self, message_ids: Sequence[str]) -> dict[str, tuple[RecipientDetail, ...]]:
+        chosen = (self._messages.get(i) for i in message_ids)
+        return {m.id: tuple(map(_detail, m.recipients.values())) for m in chosen if m is not None}
+
     def get_message(self, message_id: str) -> MessageDetail | None:
         m = self._messages.get(message_id)
         if m is None:
             return None
         return MessageDetail(
             **m.about(),
-            recipients=tuple(
-                RecipientDetail(
-                    address=r.address,
-                    state=r.state,
-                    attempts=r.attempts,
-                    next_attempt=r.next_attempt,
-                    last_attempt=r.last_attempt,
-                    last_reply=r.last_reply,
-                    last_error=r.last_error,
-                    tls=r.tls,
-                    host=r.host,
-                )
-                for r in m.recipients.values()
-            ),
+            recipients=tuple(map(_detail, m.recipients.values())),
         )
 
     def stats(self, now: float | None = None) -> QueueStats:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..message import Envelope
+from . import sqlite_admin
 from . import sqlite_writes as writes
 from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
@@ -50,7 +51,8 @@ from .store import QueuedMessage, RecipientUpdate, TraceHeader
 from .writer import DEFAULT_MAX_BATCH, Writer
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .selection import AdminOutcome, Selection
+    from .store import AdminAction, Store
 
 __all__ = ["SqliteStore"]
 
@@ -187,6 +189,13 @@ class SqliteStore(SqliteReads):
                 return 0
         when = time.time() if now is None else now
         return await self._writer.submit(functools.partial(writes.retry, qid=qid, now=when))
+
+    async def change(
+        self, action: AdminAction, selection: Selection, *, now: float | None = None
+    ) -> AdminOutcome:
+        when = time.time() if now is None else now
+        apply = functools.partial(sqlite_admin.change, action=action, selection=selection, now=when)
+        return await self._writer.submit(apply)
 
 
 if TYPE_CHECKING:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import sqlite3
 import threading
@@ -232,8 +233,7 @@ class SqliteReads:
                 "SELECT sender, size, received_at, held, warned FROM message WHERE id = ?", (qid,)
             ).fetchone()
             recipients = conn.execute(
-                "SELECT address, state, attempts, next_attempt, last_attempt, last_reply,"
-                " last_error, tls, host FROM recipient WHERE message_id = ? ORDER BY idx",
+                f"SELECT {_RECIPIENT_COLUMNS} FROM recipient WHERE message_id = ? ORDER BY idx",
                 (qid,),
             ).fetchall()
         if message is None:
@@ -245,21 +245,21 @@ class SqliteReads:
             received_at=message[2],
             held=bool(message[3]),
             warned=bool(message[4]),
-            recipients=tuple(
-                RecipientDetail(
-                    address=row[0],
-                    state=RecipientState(row[1]),
-                    attempts=row[2],
-                    next_attempt=row[3],
-                    last_attempt=row[4],
-                    last_reply=row[5],
-                    last_error=row[6],
-                    tls=row[7],
-                    host=row[8],
-                )
-                for row in recipients
-            ),
+            recipients=tuple(map(_recipient_detail, recipients)),
         )
+
+    def recipients_of(self, message_ids: Sequence[str]) -> dict[str, tuple[RecipientDetail, ...]]:
+        qids = [q for q in map(parse_queue_id, message_ids) if q is not None]
+        with self._readers.connection() as conn:
+            rows = conn.execute(
+                f"SELECT message_id, {_RECIPIENT_COLUMNS} FROM recipient"
+                " WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx",
+                (json.dumps(qids),),
+            ).fetchall()
+        found: dict[str, list[RecipientDetail]] = {}
+        for row in rows:
+            found.setdefault(format_queue_id(row[0]), []).append(_recipient_detail(row[1:]))
+        return {message_id: tuple(details) for message_id, details in found.items()}
 
     def stats(self, now: float | None = None) -> QueueStats:
         with self._readers.snapshot() as conn:
@@ -284,6 +284,25 @@ class SqliteReads:
             oldest_received_at=oldest,
             oldest_age=None if oldest is None else max(0.0, when - oldest),
         )
+
+
+_RECIPIENT_COLUMNS = (
+    "address, state, attempts, next_attempt, last_attempt, last_reply, last_error, tls, host"
+)
+
+
+def _recipient_detail(row: Any) -> RecipientDetail:
+    return RecipientDetail(
+        address=row[0],
+        state=RecipientState(row[1]),
+        attempts=row[2],
+        next_attempt=row[3],
+        last_attempt=row[4],
+        last_reply=row[5],
+        last_error=row[6],
+        tls=None if row[7] is None else json.loads(row[7]),
+        host=row[8],
+    )
 
 
 def _group_pending(rows: list[Any]) -> list[PendingMessage]:

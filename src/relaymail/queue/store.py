@@ -29,11 +29,14 @@ Contract every backend keeps:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..message import Envelope
+
+if TYPE_CHECKING:
+    from .selection import AdminOutcome, Selection
 
 
 class RecipientState(enum.StrEnum):
@@ -165,7 +168,7 @@ class RecipientDetail:
     last_attempt: float | None
     last_reply: str | None
     last_error: str | None
-    tls: str | None
+    tls: Mapping[str, Any] | None  # the stored TLS facts (TlsFacts.to_json), as an object
     host: str | None
 
 
@@ -253,6 +256,18 @@ class Store(Protocol):
         """Make waiting recipients due now (all messages if None); how many were moved."""
         ...
 
+    async def change(
+        self, action: AdminAction, selection: Selection, *, now: float | None = None
+    ) -> AdminOutcome:
+        """Hold, release, delete or retry every message selected, in one transaction.
+
+        Release also makes the waiting recipients due now; retry leaves held
+        messages alone (they are listed in the outcome). One
+        admin event per message changed, or one for the whole queue when a
+        retry selected everything.
+        """
+        ...
+
     async def read_data(self, message_id: str) -> bytes:
         """The message data without stalling the event loop; KeyError if it is gone."""
         ...
@@ -283,6 +298,10 @@ class Store(Protocol):
         ...
 
     def get_message(self, message_id: str) -> MessageDetail | None: ...
+
+    def recipients_of(self, message_ids: Sequence[str]) -> dict[str, tuple[RecipientDetail, ...]]:
+        """Every recipient of each of these messages, in envelope order; gone ones left out."""
+        ...
 
     def stats(self, now: float | None = None) -> QueueStats: ...
 
