@@ -47,8 +47,8 @@ from .retry import RetrySchedule
 from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
 if TYPE_CHECKING:
+    from .accounts import UserAccount
     from .listener_settings import ListenerSettings
-    from .passwords import PasswordHash
 
 
 class Scheme(enum.Enum):
@@ -184,7 +184,8 @@ class Config:
     # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
     # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
-    user_table: Mapping[str, str] = field(default_factory=dict)
+    # Raw [users] entries (a hash, or a table with password_hash and addresses).
+    user_table: Mapping[str, Any] = field(default_factory=dict)
     source: Path | None = None
 
     def listeners(self) -> list[ListenerSettings]:
@@ -195,11 +196,11 @@ class Config:
             for i, table in enumerate(tables)
         ]
 
-    def users(self) -> dict[str, PasswordHash]:
-        from .passwords import parse_users
+    def users(self) -> dict[str, UserAccount]:
+        from .accounts import parse_users
 
         try:
-            return parse_users(self.user_table)
+            return parse_users(self.user_table, self.local.domain)
         except ValueError as exc:
             raise ConfigError("users", str(exc)) from None
 
@@ -244,7 +245,12 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     users = _table(raw, "users")
     for user, value in users.items():
         text(user, "users")
-        text(value, f'users."{user}"')
+        if isinstance(value, dict):
+            read_table(value, f'users."{user}"', _USER)
+            if "password_hash" not in value:
+                raise ConfigError(f'users."{user}".password_hash', "missing")
+        else:
+            text(value, f'users."{user}"')
     routes = _routes(_table(raw, "routes"))
     delivery = DeliverySettings(**read_table(_table(raw, "delivery"), "delivery", _DELIVERY))
     return Config(
@@ -341,6 +347,9 @@ _QUEUE: Mapping[str, Reader] = {
     "max_deliveries": count,
     "max_size": size,
 }
+
+
+_USER: Mapping[str, Reader] = {"password_hash": text, "addresses": list_of(text)}
 
 
 def _level(value: Any, key: str) -> Level:
@@ -525,19 +534,39 @@ _LISTENER: Mapping[str, Reader] = {
     "max_received_headers": count,
     "idle_timeout": seconds,
     "hostname": host_name,
+    "sender_login_binding": boolean,
+}
+
+# [[listener]] keys of its per-client limits: key -> (LimitSettings field, reader).
+_CLIENT_LIMITS: Mapping[str, tuple[str, Reader]] = {
+    "max_connections_per_client": ("max_connections", count),
+    "max_connection_rate_per_client": ("connection_rate", count),
+    "max_message_rate_per_client": ("message_rate", count),
+    "max_auth_failures_per_client": ("auth_failures", count),
+    "auth_failure_delay": ("auth_delay", seconds),
+    "auth_block_time": ("auth_block_time", seconds),
 }
 
 
 def _listener(
     raw: Mapping[str, Any], index: int, hostname: str, postmaster: str | None
 ) -> ListenerSettings:
-    from .listener_settings import ListenerMode, ListenerSettings, LongLines
+    from .listener_settings import LimitSettings, ListenerMode, ListenerSettings, LongLines
 
     where = f"listener[{index}]"
     if "address" not in raw:
         raise ConfigError(f"{where}.address", 'missing (e.g. "127.0.0.1:2525")')
-    fields = {**_LISTENER, "mode": choice(ListenerMode), "long_lines": choice(LongLines)}
+    fields = {
+        **_LISTENER,
+        "mode": choice(ListenerMode),
+        "long_lines": choice(LongLines),
+        **{key: reader for key, (_, reader) in _CLIENT_LIMITS.items()},
+    }
     values = read_table({**LISTENER_DEFAULTS, **raw}, where, fields)
+    limits = {
+        name: values.pop(key) for key, (name, _) in _CLIENT_LIMITS.items() if key in values
+    }
+    values["client_limits"] = LimitSettings(**limits)
     address: HostPort = values.pop("address")
     cert, key = values.get("tls_cert_file"), values.get("tls_key_file")
     if cert is None and key is not None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..listener_settings import ListenerMode, ListenerSettings
+from .client_limits import ClientLimits
 from .connection import InboundSMTP
 from .handler import InboundHandler, Spool, Users
 
@@ -35,6 +36,7 @@ class ListenerState:
     """What the sessions of one listener share."""
 
     settings: ListenerSettings
+    limits: ClientLimits
     sessions: set[InboundSMTP] = field(default_factory=set)
     spooling: set[asyncio.Task[str]] = field(default_factory=set)
     closing: bool = False
@@ -71,6 +73,11 @@ class ListenerHandle:
     @property
     def port(self) -> int:
         return self.addresses[0][1]
+
+    @property
+    def client_limits(self) -> ClientLimits:
+        """The per-client standing (connections, rates, AUTH failures) of this listener."""
+        return self._listener.limits
 
     @property
     def active_sessions(self) -> int:
@@ -131,7 +138,7 @@ async def start_listener(
     if settings.auth_required and not users:
         raise ConfigError("users", "authentication is required but no users are configured")
     loop = asyncio.get_running_loop()
-    listener = ListenerState(settings)
+    listener = ListenerState(settings, ClientLimits(settings.client_limits))
     handler = InboundHandler(listener, spool, users, local)
 
     def new_session() -> InboundSMTP:
