@@ -10,7 +10,7 @@ A `[users]` entry is either the hash alone or a table:
 Without `addresses`, a login that is an address (`carol@example.org`) may send as
 that address only, as in maddy and chasquid where the login *is* the address; a bare
 login (`alice`) may send as `alice@` the local domain, the address `sendmail` would
-give the same name. Matching is pure: `SenderGrant.allows`.
+give the same name. Matching: `AddressSet.allows`.
 """
 
 from __future__ import annotations
@@ -19,57 +19,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .address_set import AddressSet
 from .errors import AddressError
-from .message import check_address, domain_of
 from .passwords import PasswordHash
 
-__all__ = ["SenderGrant", "UserAccount", "parse_users"]
-
-
-@dataclass(frozen=True, slots=True)
-class SenderGrant:
-    """The addresses one login may put in MAIL FROM, From: and Sender:.
-
-    Compared case-insensitively (local part too, as Postfix's login maps are looked
-    up), the domain in its IDNA A-label form, so `Alice@Bücher.example` matches
-    `alice@xn--bcher-kva.example`.
-    """
-
-    addresses: frozenset[str]
-    """Whole addresses, in `_key` form."""
-    domains: frozenset[str]
-    """Domains ("@domain" entries) in lookup form: any address there."""
-
-    @classmethod
-    def of(cls, entries: tuple[str, ...]) -> SenderGrant:
-        """From config entries; AddressError names the bad entry."""
-        addresses, domains = set(), set()
-        for entry in entries:
-            if entry.startswith("@"):
-                check_address("postmaster" + entry)
-                domains.add(domain_of("postmaster" + entry))
-            else:
-                check_address(entry)
-                addresses.add(_key(entry))
-        return cls(frozenset(addresses), frozenset(domains))
-
-    def allows(self, address: str) -> bool:
-        try:
-            key = _key(address)
-        except AddressError:
-            return False
-        return key in self.addresses or key.rpartition("@")[2] in self.domains
-
-
-def _key(address: str) -> str:
-    local, _, _ = address.rpartition("@")
-    return f"{local.casefold()}@{domain_of(address)}"
+__all__ = ["UserAccount", "parse_users"]
 
 
 @dataclass(frozen=True, slots=True)
 class UserAccount:
     password: PasswordHash
-    senders: SenderGrant
+    senders: AddressSet
+    """What the login may send as."""
 
 
 def parse_users(raw: Mapping[str, Any], local_domain: str) -> dict[str, UserAccount]:
@@ -84,7 +45,7 @@ def parse_users(raw: Mapping[str, Any], local_domain: str) -> dict[str, UserAcco
         try:
             password = PasswordHash.parse(encoded)
             own = user if "@" in user else f"{user}@{local_domain}"
-            senders = SenderGrant.of(tuple(addresses) if addresses is not None else (own,))
+            senders = AddressSet.of(tuple(addresses) if addresses is not None else (own,))
         except (ValueError, AddressError) as exc:
             raise ValueError(f"user {user!r}: {exc}") from None
         accounts[user] = UserAccount(password, senders)

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import trustme
 
-from relaymail.accounts import SenderGrant, UserAccount
+from relaymail.accounts import UserAccount
+from relaymail.address_set import AddressSet
 from relaymail.errors import QueueFull
 from relaymail.inbound import ListenerHandle, start_listener
 from relaymail.listener_settings import ListenerSettings
@@ -97,7 +98,7 @@ def users() -> dict[str, UserAccount]:
     # The cheapest cost the parser accepts, to keep the suite fast. The user may send
     # as itself and as the From: of MESSAGE.
     password = PasswordHash.parse(hash_password(PASSWORD, log2_n=10))
-    return {USER: UserAccount(password, SenderGrant.of((USER, "@client.example")))}
+    return {USER: UserAccount(password, AddressSet.of((USER, "@client.example")))}
 
 
 # --------------------------------------------------------------------------- listeners

@@ -6,7 +6,7 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from relaymail.accounts import SenderGrant
+from relaymail.address_set import AddressSet
 from relaymail.config import check_server_config, load_config, parse_config
 from relaymail.config_fields import seconds
 from relaymail.errors import ConfigError
@@ -254,8 +254,8 @@ def test_a_user_is_a_hash_or_a_table_with_its_sender_addresses():
         }
     )
     users = config.users()
-    assert users["alice"].senders == SenderGrant(frozenset({"alice@local.example"}), frozenset())
-    assert users["bob"].senders == SenderGrant(
+    assert users["alice"].senders == AddressSet(frozenset({"alice@local.example"}), frozenset())
+    assert users["bob"].senders == AddressSet(
         frozenset({"bob@example.org"}), frozenset({"example.net"})
     )
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 from aiosmtpd.smtp import MISSING, AuthResult
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
-from ..accounts import SenderGrant, UserAccount
+from ..accounts import UserAccount
+from ..address_set import AddressSet
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
 from ..message import Envelope, domain_of, qualify
@@ -203,7 +204,7 @@ class InboundHandler:
     def _sender_refusal(
         self,
         session: InboundSession,
-        judge: Callable[[SenderGrant, str, _T], str | None],
+        judge: Callable[[AddressSet, str, _T], str | None],
         sent: _T,
     ) -> str | None:
         """`judge`'s refusal of what an authenticated user sends as; None when it may."""

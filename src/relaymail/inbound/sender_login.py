@@ -1,7 +1,7 @@
 """Sender login binding: an authenticated user sends only as the addresses it was given.
 
 Pure: the envelope sender at MAIL, the From: and Sender: fields at the end of DATA,
-each judged against the login's `SenderGrant` (Postfix's reject_sender_login_mismatch,
+each judged against the login's `AddressSet` (Postfix's reject_sender_login_mismatch,
 maddy's and chasquid's default). Header fields are read with the email package's
 RFC 5322 parser; a field it reads only with a defect is refused rather than judged,
 because a reader downstream may see a different address in it than we did.
@@ -15,7 +15,7 @@ from email.headerregistry import AddressHeader, BaseHeader
 from email.parser import HeaderParser
 from typing import Final
 
-from ..accounts import SenderGrant
+from ..address_set import AddressSet
 from ..message import header_section
 
 __all__ = ["envelope_refusal", "header_refusal"]
@@ -24,17 +24,17 @@ _CHECKED_FIELDS: Final = ("From", "Sender")
 _PARSER: Final = HeaderParser(policy=email.policy.default)
 
 
-def envelope_refusal(grant: SenderGrant, user: str, sender: str) -> str | None:
+def envelope_refusal(grant: AddressSet, user: str, sender: str) -> str | None:
     """The 553 reply for a MAIL FROM the login may not use; None when it may.
 
     The null sender carries no identity to forge (the header check still applies).
     """
-    if not sender or grant.allows(sender):
+    if not sender or grant.matches(sender):
         return None
     return f"553 5.7.1 Sender address <{sender}> is not owned by user {user}"
 
 
-def header_refusal(grant: SenderGrant, user: str, data: bytes) -> str | None:
+def header_refusal(grant: AddressSet, user: str, data: bytes) -> str | None:
     """The 553 reply for a From:/Sender: address the login may not use; None when all may."""
     try:
         text = header_section(data).decode("utf-8")
@@ -49,7 +49,7 @@ def header_refusal(grant: SenderGrant, user: str, data: bytes) -> str | None:
             ):
                 return f"553 5.7.1 {name}: header cannot be read as addresses"
             for address in value.addresses:
-                if not grant.allows(address.addr_spec):
+                if not grant.matches(address.addr_spec):
                     return (
                         f"553 5.7.1 {name}: address <{address.addr_spec}>"
                         f" is not owned by user {user}"
