@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .config_fields import (
     Reader,
     boolean,
+    choice,
     count,
     domain_key,
     host,
@@ -161,6 +162,31 @@ class RelayAuth:
     tls: Level = Level.VERIFY
 
 
+class VerifyMode(enum.StrEnum):
+    """How RCPT for a relay_domains address from an outside client is checked."""
+
+    PROBE = "probe"  # ask the next hop (MAIL FROM:<>, RCPT, RSET), cache the answer
+    LIST = "list"  # only the addresses in recipients_file exist
+    OFF = "off"  # every address of a relay domain is taken (and may bounce later)
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientVerification:
+    """[recipient_verification]: unknown relay recipients get 550 at RCPT, not a bounce."""
+
+    mode: VerifyMode = VerifyMode.PROBE
+    recipients_file: Path | None = None
+    # Postfix's address_verify_positive/negative_expire_time are 31d and 3d; a
+    # recipient that starts to exist should not wait days, one that stops, hours.
+    positive_ttl: float = 7 * 86400.0
+    negative_ttl: float = 3 * 3600.0
+    wait: float = 5.0  # RCPT waits this long for a probe, then answers 450
+    probe_timeout: float = 30.0  # a probe's deadline; its answer is cached for the retry
+    max_probes: int = 20  # probes at once; more recipients get 450 without one
+    cache_size: int = 100_000  # verdicts kept, in memory and in recipients.db
+    sender: str = ""  # the probes' MAIL FROM (RFC 5321 null sender by default)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     # The account `serve` becomes once its listeners are bound, when started as
@@ -178,6 +204,7 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    recipient_verification: RecipientVerification = field(default_factory=RecipientVerification)
     # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
     # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
@@ -237,7 +264,7 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     sections = {"delivery", "tls", "routes", "relay_auth", "dns", "queue", "listener", "users"}
-    only(raw, "", sections | {"local", "server"})
+    only(raw, "", sections | {"local", "server", "recipient_verification"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
@@ -263,6 +290,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
             **{"domain": delivery.helo_name, **read_table(_table(raw, "local"), "local", _LOCAL)}
         ),
         server=ServerSettings(**read_table(_table(raw, "server"), "server", {"user": text})),
+        recipient_verification=_recipient_verification(_table(raw, "recipient_verification")),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,
@@ -504,6 +532,34 @@ def _mailbox(value: Any, key: str) -> str:
     except AddressError as exc:
         raise ConfigError(key, str(exc)) from None
     return address
+
+
+def _probe_sender(value: Any, key: str) -> str:
+    return "" if value == "" else _mailbox(value, key)
+
+
+_VERIFICATION: Mapping[str, Reader] = {
+    "mode": choice(VerifyMode),
+    "recipients_file": readable_file,
+    "positive_ttl": seconds,
+    "negative_ttl": seconds,
+    "wait": seconds,
+    "probe_timeout": seconds,
+    "max_probes": count,
+    "cache_size": count,
+    "sender": _probe_sender,
+}
+
+
+def _recipient_verification(raw: Mapping[str, Any]) -> RecipientVerification:
+    where = "recipient_verification"
+    values = read_table(raw, where, _VERIFICATION)
+    mode = values.get("mode", VerifyMode.PROBE)
+    if mode is VerifyMode.LIST and "recipients_file" not in values:
+        raise ConfigError(f"{where}.recipients_file", 'missing (mode = "list" needs it)')
+    if mode is not VerifyMode.LIST and "recipients_file" in values:
+        raise ConfigError(f"{where}.recipients_file", 'only read with mode = "list"')
+    return RecipientVerification(**values)
 
 
 _LOCAL: Mapping[str, Reader] = {

@@ -22,10 +22,11 @@ import signal
 from dataclasses import dataclass, field, replace
 
 from .config import Config, check_server_config, load_config
-from .delivery import DeliveryEngine
+from .delivery import DeliveryEngine, RecipientResult
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
 from .inbound.pickup import Pickup, open_maildrop
+from .inbound.recipient_verification import RecipientVerifier
 from .local import AliasTable, merged
 from .message import Envelope
 from .queue.sqlite import SqliteStore
@@ -71,6 +72,9 @@ class Daemon:
             raise refusal
         # Read before the queue opens: a broken aliases file stops serve (78), naming the line.
         self.aliases = AliasTable.open(config.local)
+        self.verifier = RecipientVerifier.for_config(
+            config.recipient_verification, self._verify_recipient, config.queue.directory
+        )
         await self._start_listeners(config, serving=False)
         try:
             if config.server.user is not None:
@@ -100,6 +104,7 @@ class Daemon:
             notify_systemd("STOPPING=1")
             log.info("stopping: no new mail accepted; finishing deliveries")
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
+            await self.verifier.close()
             picking.cancel()  # a file being queued stays; its name says if it was
             await asyncio.gather(picking, return_exceptions=True)
             await self.scheduler.stop(SHUTDOWN_GRACE)
@@ -163,6 +168,10 @@ class Daemon:
             )  # fmt: skip
         return queue_id
 
+    async def _verify_recipient(self, address: str, sender: str) -> RecipientResult:
+        # The engine of the moment: a reload replaces it.
+        return await self.scheduler.engine.verify_recipient(address, sender)
+
     async def _start_listeners(self, config: Config, *, serving: bool = True) -> None:
         users = config.users()
         started: list[ListenerHandle] = []
@@ -170,7 +179,7 @@ class Daemon:
             for settings in config.listeners():
                 handle = await start_listener(
                     settings, self._spool, users, server_tls_context(settings), self.aliases,
-                    start_serving=serving,
+                    verifier=self.verifier, start_serving=serving,
                 )  # fmt: skip
                 started.append(handle)
         except OSError as exc:
@@ -194,6 +203,7 @@ class Daemon:
             new = load_config(self.config.source)
             check_server_config(new)
             aliases = AliasTable.open(new.local)
+            self.verifier.adopt(new.recipient_verification)
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return

@@ -23,6 +23,7 @@ from relaymail.accounts import UserAccount
 from relaymail.address_set import AddressSet
 from relaymail.errors import QueueFull
 from relaymail.inbound import ListenerHandle, start_listener
+from relaymail.inbound.recipient_verification import RecipientVerifier
 from relaymail.listener_settings import ListenerSettings
 from relaymail.message import Envelope
 from relaymail.passwords import PasswordHash, hash_password
@@ -118,6 +119,7 @@ async def listen(
         tls: bool = True,
         with_users: bool = True,
         accounts: Mapping[str, UserAccount] | None = None,
+        verifier: RecipientVerifier | None = None,
         host: str = "127.0.0.1",
         **overrides: Any,
     ) -> tuple[ListenerHandle, Any]:
@@ -126,7 +128,9 @@ async def listen(
         settings = ListenerSettings(host=host, port=0, hostname=HOSTNAME, **overrides)
         spool = MemorySpool() if spool is None else spool
         known = (users if accounts is None else accounts) if with_users else {}
-        handle = await start_listener(settings, spool, known, server_tls if tls else None)
+        handle = await start_listener(
+            settings, spool, known, server_tls if tls else None, verifier=verifier
+        )
         handles.append(handle)
         return handle, spool
 

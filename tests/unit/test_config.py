@@ -7,7 +7,13 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from relaymail.address_set import AddressSet
-from relaymail.config import check_server_config, load_config, parse_config
+from relaymail.config import (
+    RecipientVerification,
+    VerifyMode,
+    check_server_config,
+    load_config,
+    parse_config,
+)
 from relaymail.config_fields import seconds
 from relaymail.errors import ConfigError
 from relaymail.listener_settings import LimitSettings, ListenerMode, ListenerSettings
@@ -258,6 +264,32 @@ def test_a_user_is_a_hash_or_a_table_with_its_sender_addresses():
     assert users["bob"].senders == AddressSet(
         frozenset({"bob@example.org"}), frozenset({"example.net"})
     )
+
+
+def test_recipient_verification_is_read_and_its_mode_and_file_go_together(tmp_path):
+    listed = tmp_path / "recipients"
+    listed.write_text("a@plain.test\n")
+    config = parse_config(
+        {"recipient_verification": {"mode": "list", "recipients_file": str(listed),
+                                    "positive_ttl": "2d", "negative_ttl": "1h", "wait": "2s",
+                                    "sender": "verify@example.org"}}
+    )  # fmt: skip
+    assert config.recipient_verification == RecipientVerification(
+        mode=VerifyMode.LIST, recipients_file=listed, positive_ttl=2 * 86400.0,
+        negative_ttl=3600.0, wait=2.0, sender="verify@example.org",
+    )  # fmt: skip
+    assert parse_config({}).recipient_verification.mode is VerifyMode.PROBE
+    where = "recipient_verification"
+    for table, key in [
+        ({"mode": "list"}, f"{where}.recipients_file"),
+        ({"recipients_file": str(listed)}, f"{where}.recipients_file"),
+        ({"mode": "maybe"}, f"{where}.mode"),
+        ({"sender": "no domain"}, f"{where}.sender"),
+        ({"wait": NAN}, f"{where}.wait"),
+        ({"max_probes": 0}, f"{where}.max_probes"),
+        ({"probe": "yes"}, f"{where}.probe"),
+    ]:
+        assert config_error({where: table}).key == key
 
 
 def test_per_client_limits_are_read_into_the_listener_settings():

@@ -31,6 +31,7 @@ from .cleanup import (
 )
 from .grammar import POSTMASTER
 from .protocol import printable
+from .recipient_verification import RecipientVerifier, refusal
 from .sender_login import envelope_refusal, header_refusal
 
 if TYPE_CHECKING:
@@ -69,9 +70,15 @@ class InboundHandler:
     """The policy of one listener, as aiosmtpd hooks; see the module docstring."""
 
     def __init__(
-        self, listener: ListenerState, spool: Spool, users: Users, local: AliasTable | None
+        self,
+        listener: ListenerState,
+        spool: Spool,
+        users: Users,
+        local: AliasTable | None,
+        verifier: RecipientVerifier | None = None,
     ) -> None:
         self.listener = listener
+        self.verifier = verifier
         self.settings = listener.settings
         self.spool = spool
         self.users = users
@@ -136,12 +143,18 @@ class InboundHandler:
             # allow_untrusted_routing = no).
             server.explain_refusal("source routing")
             return "554 5.7.1 Relay access denied"
-        elif not (
-            # Our aliases are ours to take, as a relay domain is.
-            (self.local is not None and self.local.has_alias(address))
-            or may_relay(self.settings, domain_of(address), client_ip, authenticated)
-        ):
+        elif self.local is not None and self.local.has_alias(address):
+            pass  # our aliases are ours to take, as a relay domain is
+        elif not may_relay(self.settings, domain_of(address), client_ip, authenticated):
             return "554 5.7.1 Relay access denied"
+        elif self.verifier is not None and not (
+            authenticated or is_trusted(self.settings, client_ip)
+        ):
+            # Taken only because it is a relay domain: does the address exist there?
+            verdict = await self.verifier.verdict(address)
+            if reply := refusal(verdict, address):
+                server.explain_refusal(f"recipient verification: {verdict}")
+                return reply
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)

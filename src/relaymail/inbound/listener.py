@@ -13,6 +13,7 @@ from ..listener_settings import ListenerMode, ListenerSettings
 from .client_limits import ClientLimits
 from .connection import InboundSMTP
 from .handler import InboundHandler, Spool, Users
+from .recipient_verification import RecipientVerifier
 
 if TYPE_CHECKING:
     from ..local import AliasTable
@@ -122,12 +123,15 @@ async def start_listener(
     tls_context: ssl.SSLContext | None,
     local: AliasTable | None = None,
     *,
+    verifier: RecipientVerifier | None = None,
     start_serving: bool = True,
 ) -> ListenerHandle:
     """Listen on ``settings.host``/``settings.port`` on the running event loop.
 
     With ``local``, RCPT takes bare names and its aliases as ours (qualified,
     the mail queued for what they stand for); without, only full addresses.
+    With ``verifier``, RCPT for a relay domain from a client that is neither
+    authenticated nor in relay_networks is answered by its verdict (550/450).
     With ``start_serving=False`` the socket is bound and listening (clients
     wait in the kernel's backlog) but nothing is accepted until
     ListenerHandle.start_serving: the daemon binds as root, drops privileges
@@ -139,7 +143,7 @@ async def start_listener(
         raise ConfigError("users", "authentication is required but no users are configured")
     loop = asyncio.get_running_loop()
     listener = ListenerState(settings, ClientLimits(settings.client_limits))
-    handler = InboundHandler(listener, spool, users, local)
+    handler = InboundHandler(listener, spool, users, local, verifier)
 
     def new_session() -> InboundSMTP:
         return InboundSMTP(handler, listener, tls_context, loop=loop)
