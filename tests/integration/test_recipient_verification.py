@@ -9,6 +9,7 @@ an unknown recipient must be refused at RCPT, so no bounce can ever be written.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -223,3 +224,30 @@ async def test_with_a_recipients_list_only_listed_addresses_exist_and_nothing_is
     ]
     assert codes == [250, 250, 550, 250]
     await check.close()
+
+
+async def test_probes_past_max_probes_get_unknown_without_a_probe(
+    smtp_peer: SMTPPeerFactory, engine_for: Callable[..., DeliveryEngine], tmp_path: Path
+) -> None:
+    peer = await smtp_peer(replace(NEXT_HOP, delays={Stage.RCPT: 0.5}))
+    check = verifier(engine_for([peer]), tmp_path, wait=0.01, max_probes=1)
+    assert await check.verdict(UNKNOWN) is Verdict.UNKNOWN  # its probe goes on
+    assert await check.verdict(KNOWN) is Verdict.UNKNOWN  # none for this one
+    while await check.verdict(UNKNOWN) is Verdict.UNKNOWN:
+        await asyncio.sleep(0.05)
+    assert rcpt_lines(peer) == [f"RCPT TO:<{UNKNOWN}>"]
+    await check.close()
+
+
+def test_the_verdict_cache_is_bounded_in_memory_and_on_disk(tmp_path: Path) -> None:
+    cache = VerdictCache(tmp_path, size=10)
+    for n in range(600):
+        cache.put(f"u{n}@{DOMAIN}", Verdict.REJECTED, 1e12 + n)
+    assert len(cache) == 10
+    stored = sqlite3.connect(tmp_path / "recipients.db").execute("SELECT count(*) FROM verdicts")
+    assert stored.fetchone()[0] <= 10 + 256  # pruned to the size every 256 writes
+    cache.close()
+    reopened = VerdictCache(tmp_path, size=10)
+    assert reopened.get(f"u599@{DOMAIN}", 0.0) is Verdict.REJECTED
+    assert reopened.get(f"u0@{DOMAIN}", 0.0) is None
+    reopened.close()

@@ -31,7 +31,7 @@ from .cleanup import (
 )
 from .grammar import POSTMASTER
 from .protocol import printable
-from .recipient_verification import RecipientVerifier, refusal
+from .recipient_verification import RecipientVerifier, verdict_reply
 from .sender_login import envelope_refusal, header_refusal
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class InboundHandler:
         ):
             # Taken only because it is a relay domain: does the address exist there?
             verdict = await self.verifier.verdict(address)
-            if reply := refusal(verdict, address):
+            if reply := verdict_reply(verdict, address):
                 server.explain_refusal(f"recipient verification: {verdict}")
                 return reply
         if address not in envelope.rcpt_tos:

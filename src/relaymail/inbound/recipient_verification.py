@@ -38,7 +38,7 @@ __all__ = [
     "Verdict",
     "VerdictCache",
     "read_recipients",
-    "refusal",
+    "verdict_reply",
 ]
 
 log = logging.getLogger("relaymail.server")
@@ -65,7 +65,7 @@ _VERDICT_OF_STATUS: Final = {
 }
 
 
-def refusal(verdict: Verdict, address: str) -> str | None:
+def verdict_reply(verdict: Verdict, address: str) -> str | None:
     """The RCPT reply for a verdict; None when the recipient is taken."""
     if verdict is Verdict.REJECTED:
         return f"550 5.1.1 <{address}>: Recipient address rejected: undeliverable address"
@@ -124,6 +124,10 @@ class VerdictCache:
         if self._opened is None:
             self._opened = StateDb(self._directory, "recipients.db", _SCHEMA)
         return self._opened
+
+    def __len__(self) -> int:
+        """Verdicts held in memory."""
+        return len(self._memory)
 
     def get(self, key: str, now: float) -> Verdict | None:
         found = self._memory.get(key)
@@ -234,9 +238,7 @@ class RecipientVerifier:
         task = self._probing.get(key)
         if task is None:
             if len(self._probing) >= settings.max_probes:
-                log.info("verify recipient=<%s> verdict=unknown (%d probes running)",
-                         address, len(self._probing))  # fmt: skip
-                return Verdict.UNKNOWN
+                return Verdict.UNKNOWN  # the refusal's log line says so
             task = asyncio.create_task(self._verify(key, address))
             self._probing[key] = task
             task.add_done_callback(lambda _: self._probing.pop(key, None))

@@ -17,6 +17,7 @@ from typing import Final
 
 from ..address_set import AddressSet
 from ..message import header_section
+from .protocol import printable
 
 __all__ = ["envelope_refusal", "header_refusal"]
 
@@ -50,8 +51,6 @@ def header_refusal(grant: AddressSet, user: str, data: bytes) -> str | None:
                 return f"553 5.7.1 {name}: header cannot be read as addresses"
             for address in value.addresses:
                 if not grant.matches(address.addr_spec):
-                    return (
-                        f"553 5.7.1 {name}: address <{address.addr_spec}>"
-                        f" is not owned by user {user}"
-                    )
+                    shown = printable(address.addr_spec, 100)  # from the client: no controls back
+                    return f"553 5.7.1 {name}: address <{shown}> is not owned by user {user}"
     return None
