@@ -93,8 +93,7 @@ class ListenerSettings:
     idle_timeout: float = 300.0
     """Seconds without a command, or without message data during DATA."""
     client_limits: LimitSettings = field(default_factory=LimitSettings)
-    """Per client address (IPv6: per /64); clients in relay_networks are held only to
-    the AUTH failure limits."""
+    """Per client address (IPv6: per /64); clients in relay_networks are exempt."""
     sender_login_binding: bool = True
     """An authenticated user may send only as its [users] addresses (553 5.7.1)."""
 

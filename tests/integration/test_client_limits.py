@@ -2,7 +2,7 @@
 
 127.0.0.0/8 is loopback as a whole: binding the client socket to 127.0.0.2 makes a
 second client. The listener trusts no network here (relay_networks = ()), since
-relay_networks clients are held only to the AUTH limits.
+relay_networks clients are exempt.
 """
 
 from __future__ import annotations
@@ -79,12 +79,18 @@ async def test_messages_past_the_rate_get_450_at_mail(listen: Listen, clients: A
     assert codes == [250, 250, 450]
 
 
-async def test_relay_networks_clients_are_not_held_to_connection_limits(
-    listen: Listen, clients: Any
+async def test_relay_networks_clients_are_exempt(
+    listen: Listen, clients: Any, client_tls: ssl.SSLContext
 ) -> None:
-    limits = LimitSettings(max_connections=1, connection_rate=1)
-    handle, _ = await listen(relay_networks=LOOPBACK, client_limits=limits)
-    await idle(clients, handle.port, 3, "127.0.0.1")
+    limits = LimitSettings(max_connections=1, connection_rate=1, auth_failures=1)
+    handle, _ = await listen(
+        mode=ListenerMode.SUBMISSION, relay_networks=LOOPBACK, client_limits=limits
+    )
+    await idle(clients, handle.port, 2, "127.0.0.1")
+    client = await submission_login(clients, handle.port, client_tls, "127.0.0.1")
+    assert (await client.login(password="guess")).code == 535
+    assert (await client.login()).code == 235
+    assert handle.client_limits.penalty(ONE) is None
     assert handle.active_sessions == 3
 
 

@@ -297,7 +297,8 @@ class InboundHandler:
             client_ip, _log_token(user), reason,
         )  # fmt: skip
         server.explain_refusal(f"{reason} for user {_log_token(user)}")
-        if client_ip is not None:
+        # relay_networks are exempt: a webmail or proxy there speaks for many users.
+        if client_ip is not None and not is_trusted(self.settings, client_ip):
             penalty = self.listener.limits.auth_failed(client_ip, _now())
             if penalty.blocked:
                 return await self._goodbye(server, "blocked")
