@@ -17,15 +17,14 @@ from .config_fields import (
     choice,
     count,
     domain_key,
-    host_name,
     list_of,
     network,
     read_table,
     readable_file,
     seconds,
-    size,
     whole,
 )
+from .config_values import host_name, size
 from .errors import ConfigError
 from .listener_settings import LimitSettings, ListenerMode, ListenerSettings, LongLines
 
