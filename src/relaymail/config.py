@@ -179,7 +179,9 @@ class RecipientVerification:
     negative_ttl: float = 3 * 3600.0
     wait: float = 5.0  # RCPT waits this long for a probe, then answers 450
     probe_timeout: float = 30.0  # a probe's deadline; its answer is cached for the retry
-    max_probes: int = 20  # probes at once; more recipients get 450 without one
+    # Probes at once; more recipients get 450 without one. Below delivery's
+    # destination_concurrency (20), so probes never hold every slot of a relay domain.
+    max_probes: int = 10
     cache_size: int = 100_000  # verdicts kept, in memory and in recipients.db
     sender: str = ""  # the probes' MAIL FROM (RFC 5321 null sender by default)
 
