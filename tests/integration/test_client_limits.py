@@ -151,3 +151,16 @@ async def test_a_blocked_address_gets_421_to_auth_on_a_connection_opened_before(
     assert (await late.login(password="guess")).code == 421
     # The right password from the same address is not even checked while blocked.
     assert (await early.login()).code == 421
+
+
+async def test_ipv6_clients_are_counted_per_64_over_real_sockets(
+    listen: Listen, clients: Any
+) -> None:
+    handle, _ = await listen(
+        host="::1", relay_networks=(), client_limits=LimitSettings(max_connections=1)
+    )
+    first, greeting = await clients(handle.port, host="::1")
+    assert greeting.code == 220
+    _, refused = await clients(handle.port, host="::1")
+    assert (refused.code, refused.text) == (421, "4.7.0 Too many connections from your address")
+    await first.command("QUIT")
