@@ -78,6 +78,13 @@ async def test_swaks_gets_553_for_an_envelope_sender_the_login_does_not_own(
         ("From: <alice@example.org> <ceo@bank.example>",),  # read only with a defect
         ("From: ceo",),
         ("From: alice@example.org\r\n <ceo@bank.example>",),
+        # Fields that a lax parser would miss and another reader would see:
+        ("From: alice@example.org", "Sender : ceo@bank.example"),  # RFC 5322 obs-optional
+        ("From: alice@example.org", "not a field", "From: ceo@bank.example"),
+        (" From: ceo@bank.example",),
+        ("Subject: a\rFrom: ceo@bank.example",),
+        ("Subject: a\x0bFrom: ceo@bank.example",),
+        ("From: alice@example.org\x00ceo@bank.example",),
     ],
 )
 async def test_a_from_or_sender_header_the_login_does_not_own_gets_553_after_data(

@@ -2,17 +2,18 @@
 
 Pure: the envelope sender at MAIL, the From: and Sender: fields at the end of DATA,
 each judged against the login's `AddressSet` (Postfix's reject_sender_login_mismatch,
-maddy's and chasquid's default). Header fields are read with the email package's
-RFC 5322 parser; a field it reads only with a defect is refused rather than judged,
-because a reader downstream may see a different address in it than we did.
+maddy's and chasquid's default). The fields are split here and each
+value is read with the email package's RFC 5322 address parser; a field it reads only
+with a defect, or a header section that is not plainly fields, is refused rather than
+judged, because a reader downstream may see a different address in it than we did.
 """
 
 from __future__ import annotations
 
 import email.errors
 import email.policy
+import re
 from email.headerregistry import AddressHeader, BaseHeader
-from email.parser import HeaderParser
 from typing import Final
 
 from ..address_set import AddressSet
@@ -22,7 +23,10 @@ from .protocol import printable
 __all__ = ["envelope_refusal", "header_refusal"]
 
 _CHECKED_FIELDS: Final = ("From", "Sender")
-_PARSER: Final = HeaderParser(policy=email.policy.default)
+# What some reader downstream may take for the end of a line (str.splitlines does), or
+# of the string (NUL, in C).
+_LINE_BREAKS: Final = re.compile(r"[\x00\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_UNDECODABLE: Final = re.compile(r"[\udc80-\udcff]")
 
 
 def envelope_refusal(grant: AddressSet, user: str, sender: str) -> str | None:
@@ -38,19 +42,58 @@ def envelope_refusal(grant: AddressSet, user: str, sender: str) -> str | None:
 def header_refusal(grant: AddressSet, user: str, data: bytes) -> str | None:
     """The 553 reply for a From:/Sender: address the login may not use; None when all may."""
     try:
-        text = header_section(data).decode("utf-8")
-    except UnicodeDecodeError:
-        return "553 5.7.1 Header section is not UTF-8; From: cannot be checked"
-    fields = _PARSER.parsestr(text)
-    for name in _CHECKED_FIELDS:
-        for value in fields.get_all(name) or ():
-            readable = isinstance(value, AddressHeader) and isinstance(value, BaseHeader)
-            if not readable or any(
-                isinstance(d, email.errors.InvalidHeaderDefect) for d in value.defects
-            ):
-                return f"553 5.7.1 {name}: header cannot be read as addresses"
-            for address in value.addresses:
-                if not grant.matches(address.addr_spec):
-                    shown = printable(address.addr_spec, 100)  # from the client: no controls back
-                    return f"553 5.7.1 {name}: address <{shown}> is not owned by user {user}"
+        fields = _fields(header_section(data))
+    except _Unreadable as exc:
+        return f"553 5.7.1 Header section cannot be checked: {exc}"
+    for name, value in fields:
+        parsed = email.policy.default.header_factory(name, value)
+        readable = isinstance(parsed, AddressHeader) and isinstance(parsed, BaseHeader)
+        if not readable or any(
+            isinstance(d, email.errors.InvalidHeaderDefect) for d in parsed.defects
+        ):
+            return f"553 5.7.1 {name}: header cannot be read as addresses"
+        for address in parsed.addresses:
+            if not grant.matches(address.addr_spec):
+                shown = printable(address.addr_spec, 100)  # from the client: no controls back
+                return f"553 5.7.1 {name}: address <{shown}> is not owned by user {user}"
     return None
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _fields(section: bytes) -> list[tuple[str, str]]:
+    """The From: and Sender: fields of a header section, unfolded, by their canonical name.
+
+    Split here rather than by the email package, whose parser takes "From : x" (RFC 5322
+    obs-optional, honoured by other readers) for another field and ends the header
+    section at the first line that is not a field, hiding the fields after it.
+    """
+    # Other fields may be in a legacy 8-bit charset; only the checked ones must be UTF-8.
+    lines = section.decode("utf-8", "surrogateescape").split("\r\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    fields: list[list[str]] = []
+    for line in lines:
+        if _LINE_BREAKS.search(line):
+            raise _Unreadable("a line break or NUL inside a line")
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                raise _Unreadable("it starts with a continuation line")
+            fields[-1][1] += line
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise _Unreadable("a line that is not a header field")
+        fields.append([name.rstrip(" \t"), value])
+    checked = [
+        (canonical, value)
+        for name, value in fields
+        for canonical in _CHECKED_FIELDS
+        if name.casefold() == canonical.casefold()
+    ]
+    for name, value in checked:
+        if _UNDECODABLE.search(value):
+            raise _Unreadable(f"{name}: is not UTF-8")
+    return checked
