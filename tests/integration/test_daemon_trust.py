@@ -6,6 +6,8 @@ binds; swaks speaks STARTTLS and AUTH to a submission listener with a trustme ce
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,47 @@ async def test_users_table_from_the_file_binds_alice_to_her_addresses(daemon) ->
     assert "553 5.7.1 Sender address <ceo@bank.example> is not owned by user alice" in out
     accepted = [line for line in process.text().splitlines() if "server: accepted " in line]
     assert len(accepted) == 1 and "from=<alice@example.org>" in accepted[0]
+
+
+async def rcpt_code(port: int, recipient: str) -> int:
+    client, _ = await Client.connect(port)
+    await client.command("EHLO client.test")
+    await client.command("MAIL FROM:<victim@innocent.test>")
+    code = (await client.command(f"RCPT TO:<{recipient}>")).code
+    await client.close()
+    return code
+
+
+async def test_sighup_rereads_the_recipients_list_and_keeps_it_when_the_new_one_is_bad(
+    tmp_path: Path, ca_file: Path
+) -> None:
+    listed = tmp_path / "relay-recipients"
+    listed.write_text("known@plain.test\n")
+    port = free_port()
+    config = write_toml(tmp_path / "relaymail.toml", {
+        "delivery": {"helo_name": "relay.relaymail.test"},
+        "tls": {"ca_file": ca_file},
+        "queue": {"directory": tmp_path / "queue"},
+        "recipient_verification": {"mode": "list", "recipients_file": listed},
+        "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": [],
+                      "relay_domains": ["plain.test"]}],
+    })  # fmt: skip
+    process = Daemon(config, port, tmp_path / "serve.log")
+    await process.start()
+    try:
+        assert [await rcpt_code(port, r) for r in ("known@plain.test", "new@plain.test")] == [
+            250, 550,
+        ]  # fmt: skip
+        listed.write_text("known@plain.test\nnew@plain.test\n")
+        await process.signal(signal.SIGHUP)
+        while "reloaded" not in process.text():
+            await asyncio.sleep(0.05)
+        assert await rcpt_code(port, "new@plain.test") == 250
+        listed.write_text("known@plain.test\nno domain\n")
+        await process.signal(signal.SIGHUP)
+        while "reload refused" not in process.text():
+            await asyncio.sleep(0.05)
+        assert "relay-recipients line 2" in process.text()
+        assert await rcpt_code(port, "new@plain.test") == 250
+    finally:
+        assert await process.stop() == 0
