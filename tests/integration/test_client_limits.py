@@ -141,8 +141,9 @@ async def test_failed_auths_grow_the_delay_then_block_the_address_with_421(
 
 
 async def test_a_blocked_address_gets_421_to_auth_on_a_connection_opened_before(
-    listen: Listen, clients: Any, client_tls: ssl.SSLContext
+    listen: Listen, clients: Any, client_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="relaymail.server")
     limits = LimitSettings(auth_failures=2, auth_delay=0.01)
     handle, _ = await listen(mode=ListenerMode.SUBMISSION, relay_networks=(), client_limits=limits)
     early = await submission_login(clients, handle.port, client_tls, "127.0.0.1")
@@ -151,6 +152,9 @@ async def test_a_blocked_address_gets_421_to_auth_on_a_connection_opened_before(
     assert (await late.login(password="guess")).code == 421
     # The right password from the same address is not even checked while blocked.
     assert (await early.login()).code == 421
+    reasons = [r.getMessage().rpartition("reason=")[2] for r in caplog.records
+               if r.getMessage().startswith("auth failed")]  # fmt: skip
+    assert reasons == ["bad-password", "bad-password", "blocked"]
 
 
 async def test_ipv6_clients_are_counted_per_64_over_real_sockets(

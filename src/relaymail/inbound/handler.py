@@ -276,6 +276,7 @@ class InboundHandler:
         client_ip = server.client_ip()
         if client_ip is not None and self.listener.limits.auth_blocked(client_ip, _now()):
             # Blocked by the failures of another connection: no password is checked.
+            log.info("auth failed client=[%s] user=%s reason=blocked", client_ip, _log_token(user))
             return await self._goodbye(server, "blocked")
         account = self.users.get(user)
         known = None if account is None else account.password
