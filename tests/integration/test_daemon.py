@@ -186,14 +186,19 @@ async def test_dead_destination_is_retried_warned_then_bounced(smtp_peer, ca_fil
     assert "gave up after" in daemon.text()
 
 
+def outside_relay(port: int, domain: str) -> list[dict[str, Any]]:
+    """A relay listener for `domain` that trusts no loopback client."""
+    return [{"address": f"127.0.0.1:{port}", "mode": "relay",
+             "relay_networks": ["192.0.2.0/24"], "relay_domains": [domain]}]  # fmt: skip
+
+
 async def test_no_open_relay(smtp_peer, ca_file, tmp_path):
     peer = await smtp_peer(Script())
     port = free_port()
     config = make_config(
         tmp_path, port, ca_file, {"dest.test": [hop(peer)], "*": [hop(peer)]},
-        listener=[{"address": f"127.0.0.1:{port}", "mode": "relay",
-                   "relay_networks": ["192.0.2.0/24"], "relay_domains": ["dest.test"]}],
-    )  # fmt: skip
+        listener=outside_relay(port, "dest.test"),
+    )
     daemon = await start_daemon(tmp_path, config, port)
     try:
         code, out = await swaks(port, "--from", "a@src.test", "--to", "victim@elsewhere.test")
@@ -216,9 +221,8 @@ async def test_a_forged_sender_to_an_unknown_relay_recipient_gets_550_and_no_bou
     port = free_port()
     config = make_config(
         tmp_path, port, ca_file, {"plain.test": [hop(next_hop)], "innocent.test": [hop(forged)]},
-        listener=[{"address": f"127.0.0.1:{port}", "mode": "relay",
-                   "relay_networks": ["192.0.2.0/24"], "relay_domains": ["plain.test"]}],
-    )  # fmt: skip
+        listener=outside_relay(port, "plain.test"),
+    )
     daemon = await start_daemon(tmp_path, config, port)
     try:
         code, out = await swaks(port, "--from", "victim@innocent.test", "--to", "nobody@plain.test")
