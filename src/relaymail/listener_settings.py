@@ -54,6 +54,14 @@ class LimitSettings:
     auth_block_time: float = 1800.0
     """How long a blocked client gets 421 to connections and AUTH, and how long failures count."""
 
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "connection_rate", "message_rate", "auth_failures"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        for name in ("auth_delay", "auth_block_time"):
+            if not getattr(self, name) > 0:  # NaN too
+                raise ConfigError(name, "must be positive")
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerSettings:

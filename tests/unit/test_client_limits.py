@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
+import pytest
+
+from relaymail.errors import ConfigError
 from relaymail.inbound.client_limits import (
     MAX_AUTH_DELAY,
     Admission,
@@ -73,3 +77,13 @@ def test_idle_clients_with_nothing_to_remember_are_forgotten() -> None:
     assert len(limits) == 1  # its rate bucket is not full again yet
     limits.connect(ip("192.0.2.2"), 120.0)
     assert len(limits) == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_connections": 0}, {"auth_failures": -1}, {"auth_delay": float("nan")},
+     {"auth_block_time": 0.0}],
+)  # fmt: skip
+def test_limit_settings_refuse_values_that_would_disable_or_break_them(bad: Any) -> None:
+    with pytest.raises(ConfigError):
+        LimitSettings(**bad)
