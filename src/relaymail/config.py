@@ -25,7 +25,6 @@ from .config_fields import (
     domain_key,
     host,
     list_of,
-    network,
     only,
     path,
     port,
@@ -34,7 +33,6 @@ from .config_fields import (
     readable_file,
     seconds,
     secret_file,
-    whole,
 )
 from .config_file import DEFAULT_QUEUE_DIRECTORY, find_config_file, read_toml
 from .config_values import host_name, size, table, text
@@ -44,8 +42,8 @@ from .retry import RetrySchedule
 from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
 if TYPE_CHECKING:
+    from .accounts import UserAccount
     from .listener_settings import ListenerSettings
-    from .passwords import PasswordHash
 
 
 class Scheme(enum.Enum):
@@ -161,6 +159,33 @@ class RelayAuth:
     tls: Level = Level.VERIFY
 
 
+class VerifyMode(enum.StrEnum):
+    """How RCPT for a relay_domains address from an outside client is checked."""
+
+    PROBE = "probe"  # ask the next hop (MAIL FROM:<>, RCPT, RSET), cache the answer
+    LIST = "list"  # only the addresses in recipients_file exist
+    OFF = "off"  # every address of a relay domain is taken (and may bounce later)
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientVerification:
+    """[recipient_verification]: unknown relay recipients get 550 at RCPT, not a bounce."""
+
+    mode: VerifyMode = VerifyMode.PROBE
+    recipients_file: Path | None = None
+    # Postfix's address_verify_positive/negative_expire_time are 31d and 3d; a
+    # recipient that starts to exist should not wait days, one that stops, hours.
+    positive_ttl: float = 7 * 86400.0
+    negative_ttl: float = 3 * 3600.0
+    wait: float = 5.0  # RCPT waits this long for a probe, then answers 450
+    probe_timeout: float = 30.0  # a probe's deadline; its answer is cached for the retry
+    # Probes at once; more recipients get 450 without one. Below delivery's
+    # destination_concurrency (20), so probes never hold every slot of a relay domain.
+    max_probes: int = 10
+    cache_size: int = 100_000  # verdicts kept, in memory and in recipients.db
+    sender: str = ""  # the probes' MAIL FROM (RFC 5321 null sender by default)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     # The account `serve` becomes once its listeners are bound, when started as
@@ -181,10 +206,12 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    recipient_verification: RecipientVerification = field(default_factory=RecipientVerification)
     # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
     # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
-    user_table: Mapping[str, str] = field(default_factory=dict)
+    # Raw [users] entries (a hash, or a table with password_hash and addresses).
+    user_table: Mapping[str, Any] = field(default_factory=dict)
     source: Path | None = None
 
     def listeners(self) -> list[ListenerSettings]:
@@ -198,18 +225,22 @@ class Config:
     def each_listener(self) -> list[ListenerSettings | ConfigError]:
         """Each listener's settings, or what is wrong with its table (`relaymail check`)."""
         built: list[ListenerSettings | ConfigError] = []
-        for i, table in enumerate(self.listener_tables or DEFAULT_LISTENERS):
+        from .config_listener import listener_settings
+
+        for i, raw in enumerate(self.listener_tables or DEFAULT_LISTENERS):
             try:
-                built.append(_listener(table, i, self.delivery.helo_name, self.local.postmaster))
+                built.append(
+                    listener_settings(raw, i, self.delivery.helo_name, self.local.postmaster)
+                )
             except ConfigError as exc:
                 built.append(exc)
         return built
 
-    def users(self) -> dict[str, PasswordHash]:
-        from .passwords import parse_users
+    def users(self) -> dict[str, UserAccount]:
+        from .accounts import parse_users
 
         try:
-            return parse_users(self.user_table)
+            return parse_users(self.user_table, self.local.domain)
         except ValueError as exc:
             raise ConfigError("users", str(exc)) from None
 
@@ -229,14 +260,19 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     sections = {"delivery", "tls", "routes", "relay_auth", "dns", "queue", "listener", "users"}
-    only(raw, "", sections | {"local", "server"})
+    only(raw, "", sections | {"local", "server", "recipient_verification"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
     users = table(raw, "users")
     for user, value in users.items():
         text(user, "users")
-        text(value, f'users."{user}"')
+        if isinstance(value, dict):
+            read_table(value, f'users."{user}"', _USER)
+            if "password_hash" not in value:
+                raise ConfigError(f'users."{user}".password_hash', "missing")
+        else:
+            text(value, f'users."{user}"')
     routes = _routes(table(raw, "routes"))
     delivery = DeliverySettings(**read_table(table(raw, "delivery"), "delivery", _DELIVERY))
     return Config(
@@ -250,6 +286,9 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
             **{"domain": delivery.helo_name, **read_table(table(raw, "local"), "local", _LOCAL)}
         ),
         server=ServerSettings(**read_table(table(raw, "server"), "server", {"user": text})),
+        recipient_verification=_recipient_verification(
+            table(raw, "recipient_verification")
+        ),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,
@@ -313,6 +352,9 @@ _QUEUE: Mapping[str, Reader] = {
     "max_deliveries": count,
     "max_size": size,
 }
+
+
+_USER: Mapping[str, Reader] = {"password_hash": text, "addresses": list_of(text)}
 
 
 def _level(value: Any, key: str) -> Level:
@@ -470,6 +512,34 @@ def _mailbox(value: Any, key: str) -> str:
     return address
 
 
+def _probe_sender(value: Any, key: str) -> str:
+    return "" if value == "" else _mailbox(value, key)
+
+
+_VERIFICATION: Mapping[str, Reader] = {
+    "mode": choice(VerifyMode),
+    "recipients_file": readable_file,
+    "positive_ttl": seconds,
+    "negative_ttl": seconds,
+    "wait": seconds,
+    "probe_timeout": seconds,
+    "max_probes": count,
+    "cache_size": count,
+    "sender": _probe_sender,
+}
+
+
+def _recipient_verification(raw: Mapping[str, Any]) -> RecipientVerification:
+    where = "recipient_verification"
+    values = read_table(raw, where, _VERIFICATION)
+    mode = values.get("mode", VerifyMode.PROBE)
+    if mode is VerifyMode.LIST and "recipients_file" not in values:
+        raise ConfigError(f"{where}.recipients_file", 'missing (mode = "list" needs it)')
+    if mode is not VerifyMode.LIST and "recipients_file" in values:
+        raise ConfigError(f"{where}.recipients_file", 'only read with mode = "list"')
+    return RecipientVerification(**values)
+
+
 _LOCAL: Mapping[str, Reader] = {
     "postmaster": _mailbox,
     "domain": host_name,
@@ -477,81 +547,3 @@ _LOCAL: Mapping[str, Reader] = {
 }
 
 
-# [[listener]] keys left out take these values (then ListenerSettings' own).
-LISTENER_DEFAULTS: Mapping[str, Any] = {"relay_networks": ["127.0.0.0/8", "::1/128"]}
-
-_LISTENER: Mapping[str, Reader] = {
-    "address": host_port(None),
-    "relay_networks": list_of(network),
-    "relay_domains": list_of(domain_key),
-    "tls_cert_file": readable_file,
-    "tls_key_file": readable_file,
-    "require_auth": boolean,
-    "max_message_size": size,
-    "max_recipients": count,
-    # RFC 5321 4.5.3.1.6 lets no one go below 1000 octets; 80 is a sanity floor.
-    "max_line_length": whole(80),
-    "max_connections": count,
-    "max_commands_per_verb": count,
-    "max_auth_failures": count,
-    "max_received_headers": count,
-    "idle_timeout": seconds,
-    "hostname": host_name,
-}
-
-
-def _listener(
-    raw: Mapping[str, Any], index: int, hostname: str, postmaster: str | None
-) -> ListenerSettings:
-    from .listener_settings import ListenerMode, ListenerSettings, LongLines
-
-    where = f"listener[{index}]"
-    if "address" not in raw:
-        raise ConfigError(f"{where}.address", 'missing (e.g. "127.0.0.1:2525")')
-    fields = {**_LISTENER, "mode": choice(ListenerMode), "long_lines": choice(LongLines)}
-    values = read_table({**LISTENER_DEFAULTS, **raw}, where, fields)
-    address: HostPort = values.pop("address")
-    cert, key = values.get("tls_cert_file"), values.get("tls_key_file")
-    if cert is None and key is not None:
-        raise ConfigError(f"{where}.tls_cert_file", "missing (tls_key_file needs it)")
-    if cert is not None and key is None:
-        raise ConfigError(f"{where}.tls_key_file", "missing (tls_cert_file needs it)")
-    if cert is not None and key is not None:
-        _check_key_pair(cert, key, where)
-    return ListenerSettings(
-        **{"hostname": hostname, **values},
-        host=address.host,
-        port=address.port,
-        postmaster=postmaster,
-    )
-
-
-def _check_key_pair(cert: Path, key: Path, where: str) -> None:
-    """Load a listener's certificate and key as the server will, naming the real defect.
-
-    OpenSSL's own error for a mismatch ("key values mismatch") names neither file.
-    """
-    import ssl  # here: sendmail and the queue commands load this module too
-
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    cert_key, key_key = f"{where}.tls_cert_file", f"{where}.tls_key_file"
-    try:
-        chain = x509.load_pem_x509_certificates(cert.read_bytes())
-    except ValueError:
-        raise ConfigError(cert_key, f"{cert} holds no PEM certificate") from None
-    try:
-        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
-    except TypeError:
-        raise ConfigError(key_key, f"{key} is encrypted; a passphrase cannot be given") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ConfigError(key_key, f"{key} holds no PEM private key") from None
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if private.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
-        raise ConfigError(key_key, f"{key} does not match the certificate in {cert}")
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except ssl.SSLError as exc:
-        raise ConfigError(cert_key, f"TLS refuses {cert}: {exc.reason or exc}") from None

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field, replace
 
 from .config import Config, load_config
 from .daemon_lock import hold_daemon_lock
-from .delivery import DeliveryEngine
+from .delivery import DeliveryEngine, RecipientResult
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
 from .inbound.pickup import Pickup, open_maildrop
+from .inbound.recipient_verification import RecipientVerifier
 from .local import AliasTable, merged
 from .message import Envelope
 from .preflight import PreflightFailed, check_server_config, preflight
@@ -70,6 +71,9 @@ class Daemon:
                 config.delivery.helo_name, problem,
             )  # fmt: skip
         self.aliases = AliasTable.open(config.local)
+        self.verifier = RecipientVerifier.for_config(
+            config.recipient_verification, self._verify_recipient, config.queue.directory
+        )
         await self._start_listeners(config, serving=False)
         try:
             if config.server.user is not None:
@@ -104,6 +108,7 @@ class Daemon:
             notify_systemd("STOPPING=1")
             log.info("stopping: no new mail accepted; finishing deliveries")
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
+            await self.verifier.close()
             picking.cancel()  # a file being queued stays; its name says if it was
             await asyncio.gather(picking, return_exceptions=True)
             await self.scheduler.stop(SHUTDOWN_GRACE)
@@ -168,6 +173,10 @@ class Daemon:
             )  # fmt: skip
         return queue_id
 
+    async def _verify_recipient(self, address: str, sender: str) -> RecipientResult:
+        # The engine of the moment: a reload replaces it.
+        return await self.scheduler.engine.verify_recipient(address, sender)
+
     async def _start_listeners(self, config: Config, *, serving: bool = True) -> None:
         users = config.users()
         started: list[ListenerHandle] = []
@@ -175,7 +184,7 @@ class Daemon:
             for settings in config.listeners():
                 handle = await start_listener(
                     settings, self._spool, users, server_tls_context(settings), self.aliases,
-                    start_serving=serving,
+                    verifier=self.verifier, start_serving=serving,
                 )  # fmt: skip
                 started.append(handle)
         except OSError as exc:
@@ -199,6 +208,7 @@ class Daemon:
             new = load_config(self.config.source)
             check_server_config(new)
             aliases = AliasTable.open(new.local)
+            self.verifier.adopt(new.recipient_verification)
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return

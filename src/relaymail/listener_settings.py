@@ -13,7 +13,7 @@ from typing import Final
 from .errors import AddressError, ConfigError
 from .message import DEFAULT_MAX_MESSAGE_SIZE, domain_of
 
-__all__ = ["IPNetwork", "ListenerMode", "ListenerSettings", "LongLines"]
+__all__ = ["IPNetwork", "LimitSettings", "ListenerMode", "ListenerSettings", "LongLines"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -35,6 +35,32 @@ class ListenerMode(enum.StrEnum):
     """Port 587: STARTTLS before anything else, AUTH before MAIL."""
     SMTPS = "smtps"
     """Port 465: submission over implicit TLS (RFC 8314)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Per-client limits of a listener (enforced by inbound/client_limits.py)."""
+
+    max_connections: int = 20
+    """Open connections from one client at once."""
+    connection_rate: int = 60
+    """New connections from one client per minute."""
+    message_rate: int = 120
+    """MAIL commands from one client per minute."""
+    auth_failures: int = 10
+    """Failed AUTHs, counted over `auth_block_time`, before the client is blocked."""
+    auth_delay: float = 1.0
+    """The wait before the reply to the first failed AUTH; it doubles with each failure."""
+    auth_block_time: float = 1800.0
+    """How long a blocked client gets 421 to connections and AUTH, and how long failures count."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "connection_rate", "message_rate", "auth_failures"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        for name in ("auth_delay", "auth_block_time"):
+            if not getattr(self, name) > 0:  # NaN too
+                raise ConfigError(name, "must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +100,10 @@ class ListenerSettings:
     is added is refused as a loop."""
     idle_timeout: float = 300.0
     """Seconds without a command, or without message data during DATA."""
+    client_limits: LimitSettings = field(default_factory=LimitSettings)
+    """Per client address (IPv6: per /64); clients in relay_networks are exempt."""
+    sender_login_binding: bool = True
+    """An authenticated user may send only as its [users] addresses (553 5.7.1)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", ListenerMode(self.mode))

@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_LOG2_N = 15
@@ -102,19 +101,6 @@ def hash_password(password: str, *, log2_n: int = DEFAULT_LOG2_N) -> str:
 def verify_password(password: str | bytes, encoded: str) -> bool:
     """Check ``password`` against an encoded hash; ValueError if ``encoded`` is not one."""
     return PasswordHash.parse(encoded).verify(password)
-
-
-def parse_users(raw: Mapping[str, str]) -> dict[str, PasswordHash]:
-    """Parse a user -> encoded-hash table; the ValueError names the user whose entry is bad."""
-    users: dict[str, PasswordHash] = {}
-    for user, encoded in raw.items():
-        if not user or any(c.isspace() or ord(c) < 32 for c in user):
-            raise ValueError(f"user {user!r}: a user name must be non-empty, without spaces")
-        try:
-            users[user] = PasswordHash.parse(encoded)
-        except ValueError as exc:
-            raise ValueError(f"user {user!r}: {exc}") from None
-    return users
 
 
 def _scrypt(secret: bytes, salt: bytes, log2_n: int, r: int, p: int, length: int) -> bytes:

@@ -12,15 +12,18 @@ import contextlib
 import ipaddress
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import trustme
 
+from relaymail.accounts import UserAccount
+from relaymail.address_set import AddressSet
 from relaymail.errors import QueueFull
 from relaymail.inbound import ListenerHandle, start_listener
+from relaymail.inbound.recipient_verification import RecipientVerifier
 from relaymail.listener_settings import ListenerSettings
 from relaymail.message import Envelope
 from relaymail.passwords import PasswordHash, hash_password
@@ -92,9 +95,11 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
 
 
 @pytest.fixture(scope="session")
-def users() -> dict[str, PasswordHash]:
-    # The cheapest cost the parser accepts, to keep the suite fast.
-    return {USER: PasswordHash.parse(hash_password(PASSWORD, log2_n=10))}
+def users() -> dict[str, UserAccount]:
+    # The cheapest cost the parser accepts, to keep the suite fast. The user may send
+    # as itself and as the From: of MESSAGE.
+    password = PasswordHash.parse(hash_password(PASSWORD, log2_n=10))
+    return {USER: UserAccount(password, AddressSet.of((USER, "@client.example")))}
 
 
 # --------------------------------------------------------------------------- listeners
@@ -104,19 +109,27 @@ Listen = Callable[..., Awaitable[tuple[ListenerHandle, Any]]]
 
 @pytest.fixture
 async def listen(
-    server_tls: ssl.SSLContext, users: dict[str, PasswordHash]
+    server_tls: ssl.SSLContext, users: dict[str, UserAccount]
 ) -> AsyncIterator[Listen]:
     handles: list[ListenerHandle] = []
 
     async def start(
-        spool: Any = None, *, tls: bool = True, with_users: bool = True, **overrides: Any
+        spool: Any = None,
+        *,
+        tls: bool = True,
+        with_users: bool = True,
+        accounts: Mapping[str, UserAccount] | None = None,
+        verifier: RecipientVerifier | None = None,
+        host: str = "127.0.0.1",
+        **overrides: Any,
     ) -> tuple[ListenerHandle, Any]:
         overrides.setdefault("relay_networks", LOOPBACK)
         overrides.setdefault("relay_domains", (RELAY_DOMAIN,))
-        settings = ListenerSettings(host="127.0.0.1", port=0, hostname=HOSTNAME, **overrides)
+        settings = ListenerSettings(host=host, port=0, hostname=HOSTNAME, **overrides)
         spool = MemorySpool() if spool is None else spool
+        known = (users if accounts is None else accounts) if with_users else {}
         handle = await start_listener(
-            settings, spool, users if with_users else {}, server_tls if tls else None
+            settings, spool, known, server_tls if tls else None, verifier=verifier
         )
         handles.append(handle)
         return handle, spool
@@ -150,10 +163,19 @@ class Client:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def connect(cls, port: int, tls: ssl.SSLContext | None = None) -> tuple[Client, Reply]:
+    async def connect(
+        cls,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+        *,
+        host: str = "127.0.0.1",
+        source: str | None = None,
+    ) -> tuple[Client, Reply]:
+        """A connection to `host`, from the loopback address `source` (127.0.0.0/8 holds many)."""
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=tls, server_hostname="localhost" if tls else None
-        )
+            host, port, ssl=tls, server_hostname="localhost" if tls else None,
+            local_addr=(source, 0) if source else None,
+        )  # fmt: skip
         client = cls(reader, writer)
         return client, await client.reply()
 
@@ -210,8 +232,10 @@ class Client:
 async def clients() -> AsyncIterator[Callable[..., Awaitable[tuple[Client, Reply]]]]:
     opened: list[Client] = []
 
-    async def connect(port: int, tls: ssl.SSLContext | None = None) -> tuple[Client, Reply]:
-        client, greeting = await Client.connect(port, tls)
+    async def connect(
+        port: int, tls: ssl.SSLContext | None = None, **where: str
+    ) -> tuple[Client, Reply]:
+        client, greeting = await Client.connect(port, tls, **where)
         opened.append(client)
         return client, greeting
 

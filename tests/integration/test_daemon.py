@@ -186,14 +186,19 @@ async def test_dead_destination_is_retried_warned_then_bounced(smtp_peer, ca_fil
     assert "gave up after" in daemon.text()
 
 
+def outside_relay(port: int, domain: str) -> list[dict[str, Any]]:
+    """A relay listener for `domain` that trusts no loopback client."""
+    return [{"address": f"127.0.0.1:{port}", "mode": "relay",
+             "relay_networks": ["192.0.2.0/24"], "relay_domains": [domain]}]  # fmt: skip
+
+
 async def test_no_open_relay(smtp_peer, ca_file, tmp_path):
     peer = await smtp_peer(Script())
     port = free_port()
     config = make_config(
         tmp_path, port, ca_file, {"dest.test": [hop(peer)], "*": [hop(peer)]},
-        listener=[{"address": f"127.0.0.1:{port}", "mode": "relay",
-                   "relay_networks": ["192.0.2.0/24"], "relay_domains": ["dest.test"]}],
-    )  # fmt: skip
+        listener=outside_relay(port, "dest.test"),
+    )
     daemon = await start_daemon(tmp_path, config, port)
     try:
         code, out = await swaks(port, "--from", "a@src.test", "--to", "victim@elsewhere.test")
@@ -205,6 +210,33 @@ async def test_no_open_relay(smtp_peer, ca_file, tmp_path):
     finally:
         await daemon.stop()
     assert [t.recipients for t in peer.transactions] == [("u@dest.test",)]
+
+
+async def test_a_forged_sender_to_an_unknown_relay_recipient_gets_550_and_no_bounce(
+    smtp_peer, ca_file, tmp_path
+):
+    known = {"known@plain.test": "250 2.1.5 Ok"}
+    next_hop = await smtp_peer(Script(rcpt_replies=known, rcpt_reply="550 5.1.1 No such user"))
+    forged = await smtp_peer(Script())  # where a bounce to the forged sender would go
+    port = free_port()
+    config = make_config(
+        tmp_path, port, ca_file, {"plain.test": [hop(next_hop)], "innocent.test": [hop(forged)]},
+        listener=outside_relay(port, "plain.test"),
+    )
+    daemon = await start_daemon(tmp_path, config, port)
+    try:
+        code, out = await swaks(port, "--from", "victim@innocent.test", "--to", "nobody@plain.test")
+        assert code != 0
+        assert "550 5.1.1 <nobody@plain.test>: Recipient address rejected" in out
+        code, out = await swaks(port, "--from", "victim@innocent.test", "--to", "known@plain.test")
+        assert code == 0, out
+        await wait_for(lambda: next_hop.transactions)
+    finally:
+        await daemon.stop()
+    assert [t.recipients for t in next_hop.transactions] == [("known@plain.test",)]
+    assert forged.connections == 0
+    assert "verify recipient=<nobody@plain.test> verdict=rejected" in daemon.text()
+    assert (tmp_path / "queue" / "recipients.db").is_file()
 
 
 async def test_sighup_reload_refuses_a_bad_config_and_keeps_running(smtp_peer, ca_file, tmp_path):

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from relaymail.accounts import UserAccount
 from relaymail.inbound import ListenerHandle, start_listener
 from relaymail.listener_settings import ListenerMode, ListenerSettings
-from relaymail.passwords import PasswordHash
 from tests.integration.inbound_harness import HOSTNAME, LOOPBACK, RELAY_DOMAIN, MemorySpool
 from tests.integration.session_fuzzer import Ending, FuzzSession, session
 
@@ -124,7 +124,7 @@ async def _tls_part(
 
 @pytest.fixture
 async def fuzz_listeners(
-    server_tls: ssl.SSLContext, users: dict[str, PasswordHash]
+    server_tls: ssl.SSLContext, users: dict[str, UserAccount]
 ) -> AsyncIterator[list[ListenerHandle]]:
     spool = MemorySpool()
     handles = []

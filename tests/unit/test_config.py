@@ -6,12 +6,16 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from relaymail.config import load_config, parse_config
+from relaymail.address_set import AddressSet
+from relaymail.config import RecipientVerification, VerifyMode, load_config, parse_config
 from relaymail.config_fields import seconds
 from relaymail.errors import ConfigError
-from relaymail.listener_settings import ListenerMode, ListenerSettings
+from relaymail.listener_settings import LimitSettings, ListenerMode, ListenerSettings
+from relaymail.passwords import hash_password
 from relaymail.preflight import check_server_config
 from relaymail.tls.policy import Level
+
+HASH = hash_password("x", log2_n=10)
 
 GOOD = """
 [delivery]
@@ -158,6 +162,10 @@ LISTENER_KEYS = {
     "max_received_headers": NOT_A_COUNT, "max_line_length": [*NOT_A_COUNT, 79],
     "hostname": NOT_A_NAME, "address": NOT_A_NAME, "mode": NOT_A_NAME,
     "tls_cert_file": NOT_A_NAME, "tls_key_file": NOT_A_NAME, "require_auth": NOT_A_BOOL,
+    "sender_login_binding": NOT_A_BOOL, "max_connections_per_client": NOT_A_COUNT,
+    "max_connection_rate_per_client": NOT_A_COUNT, "max_message_rate_per_client": NOT_A_COUNT,
+    "max_auth_failures_per_client": NOT_A_COUNT, "auth_failure_delay": NOT_A_DURATION,
+    "auth_block_time": NOT_A_DURATION,
 }  # fmt: skip
 
 
@@ -211,6 +219,13 @@ def test_every_listener_key_is_checked_as_strictly_and_named_with_its_index(key,
         ({"dns": {"nameservers": "127.0.0.1"}}, "dns.nameservers"),
         ({"users": {"alice": ""}}, 'users."alice"'),
         ({"users": {"alice": 5}}, 'users."alice"'),
+        ({"users": {"alice": {"addresses": ["alice@example.org"]}}},
+         'users."alice".password_hash'),
+        ({"users": {"alice": {"password_hash": HASH, "addresses": "alice@example.org"}}},
+         'users."alice".addresses'),
+        ({"users": {"alice": {"password_hash": HASH, "adresses": []}}}, 'users."alice".adresses'),
+        ({"users": {"alice": {"password_hash": HASH, "addresses": ["@"]}}}, "users"),
+        ({"users": {"alice": {"password_hash": HASH, "addresses": ["no-domain"]}}}, "users"),
         ({"listener": [{"address": "127.0.0.1:2525", "relay_networks": [""]}]},
          "listener[0].relay_networks"),
         ({"listener": [{"address": "127.0.0.1:2525", "relay_networks": "127.0.0.0/8"}]},
@@ -227,6 +242,59 @@ def test_every_listener_key_is_checked_as_strictly_and_named_with_its_index(key,
 )  # fmt: skip
 def test_lists_and_tables_check_every_item(raw, key):
     assert config_error(raw).key == key
+
+
+def test_a_user_is_a_hash_or_a_table_with_its_sender_addresses():
+    config = parse_config(
+        {
+            "local": {"domain": "local.example"},
+            "users": {
+                "alice": HASH,
+                "bob": {"password_hash": HASH, "addresses": ["bob@example.org", "@example.net"]},
+            },
+        }
+    )
+    users = config.users()
+    assert users["alice"].senders == AddressSet(frozenset({"alice@local.example"}), frozenset())
+    assert users["bob"].senders == AddressSet(
+        frozenset({"bob@example.org"}), frozenset({"example.net"})
+    )
+
+
+def test_recipient_verification_is_read_and_its_mode_and_file_go_together(tmp_path):
+    listed = tmp_path / "recipients"
+    listed.write_text("a@plain.test\n")
+    config = parse_config(
+        {"recipient_verification": {"mode": "list", "recipients_file": str(listed),
+                                    "positive_ttl": "2d", "negative_ttl": "1h", "wait": "2s",
+                                    "sender": "verify@example.org"}}
+    )  # fmt: skip
+    assert config.recipient_verification == RecipientVerification(
+        mode=VerifyMode.LIST, recipients_file=listed, positive_ttl=2 * 86400.0,
+        negative_ttl=3600.0, wait=2.0, sender="verify@example.org",
+    )  # fmt: skip
+    assert parse_config({}).recipient_verification.mode is VerifyMode.PROBE
+    where = "recipient_verification"
+    for table, key in [
+        ({"mode": "list"}, f"{where}.recipients_file"),
+        ({"recipients_file": str(listed)}, f"{where}.recipients_file"),
+        ({"mode": "maybe"}, f"{where}.mode"),
+        ({"sender": "no domain"}, f"{where}.sender"),
+        ({"wait": NAN}, f"{where}.wait"),
+        ({"max_probes": 0}, f"{where}.max_probes"),
+        ({"probe": "yes"}, f"{where}.probe"),
+    ]:
+        assert config_error({where: table}).key == key
+
+
+def test_per_client_limits_are_read_into_the_listener_settings():
+    [listener] = parse_config(
+        {"listener": [{"address": "127.0.0.1:2525", "max_connections_per_client": 3,
+                       "auth_failure_delay": "2s", "auth_block_time": "1h"}]}
+    ).listeners()  # fmt: skip
+    assert listener.client_limits == LimitSettings(
+        max_connections=3, auth_delay=2.0, auth_block_time=3600.0
+    )
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "[::1]", "localhost", "127.0.0.1:0"])

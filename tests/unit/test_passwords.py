@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relaymail.passwords import PasswordHash, hash_password, parse_users, verify_password
+from relaymail.accounts import parse_users
+from relaymail.passwords import PasswordHash, hash_password, verify_password
 
 # From passlib's documentation for scrypt.hash("password"): hashes made by
 # passlib must keep working ("." for "+" in its base64).
@@ -82,12 +83,12 @@ def test_repr_does_not_show_salt_or_digest() -> None:
 
 def test_parse_users_names_the_user_with_a_bad_entry() -> None:
     good = hash_password("x", log2_n=10)
-    users = parse_users({"alice": good})
-    assert users["alice"].verify("x")
+    users = parse_users({"alice": good}, "example.org")
+    assert users["alice"].password.verify("x")
     with pytest.raises(ValueError, match="'bob'"):
-        parse_users({"alice": good, "bob": "plaintext"})
+        parse_users({"alice": good, "bob": "plaintext"}, "example.org")
     with pytest.raises(ValueError, match="user name"):
-        parse_users({"bad name": good})
+        parse_users({"bad name": good}, "example.org")
 
 
 def test_hash_password_refuses_a_cost_out_of_range() -> None:

@@ -46,7 +46,7 @@ from .pool import DestinationSlots, IdleSession, SessionPool
 from .results import AttemptResult, RecipientResult, Status
 from .run import DomainRun, Outcome, Target
 from .starttls import StarttlsStep
-from .transaction import transaction
+from .transaction import probe, transaction
 
 log = logging.getLogger("relaymail.delivery")
 
@@ -139,13 +139,28 @@ class DeliveryEngine:
                 store.close()
         await self._pool.close()
 
+    async def verify_recipient(self, address: str, sender: str = "") -> RecipientResult:
+        """Ask the next hops whether they take `address` (Postfix's address verification).
+
+        The same routing, TLS policy and sessions as delivery, but MAIL FROM:<sender>,
+        RCPT and RSET only, never DATA: DELIVERED means a host accepted the recipient,
+        BOUNCED that one refused it with a 5xx (or the domain has no usable route),
+        DEFERRED that no host could say.
+        """
+        envelope = Envelope(sender, (address,))
+        [result] = await self._deliver_domain(
+            domain_of(address), [address], envelope, b"", b"", probe_only=True
+        )
+        return result
+
     async def _deliver_domain(
-        self, domain: str, rcpts: list[str], envelope: Envelope, data: bytes, stuffed: bytes
-    ) -> list[RecipientResult]:
+        self, domain: str, rcpts: list[str], envelope: Envelope, data: bytes, stuffed: bytes,
+        *, probe_only: bool = False,
+    ) -> list[RecipientResult]:  # fmt: skip
         level, source = self.config.tls.policy.level_for(domain)
         run = DomainRun(
             domain, DomainPlan(level, source), envelope.sender, data, stuffed,
-            envelope.needs_smtputf8, {r: Outcome() for r in rcpts},
+            envelope.needs_smtputf8, {r: Outcome() for r in rcpts}, probe_only,
         )  # fmt: skip
         # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
         # policies do not apply, and the session is not counted in its reports.
@@ -298,7 +313,8 @@ class DeliveryEngine:
         kept = False
         try:
             data_timeout = self.config.delivery.data_timeout
-            await transaction(run, at, session, caps, tls, data_timeout)
+            exchange = probe if run.probe_only else transaction
+            await exchange(run, at, session, caps, tls, data_timeout)
             if session.is_usable and session.conn.state is State.READY:
                 self._pool.keep(hop, ip, level, IdleSession(session, caps, tls))
                 kept = True

@@ -63,6 +63,8 @@ class DomainRun:
     stuffed: bytes
     needs_smtputf8: bool
     outcomes: dict[str, Outcome]
+    probe_only: bool = False
+    """Recipient verification: MAIL, RCPT and RSET at each host, no message."""
     attempts: list[Attempt] = field(default_factory=list)
     events: list[TlsEvent] = field(default_factory=list)  # for TLS reporting
     seven_bit: dict[bool, tuple[bytes, bytes]] = field(default_factory=dict)  # converted, stuffed

@@ -102,13 +102,42 @@ async def transaction(
     run.note(at, AttemptResult.of_message(status), tls, f"{len(accepted)} recipient(s): {final}")
 
 
+async def probe(
+    run: DomainRun, at: Target, session: SmtpSession, caps: Capabilities, tls: TlsFacts,
+    data_timeout: float,
+) -> None:  # fmt: skip
+    """MAIL, RCPT and RSET, never DATA: what the next hop says of each pending recipient.
+
+    An accepted recipient is settled DELIVERED (the next hop takes it), a 5xx BOUNCED,
+    a 4xx stays pending for the next host; a refused MAIL says nothing of the recipients.
+    """
+    label = at.hop.label
+    rcpts = run.pending
+    if session.conn.in_transaction:
+        reset = await session.command(Verb.RSET)
+        if not reset.is_success:
+            raise SessionError(f"RSET answered {reset}")
+    replies = await _envelope(session, caps, f"FROM:<{run.sender}>", rcpts, then=Verb.RSET)
+    mail = replies.mail
+    if mail is None or not mail.is_success:
+        reason = f"{label} refused the probe's sender: {mail or replies.last}"
+        run.settle(rcpts, Status.DEFERRED, reason, host=label, reply=mail, tls=tls)
+        return
+    _settle_envelope(run, at, rcpts, replies, tls)
+    for rcpt, reply in replies.rcpts:
+        if reply.is_success:
+            reason = f"{label} accepts the recipient"
+            run.settle([rcpt], Status.DELIVERED, reason, host=label, reply=reply, tls=tls)
+
+
 async def _envelope(
-    session: SmtpSession, caps: Capabilities, mail: str, rcpts: list[str]
-) -> _Replies:
-    """Send MAIL, RCPT for each recipient and DATA; collect the replies by command."""
+    session: SmtpSession, caps: Capabilities, mail: str, rcpts: list[str],
+    then: Verb = Verb.DATA,
+) -> _Replies:  # fmt: skip
+    """Send MAIL, RCPT for each recipient and `then` (DATA); collect the replies by command."""
     group = [(Verb.MAIL, mail)]
     group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]
-    group.append((Verb.DATA, ""))
+    group.append((then, ""))
     pipelining = "PIPELINING" in caps
     if pipelining:
         session.write(group)

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from typing import TYPE_CHECKING, AnyStr
+from typing import TYPE_CHECKING, AnyStr, Final
 
 from aiosmtpd.smtp import MISSING, syntax
 
@@ -14,10 +14,12 @@ from ..listener_settings import ListenerMode
 from .checks import (
     IPAddress,
     address_problem,
+    is_trusted,
     mail_param_problem,
     rcpt_param_problem,
     with_enhanced_code,
 )
+from .client_limits import Admission
 from .grammar import POSTMASTER, parse_esmtp_params
 from .protocol import ClientGone, CommandLoop, printable
 
@@ -66,7 +68,8 @@ class InboundSMTP(CommandLoop):
         self._offers_auth = bool(handler.users)
         self._greeted = False
         self._registered = False
-        self._over_capacity = False
+        self._refusal: str | None = None
+        self._counted_client = False
         self._client_ip: IPAddress | None = None
         self._refusal_detail: str | None = None
 
@@ -76,29 +79,40 @@ class InboundSMTP(CommandLoop):
         # Called again after STARTTLS, with the TLS transport; count once.
         if not self._registered:
             self._registered = True
-            sessions = self.listener.sessions
-            self._over_capacity = (
-                self.listener.closing or len(sessions) >= self.listener.settings.max_connections
-            )
-            if not self._over_capacity:
-                sessions.add(self)
             self._client_ip = _peer_ip(transport.get_extra_info("peername"))
+            self._refusal = self._admission()
+            if self._refusal is None:
+                self.listener.sessions.add(self)
         super().connection_made(transport)
+
+    def _admission(self) -> str | None:
+        """The 421 for a connection that may not start, None when it may."""
+        listener, ip = self.listener, self._client_ip
+        if listener.closing:
+            return "421 4.3.2 Service shutting down"
+        if len(listener.sessions) >= listener.settings.max_connections:
+            return "421 4.7.0 Too many connections, try again later"
+        if ip is None or is_trusted(listener.settings, ip):
+            return None
+        admission = listener.limits.connect(ip, self.loop.time())
+        if admission is Admission.ADMITTED:
+            self._counted_client = True
+            return None
+        self.explain_refusal(admission.value)
+        return _CLIENT_REFUSALS[admission]
 
     def connection_lost(self, error: Exception | None) -> None:
         self.listener.session_ended(self)
+        if self._counted_client and self._client_ip is not None:
+            self._counted_client = False
+            self.listener.limits.disconnect(self._client_ip, self.loop.time())
         super().connection_lost(error)
 
     async def refuse_session(self) -> bool:
-        if not self._over_capacity:
+        if self._refusal is None:
             return False
-        reply = (
-            "421 4.3.2 Service shutting down"
-            if self.listener.closing
-            else "421 4.7.0 Too many connections, try again later"
-        )
-        self.log_refusal(reply)  # push() logs replies after the greeting only
-        await self.push(reply)
+        self.log_refusal(self._refusal)  # push() logs replies after the greeting only
+        await self.push(self._refusal)
         return True
 
     def shut_down_if_idle(self) -> bool:
@@ -325,6 +339,13 @@ class InboundSMTP(CommandLoop):
         if self.listener.closing and self.transport is not None:
             await self.push("421 4.3.2 Service shutting down")
             self.transport.close()
+
+
+_CLIENT_REFUSALS: Final = {
+    Admission.TOO_MANY_CONNECTIONS: "421 4.7.0 Too many connections from your address",
+    Admission.CONNECTION_RATE: "421 4.7.0 Too many connections from your address per minute",
+    Admission.AUTH_BLOCKED: "421 4.7.0 Too many failed authentication attempts from your address",
+}
 
 
 def _peer_ip(peer: object) -> IPAddress | None:

@@ -7,12 +7,14 @@ import base64
 import binascii
 import functools
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from aiosmtpd.smtp import MISSING, AuthResult
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
+from ..accounts import UserAccount
+from ..address_set import AddressSet
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
 from ..message import Envelope, domain_of, qualify
@@ -28,6 +30,9 @@ from .cleanup import (
     trace_protocol,
 )
 from .grammar import POSTMASTER
+from .protocol import printable
+from .recipient_verification import RecipientVerifier, verdict_reply
+from .sender_login import envelope_refusal, header_refusal
 
 if TYPE_CHECKING:
     from ..local import AliasTable
@@ -39,8 +44,10 @@ __all__ = ["InboundHandler", "Spool", "Users"]
 
 log = logging.getLogger("relaymail.server")
 
-Users = Mapping[str, PasswordHash]
-"""SMTP AUTH users: name -> scrypt hash (see relaymail.passwords.parse_users)."""
+_T = TypeVar("_T")
+
+Users = Mapping[str, UserAccount]
+"""SMTP AUTH users: name -> account (see relaymail.accounts.parse_users)."""
 
 
 class Spool(Protocol):
@@ -63,9 +70,15 @@ class InboundHandler:
     """The policy of one listener, as aiosmtpd hooks; see the module docstring."""
 
     def __init__(
-        self, listener: ListenerState, spool: Spool, users: Users, local: AliasTable | None
+        self,
+        listener: ListenerState,
+        spool: Spool,
+        users: Users,
+        local: AliasTable | None,
+        verifier: RecipientVerifier | None = None,
     ) -> None:
         self.listener = listener
+        self.verifier = verifier
         self.settings = listener.settings
         self.spool = spool
         self.users = users
@@ -84,6 +97,16 @@ class InboundHandler:
     ) -> str:
         if self.settings.auth_required and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        client_ip = server.client_ip()
+        if (
+            client_ip is not None
+            and not is_trusted(self.settings, client_ip)
+            and not self.listener.limits.message(client_ip, _now())
+        ):
+            server.explain_refusal("message rate")
+            return "450 4.7.1 Too many messages from your address, try again later"
+        if refusal := self._sender_refusal(session, envelope_refusal, address):
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
@@ -120,12 +143,18 @@ class InboundHandler:
             # allow_untrusted_routing = no).
             server.explain_refusal("source routing")
             return "554 5.7.1 Relay access denied"
-        elif not (
-            # Our aliases are ours to take, as a relay domain is.
-            (self.local is not None and self.local.has_alias(address))
-            or may_relay(self.settings, domain_of(address), client_ip, authenticated)
-        ):
+        elif self.local is not None and self.local.has_alias(address):
+            pass  # our aliases are ours to take, as a relay domain is
+        elif not may_relay(self.settings, domain_of(address), client_ip, authenticated):
             return "554 5.7.1 Relay access denied"
+        elif self.verifier is not None and not (
+            authenticated or is_trusted(self.settings, client_ip)
+        ):
+            # Taken only because it is a relay domain: does the address exist there?
+            verdict = await self.verifier.verdict(address)
+            if reply := verdict_reply(verdict, address):
+                server.explain_refusal(f"recipient verification: {verdict}")
+                return reply
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
@@ -145,6 +174,8 @@ class InboundHandler:
             data, folded = fold.data, fold.lines
         if count_received(data) >= self.settings.max_received_headers:
             return "554 5.4.6 Too many Received: headers, mail loop detected"
+        if refusal := self._sender_refusal(session, header_refusal, data):
+            return refusal
         if session.authenticated or self.settings.mode is not ListenerMode.RELAY:
             data = fix_up_headers(data, hostname=self.settings.hostname)
         tls = server.tls_in_use()
@@ -183,6 +214,21 @@ class InboundHandler:
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
+    def _sender_refusal(
+        self,
+        session: InboundSession,
+        judge: Callable[[AddressSet, str, _T], str | None],
+        sent: _T,
+    ) -> str | None:
+        """`judge`'s refusal of what an authenticated user sends as; None when it may."""
+        if not session.authenticated or not self.settings.sender_login_binding:
+            return None
+        user = str(session.auth_data)
+        account = self.users.get(user)
+        if account is None:  # removed by a reload while the session went on
+            return f"553 5.7.1 User {user} may no longer send"
+        return judge(account.senders, user, sent)
+
     async def _spool(self, message: Envelope, data: bytes, trace: TraceHeader) -> str:
         # Shielded: once the queue has started writing, it finishes even if the
         # client goes away (the worst outcome is a duplicate after the client
@@ -206,7 +252,9 @@ class InboundHandler:
         authzid, user, password = fields
         if authzid and authzid != user:
             # Acting for another user is not something we grant.
-            return await self._failed(server, "authorization identity differs from user")
+            return await self._failed(
+                server, user.decode("utf-8", "replace"), "authorization-identity-differs"
+            )
         return await self._check_password(server, user, password)
 
     async def auth_LOGIN(self, server: InboundSMTP, args: list[str]) -> AuthResult:
@@ -225,25 +273,55 @@ class InboundHandler:
             user = user_bytes.decode("utf-8")
         except UnicodeDecodeError:
             user = ""
-        known = self.users.get(user)
+        client_ip = server.client_ip()
+        if client_ip is not None and self.listener.limits.auth_blocked(client_ip, _now()):
+            # Blocked by the failures of another connection: no password is checked.
+            log.info("auth failed client=[%s] user=%s reason=blocked", client_ip, _log_token(user))
+            return await self._goodbye(server, "blocked")
+        account = self.users.get(user)
+        known = None if account is None else account.password
         async with self._password_checks:
             valid = await asyncio.to_thread((known or _NO_SUCH_USER).verify, password)
-        if known is None or not valid:
-            return await self._failed(server, f"bad credentials for user {user!r}")
-        log.info("authenticated %s from %s", user, server.client_ip())
+        if known is None:
+            return await self._failed(server, user, "unknown-user")
+        if not valid:
+            return await self._failed(server, user, "bad-password")
+        log.info("authenticated %s from %s", user, client_ip)
         return AuthResult(success=True, auth_data=user)
 
-    async def _failed(self, server: InboundSMTP, reason: str) -> AuthResult:
+    async def _failed(self, server: InboundSMTP, user: str, reason: str) -> AuthResult:
+        """A failed AUTH: a growing wait, then 535; 421 past the session's or client's limit."""
+        client_ip = server.client_ip()
+        # Stable for fail2ban: failregex = ^auth failed client=\[<HOST>\]
+        log.info(
+            "auth failed client=[%s] user=%s reason=%s",
+            client_ip, _log_token(user), reason,
+        )  # fmt: skip
+        server.explain_refusal(f"{reason} for user {_log_token(user)}")
+        # relay_networks are exempt: a webmail or proxy there speaks for many users.
+        if client_ip is not None and not is_trusted(self.settings, client_ip):
+            penalty = self.listener.limits.auth_failed(client_ip, _now())
+            if penalty.blocked:
+                return await self._goodbye(server, "blocked")
+            await asyncio.sleep(penalty.delay)
         session = server.inbound_session()
         session.auth_failures += 1
-        server.explain_refusal(reason)
         if session.auth_failures >= self.settings.max_auth_failures:
-            await server.push("421 4.7.0 Too many failed authentication attempts")
-            assert server.transport is not None
-            server.transport.close()
-            return AuthResult(success=False, handled=True)
+            return await self._goodbye(server, "session")
         # aiosmtpd then answers 535 5.7.8.
         return AuthResult(success=False, handled=False)
+
+    @staticmethod
+    async def _goodbye(server: InboundSMTP, scope: str) -> AuthResult:
+        reply = (
+            "421 4.7.0 Too many failed authentication attempts from your address"
+            if scope == "blocked"
+            else "421 4.7.0 Too many failed authentication attempts"
+        )
+        await server.push(reply)
+        assert server.transport is not None
+        server.transport.close()
+        return AuthResult(success=False, handled=True)
 
 
 async def _sasl_response(server: InboundSMTP, args: list[str], challenge: str) -> bytes | None:
@@ -261,6 +339,15 @@ async def _sasl_response(server: InboundSMTP, args: list[str], challenge: str) -
     except (binascii.Error, ValueError):
         await server.push("501 5.5.2 Cannot decode base64")
         return None
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _log_token(text: str) -> str:
+    """`text` as one space-free token of a log line ("-" when empty)."""
+    return printable(text, 64).replace(" ", "\\x20") or "-"
 
 
 def _spool_done(spooling: set[asyncio.Task[str]]) -> Any:

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..listener_settings import ListenerMode, ListenerSettings
+from .client_limits import ClientLimits
 from .connection import InboundSMTP
 from .handler import InboundHandler, Spool, Users
+from .recipient_verification import RecipientVerifier
 
 if TYPE_CHECKING:
     from ..local import AliasTable
@@ -35,6 +37,7 @@ class ListenerState:
     """What the sessions of one listener share."""
 
     settings: ListenerSettings
+    limits: ClientLimits
     # The newest good certificate: each handshake switches to it (pick_certificate),
     # so a reload reaches new handshakes, also on sockets an smtps server made earlier.
     tls_context: ssl.SSLContext | None = None
@@ -83,6 +86,11 @@ class ListenerHandle:
     @property
     def port(self) -> int:
         return self.addresses[0][1]
+
+    @property
+    def client_limits(self) -> ClientLimits:
+        """The per-client standing (connections, rates, AUTH failures) of this listener."""
+        return self._listener.limits
 
     @property
     def active_sessions(self) -> int:
@@ -152,12 +160,15 @@ async def start_listener(
     tls_context: ssl.SSLContext | None,
     local: AliasTable | None = None,
     *,
+    verifier: RecipientVerifier | None = None,
     start_serving: bool = True,
 ) -> ListenerHandle:
     """Listen on ``settings.host``/``settings.port`` on the running event loop.
 
     With ``local``, RCPT takes bare names and its aliases as ours (qualified,
     the mail queued for what they stand for); without, only full addresses.
+    With ``verifier``, RCPT for a relay domain from a client that is neither
+    authenticated nor in relay_networks is answered by its verdict (550/450).
     With ``start_serving=False`` the socket is bound and listening (clients
     wait in the kernel's backlog) but nothing is accepted until
     ListenerHandle.start_serving: the daemon binds as root, drops privileges
@@ -168,10 +179,10 @@ async def start_listener(
     if settings.auth_required and not users:
         raise ConfigError("users", "authentication is required but no users are configured")
     loop = asyncio.get_running_loop()
-    listener = ListenerState(settings)
+    listener = ListenerState(settings, ClientLimits(settings.client_limits))
     if tls_context is not None:
         listener.use_certificate(tls_context)
-    handler = InboundHandler(listener, spool, users, local)
+    handler = InboundHandler(listener, spool, users, local, verifier)
 
     def new_session() -> InboundSMTP:
         return InboundSMTP(handler, listener, listener.tls_context, loop=loop)
