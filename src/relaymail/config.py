@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .admin.settings import AdminSettings, read_admin
 from .config_fields import (
     Reader,
     boolean,
@@ -181,6 +182,7 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    admin: AdminSettings | None = None  # the metrics and status page listener; None: off
     # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
     # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
@@ -237,7 +239,7 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     sections = {"delivery", "tls", "routes", "relay_auth", "dns", "queue", "listener", "users"}
-    only(raw, "", sections | {"local", "server"})
+    only(raw, "", sections | {"local", "server", "admin"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
@@ -258,6 +260,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
             **{"domain": delivery.helo_name, **read_table(_table(raw, "local"), "local", _LOCAL)}
         ),
         server=ServerSettings(**read_table(_table(raw, "server"), "server", {"user": text})),
+        admin=read_admin(_table(raw, "admin")),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,
@@ -282,6 +285,10 @@ def check_server_config(config: Config) -> None:
         from .service import lookup_user
 
         lookup_user(config.server.user)
+    if config.admin is not None:
+        from .admin.settings import load_token
+
+        load_token(config.admin)  # read by serve alone: sendmail users need not read it
 
 
 def host_port(default_port: int | None) -> Reader:

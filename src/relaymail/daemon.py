@@ -21,6 +21,8 @@ import os
 import signal
 from dataclasses import dataclass, field, replace
 
+from .admin.history import DeliveryHistory
+from .admin.settings import load_token
 from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
 from .errors import ConfigError, ListenFailed
@@ -56,6 +58,7 @@ class Daemon:
     _retiring: asyncio.Task[None] | None = None
     # Root was given up: listeners on privileged ports cannot be bound again.
     _dropped_root: bool = False
+    _admin_token: str | None = None  # [admin] token_file's token, re-read on reload
 
     async def run(self) -> None:
         config = self.config
@@ -81,7 +84,16 @@ class Daemon:
             await asyncio.gather(*(h.close(0) for h in self.listeners))
             raise
         engine = DeliveryEngine(config)
-        self.scheduler = Scheduler(store, engine, config.queue, hostname=config.delivery.helo_name)
+        try:
+            history = DeliveryHistory(config.queue.directory)
+        except BaseException:
+            await store.close()
+            await asyncio.gather(*(h.close(0) for h in self.listeners))
+            raise
+        self.scheduler = Scheduler(
+            store, engine, config.queue, hostname=config.delivery.helo_name, history=history
+        )
+        admin: asyncio.Server | None = None
         try:
             maildrop = open_maildrop(config.queue.directory)
             pending = self.scheduler.load()
@@ -92,6 +104,8 @@ class Daemon:
             pickup = Pickup(maildrop, self._spool, store, lambda: self.config,
                             frozenset({0, os.geteuid()}))  # fmt: skip
             picking = asyncio.create_task(pickup.run())
+            recording = asyncio.create_task(history.run())
+            admin = await self._start_admin(config, store, history)
             for handle in self.listeners:
                 await handle.start_serving()
             self._install_signals()
@@ -99,19 +113,52 @@ class Daemon:
             await self.stopping.wait()
             notify_systemd("STOPPING=1")
             log.info("stopping: no new mail accepted; finishing deliveries")
+            if admin is not None:
+                admin.close()
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
             picking.cancel()  # a file being queued stays; its name says if it was
             await asyncio.gather(picking, return_exceptions=True)
             await self.scheduler.stop(SHUTDOWN_GRACE)
-            for task in (scheduling, reporting):
+            for task in (scheduling, reporting, recording):
                 task.cancel()
-            await asyncio.gather(scheduling, reporting, return_exceptions=True)
+            await asyncio.gather(scheduling, reporting, recording, return_exceptions=True)
             await self.scheduler.engine.close()
             if self._retiring is not None:
                 await self._retiring
         finally:
+            if admin is not None:
+                admin.close()
+            history.close()
             await store.close()
         log.info("stopped")
+
+    async def _start_admin(
+        self, config: Config, store: SqliteStore, history: DeliveryHistory
+    ) -> asyncio.Server | None:
+        """The metrics and status page listener ([admin]), when an address is set."""
+        settings = config.admin
+        if settings is None:
+            return None
+        from prometheus_client import CollectorRegistry
+
+        from .admin.app import AdminApp
+        from .admin.http import listen
+        from .admin.queue_gauges import QueueGauges
+
+        registry = CollectorRegistry()
+        registry.register(QueueGauges(store))
+        self._admin_token = load_token(settings)
+        app = AdminApp(
+            store, history, registry,
+            hostname=lambda: self.config.delivery.helo_name, token=lambda: self._admin_token,
+        )  # fmt: skip
+        try:
+            server = await listen(settings.host, settings.port, app)
+        except OSError as exc:
+            raise _listen_failed(settings.host, settings.port, exc) from None
+        log.info("admin listener on %s (metrics, status page)%s", settings,
+                 "" if self._admin_token is None else "; token required")  # fmt: skip
+        return server
 
     async def _send_tls_reports(self) -> None:
         """RFC 8460: once a day, yesterday's TLS report to each domain that asks for one.
@@ -194,6 +241,7 @@ class Daemon:
             new = load_config(self.config.source)
             check_server_config(new)
             aliases = AliasTable.open(new.local)
+            token = load_token(new.admin) if new.admin is not None else None
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
@@ -201,6 +249,10 @@ class Daemon:
             log.warning("reload: queue.directory changes only with a restart")
         if new.server != self.config.server:
             log.warning("reload: server.user changes only with a restart")
+        if new.admin != self.config.admin:
+            log.warning("reload: admin.address and admin.token_file change only with a restart")
+        else:
+            self._admin_token = token  # the same file, perhaps a new token in it
         listeners_change = (new.listener_tables, new.user_table) != (
             self.config.listener_tables,
             self.config.user_table,

@@ -1,0 +1,241 @@
+"""HTTP/1.1 for the admin listener: h11 (sans-IO) over asyncio streams, bounded everywhere.
+
+h11 parses; this module owns the I/O and the limits a hostile client meets:
+- the request head is at most MAX_HEAD octets (h11 answers 431 past it) and
+  MAX_HEADERS fields (431);
+- the whole head must arrive within HEAD_TIMEOUT of its first wait (a slowloris client
+  that trickles bytes gets 408 and a close); an idle kept-alive connection is closed
+  after IDLE_TIMEOUT without a word;
+- no request body is taken (413), only GET and HEAD (405), at most MAX_REQUESTS per
+  connection and MAX_CONNECTIONS at once (more are closed at accept);
+- a response the client does not read is abandoned after WRITE_TIMEOUT.
+Garbage gets h11's verdict (400) and a close. No client can raise out of here or hold the
+daemon's loop: every wait has a deadline and every parser error is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import h11
+
+log = logging.getLogger("relaymail.admin")
+
+MAX_HEAD = 16 * 1024
+MAX_HEADERS = 64
+HEAD_TIMEOUT = 10.0
+IDLE_TIMEOUT = 15.0
+WRITE_TIMEOUT = 30.0
+MAX_REQUESTS = 100
+MAX_CONNECTIONS = 32
+READ_SIZE = 16 * 1024
+
+# Every response: nothing external, nothing inline but what is listed, never framed or
+# sniffed, never cached (the page shows addresses), and no referrer leaves the page.
+SECURITY_HEADERS = (
+    ("Content-Security-Policy",
+     "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none';"
+     " form-action 'none'; frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str  # GET or HEAD: nothing else reaches a handler
+    path: str  # the target before any '?', as sent (percent-escapes left as they are)
+    authorization: str | None  # the Authorization header's value
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A request answered while it was read: 405, 413, 431."""
+
+    response: Response
+    head: bool  # it was a HEAD: the answer carries no body
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def text_response(status: int, words: str, *headers: tuple[str, str]) -> Response:
+    return Response(status, (words + "\n").encode(), headers=headers)
+
+
+class _Abandon(Exception):
+    """The connection ends here without another response (timeout, reset, close)."""
+
+
+class HttpServer:
+    """The request loop of every admin connection; `handler` answers each request."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self._connections = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self._connections += 1
+        try:
+            await self._serve(reader, writer)
+        except (_Abandon, OSError):
+            pass
+        except Exception as exc:  # a defect here must not reach the loop's exception handler
+            log.error("admin connection failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._connections -= 1
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        for served in range(MAX_REQUESTS):
+            try:
+                request = await _read_request(conn, reader, idle=served > 0)
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                refusal = text_response(status, _REFUSALS.get(status, "bad request"))
+                await _send(conn, writer, refusal)
+                return
+            except TimeoutError:
+                if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+                    return  # nothing sent since the last response: just close
+                await _send(conn, writer, text_response(408, "request head too slow"))
+                return
+            if request is None:
+                return
+            if isinstance(request, _Refused):
+                await _send(conn, writer, request.response, with_body=not request.head)
+                return
+            response = await self._answer(request)
+            await _send(conn, writer, response, with_body=request.method != "HEAD")
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return  # h11 says this connection cannot carry another request
+            conn.start_next_cycle()
+
+    async def _answer(self, request: Request) -> Response:
+        try:
+            return await self._handler(request)
+        except Exception as exc:
+            log.error("admin %s %s failed: %s: %s", request.method, request.path,
+                      type(exc).__name__, exc)  # fmt: skip
+            return text_response(500, "internal error")
+
+
+_REFUSALS = {400: "bad request", 408: "request head too slow", 431: "request head too large"}
+
+
+async def _read_request(
+    conn: h11.Connection, reader: asyncio.StreamReader, *, idle: bool
+) -> Request | _Refused | None:
+    """The next request (or the refusal it earned); None when the client closed first."""
+    async with asyncio.timeout(IDLE_TIMEOUT if idle else HEAD_TIMEOUT) as deadline:
+        head = await _next_event(conn, reader)
+        if idle:  # the next request has begun: from now on it has HEAD_TIMEOUT
+            deadline.reschedule(asyncio.get_running_loop().time() + HEAD_TIMEOUT)
+        if isinstance(head, h11.ConnectionClosed):
+            return None
+        if not isinstance(head, h11.Request):
+            raise h11.RemoteProtocolError("expected a request", error_status_hint=400)
+        event: h11.Event = head
+        while not isinstance(event, h11.EndOfMessage):
+            event = await _next_event(conn, reader)
+            if isinstance(event, h11.Data) and event.data:
+                # No handler takes a body; the rest of it is not read.
+                refused = text_response(413, "no request body is accepted")
+                return _Refused(refused, head.method == b"HEAD")
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+    if refusal := _refusal(head):
+        return _Refused(refusal, head.method == b"HEAD")
+    authorization = next(
+        (value.decode("latin-1") for name, value in head.headers if name == b"authorization"),
+        None,
+    )
+    path = head.target.split(b"?", 1)[0].decode("ascii", "replace")
+    return Request(head.method.decode("ascii"), path, authorization)
+
+
+def _refusal(request: h11.Request) -> Response | None:
+    if len(request.headers) > MAX_HEADERS:
+        return text_response(431, "too many header fields")
+    if request.method not in (b"GET", b"HEAD"):
+        return text_response(405, "read-only: GET and HEAD only", ("Allow", "GET, HEAD"))
+    return None
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Event:
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Event):
+            return event
+        if event is h11.PAUSED:  # h11 waits for our response first: never while reading
+            raise _Abandon
+        try:
+            data = await reader.read(READ_SIZE)
+        except OSError:
+            raise _Abandon from None
+        conn.receive_data(data)
+
+
+async def _send(
+    conn: h11.Connection,
+    writer: asyncio.StreamWriter,
+    response: Response,
+    *,
+    with_body: bool = True,
+) -> None:
+    """Write `response` (headers only when `with_body` is false: HEAD); WRITE_TIMEOUT at most."""
+    if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
+        return
+    headers = [
+        ("Content-Type", response.content_type),
+        ("Content-Length", str(len(response.body))),
+        *SECURITY_HEADERS,
+        *response.headers,
+    ]
+    if response.status >= 400 and response.status != 401 and response.status != 404:
+        headers.append(("Connection", "close"))  # a refused client gets no second request
+    try:
+        phrase = HTTPStatus(response.status).phrase.encode()
+        head = h11.Response(status_code=response.status, headers=headers, reason=phrase)
+        chunks = [conn.send(head)]
+        if _our_state(conn) is h11.SEND_BODY:
+            if response.body and with_body:
+                chunks.append(conn.send(h11.Data(data=response.body)))
+            chunks.append(conn.send(h11.EndOfMessage()))
+    except h11.LocalProtocolError:
+        raise _Abandon from None  # the request never got far enough for a response
+    writer.write(b"".join(c for c in chunks if c))
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await writer.drain()
+    except (TimeoutError, OSError):
+        raise _Abandon from None
+
+
+def _our_state(conn: h11.Connection) -> object:
+    """Read afresh: mypy would keep the state narrowed from before a send()."""
+    return conn.our_state
+
+
+async def listen(host: str, port: int, handler: Handler) -> asyncio.Server:
+    """A listening server on host:port answering with `handler` (OSError if it cannot bind)."""
+    server = HttpServer(handler)
+    return await asyncio.start_server(server.serve, host, port, limit=READ_SIZE)
