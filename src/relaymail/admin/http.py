@@ -1,14 +1,14 @@
 """HTTP/1.1 for the admin listener: h11 (sans-IO) over asyncio streams, bounded everywhere.
 
 h11 parses; this module owns the I/O and the limits a hostile client meets:
-- the request head is at most MAX_HEAD octets (h11 answers 431 past it) and
-  MAX_HEADERS fields (431);
-- the whole head must arrive within HEAD_TIMEOUT of its first wait (a slowloris client
+- the request head is at most `max_head` octets (h11 answers 431 past it) and
+  `max_headers` fields (431);
+- the whole head must arrive within `head_timeout` of its first wait (a slowloris client
   that trickles bytes gets 408 and a close); an idle kept-alive connection is closed
-  after IDLE_TIMEOUT without a word;
-- no request body is taken (413), only GET and HEAD (405), at most MAX_REQUESTS per
-  connection and MAX_CONNECTIONS at once (more are closed at accept);
-- a response the client does not read is abandoned after WRITE_TIMEOUT.
+  after `idle_timeout` without a word;
+- no request body is taken (413), only GET and HEAD (405), at most `max_requests` per
+  connection and `max_connections` at once (more are closed at accept);
+- a response the client does not read is abandoned after `write_timeout`.
 Garbage gets h11's verdict (400) and a close. No client can raise out of here or hold the
 daemon's loop: every wait has a deadline and every parser error is answered.
 """
@@ -25,14 +25,18 @@ import h11
 
 log = logging.getLogger("relaymail.admin")
 
-MAX_HEAD = 16 * 1024
-MAX_HEADERS = 64
-HEAD_TIMEOUT = 10.0
-IDLE_TIMEOUT = 15.0
-WRITE_TIMEOUT = 30.0
-MAX_REQUESTS = 100
-MAX_CONNECTIONS = 32
 READ_SIZE = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_head: int = 16 * 1024  # octets of request line and header fields
+    max_headers: int = 64
+    head_timeout: float = 10.0  # seconds for a whole request head
+    idle_timeout: float = 15.0  # seconds a kept-alive connection may wait for its next request
+    write_timeout: float = 30.0
+    max_requests: int = 100  # per connection
+    max_connections: int = 32
 
 # Every response: nothing external, nothing inline but what is listed, never framed or
 # sniffed, never cached (the page shows addresses), and no referrer leaves the page.
@@ -84,12 +88,13 @@ class _Abandon(Exception):
 class HttpServer:
     """The request loop of every admin connection; `handler` answers each request."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, limits: Limits) -> None:
         self._handler = handler
+        self._limits = limits
         self._connections = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._connections >= MAX_CONNECTIONS:
+        if self._connections >= self._limits.max_connections:
             writer.transport.abort()
             return
         self._connections += 1
@@ -104,27 +109,28 @@ class HttpServer:
             writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        for served in range(MAX_REQUESTS):
+        limits = self._limits
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+        for served in range(limits.max_requests):
             try:
-                request = await _read_request(conn, reader, idle=served > 0)
+                request = await _read_request(conn, reader, limits, idle=served > 0)
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
                 refusal = text_response(status, _REFUSALS.get(status, "bad request"))
-                await _send(conn, writer, refusal)
+                await _send(conn, writer, refusal, limits)
                 return
             except TimeoutError:
                 if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                     return  # nothing sent since the last response: just close
-                await _send(conn, writer, text_response(408, "request head too slow"))
+                await _send(conn, writer, text_response(408, "request head too slow"), limits)
                 return
             if request is None:
                 return
             if isinstance(request, _Refused):
-                await _send(conn, writer, request.response, with_body=not request.head)
+                await _send(conn, writer, request.response, limits, with_body=not request.head)
                 return
             response = await self._answer(request)
-            await _send(conn, writer, response, with_body=request.method != "HEAD")
+            await _send(conn, writer, response, limits, with_body=request.method != "HEAD")
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return  # h11 says this connection cannot carry another request
             conn.start_next_cycle()
@@ -142,13 +148,13 @@ _REFUSALS = {400: "bad request", 408: "request head too slow", 431: "request hea
 
 
 async def _read_request(
-    conn: h11.Connection, reader: asyncio.StreamReader, *, idle: bool
+    conn: h11.Connection, reader: asyncio.StreamReader, limits: Limits, *, idle: bool
 ) -> Request | _Refused | None:
     """The next request (or the refusal it earned); None when the client closed first."""
-    async with asyncio.timeout(IDLE_TIMEOUT if idle else HEAD_TIMEOUT) as deadline:
+    async with asyncio.timeout(limits.idle_timeout if idle else limits.head_timeout) as deadline:
         head = await _next_event(conn, reader)
-        if idle:  # the next request has begun: from now on it has HEAD_TIMEOUT
-            deadline.reschedule(asyncio.get_running_loop().time() + HEAD_TIMEOUT)
+        if idle:  # the next request has begun: from now on it has head_timeout
+            deadline.reschedule(asyncio.get_running_loop().time() + limits.head_timeout)
         if isinstance(head, h11.ConnectionClosed):
             return None
         if not isinstance(head, h11.Request):
@@ -162,7 +168,7 @@ async def _read_request(
                 return _Refused(refused, head.method == b"HEAD")
             if isinstance(event, h11.ConnectionClosed):
                 return None
-    if refusal := _refusal(head):
+    if refusal := _refusal(head, limits):
         return _Refused(refusal, head.method == b"HEAD")
     authorization = next(
         (value.decode("latin-1") for name, value in head.headers if name == b"authorization"),
@@ -172,8 +178,8 @@ async def _read_request(
     return Request(head.method.decode("ascii"), path, authorization)
 
 
-def _refusal(request: h11.Request) -> Response | None:
-    if len(request.headers) > MAX_HEADERS:
+def _refusal(request: h11.Request, limits: Limits) -> Response | None:
+    if len(request.headers) > limits.max_headers:
         return text_response(431, "too many header fields")
     if request.method not in (b"GET", b"HEAD"):
         return text_response(405, "read-only: GET and HEAD only", ("Allow", "GET, HEAD"))
@@ -198,10 +204,11 @@ async def _send(
     conn: h11.Connection,
     writer: asyncio.StreamWriter,
     response: Response,
+    limits: Limits,
     *,
     with_body: bool = True,
 ) -> None:
-    """Write `response` (headers only when `with_body` is false: HEAD); WRITE_TIMEOUT at most."""
+    """Write `response` (headers only when `with_body` is false: HEAD); write_timeout at most."""
     if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
         return
     headers = [
@@ -224,7 +231,7 @@ async def _send(
         raise _Abandon from None  # the request never got far enough for a response
     writer.write(b"".join(c for c in chunks if c))
     try:
-        async with asyncio.timeout(WRITE_TIMEOUT):
+        async with asyncio.timeout(limits.write_timeout):
             await writer.drain()
     except (TimeoutError, OSError):
         raise _Abandon from None
@@ -235,7 +242,9 @@ def _our_state(conn: h11.Connection) -> object:
     return conn.our_state
 
 
-async def listen(host: str, port: int, handler: Handler) -> asyncio.Server:
+async def listen(
+    host: str, port: int, handler: Handler, limits: Limits | None = None
+) -> asyncio.Server:
     """A listening server on host:port answering with `handler` (OSError if it cannot bind)."""
-    server = HttpServer(handler)
+    server = HttpServer(handler, limits or Limits())
     return await asyncio.start_server(server.serve, host, port, limit=READ_SIZE)
