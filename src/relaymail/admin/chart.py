@@ -49,8 +49,6 @@ def hourly_chart(bars: Sequence[HourBar]) -> str:
             )
         parts.append("</g>")
         if i % 6 == 0:
-            parts.append(
-                f'<text class="tick" x="{x:.1f}" y="{HEIGHT - 5}">{escape(label)}</text>'
-            )
+            parts.append(f'<text class="tick" x="{x:.1f}" y="{HEIGHT - 5}">{escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -26,6 +26,8 @@ import h11
 log = logging.getLogger("relaymail.admin")
 
 READ_SIZE = 16 * 1024
+LINGER_TIMEOUT = 2.0  # seconds to wait for the client's close after ours
+LINGER_READS = 8  # reads of READ_SIZE discarded meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class Limits:
     write_timeout: float = 30.0
     max_requests: int = 100  # per connection
     max_connections: int = 32
+
 
 # Every response: nothing external, nothing inline but what is listed, never framed or
 # sniffed, never cached (the page shows addresses), and no referrer leaves the page.
@@ -100,7 +103,12 @@ class HttpServer:
         self._connections += 1
         try:
             await self._serve(reader, writer)
+            await _linger(reader, writer)
         except (_Abandon, OSError):
+            pass
+        except asyncio.CancelledError:
+            # The daemon is stopping. Ending cancelled would make Python 3.11's start_server
+            # callback call task.exception(), which raises and logs a traceback: end quietly.
             pass
         except Exception as exc:  # a defect here must not reach the loop's exception handler
             log.error("admin connection failed: %s: %s", type(exc).__name__, exc)
@@ -152,13 +160,15 @@ async def _read_request(
 ) -> Request | _Refused | None:
     """The next request (or the refusal it earned); None when the client closed first."""
     async with asyncio.timeout(limits.idle_timeout if idle else limits.head_timeout) as deadline:
-        head = await _next_event(conn, reader)
+        head = await _next_event(conn, reader, head_limit=limits.max_head)
         if idle:  # the next request has begun: from now on it has head_timeout
             deadline.reschedule(asyncio.get_running_loop().time() + limits.head_timeout)
         if isinstance(head, h11.ConnectionClosed):
             return None
         if not isinstance(head, h11.Request):
             raise h11.RemoteProtocolError("expected a request", error_status_hint=400)
+        if refusal := _refusal(head, limits):
+            return _Refused(refusal, head.method == b"HEAD")  # its body is never read
         event: h11.Event = head
         while not isinstance(event, h11.EndOfMessage):
             event = await _next_event(conn, reader)
@@ -168,8 +178,6 @@ async def _read_request(
                 return _Refused(refused, head.method == b"HEAD")
             if isinstance(event, h11.ConnectionClosed):
                 return None
-    if refusal := _refusal(head, limits):
-        return _Refused(refusal, head.method == b"HEAD")
     authorization = next(
         (value.decode("latin-1") for name, value in head.headers if name == b"authorization"),
         None,
@@ -186,17 +194,30 @@ def _refusal(request: h11.Request, limits: Limits) -> Response | None:
     return None
 
 
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Event:
+async def _next_event(
+    conn: h11.Connection, reader: asyncio.StreamReader, *, head_limit: int | None = None
+) -> h11.Event:
+    """h11's next event, reading as it needs; past `head_limit` octets without one, 431.
+
+    h11's own limit (max_incomplete_event_size) looks only at what it could not parse yet:
+    a large head that arrives whole in one read would pass it.
+    """
+    fed = len(conn.trailing_data[0])
     while True:
         event = conn.next_event()
         if isinstance(event, h11.Event):
+            if head_limit is not None and isinstance(event, h11.Request) and fed > head_limit:
+                raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
             return event
         if event is h11.PAUSED:  # h11 waits for our response first: never while reading
             raise _Abandon
+        if head_limit is not None and fed > head_limit:
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
         try:
             data = await reader.read(READ_SIZE)
         except OSError:
             raise _Abandon from None
+        fed += len(data)
         conn.receive_data(data)
 
 
@@ -240,6 +261,20 @@ async def _send(
 def _our_state(conn: h11.Connection) -> object:
     """Read afresh: mypy would keep the state narrowed from before a send()."""
     return conn.our_state
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close so that the last response arrives: a close with unread input would send a reset
+    that can overtake it. Half-close, drain what the client still sends (bounded), close."""
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_TIMEOUT):
+            for _ in range(LINGER_READS):
+                if not await reader.read(READ_SIZE):
+                    break
+    except (TimeoutError, OSError):
+        pass
 
 
 async def listen(

@@ -173,16 +173,14 @@ def _trace(attempts: Sequence[Attempt]) -> str:
     if not attempts:
         return '<span class="muted">-</span>'
     steps = "".join(
-        f"<li><span class=\"mono\">{_e(a.host)} [{_e(a.ip)}]</span> {_e(a.result.value)}"
+        f'<li><span class="mono">{_e(a.host)} [{_e(a.ip)}]</span> {_e(a.result.value)}'
         f"{' (TLS)' if a.tls else ''}: {_e(a.detail)}</li>"
         for a in attempts
     )
     return f'<details><summary>decision trace</summary><ol class="trace">{steps}</ol></details>'
 
 
-def _attempts_table(
-    table_id: str, entries: Sequence[HistoryEntry], *, with_message: bool
-) -> str:
+def _attempts_table(table_id: str, entries: Sequence[HistoryEntry], *, with_message: bool) -> str:
     def row(h: HistoryEntry) -> list[str]:
         link = f'<td><a class="mono" href="/message/{_e(h.queue_id)}">{_e(h.queue_id)}</a></td>'
         return [
@@ -210,14 +208,14 @@ def message_page(view: MessageView, hostname: str) -> bytes:
             f'<p id="message-state">from &lt;{_e(queued.sender)}&gt;, {queued.size} B, received'
             f" {_when(queued.received_at)} UTC{', on hold' if queued.held else ''}</p>"
         )
-        parts.append('<section><h2>Recipients</h2>')
+        parts.append("<section><h2>Recipients</h2>")
         parts.append(_table(
             "recipients", ["recipient", "state", "attempts", "next attempt", "relay", "TLS",
                            "last reply or error"],
             (_recipient_row(r) for r in queued.recipients),
         ))  # fmt: skip
         parts.append("</section>")
-    parts.append('<section><h2>Attempts</h2>')
+    parts.append("<section><h2>Attempts</h2>")
     parts.append(_attempts_table("attempts", view.attempts, with_message=False))
     parts.append("</section>")
     return _page(f"relaymail: message {view.queue_id}", parts)

@@ -52,7 +52,7 @@ def read_admin(raw: Mapping[str, Any]) -> AdminSettings | None:
     except ValueError:
         # A name could resolve to anything, loopback today and public tomorrow.
         raise ConfigError(
-            "admin.address", f"{address.host!r} is not an IP address (e.g. \"127.0.0.1:8025\")"
+            "admin.address", f'{address.host!r} is not an IP address (e.g. "127.0.0.1:8025")'
         ) from None
     settings = AdminSettings(address.host, address.port, token_file)
     if not settings.loopback and token_file is None:
