@@ -180,8 +180,18 @@ def _open(directory: Path) -> StateDb:
 class DeliveryHistory:
     """history.db: written in batches by `run`, read by the status page."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        retention: float = RETENTION,
+        max_rows: int = MAX_ROWS,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
         self._db = _open(directory)
+        self._retention = retention
+        self._max_rows = max_rows
+        self._max_buffered = max_buffered
         self._buffer: list[HistoryEntry] = []
         self._dropped = 0
         self._last_prune = 0.0
@@ -192,7 +202,7 @@ class DeliveryHistory:
         """Note one outcome; never raises and never waits (the delivery path calls it)."""
         try:
             self._buffer.append(history_entry(queue_id, result, status, reason, at))
-            if len(self._buffer) > MAX_BUFFERED:
+            if len(self._buffer) > self._max_buffered:
                 del self._buffer[0]
                 self._dropped += 1
         except Exception as exc:  # a history row is never worth a delivery
@@ -217,7 +227,7 @@ class DeliveryHistory:
             log.warning("delivery history: %d row(s) dropped, writes fell behind", self._dropped)
             self._dropped = 0
         try:
-            await self._db.run(self._write, rows, now - RETENTION if prune else None)
+            await self._db.run(self._write, rows, now - self._retention if prune else None)
         except Exception as exc:
             log.warning("delivery history: %d row(s) not written: %s", len(rows), exc)
             return
@@ -234,7 +244,7 @@ class DeliveryHistory:
                 conn.execute("DELETE FROM attempt WHERE at < ?", (prune_before,))
                 conn.execute(
                     "DELETE FROM attempt WHERE id <= (SELECT max(id) FROM attempt) - ?",
-                    (MAX_ROWS,),
+                    (self._max_rows,),
                 )
 
     # -- reads for the status page (on a worker thread) ------------------------------
