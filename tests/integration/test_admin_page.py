@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,49 @@ async def test_admin_listener_refused_at_start_names_the_key(
     assert code == 78, err
     assert err.startswith("relaymail: configuration error: admin.token_file: "), err
     assert reason in err and err.count("\n") == 1, err
+
+
+async def test_sighup_takes_a_new_token_from_the_same_file(smtp_peer, ca_file, tmp_path):
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    port = free_port()
+    config, base = admin_config(tmp_path, port, ca_file, {}, token_file=token_file)
+    daemon = await start_daemon(tmp_path, config, port)
+    try:
+        before = await get(base + "/metrics", Authorization=f"Bearer {TOKEN}")
+        token_file.write_text(TOKEN + "-rotated")
+        await daemon.signal(signal.SIGHUP)
+        await wait_for(lambda: "reloaded" in daemon.text())
+        old = await get(base + "/metrics", Authorization=f"Bearer {TOKEN}")
+        new = await get(base + "/metrics", Authorization=f"Bearer {TOKEN}-rotated")
+    finally:
+        await daemon.stop()
+    assert [r.status_code for r in (before, old, new)] == [200, 401, 200]
+
+
+async def test_hostile_admin_clients_leave_mail_flowing_and_a_clean_stop(
+    smtp_peer, ca_file, tmp_path
+):
+    peer = await smtp_peer(Script())
+    port = free_port()
+    config, base = admin_config(tmp_path, port, ca_file, {"ok.test": hop_of(peer)})
+    daemon = await start_daemon(tmp_path, config, port)
+    admin_port = int(base.rsplit(":", 1)[1])
+    try:
+        _, slow = await asyncio.open_connection("127.0.0.1", admin_port)
+        slow.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")  # and never more
+        idle_reader, idle = await asyncio.open_connection("127.0.0.1", admin_port)
+        idle.write(b"GET /style.css HTTP/1.1\r\nHost: a\r\n\r\n")  # kept alive afterwards
+        await idle_reader.readuntil(b"}\n")
+        _, junk = await asyncio.open_connection("127.0.0.1", admin_port)
+        junk.write(bytes(range(256)) * 64)
+        await send(port, "u@ok.test")
+        await wait_for(lambda: peer.transactions, what="delivery")
+        page = await get(base + "/")
+        code = await daemon.stop()  # with the slow and the idle connection still open
+    finally:
+        for writer in (slow, idle, junk):
+            writer.close()
+    assert code == 0 and page.status_code == 200
+    assert "Traceback" not in daemon.text() and "Exception" not in daemon.text()
