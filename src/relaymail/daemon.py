@@ -84,28 +84,33 @@ class Daemon:
             await asyncio.gather(*(h.close(0) for h in self.listeners))
             raise
         engine = DeliveryEngine(config)
+        history: DeliveryHistory | None = None
         try:
-            history = DeliveryHistory(config.queue.directory)
+            # The history is read by the status page only: without [admin] it is not kept.
+            history = DeliveryHistory(config.queue.directory) if config.admin else None
+            admin = await self._start_admin(config, store, history)
         except BaseException:
+            if history is not None:
+                history.close()
             await store.close()
             await asyncio.gather(*(h.close(0) for h in self.listeners))
             raise
         self.scheduler = Scheduler(
             store, engine, config.queue, hostname=config.delivery.helo_name, history=history
         )
-        admin: asyncio.Server | None = None
         try:
             maildrop = open_maildrop(config.queue.directory)
             pending = self.scheduler.load()
             log.info("queue %s: %d message(s) waiting", config.queue.directory, pending)
-            scheduling = asyncio.create_task(self.scheduler.run())
-            reporting = asyncio.create_task(self._send_tls_reports())
+            background = [
+                asyncio.create_task(self.scheduler.run()),
+                asyncio.create_task(self._send_tls_reports()),
+                *([asyncio.create_task(history.run())] if history else []),
+            ]
             # Trusted to set the sender (-f): root and the daemon's own user.
             pickup = Pickup(maildrop, self._spool, store, lambda: self.config,
                             frozenset({0, os.geteuid()}))  # fmt: skip
             picking = asyncio.create_task(pickup.run())
-            recording = asyncio.create_task(history.run())
-            admin = await self._start_admin(config, store, history)
             for handle in self.listeners:
                 await handle.start_serving()
             self._install_signals()
@@ -119,25 +124,26 @@ class Daemon:
             picking.cancel()  # a file being queued stays; its name says if it was
             await asyncio.gather(picking, return_exceptions=True)
             await self.scheduler.stop(SHUTDOWN_GRACE)
-            for task in (scheduling, reporting, recording):
+            for task in background:
                 task.cancel()
-            await asyncio.gather(scheduling, reporting, recording, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             await self.scheduler.engine.close()
             if self._retiring is not None:
                 await self._retiring
         finally:
             if admin is not None:
                 admin.close()
-            history.close()
+            if history is not None:
+                history.close()
             await store.close()
         log.info("stopped")
 
     async def _start_admin(
-        self, config: Config, store: SqliteStore, history: DeliveryHistory
+        self, config: Config, store: SqliteStore, history: DeliveryHistory | None
     ) -> asyncio.Server | None:
         """The metrics and status page listener ([admin]), when an address is set."""
         settings = config.admin
-        if settings is None:
+        if settings is None or history is None:
             return None
         from prometheus_client import CollectorRegistry
 
