@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from relaymail.admin.app import authorized
-from relaymail.admin.history import ClearReason, DeliveryHistory, SessionTls, session_tls
+from relaymail.admin.history import (
+    ClearReason,
+    DeliveryHistory,
+    HourCount,
+    SessionCount,
+    SessionTls,
+    session_tls,
+)
 from relaymail.admin.status import ClearCause, DomainPosture, hour_bars, posture
 from relaymail.delivery.results import Attempt, AttemptResult, RecipientResult, Status
 from relaymail.tls.context import CLEAR, PolicyJudgement, TlsFacts
@@ -72,7 +79,7 @@ async def test_outcomes_are_written_in_a_batch_and_read_back_typed(tmp_path: Pat
     )  # fmt: skip
     assert [e.recipient for e in history.of_message("1AAAAAAAAAB")] == ["b@Y.test"]
     assert history.sessions(now - 10) == [
-        ("x.test", SessionTls.CLEAR, ClearReason.TEMPFAIL, P, 1)
+        SessionCount("x.test", SessionTls.CLEAR, ClearReason.TEMPFAIL, P, 1)
     ]  # the deferral had no session: not part of the TLS posture
     history.close()
 
@@ -108,7 +115,8 @@ async def test_an_unusable_history_file_is_set_aside(tmp_path: Path):
 
 def test_hour_bars_cover_the_last_24_hours_with_empty_ones():
     now = 100 * 3600 + 1800.0
-    rows = [(100, Status.DELIVERED, 3), (99, Status.DEFERRED, 1), (50, Status.BOUNCED, 9)]
+    rows = [HourCount(100, Status.DELIVERED, 3), HourCount(99, Status.DEFERRED, 1),
+            HourCount(50, Status.BOUNCED, 9)]  # fmt: skip
     bars = hour_bars(rows, now)
     assert len(bars) == 24 and bars[-1].start == 100 * 3600 and bars[0].start == 77 * 3600
     assert bars[-1].counts == {Status.DELIVERED: 3, Status.DEFERRED: 0, Status.BOUNCED: 0}
@@ -118,10 +126,10 @@ def test_hour_bars_cover_the_last_24_hours_with_empty_ones():
 
 def test_posture_sums_by_domain_busiest_first_with_the_reasons_for_clear():
     rows = [
-        ("a.test", SessionTls.VERIFIED, None, P, 5),
-        ("b.test", SessionTls.CLEAR, ClearReason.TEMPFAIL, P, 2),
-        ("b.test", SessionTls.CLEAR, ClearReason.NOT_OFFERED, P, 3),
-        ("b.test", SessionTls.ENCRYPTED, None, P, 1),
+        SessionCount("a.test", SessionTls.VERIFIED, None, P, 5),
+        SessionCount("b.test", SessionTls.CLEAR, ClearReason.TEMPFAIL, P, 2),
+        SessionCount("b.test", SessionTls.CLEAR, ClearReason.NOT_OFFERED, P, 3),
+        SessionCount("b.test", SessionTls.ENCRYPTED, None, P, 1),
     ]
     assert posture(rows) == (
         DomainPosture("b.test", 0, 1, 5, (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from relaymail.admin.history import ClearReason, HistoryEntry, SessionTls
+from relaymail.admin.history import ClearReason, HistoryEntry, HourCount, SessionTls
 from relaymail.admin.page import message_page, status_page
 from relaymail.admin.status import (
     ClearCause,
@@ -48,7 +48,7 @@ def test_the_status_page_escapes_hostile_values_everywhere():
         now=3600.0 * 30,
         stats=QueueStats(1, 0, 10, RecipientCounts(deferred=1), 1000.0, 5.0),
         pending=PendingBreakdown((Tally(EVIL, 1),), (Tally(EVIL, 1),)),
-        hours=hour_bars([(29, Status.DEFERRED, 1)], 3600.0 * 30),
+        hours=hour_bars([HourCount(29, Status.DEFERRED, 1)], 3600.0 * 30),
         posture=(DomainPosture(EVIL, 0, 0, 1, (ClearCause(ClearReason.TEMPFAIL, EVIL, 1),)),),
         recent=(entry(),),
     )

@@ -98,6 +98,22 @@ class HistoryEntry:
     trace: tuple[Attempt, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class HourCount:
+    hour: int  # hours since the epoch
+    status: Status
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCount:
+    domain: str
+    tls: SessionTls
+    clear_reason: ClearReason | None
+    policy: str  # "" when none was recorded
+    count: int
+
+
 def history_entry(
     queue_id: str, result: RecipientResult, status: Status, reason: str, at: float
 ) -> HistoryEntry:
@@ -264,18 +280,18 @@ class DeliveryHistory:
             ).fetchall()
         return [_entry(row) for row in rows]
 
-    def hourly(self, since: float) -> list[tuple[int, Status, int]]:
-        """(hour number since the epoch, status, count) for attempts at or after `since`."""
+    def hourly(self, since: float) -> list[HourCount]:
+        """Attempt outcomes at or after `since`, counted per hour and status."""
         with self._db.connection() as conn:
             rows = conn.execute(
                 "SELECT CAST(at / 3600 AS INTEGER) AS hour, status, count(*) FROM attempt"
                 " WHERE at >= ? GROUP BY hour, status",
                 (since,),
             ).fetchall()
-        return [(int(hour), Status(status), int(n)) for hour, status, n in rows]
+        return [HourCount(hour, Status(status), n) for hour, status, n in rows]
 
-    def sessions(self, since: float) -> list[tuple[str, SessionTls, ClearReason | None, str, int]]:
-        """(domain, protection, why clear, policy, deliveries) since `since`.
+    def sessions(self, since: float) -> list[SessionCount]:
+        """Deliveries since `since` that had a session, counted by domain and TLS outcome.
 
         A delivery is one message to one domain at one moment, however many recipients it
         carried: that is what a session is, near enough, without per-session bookkeeping.
@@ -289,7 +305,7 @@ class DeliveryHistory:
                 (since, SessionTls.NO_SESSION.value),
             ).fetchall()
         return [
-            (str(d), SessionTls(t), None if c is None else ClearReason[str(c)], str(p), int(n))
+            SessionCount(d, SessionTls(t), None if c is None else ClearReason[c], p, n)
             for d, t, c, p, n in rows
         ]
 

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 from ..delivery.results import Status
 from ..queue.store import MessageDetail, PendingBreakdown, QueueStats, Store
-from .history import ClearReason, DeliveryHistory, HistoryEntry, SessionTls
+from .history import (
+    ClearReason,
+    DeliveryHistory,
+    HistoryEntry,
+    HourCount,
+    SessionCount,
+    SessionTls,
+)
 
 HOURS = 24
 RECENT = 50  # deliveries listed on the page
@@ -85,30 +92,28 @@ def gather_message(store: Store, history: DeliveryHistory, queue_id: str) -> Mes
     return MessageView(queue_id, queued, attempts)
 
 
-def hour_bars(rows: Iterable[tuple[int, Status, int]], now: float) -> tuple[HourBar, ...]:
+def hour_bars(rows: Iterable[HourCount], now: float) -> tuple[HourBar, ...]:
     """One bar per hour for the last HOURS hours, the current hour last; empty hours included."""
     last = int(now // 3600)
     counts: dict[int, dict[Status, int]] = defaultdict(dict)
-    for hour, status, n in rows:
-        if last - HOURS < hour <= last:
-            counts[hour][status] = counts[hour].get(status, 0) + n
+    for row in rows:
+        if last - HOURS < row.hour <= last:
+            counts[row.hour][row.status] = counts[row.hour].get(row.status, 0) + row.count
     return tuple(
         HourBar(hour * 3600.0, {s: counts[hour].get(s, 0) for s in Status})
         for hour in range(last - HOURS + 1, last + 1)
     )
 
 
-def posture(
-    rows: Iterable[tuple[str, SessionTls, ClearReason | None, str, int]],
-) -> tuple[DomainPosture, ...]:
+def posture(rows: Iterable[SessionCount]) -> tuple[DomainPosture, ...]:
     tallies: dict[str, dict[SessionTls, int]] = defaultdict(lambda: defaultdict(int))
     causes: dict[str, dict[tuple[ClearReason | None, str], int]] = defaultdict(
         lambda: defaultdict(int)
     )
-    for domain, tls, reason, policy, n in rows:
-        tallies[domain][tls] += n
-        if tls is SessionTls.CLEAR:
-            causes[domain][(reason, policy)] += n
+    for row in rows:
+        tallies[row.domain][row.tls] += row.count
+        if row.tls is SessionTls.CLEAR:
+            causes[row.domain][(row.clear_reason, row.policy)] += row.count
     result = [
         DomainPosture(
             domain,
