@@ -138,12 +138,15 @@ async def test_inline_script_is_refused_by_the_page_policy_and_seen_in_the_conso
     assert page_parts(rendered.dom)[0]["x"] == "kept"
 
 
-async def test_metrics_show_the_queue_gauges_parsed_by_prometheus_client(
+async def test_metrics_on_ipv6_loopback_show_the_queue_gauges_parsed_by_prometheus_client(
     smtp_peer, ca_file, tmp_path
 ):
     busy = await smtp_peer(Script(rcpt_reply="451 4.3.2 try again later"))
     port = free_port()
-    config, base = admin_config(tmp_path, port, ca_file, {"busy.test": hop_of(busy)})
+    admin_port = free_port()
+    config = make_config(tmp_path, port, ca_file, {"busy.test": hop_of(busy)},
+                         admin={"address": f"[::1]:{admin_port}"})  # fmt: skip
+    base = f"http://[::1]:{admin_port}"
     daemon = await start_daemon(tmp_path, config, port)
     try:
         first = await send(port, "u@busy.test")

@@ -1,4 +1,4 @@
-"""The last day's deliveries per hour as a small stacked bar chart, in inline SVG.
+"""The last day's delivery attempts per hour as a small stacked bar chart, in inline SVG.
 
 Pure: bars in, markup out. Colours come from the page's stylesheet (classes per status),
 so the SVG carries no style attribute for the Content-Security-Policy to refuse.
@@ -25,7 +25,7 @@ def hourly_chart(bars: Sequence[HourBar]) -> str:
     slot = (WIDTH - _LEFT) / max(len(bars), 1)
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}"'
-        ' role="img" aria-label="messages per hour by outcome, last 24 hours">',
+        ' role="img" aria-label="delivery attempts per hour by outcome, last 24 hours">',
         f'<line class="axis" x1="{_LEFT}" y1="{HEIGHT - _BOTTOM}" x2="{WIDTH}"'
         f' y2="{HEIGHT - _BOTTOM}"/>',
         f'<text class="tick" x="{_LEFT - 4}" y="{_TOP + 10}" text-anchor="end">{peak}</text>',

@@ -128,7 +128,8 @@ def _hours_section(view: StatusView) -> str:
         f'<span class="{s.value}" id="day-{s.value}">{totals[s]} {s.value}</span>' for s in Status
     )
     return (
-        '<section id="hours"><h2>Last 24 hours: recipients per hour by outcome</h2>'
+        '<section id="hours"><h2>Last 24 hours: delivery attempts per hour by outcome'
+        " (one per recipient)</h2>"
         f'<p class="legend">{legend}</p>{hourly_chart(view.hours)}</section>'
     )
 
