@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-import os
 import re
 import socket
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,6 @@ from .config_fields import (
     count,
     domain_key,
     host,
-    host_name,
     list_of,
     network,
     only,
@@ -38,10 +35,10 @@ from .config_fields import (
     readable_file,
     seconds,
     secret_file,
-    size,
-    text,
     whole,
 )
+from .config_file import DEFAULT_QUEUE_DIRECTORY, find_config_file, read_toml
+from .config_values import host_name, size, table, text
 from .errors import ConfigError
 from .resolver import is_ip
 from .retry import RetrySchedule
@@ -131,7 +128,7 @@ class DnsSettings:
 @dataclass(frozen=True, slots=True)
 class QueueSettings:
     # Relative paths are taken from the working directory at start-up.
-    directory: Path = Path("relaymail-data")
+    directory: Path = Path(DEFAULT_QUEUE_DIRECTORY)
     lifetime: float = 5 * 86400.0  # then deferred recipients bounce (Postfix: 5d)
     delay_warning: float = 4 * 3600.0  # one warning to the sender, then silence
     retry: RetrySchedule = field(default_factory=RetrySchedule)
@@ -206,35 +203,17 @@ class Config:
             raise ConfigError("users", str(exc)) from None
 
 
-SYSTEM_CONFIG = Path("/etc/relaymail/relaymail.toml")
-
-
 def find_config(explicit: Path | None) -> Path | None:
-    """The file to use: the one named, else $RELAYMAIL_CONFIG, else the system one if present.
-
-    None means the embedded defaults. Every command (serve, sendmail, queue)
-    looks in the same places, so they agree on where the queue is.
-    """
-    if explicit is not None:
-        return explicit
-    if env := os.environ.get("RELAYMAIL_CONFIG"):
-        return Path(env)
-    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+    """The file to use (config_file.find_config_file); None means the embedded defaults."""
+    found = find_config_file(None if explicit is None else str(explicit))
+    return None if found is None else Path(found)
 
 
 def load_config(path: Path | None) -> Config:
     """Read and validate `path`; None gives the embedded defaults."""
     if path is None:
         return parse_config({})  # the defaults that derive from others (local.domain) included
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), "not UTF-8 text") from None
-    return parse_config(raw, source=path)
+    return parse_config(read_toml(str(path)), source=path)
 
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -243,24 +222,24 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
-    users = _table(raw, "users")
+    users = table(raw, "users")
     for user, value in users.items():
         text(user, "users")
         text(value, f'users."{user}"')
-    routes = _routes(_table(raw, "routes"))
-    delivery = DeliverySettings(**read_table(_table(raw, "delivery"), "delivery", _DELIVERY))
+    routes = _routes(table(raw, "routes"))
+    delivery = DeliverySettings(**read_table(table(raw, "delivery"), "delivery", _DELIVERY))
     return Config(
         delivery=delivery,
-        tls=_tls(_table(raw, "tls")),
+        tls=_tls(table(raw, "tls")),
         routes=routes,
-        relay_auth=_relay_auth(_table(raw, "relay_auth"), routes),
-        dns=_dns(_table(raw, "dns")),
-        queue=QueueSettings(**read_table(_table(raw, "queue"), "queue", _QUEUE)),
+        relay_auth=_relay_auth(table(raw, "relay_auth"), routes),
+        dns=_dns(table(raw, "dns")),
+        queue=QueueSettings(**read_table(table(raw, "queue"), "queue", _QUEUE)),
         local=LocalSettings(
-            **{"domain": delivery.helo_name, **read_table(_table(raw, "local"), "local", _LOCAL)}
+            **{"domain": delivery.helo_name, **read_table(table(raw, "local"), "local", _LOCAL)}
         ),
-        server=ServerSettings(**read_table(_table(raw, "server"), "server", {"user": text})),
-        admin=read_admin(_table(raw, "admin")),
+        server=ServerSettings(**read_table(table(raw, "server"), "server", {"user": text})),
+        admin=read_admin(table(raw, "admin")),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,
@@ -462,14 +441,14 @@ def _relay_auth(
 ) -> dict[str, RelayAuth]:
     route_hosts = {hop.host for hops in routes.values() for hop in hops}
     entries: dict[str, RelayAuth] = {}
-    for name, table in raw.items():
+    for name, entry in raw.items():
         where = f'relay_auth."{name}"'
-        if not isinstance(table, dict):
+        if not isinstance(entry, dict):
             raise ConfigError(where, "must be a table")
         hostname = host(name, where)
         if hostname not in route_hosts:
             raise ConfigError(where, "no [routes] entry names this host")
-        values = read_table(table, where, _RELAY_AUTH)
+        values = read_table(entry, where, _RELAY_AUTH)
         for required in ("username", "password_file"):
             if required not in values:
                 raise ConfigError(f"{where}.{required}", "missing")
@@ -590,10 +569,3 @@ def _check_key_pair(cert: Path, key: Path, where: str) -> None:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except ssl.SSLError as exc:
         raise ConfigError(cert_key, f"TLS refuses {cert}: {exc.reason or exc}") from None
-
-
-def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = raw.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(name, "must be a table")
-    return value

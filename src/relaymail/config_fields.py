@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .config_values import INT_MAX, has_control, text
 from .errors import AddressError, ConfigError
 from .message import domain_of
 from .resolver import is_ip
@@ -31,8 +32,6 @@ T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
 Reader = Callable[[Any, str], Any]
 
-# SQLite stores integers in 64 bits; a larger count or size would fail there, late.
-_INT_MAX = 2**63 - 1
 # Ten years: durations feed datetime arithmetic (queue lifetimes, TLS memory),
 # which overflows long before a float does.
 _SECONDS_MAX = 3650 * 86400.0
@@ -57,7 +56,7 @@ def boolean(value: Any, key: str) -> bool:
     return value
 
 
-def whole(minimum: int = 1, maximum: int = _INT_MAX) -> Reader:
+def whole(minimum: int = 1, maximum: int = INT_MAX) -> Reader:
     """A reader for a whole number in [minimum, maximum]; a bool or a float is refused."""
 
     def read(value: Any, key: str) -> int:
@@ -90,38 +89,6 @@ def seconds(value: Any, key: str) -> float:
     if result > _SECONDS_MAX:
         raise ConfigError(key, f"must be at most {_SECONDS_MAX / 86400:.0f}d, not {value!r}")
     return result
-
-
-_SIZE = re.compile(r"\s*(\d+)\s*([KMG]?)B?\s*", re.I)
-
-
-def size(value: Any, key: str) -> int:
-    """Octets from a whole number or a string such as '10M', '512K', '1G'."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        octets = value
-    elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
-        octets = (
-            int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2).upper()]
-        )
-    else:
-        raise ConfigError(key, f'expected a size like "35M", not {value!r}')
-    if not 0 < octets <= _INT_MAX:
-        raise ConfigError(key, f'expected a size like "35M" above zero, not {value!r}')
-    return octets
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def text(value: Any, key: str) -> str:
-    """A non-empty string without control characters (they would end a header or a line)."""
-    if not isinstance(value, str):
-        raise ConfigError(key, f"must be a string, not {type(value).__name__}")
-    if not value.strip():
-        raise ConfigError(key, "must not be empty")
-    if _CONTROL.search(value):
-        raise ConfigError(key, f"{value!r} contains control characters")
-    return value
 
 
 def path(value: Any, key: str) -> Path:
@@ -176,7 +143,7 @@ def read_secret(file: Path, key: str) -> str:
     secret = secret.removesuffix("\n").removesuffix("\r")
     if not secret:
         raise ConfigError(key, f"{file} is empty")
-    if _CONTROL.search(secret):
+    if has_control(secret):
         raise ConfigError(key, f"{file} holds a line break or another control character")
     return secret
 
@@ -210,9 +177,6 @@ def list_of(
 
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
-# RFC 5321 4.1.2 Domain: letters, digits and hyphens only; this name reaches the
-# wire in EHLO, the banner and Received: headers.
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def host(value: Any, key: str) -> str:
@@ -228,14 +192,6 @@ def host(value: Any, key: str) -> str:
             raise ConfigError(key, str(exc)) from None
     if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
         raise ConfigError(key, f"{value!r} is not a valid host name")
-    return name.lower()
-
-
-def host_name(value: Any, key: str) -> str:
-    """Our own name as sent in EHLO, the banner and Received: (RFC 5321 4.1.2 Domain)."""
-    name = text(value, key).rstrip(".")
-    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
-        raise ConfigError(key, f"{value!r} is not a host name (ASCII letters, digits, '-' and '.')")
     return name.lower()
 
 

@@ -7,10 +7,11 @@ failed, so callers can catch precisely (the httpx model).
 from __future__ import annotations
 
 import enum
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path  # annotations only: sendmail's start-up does not import pathlib
+
     from .local.aliases import AliasProblem
 
 

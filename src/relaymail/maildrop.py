@@ -31,36 +31,35 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from .errors import MaildropCorrupt
-
-if TYPE_CHECKING:
-    from .config import Config
 
 DIRECTORY_NAME = "maildrop"
 CORRUPT_NAME = "corrupt"  # inside the maildrop: files the daemon could not take
 MODE = 0o1733
 FILE_MODE = 0o644  # readable by the daemon's user; the name is the secret (see above)
 # Where an installed relaymail keeps its queue (install-system, the service unit).
-SYSTEM_QUEUE = Path("/var/spool/relaymail")
+SYSTEM_QUEUE = "/var/spool/relaymail"
 TEMP_PREFIX = "t."  # being written: not taken until renamed to its final name
 
 _MAGIC = b"relaymail-maildrop 1\n"
 # Far above any real envelope (1000 recipients of 254 octets is 270 KB).
 MAX_HEADER = 4 << 20
 FLAGS = ("N", "R", "B", "V")
-_NAME = re.compile(r"[0-9a-f]{1,16}\.[0-9]{1,10}\.[0-9a-f]{32}")
+# Patterns only the daemon's pickup matches: kept as text, so that sendmail, which
+# only writes files, does not compile them (re compiles and caches on first use).
+_NAME = r"[0-9a-f]{1,16}\.[0-9]{1,10}\.[0-9a-f]{32}"
 # A value: printable, no space for addresses and flags; full-name may hold spaces.
-_TOKEN = re.compile(r"[^\x00-\x20\x7f-\x9f\u2028\u2029]{1,1000}")
-_TEXT = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,1000}")
+_TOKEN = r"[^\x00-\x20\x7f-\x9f\u2028\u2029]{1,1000}"
+_TEXT = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,1000}"
 
 
-@dataclass(frozen=True, slots=True)
-class Submission:
-    """One message handed in by `sendmail`, as its file says (nothing here is trusted)."""
+class Submission(NamedTuple):
+    """One message handed in by `sendmail`, as its file says (nothing here is trusted).
+
+    A NamedTuple, not a dataclass: sendmail's start-up does not pay for dataclasses.
+    """
 
     recipients: tuple[str, ...]
     data: bytes
@@ -70,9 +69,9 @@ class Submission:
     flags: tuple[tuple[str, str], ...] = ()
 
 
-def local_address(user: str, config: Config) -> str:
+def local_address(user: str, domain: str) -> str:
     """A local user's address: `user@` the local domain ([local] domain, default helo_name)."""
-    return f"{user}@{config.local.domain}"
+    return f"{user}@{domain}"
 
 
 def file_name(time_ns: int, pid: int, token: bytes) -> str:
@@ -81,7 +80,7 @@ def file_name(time_ns: int, pid: int, token: bytes) -> str:
 
 
 def is_file_name(name: str) -> bool:
-    return _NAME.fullmatch(name) is not None
+    return re.fullmatch(_NAME, name) is not None
 
 
 def encode(submission: Submission) -> bytes:
@@ -122,7 +121,7 @@ def decode(raw: bytes) -> Submission:
         raise MaildropCorrupt("no recipient")
     sender = _one(fields, "sender")
     full_name = _one(fields, "full-name")
-    if full_name is not None and not _TEXT.fullmatch(full_name):
+    if full_name is not None and not re.fullmatch(_TEXT, full_name):
         raise MaildropCorrupt("full-name holds a control character or is empty")
     return Submission(
         recipients,
@@ -144,7 +143,7 @@ def _one(fields: dict[str, list[str]], key: str, *, required: bool = False) -> s
 
 
 def _token(value: str, key: str) -> str:
-    if not _TOKEN.fullmatch(value):
+    if not re.fullmatch(_TOKEN, value):
         raise MaildropCorrupt(f"{key} is empty or holds a space or control character")
     return value
 

@@ -8,7 +8,7 @@ the inbound server normalises bare LF / bare CR on the way in.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import AddressError
 from .headers import CONTROL_CHARACTERS
@@ -23,20 +23,29 @@ _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """The SMTP envelope: reverse-path ("" for the null sender) and forward-paths."""
-
+class _EnvelopeFields(NamedTuple):
     sender: str
     recipients: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        if self.sender:
-            check_address(self.sender)
-        if not self.recipients:
+
+class Envelope(_EnvelopeFields):
+    """The SMTP envelope: reverse-path ("" for the null sender) and forward-paths.
+
+    Immutable, compared by value, checked when made. A NamedTuple rather than a
+    dataclass: `sendmail` checks its envelope here, and the dataclasses module
+    (it imports inspect) would cost that command a third of its start-up.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, sender: str, recipients: tuple[str, ...]) -> Envelope:
+        if sender:
+            check_address(sender)
+        if not recipients:
             raise AddressError("an envelope needs at least one recipient")
-        for rcpt in self.recipients:
+        for rcpt in recipients:
             check_address(rcpt)
+        return super().__new__(cls, sender, tuple(recipients))
 
     @property
     def needs_smtputf8(self) -> bool:

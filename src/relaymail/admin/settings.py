@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config_fields import only, path, read_secret, secret_file, text
+from ..config_fields import only, path, read_secret, secret_file
+from ..config_values import text
 from ..errors import ConfigError
 
 # Shorter tokens can be guessed over the network (no lockout: it is a read-only page).

@@ -12,24 +12,20 @@ listeners is taken from the command line too, and nothing larger.
 from __future__ import annotations
 
 import sys
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from ..config import Config
-from ..config_fields import size
+from ..config_file import message_size_limit
 from ..errors import MessageInputError, MessageTooLarge
-from ..message import DEFAULT_MAX_MESSAGE_SIZE
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 _CHUNK = 1 << 20
 
 
 def size_limit(config: Config) -> int:
     """The largest max_message_size among the listeners, in octets."""
-    return max(
-        size(table["max_message_size"], f"listener[{i}].max_message_size")
-        if "max_message_size" in table
-        else DEFAULT_MAX_MESSAGE_SIZE
-        for i, table in enumerate(config.listener_tables or ({},))
-    )
+    return message_size_limit(config.listener_tables)
 
 
 def read_message(name: str, limit: int, *, dot_ends: bool = False) -> bytes:

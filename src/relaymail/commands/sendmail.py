@@ -10,12 +10,11 @@ MTAs accept are ignored, as Postfix does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import HeaderValueError
 from ..headers import display_name
@@ -31,9 +30,6 @@ from ..maildrop import (
 )
 from ..message import split_header_section
 from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, stop
-
-if TYPE_CHECKING:
-    pass
 
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
 HELP = f"""{USAGE}
@@ -70,7 +66,7 @@ class _Options:
         self.dot_ends = True  # without -i, a line with a single dot ends the message
         self.sender: str | None = None
         self.full_name: str | None = None
-        self.config: Path | None = None
+        self.config: str | None = None
         self.recipients: list[str] = []
         self.flags: list[tuple[str, str]] = []  # -N -R -B -V, kept for the daemon
         self.verify = False  # -bv
@@ -105,7 +101,7 @@ def parse_args(argv: list[str]) -> _Options:
                     raise ValueError(f"-F: {exc}") from None
                 options.full_name = value
             elif flag == "-C":
-                options.config = Path(value)
+                options.config = value
             else:
                 options.sender = value
         elif arg == "-t":
@@ -172,10 +168,12 @@ def prepare(data: bytes, options: _Options) -> tuple[bytes, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config import find_config, load_config
+    # Everything sendmail imports is chosen for its start-up cost (config_file.py):
+    # neither the daemon's configuration, nor dataclasses, nor pathlib.
+    from ..config_file import find_config_file, submit_settings
     from ..errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
-    from ..message import Envelope, canonical_data, check_address
-    from .input import read_message, size_limit
+    from ..message import Envelope, canonical_data, check_address, qualify
+    from .input import read_message
 
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
@@ -186,14 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         print(HELP)
         return EX_OK
     try:
-        path = find_config(options.config)
-        config = load_config(path)
-        limit = size_limit(config)
+        path = find_config_file(options.config)
         if options.rebuild_aliases:
-            from .aliases import check_aliases
-
-            return check_aliases(config, None, "sendmail")
-        maildrop = _maildrop(path, config.queue.directory)
+            return _rebuild_aliases(path)
+        settings = submit_settings(path)
+        maildrop = _maildrop(path, settings.queue_directory)
     except ConfigError as exc:
         return stop("sendmail", exc)
     except _NoMaildrop as exc:
@@ -204,13 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError:
         print(f"sendmail: uid {os.getuid()} has no user name", file=sys.stderr)
         return EX_NOUSER
-    from ..message import qualify
-
-    domain = config.local.domain
-    own = local_address(user, config)
+    domain, limit = settings.local_domain, settings.max_message_size
+    own = local_address(user, domain)
     # The daemon takes -f only from root and its own user (the maildrop's owner);
     # for anyone else it uses `own`: checked here as the pickup will settle it.
-    trusted = os.getuid() in (0, maildrop.stat().st_uid)
+    trusted = os.getuid() in (0, os.stat(maildrop).st_uid)
     requested = (
         None if options.sender is None
         else "" if options.sender == "<>"
@@ -255,11 +248,21 @@ def main(argv: list[str] | None = None) -> int:
     return EX_OK
 
 
+def _rebuild_aliases(path: str | None) -> int:
+    """-bi: check the aliases file, as `relaymail newaliases` does (the whole configuration)."""
+    from pathlib import Path
+
+    from ..config import load_config
+    from .aliases import check_aliases
+
+    return check_aliases(load_config(None if path is None else Path(path)), None, "sendmail")
+
+
 class _NoMaildrop(Exception):
     """The queue is there but its maildrop is not (yet): the daemon makes it at start."""
 
 
-def _maildrop(config_file: Path | None, queue: Path) -> Path:
+def _maildrop(config_file: str | None, queue: str) -> str:
     """The maildrop to write to; ConfigError when no relaymail queue is known.
 
     Never creates anything: a maildrop is made by the daemon that reads it. Without
@@ -270,24 +273,24 @@ def _maildrop(config_file: Path | None, queue: Path) -> Path:
 
     if config_file is None:
         for candidate in (queue, SYSTEM_QUEUE):
-            if (candidate / DIRECTORY_NAME).is_dir():
-                return candidate / DIRECTORY_NAME
+            if os.path.isdir(os.path.join(candidate, DIRECTORY_NAME)):
+                return os.path.join(candidate, DIRECTORY_NAME)
         raise ConfigError(
             "queue.directory",
             f"no relaymail queue is configured (no configuration file, no {SYSTEM_QUEUE})",
         )
-    if not queue.is_dir():
+    if not os.path.isdir(queue):
         raise ConfigError("queue.directory", f"{queue}: no relaymail queue there")
-    maildrop = queue / DIRECTORY_NAME
-    if not maildrop.is_dir():
+    maildrop = os.path.join(queue, DIRECTORY_NAME)
+    if not os.path.isdir(maildrop):
         raise _NoMaildrop(f"{maildrop}: no maildrop yet (relaymail serve makes it at start)")
     return maildrop
 
 
-def _drop(maildrop: Path, payload: bytes) -> str:
+def _drop(maildrop: str, payload: bytes) -> str:
     """Write one maildrop file: a temporary name, fsync, rename (postdrop's job)."""
     name = file_name(time.time_ns(), os.getpid(), os.urandom(16))
-    temp = maildrop / (TEMP_PREFIX + name)
+    temp = os.path.join(maildrop, TEMP_PREFIX + name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temp, flags, FILE_MODE)
     try:
@@ -297,9 +300,10 @@ def _drop(maildrop: Path, payload: bytes) -> str:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
-            os.rename(temp, maildrop / name)
+            os.rename(temp, os.path.join(maildrop, name))
         except BaseException:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
             raise
         try:
             directory = os.open(maildrop, os.O_RDONLY | os.O_DIRECTORY)

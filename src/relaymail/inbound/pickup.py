@@ -74,7 +74,7 @@ class Sender:
 
 def envelope_sender(requested: str | None, user: str, trusted: bool, config: Config) -> Sender:
     """The file owner's own address, unless a trusted user (root, the daemon's) asked for -f."""
-    own = local_address(user, config)
+    own = local_address(user, config.local.domain)
     if requested is None or requested == own:
         return Sender(own)
     if trusted:
