@@ -57,6 +57,8 @@ class RunSpec:
     # None keeps the peer's default.
     destination_concurrency: int | None = None
     total_connections: int | None = None
+    # A free port for relaymail's [admin] listener (the relaymail-admin peer uses it).
+    admin_port: int | None = None
 
 
 @dataclass
@@ -187,10 +189,12 @@ class Relaymail(Peer):
         sendmail_template: str | None = None,
         command: str | None = None,
         name: str = "relaymail",
+        admin: bool = False,
     ) -> None:
         super().__init__(name)
         self.sendmail_template = sendmail_template
         self.command = command
+        self.admin = admin  # with the admin listener, so the delivery history is kept
         self.config_path: Path | None = None
 
     def _command(self) -> list[str]:
@@ -243,6 +247,8 @@ class Relaymail(Peer):
         lines += ["", "[tls]", 'default_level = "may"']
         if spec.ca_file is not None:
             lines.append(f'ca_file = "{spec.ca_file}"')
+        if self.admin and spec.admin_port is not None:
+            lines += ["", "[admin]", f'address = "127.0.0.1:{spec.admin_port}"']
         path = spec.workdir / "relaymail.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -588,6 +594,8 @@ class Exim(Peer):
 
 
 BASELINE = "relaymail-baseline"
+# relaymail with [admin] on: the listener and the delivery history it keeps.
+WITH_ADMIN = "relaymail-admin"
 
 
 def make_peer(
@@ -604,8 +612,11 @@ def make_peer(
         if baseline_command is None:
             raise ValueError(f"{BASELINE} needs --baseline-command")
         return Relaymail(None, baseline_command, name=BASELINE)
+    if name == WITH_ADMIN:
+        return Relaymail(relaymail_sendmail, relaymail_command, name=WITH_ADMIN, admin=True)
     if name == "postfix":
         return Postfix()
     if name == "exim":
         return Exim()
-    raise ValueError(f"unknown peer {name!r} (known: relaymail, {BASELINE}, postfix, exim)")
+    known = f"relaymail, {BASELINE}, {WITH_ADMIN}, postfix, exim"
+    raise ValueError(f"unknown peer {name!r} (known: {known})")

@@ -199,8 +199,8 @@ async def throughput_run(ctx: Context, scenario: Scenario, peer: Peer, round_no:
     run_dir = ctx.next_dir(
         f"{peer.name}-{workload.name}-{scenario.transport}-{workload.destinations}-r{round_no}"
     )
-    sink_ports = free_ports(workload.destinations + 1)
-    listen_port, sink_ports = sink_ports[0], sink_ports[1:]
+    sink_ports = free_ports(workload.destinations + 2)
+    listen_port, admin_port, sink_ports = sink_ports[0], sink_ports[1], sink_ports[2:]
     tls = scenario.transport == "starttls"
     sinks = SinkSet(sink_ports, ctx.tls_files if tls else None)
     group = ProcessGroup.create(group_name(peer.name))
@@ -211,6 +211,7 @@ async def throughput_run(ctx: Context, scenario: Scenario, peer: Peer, round_no:
         routes_for(workload.destinations, sink_ports),
         tls,
         ctx.ca_file if tls else None,
+        admin_port=admin_port,
     )
     await sinks.start()
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .admin.settings import AdminSettings, read_admin
 from .config_fields import (
     Reader,
     boolean,
@@ -207,6 +208,7 @@ class Config:
     local: LocalSettings = field(default_factory=LocalSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     recipient_verification: RecipientVerification = field(default_factory=RecipientVerification)
+    admin: AdminSettings | None = None  # the metrics and status page listener; None: off
     # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
     # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
@@ -260,7 +262,7 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     sections = {"delivery", "tls", "routes", "relay_auth", "dns", "queue", "listener", "users"}
-    only(raw, "", sections | {"local", "server", "recipient_verification"})
+    only(raw, "", sections | {"local", "server", "recipient_verification", "admin"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
@@ -289,6 +291,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         recipient_verification=_recipient_verification(
             table(raw, "recipient_verification")
         ),
+        admin=read_admin(table(raw, "admin")),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,

@@ -21,6 +21,8 @@ import os
 import signal
 from dataclasses import dataclass, field, replace
 
+from .admin.history import DeliveryHistory
+from .admin.settings import load_token
 from .config import Config, load_config
 from .daemon_lock import hold_daemon_lock
 from .delivery import DeliveryEngine, RecipientResult
@@ -59,6 +61,7 @@ class Daemon:
     _retiring: asyncio.Task[None] | None = None
     # Root was given up: listeners on privileged ports cannot be bound again.
     _dropped_root: bool = False
+    _admin_token: str | None = None  # [admin] token_file's token, re-read on reload
 
     async def run(self) -> None:
         config = self.config
@@ -89,13 +92,29 @@ class Daemon:
             await asyncio.gather(store.close(), *(h.close(0) for h in self.listeners))
             raise
         engine = DeliveryEngine(config)
-        self.scheduler = Scheduler(store, engine, config.queue, hostname=config.delivery.helo_name)
+        history: DeliveryHistory | None = None
+        try:
+            # The history is read by the status page only: without [admin] it is not kept.
+            history = DeliveryHistory(config.queue.directory) if config.admin else None
+            admin = await self._start_admin(config, store, history)
+        except BaseException:
+            if history is not None:
+                history.close()
+            await store.close()
+            await asyncio.gather(*(h.close(0) for h in self.listeners))
+            raise
+        self.scheduler = Scheduler(
+            store, engine, config.queue, hostname=config.delivery.helo_name, history=history
+        )
         try:
             maildrop = open_maildrop(config.queue.directory)
             pending = self.scheduler.load()
             log.info("queue %s: %d message(s) waiting", config.queue.directory, pending)
-            scheduling = asyncio.create_task(self.scheduler.run())
-            reporting = asyncio.create_task(self._send_tls_reports())
+            background = [
+                asyncio.create_task(self.scheduler.run()),
+                asyncio.create_task(self._send_tls_reports()),
+                *([asyncio.create_task(history.run())] if history else []),
+            ]
             # Trusted to set the sender (-f): root and the daemon's own user.
             pickup = Pickup(maildrop, self._spool, store, lambda: self.config,
                             frozenset({0, os.geteuid()}))  # fmt: skip
@@ -107,21 +126,55 @@ class Daemon:
             await self.stopping.wait()
             notify_systemd("STOPPING=1")
             log.info("stopping: no new mail accepted; finishing deliveries")
+            if admin is not None:
+                admin.close()
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
             await self.verifier.close()
             picking.cancel()  # a file being queued stays; its name says if it was
             await asyncio.gather(picking, return_exceptions=True)
             await self.scheduler.stop(SHUTDOWN_GRACE)
-            for task in (scheduling, reporting):
+            for task in background:
                 task.cancel()
-            await asyncio.gather(scheduling, reporting, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             await self.scheduler.engine.close()
             if self._retiring is not None:
                 await self._retiring
         finally:
+            if admin is not None:
+                admin.close()
+            if history is not None:
+                history.close()
             await store.close()
             lock.release()
         log.info("stopped")
+
+    async def _start_admin(
+        self, config: Config, store: SqliteStore, history: DeliveryHistory | None
+    ) -> asyncio.Server | None:
+        """The metrics and status page listener ([admin]), when an address is set."""
+        settings = config.admin
+        if settings is None or history is None:
+            return None
+        from prometheus_client import CollectorRegistry
+
+        from .admin.app import AdminApp
+        from .admin.http import listen
+        from .admin.queue_gauges import QueueGauges
+
+        registry = CollectorRegistry()
+        registry.register(QueueGauges(store))
+        self._admin_token = load_token(settings)
+        app = AdminApp(
+            store, history, registry,
+            hostname=lambda: self.config.delivery.helo_name, token=lambda: self._admin_token,
+        )  # fmt: skip
+        try:
+            server = await listen(settings.host, settings.port, app)
+        except OSError as exc:
+            raise _listen_failed(settings.host, settings.port, exc) from None
+        log.info("admin listener on %s (metrics, status page)%s", settings,
+                 "" if self._admin_token is None else "; token required")  # fmt: skip
+        return server
 
     async def _send_tls_reports(self) -> None:
         """RFC 8460: once a day, yesterday's TLS report to each domain that asks for one.
@@ -209,6 +262,7 @@ class Daemon:
             check_server_config(new)
             aliases = AliasTable.open(new.local)
             self.verifier.adopt(new.recipient_verification)
+            token = load_token(new.admin) if new.admin is not None else None
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
@@ -216,6 +270,10 @@ class Daemon:
             log.warning("reload: queue.directory changes only with a restart")
         if new.server != self.config.server:
             log.warning("reload: server.user changes only with a restart")
+        if new.admin != self.config.admin:
+            log.warning("reload: admin.address and admin.token_file change only with a restart")
+        else:
+            self._admin_token = token  # the same file, perhaps a new token in it
         listeners_change = (new.listener_tables, new.user_table) != (
             self.config.listener_tables,
             self.config.user_table,

@@ -102,6 +102,13 @@ def _server_settings(config: Config) -> Iterator[Problem]:
             lookup_user(config.server.user)
         except ConfigError as exc:
             yield _config_problem(exc)
+    if config.admin is not None:
+        from .admin.settings import load_token
+
+        try:
+            load_token(config.admin)  # read by serve alone: sendmail users need not read it
+        except ConfigError as exc:
+            yield _config_problem(exc)
 
 
 def _root(config: Config) -> Iterator[Problem]:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from .config import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
@@ -35,6 +36,9 @@ from .queue.store import (
     Store,
     TraceHeader,
 )
+
+if TYPE_CHECKING:
+    from .admin.history import DeliveryHistory
 
 log = logging.getLogger("relaymail.queue")
 
@@ -73,8 +77,10 @@ class Scheduler:
         *,
         hostname: str,
         clock: Callable[[], float] = time.time,
+        history: DeliveryHistory | None = None,
     ) -> None:
         self.store = store
+        self.history = history  # the status page's record of outcomes
         self.engine = engine
         self.settings = settings
         self.hostname = hostname
@@ -264,6 +270,8 @@ class Scheduler:
             self._note_destination(result, now, pending)
             updates.append(_update(entry.id, result, status, pending, now, reason))
             _log_result(entry.id, result, status, reason, pending.due)
+            if self.history is not None:
+                self.history.record(entry.id, result, status, reason, now)
         final = [(entry.id, u.recipient) for u in updates if u.state.is_final]
         await self._writes.write(functools.partial(self.store.record, updates), settles=final)
         if bounced:

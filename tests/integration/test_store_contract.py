@@ -363,3 +363,23 @@ async def test_a_retry_leaves_held_messages_alone(store: Store) -> None:
 
 def _gone() -> Any:
     raise AssertionError("the message is gone")
+
+
+async def test_pending_breakdown_ranks_destinations_and_deferral_reasons(store: Store) -> None:
+    first = await store.enqueue(
+        Envelope("a@example.org", ("x@big.example", "y@BIG.example", '"a@b"@small.example')),
+        body(1), 100.0,
+    )  # fmt: skip
+    await store.enqueue(Envelope("a@example.org", ("z@big.example",)), body(2), 110.0)
+    await store.record([
+        update(first.id, "x@big.example", RecipientState.DEFERRED, last_error="451 busy"),
+        update(first.id, "y@BIG.example", RecipientState.DEFERRED, last_error="451 busy"),
+        update(first.id, '"a@b"@small.example', RecipientState.DEFERRED, last_error="421 bye"),
+    ])  # fmt: skip
+
+    top = store.pending_breakdown(limit=5)
+    assert [(t.name, t.count) for t in top.destinations] == [
+        ("big.example", 3), ("small.example", 1)
+    ]  # fmt: skip
+    assert [(t.name, t.count) for t in top.reasons] == [("451 busy", 2), ("421 bye", 1)]
+    assert len(store.pending_breakdown(limit=1).destinations) == 1

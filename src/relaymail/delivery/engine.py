@@ -26,7 +26,7 @@ from ..message import Envelope, domain_of, dot_stuff, header_section
 from ..routing import HopSource, NextHop, Router, RoutingError, make_resolver
 from ..smtp.client import Capabilities, State, Verb
 from ..smtp.session import SmtpSession
-from ..tls.context import CLEAR, TlsFacts
+from ..tls.context import CLEAR, PolicyJudgement, TlsFacts
 from ..tls.dane import TlsaLookup, lookup_tlsa
 from ..tls.memory import TlsMemory
 from ..tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
@@ -355,6 +355,8 @@ class DeliveryEngine:
             elif not starttls:
                 detail = "new session without STARTTLS"
                 run.note(at, AttemptResult.RECONNECTED_CLEAR, CLEAR, detail)
+            elif not implicit:  # level none: STARTTLS is never asked
+                tls = _judged(CLEAR, None, at.policy)
             if level.requires_tls and not tls.used:
                 # The table never gets here; this guard is the last line against a leak.
                 raise _HostFailed(AttemptResult.TLS_REQUIRED, f"policy {level.value} requires TLS")
@@ -390,7 +392,7 @@ class DeliveryEngine:
             raise _HostFailed(step.result, step.decision.reason, step.tls)
         if step.event is Event.UNVERIFIED:
             run.note(at, step.result, step.tls, step.decision.reason)
-        return step.tls
+        return _judged(step.tls, step.event, at.policy)
 
     async def _hello(self, session: SmtpSession) -> Capabilities:
         helo_name = self.config.delivery.helo_name
@@ -421,15 +423,16 @@ class DeliveryEngine:
         if decision.action is Action.USE_TLS:
             if event is Event.UNVERIFIED:
                 run.note(at, result, tls, decision.reason)
-            return tls, await self._hello(session), session
+            return _judged(tls, event, at.policy), await self._hello(session), session
         if decision.action is Action.HOST_FAILS:
             raise _HostFailed(result, decision.reason, tls)  # the caller QUITs where it can
         run.note(at, result, CLEAR, decision.reason)
+        clear = _judged(CLEAR, event, at.policy)
         if decision.action is Action.CONTINUE_CLEAR:
-            return CLEAR, caps, session
+            return clear, caps, session
         session.abort()
         fresh, fresh_caps, _ = await self._open(run, Target(hop, ip, at.policy), starttls=False)
-        return CLEAR, fresh_caps, fresh
+        return clear, fresh_caps, fresh
 
     @staticmethod
     def _session_event(
@@ -514,6 +517,11 @@ def _lookup_failed(
         receiving_mx_hostname=hop.name if hop else None,
         failure_reason_code=error,
     )
+
+
+def _judged(tls: TlsFacts, event: Event | None, policy: HostPolicy) -> TlsFacts:
+    """The session's TLS facts with what its TLS step saw and the policy that judged it."""
+    return dataclasses.replace(tls, judgement=PolicyJudgement(event, policy.level, policy.source))
 
 
 def tls_not_required(data: bytes) -> bool:

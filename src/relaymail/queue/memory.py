@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from .store import (
     AdminEvent,
     MessageDetail,
     MessageSummary,
+    PendingBreakdown,
     PendingMessage,
     PendingRecipient,
     QueuedMessage,
@@ -32,6 +34,7 @@ from .store import (
     RecipientDetail,
     RecipientState,
     RecipientUpdate,
+    Tally,
     TraceHeader,
 )
 
@@ -365,6 +368,22 @@ class MemoryStore:
             oldest_received_at=oldest,
             oldest_age=None if oldest is None else max(0.0, when - oldest),
         )
+
+    def pending_breakdown(self, limit: int = 10) -> PendingBreakdown:
+        waiting = [r for m in self._messages.values() for r in m.recipients.values()
+                   if not r.state.is_final]  # fmt: skip
+        destinations = Counter(r.address.rpartition("@")[2].lower() for r in waiting)
+        reasons = Counter(
+            r.last_error or r.last_reply or "-"
+            for r in waiting
+            if r.state is RecipientState.DEFERRED
+        )
+        return PendingBreakdown(_top(destinations, limit), _top(reasons, limit))
+
+
+def _top(counts: Counter[str], limit: int) -> tuple[Tally, ...]:
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return tuple(Tally(name, n) for name, n in ranked[:limit])
 
 
 if TYPE_CHECKING:

@@ -21,12 +21,14 @@ from .store import (
     AdminEvent,
     MessageDetail,
     MessageSummary,
+    PendingBreakdown,
     PendingMessage,
     PendingRecipient,
     QueueStats,
     RecipientCounts,
     RecipientDetail,
     RecipientState,
+    Tally,
 )
 
 INLINE_READ_LIMIT = 128 * 1024  # bytes read_data() reads on the event loop itself
@@ -283,6 +285,26 @@ class SqliteReads:
             ),
             oldest_received_at=oldest,
             oldest_age=None if oldest is None else max(0.0, when - oldest),
+        )
+
+    def pending_breakdown(self, limit: int = 10) -> PendingBreakdown:
+        # The domain follows the last '@' (a quoted local part may hold one): rtrim by every
+        # other character of the address leaves it up to that '@'.
+        domain = "lower(substr(address, length(rtrim(address, replace(address, '@', ''))) + 1))"
+        with self._readers.snapshot() as conn:
+            destinations = conn.execute(
+                f"SELECT {domain} AS d, count(*) AS n FROM recipient WHERE state IN (?, ?)"
+                " GROUP BY d ORDER BY n DESC, d LIMIT ?",
+                (*PENDING, limit),
+            ).fetchall()
+            reasons = conn.execute(
+                "SELECT coalesce(last_error, last_reply, '-') AS why, count(*) AS n"
+                " FROM recipient WHERE state = ? GROUP BY why ORDER BY n DESC, why LIMIT ?",
+                (RecipientState.DEFERRED.value, limit),
+            ).fetchall()
+        return PendingBreakdown(
+            tuple(Tally(row[0], row[1]) for row in destinations),
+            tuple(Tally(row[0], row[1]) for row in reasons),
         )
 
 

@@ -194,6 +194,22 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """One row of a top-N count: what, and how many."""
+
+    name: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBreakdown:
+    """The waiting recipients grouped: by destination domain, and the deferred ones by reason."""
+
+    destinations: tuple[Tally, ...]
+    reasons: tuple[Tally, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AdminEvent:
     """An admin change; `message_id` is None for a change to the whole queue."""
 
@@ -304,6 +320,10 @@ class Store(Protocol):
         ...
 
     def stats(self, now: float | None = None) -> QueueStats: ...
+
+    def pending_breakdown(self, limit: int = 10) -> PendingBreakdown:
+        """The `limit` largest destinations and deferral reasons, largest first."""
+        ...
 
     def latest_admin_event_id(self) -> int:
         """The cursor to start `fetch_admin_events` from (0 when there was none).

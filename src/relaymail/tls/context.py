@@ -18,6 +18,7 @@ from typing import Any
 
 from cryptography import x509
 
+from .policy import Event, Level
 from .verify import VERIFIED, VerifyResult
 
 
@@ -32,6 +33,19 @@ class PeerCertificate:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyJudgement:
+    """What a session's TLS step saw, and the host policy that judged it.
+
+    It says *why* a session went in clear (not offered, a 4xx, a failed handshake) and
+    under which level; the status page and its history count sessions by it.
+    """
+
+    event: Event | None  # None: STARTTLS was not asked (level none)
+    level: Level
+    source: str  # where the level comes from, e.g. "default level", "MTA-STS enforce ..."
+
+
+@dataclass(frozen=True, slots=True)
 class TlsFacts:
     """The TLS outcome of one session, as recorded in results and logs."""
 
@@ -40,6 +54,7 @@ class TlsFacts:
     cipher: str | None = None
     verification: VerifyResult | None = None  # None when TLS was not used
     certificate: PeerCertificate | None = None
+    judgement: PolicyJudgement | None = None  # None: no session got as far as TLS
 
     @property
     def verified(self) -> bool:

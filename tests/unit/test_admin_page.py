@@ -1,0 +1,64 @@
+"""The pages escape everything that came from mail or the network: it is text, never markup."""
+
+from __future__ import annotations
+
+import re
+
+from relaymail.admin.history import ClearReason, HistoryEntry, HourCount, SessionTls
+from relaymail.admin.page import message_page, status_page
+from relaymail.admin.status import (
+    ClearCause,
+    DomainPosture,
+    MessageView,
+    StatusView,
+    hour_bars,
+)
+from relaymail.delivery.results import Attempt, AttemptResult, Status
+from relaymail.queue.store import (
+    MessageDetail,
+    PendingBreakdown,
+    QueueStats,
+    RecipientCounts,
+    RecipientDetail,
+    RecipientState,
+    Tally,
+)
+
+EVIL = "<script>alert('x')</script>\"&'"
+
+
+def entry() -> HistoryEntry:
+    return HistoryEntry(
+        1000.0, "1AAAAAAAAAA", f"{EVIL}@x.test", EVIL, Status.DEFERRED, EVIL, EVIL, EVIL,
+        SessionTls.CLEAR, ClearReason.TEMPFAIL, EVIL,
+        (Attempt(EVIL, EVIL, AttemptResult.CONTINUED_CLEAR, False, EVIL),),
+    )  # fmt: skip
+
+
+def assert_inert(page: bytes) -> None:
+    text = page.decode()
+    assert "<script" not in text and "alert('x')" not in text
+    assert text.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&quot;&amp;&#x27;") >= 3
+    # Every attribute value is ours: no quote from the input closed one.
+    assert not re.search(r'="[^"]*<', text)
+
+
+def test_the_status_page_escapes_hostile_values_everywhere():
+    view = StatusView(
+        now=3600.0 * 30,
+        stats=QueueStats(1, 0, 10, RecipientCounts(deferred=1), 1000.0, 5.0),
+        pending=PendingBreakdown((Tally(EVIL, 1),), (Tally(EVIL, 1),)),
+        hours=hour_bars([HourCount(29, Status.DEFERRED, 1)], 3600.0 * 30),
+        posture=(DomainPosture(EVIL, 0, 0, 1, (ClearCause(ClearReason.TEMPFAIL, EVIL, 1),)),),
+        recent=(entry(),),
+    )
+    assert_inert(status_page(view, EVIL))
+
+
+def test_a_message_page_escapes_hostile_values_everywhere():
+    recipient = RecipientDetail(
+        f"{EVIL}@x.test", RecipientState.DEFERRED, 1, 2000.0, 1000.0, EVIL, EVIL,
+        '{"used": false}', EVIL,
+    )  # fmt: skip
+    detail = MessageDetail("1AAAAAAAAAA", EVIL, 10, 900.0, False, False, (recipient,))
+    assert_inert(message_page(MessageView("1AAAAAAAAAA", detail, (entry(),)), EVIL))
