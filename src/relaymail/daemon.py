@@ -21,6 +21,7 @@ import os
 import signal
 from dataclasses import dataclass, field, replace
 
+from . import observe
 from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
 from .errors import ConfigError, ListenFailed
@@ -148,19 +149,19 @@ class Daemon:
         trace: TraceHeader | None = None,
         *,
         pickup: str | None = None,
+        arrived: float | None = None,
     ) -> str:
         """Every front door's way into the queue: aliases are expanded here, once."""
         found = self.aliases.expansions(envelope.recipients)
         changed = [e for e in found if e.changed]
         if changed:
             envelope = Envelope(envelope.sender, merged(found))
-        queue_id = await self.scheduler.enqueue(envelope, data, trace, pickup=pickup)
+        queue_id = await self.scheduler.enqueue(
+            envelope, data, trace, pickup=pickup, arrived=arrived
+        )
         # The queue keeps no original recipient (ORCPT) yet: the log line is the record.
         for expansion in changed:
-            log.info(
-                "expanded id=%s orig_to=<%s> to=%s", queue_id, expansion.original,
-                ",".join(f"<{r}>" for r in expansion.recipients),
-            )  # fmt: skip
+            observe.emit(observe.Expanded(queue_id, expansion.original, expansion.recipients))
         return queue_id
 
     async def _start_listeners(self, config: Config, *, serving: bool = True) -> None:

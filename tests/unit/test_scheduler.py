@@ -65,7 +65,9 @@ class ScriptedEngine:
         self._script = {rcpt: list(answers) for rcpt, answers in script.items()}
         self.tried: list[Tried] = []
 
-    async def deliver(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
+    async def deliver(
+        self, envelope: Envelope, data: bytes, *, queue_id: str | None = None
+    ) -> list[RecipientResult]:
         now = asyncio.get_running_loop().time()
         self.tried.append(Tried(now, envelope.sender, envelope.recipients, data))
         answers = [self._script.get(rcpt) for rcpt in envelope.recipients]

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, AnyStr
 
 from aiosmtpd.smtp import MISSING, syntax
 
+from .. import observe
 from ..listener_settings import ListenerMode
+from ..observe import RejectReason
 from .checks import (
     IPAddress,
     address_problem,
@@ -19,7 +21,7 @@ from .checks import (
     with_enhanced_code,
 )
 from .grammar import POSTMASTER, parse_esmtp_params
-from .protocol import ClientGone, CommandLoop, printable
+from .protocol import ClientGone, CommandLoop
 
 if TYPE_CHECKING:
     from .handler import InboundHandler
@@ -68,7 +70,7 @@ class InboundSMTP(CommandLoop):
         self._registered = False
         self._over_capacity = False
         self._client_ip: IPAddress | None = None
-        self._refusal_detail: str | None = None
+        self._open = False  # counted as an open session (metrics) until connection_lost
 
     # -- connection lifecycle ------------------------------------------------
 
@@ -83,20 +85,25 @@ class InboundSMTP(CommandLoop):
             if not self._over_capacity:
                 sessions.add(self)
             self._client_ip = _peer_ip(transport.get_extra_info("peername"))
+            self._open = True
+            observe.emit(observe.InboundConnection(observe.Direction.OPENED, self.peer_ip()))
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.listener.session_ended(self)
+        if self._open:  # called twice after a failed TLS handshake
+            self._open = False
+            observe.emit(observe.InboundConnection(observe.Direction.CLOSED, self.peer_ip()))
         super().connection_lost(error)
 
     async def refuse_session(self) -> bool:
         if not self._over_capacity:
             return False
-        reply = (
-            "421 4.3.2 Service shutting down"
-            if self.listener.closing
-            else "421 4.7.0 Too many connections, try again later"
-        )
+        if self.listener.closing:
+            reply = "421 4.3.2 Service shutting down"
+        else:
+            reply = "421 4.7.0 Too many connections, try again later"
+            self.explain_refusal(RejectReason.TOO_MANY_CONNECTIONS)
         self.log_refusal(reply)  # push() logs replies after the greeting only
         await self.push(reply)
         return True
@@ -138,19 +145,8 @@ class InboundSMTP(CommandLoop):
         await super().push(status)
         self._greeted = True
 
-    def log_refusal(self, outcome: str) -> None:
-        detail, self._refusal_detail = self._refusal_detail, None
-        log.info(
-            "refused client=%s command=%s reply=%s%s",
-            self._client_ip,
-            printable(self.current_command),
-            printable(outcome),
-            f" ({detail})" if detail else "",
-        )
-
-    def explain_refusal(self, detail: str) -> None:
-        """What the log line of the next refusal adds to its reply (never sent to the client)."""
-        self._refusal_detail = detail
+    def peer_ip(self) -> str | None:
+        return str(self._client_ip) if self._client_ip is not None else None
 
     async def _push_verbatim(self, line: str) -> None:
         await super().push(line)
@@ -305,7 +301,8 @@ class InboundSMTP(CommandLoop):
             return
         if not envelope.rcpt_tos:
             # RFC 2920 3.1: a pipelining client learns here that nothing was accepted.
-            await self.push("554 5.5.1 Error: no valid recipients")
+            reply = "554 5.5.1 Error: no valid recipients"
+            await self.refuse(RejectReason.NO_VALID_RECIPIENTS, reply)
             return
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")

@@ -7,15 +7,18 @@ import base64
 import binascii
 import functools
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiosmtpd.smtp import MISSING, AuthResult
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
+from .. import observe
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
-from ..message import Envelope, domain_of, qualify
+from ..message import Envelope, domain_of, message_id, qualify
+from ..observe import RejectReason
 from ..passwords import PasswordHash
 from ..queue.store import TraceHeader
 from .checks import address_problem, is_trusted, may_relay
@@ -46,8 +49,12 @@ Users = Mapping[str, PasswordHash]
 class Spool(Protocol):
     """Where accepted mail goes: the queue's entry point."""
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float
+    ) -> str:
         """Store ``trace(queue id) + data`` durably (fsync'd) and return the queue id.
+
+        ``arrived``: when the client began the transaction (MAIL FROM), wall clock.
 
         Raises relaymail.errors.QueueFull when the queue cannot take it.
         """
@@ -83,9 +90,11 @@ class InboundHandler:
         mail_options: list[str],
     ) -> str:
         if self.settings.auth_required and not session.authenticated:
+            server.explain_refusal(RejectReason.AUTH_REQUIRED)
             return "530 5.7.0 Authentication required"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        session.mail_started = time.time()
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -118,7 +127,7 @@ class InboundHandler:
             # user%elsewhere@relay-domain: routing through us that the next
             # hop may honour; an open relay by the back door (Postfix's
             # allow_untrusted_routing = no).
-            server.explain_refusal("source routing")
+            server.explain_refusal(RejectReason.RELAY_DENIED, "source routing")
             return "554 5.7.1 Relay access denied"
         elif not (
             # Our aliases are ours to take, as a relay domain is.
@@ -140,6 +149,7 @@ class InboundHandler:
         folded = 0
         if limit is not None and longest > limit:
             if self.settings.long_lines is LongLines.REFUSE:
+                server.explain_refusal(RejectReason.LINE_TOO_LONG)
                 return f"500 5.5.2 Line too long, the limit is {limit} octets (RFC 5321 4.5.3.1.6)"
             fold = fold_long_lines(data, limit)
             data, folded = fold.data, fold.lines
@@ -164,30 +174,30 @@ class InboundHandler:
         )
         message = Envelope(sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos))
         try:
-            queue_id = await self._spool(message, data, trace)
+            queue_id = await self._spool(message, data, trace, session.mail_started)
         except QueueFull:
-            server.explain_refusal("queue full")
+            server.explain_refusal(RejectReason.QUEUE_UNAVAILABLE, "queue full")
             return "452 4.3.1 Insufficient system storage"
         except Exception:
             log.exception("spool failed for mail from %s", server.client_ip())
             return "451 4.3.0 Queue error, try again later"
-        log.info(
-            "accepted %s from=<%s> nrcpt=%d size=%d client=%s auth=%s%s",
-            queue_id,
-            message.sender,
-            len(message.recipients),
-            len(data),
-            server.client_ip(),
-            session.auth_data if session.authenticated else "-",
-            f" folded={folded} lines over {limit} octets" if folded else "",
-        )
+        observe.emit(
+            observe.Accepted(
+                queue_id, str(server.client_ip()), session.host_name,
+                str(session.auth_data) if session.authenticated else None, message_id(data),
+                message.sender, len(data), len(message.recipients),
+                tls[0] if tls else "clear", folded,
+            )
+        )  # fmt: skip
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
-    async def _spool(self, message: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def _spool(
+        self, message: Envelope, data: bytes, trace: TraceHeader, arrived: float
+    ) -> str:
         # Shielded: once the queue has started writing, it finishes even if the
         # client goes away (the worst outcome is a duplicate after the client
         # retries, never a half-written entry). close() waits for these.
-        task = asyncio.ensure_future(self.spool(message, data, trace))
+        task = asyncio.ensure_future(self.spool(message, data, trace, arrived=arrived))
         spooling = self.listener.spooling
         spooling.add(task)
         task.add_done_callback(_spool_done(spooling))
@@ -236,8 +246,9 @@ class InboundHandler:
     async def _failed(self, server: InboundSMTP, reason: str) -> AuthResult:
         session = server.inbound_session()
         session.auth_failures += 1
-        server.explain_refusal(reason)
+        server.explain_refusal(RejectReason.AUTH_FAILED, reason)
         if session.auth_failures >= self.settings.max_auth_failures:
+            server.explain_refusal(RejectReason.TOO_MANY_AUTH_FAILURES, reason)
             await server.push("421 4.7.0 Too many failed authentication attempts")
             assert server.transport is not None
             server.transport.close()
