@@ -29,6 +29,7 @@ from .inbound import ListenerHandle, server_tls_context, start_listener
 from .inbound.pickup import Pickup, open_maildrop
 from .local import AliasTable, merged
 from .message import Envelope
+from .metrics import Metrics
 from .queue.sqlite import SqliteStore
 from .queue.store import TraceHeader
 from .scheduler import Scheduler
@@ -54,11 +55,20 @@ class Daemon:
     config: Config
     listeners: list[ListenerHandle] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Fed by the same events as the log (observe/); the admin listener serves its registry.
+    metrics: Metrics = field(default_factory=Metrics)
     _retiring: asyncio.Task[None] | None = None
     # Root was given up: listeners on privileged ports cannot be bound again.
     _dropped_root: bool = False
 
     async def run(self) -> None:
+        unsubscribe = observe.subscribe(self.metrics.observe)
+        try:
+            await self._run()
+        finally:
+            unsubscribe()
+
+    async def _run(self) -> None:
         config = self.config
         check_server_config(config)
         if problem := host_name_problem(config.delivery.helo_name):

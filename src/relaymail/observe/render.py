@@ -37,7 +37,8 @@ def text_line(event: LogEvent) -> str:
         else:
             parts.append(f"{fact.name}={_text_value(fact)}")
     line = f"{event.queue_id or NO_QUEUE_ID}: " + ", ".join(parts)
-    return line + "".join(f" ({t})" for t in trailers)
+    # The first of the trailers present: a delivery's remote reply, else our reason.
+    return line + (f" ({trailers[0]})" if trailers else "")
 
 
 def _text_value(fact: Fact) -> str:
