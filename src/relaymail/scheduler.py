@@ -311,7 +311,7 @@ class Scheduler:
             observe.emit(
                 observe.Delivery(
                     entry.id, rcpt, observe.DeliveryStatus.DEFERRED, sender=entry.sender,
-                    delay=now - entry.received_at + entry.before_queue, dsn="4.4.1",
+                    delay=round(now - entry.received_at + entry.before_queue, 3), dsn="4.4.1",
                     next_attempt=_iso(until),
                     reason=f"delivery temporarily suspended: destination down ({reason})",
                 )
@@ -455,7 +455,7 @@ def _delivery_event(
     deferred = result.status is Status.DEFERRED
     return observe.Delivery(
         entry.id, result.recipient, status, sender=entry.sender, relay=result.relay,
-        delay=now - entry.received_at + entry.before_queue,
+        delay=round(now - entry.received_at + entry.before_queue, 3),
         delays=observe.Delays(
             entry.before_queue, max(0.0, started - entry.received_at),
             result.setup_seconds, result.transmission_seconds,
