@@ -14,6 +14,7 @@ from ..routing import NextHop
 from ..smtp.client import Capabilities
 from ..smtp.reply import Reply
 from ..tls.context import CLEAR, TlsFacts
+from ..tls.policy import Event
 from ..tls.reporting import TlsEvent
 from .convert import to_7bit
 from .plan import DomainPlan, HostPolicy
@@ -160,8 +161,11 @@ def observe_step(
 ) -> None:  # fmt: skip
     """The attempt line: a step of the delivery, with the message's queue id."""
     tls_words = observe.tls_words(tls.used, tls.version, tls.verified, tls.cipher)
+    # Bytes spliced behind the 220 to STARTTLS: someone on the path, worth a warning.
+    injected = step is not None and step.event is Event.INJECTION
+    level = logging.WARNING if injected else _LOG_LEVELS.get(result, logging.INFO)
     event = observe.Attempt(
         run.queue_id, run.domain, at.relay, at.hop.label, result, tls_words, at.policy_words,
-        step, detail, _LOG_LEVELS.get(result, logging.INFO),
+        step, detail, level,
     )  # fmt: skip
     observe.emit(event)
