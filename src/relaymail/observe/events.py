@@ -15,7 +15,7 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 if TYPE_CHECKING:  # annotations only: the delivery package logs through this one
     from ..delivery.results import AttemptResult, Relay, TlsStep
@@ -34,8 +34,8 @@ class Field(enum.Enum):
     TRAILER = "trailer"  # the last part of a line, in parentheses: a reply or our reason
 
 
-@dataclass(frozen=True, slots=True)
-class Fact:
+class Fact(NamedTuple):
+    # A tuple, not a dataclass: every event makes a dozen, and this is the hot path.
     name: str
     value: Value
     form: Field = Field.PLAIN

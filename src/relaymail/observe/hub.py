@@ -18,13 +18,25 @@ Sink = Callable[[LogEvent], None]
 _sinks: list[Sink] = []
 
 
+class _Line:
+    """The text line, rendered only if a formatter asks (the JSON one never does)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: LogEvent) -> None:
+        self.event = event
+
+    def __str__(self) -> str:
+        return text_line(self.event)
+
+
 def emit(event: LogEvent) -> None:
     for sink in tuple(_sinks):
         sink(event)
     log = logging.getLogger(f"relaymail.{event.name}")
     level = event.severity()
     if log.isEnabledFor(level):
-        log.log(level, "%s", text_line(event), extra={"event": event})
+        log.log(level, "%s", _Line(event), extra={"event": event})
 
 
 def subscribe(sink: Sink) -> Callable[[], None]:
