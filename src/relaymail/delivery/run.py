@@ -46,7 +46,7 @@ class Target:
 
     @property
     def policy_words(self) -> str:
-        """policy= of the log lines: the level and what set it, `may(default)`."""
+        """policy= of the log lines: the level and what set it, `may(default level)`."""
         return f"{self.policy.level.value}({self.policy.source})"
 
 
