@@ -21,6 +21,7 @@ import os
 import signal
 from dataclasses import dataclass, field, replace
 
+from . import observe
 from .admin.history import DeliveryHistory
 from .admin.settings import load_token
 from .config import Config, load_config
@@ -32,6 +33,7 @@ from .inbound.pickup import Pickup, open_maildrop
 from .inbound.recipient_verification import RecipientVerifier
 from .local import AliasTable, merged
 from .message import Envelope
+from .metrics import Metrics
 from .preflight import PreflightFailed, check_server_config, preflight
 from .queue.sqlite import SqliteStore
 from .queue.store import TraceHeader
@@ -58,12 +60,21 @@ class Daemon:
     config: Config
     listeners: list[ListenerHandle] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Fed by the same events as the log (observe/); the admin listener serves its registry.
+    metrics: Metrics = field(default_factory=Metrics)
     _retiring: asyncio.Task[None] | None = None
     # Root was given up: listeners on privileged ports cannot be bound again.
     _dropped_root: bool = False
     _admin_token: str | None = None  # [admin] token_file's token, re-read on reload
 
     async def run(self) -> None:
+        unsubscribe = observe.subscribe(self.metrics.observe)
+        try:
+            await self._run()
+        finally:
+            unsubscribe()
+
+    async def _run(self) -> None:
         config = self.config
         if problems := preflight(config):
             raise PreflightFailed(problems)
@@ -211,19 +222,19 @@ class Daemon:
         trace: TraceHeader | None = None,
         *,
         pickup: str | None = None,
+        arrived: float | None = None,
     ) -> str:
         """Every front door's way into the queue: aliases are expanded here, once."""
         found = self.aliases.expansions(envelope.recipients)
         changed = [e for e in found if e.changed]
         if changed:
             envelope = Envelope(envelope.sender, merged(found))
-        queue_id = await self.scheduler.enqueue(envelope, data, trace, pickup=pickup)
+        queue_id = await self.scheduler.enqueue(
+            envelope, data, trace, pickup=pickup, arrived=arrived
+        )
         # The queue keeps no original recipient (ORCPT) yet: the log line is the record.
         for expansion in changed:
-            log.info(
-                "expanded id=%s orig_to=<%s> to=%s", queue_id, expansion.original,
-                ",".join(f"<{r}>" for r in expansion.recipients),
-            )  # fmt: skip
+            observe.emit(observe.Expanded(queue_id, expansion.original, expansion.recipients))
         return queue_id
 
     async def _verify_recipient(self, address: str, sender: str) -> RecipientResult:

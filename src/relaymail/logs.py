@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
+from typing import Any
+
+from .observe import LogEvent
+from .observe.render import json_fields, json_line
 
 
 class JsonFormatter(logging.Formatter):
+    """An event (observe/) as its facts, typed; any other record as its message."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
         }
-        entry.update(getattr(record, "fields", {}))
-        return json.dumps(entry, ensure_ascii=False)
+        event = getattr(record, "event", None)
+        if isinstance(event, LogEvent):
+            entry.update(json_fields(event))
+        else:
+            entry["message"] = record.getMessage()
+            if record.exc_info:
+                entry["exception"] = self.formatException(record.exc_info)
+        return json_line(entry)
 
 
 def setup_logging(level: str, as_json: bool) -> None:

@@ -123,6 +123,16 @@ def header_section(data: bytes) -> bytes:
     return data if end < 0 else data[: end + 2]
 
 
+def message_id(data: bytes) -> str | None:
+    """The Message-ID field's value, unfolded, for log lines (which escape it); at most 200."""
+    unfolded = header_section(data).replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
+    for line in unfolded.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"message-id":
+            return value.strip().decode("utf-8", "replace")[:200] or None
+    return None
+
+
 def split_header_section(data: bytes) -> tuple[bytes, bytes]:
     """(header section, body) of canonical data; the blank line between them is dropped."""
     headers = header_section(data)

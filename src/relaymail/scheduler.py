@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from . import observe
 from .config import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .errors import QueueFull
@@ -62,6 +63,7 @@ class _Entry:
     warned: bool
     recipients: dict[str, _Pending]
     data: bytes | None = None  # kept until the first attempt, to spare a read
+    before_queue: float = 0.0  # delays=a: MAIL FROM to the commit; unknown after a restart
 
     @property
     def due(self) -> float:
@@ -151,12 +153,16 @@ class Scheduler:
 
     # -- intake ----------------------------------------------------------------
 
-    def submit(self, message: QueuedMessage, data: bytes) -> None:
-        """A message just made durable by the inbound path: deliver it now."""
+    def submit(self, message: QueuedMessage, data: bytes, arrived: float | None = None) -> None:
+        """A message just made durable by the inbound path: deliver it now.
+
+        `arrived`: when its sender began to hand it over (MAIL FROM, the maildrop file).
+        """
         now = self._clock()
+        before = max(0.0, message.received_at - arrived) if arrived is not None else 0.0
         entry = _Entry(
             message.id, message.envelope.sender, message.received_at, False, False,
-            {r: _Pending(0, now) for r in message.envelope.recipients}, data,
+            {r: _Pending(0, now) for r in message.envelope.recipients}, data, before,
         )  # fmt: skip
         self._entries[entry.id] = entry
         self._push(entry)
@@ -168,6 +174,7 @@ class Scheduler:
         trace: TraceHeader | None = None,
         *,
         pickup: str | None = None,
+        arrived: float | None = None,
     ) -> str:
         """Queue and schedule a message (inbound mail, DSNs, local submission).
 
@@ -177,7 +184,7 @@ class Scheduler:
         message = await self.store.enqueue(
             envelope, data, self._clock(), trace=trace, pickup=pickup
         )
-        self.submit(message, message.trace + data)
+        self.submit(message, message.trace + data, arrived)
         # The inbound server logs the acceptance with this id; DSNs and local
         # submissions say so in their own lines.
         log.debug(
@@ -233,7 +240,7 @@ class Scheduler:
                 self._entries.pop(entry.id, None)
 
     async def _attempt(self, entry: _Entry) -> None:
-        now = self._clock()
+        now = started = self._clock()
         due = [r for r, p in entry.recipients.items() if p.due <= now]
         updates: list[RecipientUpdate] = []
         skipped = self._skip_dead_destinations(entry, due, now, updates)
@@ -247,7 +254,8 @@ class Scheduler:
                 await self._body_missing(entry)
                 return
             entry.data = None
-            results = await self.engine.deliver(Envelope(entry.sender, tuple(due)), data)
+            envelope = Envelope(entry.sender, tuple(due))
+            results = await self.engine.deliver(envelope, data, queue_id=entry.id)
         now = self._clock()
         bounced: list[RecipientResult] = []
         deferred: list[RecipientResult] = []
@@ -256,7 +264,9 @@ class Scheduler:
             pending.attempts += 1
             status = result.status
             reason = result.reason
-            if status is Status.DEFERRED and now - entry.received_at >= self.settings.lifetime:
+            age = now - entry.received_at
+            expired = status is Status.DEFERRED and age >= self.settings.lifetime
+            if expired:
                 status = Status.BOUNCED
                 reason = f"gave up after {_age(now - entry.received_at)} in the queue: {reason}"
                 result = _expired(result, reason)
@@ -269,7 +279,7 @@ class Scheduler:
                     bounced.append(result)
             self._note_destination(result, now, pending)
             updates.append(_update(entry.id, result, status, pending, now, reason))
-            _log_result(entry.id, result, status, reason, pending.due)
+            observe.emit(_delivery_event(entry, result, expired, pending.due, started, now))
             if self.history is not None:
                 self.history.record(entry.id, result, status, reason, now)
         final = [(entry.id, u.recipient) for u in updates if u.state.is_final]
@@ -305,6 +315,15 @@ class Scheduler:
             pending = entry.recipients[rcpt]
             pending.due = until
             skipped.add(rcpt)
+            # Postfix's "delivery temporarily suspended": a deferral without an attempt.
+            observe.emit(
+                observe.Delivery(
+                    entry.id, rcpt, observe.DeliveryStatus.DEFERRED, sender=entry.sender,
+                    delay=round(now - entry.received_at + entry.before_queue, 3), dsn="4.4.1",
+                    next_attempt=_iso(until),
+                    reason=f"delivery temporarily suspended: destination down ({reason})",
+                )
+            )  # fmt: skip
             updates.append(
                 RecipientUpdate(
                     entry.id,
@@ -333,9 +352,9 @@ class Scheduler:
         """Bounce or warn through the queue itself; never for the null sender (no loops)."""
         from . import dsn
 
-        kind = "delay warning" if delay else "bounce"
+        kind = "delay-warning" if delay else "bounce"
         if not dsn.should_bounce(entry.sender):
-            log.info("id=%s: no %s for a message from <>", entry.id, kind)
+            observe.emit(observe.Notice(entry.id, kind, entry.sender, None))
             return
         now = _utc(self._clock())
         build = (
@@ -360,7 +379,7 @@ class Scheduler:
 
         async def queue_notice() -> None:
             dsn_id = await self.enqueue(notice.envelope, notice.data)
-            log.info("id=%s: %s to <%s> queued as %s", entry.id, kind, entry.sender, dsn_id)
+            observe.emit(observe.Notice(entry.id, kind, entry.sender, dsn_id))
 
         await self._writes.write(queue_notice)
 
@@ -386,7 +405,7 @@ class Scheduler:
                     self._stale.add(event.message_id)
                 else:
                     self._reload(event.message_id)
-                log.info("admin %s %s", event.action.value, event.message_id or "all")
+                observe.emit(observe.Admin(event.message_id, event.action))
 
     def _reload(self, message_id: str) -> None:
         message = self.store.load_pending_message(message_id)
@@ -426,22 +445,39 @@ def _expired(result: RecipientResult, reason: str) -> RecipientResult:
     return replace(result, status=Status.BOUNCED, reason=reason)
 
 
-def _log_result(
-    message_id: str, result: RecipientResult, status: Status, reason: str, due: float
-) -> None:
+_STATUS_WORDS = {
+    Status.DELIVERED: observe.DeliveryStatus.SENT,
+    Status.DEFERRED: observe.DeliveryStatus.DEFERRED,
+    Status.BOUNCED: observe.DeliveryStatus.BOUNCED,
+}
+# RFC 3463 class codes, as Postfix gives them when no reply carried one.
+_DEFAULT_DSN = {Status.DELIVERED: "2.0.0", Status.DEFERRED: "4.0.0", Status.BOUNCED: "5.0.0"}
+
+
+def _delivery_event(
+    entry: _Entry, result: RecipientResult, expired: bool, due: float, started: float, now: float
+) -> observe.Delivery:
+    """The delivery line of one recipient's outcome (`result` already says bounced if expired)."""
     tls = result.tls
-    tls_words = (
-        f"{tls.version}/{'verified' if tls.verified else 'unverified'}" if tls.used else "none"
-    )
-    extra = (
-        f" next={time.strftime('%H:%M:%S', time.localtime(due))}"
-        if status is Status.DEFERRED
-        else ""
-    )
-    log.info(
-        "%s id=%s to=<%s> host=%s tls=%s%s: %s",
-        status.value, message_id, result.recipient, result.host or "-", tls_words, extra, reason,
+    status = observe.DeliveryStatus.EXPIRED if expired else _STATUS_WORDS[result.status]
+    deferred = result.status is Status.DEFERRED
+    return observe.Delivery(
+        entry.id, result.recipient, status, sender=entry.sender, relay=result.relay,
+        delay=round(now - entry.received_at + entry.before_queue, 3),
+        delays=observe.Delays(
+            entry.before_queue, max(0.0, started - entry.received_at),
+            result.setup_seconds, result.transmission_seconds,
+        ),
+        dsn=result.enhanced_status or _DEFAULT_DSN[result.status],
+        tls=observe.tls_words(tls.used, tls.version, tls.verified),
+        policy=result.policy, decision=result.decision,
+        next_attempt=_iso(due) if deferred else None,
+        reply=result.reply, reason=result.reason,
     )  # fmt: skip
+
+
+def _iso(timestamp: float) -> str:
+    return _utc(timestamp).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _utc(timestamp: float) -> datetime:

@@ -47,18 +47,20 @@ def write_toml(path: Path, sections: dict[str, Any]) -> Path:
 
 class Daemon:
     def __init__(
-        self, config: Path, port: int, log: Path, env: dict[str, str] | None = None
-    ) -> None:
+        self, config: Path, port: int, log: Path, env: dict[str, str] | None = None,
+        options: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         self.config = config
         self.port = port
         self.log = log
+        self.options = options  # global options, before the command (--log-json)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float = 15.0) -> None:
         log = self.log.open("ab")
         self.process = await asyncio.create_subprocess_exec(
-            RELAYMAIL, "--log-level", "DEBUG", "serve", "--config", str(self.config),
+            RELAYMAIL, "--log-level", "DEBUG", *self.options, "serve", "--config", str(self.config),
             stdout=log, stderr=log, env=self.env,
         )  # fmt: skip
         log.close()

@@ -42,19 +42,25 @@ ELSEWHERE = (ipaddress.ip_network("192.0.2.0/24"),)
 class MemorySpool:
     messages: list[tuple[Envelope, bytes]] = field(default_factory=list)
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float = 0.0
+    ) -> str:
         queue_id = f"Q{len(self.messages) + 1:04d}"
         self.messages.append((envelope, trace(queue_id) + data))
         return queue_id
 
 
 class FullSpool:
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float = 0.0
+    ) -> str:
         raise QueueFull("disk full")
 
 
 class BrokenSpool:
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float = 0.0
+    ) -> str:
         raise RuntimeError("secret internal detail /var/spool/relaymail")
 
 
@@ -66,7 +72,9 @@ class SlowSpool(MemorySpool):
         self.release = asyncio.Event()
         self.started = asyncio.Event()
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float = 0.0
+    ) -> str:
         self.started.set()
         await self.release.wait()
         return await super().__call__(envelope, data, trace)

@@ -91,7 +91,7 @@ async def test_smtp_rcpt_to_an_alias_is_accepted_from_anyone_and_expanded(
         {"oncall@outside.test"},
         {"admin@outside.test", "oncall@outside.test"},
     ]
-    assert "orig_to=<ROOT@Example.org> to=<admin@outside.test>,<oncall@outside.test>" in (
+    assert "orig_to=<ROOT@Example.org>, to=<admin@outside.test>,<oncall@outside.test>" in (
         daemon.text()
     )
 

@@ -93,7 +93,7 @@ async def test_swaks_in_loopback_server_out_over_tls(smtp_peer, ca_file, tmp_pat
         message["Received"].split()
     )
     log = daemon.text()
-    assert "delivered id=" in log and "tls=TLSv1" in log
+    assert "status=sent" in log and "tls=TLSv1" in log
 
 
 async def test_starttls_4xx_server_gets_mail_in_clear_unless_tls_is_required(
@@ -109,7 +109,7 @@ async def test_starttls_4xx_server_gets_mail_in_clear_unless_tls_is_required(
         for rcpt in ("u@may.test", "u@bank.test"):
             code, out = await swaks(port, "--from", "a@src.test", "--to", rcpt)
             assert code == 0, out
-        await wait_for(lambda: peer.transactions and "deferred id=" in daemon.text())
+        await wait_for(lambda: peer.transactions and "status=deferred" in daemon.text())
         code, out, _ = await run_command(RELAYMAIL, "queue", "--config", str(config),
                                          "--json", "list")  # fmt: skip
     finally:
@@ -278,7 +278,7 @@ async def test_sendmail_and_the_queue_tools(smtp_peer, ca_file, tmp_path):
 
     daemon = await start_daemon(tmp_path, config, port)
     try:
-        await wait_for(lambda: daemon.text().count("deferred id=") >= 2)
+        await wait_for(lambda: daemon.text().count("status=deferred") >= 2)
         code, out, _ = await run_command(*queue, "list")
         [listed] = json.loads(out)["messages"]
         queue_id = listed["id"]

@@ -55,7 +55,7 @@ async def test_exim_sending_through_relaymail_delivers_one_copy_and_exim_sees_th
     try:
         client = await asyncio.to_thread(exim, EximOptions(relay=Relay("127.0.0.1", port)))
         message_id = await asyncio.to_thread(client.send, "a@sender.test", ["u@dest.test"], MESSAGE)
-        await wait_for(lambda: "delivered id=" in daemon.text(), what="delivery")
+        await wait_for(lambda: "status=sent" in daemon.text(), what="delivery")
         assert client.outcome(message_id) is Outcome.DELIVERED, client.mainlog()
         assert await asyncio.to_thread(client.queue_count) == 0
         assert "Remote host closed connection" not in client.mainlog()
@@ -65,8 +65,8 @@ async def test_exim_sending_through_relaymail_delivers_one_copy_and_exim_sees_th
         assert await daemon.stop() == 0
     assert [t.recipients for t in sink.transactions] == [("u@dest.test",)]
     log = daemon.text()
-    assert log.count("relaymail.server: accepted ") == 1
-    assert log.count("delivered id=") == 1
+    assert log.count("relaymail.accepted: ") == 1
+    assert log.count("status=sent") == 1
     assert "Traceback" not in log
 
 

@@ -67,7 +67,9 @@ async def queued(tmp_path: Path, policy: Policy = email.policy.default) -> list[
     config = load_config(tmp_path / "relaymail.toml")
     spooled: list[bytes] = []
 
-    async def spool(envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str) -> str:
+    async def spool(
+        envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str, arrived: float
+    ) -> str:
         spooled.append(data)
         return f"Q{len(spooled)}"
 

@@ -146,12 +146,12 @@ async def test_exim_shaped_client_through_the_daemon_is_delivered_once(
     try:
         raw = await half_closed_session(port, ENVELOPE + MESSAGE + b"QUIT\r\n")
         assert reply_codes(raw) == (220, 250, 250, 250, 354, 250, 221)
-        await wait_for(lambda: "delivered id=" in daemon.text(), what="delivery")
+        await wait_for(lambda: "status=sent" in daemon.text(), what="delivery")
     finally:
         assert await daemon.stop() == 0
     assert [t.recipients for t in sink.transactions] == [("b@elsewhere.example",)]
     log = daemon.text()
-    assert log.count("relaymail.server: accepted ") == 1 and log.count("delivered id=") == 1
+    assert log.count("relaymail.accepted: ") == 1 and log.count("status=sent") == 1
     assert "Traceback" not in log
 
 

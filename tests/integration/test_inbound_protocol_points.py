@@ -13,6 +13,8 @@ import pytest
 from relaymail.config import parse_config
 from relaymail.errors import ConfigError
 from relaymail.listener_settings import ListenerMode, LongLines
+from relaymail.observe import Accepted, LogEvent, Rejected, RejectReason
+from relaymail.observe.render import text_line
 from tests.integration.inbound_harness import ELSEWHERE, HOSTNAME, Client, Listen
 
 SENDER = "a@client.example"
@@ -105,7 +107,7 @@ def unfolded_header(data: bytes) -> bytes:
 async def test_lines_over_998_octets_are_folded_before_queueing_and_logged(
     listen: Listen, clients: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="relaymail.server")
+    caplog.set_level(logging.INFO)
     handle, spool = await listen()
     subject = b"Subject: " + b" ".join(b"word%d" % i for i in range(400))
     html = "<p>" + "é" * 1500 + "</p>"
@@ -120,7 +122,8 @@ async def test_lines_over_998_octets_are_folded_before_queueing_and_logged(
     assert max(len(line) + 2 for line in stored.split(b"\r\n")) <= 1000
     assert unfolded_header(stored).endswith(subject)  # folded at spaces: the same field
     assert body.replace(b"\r\n", b"").decode() == html + ".starts with a dot"
-    assert [r.getMessage() for r in caplog.records if "folded=2 " in r.getMessage()] != []
+    [accepted] = [e for e in events(caplog) if isinstance(e, Accepted)]
+    assert accepted.folded == 2 and "folded=2" in text_line(accepted)
 
 
 async def test_long_lines_refuse_keeps_the_500(listen: Listen, clients: Any) -> None:
@@ -145,14 +148,22 @@ def test_long_lines_is_a_listener_key_with_two_values() -> None:
 # --------------------------------------------------------------------------- refusal log
 
 
-def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+def events(caplog: pytest.LogCaptureFixture) -> list[LogEvent]:
+    return [r.event for r in caplog.records if isinstance(getattr(r, "event", None), LogEvent)]
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[tuple[str | None, str, RejectReason, str]]:
+    return [
+        (e.client_ip, e.command, e.reason, e.reply)
+        for e in events(caplog)
+        if isinstance(e, Rejected)
+    ]
 
 
 async def test_every_refusal_is_one_log_line_with_client_command_and_reply(
     listen: Listen, clients: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="relaymail.server")
+    caplog.set_level(logging.INFO)
     handle, _ = await listen(relay_networks=ELSEWHERE, max_message_size=1000)
     client, _ = await clients(handle.port)
     await client.command("EHLO client.example")
@@ -162,21 +173,21 @@ async def test_every_refusal_is_one_log_line_with_client_command_and_reply(
     await client.command("RCPT TO:<")
     await client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==")
     assert refusals(caplog) == [
-        f"refused client=127.0.0.1 command=MAIL FROM:<{SENDER}> SIZE=5000 "
-        "reply=552 5.3.4 Message size exceeds fixed maximum message size",
-        "refused client=127.0.0.1 command=RCPT TO:<b@elsewhere.example> "
-        "reply=554 5.7.1 Relay access denied",
-        "refused client=127.0.0.1 command=RCPT TO:< "
-        "reply=501 5.5.4 Syntax: RCPT TO:<address> [parameters]",
-        "refused client=127.0.0.1 command=AUTH PLAIN "  # never the credentials
-        "reply=538 5.7.11 Encryption required for requested authentication mechanism",
-    ]
+        ("127.0.0.1", f"MAIL FROM:<{SENDER}> SIZE=5000", RejectReason.MESSAGE_TOO_BIG,
+         "552 5.3.4 Message size exceeds fixed maximum message size"),
+        ("127.0.0.1", "RCPT TO:<b@elsewhere.example>", RejectReason.RELAY_DENIED,
+         "554 5.7.1 Relay access denied"),
+        ("127.0.0.1", "RCPT TO:<", RejectReason.SYNTAX,
+         "501 5.5.4 Syntax: RCPT TO:<address> [parameters]"),
+        ("127.0.0.1", "AUTH PLAIN", RejectReason.TLS_REQUIRED,  # never the credentials
+         "538 5.7.11 Encryption required for requested authentication mechanism"),
+    ]  # fmt: skip
 
 
 async def test_a_failed_tls_handshake_and_too_many_connections_are_one_line_each(
     listen: Listen, clients: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="relaymail.server")
+    caplog.set_level(logging.INFO)
     handle, _ = await listen(max_connections=1)
     client, _ = await clients(handle.port)
     refused, greeting = await Client.connect(handle.port)
@@ -188,10 +199,11 @@ async def test_a_failed_tls_handshake_and_too_many_connections_are_one_line_each
     assert await client.closed_by_server()
     lines = refusals(caplog)
     assert lines[0] == (
-        "refused client=127.0.0.1 command=connect "
-        "reply=421 4.7.0 Too many connections, try again later"
-    )
-    assert len(lines) == 2 and lines[1].startswith(
-        "refused client=127.0.0.1 command=STARTTLS reply=TLS handshake failed: "
-    )
+        "127.0.0.1", "connect", RejectReason.TOO_MANY_CONNECTIONS,
+        "421 4.7.0 Too many connections, try again later",
+    )  # fmt: skip
+    assert len(lines) == 2 and lines[1][:3] == (
+        "127.0.0.1", "STARTTLS", RejectReason.TLS_HANDSHAKE_FAILED
+    )  # fmt: skip
+    assert lines[1][3].startswith("TLS handshake failed: ")
     assert not [r for r in caplog.records if r.exc_info]

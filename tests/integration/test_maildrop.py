@@ -93,8 +93,8 @@ async def test_nobody_queues_through_the_maildrop_and_the_running_daemon_deliver
     [transaction] = peer.transactions
     assert (transaction.mail_from, transaction.recipients) == (f"nobody@{LOCAL}", ("u@dest.test",))
     assert f"From: No Body <nobody@{LOCAL}>".encode() in transaction.data
-    [line] = [x for x in daemon.text().splitlines() if "picked up" in x]
-    assert f"uid=65534 user=nobody from=<nobody@{LOCAL}>" in line and "message-id=<" in line
+    [line] = [x for x in daemon.text().splitlines() if "relaymail.pickup:" in x]
+    assert f"uid=65534, user=nobody, from=<nobody@{LOCAL}>" in line and "message-id=<" in line
     queue = shared / "queue"
     assert maildrop_files(queue) == []
     assert stat.S_IMODE((queue / "maildrop").stat().st_mode) == 0o1733
@@ -217,7 +217,7 @@ async def test_kill_9_while_picking_up_delivers_each_message_once(smtp_peer, ca_
                                 stdin=b"Subject: m%d\n\nx\n" % n)  # fmt: skip
         assert code == 0, err
     daemon = await start(shared, config, port)
-    await wait_for(lambda: "picked up" in daemon.text())
+    await wait_for(lambda: "relaymail.pickup:" in daemon.text())
     await daemon.kill()
     mailq = subprocess.run([str(Path(RELAYMAIL).parent / "mailq")], capture_output=True,
                            env={**os.environ, "RELAYMAIL_CONFIG": str(config)})  # fmt: skip

@@ -133,7 +133,7 @@ async def test_outcomes_that_cannot_be_written_are_kept_not_delivered_again(
     try:
         # Accepted while the next hop is down: all 40 wait in the queue.
         assert [code for code, _ in await submit(port, tokens)] == [250] * 40
-        await wait_for(lambda: daemon.text().count("deferred id=") >= 40)
+        await wait_for(lambda: daemon.text().count("status=deferred") >= 40)
 
         # The disk fills; then the next hop comes up and takes every message, and
         # not one outcome can be written.
@@ -365,7 +365,7 @@ async def test_a_message_whose_body_row_is_gone_is_held_and_said_once(
         [(code, reply)] = await submit(port, ["t-0"])
         assert code == 250
         queue_id = reply.split()[-1]
-        await wait_for(lambda: "deferred id=" in daemon.text())
+        await wait_for(lambda: "status=deferred" in daemon.text())
         with contextlib.closing(sqlite3.connect(queue / "queue.db", isolation_level=None)) as db:
             db.execute("DELETE FROM body")
         command = (RELAYMAIL, "queue", "--config", str(config), "--json")

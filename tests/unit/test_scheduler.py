@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from relaymail import observe
 from relaymail.config import QueueSettings
 from relaymail.delivery import RecipientResult, Status
 from relaymail.errors import QueueFull
@@ -65,7 +66,9 @@ class ScriptedEngine:
         self._script = {rcpt: list(answers) for rcpt, answers in script.items()}
         self.tried: list[Tried] = []
 
-    async def deliver(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
+    async def deliver(
+        self, envelope: Envelope, data: bytes, *, queue_id: str | None = None
+    ) -> list[RecipientResult]:
         now = asyncio.get_running_loop().time()
         self.tried.append(Tried(now, envelope.sender, envelope.recipients, data))
         answers = [self._script.get(rcpt) for rcpt in envelope.recipients]
@@ -183,6 +186,32 @@ def test_a_recipient_still_deferred_at_its_lifetime_bounces_to_the_sender() -> N
             assert queue.store.get_message(message_id) is None
 
     run(main())
+
+
+def test_each_attempt_is_one_delivery_event_and_the_last_one_says_expired() -> None:
+    events: list[observe.LogEvent] = []
+
+    async def main() -> None:
+        async with running({BOB: [greylisted] * 10}, settings(lifetime=1000)) as queue:
+            message_id = await queue.enqueue(BOB)
+            await asyncio.sleep(1300)
+            outcomes = [e for e in events if isinstance(e, observe.Delivery) and e.to == BOB]
+            assert {e.queue_id for e in outcomes} == {message_id}
+            assert [e.status for e in outcomes] == [observe.DeliveryStatus.DEFERRED] * 3 + [
+                observe.DeliveryStatus.EXPIRED
+            ]
+            assert [e.delay for e in outcomes] == at(0, 60, 360, 1260)
+            assert [e.delays.in_queue for e in outcomes if e.delays] == at(0, 60, 360, 1260)
+            assert outcomes[-1].reply == "451 4.7.1 greylisted"
+            assert outcomes[-1].reason.startswith("gave up after ")
+            [notice] = [e for e in events if isinstance(e, observe.Notice)]
+            assert (notice.queue_id, notice.kind, notice.to) == (message_id, "bounce", ALICE)
+
+    unsubscribe = observe.subscribe(events.append)
+    try:
+        run(main())
+    finally:
+        unsubscribe()
 
 
 def test_one_delay_warning_then_silence_until_the_bounce() -> None:

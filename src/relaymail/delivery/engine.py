@@ -43,9 +43,9 @@ from .plan import (
     published_policies_apply,
 )
 from .pool import DestinationSlots, IdleSession, SessionPool
-from .results import AttemptResult, RecipientResult, Status
-from .run import DomainRun, Outcome, Target
-from .starttls import StarttlsStep
+from .results import AttemptResult, RecipientResult, Status, TlsStep
+from .run import DomainRun, Outcome, SessionInUse, Target, observe_step
+from .starttls import StarttlsOutcome, StarttlsStep
 from .transaction import probe, transaction
 
 log = logging.getLogger("relaymail.delivery")
@@ -71,11 +71,15 @@ class HostInspection:
 class _HostFailed(Exception):
     """This host cannot take the pending recipients; the reason goes to the next one."""
 
-    def __init__(self, result: AttemptResult, detail: str, tls: TlsFacts = CLEAR) -> None:
+    def __init__(
+        self, result: AttemptResult, detail: str, tls: TlsFacts = CLEAR,
+        step: TlsStep | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(detail)
         self.result = result
         self.detail = detail
         self.tls = tls  # TLS can be up when the host fails (a certificate `verify` refuses)
+        self.step = step  # the policy table's refusal, when that is why
 
 
 def _unforeseen(exc: Exception) -> _HostFailed:
@@ -113,15 +117,20 @@ class DeliveryEngine:
         self._slots = DestinationSlots(config.delivery.destination_concurrency)
         self._login_failures = LoginFailureLog()
 
-    async def deliver(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
-        """Deliver canonical message data (CRLF, not dot-stuffed); one result per recipient."""
+    async def deliver(
+        self, envelope: Envelope, data: bytes, *, queue_id: str | None = None
+    ) -> list[RecipientResult]:
+        """Deliver canonical message data (CRLF, not dot-stuffed); one result per recipient.
+
+        `queue_id` goes on every attempt line, so `grep ID` finds all of a message's lines.
+        """
         by_domain: dict[str, list[str]] = defaultdict(list)
         for rcpt in envelope.recipients:
             by_domain[domain_of(rcpt)].append(rcpt)
         stuffed = dot_stuff(data)
         runs = await asyncio.gather(
             *(
-                self._deliver_domain(d, rcpts, envelope, data, stuffed)
+                self._deliver_domain(d, rcpts, envelope, data, stuffed, queue_id)
                 for d, rcpts in by_domain.items()
             )
         )
@@ -149,18 +158,19 @@ class DeliveryEngine:
         """
         envelope = Envelope(sender, (address,))
         [result] = await self._deliver_domain(
-            domain_of(address), [address], envelope, b"", b"", probe_only=True
+            domain_of(address), [address], envelope, b"", b"", None, probe_only=True
         )
         return result
 
     async def _deliver_domain(
         self, domain: str, rcpts: list[str], envelope: Envelope, data: bytes, stuffed: bytes,
-        *, probe_only: bool = False,
+        queue_id: str | None, *, probe_only: bool = False,
     ) -> list[RecipientResult]:  # fmt: skip
         level, source = self.config.tls.policy.level_for(domain)
         run = DomainRun(
             domain, DomainPlan(level, source), envelope.sender, data, stuffed,
             envelope.needs_smtputf8, {r: Outcome() for r in rcpts}, probe_only,
+            queue_id=queue_id,
         )  # fmt: skip
         # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
         # policies do not apply, and the session is not counted in its reports.
@@ -259,7 +269,7 @@ class DeliveryEngine:
                     # Anything else is a defect, ours or the server's, that nobody foresaw:
                     # this host fails with the reason and the engine goes on.
                     host = exc if isinstance(exc, _HostFailed) else _unforeseen(exc)
-                    run.note(at, host.result, host.tls, host.detail)
+                    run.note(at, host.result, host.tls, host.detail, host.step)
                     failures.append(f"{hop.label}: {host.detail}")
         if run.pending and failures:
             # Recipients that no host accepted: defer with every host's reason,
@@ -305,18 +315,22 @@ class DeliveryEngine:
     async def _try_host(self, run: DomainRun, at: Target, *, starttls: bool) -> None:
         hop, ip, level = at.hop, at.ip, at.policy.level
         idle = self._pool.take(hop, ip, level)
+        setup = 0.0
         if idle is not None:
-            session, caps, tls = idle.session, idle.caps, idle.tls
+            session, caps, tls, decision = idle.session, idle.caps, idle.tls, idle.decision
         else:
-            session, caps, tls = await self._open(run, at, starttls)
+            started = time.monotonic()
+            session, caps, tls, decision = await self._open(run, at, starttls)
+            setup = time.monotonic() - started
         replies_before = session.replies_seen
         kept = False
         try:
             data_timeout = self.config.delivery.data_timeout
+            run.session = SessionInUse(at, decision, setup)
             exchange = probe if run.probe_only else transaction
             await exchange(run, at, session, caps, tls, data_timeout)
             if session.is_usable and session.conn.state is State.READY:
-                self._pool.keep(hop, ip, level, IdleSession(session, caps, tls))
+                self._pool.keep(hop, ip, level, IdleSession(session, caps, tls, decision))
                 kept = True
         except SessionError as exc:
             session.abort()
@@ -327,13 +341,15 @@ class DeliveryEngine:
                 AttemptResult.SESSION_FAILED, f"{exc} (during the mail transaction)"
             ) from None
         finally:
+            run.session = None
             # Whatever ended the transaction, a session not kept for reuse is closed here.
             if not kept:
                 await session.quit()
 
     async def _open(
         self, run: DomainRun, at: Target, starttls: bool
-    ) -> tuple[SmtpSession, Capabilities, TlsFacts]:
+    ) -> tuple[SmtpSession, Capabilities, TlsFacts, TlsStep | None]:
+        """A session ready for MAIL, with what the TLS policy decided on the way (if asked)."""
         try:
             session = await self._connect(at.hop, at.ip)
         except ConnectFailed as exc:  # ConnectTimeout too
@@ -343,7 +359,7 @@ class DeliveryEngine:
         try:
             implicit = session.conn.tls
             # Judged before the greeting: nothing is read from a peer the policy refuses.
-            tls = self._judge_implicit(run, at, session) if implicit else CLEAR
+            tls, decision = self._judge_implicit(run, at, session) if implicit else (CLEAR, None)
             greeting = (await session.read_reply()).reply
             if not greeting.is_success:
                 # Like Postfix, a 5xx greeting skips the host rather than bouncing.
@@ -351,7 +367,7 @@ class DeliveryEngine:
             caps = await self._hello(session)
             level = at.policy.level
             if not implicit and wants_starttls(level) and starttls:
-                tls, caps, session = await self._starttls_step(run, at, session, caps)
+                tls, caps, session, decision = await self._starttls_step(run, at, session, caps)
             elif not starttls:
                 detail = "new session without STARTTLS"
                 run.note(at, AttemptResult.RECONNECTED_CLEAR, CLEAR, detail)
@@ -366,7 +382,7 @@ class DeliveryEngine:
                 if refused is not None:
                     self._login_failures.refused(at.hop.label, refused)
                     raise _HostFailed(refused.result, refused.detail, tls)
-            return session, caps, tls
+            return session, caps, tls, decision
         except SessionError as exc:
             session.abort()
             raise _HostFailed(AttemptResult.SESSION_FAILED, str(exc)) from None
@@ -385,14 +401,19 @@ class DeliveryEngine:
             implicit_tls=implicit,
         )  # fmt: skip
 
-    def _judge_implicit(self, run: DomainRun, at: Target, session: SmtpSession) -> TlsFacts:
+    def _judge_implicit(
+        self, run: DomainRun, at: Target, session: SmtpSession
+    ) -> tuple[TlsFacts, TlsStep]:
         """The TLS of an smtps:// route, held to the host's level like STARTTLS's."""
-        step = self._starttls.judge_implicit(at.hop, session, at.policy)
-        if step.decision.action is Action.HOST_FAILS:
-            raise _HostFailed(step.result, step.decision.reason, step.tls)
-        if step.event is Event.UNVERIFIED:
-            run.note(at, step.result, step.tls, step.decision.reason)
-        return _judged(step.tls, step.event, at.policy)
+        outcome = self._starttls.judge_implicit(at.hop, session, at.policy)
+        step = _tls_step(at, outcome)
+        if outcome.decision.action is Action.HOST_FAILS:
+            raise _HostFailed(outcome.result, outcome.decision.reason, outcome.tls, step)
+        if outcome.event is Event.UNVERIFIED:
+            run.note(at, outcome.result, outcome.tls, outcome.decision.reason, step)
+        else:
+            observe_step(run, at, outcome.tls, outcome.result, outcome.decision.reason, step)
+        return _judged(outcome.tls, outcome.event, at.policy), step
 
     async def _hello(self, session: SmtpSession) -> Capabilities:
         helo_name = self.config.delivery.helo_name
@@ -410,29 +431,31 @@ class DeliveryEngine:
 
     async def _starttls_step(
         self, run: DomainRun, at: Target, session: SmtpSession, caps: Capabilities
-    ) -> tuple[TlsFacts, Capabilities, SmtpSession]:
+    ) -> tuple[TlsFacts, Capabilities, SmtpSession, TlsStep]:
         """Enact what the table decided at the STARTTLS step (observe and decide: starttls.py)."""
         hop, ip = at.hop, at.ip
-        step = await self._starttls.run(run.domain, hop, session, caps, at.policy)
-        event, tls, decision = step.event, step.tls, step.decision
+        outcome = await self._starttls.run(run.domain, hop, session, caps, at.policy)
+        event, tls, decision = outcome.event, outcome.tls, outcome.decision
         # RFC 8460 reports on the domain's own MX hosts only (DNS_HOPS).
         if self.config.tls.reporting and hop.source in DNS_HOPS:
             local = session.local_address
-            run.events.append(self._session_event(run, at, event, tls, step.detail, local))
-        result = step.result
+            run.events.append(self._session_event(run, at, event, tls, outcome.detail, local))
+        result, step = outcome.result, _tls_step(at, outcome)
         if decision.action is Action.USE_TLS:
             if event is Event.UNVERIFIED:
-                run.note(at, result, tls, decision.reason)
-            return _judged(tls, event, at.policy), await self._hello(session), session
+                run.note(at, result, tls, decision.reason, step)
+            else:  # not an attempt worth listing in results; still a decision to log and count
+                observe_step(run, at, tls, result, decision.reason, step)
+            return _judged(tls, event, at.policy), await self._hello(session), session, step
         if decision.action is Action.HOST_FAILS:
-            raise _HostFailed(result, decision.reason, tls)  # the caller QUITs where it can
-        run.note(at, result, CLEAR, decision.reason)
+            raise _HostFailed(result, decision.reason, tls, step)  # the caller QUITs where it can
+        run.note(at, result, CLEAR, decision.reason, step)
         clear = _judged(CLEAR, event, at.policy)
         if decision.action is Action.CONTINUE_CLEAR:
-            return clear, caps, session
+            return clear, caps, session, step
         session.abort()
-        fresh, fresh_caps, _ = await self._open(run, Target(hop, ip, at.policy), starttls=False)
-        return clear, fresh_caps, fresh
+        fresh, fresh_caps, _, _ = await self._open(run, Target(hop, ip, at.policy), starttls=False)
+        return clear, fresh_caps, fresh, step
 
     @staticmethod
     def _session_event(
@@ -522,6 +545,11 @@ def _lookup_failed(
 def _judged(tls: TlsFacts, event: Event | None, policy: HostPolicy) -> TlsFacts:
     """The session's TLS facts with what its TLS step saw and the policy that judged it."""
     return dataclasses.replace(tls, judgement=PolicyJudgement(event, policy.level, policy.source))
+
+
+def _tls_step(at: Target, outcome: StarttlsOutcome) -> TlsStep:
+    decision = outcome.decision
+    return TlsStep(at.policy.level, outcome.event, decision.action, outcome.result, decision.reason)
 
 
 def tls_not_required(data: bytes) -> bool:

@@ -17,6 +17,7 @@ from ..smtp.client import Capabilities
 from ..smtp.session import SmtpSession
 from ..tls.context import TlsFacts
 from ..tls.policy import Level
+from .results import TlsStep
 
 _Key = tuple[str, int, str, Level]
 
@@ -26,6 +27,7 @@ class IdleSession:
     session: SmtpSession
     caps: Capabilities
     tls: TlsFacts
+    decision: TlsStep | None  # what the TLS policy decided when the session was opened
     expires: asyncio.TimerHandle | None = None
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..tls.context import CLEAR, TlsFacts
+from ..tls.policy import Action, Event, Level
 
 
 class Status(enum.StrEnum):
@@ -89,6 +90,32 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class Relay:
+    """The server that took (or refused) the mail: Postfix's relay=host[ip]:port."""
+
+    host: str
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}[{self.ip}]:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsStep:
+    """The STARTTLS step of a session: the table's cell and what it said (tls/policy.py)."""
+
+    level: Level
+    event: Event
+    action: Action
+    result: AttemptResult
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.result.value}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
 class RecipientResult:
     recipient: str
     status: Status
@@ -98,6 +125,12 @@ class RecipientResult:
     tls: TlsFacts = CLEAR
     attempts: tuple[Attempt, ...] = ()
     enhanced_status: str | None = None
+    # The session that settled the recipient, for the log line (observe/events.py).
+    relay: Relay | None = None
+    policy: str | None = None  # the host's level and where it came from: may(default)
+    decision: TlsStep | None = None
+    setup_seconds: float = 0.0
+    transmission_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {

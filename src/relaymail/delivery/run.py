@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import observe
 from ..message import dot_stuff
 from ..routing import NextHop
 from ..smtp.client import Capabilities
 from ..smtp.reply import Reply
 from ..tls.context import CLEAR, TlsFacts
+from ..tls.policy import Event
 from ..tls.reporting import TlsEvent
 from .convert import to_7bit
 from .plan import DomainPlan, HostPolicy
-from .results import Attempt, AttemptResult, RecipientResult, Status
-
-log = logging.getLogger("relaymail.delivery")
+from .results import Attempt, AttemptResult, RecipientResult, Relay, Status, TlsStep
 
 # A delivery is logged once, by whoever queued it (the scheduler's "delivered" line);
 # an internal error is a defect to fix, so it stands out. A refused login is logged
@@ -39,6 +40,25 @@ class Target:
     ip: str
     policy: HostPolicy
 
+    @property
+    def relay(self) -> Relay | None:
+        return Relay(self.hop.name, self.ip, self.hop.port) if self.ip != "-" else None
+
+    @property
+    def policy_words(self) -> str:
+        """policy= of the log lines: the level and what set it, `may(default level)`."""
+        return f"{self.policy.level.value}({self.policy.source})"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInUse:
+    """The session a transaction runs on: what the delivery line tells about it."""
+
+    at: Target
+    decision: TlsStep | None
+    setup_seconds: float  # connect to ready for MAIL; 0 for a reused session
+    started: float = field(default_factory=time.monotonic)  # the transaction's start
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -50,6 +70,11 @@ class Outcome:
     reply: Reply | None = None
     tls: TlsFacts = CLEAR
     enhanced: str | None = None  # RFC 3463 status when no reply gives one
+    relay: Relay | None = None
+    policy: str | None = None
+    decision: TlsStep | None = None
+    setup_seconds: float = 0.0
+    transmission_seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -68,6 +93,8 @@ class DomainRun:
     attempts: list[Attempt] = field(default_factory=list)
     events: list[TlsEvent] = field(default_factory=list)  # for TLS reporting
     seven_bit: dict[bool, tuple[bytes, bytes]] = field(default_factory=dict)  # converted, stuffed
+    queue_id: str | None = None  # every log line about the message carries it
+    session: SessionInUse | None = None  # set while a transaction runs
 
     def data_for(self, caps: Capabilities) -> tuple[bytes, bytes]:
         """(data, dot-stuffed data) as this next hop may take it: 7-bit without 8BITMIME.
@@ -88,22 +115,22 @@ class DomainRun:
         return [r for r, o in self.outcomes.items() if o.status is Status.DEFERRED]
 
     def settle(self, recipients: Iterable[str], status: Status, reason: str, **facts: Any) -> None:
+        session = self.session
+        if session is not None:
+            facts.update(
+                relay=session.at.relay, policy=session.at.policy_words,
+                decision=session.decision, setup_seconds=session.setup_seconds,
+                transmission_seconds=time.monotonic() - session.started,
+            )  # fmt: skip
         for rcpt in recipients:
             self.outcomes[rcpt] = Outcome(status, reason, **facts)
 
-    def note(self, at: Target, result: AttemptResult, tls: TlsFacts, detail: str) -> None:
+    def note(
+        self, at: Target, result: AttemptResult, tls: TlsFacts, detail: str,
+        step: TlsStep | None = None,
+    ) -> None:  # fmt: skip
         self.attempts.append(Attempt(at.hop.label, at.ip, result, tls.used, detail))
-        tls_words = (
-            f"{tls.version}/{tls.cipher}/{'verified' if tls.verified else 'unverified'}"
-            if tls.used
-            else "none"
-        )
-        log.log(
-            _LOG_LEVELS.get(result, logging.INFO),
-            "domain=%s host=%s ip=%s tls=%s result=%s policy=%s (%s): %s",
-            self.domain, at.hop.label, at.ip, tls_words, result,
-            at.policy.level.value, at.policy.source, detail,
-        )  # fmt: skip
+        observe_step(self, at, tls, result, detail, step)
 
     def results(self, statuses: dict[str, str]) -> list[RecipientResult]:
         """One result per recipient; `statuses` gives RFC 3463 codes that no reply carries."""
@@ -120,6 +147,27 @@ class DomainRun:
                 enhanced_status=statuses.get(rcpt)
                 or o.enhanced
                 or (o.reply.enhanced if o.reply else None),
+                relay=o.relay,
+                policy=o.policy,
+                decision=o.decision,
+                setup_seconds=o.setup_seconds,
+                transmission_seconds=o.transmission_seconds,
             )
             for rcpt, o in self.outcomes.items()
         ]
+
+
+def observe_step(
+    run: DomainRun, at: Target, tls: TlsFacts, result: AttemptResult, detail: str,
+    step: TlsStep | None,
+) -> None:  # fmt: skip
+    """The attempt line: a step of the delivery, with the message's queue id."""
+    tls_words = observe.tls_words(tls.used, tls.version, tls.verified, tls.cipher)
+    # Bytes spliced behind the 220 to STARTTLS: someone on the path, worth a warning.
+    injected = step is not None and step.event is Event.INJECTION
+    level = logging.WARNING if injected else _LOG_LEVELS.get(result, logging.INFO)
+    event = observe.Attempt(
+        run.queue_id, run.domain, at.relay, at.hop.label, result, tls_words, at.policy_words,
+        step, detail, level,
+    )  # fmt: skip
+    observe.emit(event)

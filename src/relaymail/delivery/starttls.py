@@ -10,7 +10,6 @@ the caller: only delivery sends mail.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
 
 from ..config import TlsSettings
@@ -27,8 +26,6 @@ from ..tls.results import ResultType
 from ..tls.verify import check_peer, failed, openssl_store
 from .plan import HostPolicy
 from .results import AttemptResult
-
-log = logging.getLogger("relaymail.delivery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +95,7 @@ class StarttlsStep:
             return Event.PERMFAIL, str(reply), CLEAR
         injected = session.conn.take_trailing_data()
         if injected:
-            log.warning(
-                "domain=%s host=%s: %d cleartext bytes followed the 220 to STARTTLS: %r",
-                domain, hop.label, len(injected), injected[:200],
-            )  # fmt: skip
+            # Delivery's attempt line says so, as a warning, with the queue id (run.py).
             return Event.INJECTION, f"{len(injected)} bytes: {injected[:60]!r}", CLEAR
         reference = hop.name
         try:

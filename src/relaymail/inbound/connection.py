@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, AnyStr, Final
 
 from aiosmtpd.smtp import MISSING, syntax
 
+from .. import observe
 from ..listener_settings import ListenerMode
+from ..observe import RejectReason
 from .checks import (
     IPAddress,
     address_problem,
@@ -21,7 +23,7 @@ from .checks import (
 )
 from .client_limits import Admission
 from .grammar import POSTMASTER, parse_esmtp_params
-from .protocol import ClientGone, CommandLoop, printable
+from .protocol import ClientGone, CommandLoop
 
 if TYPE_CHECKING:
     from .handler import InboundHandler
@@ -71,7 +73,7 @@ class InboundSMTP(CommandLoop):
         self._refusal: str | None = None
         self._counted_client = False
         self._client_ip: IPAddress | None = None
-        self._refusal_detail: str | None = None
+        self._open = False  # counted as an open session (metrics) until connection_lost
 
     # -- connection lifecycle ------------------------------------------------
 
@@ -83,14 +85,18 @@ class InboundSMTP(CommandLoop):
             self._refusal = self._admission()
             if self._refusal is None:
                 self.listener.sessions.add(self)
+            self._open = True
+            observe.emit(observe.InboundConnection(observe.Direction.OPENED, self.peer_ip()))
         super().connection_made(transport)
 
     def _admission(self) -> str | None:
         """The 421 for a connection that may not start, None when it may."""
         listener, ip = self.listener, self._client_ip
         if listener.closing:
+            self.explain_refusal(RejectReason.SHUTTING_DOWN)
             return "421 4.3.2 Service shutting down"
         if len(listener.sessions) >= listener.settings.max_connections:
+            self.explain_refusal(RejectReason.TOO_MANY_CONNECTIONS)
             return "421 4.7.0 Too many connections, try again later"
         if ip is None or is_trusted(listener.settings, ip):
             return None
@@ -98,7 +104,7 @@ class InboundSMTP(CommandLoop):
         if admission is Admission.ADMITTED:
             self._counted_client = True
             return None
-        self.explain_refusal(admission.value)
+        self.explain_refusal(RejectReason.CLIENT_LIMITED, admission.value)
         return _CLIENT_REFUSALS[admission]
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -106,6 +112,9 @@ class InboundSMTP(CommandLoop):
         if self._counted_client and self._client_ip is not None:
             self._counted_client = False
             self.listener.limits.disconnect(self._client_ip, self.loop.time())
+        if self._open:  # called twice after a failed TLS handshake
+            self._open = False
+            observe.emit(observe.InboundConnection(observe.Direction.CLOSED, self.peer_ip()))
         super().connection_lost(error)
 
     async def refuse_session(self) -> bool:
@@ -152,19 +161,8 @@ class InboundSMTP(CommandLoop):
         await super().push(status)
         self._greeted = True
 
-    def log_refusal(self, outcome: str) -> None:
-        detail, self._refusal_detail = self._refusal_detail, None
-        log.info(
-            "refused client=%s command=%s reply=%s%s",
-            self._client_ip,
-            printable(self.current_command),
-            printable(outcome),
-            f" ({detail})" if detail else "",
-        )
-
-    def explain_refusal(self, detail: str) -> None:
-        """What the log line of the next refusal adds to its reply (never sent to the client)."""
-        self._refusal_detail = detail
+    def peer_ip(self) -> str | None:
+        return str(self._client_ip) if self._client_ip is not None else None
 
     async def _push_verbatim(self, line: str) -> None:
         await super().push(line)
@@ -319,7 +317,8 @@ class InboundSMTP(CommandLoop):
             return
         if not envelope.rcpt_tos:
             # RFC 2920 3.1: a pipelining client learns here that nothing was accepted.
-            await self.push("554 5.5.1 Error: no valid recipients")
+            reply = "554 5.5.1 Error: no valid recipients"
+            await self.refuse(RejectReason.NO_VALID_RECIPIENTS, reply)
             return
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")

@@ -7,17 +7,20 @@ import base64
 import binascii
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from aiosmtpd.smtp import MISSING, AuthResult
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
+from .. import observe
 from ..accounts import UserAccount
 from ..address_set import AddressSet
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
-from ..message import Envelope, domain_of, qualify
+from ..message import Envelope, domain_of, message_id, qualify
+from ..observe import RejectReason
 from ..passwords import PasswordHash
 from ..queue.store import TraceHeader
 from .checks import address_problem, is_trusted, may_relay
@@ -53,8 +56,12 @@ Users = Mapping[str, UserAccount]
 class Spool(Protocol):
     """Where accepted mail goes: the queue's entry point."""
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float
+    ) -> str:
         """Store ``trace(queue id) + data`` durably (fsync'd) and return the queue id.
+
+        ``arrived``: when the client began the transaction (MAIL FROM), wall clock.
 
         Raises relaymail.errors.QueueFull when the queue cannot take it.
         """
@@ -96,6 +103,7 @@ class InboundHandler:
         mail_options: list[str],
     ) -> str:
         if self.settings.auth_required and not session.authenticated:
+            server.explain_refusal(RejectReason.AUTH_REQUIRED)
             return "530 5.7.0 Authentication required"
         client_ip = server.client_ip()
         if (
@@ -103,12 +111,13 @@ class InboundHandler:
             and not is_trusted(self.settings, client_ip)
             and not self.listener.limits.message(client_ip, _now())
         ):
-            server.explain_refusal("message rate")
+            server.explain_refusal(RejectReason.CLIENT_LIMITED, "message rate")
             return "450 4.7.1 Too many messages from your address, try again later"
         if refusal := self._sender_refusal(session, envelope_refusal, address):
             return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        session.mail_started = time.time()
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -141,7 +150,7 @@ class InboundHandler:
             # user%elsewhere@relay-domain: routing through us that the next
             # hop may honour; an open relay by the back door (Postfix's
             # allow_untrusted_routing = no).
-            server.explain_refusal("source routing")
+            server.explain_refusal(RejectReason.RELAY_DENIED, "source routing")
             return "554 5.7.1 Relay access denied"
         elif self.local is not None and self.local.has_alias(address):
             pass  # our aliases are ours to take, as a relay domain is
@@ -153,7 +162,7 @@ class InboundHandler:
             # Taken only because it is a relay domain: does the address exist there?
             verdict = await self.verifier.verdict(address)
             if reply := verdict_reply(verdict, address):
-                server.explain_refusal(f"recipient verification: {verdict}")
+                server.explain_refusal(RejectReason.RECIPIENT_UNVERIFIED, str(verdict))
                 return reply
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
@@ -169,6 +178,7 @@ class InboundHandler:
         folded = 0
         if limit is not None and longest > limit:
             if self.settings.long_lines is LongLines.REFUSE:
+                server.explain_refusal(RejectReason.LINE_TOO_LONG)
                 return f"500 5.5.2 Line too long, the limit is {limit} octets (RFC 5321 4.5.3.1.6)"
             fold = fold_long_lines(data, limit)
             data, folded = fold.data, fold.lines
@@ -195,23 +205,21 @@ class InboundHandler:
         )
         message = Envelope(sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos))
         try:
-            queue_id = await self._spool(message, data, trace)
+            queue_id = await self._spool(message, data, trace, session.mail_started)
         except QueueFull:
-            server.explain_refusal("queue full")
+            server.explain_refusal(RejectReason.QUEUE_UNAVAILABLE, "queue full")
             return "452 4.3.1 Insufficient system storage"
         except Exception:
             log.exception("spool failed for mail from %s", server.client_ip())
             return "451 4.3.0 Queue error, try again later"
-        log.info(
-            "accepted %s from=<%s> nrcpt=%d size=%d client=%s auth=%s%s",
-            queue_id,
-            message.sender,
-            len(message.recipients),
-            len(data),
-            server.client_ip(),
-            session.auth_data if session.authenticated else "-",
-            f" folded={folded} lines over {limit} octets" if folded else "",
-        )
+        observe.emit(
+            observe.Accepted(
+                queue_id, str(server.client_ip()), session.host_name,
+                str(session.auth_data) if session.authenticated else None, message_id(data),
+                message.sender, len(data), len(message.recipients),
+                tls[0] if tls else "clear", folded,
+            )
+        )  # fmt: skip
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     def _sender_refusal(
@@ -229,11 +237,13 @@ class InboundHandler:
             return f"553 5.7.1 User {user} may no longer send"
         return judge(account.senders, user, sent)
 
-    async def _spool(self, message: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def _spool(
+        self, message: Envelope, data: bytes, trace: TraceHeader, arrived: float
+    ) -> str:
         # Shielded: once the queue has started writing, it finishes even if the
         # client goes away (the worst outcome is a duplicate after the client
         # retries, never a half-written entry). close() waits for these.
-        task = asyncio.ensure_future(self.spool(message, data, trace))
+        task = asyncio.ensure_future(self.spool(message, data, trace, arrived=arrived))
         spooling = self.listener.spooling
         spooling.add(task)
         task.add_done_callback(_spool_done(spooling))
@@ -297,7 +307,7 @@ class InboundHandler:
             "auth failed client=[%s] user=%s reason=%s",
             client_ip, _log_token(user), reason,
         )  # fmt: skip
-        server.explain_refusal(f"{reason} for user {_log_token(user)}")
+        server.explain_refusal(RejectReason.AUTH_FAILED, f"{reason} for user {_log_token(user)}")
         # relay_networks are exempt: a webmail or proxy there speaks for many users.
         if client_ip is not None and not is_trusted(self.settings, client_ip):
             penalty = self.listener.limits.auth_failed(client_ip, _now())
@@ -313,6 +323,10 @@ class InboundHandler:
 
     @staticmethod
     async def _goodbye(server: InboundSMTP, scope: str) -> AuthResult:
+        server.explain_refusal(
+            RejectReason.CLIENT_LIMITED if scope == "blocked"
+            else RejectReason.TOO_MANY_AUTH_FAILURES, scope,
+        )  # fmt: skip
         reply = (
             "421 4.7.0 Too many failed authentication attempts from your address"
             if scope == "blocked"

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .. import observe
 from ..commands.input import size_limit
 from ..config import Config
 from ..errors import MaildropCorrupt, QueueFull, QueueProblem, QueueUnusable, RelaymailError
@@ -44,7 +45,7 @@ from ..maildrop import (
     is_file_name,
     local_address,
 )
-from ..message import Envelope, canonical_data, header_section
+from ..message import Envelope, canonical_data, message_id
 from ..queue import Store
 from ..queue.files import prepare_directory
 from ..queue.store import TraceHeader
@@ -60,7 +61,7 @@ BATCH = 500  # files per scan before their names are forgotten
 
 class Spool(Protocol):
     def __call__(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str, arrived: float
     ) -> Awaitable[str]: ...
 
 
@@ -173,7 +174,8 @@ class Pickup:
         config = self.settings()
         limit = size_limit(config)
         try:
-            owner, raw = await asyncio.to_thread(_read, self.maildrop / name, limit + MAX_HEADER)
+            info, raw = await asyncio.to_thread(_read, self.maildrop / name, limit + MAX_HEADER)
+            owner = info.st_uid
             submission = decode(raw)
             user = _user_name(owner)
             sender = envelope_sender(submission.sender, user, owner in self.trusted, config)
@@ -206,7 +208,8 @@ class Pickup:
                 uid=owner,
                 recipients=envelope.recipients,
             )
-            queue_id = await self.spool(envelope, data, trace, pickup=name)
+            # The file's mtime: when sendmail finished writing it (delays=a).
+            queue_id = await self.spool(envelope, data, trace, pickup=name, arrived=info.st_mtime)
         except FileNotFoundError:
             return False
         except QueueFull:
@@ -214,10 +217,9 @@ class Pickup:
         except (MaildropCorrupt, RelaymailError, OSError, ValueError) as exc:
             self._set_aside(name, str(exc) if not isinstance(exc, OSError) else exc.strerror)
             return False
-        log.info(
-            "picked up id=%s uid=%d user=%s from=<%s> size=%d message-id=%s",
-            queue_id, owner, user, envelope.sender, len(data), _message_id(data),
-        )  # fmt: skip
+        observe.emit(
+            observe.PickedUp(queue_id, owner, user, envelope.sender, len(data), message_id(data))
+        )
         return True
 
     async def _forget(self, names: list[str]) -> None:
@@ -248,8 +250,8 @@ class Pickup:
             pass  # renamed or removed by its sendmail meanwhile
 
 
-def _read(path: Path, most: int) -> tuple[int, bytes]:
-    """The owner's uid and the content of a maildrop file that is a plain file of its own."""
+def _read(path: Path, most: int) -> tuple[os.stat_result, bytes]:
+    """The status (owner, mtime) and content of a maildrop file that is a plain file of its own."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -266,7 +268,7 @@ def _read(path: Path, most: int) -> tuple[int, bytes]:
         raw = stream.read(most + 1)
     if len(raw) > most:
         raise MaildropCorrupt("larger than the message size limit")
-    return info.st_uid, raw
+    return info, raw
 
 
 def _user_name(uid: int) -> str:
@@ -274,17 +276,6 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         raise MaildropCorrupt(f"uid {uid} has no user name") from None
-
-
-def _message_id(data: bytes) -> str:
-    """The Message-ID field's value, for the log line: unfolded, printable, at most 200."""
-    unfolded = header_section(data).replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
-    for line in unfolded.split(b"\r\n"):
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() == b"message-id":
-            text = value.strip().decode("ascii", "replace")
-            return "".join(c if c.isprintable() else "?" for c in text)[:200] or "-"
-    return "-"
 
 
 def _fsync_directory(path: Path) -> None:

@@ -87,8 +87,11 @@ from aiosmtpd.smtp import (
     syntax,
 )
 
+from .. import observe
 from ..display import printable
+from ..observe import RejectReason
 from .grammar import SmtpPath, parse_path
+from .refusals import classify
 
 __all__ = [
     "STREAM_WINDOW",
@@ -116,10 +119,12 @@ class LineError(Exception):
     """A line the loop refuses without looking at it; ``reply`` says why."""
 
     reply = "500 5.5.2 Syntax error"
+    reason = RejectReason.SYNTAX
 
 
 class LineTooLong(LineError):
     reply = "500 5.5.2 Command line too long"
+    reason = RejectReason.LINE_TOO_LONG
 
 
 class BareLineEnding(LineError):
@@ -127,6 +132,7 @@ class BareLineEnding(LineError):
     would be taken as written."""
 
     reply = "500 5.5.2 Command lines must end in CRLF, without bare CR or LF"
+    reason = RejectReason.BARE_LINE_ENDING
 
 
 # RFC 5321 4.5.3.1.4 gives 512 octets, and each extension adds its share:
@@ -148,6 +154,7 @@ class InboundSession(Session):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.auth_failures = 0
+        self.mail_started = 0.0  # wall clock at the last MAIL FROM (delays=a of its mail)
 
 
 class CommandLoop(SMTP):
@@ -163,6 +170,7 @@ class CommandLoop(SMTP):
     _in_clear = True
     current_command = "connect"
     """The command being answered, as it may be logged (no AUTH credentials)."""
+    _explained: tuple[RejectReason, str | None] | None = None
 
     def __init__(self, handler: Any, **settings: Any) -> None:
         super().__init__(handler, **settings)
@@ -255,9 +263,30 @@ class CommandLoop(SMTP):
         """Answer instead of the greeting and return True to end the session at once."""
         return False
 
+    def peer_ip(self) -> str | None:
+        """The client's address, for the refusal line."""
+        return None
+
+    def explain_refusal(self, reason: RejectReason, detail: str | None = None) -> None:
+        """Why the next refusal happens; `detail` goes to the log line, never to the client."""
+        self._explained = (reason, detail)
+
     def log_refusal(self, outcome: str) -> None:
-        """One log line for a refused command (``outcome`` is the reply or what happened)."""
-        log.info("refused %s: %s", printable(self.current_command), printable(outcome))
+        """One line for a refused command (``outcome`` is the reply or what happened)."""
+        explained, self._explained = self._explained, None
+        reason, detail = explained or (None, None)
+        refusal = classify(outcome, reason)
+        observe.emit(
+            observe.Rejected(
+                None, self.peer_ip(), refusal.reason, refusal.code,
+                printable(self.current_command), outcome, detail,
+            )
+        )  # fmt: skip
+
+    async def refuse(self, reason: RejectReason, reply: str) -> None:
+        """Send a refusal whose reason the reply's code alone does not say."""
+        self.explain_refusal(reason)
+        await self.push(reply)
 
     # -- the loop ------------------------------------------------------------
 
@@ -288,6 +317,7 @@ class CommandLoop(SMTP):
             log.info("lost connection during %s: %s", printable(self.current_command), error)
         except TLSSetupException as error:
             cause = error.__cause__
+            self.explain_refusal(RejectReason.TLS_HANDSHAKE_FAILED)
             self.log_refusal(f"TLS handshake failed: {str(cause) or type(cause).__name__}")
             # The TLS layer never told us it was connected, so it will not
             # tell us it is gone either (aiosmtpd does the same).
@@ -309,7 +339,7 @@ class CommandLoop(SMTP):
                 line = await self.read_line()
             except LineError as error:
                 self.current_command = "-"
-                await self.push(error.reply)
+                await self.refuse(error.reason, error.reply)
                 continue
             finally:
                 self.waiting_for_command = False
@@ -320,24 +350,28 @@ class CommandLoop(SMTP):
                 continue
             limited = self.session is not None and self.session.extended_smtp
             if len(line) - 2 > (self.command_size_limits[command] if limited else 512):
-                await self.push("500 5.5.2 Command line too long")
+                await self.refuse(RejectReason.LINE_TOO_LONG, "500 5.5.2 Command line too long")
                 continue
             if not self._tls_handshake_okay and command != "QUIT":
-                await self.push("554 5.7.0 Command refused due to lack of security")
+                reply = "554 5.7.0 Command refused due to lack of security"
+                await self.refuse(RejectReason.TLS_REQUIRED, reply)
                 continue
             tls_missing = self.require_starttls and not self._tls_protocol
             if tls_missing and command not in ALLOWED_BEFORE_STARTTLS:
-                await self.push("530 5.7.0 Must issue a STARTTLS command first")
+                reply = "530 5.7.0 Must issue a STARTTLS command first"
+                await self.refuse(RejectReason.TLS_REQUIRED, reply)
                 continue
             if self._enforce_call_limit:
                 calls[command] -= 1
                 if calls[command] < 0:
+                    self.explain_refusal(RejectReason.TOO_MANY_COMMANDS)
                     await self._goodbye(f"421 4.7.0 {command} sent too many times")
                     continue
             method = self._smtp_methods.get(command)
             if method is None:
                 unknown_left -= 1
                 if unknown_left < 1:
+                    self.explain_refusal(RejectReason.TOO_MANY_COMMANDS)
                     await self._goodbye("502 5.5.1 Too many unrecognized commands, goodbye")
                 else:
                     await self.push("500 5.5.1 Command not recognized")
@@ -346,7 +380,7 @@ class CommandLoop(SMTP):
             try:
                 await method(arg)
             except LineError as error:
-                await self.push(error.reply)
+                await self.refuse(error.reason, error.reply)
             except (ClientGone, ConnectionError, TLSSetupException, asyncio.CancelledError):
                 raise
             except Exception as error:
@@ -401,7 +435,8 @@ class CommandLoop(SMTP):
             blob = (await self.read_line()).strip()
         except LineTooLong:
             # RFC 4954 4: the exchange ends with this reply.
-            await self.push("500 5.5.6 Authentication exchange line is too long")
+            reply = "500 5.5.6 Authentication exchange line is too long"
+            await self.refuse(RejectReason.LINE_TOO_LONG, reply)
             return MISSING
         if blob == b"*":
             await self.push("501 5.7.0 Authentication cancelled")

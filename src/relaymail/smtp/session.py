@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from .. import observe
 from ..errors import (
     ConnectFailed,
     ConnectionLost,
@@ -48,10 +49,14 @@ class _Wire(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
+        self._peer: tuple[str, int] | None = None  # (ip, port) while connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = (str(peer[0]), int(peer[1])) if peer else ("-", 0)
+        observe.emit(observe.OutboundConnection(observe.Direction.OPENED, *self._peer))
 
     def data_received(self, data: bytes) -> None:
         if self.error is not None:
@@ -70,6 +75,9 @@ class _Wire(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._peer is not None:  # once per connection: STARTTLS keeps this protocol
+            observe.emit(observe.OutboundConnection(observe.Direction.CLOSED, *self._peer))
+            self._peer = None
         self.closed = self.closed or (f"connection lost: {exc}" if exc else "connection closed")
         self._wake()
         if self._drain is not None and not self._drain.done():

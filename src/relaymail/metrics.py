@@ -1,0 +1,96 @@
+"""Prometheus metrics, fed by the same typed events as the logs (observe/).
+
+`Metrics` owns its registry: the admin listener serves
+`prometheus_client.generate_latest(metrics.registry)` and registers its
+queue-state collector on it. Labels come from bounded enums only (statuses,
+TLS levels, events and actions, rejection reasons): never a domain or an
+address, whose number an outsider controls.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .observe import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Direction,
+    InboundConnection,
+    LogEvent,
+    OutboundConnection,
+    Rejected,
+    RejectReason,
+)
+from .tls.policy import Action, Event, Level
+
+# From a local next hop in milliseconds to a message that waited days in the queue.
+DELIVERY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600,
+                    86400, 5 * 86400)  # fmt: skip
+
+
+class Metrics:
+    """The daemon's counters, histograms and gauges; `observe` is its event sink."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter(
+            "relaymail_deliveries", "Recipient delivery outcomes, one per recipient and attempt",
+            ["status"], registry=self.registry,
+        )  # fmt: skip
+        self.delivery_seconds = Histogram(
+            "relaymail_delivery_seconds",
+            "From arrival in the queue to the next hop's acceptance, per delivered recipient",
+            buckets=DELIVERY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.tls_decisions = Counter(
+            "relaymail_tls_decisions", "Decisions of the TLS policy table at the STARTTLS step",
+            ["level", "event", "action"], registry=self.registry,
+        )  # fmt: skip
+        self.inbound_sessions = Gauge(
+            "relaymail_inbound_sessions", "SMTP client connections open now",
+            registry=self.registry,
+        )  # fmt: skip
+        self.inbound_rejections = Counter(
+            "relaymail_inbound_rejections", "Commands and connections the inbound side refused",
+            ["reason"], registry=self.registry,
+        )  # fmt: skip
+        self.outbound_connections = Gauge(
+            "relaymail_outbound_connections", "Connections to next hops open now (idle ones too)",
+            registry=self.registry,
+        )  # fmt: skip
+        # Every label value exists from the start, so a rate() has a zero to start from.
+        for status in DeliveryStatus:
+            self.deliveries.labels(status=status.value)
+        for reason in RejectReason:
+            self.inbound_rejections.labels(reason=reason.value)
+
+    def observe(self, event: LogEvent) -> None:
+        match event:
+            case Delivery(status=status, delay=delay):
+                self.deliveries.labels(status=status.value).inc()
+                if status is DeliveryStatus.SENT and delay is not None:
+                    self.delivery_seconds.observe(delay)
+            case Attempt(step=step) if step is not None:
+                self.tls_decisions.labels(**tls_labels(step.level, step.event, step.action)).inc()
+            case Rejected(reason=reason):
+                self.inbound_rejections.labels(reason=reason.value).inc()
+            case InboundConnection(direction=direction):
+                _move(self.inbound_sessions, direction)
+            case OutboundConnection(direction=direction):
+                _move(self.outbound_connections, direction)
+
+
+def tls_labels(level: Level, event: Event, action: Action) -> dict[str, str]:
+    """The labels of one decision: the enum names in lower case (`tempfail`, `continue_clear`)."""
+    return {"level": level.value, "event": event.name.lower(), "action": action.name.lower()}
+
+
+def _move(gauge: Gauge, direction: Direction) -> None:
+    if direction is Direction.OPENED:
+        gauge.inc()
+    else:
+        gauge.dec()
+
+
+__all__ = ["Metrics", "tls_labels"]
