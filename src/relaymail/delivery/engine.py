@@ -20,10 +20,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..body import MessageBody
 from ..config import Config, RelayAuth, Scheme
-from ..errors import ConnectFailed, RelaymailError, SessionError
-from ..message import Envelope, domain_of, dot_stuff, header_section
-from ..routing import HopSource, NextHop, Router, RoutingError, make_resolver
+from ..errors import BodyUnreadable, ConnectFailed, RelaymailError, SessionError
+from ..message import Envelope, domain_of, header_section
+from ..routing import Destination, HopSource, NextHop, Router, RoutingError, make_resolver
 from ..smtp.client import Capabilities, State, Verb
 from ..smtp.session import SmtpSession
 from ..tls.context import CLEAR, TlsFacts
@@ -42,7 +43,7 @@ from .plan import (
     plan,
     published_policies_apply,
 )
-from .pool import DestinationSlots, IdleSession, SessionPool
+from .pool import IdleSession, SessionPool
 from .results import AttemptResult, RecipientResult, Status
 from .run import DomainRun, Outcome, Target
 from .starttls import StarttlsStep
@@ -110,20 +111,22 @@ class DeliveryEngine:
         )
         self._starttls = StarttlsStep(config.tls, self._memory)
         self._pool = SessionPool(config.delivery.connection_idle_time)
-        self._slots = DestinationSlots(config.delivery.destination_concurrency)
         self._login_failures = LoginFailureLog()
 
-    async def deliver(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
-        """Deliver canonical message data (CRLF, not dot-stuffed); one result per recipient."""
+    async def deliver(self, envelope: Envelope, data: bytes | MessageBody) -> list[RecipientResult]:
+        """Deliver canonical message data (CRLF, not dot-stuffed); one result per recipient.
+
+        A MessageBody is read as each session reaches DATA (the queue's bodies); a body
+        that cannot be read defers the recipients not yet accepted (BODY_UNREADABLE).
+        How many deliveries run at once, in all and per destination, is the caller's
+        to decide (the scheduler's slot table).
+        """
+        body = data if isinstance(data, MessageBody) else MessageBody.of(data)
         by_domain: dict[str, list[str]] = defaultdict(list)
         for rcpt in envelope.recipients:
             by_domain[domain_of(rcpt)].append(rcpt)
-        stuffed = dot_stuff(data)
         runs = await asyncio.gather(
-            *(
-                self._deliver_domain(d, rcpts, envelope, data, stuffed)
-                for d, rcpts in by_domain.items()
-            )
+            *(self._deliver_domain(d, rcpts, envelope, body) for d, rcpts in by_domain.items())
         )
         results = {r.recipient: r for run in runs for r in run}
         return [results[rcpt] for rcpt in envelope.recipients]
@@ -139,26 +142,36 @@ class DeliveryEngine:
                 store.close()
         await self._pool.close()
 
+    def destination(self, domain: str) -> Destination:
+        """Where mail to `domain` goes, as per-destination limits count it (routing.py)."""
+        return self.router.destination(domain)
+
+    @property
+    def destination_concurrency(self) -> int:
+        return self.config.delivery.destination_concurrency
+
     async def _deliver_domain(
-        self, domain: str, rcpts: list[str], envelope: Envelope, data: bytes, stuffed: bytes
+        self, domain: str, rcpts: list[str], envelope: Envelope, body: MessageBody
     ) -> list[RecipientResult]:
         level, source = self.config.tls.policy.level_for(domain)
         run = DomainRun(
-            domain, DomainPlan(level, source), envelope.sender, data, stuffed,
+            domain, DomainPlan(level, source), envelope.sender, body,
             envelope.needs_smtputf8, {r: Outcome() for r in rcpts},
         )  # fmt: skip
-        # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
-        # policies do not apply, and the session is not counted in its reports.
-        relaxed = tls_not_required(data)
-        async with self._slots.slot(domain):
-            try:
-                hops = await self.router.next_hops(domain)
-            except RoutingError as exc:
-                status = Status.BOUNCED if exc.permanent else Status.DEFERRED
-                run.settle(rcpts, status, exc.reason)
-                return run.results({r: exc.status for r in rcpts})
-            run.plan = await self._plan(domain, hops, relaxed, run.events)
-            await self._try_hops(run, hops)
+        try:
+            # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
+            # policies do not apply, and the session is not counted in its reports.
+            relaxed = tls_not_required(body.head())
+            hops = await self.router.next_hops(domain)
+        except BodyUnreadable as exc:
+            _body_unreadable(run, exc)
+            return run.results({})
+        except RoutingError as exc:
+            status = Status.BOUNCED if exc.permanent else Status.DEFERRED
+            run.settle(rcpts, status, exc.reason)
+            return run.results({r: exc.status for r in rcpts})
+        run.plan = await self._plan(domain, hops, relaxed, run.events)
+        await self._try_hops(run, hops)
         if run.events and self.config.tls.reporting and not relaxed:
             await self._count_for_reports(run)
         return run.results({})
@@ -240,6 +253,10 @@ class DeliveryEngine:
                 at = Target(hop, ip, policy)
                 try:
                     await self._try_host(run, at, starttls=True)
+                except BodyUnreadable as exc:
+                    # Not the host's fault, and no other host could be sent it either.
+                    _body_unreadable(run, exc, at)
+                    return
                 except Exception as exc:
                     # Anything else is a defect, ours or the server's, that nobody foresaw:
                     # this host fails with the reason and the engine goes on.
@@ -503,6 +520,17 @@ def _lookup_failed(
 def tls_not_required(data: bytes) -> bool:
     """Whether the header section carries RFC 8689's `TLS-Required: No`."""
     return bool(_TLS_NOT_REQUIRED.search(header_section(data)))
+
+
+def _body_unreadable(run: DomainRun, exc: BodyUnreadable, at: Target | None = None) -> None:
+    """Defer whoever is still pending; recipients a next hop already accepted stay so."""
+    reason = f"message body unreadable: {exc}"
+    pending = run.pending
+    run.settle(pending, Status.DEFERRED, reason, body_unreadable=True)
+    if at is not None:
+        run.note(at, AttemptResult.BODY_UNREADABLE, CLEAR, reason)
+    else:
+        log.error("domain=%s: %s", run.domain, reason)
 
 
 async def deliver(envelope: Envelope, data: bytes, config: Config) -> list[RecipientResult]:

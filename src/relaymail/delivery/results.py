@@ -53,6 +53,8 @@ class AttemptResult(enum.StrEnum):
     AUTH_FAILED = "auth-failed"
     AUTH_REFUSED = "auth-refused"
     AUTH_NOT_OFFERED = "auth-not-offered"
+    # The queued message data could not be read (deleted meanwhile, a disk error).
+    BODY_UNREADABLE = "body-unreadable"
     # A defect nobody foresaw, ours or the server's.
     INTERNAL_ERROR = "internal-error"
 
@@ -98,6 +100,8 @@ class RecipientResult:
     tls: TlsFacts = CLEAR
     attempts: tuple[Attempt, ...] = ()
     enhanced_status: str | None = None
+    # Deferred because the message data could not be read, not for anything a host did.
+    body_unreadable: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
