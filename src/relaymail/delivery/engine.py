@@ -23,6 +23,7 @@ from pathlib import Path
 from ..body import MessageBody
 from ..config import Config, RelayAuth, Scheme
 from ..errors import BodyUnreadable, ConnectFailed, RelaymailError, SessionError
+from ..expiring import ExpiringMap
 from ..message import Envelope, domain_of, header_section
 from ..routing import Destination, HopSource, NextHop, Router, RoutingError, make_resolver
 from ..smtp.client import Capabilities, State, Verb
@@ -103,7 +104,7 @@ class DeliveryEngine:
         self._sts: StsResolver | None = None
         self._sts_cache: StsCache | None = None
         self._reports: TlsReportStore | None = None
-        self._tlsa_cache: dict[tuple[str, int], tuple[float, TlsaLookup]] = {}
+        self._tlsa_cache: ExpiringMap[tuple[str, int], TlsaLookup] = ExpiringMap()
         self._memory = (
             TlsMemory(config.queue.directory, config.tls.remember_for)
             if config.tls.remember
@@ -297,11 +298,11 @@ class DeliveryEngine:
     async def _tlsa(self, hop: NextHop) -> TlsaLookup:
         key = (hop.name, hop.port)
         now = time.monotonic()
-        cached = self._tlsa_cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        cached = self._tlsa_cache.get(key, now)
+        if cached is not None:
+            return cached
         lookup = await lookup_tlsa(self.resolver, hop.name, hop.port)
-        self._tlsa_cache[key] = (now + _TLSA_CACHE_SECONDS, lookup)
+        self._tlsa_cache.put(key, lookup, now + _TLSA_CACHE_SECONDS, now)
         return lookup
 
     async def _try_host(self, run: DomainRun, at: Target, *, starttls: bool) -> None:
