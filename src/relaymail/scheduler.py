@@ -484,8 +484,11 @@ class Scheduler:
         if action in (AdminAction.RETRY, AdminAction.RELEASE, AdminAction.SUBMIT):
             self._note_on_disk(self._clock())  # what it made due may be on disk
         if message_id is None:
+            # The whole queue changed: the window starts again from the store, in due
+            # order, with one read instead of one per message.
             for idle in self._window.idle_ids():
-                self._reload(idle)
+                self._leave(idle)
+            self._note_on_disk(self._clock())
         elif message_id in self._in_flight:
             self._stale.add(message_id)
         elif message_id in self._window:
