@@ -1,7 +1,10 @@
-"""The slot table: a delivery starts only with a global slot and its destinations' slots."""
+"""The slot table: a delivery starts only with a global slot and its destinations' slots;
+what a destination is."""
 
 from __future__ import annotations
 
+from relaymail.config import parse_config
+from relaymail.delivery import DeliveryEngine
 from relaymail.routing import Destination
 from relaymail.slot_table import Grant, Limits, SlotTable
 
@@ -52,3 +55,17 @@ def test_new_limits_apply_to_the_next_grant() -> None:
     assert table.grant([SLOW]) is not None
     table.limits = Limits(total=10, per_destination=3)
     assert table.grant([SLOW]) is not None
+
+
+def test_the_destination_is_the_route_that_carries_the_domain_else_the_domain() -> None:
+    routes = {"exact.example": ["127.0.0.1:2525"], ".sub.example": ["127.0.0.1:2526"],
+              "*": ["127.0.0.1:2527"]}  # fmt: skip
+    engine = DeliveryEngine(parse_config({"routes": routes}))
+    assert [engine.destination(d) for d in ("exact.example", "a.sub.example", "other.example")] == [
+        Destination("exact.example", routed=True),
+        Destination(".sub.example", routed=True),
+        Destination("*", routed=True),
+    ]
+    assert engine.destination("[192.0.2.1]") == Destination("[192.0.2.1]", routed=False)
+    unrouted = DeliveryEngine(parse_config({}))
+    assert unrouted.destination("mx.example") == Destination("mx.example", routed=False)
