@@ -96,7 +96,7 @@ async def test_the_window_stays_within_its_limit_and_delivers_every_message_once
         async with scheduler(store, cfg) as running:
             # New mail while the window is full waits on disk and is not starved.
             late = [await running.enqueue(envelope, message(f"late{n}")) for n in range(200)]
-            assert running.window_stats().size == 500
+            assert running.window_stats().size <= 500
             await until(lambda: len(sink.transactions) >= queued + len(late), timeout=540)
             await until(lambda: store.count_messages() == 0)
             stats = running.window_stats()
