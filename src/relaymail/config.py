@@ -34,6 +34,7 @@ from .config_fields import (
     readable_file,
     seconds,
     secret_file,
+    whole,
 )
 from .config_file import DEFAULT_QUEUE_DIRECTORY, find_config_file, read_toml
 from .config_values import host_name, size, table, text
@@ -131,6 +132,9 @@ class QueueSettings:
     delay_warning: float = 4 * 3600.0  # one warning to the sender, then silence
     retry: RetrySchedule = field(default_factory=RetrySchedule)
     max_deliveries: int = 200  # messages in delivery at once, all destinations
+    # Messages the scheduler holds in memory (Postfix's qmgr_message_active_limit):
+    # the rest wait on disk and come in by due time as the window drains.
+    active_limit: int = 10_000
     # A cap on the queue's size on disk; past it new mail gets 452 4.3.1, as on a
     # full disk (Postfix's queue_minfree, seen from the other side).
     max_size: int | None = None
@@ -353,6 +357,7 @@ _QUEUE: Mapping[str, Reader] = {
     "delay_warning": seconds,
     "retry": _retry,
     "max_deliveries": count,
+    "active_limit": whole(1, 10_000_000),
     "max_size": size,
 }
 

@@ -92,6 +92,10 @@ class MessageTooLarge(MessageInputError):
         self.limit = limit
 
 
+class BodyUnreadable(RelaymailError):
+    """A queued message's data could not be read (deleted meanwhile, a disk error)."""
+
+
 class QueueFull(RelaymailError):
     """The queue cannot take more mail now (disk full, read-only): answer 452 4.3.1."""
 

@@ -141,8 +141,36 @@ def split_header_section(data: bytes) -> tuple[bytes, bytes]:
 
 def dot_stuff(data: bytes) -> bytes:
     """Transparency per RFC 5321 4.5.2, on canonical data; the terminator is not added."""
-    # find() allocates nothing: most messages have no line to stuff, and keep their bytes.
-    stuffed = data.replace(b"\r\n.", b"\r\n..") if b"\r\n." in data else data
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    return stuffed
+    return DotStuffer().feed(data)
+
+
+class DotStuffer:
+    """Dot-stuffing of canonical data that arrives in chunks (a body read from the queue).
+
+    A line may begin in one chunk and its CRLF end in the one before, even split
+    between them (CR at the end of one, LF "." at the start of the next), so the last two
+    octets of the data so far are kept.
+    """
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b"\r\n"  # the data starts at the beginning of a line
+
+    @property
+    def at_line_start(self) -> bool:
+        """Whether the data so far ends with CRLF (or is empty)."""
+        return self._tail == b"\r\n"
+
+    def feed(self, chunk: bytes) -> bytes:
+        """`chunk` stuffed, given every chunk before it."""
+        if not chunk:
+            return chunk
+        # find() allocates nothing: most messages have no line to stuff, and keep their bytes.
+        stuffed = chunk.replace(b"\r\n.", b"\r\n..") if b"\r\n." in chunk else chunk
+        if chunk[:1] == b"." and self._tail == b"\r\n":
+            stuffed = b"." + stuffed
+        elif chunk[:2] == b"\n." and self._tail[-1:] == b"\r":
+            stuffed = b"\n." + stuffed[1:]
+        self._tail = (self._tail + chunk[-2:])[-2:]
+        return stuffed

@@ -60,6 +60,19 @@ class NextHop:
         return f"{host}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """What per-destination limits count: a [routes] entry (all the domains it carries
+    share it, as they share its hosts), else the recipient domain."""
+
+    name: str  # the [routes] key ("*", ".example.com", a domain) or the recipient domain
+    routed: bool
+
+    @property
+    def label(self) -> str:
+        return f"route {self.name}" if self.routed else self.name
+
+
 class RoutingError(RelaymailError):
     """No next hop: permanent (bounce) or temporary (defer)."""
 
@@ -104,6 +117,15 @@ class Router:
         """The static route for `domain`: exact, then '.parent' entries, then '*'."""
         key = governing_key(self._routes, domain)
         return self._routes[key] if key is not None else self._routes.get("*")
+
+    def destination(self, domain: str) -> Destination:
+        """The destination `domain` counts against; pure, no DNS."""
+        if domain.startswith("["):
+            return Destination(domain, False)  # an address literal is never routed
+        key = governing_key(self._routes, domain)
+        if key is None and "*" in self._routes:
+            key = "*"
+        return Destination(domain, False) if key is None else Destination(key, True)
 
     async def next_hops(self, domain: str) -> list[NextHop]:
         if domain.startswith("[") and domain.endswith("]"):

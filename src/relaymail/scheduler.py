@@ -1,10 +1,18 @@
 """The scheduler (Postfix's qmgr): decides what to deliver when, and records outcomes.
 
-The store is the durable log; the schedule itself lives in memory: one entry
-per queued message with its pending recipients, ordered by due time in a
-heap. New mail is handed over by the inbound path with its data still in
-memory, so the common case (accept, deliver at once) never reads the body
-back from disk. Outcomes go to the store in batches (its group commit).
+The store is the durable log. The schedule in memory is the active window
+(active_window.py): at most `[queue] active_limit` messages, with their pending
+recipients and no body, in due order. New mail joins it when it has room; the
+rest waits on disk and comes in by an indexed read in due order
+(Store.due_messages) as the window drains, and at start, so neither memory nor
+the restart time follows the queue's size. A message leaves the window when it
+is done or deferred to a later time; it comes back when it is due.
+
+A delivery starts only when the slot table (slot_table.py) grants a global slot
+and its destination's: a message whose destinations are all busy waits parked,
+holding nothing. The body is read from the store by the delivery, chunk by
+chunk, as its session sends it. Outcomes go to the store in batches (its group
+commit).
 
 What changes the schedule from outside (the CLI's hold/release/delete/retry)
 arrives as admin events in the store, polled once a second.
@@ -14,22 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from . import observe
+from .active_window import ActiveWindow, Entry, WaitingRecipient, WindowStats
+from .body import MessageBody
 from .config import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
-from .errors import QueueFull
+from .errors import BodyUnreadable, QueueFull
 from .message import Envelope, domain_of
 from .queue.backlog import WriteBacklog
 from .queue.store import (
+    AdminAction,
     PendingMessage,
     QueuedMessage,
     RecipientState,
@@ -37,6 +47,8 @@ from .queue.store import (
     Store,
     TraceHeader,
 )
+from .routing import Destination
+from .slot_table import Grant, Limits, SlotTable
 
 if TYPE_CHECKING:
     from .admin.history import DeliveryHistory
@@ -46,28 +58,10 @@ log = logging.getLogger("relaymail.queue")
 
 # How often admin changes made by other processes (the CLI) are looked for.
 ADMIN_POLL = 1.0
-
-
-@dataclass(slots=True)
-class _Pending:
-    attempts: int
-    due: float
-
-
-@dataclass(slots=True)
-class _Entry:
-    id: str
-    sender: str
-    received_at: float
-    held: bool
-    warned: bool
-    recipients: dict[str, _Pending]
-    data: bytes | None = None  # kept until the first attempt, to spare a read
-    before_queue: float = 0.0  # delays=a: MAIL FROM to the commit; unknown after a restart
-
-    @property
-    def due(self) -> float:
-        return min(p.due for p in self.recipients.values())
+# A failed refill (the store refusing reads) is tried again this much later.
+REFILL_RETRY = 1.0
+# The dead-destination memory is swept of expired entries this often.
+DEAD_SWEEP = 60.0
 
 
 class Scheduler:
@@ -87,26 +81,44 @@ class Scheduler:
         self.settings = settings
         self.hostname = hostname
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
-        self._heap: list[tuple[float, str]] = []
+        self._window = ActiveWindow(settings.active_limit)
+        self._slots = SlotTable(self._limits())
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._stale: set[str] = set()
-        self._slots = asyncio.Semaphore(settings.max_deliveries)
         self._dead_until: dict[str, tuple[float, str]] = {}
+        self._dead_swept = 0.0
         self._admin_cursor = 0
         self._stopping = False
         self._writes = WriteBacklog()
+        # What the disk may hold beyond the window: `_disk_gen` counts the moments
+        # mail due now may have been left there (a full window, an admin change);
+        # a refill that saw every due message clears `_more_on_disk`. `_disk_due`
+        # is the earliest later due time there (None: none known).
+        self._disk_gen = 1
+        self._more_on_disk = True
+        self._disk_due: float | None = None
+        self._refilling: asyncio.Task[None] | None = None
+        self._left: set[str] | None = None  # left the window while a refill reads
+        self._refill_after = 0.0
+
+    def _limits(self) -> Limits:
+        return Limits(self.settings.max_deliveries, self.engine.destination_concurrency)
+
+    def window_stats(self) -> WindowStats:
+        """The active window now, and the most messages it ever held at once."""
+        return self._window.stats()
 
     # -- lifecycle -------------------------------------------------------------
 
     def load(self) -> int:
-        """Read the queue left by the last run (after a crash too); returns how many."""
+        """Prepare to deliver the queue left by the last run; returns how many messages wait.
+
+        Nothing is read but the count: the first refill (in run) brings in the
+        earliest due messages, at most the window's limit.
+        """
         self._admin_cursor = self.store.latest_admin_event_id()
-        pending = self.store.load_pending()
-        for message in pending:
-            self._adopt(message)
-        return len(pending)
+        return self.store.count_messages()
 
     async def run(self) -> None:
         """Deliver due messages until stop(); never returns otherwise."""
@@ -114,19 +126,15 @@ class Scheduler:
         try:
             while not self._stopping:
                 now = self._clock()
-                while self._heap and self._heap[0][0] <= now and not self._stopping:
-                    _, message_id = heapq.heappop(self._heap)
-                    entry = self._entries.get(message_id)
-                    if entry is None or entry.held or message_id in self._in_flight:
-                        continue
-                    if entry.due > now:
-                        self._push(entry)  # rescheduled since this heap item was made
-                        continue
-                    await self._slots.acquire()
-                    task = asyncio.create_task(self._deliver(entry))
-                    self._in_flight[message_id] = task
+                self._dispatch(now)
+                self._maybe_refill(now)
                 self._wake.clear()
-                timeout = max(0.0, self._heap[0][0] - self._clock()) if self._heap else 3600.0
+                # With every slot taken, a delivery that ends wakes the loop, not the heap.
+                due = None if self._slots.full else self._window.next_due()
+                wake_at = [t for t in (due, self._disk_due) if t is not None]
+                if self._more_on_disk and self._refill_after > now:
+                    wake_at.append(self._refill_after)
+                timeout = max(0.0, min(wake_at) - self._clock()) if wake_at else 3600.0
                 try:
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
@@ -134,6 +142,8 @@ class Scheduler:
                     pass
         finally:
             poller.cancel()
+            if self._refilling is not None:
+                self._refilling.cancel()
 
     async def stop(self, grace: float) -> None:
         """Stop starting deliveries; let running ones finish for `grace` seconds, then cancel.
@@ -151,21 +161,101 @@ class Scheduler:
             await asyncio.gather(*pending, return_exceptions=True)
         await self._writes.close(grace)
 
+    # -- dispatch --------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        """Start every due delivery the slot table grants."""
+        self._slots.limits = self._limits()
+        self._window.limit = self.settings.active_limit
+        while not self._slots.full and not self._stopping:
+            entry = self._window.pop_due(now)
+            if entry is None:
+                return
+            by_destination: dict[Destination, list[str]] = defaultdict(list)
+            for rcpt, pending in entry.recipients.items():
+                if pending.due <= now:
+                    by_destination[self.engine.destination(domain_of(rcpt))].append(rcpt)
+            grant = self._slots.grant(by_destination)
+            if grant is None:
+                self._window.park(entry, next(iter(by_destination)))
+                continue
+            rcpts = [r for d in grant.destinations for r in by_destination[d]]
+            self._window.started(entry.id)
+            task = asyncio.create_task(self._deliver(entry, rcpts, grant))
+            self._in_flight[entry.id] = task
+
+    # -- the window and the disk ---------------------------------------------------
+
+    def _maybe_refill(self, now: float) -> None:
+        if self._disk_due is not None and self._disk_due <= now:
+            self._disk_due = None
+            self._disk_gen += 1
+            self._more_on_disk = True
+        room = self._window.room
+        if not (self._more_on_disk and room and self._refilling is None):
+            return
+        if now < self._refill_after or self._stopping:
+            return
+        # While ready work remains, wait for a tenth of the window to be free: a
+        # read per message that leaves would cost more than the deliveries.
+        if self._window.ready_by(now) and room < max(1, self._window.limit // 10):
+            return
+        self._refilling = asyncio.create_task(self._refill(now, room))
+
+    async def _refill(self, now: float, room: int) -> None:
+        generation = self._disk_gen
+        self._left, self._disk_due = set(), None
+        exclude = self._window.ids()
+        try:
+            batch = await asyncio.to_thread(self.store.due_messages, now, room, exclude)
+        except Exception as exc:
+            if not isinstance(exc, QueueFull):  # the store has said what is wrong, once
+                log.exception("reading due messages failed; trying again")
+            self._refill_after = self._clock() + REFILL_RETRY
+            return
+        finally:
+            left, self._left, self._refilling = self._left, None, None
+            self._wake.set()
+        # A message that left meanwhile may be older in this read than in the store.
+        for message in batch.messages:
+            if message.id not in left and message.id not in self._window:
+                self._adopt(message)
+        self._more_on_disk = batch.more or self._disk_gen != generation
+        if batch.next_due is not None:
+            self._note_on_disk(batch.next_due)
+        self._sweep_dead(now)
+
+    def _note_on_disk(self, due: float) -> None:
+        """A message waits on disk (not in the window), due at `due`."""
+        if due <= self._clock():
+            self._disk_gen += 1
+            self._more_on_disk = True
+            self._wake.set()
+        elif self._disk_due is None or due < self._disk_due:
+            self._disk_due = due
+
+    def _leave(self, message_id: str) -> None:
+        self._window.remove(message_id)
+        if self._left is not None:
+            self._left.add(message_id)
+
     # -- intake ----------------------------------------------------------------
 
-    def submit(self, message: QueuedMessage, data: bytes, arrived: float | None = None) -> None:
-        """A message just made durable by the inbound path: deliver it now.
+    def submit(self, message: QueuedMessage, arrived: float | None = None) -> None:
+        """A message just made durable by the inbound path: deliver it now if there is room.
 
         `arrived`: when its sender began to hand it over (MAIL FROM, the maildrop file).
         """
         now = self._clock()
         before = max(0.0, message.received_at - arrived) if arrived is not None else 0.0
-        entry = _Entry(
-            message.id, message.envelope.sender, message.received_at, False, False,
-            {r: _Pending(0, now) for r in message.envelope.recipients}, data, before,
+        entry = Entry(
+            message.id, message.envelope.sender, message.received_at, False,
+            {r: WaitingRecipient(0, now) for r in message.envelope.recipients}, before,
         )  # fmt: skip
-        self._entries[entry.id] = entry
-        self._push(entry)
+        if self._window.put(entry):
+            self._wake.set()
+        else:
+            self._note_on_disk(now)  # a refill finds it, in due order
 
     async def enqueue(
         self,
@@ -184,7 +274,7 @@ class Scheduler:
         message = await self.store.enqueue(
             envelope, data, self._clock(), trace=trace, pickup=pickup
         )
-        self.submit(message, message.trace + data, arrived)
+        self.submit(message, arrived)
         # The inbound server logs the acceptance with this id; DSNs and local
         # submissions say so in their own lines.
         log.debug(
@@ -194,31 +284,27 @@ class Scheduler:
         return message.id
 
     def _adopt(self, message: PendingMessage) -> None:
+        """Take the store's view of a message into the window (or leave it on disk)."""
         settling = self._writes.settling(message.id)  # final, though the store says pending
-        entry = _Entry(
-            message.id, message.sender, message.received_at, message.held, message.warned,
-            {r.address: _Pending(r.attempts, r.next_attempt) for r in message.recipients
+        entry = Entry(
+            message.id, message.sender, message.received_at, message.warned,
+            {r.address: WaitingRecipient(r.attempts, r.next_attempt) for r in message.recipients
              if r.address not in settling},
         )  # fmt: skip
-        if not entry.recipients:
-            self._entries.pop(message.id, None)
-            return
-        self._entries[entry.id] = entry
-        self._push(entry)
-
-    def _push(self, entry: _Entry) -> None:
-        if entry.held:
-            return
-        due = entry.due
-        heapq.heappush(self._heap, (due, entry.id))
-        if due <= self._clock() or (self._heap[0][1] == entry.id):
+        if not entry.recipients or message.held:
+            self._leave(message.id)  # a held message waits on disk for its release
+        elif self._window.put(entry):
             self._wake.set()
+        else:
+            self._note_on_disk(entry.due)
 
     # -- delivery --------------------------------------------------------------
 
-    async def _deliver(self, entry: _Entry) -> None:
+    async def _deliver(self, entry: Entry, rcpts: list[str], grant: Grant) -> None:
+        recorded = False
         try:
-            await self._attempt(entry)
+            await self._attempt(entry, rcpts)
+            recorded = not self._writes  # the store has this attempt's outcomes
         except Exception as exc:
             # Outcomes never get here (the backlog keeps them): this is a read or a
             # bug before any recipient was tried, so trying again repeats nothing.
@@ -229,33 +315,46 @@ class Scheduler:
             for pending in entry.recipients.values():
                 pending.due = self._clock() + self.settings.retry.delay(pending.attempts + 1)
         finally:
-            self._slots.release()
+            self._slots.release(grant)
+            for destination in grant.destinations:
+                self._window.unpark(destination)
+            self._window.finished(entry.id)
             self._in_flight.pop(entry.id, None)
-            if entry.id in self._stale:
-                self._stale.discard(entry.id)
-                self._reload(entry.id)
-            elif entry.recipients and entry.id in self._entries:
-                self._push(entry)
-            else:
-                self._entries.pop(entry.id, None)
+            self._after_attempt(entry, recorded)
+            self._wake.set()
 
-    async def _attempt(self, entry: _Entry) -> None:
+    def _after_attempt(self, entry: Entry, recorded: bool) -> None:
+        if entry.id in self._stale:
+            self._stale.discard(entry.id)
+            self._reload(entry.id)
+        elif not entry.recipients or entry.id not in self._window:
+            self._leave(entry.id)
+        elif entry.due <= self._clock() or not recorded:
+            # Recipients still due (their destination had no slot), or times the
+            # store does not have yet: the window keeps the message.
+            self._window.schedule(entry)
+        else:
+            # Deferred: on disk until it is due again, when a refill brings it back.
+            self._leave(entry.id)
+            self._note_on_disk(entry.due)
+
+    async def _attempt(self, entry: Entry, granted: list[str]) -> None:
         now = started = self._clock()
-        due = [r for r, p in entry.recipients.items() if p.due <= now]
+        due = [r for r in granted if r in entry.recipients and entry.recipients[r].due <= now]
         updates: list[RecipientUpdate] = []
         skipped = self._skip_dead_destinations(entry, due, now, updates)
         due = [r for r in due if r not in skipped]
         results: list[RecipientResult] = []
-        data = b""
+        body = MessageBody.of(b"")
         if due:
             try:
-                data = entry.data or await self.store.read_data(entry.id)
+                body = self.store.open_body(entry.id)
             except KeyError:
                 await self._body_missing(entry)
                 return
-            entry.data = None
-            envelope = Envelope(entry.sender, tuple(due))
-            results = await self.engine.deliver(envelope, data, queue_id=entry.id)
+            results = await self.engine.deliver(
+                Envelope(entry.sender, tuple(due)), body, queue_id=entry.id
+            )
         now = self._clock()
         bounced: list[RecipientResult] = []
         deferred: list[RecipientResult] = []
@@ -277,7 +376,8 @@ class Scheduler:
                 del entry.recipients[result.recipient]
                 if status is Status.BOUNCED:
                     bounced.append(result)
-            self._note_destination(result, now, pending)
+            if not result.body_unreadable:  # the destination did nothing wrong
+                self._note_destination(result, now, pending)
             updates.append(_update(entry.id, result, status, pending, now, reason))
             observe.emit(_delivery_event(entry, result, expired, pending.due, started, now))
             if self.history is not None:
@@ -285,15 +385,14 @@ class Scheduler:
         final = [(entry.id, u.recipient) for u in updates if u.state.is_final]
         await self._writes.write(functools.partial(self.store.record, updates), settles=final)
         if bounced:
-            await self._send_dsn(entry, bounced, data, delay=False)
+            await self._send_dsn(entry, bounced, body, delay=False)
         if deferred and not entry.warned and now - entry.received_at >= self.settings.delay_warning:
             entry.warned = True
             await self._writes.write(functools.partial(self.store.mark_warned, entry.id))
-            await self._send_dsn(entry, deferred, data, delay=True)
+            await self._send_dsn(entry, deferred, body, delay=True)
 
-    async def _body_missing(self, entry: _Entry) -> None:
+    async def _body_missing(self, entry: Entry) -> None:
         """The message has no data to send: deleted meanwhile, or its body row is gone."""
-        self._entries.pop(entry.id, None)
         entry.recipients.clear()
         if self.store.load_pending_message(entry.id) is None:
             return  # deleted by an admin since it was scheduled: nothing to do
@@ -303,7 +402,7 @@ class Scheduler:
         await self._writes.write(functools.partial(self.store.set_hold, entry.id, True))
 
     def _skip_dead_destinations(
-        self, entry: _Entry, due: list[str], now: float, updates: list[RecipientUpdate]
+        self, entry: Entry, due: list[str], now: float, updates: list[RecipientUpdate]
     ) -> set[str]:
         """Per-destination retry memory: don't hammer a destination that just failed."""
         skipped: set[str] = set()
@@ -337,7 +436,15 @@ class Scheduler:
             )
         return skipped
 
-    def _note_destination(self, result: RecipientResult, now: float, pending: _Pending) -> None:
+    def _sweep_dead(self, now: float) -> None:
+        """Forget destinations whose retry time has passed, so the memory stays small."""
+        if now - self._dead_swept >= DEAD_SWEEP:
+            self._dead_swept = now
+            self._dead_until = {d: v for d, v in self._dead_until.items() if v[0] > now}
+
+    def _note_destination(
+        self, result: RecipientResult, now: float, pending: WaitingRecipient
+    ) -> None:
         domain = domain_of(result.recipient)
         if result.status is Status.DEFERRED and result.reply is None:
             # No host answered at all (connection-level): remember it for the
@@ -347,7 +454,7 @@ class Scheduler:
             self._dead_until.pop(domain, None)
 
     async def _send_dsn(
-        self, entry: _Entry, results: Sequence[RecipientResult], data: bytes, delay: bool
+        self, entry: Entry, results: Sequence[RecipientResult], body: MessageBody, delay: bool
     ) -> None:
         """Bounce or warn through the queue itself; never for the null sender (no loops)."""
         from . import dsn
@@ -368,7 +475,7 @@ class Scheduler:
         notice = build(
             original_sender=entry.sender,
             queue_id=entry.id,
-            original_headers=dsn.header_section(data),
+            original_headers=_quotable_head(body),
             recipients=[dsn.recipient_facts(r, last_attempt=now) for r in results],
             reporting_mta=self.hostname,
             arrival_date=_utc(entry.received_at),
@@ -397,20 +504,27 @@ class Scheduler:
                 continue
             for event in events:
                 self._admin_cursor = max(self._admin_cursor, event.id)
-                if event.message_id is None:
-                    for message_id in list(self._entries):
-                        if message_id not in self._in_flight:
-                            self._reload(message_id)
-                elif event.message_id in self._in_flight:
-                    self._stale.add(event.message_id)
-                else:
-                    self._reload(event.message_id)
+                self._apply_admin(event.message_id, event.action)
                 observe.emit(observe.Admin(event.message_id, event.action))
+
+    def _apply_admin(self, message_id: str | None, action: AdminAction) -> None:
+        if action in (AdminAction.RETRY, AdminAction.RELEASE, AdminAction.SUBMIT):
+            self._note_on_disk(self._clock())  # what it made due may be on disk
+        if message_id is None:
+            # The whole queue changed: the window starts again from the store, in due
+            # order, with one read instead of one per message.
+            for idle in self._window.idle_ids():
+                self._leave(idle)
+            self._note_on_disk(self._clock())
+        elif message_id in self._in_flight:
+            self._stale.add(message_id)
+        elif message_id in self._window:
+            self._reload(message_id)
 
     def _reload(self, message_id: str) -> None:
         message = self.store.load_pending_message(message_id)
         if message is None:
-            self._entries.pop(message_id, None)
+            self._leave(message_id)
         else:
             self._adopt(message)
 
@@ -423,7 +537,7 @@ def _update(
     message_id: str,
     result: RecipientResult,
     status: Status,
-    pending: _Pending,
+    pending: WaitingRecipient,
     now: float,
     reason: str,
 ) -> RecipientUpdate:
@@ -455,7 +569,7 @@ _DEFAULT_DSN = {Status.DELIVERED: "2.0.0", Status.DEFERRED: "4.0.0", Status.BOUN
 
 
 def _delivery_event(
-    entry: _Entry, result: RecipientResult, expired: bool, due: float, started: float, now: float
+    entry: Entry, result: RecipientResult, expired: bool, due: float, started: float, now: float
 ) -> observe.Delivery:
     """The delivery line of one recipient's outcome (`result` already says bounced if expired)."""
     tls = result.tls
@@ -478,6 +592,16 @@ def _delivery_event(
 
 def _iso(timestamp: float) -> str:
     return _utc(timestamp).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _quotable_head(body: MessageBody) -> bytes:
+    """The header section a DSN quotes; none when the body cannot be read any more."""
+    from . import dsn
+
+    try:
+        return dsn.header_section(body.head())
+    except BodyUnreadable:
+        return b""
 
 
 def _utc(timestamp: float) -> datetime:

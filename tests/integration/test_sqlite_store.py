@@ -22,7 +22,7 @@ from relaymail.queue import (
     SqliteStore,
     parse_queue_id,
 )
-from relaymail.queue.schema import DB_FILENAME
+from relaymail.queue.schema import DB_FILENAME, SCHEMA_VERSION
 from tests.queue_samples import ENVELOPE, body, orphans, raw, update
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -105,17 +105,36 @@ async def test_close_finishes_writes_already_submitted(queue_dir: Path) -> None:
         await reopened.close()
 
 
-async def test_read_data_reads_small_bodies_inline_and_large_ones_in_a_thread(
-    store: SqliteStore,
-) -> None:
-    small = await store.enqueue(ENVELOPE, body(7), time.time())
-    large = await store.enqueue(ENVELOPE, body(8, size=300_000), time.time())  # via a thread
+async def test_a_body_is_read_from_the_blob_a_chunk_at_a_time(store: SqliteStore) -> None:
+    data = body(8, size=300_000)
+    queued = await store.enqueue(ENVELOPE, data, time.time())
 
-    assert await store.read_data(small.id) == body(7)
-    assert await store.read_data(large.id) == body(8, size=300_000)
+    opened = store.open_body(queued.id)
+    chunks = list(opened.chunks())
+    assert (opened.size, [len(c) for c in chunks]) == (300_000, [65536] * 4 + [37856])
+    assert b"".join(chunks) == data
+    assert opened.head() == b"Subject: message 8\r\n"
     for missing in ("00000000000", "not-an-id"):
         with pytest.raises(KeyError):
-            await store.read_data(missing)
+            store.open_body(missing)
+
+
+async def test_an_older_queue_gets_the_due_index_and_the_refill_reads_through_it(
+    queue_dir: Path,
+) -> None:
+    store = SqliteStore.open(queue_dir)
+    await store.close()
+    with contextlib.closing(raw(queue_dir)) as conn:  # as version 2 left it
+        conn.execute("DROP INDEX recipient_due")
+        conn.execute("UPDATE schema_version SET version = 2")
+
+    store = SqliteStore.open(queue_dir)
+    await store.close()
+    with contextlib.closing(raw(queue_dir)) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
+        plan = conn.execute("EXPLAIN QUERY PLAN " + SqliteStore._DUE_SQL, (0.0,)).fetchall()
+    assert versions[-1] == SCHEMA_VERSION == 3
+    assert any("recipient_due" in row[-1] for row in plan)
 
 
 # -- admin -------------------------------------------------------------------

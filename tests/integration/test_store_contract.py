@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from relaymail.errors import RelaymailError
+from relaymail.errors import BodyUnreadable, RelaymailError
 from relaymail.message import Envelope
 from relaymail.queue import AdminAction, RecipientState, SqliteStore, Store
 from relaymail.queue.memory import MemoryStore
@@ -383,3 +383,46 @@ async def test_pending_breakdown_ranks_destinations_and_deferral_reasons(store: 
     ]  # fmt: skip
     assert [(t.name, t.count) for t in top.reasons] == [("451 busy", 2), ("421 bye", 1)]
     assert len(store.pending_breakdown(limit=1).destinations) == 1
+
+
+# -- bodies and the scheduler's refill ------------------------------------------
+
+
+async def test_a_body_is_read_on_demand_and_a_delete_between_chunks_fails_the_read(
+    store: Store,
+) -> None:
+    data = body(3, size=200_000).replace(b"Subject", "Subject: é\r\nX".encode(), 1)
+    queued = await store.enqueue(ENVELOPE, data, time.time())
+
+    opened = store.open_body(queued.id)
+    assert (opened.size, opened.read_all(), opened.eight_bit()) == (len(data), data, True)
+    assert opened.head() == data[: data.index(b"\r\n\r\n") + 2]
+    chunks = opened.chunks()
+    assert next(chunks) == data[: opened.chunk_size]
+    await store.delete(queued.id)
+    with pytest.raises(BodyUnreadable):
+        next(chunks)
+    with pytest.raises(KeyError):
+        store.open_body(queued.id)
+
+
+async def test_due_messages_come_earliest_first_without_held_or_excluded_ones(
+    store: Store,
+) -> None:
+    ids = [(await store.enqueue(ENVELOPE, body(n), 1000.0 + n)).id for n in range(6)]
+    later = [update(ids[0], r, RecipientState.DEFERRED, next_attempt=5000.0)
+             for r in ENVELOPE.recipients]  # fmt: skip
+    # One recipient due early is enough to make a message due early.
+    await store.record([*later, update(ids[5], "bob@example.com", RecipientState.DEFERRED,
+                                       next_attempt=500.0)])  # fmt: skip
+    await store.set_hold(ids[2], True)
+
+    batch = store.due_messages(2000.0, 3, exclude=frozenset({ids[3]}))
+    assert [m.id for m in batch.messages] == [ids[5], ids[1], ids[4]]
+    assert (batch.more, batch.next_due) == (False, 5000.0)
+    assert [r.address for r in batch.messages[0].recipients] == list(ENVELOPE.recipients)
+
+    cut = store.due_messages(2000.0, 1)
+    assert ([m.id for m in cut.messages], cut.more) == ([ids[5]], True)
+    assert store.due_messages(999.0, 10).messages[0].id == ids[5]
+    assert [m.id for m in store.due_messages(999.0, 10).messages] == [ids[5]]

@@ -41,7 +41,7 @@ def test_pipelined_replies_pair_with_their_commands_in_order():
     assert [e.verb for e in events] == [Verb.MAIL, Verb.RCPT, Verb.RCPT, Verb.DATA]
     assert [e.reply.code for e in events] == [250, 250, 550, 354]
     assert conn.state is State.DATA
-    assert conn.send_message(b"body\r\n") == b".\r\n"
+    assert conn.send_message(at_line_start=True) == b".\r\n"
     conn.receive_data(b"250 queued\r\n")
     assert conn.next_event().verb is Verb.MESSAGE
     assert conn.state is State.READY

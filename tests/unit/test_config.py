@@ -153,6 +153,7 @@ SECTION_KEYS = {
     "queue": {
         "lifetime": NOT_A_DURATION, "delay_warning": NOT_A_DURATION,
         "max_deliveries": NOT_A_COUNT, "max_size": NOT_A_SIZE, "directory": NOT_A_NAME,
+        "active_limit": [*NOT_A_COUNT, 10_000_001],
     },
 }  # fmt: skip
 LISTENER_KEYS = {
@@ -452,3 +453,8 @@ def test_local_domain_defaults_to_the_helo_name_and_aliases_must_be_readable(tmp
     with pytest.raises(ConfigError) as raised:
         parse_config({"local": {"domain": "not a host"}})
     assert raised.value.key == "local.domain"
+
+
+def test_the_active_window_defaults_to_ten_thousand_and_takes_a_whole_number() -> None:
+    assert parse_config({}).queue.active_limit == 10_000
+    assert parse_config({"queue": {"active_limit": 500}}).queue.active_limit == 500

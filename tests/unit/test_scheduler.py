@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import pytest
 
 from relaymail import observe
+from relaymail.body import MessageBody
 from relaymail.config import QueueSettings
 from relaymail.delivery import RecipientResult, Status
 from relaymail.errors import QueueFull
-from relaymail.message import Envelope
+from relaymail.message import Envelope, domain_of
 from relaymail.queue import RecipientState, RecipientUpdate
 from relaymail.queue.memory import MemoryStore
 from relaymail.retry import RetrySchedule
+from relaymail.routing import Destination
 from relaymail.scheduler import Scheduler
 from tests.unit.virtual_time import run
 
@@ -60,17 +62,32 @@ class Tried:
 
 
 class ScriptedEngine:
-    """Answers each recipient with its script's next answer; accepts once the script is out."""
+    """Answers each recipient with its script's next answer; accepts once the script is out.
 
-    def __init__(self, script: Mapping[str, Sequence[Answer]]) -> None:
+    A delivery to a domain in `slow` takes that many seconds.
+    """
+
+    def __init__(
+        self,
+        script: Mapping[str, Sequence[Answer]],
+        slow: Mapping[str, float] | None = None,
+        destination_concurrency: int = 20,
+    ) -> None:
         self._script = {rcpt: list(answers) for rcpt, answers in script.items()}
+        self._slow = slow or {}
+        self.destination_concurrency = destination_concurrency
         self.tried: list[Tried] = []
 
+    @staticmethod
+    def destination(domain: str) -> Destination:
+        return Destination(domain, routed=False)
+
     async def deliver(
-        self, envelope: Envelope, data: bytes, *, queue_id: str | None = None
+        self, envelope: Envelope, body: MessageBody, *, queue_id: str | None = None
     ) -> list[RecipientResult]:
         now = asyncio.get_running_loop().time()
-        self.tried.append(Tried(now, envelope.sender, envelope.recipients, data))
+        self.tried.append(Tried(now, envelope.sender, envelope.recipients, body.read_all()))
+        await asyncio.sleep(max(self._slow.get(domain_of(r), 0.0) for r in envelope.recipients))
         answers = [self._script.get(rcpt) for rcpt in envelope.recipients]
         return [
             (answer.pop(0) if answer else accepted)(rcpt)
@@ -105,9 +122,9 @@ class Queue:
         return [t for t in self.engine.tried if t.sender == ""]
 
 
-def settings(lifetime: float = NEVER, delay_warning: float = NEVER) -> QueueSettings:
+def settings(lifetime: float = NEVER, delay_warning: float = NEVER, **limits: int) -> QueueSettings:
     retry = RetrySchedule(intervals=(60.0, 300.0, 900.0), jitter=0.0)
-    return QueueSettings(lifetime=lifetime, delay_warning=delay_warning, retry=retry)
+    return QueueSettings(lifetime=lifetime, delay_warning=delay_warning, retry=retry, **limits)
 
 
 @contextlib.asynccontextmanager
@@ -115,10 +132,11 @@ async def running(
     script: Mapping[str, Sequence[Answer]],
     queue_settings: QueueSettings | None = None,
     store: MemoryStore | None = None,
+    engine: ScriptedEngine | None = None,
 ) -> AsyncIterator[Queue]:
     loop = asyncio.get_running_loop()
     store = MemoryStore() if store is None else store
-    engine = ScriptedEngine(script)
+    engine = ScriptedEngine(script) if engine is None else engine
     scheduler = Scheduler(
         store,
         engine,  # type: ignore[arg-type]
@@ -360,5 +378,113 @@ def test_an_outcome_the_store_refuses_is_kept_and_never_delivered_twice() -> Non
             await asyncio.sleep(2)
             assert queue.store.get_message(message_id) is None
             assert queue.engine.times_for(BOB) == at(0)
+
+    run(main())
+
+
+# -- the active window and per-destination slots --------------------------------
+
+
+def test_the_window_never_exceeds_its_limit_and_each_message_is_delivered_once() -> None:
+    async def main() -> None:
+        recipients = [f"user{n}@d{n % 7}.example" for n in range(60)]
+        script = {r: [greylisted] for r in recipients[::5]}  # some come back from disk
+        engine = ScriptedEngine(script, slow={f"d{n}.example": 3.0 for n in range(7)})
+        limits = settings(active_limit=5, max_deliveries=3)
+        async with running(script, limits, engine=engine) as queue:
+            ids = [await queue.enqueue(r) for r in recipients]
+            assert queue.scheduler.window_stats().size == 5
+            await asyncio.sleep(600)
+
+            stats = queue.scheduler.window_stats()
+            assert (stats.size, stats.peak, stats.limit) == (0, 5, 5)
+            tries = {r: len(queue.engine.times_for(r)) for r in recipients}
+            assert tries == {r: 2 if r in script else 1 for r in recipients}
+            assert all(queue.store.get_message(i) is None for i in ids)
+
+    run(main())
+
+
+def test_mail_queued_while_the_window_is_full_is_found_on_disk_in_arrival_order() -> None:
+    async def main() -> None:
+        engine = ScriptedEngine({}, slow={"example.com": 10.0})
+        async with running({}, settings(active_limit=2), engine=engine) as queue:
+            rcpts = [f"u{n}@example.com" for n in range(6)]
+            for rcpt in rcpts:
+                await queue.enqueue(rcpt)
+            await asyncio.sleep(100)
+            firsts = [queue.engine.times_for(r)[0] for r in rcpts]
+            assert firsts == sorted(firsts) and len(queue.engine.tried) == 6
+            assert queue.scheduler.window_stats().peak == 2
+
+    run(main())
+
+
+def test_a_slow_destination_holds_its_own_slots_and_no_others() -> None:
+    async def main() -> None:
+        engine = ScriptedEngine({}, slow={"slow.example": 1000.0}, destination_concurrency=2)
+        async with running({}, settings(max_deliveries=4), engine=engine) as queue:
+            for n in range(6):
+                await queue.enqueue(f"u{n}@slow.example")
+            await queue.enqueue(BOB)
+            await asyncio.sleep(1)
+
+            assert queue.engine.times_for(BOB) == at(0)
+            stats = queue.scheduler.window_stats()
+            assert (stats.in_flight, stats.parked) == (2, 4)
+            await asyncio.sleep(3000)
+            assert len(queue.engine.tried) == 7
+
+    run(main())
+
+
+def test_a_message_to_a_full_and_a_free_destination_goes_to_the_free_one_first() -> None:
+    async def main() -> None:
+        engine = ScriptedEngine({}, slow={"slow.example": 100.0}, destination_concurrency=1)
+        async with running({}, engine=engine) as queue:
+            await queue.enqueue("first@slow.example")
+            await queue.enqueue("second@slow.example", BOB)
+            await asyncio.sleep(1)
+            assert queue.engine.times_for(BOB) == at(0)
+            assert queue.engine.times_for("second@slow.example") == []
+            await asyncio.sleep(300)
+            assert queue.engine.times_for("second@slow.example") == at(100)
+
+    run(main())
+
+
+def test_a_restart_reads_the_earliest_due_messages_up_to_the_limit() -> None:
+    async def main() -> None:
+        store = MemoryStore()
+        ids = [(await store.enqueue(Envelope(ALICE, (f"u{n}@example.com",)), BODY, EPOCH)).id
+               for n in range(20)]  # fmt: skip
+        engine = ScriptedEngine({}, slow={"example.com": 5.0})
+        async with running({}, settings(active_limit=3), store=store, engine=engine) as queue:
+            assert queue.scheduler.load() == 20
+            await asyncio.sleep(200)
+            assert all(queue.store.get_message(i) is None for i in ids)
+            assert [t.data for t in queue.engine.tried] == [BODY] * 20
+            assert queue.scheduler.window_stats().peak == 3
+
+    run(main())
+
+
+def unreadable(rcpt: str) -> RecipientResult:
+    return RecipientResult(rcpt, Status.DEFERRED, "message body unreadable: disk I/O error",
+                           body_unreadable=True)  # fmt: skip
+
+
+def test_an_unreadable_body_defers_without_marking_the_destination_down() -> None:
+    async def main() -> None:
+        async with running({BOB: [unreadable]}) as queue:
+            first = await queue.enqueue(BOB)
+            await asyncio.sleep(10)
+            await queue.enqueue(CAROL)  # the same destination
+            await asyncio.sleep(1)
+            assert queue.engine.times_for(CAROL) == at(10)
+            detail = queue.store.get_message(first)
+            assert detail is not None and detail.recipients[0].state is RecipientState.DEFERRED
+            await asyncio.sleep(100)
+            assert queue.engine.times_for(BOB) == at(0, 60)
 
     run(main())

@@ -20,10 +20,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..body import MessageBody
 from ..config import Config, RelayAuth, Scheme
-from ..errors import ConnectFailed, RelaymailError, SessionError
-from ..message import Envelope, domain_of, dot_stuff, header_section
-from ..routing import HopSource, NextHop, Router, RoutingError, make_resolver
+from ..errors import BodyUnreadable, ConnectFailed, RelaymailError, SessionError
+from ..expiring import ExpiringMap
+from ..message import Envelope, domain_of, header_section
+from ..routing import Destination, HopSource, NextHop, Router, RoutingError, make_resolver
 from ..smtp.client import Capabilities, State, Verb
 from ..smtp.session import SmtpSession
 from ..tls.context import CLEAR, PolicyJudgement, TlsFacts
@@ -42,7 +44,7 @@ from .plan import (
     plan,
     published_policies_apply,
 )
-from .pool import DestinationSlots, IdleSession, SessionPool
+from .pool import IdleSession, SessionPool
 from .results import AttemptResult, RecipientResult, Status, TlsStep
 from .run import DomainRun, Outcome, SessionInUse, Target, observe_step
 from .starttls import StarttlsOutcome, StarttlsStep
@@ -106,7 +108,7 @@ class DeliveryEngine:
         self._sts: StsResolver | None = None
         self._sts_cache: StsCache | None = None
         self._reports: TlsReportStore | None = None
-        self._tlsa_cache: dict[tuple[str, int], tuple[float, TlsaLookup]] = {}
+        self._tlsa_cache: ExpiringMap[tuple[str, int], TlsaLookup] = ExpiringMap()
         self._memory = (
             TlsMemory(config.queue.directory, config.tls.remember_for)
             if config.tls.remember
@@ -114,23 +116,26 @@ class DeliveryEngine:
         )
         self._starttls = StarttlsStep(config.tls, self._memory)
         self._pool = SessionPool(config.delivery.connection_idle_time)
-        self._slots = DestinationSlots(config.delivery.destination_concurrency)
         self._login_failures = LoginFailureLog()
 
     async def deliver(
-        self, envelope: Envelope, data: bytes, *, queue_id: str | None = None
+        self, envelope: Envelope, data: bytes | MessageBody, *, queue_id: str | None = None
     ) -> list[RecipientResult]:
         """Deliver canonical message data (CRLF, not dot-stuffed); one result per recipient.
 
-        `queue_id` goes on every attempt line, so `grep ID` finds all of a message's lines.
+        A MessageBody is read as each session reaches DATA (the queue's bodies); a body
+        that cannot be read defers the recipients not yet accepted (BODY_UNREADABLE).
+        How many deliveries run at once, in all and per destination, is the caller's
+        to decide (the scheduler's slot table). `queue_id` goes on every attempt line,
+        so `grep ID` finds all of a message's lines.
         """
+        body = data if isinstance(data, MessageBody) else MessageBody.of(data)
         by_domain: dict[str, list[str]] = defaultdict(list)
         for rcpt in envelope.recipients:
             by_domain[domain_of(rcpt)].append(rcpt)
-        stuffed = dot_stuff(data)
         runs = await asyncio.gather(
             *(
-                self._deliver_domain(d, rcpts, envelope, data, stuffed, queue_id)
+                self._deliver_domain(d, rcpts, envelope, body, queue_id)
                 for d, rcpts in by_domain.items()
             )
         )
@@ -158,32 +163,42 @@ class DeliveryEngine:
         """
         envelope = Envelope(sender, (address,))
         [result] = await self._deliver_domain(
-            domain_of(address), [address], envelope, b"", b"", None, probe_only=True
+            domain_of(address), [address], envelope, MessageBody.of(b""), None, probe_only=True
         )
         return result
 
+    def destination(self, domain: str) -> Destination:
+        """Where mail to `domain` goes, as per-destination limits count it (routing.py)."""
+        return self.router.destination(domain)
+
+    @property
+    def destination_concurrency(self) -> int:
+        return self.config.delivery.destination_concurrency
+
     async def _deliver_domain(
-        self, domain: str, rcpts: list[str], envelope: Envelope, data: bytes, stuffed: bytes,
+        self, domain: str, rcpts: list[str], envelope: Envelope, body: MessageBody,
         queue_id: str | None, *, probe_only: bool = False,
     ) -> list[RecipientResult]:  # fmt: skip
         level, source = self.config.tls.policy.level_for(domain)
         run = DomainRun(
-            domain, DomainPlan(level, source), envelope.sender, data, stuffed,
+            domain, DomainPlan(level, source), envelope.sender, body,
             envelope.needs_smtputf8, {r: Outcome() for r in rcpts}, probe_only,
             queue_id=queue_id,
         )  # fmt: skip
-        # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
-        # policies do not apply, and the session is not counted in its reports.
-        relaxed = tls_not_required(data)
-        async with self._slots.slot(domain):
-            try:
-                hops = await self.router.next_hops(domain)
-            except RoutingError as exc:
-                status = Status.BOUNCED if exc.permanent else Status.DEFERRED
-                run.settle(rcpts, status, exc.reason)
-                return run.results({r: exc.status for r in rcpts})
-            run.plan = await self._plan(domain, hops, relaxed, run.events)
-            await self._try_hops(run, hops)
+        try:
+            # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
+            # policies do not apply, and the session is not counted in its reports.
+            relaxed = tls_not_required(body.head())
+            hops = await self.router.next_hops(domain)
+        except BodyUnreadable as exc:
+            _body_unreadable(run, exc)
+            return run.results({})
+        except RoutingError as exc:
+            status = Status.BOUNCED if exc.permanent else Status.DEFERRED
+            run.settle(rcpts, status, exc.reason)
+            return run.results({r: exc.status for r in rcpts})
+        run.plan = await self._plan(domain, hops, relaxed, run.events)
+        await self._try_hops(run, hops)
         if run.events and self.config.tls.reporting and not relaxed:
             await self._count_for_reports(run)
         return run.results({})
@@ -265,6 +280,10 @@ class DeliveryEngine:
                 at = Target(hop, ip, policy)
                 try:
                     await self._try_host(run, at, starttls=True)
+                except BodyUnreadable as exc:
+                    # Not the host's fault, and no other host could be sent it either.
+                    _body_unreadable(run, exc, at)
+                    return
                 except Exception as exc:
                     # Anything else is a defect, ours or the server's, that nobody foresaw:
                     # this host fails with the reason and the engine goes on.
@@ -305,11 +324,11 @@ class DeliveryEngine:
     async def _tlsa(self, hop: NextHop) -> TlsaLookup:
         key = (hop.name, hop.port)
         now = time.monotonic()
-        cached = self._tlsa_cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        cached = self._tlsa_cache.get(key, now)
+        if cached is not None:
+            return cached
         lookup = await lookup_tlsa(self.resolver, hop.name, hop.port)
-        self._tlsa_cache[key] = (now + _TLSA_CACHE_SECONDS, lookup)
+        self._tlsa_cache.put(key, lookup, now + _TLSA_CACHE_SECONDS, now)
         return lookup
 
     async def _try_host(self, run: DomainRun, at: Target, *, starttls: bool) -> None:
@@ -555,6 +574,17 @@ def _tls_step(at: Target, outcome: StarttlsOutcome) -> TlsStep:
 def tls_not_required(data: bytes) -> bool:
     """Whether the header section carries RFC 8689's `TLS-Required: No`."""
     return bool(_TLS_NOT_REQUIRED.search(header_section(data)))
+
+
+def _body_unreadable(run: DomainRun, exc: BodyUnreadable, at: Target | None = None) -> None:
+    """Defer whoever is still pending; recipients a next hop already accepted stay so."""
+    reason = f"message body unreadable: {exc}"
+    pending = run.pending
+    run.settle(pending, Status.DEFERRED, reason, body_unreadable=True)
+    if at is not None:
+        run.note(at, AttemptResult.BODY_UNREADABLE, CLEAR, reason)
+    else:
+        log.error("domain=%s: %s", run.domain, reason)
 
 
 async def deliver(envelope: Envelope, data: bytes, config: Config) -> list[RecipientResult]:

@@ -1,4 +1,4 @@
-"""Sessions kept between messages, and how many sessions a destination may have at once.
+"""Sessions kept between messages for the next one to the same host.
 
 Sessions that end a transaction cleanly wait here for the next message to the
 same host (Postfix's connection cache): with pipelining, that is what makes
@@ -40,15 +40,20 @@ class SessionPool:
 
     def take(self, hop: NextHop, ip: str, level: Level) -> IdleSession | None:
         """A kept session still usable, or None; unusable ones found on the way are closed."""
-        entries = self._idle.get((ip, hop.port, hop.name, level))
-        while entries:
-            idle = entries.pop()
-            if idle.expires is not None:
-                idle.expires.cancel()
-            if idle.session.is_usable:
-                return idle
-            idle.session.abort()
-        return None
+        key = (ip, hop.port, hop.name, level)
+        entries = self._idle.get(key)
+        try:
+            while entries:
+                idle = entries.pop()
+                if idle.expires is not None:
+                    idle.expires.cancel()
+                if idle.session.is_usable:
+                    return idle
+                idle.session.abort()
+            return None
+        finally:
+            if not entries:
+                self._idle.pop(key, None)  # the pool holds keys with sessions only
 
     def keep(self, hop: NextHop, ip: str, level: Level, idle: IdleSession) -> None:
         key = (ip, hop.port, hop.name, level)
@@ -60,6 +65,8 @@ class SessionPool:
         entries = self._idle.get(key, [])
         if idle in entries:
             entries.remove(idle)
+            if not entries:
+                del self._idle[key]
             asyncio.get_running_loop().create_task(idle.session.quit())
 
     async def close(self) -> None:
@@ -70,14 +77,3 @@ class SessionPool:
             if entry.expires is not None:
                 entry.expires.cancel()
         await asyncio.gather(*(entry.session.quit() for entry in idle))
-
-
-class DestinationSlots:
-    """At most `concurrency` deliveries at once to one destination domain."""
-
-    def __init__(self, concurrency: int) -> None:
-        self._concurrency = concurrency
-        self._slots: dict[str, asyncio.Semaphore] = {}
-
-    def slot(self, domain: str) -> asyncio.Semaphore:
-        return self._slots.setdefault(domain, asyncio.Semaphore(self._concurrency))

@@ -54,6 +54,8 @@ class AttemptResult(enum.StrEnum):
     AUTH_FAILED = "auth-failed"
     AUTH_REFUSED = "auth-refused"
     AUTH_NOT_OFFERED = "auth-not-offered"
+    # The queued message data could not be read (deleted meanwhile, a disk error).
+    BODY_UNREADABLE = "body-unreadable"
     # A defect nobody foresaw, ours or the server's.
     INTERNAL_ERROR = "internal-error"
 
@@ -131,6 +133,8 @@ class RecipientResult:
     decision: TlsStep | None = None
     setup_seconds: float = 0.0
     transmission_seconds: float = 0.0
+    # Deferred because the message data could not be read, not for anything a host did.
+    body_unreadable: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import observe
-from ..message import dot_stuff
+from ..body import MessageBody
 from ..routing import NextHop
 from ..smtp.client import Capabilities
 from ..smtp.reply import Reply
@@ -75,6 +75,7 @@ class Outcome:
     decision: TlsStep | None = None
     setup_seconds: float = 0.0
     transmission_seconds: float = 0.0
+    body_unreadable: bool = False
 
 
 @dataclass(slots=True)
@@ -84,30 +85,31 @@ class DomainRun:
     domain: str
     plan: DomainPlan
     sender: str
-    data: bytes
-    stuffed: bytes
+    body: MessageBody
     needs_smtputf8: bool
     outcomes: dict[str, Outcome]
     probe_only: bool = False
     """Recipient verification: MAIL, RCPT and RSET at each host, no message."""
     attempts: list[Attempt] = field(default_factory=list)
     events: list[TlsEvent] = field(default_factory=list)  # for TLS reporting
-    seven_bit: dict[bool, tuple[bytes, bytes]] = field(default_factory=dict)  # converted, stuffed
+    seven_bit: dict[bool, MessageBody] = field(default_factory=dict)  # by SMTPUTF8 offered
     queue_id: str | None = None  # every log line about the message carries it
     session: SessionInUse | None = None  # set while a transaction runs
 
-    def data_for(self, caps: Capabilities) -> tuple[bytes, bytes]:
-        """(data, dot-stuffed data) as this next hop may take it: 7-bit without 8BITMIME.
+    def data_for(self, caps: Capabilities) -> MessageBody:
+        """The data as this next hop may take it: 7-bit without 8BITMIME.
 
         RFC 6152 3: 8-bit data never goes to a server that did not offer 8BITMIME.
-        Raises ConversionImpossible when no 7-bit form says the same.
+        Raises ConversionImpossible when no 7-bit form says the same. The conversion
+        works on the whole MIME tree, so only then is the body read at once; the
+        converted copy lives as long as this delivery.
         """
-        if "8BITMIME" in caps or self.data.isascii():
-            return self.data, self.stuffed
+        if "8BITMIME" in caps or not self.body.eight_bit():
+            return self.body
         utf8_headers = "SMTPUTF8" in caps
         if utf8_headers not in self.seven_bit:
-            converted = to_7bit(self.data, utf8_headers=utf8_headers)
-            self.seven_bit[utf8_headers] = (converted, dot_stuff(converted))
+            converted = to_7bit(self.body.read_all(), utf8_headers=utf8_headers)
+            self.seven_bit[utf8_headers] = MessageBody.of(converted, self.body.chunk_size)
         return self.seven_bit[utf8_headers]
 
     @property
@@ -152,6 +154,7 @@ class DomainRun:
                 decision=o.decision,
                 setup_seconds=o.setup_seconds,
                 transmission_seconds=o.transmission_seconds,
+                body_unreadable=o.body_unreadable,
             )
             for rcpt, o in self.outcomes.items()
         ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..body import MessageBody
 from ..errors import SessionError
 from ..smtp.client import Capabilities, Verb
 from ..smtp.reply import Reply
@@ -45,13 +46,13 @@ async def transaction(
     hop = at.hop
     rcpts = run.pending
     try:
-        data, stuffed = run.data_for(caps)
+        body = run.data_for(caps)
     except ConversionImpossible as exc:
         reason = f"{hop.label} does not offer 8BITMIME and conversion to 7-bit failed: {exc}"
         run.settle(rcpts, Status.BOUNCED, reason, host=hop.label, tls=tls, enhanced="5.6.3")
         run.note(at, AttemptResult.EIGHTBITMIME_REFUSED, tls, reason)
         return
-    size = len(data)
+    size = body.size
     limit = caps.size_limit
     if limit is not None and size > limit:
         reason = f"message size {size} exceeds the limit of {hop.label} ({limit}, from SIZE)"
@@ -67,7 +68,7 @@ async def transaction(
         reset = await session.command(Verb.RSET)
         if not reset.is_success:
             raise SessionError(f"RSET answered {reset}")
-    params = _mail_parameters(caps, size, data, run.needs_smtputf8)
+    params = _mail_parameters(caps, size, body, run.needs_smtputf8)
     replies = await _envelope(session, caps, f"FROM:<{run.sender}>{params}", rcpts)
     _settle_envelope(run, at, rcpts, replies, tls)
     accepted = replies.accepted
@@ -91,7 +92,7 @@ async def transaction(
         session.write_terminator()
         await session.read_reply()
         return
-    final = await session.send_message(stuffed, data_timeout)
+    final = await session.send_message(body.chunks(), data_timeout)
     if final.is_success:
         status, reason = Status.DELIVERED, f"accepted by {hop.label}"
     elif final.is_transient:
@@ -187,11 +188,11 @@ def _settle_envelope(
             run.note(at, AttemptResult.RCPT_DEFERRED, tls, f"{rcpt}: {reply}")
 
 
-def _mail_parameters(caps: Capabilities, size: int, data: bytes, smtputf8: bool) -> str:
+def _mail_parameters(caps: Capabilities, size: int, body: MessageBody, smtputf8: bool) -> str:
     params = []
     if "SIZE" in caps:
         params.append(f" SIZE={size}")
-    if "8BITMIME" in caps and not data.isascii():
+    if "8BITMIME" in caps and body.eight_bit():
         params.append(" BODY=8BITMIME")
     if smtputf8:
         params.append(" SMTPUTF8")

@@ -5,6 +5,7 @@ from .sqlite import SqliteStore
 from .store import (
     AdminAction,
     AdminEvent,
+    DueBatch,
     MessageDetail,
     MessageSummary,
     PendingMessage,
@@ -22,6 +23,7 @@ from .store import (
 __all__ = [
     "AdminAction",
     "AdminEvent",
+    "DueBatch",
     "MessageDetail",
     "MessageSummary",
     "PendingMessage",

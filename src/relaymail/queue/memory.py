@@ -16,13 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RelaymailError
+from ..body import CHUNK_SIZE, MessageBody
+from ..errors import BodyUnreadable, RelaymailError
 from ..message import Envelope
 from .ids import format_queue_id, parse_queue_id
 from .selection import CHANGES, AdminOutcome
 from .store import (
     AdminAction,
     AdminEvent,
+    DueBatch,
     MessageDetail,
     MessageSummary,
     PendingBreakdown,
@@ -117,8 +119,11 @@ _COUNTED = (
 class MemoryStore:
     """The `Store` protocol on a dict. `clock` stamps admin events (wall clock by default)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, *, chunk_size: int = CHUNK_SIZE
+    ) -> None:
         self._clock = clock
+        self.chunk_size = chunk_size  # of the bodies open_body() reads
         self._messages: dict[str, _Message] = {}  # insertion order is queue-id order
         self._events: list[AdminEvent] = []
         self._last_id = 0
@@ -275,8 +280,17 @@ class MemoryStore:
 
     # -- reads ---------------------------------------------------------------
 
-    async def read_data(self, message_id: str) -> bytes:
-        return self.load_data(message_id)
+    def open_body(self, message_id: str) -> MessageBody:
+        size = len(self.load_data(message_id))
+
+        def read_at(offset: int, length: int) -> bytes:
+            # The same contract as SQLite's: each chunk looks the message up again.
+            message = self._messages.get(message_id)
+            if message is None:
+                raise BodyUnreadable(f"message {message_id} is gone")
+            return message.data[offset : offset + length]
+
+        return MessageBody(size, read_at, self.chunk_size)
 
     def load_data(self, message_id: str) -> bytes:
         message = self._messages.get(message_id)
@@ -303,6 +317,20 @@ class MemoryStore:
                 if r.pending
             ),
         )
+
+    def due_messages(
+        self, now: float, limit: int, exclude: frozenset[str] = frozenset()
+    ) -> DueBatch:
+        due: list[tuple[float, str]] = []
+        later: list[float] = []
+        for message in self._messages.values():
+            times = [r.next_attempt for r in message.recipients.values() if r.pending]
+            later += [t for t in times if t > now]
+            if times and min(times) <= now and not message.held and message.id not in exclude:
+                due.append((min(times), message.id))
+        due.sort()
+        batch = [self._pending(self._messages[message_id]) for _, message_id in due[:limit]]
+        return DueBatch(tuple(batch), len(due) > limit, min(later, default=None))
 
     def latest_admin_event_id(self) -> int:
         return self._events[-1].id if self._events else 0

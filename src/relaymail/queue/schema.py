@@ -11,7 +11,7 @@ from .files import open_failure, prepare_directory
 from .store import RecipientState
 
 DB_FILENAME = "queue.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock
 ADMIN_EVENT_RETENTION = 7 * 24 * 3600.0
 
@@ -69,7 +69,15 @@ CREATE TABLE pickup (
     at         REAL NOT NULL
 ) WITHOUT ROWID;
 """
-_MIGRATIONS = {1: _SCHEMA_V2}  # from version n to n + 1
+# Version 3: the scheduler's active window is refilled in due order (sqlite_reads.py,
+# `due_messages`), so a restart or a refill reads the due messages, not the whole queue.
+# Partial: final recipients waiting for their message's last one are not in it; the
+# queries that use it must say `state IN ('queued', 'deferred')` with these literals.
+_SCHEMA_V3 = """
+CREATE INDEX recipient_due ON recipient (next_attempt, message_id)
+    WHERE state IN ('queued', 'deferred');
+"""
+_MIGRATIONS = {1: _SCHEMA_V2, 2: _SCHEMA_V3}  # from version n to n + 1
 
 PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
 
@@ -126,7 +134,7 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
         ).fetchone()
         if exists is None:
-            _run(conn, _SCHEMA_V1 + _SCHEMA_V2, SCHEMA_VERSION)
+            _run(conn, _SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V3, SCHEMA_VERSION)
         else:
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
             while version in _MIGRATIONS:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..body import MessageBody
 from ..message import Envelope
 
 if TYPE_CHECKING:
@@ -131,6 +132,15 @@ class PendingMessage:
     held: bool
     warned: bool
     recipients: tuple[PendingRecipient, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DueBatch:
+    """What `due_messages` found: the scheduler's next messages and when to look again."""
+
+    messages: tuple[PendingMessage, ...]  # earliest due first
+    more: bool  # the limit cut the batch: other due messages wait on disk
+    next_due: float | None  # the earliest later due time of any pending recipient
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,8 +294,12 @@ class Store(Protocol):
         """
         ...
 
-    async def read_data(self, message_id: str) -> bytes:
-        """The message data without stalling the event loop; KeyError if it is gone."""
+    def open_body(self, message_id: str) -> MessageBody:
+        """The message data, read chunk by chunk as it is sent; KeyError if it is gone.
+
+        A chunk that cannot be read (the message deleted since, a disk error)
+        raises BodyUnreadable; each chunk is a short read of its own.
+        """
         ...
 
     def load_data(self, message_id: str) -> bytes:
@@ -298,6 +312,14 @@ class Store(Protocol):
 
     def load_pending_message(self, message_id: str) -> PendingMessage | None:
         """One message as `load_pending` would return it; None if it is gone."""
+        ...
+
+    def due_messages(
+        self, now: float, limit: int, exclude: frozenset[str] = frozenset()
+    ) -> DueBatch:
+        """Up to `limit` messages not held, not in `exclude`, with a recipient due by `now`,
+        earliest due first (as `load_pending` gives them): an indexed read, whatever the
+        queue holds (the scheduler's active window refills from it)."""
         ...
 
     def list_messages(

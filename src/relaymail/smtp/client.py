@@ -211,10 +211,13 @@ class ClientConnection:
         self._advance(verb)
         return wire
 
-    def send_message(self, stuffed: bytes) -> bytes:
-        """The terminator to write after the dot-stuffed canonical message data."""
+    def send_message(self, at_line_start: bool) -> bytes:
+        """The terminator to write after the dot-stuffed canonical message data.
+
+        `at_line_start`: the data was empty or ended with CRLF.
+        """
         self._advance(Verb.MESSAGE)
-        return b".\r\n" if stuffed.endswith(b"\r\n") or not stuffed else b"\r\n.\r\n"
+        return b".\r\n" if at_line_start else b"\r\n.\r\n"
 
     def _advance(self, verb: Verb) -> None:
         # Inside the AUTH dialogue the server reads every line as a response (RFC 4954 4).

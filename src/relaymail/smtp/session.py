@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -23,6 +23,7 @@ from ..errors import (
     ReplyTimeout,
     SessionError,
 )
+from ..message import DotStuffer
 from .client import ClientConnection, ReplyEvent, Verb
 from .reply import Reply
 
@@ -199,19 +200,34 @@ class SmtpSession:
     def write_terminator(self) -> None:
         """End a DATA that carries no message (every recipient refused, yet 354)."""
         assert self._wire.transport is not None
-        self._wire.transport.write(self.conn.send_message(b""))
+        self._wire.transport.write(self.conn.send_message(at_line_start=True))
 
-    async def send_message(self, stuffed: bytes, timeout: float) -> Reply:
-        """Write dot-stuffed data and its terminator; the reply may take `timeout`.
+    async def send_message(self, chunks: Iterable[bytes], timeout: float) -> Reply:
+        """Write canonical data, dot-stuffed chunk by chunk, and its terminator; the reply
+        may take `timeout` (RFC 5321 4.5.3.2.6 gives the server ten minutes after the dot).
 
-        RFC 5321 4.5.3.2.6 gives the server ten minutes after the dot by default.
+        Each chunk waits until the server has read enough of the last one, so a slow
+        server holds one chunk here, not the message. When `chunks` raises (the body
+        became unreadable) the connection is aborted before the dot: the server drops
+        the transaction, and the recipients are not delivered a truncated message.
         """
         self._check_open()
         transport = self._wire.transport
         assert transport is not None
-        terminator = self.conn.send_message(stuffed)
-        transport.write(stuffed)
-        transport.write(terminator)
+        stuffer = DotStuffer()
+        try:
+            for chunk in chunks:
+                self._check_open()  # a server that hung up mid-message reads no more
+                transport.write(stuffer.feed(chunk))
+                await self._drained()
+        except BaseException:
+            self.abort()
+            raise
+        transport.write(self.conn.send_message(stuffer.at_line_start))
+        await self._drained()
+        return (await self.read_reply(timeout)).reply
+
+    async def _drained(self) -> None:
         try:
             async with asyncio.timeout(self.command_timeout):
                 await self._wire.drain()
@@ -219,7 +235,6 @@ class SmtpSession:
             raise ReplyTimeout(
                 f"the server stopped reading the message for {self.command_timeout:g}s"
             ) from None
-        return (await self.read_reply(timeout)).reply
 
     async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
         """Upgrade after an accepted STARTTLS; the handshake counts as a command (timeout)."""

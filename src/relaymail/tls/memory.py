@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..expiring import ExpiringMap
 from ..state_db import StateDb
 
 FILENAME = "tls-memory.db"
@@ -27,11 +28,11 @@ class TlsMemory:
     def __init__(self, directory: Path, remember_for: float) -> None:
         self._db = StateDb(directory, FILENAME, _SCHEMA)
         self.remember_for = remember_for
-        self._written: dict[str, float] = {}
+        self._written: ExpiringMap[str, bool] = ExpiringMap()  # written within _REFRESH
 
     def saw_tls(self, domain: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        if now - self._written.get(domain, 0.0) < _REFRESH:
+        if self._written.get(domain, now):
             return
         with self._db.connection() as conn:
             conn.execute(
@@ -39,7 +40,7 @@ class TlsMemory:
                 " ON CONFLICT (domain) DO UPDATE SET last_tls = excluded.last_tls",
                 (domain, now),
             )
-        self._written[domain] = now
+        self._written.put(domain, True, now + _REFRESH, now)
 
     def promised(self, domain: str, now: float | None = None) -> str | None:
         """Why `domain` must not go clear, or None: 'did TLS on <date>'."""
@@ -53,7 +54,7 @@ class TlsMemory:
         return f"its MX did TLS on {time.strftime('%Y-%m-%d %H:%M', time.gmtime(row[0]))}Z"
 
     def forget(self, domain: str) -> bool:
-        self._written.pop(domain, None)
+        self._written.pop(domain)
         with self._db.connection() as conn:
             cursor = conn.execute("DELETE FROM tls_seen WHERE domain = ?", (domain,))
             return cursor.rowcount > 0

@@ -13,6 +13,7 @@ import dns.exception
 import dns.rdtypes.ANY.TXT
 import dns.resolver
 
+from ...expiring import ExpiringMap
 from ...resolver import describe_dns_error
 from .cache import StsCache
 from .fetch import fetch_policy, https_context
@@ -54,7 +55,7 @@ class StsResolver:
         self._negative_ttl = negative_ttl
         self._clock = clock
         self._in_flight: dict[str, asyncio.Task[StsLookup]] = {}
-        self._remembered: dict[str, tuple[float, StsLookup]] = {}
+        self._remembered: ExpiringMap[str, StsLookup] = ExpiringMap()
 
     async def lookup(self, domain: str) -> StsLookup:
         """The MTA-STS policy in force for `domain` (an ASCII or IDNA domain name)."""
@@ -64,12 +65,9 @@ class StsResolver:
             return StsLookup(None, error=f"no MTA-STS for {domain!r}: {exc}")
         if not domain:
             return NO_POLICY  # an address literal: no domain to have a policy
-        remembered = self._remembered.get(domain)
+        remembered = self._remembered.get(domain, self._clock())
         if remembered is not None:
-            until, result = remembered
-            if self._clock() < until:
-                return result
-            del self._remembered[domain]
+            return remembered
         task = self._in_flight.get(domain)
         if task is None:
             task = asyncio.create_task(self._lookup(domain), name=f"mta-sts {domain}")
@@ -80,7 +78,7 @@ class StsResolver:
 
     def forget(self, domain: str) -> None:
         """Drop what memory holds for `domain` (not the durable cache)."""
-        self._remembered.pop(domain.rstrip(".").lower(), None)
+        self._remembered.pop(domain.rstrip(".").lower())
 
     async def close(self) -> None:
         """Cancel lookups in flight; the cache belongs to the caller."""
@@ -100,7 +98,7 @@ class StsResolver:
             until = now + self._negative_ttl
             if result.policy is not None:
                 until = min(until, result.policy.expires_at)
-            self._remember(domain, until, result)
+            self._remembered.put(domain, result, until, now)
         if result.error:
             log.warning("domain=%s mta-sts=%s: %s", domain, result.mode.value, result.error)
         return result
@@ -167,8 +165,3 @@ class StsResolver:
     def _stale(self, policy: StsPolicy) -> bool:
         return self._clock() >= policy.fetched_at + policy.max_age / 2
 
-    def _remember(self, domain: str, until: float, result: StsLookup) -> None:
-        if len(self._remembered) >= 10_000:
-            now = self._clock()
-            self._remembered = {d: v for d, v in self._remembered.items() if v[0] > now}
-        self._remembered[domain] = (until, result)
