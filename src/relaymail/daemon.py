@@ -166,13 +166,11 @@ class Daemon:
         settings = config.admin
         if settings is None or history is None:
             return None
-        from prometheus_client import CollectorRegistry
-
         from .admin.app import AdminApp
         from .admin.http import listen
         from .admin.queue_gauges import QueueGauges
 
-        registry = CollectorRegistry()
+        registry = self.metrics.registry
         registry.register(QueueGauges(store))
         self._admin_token = load_token(settings)
         app = AdminApp(

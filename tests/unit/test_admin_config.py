@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from relaymail.admin.settings import AdminSettings, load_token
-from relaymail.config import check_server_config, parse_config
+from relaymail.config import parse_config
 from relaymail.errors import ConfigError
+from relaymail.preflight import check_server_config
 
 
 def admin(**table: object) -> AdminSettings | None:

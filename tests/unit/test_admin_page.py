@@ -58,7 +58,7 @@ def test_the_status_page_escapes_hostile_values_everywhere():
 def test_a_message_page_escapes_hostile_values_everywhere():
     recipient = RecipientDetail(
         f"{EVIL}@x.test", RecipientState.DEFERRED, 1, 2000.0, 1000.0, EVIL, EVIL,
-        '{"used": false}', EVIL,
+        {"used": False}, EVIL,
     )  # fmt: skip
     detail = MessageDetail("1AAAAAAAAAA", EVIL, 10, 900.0, False, False, (recipient,))
     assert_inert(message_page(MessageView("1AAAAAAAAAA", detail, (entry(),)), EVIL))

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relaymail.admin.queue_gauges import QueueGauges
 from relaymail.delivery.results import AttemptResult, Relay, TlsStep
 from relaymail.inbound.refusals import classify
 from relaymail.logs import JsonFormatter
@@ -33,6 +34,7 @@ from relaymail.observe import (
     RejectReason,
 )
 from relaymail.observe.render import json_fields, json_line, text_line
+from relaymail.queue.memory import MemoryStore
 from relaymail.queue.store import AdminAction
 from relaymail.tls.policy import Action, Event, Level
 from tests.log_schema import EVERY_EVENT, README, documented_events, schema
@@ -210,6 +212,6 @@ def test_the_readme_metrics_table_names_what_the_registry_has() -> None:
     documented = re.findall(r"^\| `(relaymail_\w+)` \|", section, re.M)
     exposed = [
         family.name + ("_total" if family.type == "counter" else "")
-        for family in Metrics().registry.collect()
+        for family in (*Metrics().registry.collect(), *QueueGauges(MemoryStore()).collect())
     ]
     assert sorted(documented) == sorted(exposed)
