@@ -215,3 +215,9 @@ def test_the_readme_metrics_table_names_what_the_registry_has() -> None:
         for family in (*Metrics().registry.collect(), *QueueGauges(MemoryStore()).collect())
     ]
     assert sorted(documented) == sorted(exposed)
+
+
+def test_the_readme_lists_every_rejection_reason() -> None:
+    text = README.read_text()
+    paragraph = text[text.index("Rejection reasons (") : text.index("\n## Metrics\n")]
+    assert re.findall(r"`([a-z-]+)`", paragraph.split(":", 1)[1]) == [r.value for r in RejectReason]
