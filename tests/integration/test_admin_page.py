@@ -75,8 +75,8 @@ async def test_status_page_in_chromium_shows_delivered_deferred_and_clear_after_
         await send(port, "u@ok.test")
         deferred_id = await send(port, "u@busy.test")
         await send(port, "u@plain.test")
-        await wait_for(lambda: daemon.text().count("delivered id=") == 2
-                       and "deferred id=" in daemon.text())  # fmt: skip
+        await wait_for(lambda: daemon.text().count("status=sent") == 2
+                       and "status=deferred" in daemon.text())  # fmt: skip
         # The history is written once a second: wait until the page has all three.
         async with asyncio.timeout(20):
             while (await get(base + "/")).text.count('href="/message/') < 3:
@@ -151,7 +151,7 @@ async def test_metrics_on_ipv6_loopback_show_the_queue_gauges_parsed_by_promethe
     try:
         first = await send(port, "u@busy.test")
         await send(port, "v@busy.test")
-        await wait_for(lambda: daemon.text().count("deferred id=") == 2)
+        await wait_for(lambda: daemon.text().count("status=deferred") == 2)
         code, out, err = await run_command(RELAYMAIL, "queue", "--config", str(config),
                                            "hold", first)  # fmt: skip
         assert code == 0, out + err

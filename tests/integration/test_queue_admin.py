@@ -331,10 +331,10 @@ async def test_a_running_daemon_applies_a_change_to_many_messages(
             code, out, err = await run_command("swaks", "--server", f"127.0.0.1:{port}",
                                                "--from", "a@src.test", "--to", rcpt)  # fmt: skip
             assert code == 0, out + err
-        await wait_for(lambda: daemon.text().count("deferred id=") == 3)
+        await wait_for(lambda: daemon.text().count("status=deferred") == 3)
         code, held = await asyncio.to_thread(outcome, config, "hold", "--domain", "dest.test")
         assert len(held["changed"]) == 2
-        await wait_for(lambda: daemon.text().count("admin hold ") == 2)
+        await wait_for(lambda: daemon.text().count("action=hold, scope=message") == 2)
         peer.script = Script()  # the greylisting is over
         code, retried = await asyncio.to_thread(outcome, config, "retry", "--all")
         assert code == EX_OK and retried["held"] == held["changed"] and retried["recipients"] == 1
@@ -348,7 +348,10 @@ async def test_a_running_daemon_applies_a_change_to_many_messages(
     assert listing(config)["total"] == 0
     log = daemon.text()
     for qid in held["changed"]:  # held mail went only once it was released
-        assert log.index(f"admin release {qid}") < log.index(f"delivered id={qid}")
+        lines = log.splitlines()
+        released = next(i for i, line in enumerate(lines) if f"{qid}: action=release" in line)
+        sent = next(i for i, line in enumerate(lines) if f"{qid}: to=" in line and "status=sent" in line)
+        assert released < sent
 
 
 def delivered(peer: Any) -> set[str]:
