@@ -114,6 +114,7 @@ class InboundHandler:
             server.explain_refusal(RejectReason.CLIENT_LIMITED, "message rate")
             return "450 4.7.1 Too many messages from your address, try again later"
         if refusal := self._sender_refusal(session, envelope_refusal, address):
+            server.explain_refusal(RejectReason.SENDER_NOT_ALLOWED)
             return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -185,6 +186,7 @@ class InboundHandler:
         if count_received(data) >= self.settings.max_received_headers:
             return "554 5.4.6 Too many Received: headers, mail loop detected"
         if refusal := self._sender_refusal(session, header_refusal, data):
+            server.explain_refusal(RejectReason.SENDER_NOT_ALLOWED)
             return refusal
         if session.authenticated or self.settings.mode is not ListenerMode.RELAY:
             data = fix_up_headers(data, hostname=self.settings.hostname)
