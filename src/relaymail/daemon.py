@@ -28,6 +28,7 @@ from .inbound import ListenerHandle, server_tls_context, start_listener
 from .inbound.pickup import Pickup, open_maildrop
 from .local import AliasTable, merged
 from .message import Envelope
+from .message_data import MessageData
 from .queue.sqlite import SqliteStore
 from .queue.store import TraceHeader
 from .scheduler import Scheduler
@@ -144,7 +145,7 @@ class Daemon:
     async def _spool(
         self,
         envelope: Envelope,
-        data: bytes,
+        data: bytes | MessageData,
         trace: TraceHeader | None = None,
         *,
         pickup: str | None = None,
@@ -170,7 +171,7 @@ class Daemon:
             for settings in config.listeners():
                 handle = await start_listener(
                     settings, self._spool, users, server_tls_context(settings), self.aliases,
-                    start_serving=serving,
+                    start_serving=serving, spool_directory=config.queue.directory,
                 )  # fmt: skip
                 started.append(handle)
         except OSError as exc:

@@ -26,6 +26,7 @@ from .config import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .errors import QueueFull
 from .message import Envelope, domain_of
+from .message_data import MessageData
 from .queue.backlog import WriteBacklog
 from .queue.store import (
     PendingMessage,
@@ -145,7 +146,7 @@ class Scheduler:
 
     # -- intake ----------------------------------------------------------------
 
-    def submit(self, message: QueuedMessage, data: bytes) -> None:
+    def submit(self, message: QueuedMessage, data: bytes | None) -> None:
         """A message just made durable by the inbound path: deliver it now."""
         now = self._clock()
         entry = _Entry(
@@ -158,7 +159,7 @@ class Scheduler:
     async def enqueue(
         self,
         envelope: Envelope,
-        data: bytes,
+        data: bytes | MessageData,
         trace: TraceHeader | None = None,
         *,
         pickup: str | None = None,
@@ -171,7 +172,9 @@ class Scheduler:
         message = await self.store.enqueue(
             envelope, data, self._clock(), trace=trace, pickup=pickup
         )
-        self.submit(message, message.trace + data)
+        # A small message stays in memory for its first attempt; a large one is read back.
+        small = data.in_memory() if isinstance(data, MessageData) else data
+        self.submit(message, None if small is None else message.trace + small)
         # The inbound server logs the acceptance with this id; DSNs and local
         # submissions say so in their own lines.
         log.debug(

@@ -23,6 +23,7 @@ from relaymail.errors import QueueFull
 from relaymail.inbound import ListenerHandle, start_listener
 from relaymail.listener_settings import ListenerSettings
 from relaymail.message import Envelope
+from relaymail.message_data import MessageData
 from relaymail.passwords import PasswordHash, hash_password
 from relaymail.queue import TraceHeader
 
@@ -39,19 +40,19 @@ ELSEWHERE = (ipaddress.ip_network("192.0.2.0/24"),)
 class MemorySpool:
     messages: list[tuple[Envelope, bytes]] = field(default_factory=list)
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(self, envelope: Envelope, data: MessageData, trace: TraceHeader) -> str:
         queue_id = f"Q{len(self.messages) + 1:04d}"
-        self.messages.append((envelope, trace(queue_id) + data))
+        self.messages.append((envelope, trace(queue_id) + data.read()))
         return queue_id
 
 
 class FullSpool:
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(self, envelope: Envelope, data: MessageData, trace: TraceHeader) -> str:
         raise QueueFull("disk full")
 
 
 class BrokenSpool:
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(self, envelope: Envelope, data: MessageData, trace: TraceHeader) -> str:
         raise RuntimeError("secret internal detail /var/spool/relaymail")
 
 
@@ -63,7 +64,7 @@ class SlowSpool(MemorySpool):
         self.release = asyncio.Event()
         self.started = asyncio.Event()
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(self, envelope: Envelope, data: MessageData, trace: TraceHeader) -> str:
         self.started.set()
         await self.release.wait()
         return await super().__call__(envelope, data, trace)

@@ -16,18 +16,13 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
 from ..message import Envelope, domain_of, qualify
+from ..message_data import MessageData
 from ..passwords import PasswordHash
 from ..queue.store import TraceHeader
 from .checks import address_problem, is_trusted, may_relay
-from .cleanup import (
-    canonical_lines,
-    count_received,
-    fix_up_headers,
-    fold_long_lines,
-    received_header,
-    trace_protocol,
-)
+from .cleanup import missing_fields, received_header, trace_protocol
 from .grammar import POSTMASTER
+from .intake import Intake, IntakeResult
 
 if TYPE_CHECKING:
     from ..local import AliasTable
@@ -46,7 +41,7 @@ Users = Mapping[str, PasswordHash]
 class Spool(Protocol):
     """Where accepted mail goes: the queue's entry point."""
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(self, envelope: Envelope, data: MessageData, trace: TraceHeader) -> str:
         """Store ``trace(queue id) + data`` durably (fsync'd) and return the queue id.
 
         Raises relaymail.errors.QueueFull when the queue cannot take it.
@@ -131,22 +126,32 @@ class InboundHandler:
             envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
 
+    def start_data(self) -> Intake:
+        """Where the next message's data goes while it arrives (see intake.py)."""
+        settings = self.settings
+        fold = settings.long_lines is LongLines.FOLD
+        return Intake(
+            MessageData(self.listener.spool_directory),
+            fold_at=settings.max_line_length if fold else None,
+            unstuff=True,
+        )
+
     async def handle_DATA(
-        self, server: InboundSMTP, session: InboundSession, envelope: SMTPEnvelope
+        self,
+        server: InboundSMTP,
+        session: InboundSession,
+        envelope: SMTPEnvelope,
+        received: IntakeResult,
     ) -> str:
-        assert isinstance(envelope.content, bytes) and envelope.mail_from is not None
-        data, longest = canonical_lines(envelope.content)
-        limit = self.settings.max_line_length
-        folded = 0
-        if limit is not None and longest > limit:
-            if self.settings.long_lines is LongLines.REFUSE:
-                return f"500 5.5.2 Line too long, the limit is {limit} octets (RFC 5321 4.5.3.1.6)"
-            fold = fold_long_lines(data, limit)
-            data, folded = fold.data, fold.lines
-        if count_received(data) >= self.settings.max_received_headers:
-            return "554 5.4.6 Too many Received: headers, mail loop detected"
+        """The reply to a message received whole; owns ``received.data`` from the call on."""
+        assert envelope.mail_from is not None
+        data = received.data
+        refusal = self._refusal(received)
+        if refusal is not None:
+            data.close()
+            return refusal
         if session.authenticated or self.settings.mode is not ListenerMode.RELAY:
-            data = fix_up_headers(data, hostname=self.settings.hostname)
+            data.prepend(missing_fields(received.headers, hostname=self.settings.hostname))
         tls = server.tls_in_use()
         trace = functools.partial(
             received_header,
@@ -171,26 +176,41 @@ class InboundHandler:
         except Exception:
             log.exception("spool failed for mail from %s", server.client_ip())
             return "451 4.3.0 Queue error, try again later"
+        limit = self.settings.max_line_length
+        folded = received.folded
         log.info(
             "accepted %s from=<%s> nrcpt=%d size=%d client=%s auth=%s%s",
             queue_id,
             message.sender,
             len(message.recipients),
-            len(data),
+            data.size,
             server.client_ip(),
             session.auth_data if session.authenticated else "-",
             f" folded={folded} lines over {limit} octets" if folded else "",
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
-    async def _spool(self, message: Envelope, data: bytes, trace: TraceHeader) -> str:
+    def _refusal(self, received: IntakeResult) -> str | None:
+        limit = self.settings.max_line_length
+        if received.failure is not None:
+            log.error("cannot hold a message being received: %s", received.failure)
+            return "452 4.3.1 Insufficient system storage"
+        refuse = self.settings.long_lines is LongLines.REFUSE
+        if limit is not None and received.longest > limit and refuse:
+            return f"500 5.5.2 Line too long, the limit is {limit} octets (RFC 5321 4.5.3.1.6)"
+        if received.headers.received >= self.settings.max_received_headers:
+            return "554 5.4.6 Too many Received: headers, mail loop detected"
+        return None
+
+    async def _spool(self, message: Envelope, data: MessageData, trace: TraceHeader) -> str:
         # Shielded: once the queue has started writing, it finishes even if the
         # client goes away (the worst outcome is a duplicate after the client
-        # retries, never a half-written entry). close() waits for these.
+        # retries, never a half-written entry). close() waits for these. The
+        # data is dropped when the write is over, not when the client is.
         task = asyncio.ensure_future(self.spool(message, data, trace))
         spooling = self.listener.spooling
         spooling.add(task)
-        task.add_done_callback(_spool_done(spooling))
+        task.add_done_callback(_spool_done(spooling, data))
         return await asyncio.shield(task)
 
     # -- AUTH (RFC 4954); aiosmtpd calls these instead of its own ----------
@@ -263,9 +283,10 @@ async def _sasl_response(server: InboundSMTP, args: list[str], challenge: str) -
         return None
 
 
-def _spool_done(spooling: set[asyncio.Task[str]]) -> Any:
+def _spool_done(spooling: set[asyncio.Task[str]], data: MessageData) -> Any:
     def done(task: asyncio.Task[str]) -> None:
         spooling.discard(task)
+        data.close()
         if not task.cancelled():
             # Retrieved here so an error after the client left is not
             # reported as "never retrieved"; handle_DATA logs it otherwise.

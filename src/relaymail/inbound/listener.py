@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -35,6 +36,8 @@ class ListenerState:
     """What the sessions of one listener share."""
 
     settings: ListenerSettings
+    spool_directory: Path | None = None
+    """Where a message too large for memory waits while it arrives (MessageData)."""
     sessions: set[InboundSMTP] = field(default_factory=set)
     spooling: set[asyncio.Task[str]] = field(default_factory=set)
     closing: bool = False
@@ -116,6 +119,7 @@ async def start_listener(
     local: AliasTable | None = None,
     *,
     start_serving: bool = True,
+    spool_directory: Path | None = None,
 ) -> ListenerHandle:
     """Listen on ``settings.host``/``settings.port`` on the running event loop.
 
@@ -124,14 +128,16 @@ async def start_listener(
     With ``start_serving=False`` the socket is bound and listening (clients
     wait in the kernel's backlog) but nothing is accepted until
     ListenerHandle.start_serving: the daemon binds as root, drops privileges
-    and opens the queue in between.
+    and opens the queue in between. ``spool_directory`` (the queue's) holds
+    the temporary files of messages too large for memory while they arrive;
+    None is the system's temporary directory.
     """
     if settings.mode is not ListenerMode.RELAY and tls_context is None:
         raise ConfigError("tls_cert_file", f"a {settings.mode} listener needs a certificate")
     if settings.auth_required and not users:
         raise ConfigError("users", "authentication is required but no users are configured")
     loop = asyncio.get_running_loop()
-    listener = ListenerState(settings)
+    listener = ListenerState(settings, spool_directory)
     handler = InboundHandler(listener, spool, users, local)
 
     def new_session() -> InboundSMTP:

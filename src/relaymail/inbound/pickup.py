@@ -44,11 +44,13 @@ from ..maildrop import (
     is_file_name,
     local_address,
 )
-from ..message import Envelope, canonical_data, header_section
+from ..message import Envelope, header_section
+from ..message_data import MessageData
 from ..queue import Store
 from ..queue.files import prepare_directory
 from ..queue.store import TraceHeader
-from .cleanup import fix_up_headers, local_received_header
+from .cleanup import local_received_header, missing_fields
+from .intake import Intake
 
 log = logging.getLogger("relaymail.pickup")
 
@@ -60,7 +62,7 @@ BATCH = 500  # files per scan before their names are forgotten
 
 class Spool(Protocol):
     def __call__(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, pickup: str
     ) -> Awaitable[str]: ...
 
 
@@ -172,20 +174,26 @@ class Pickup:
         """Queue one file; False if it is gone or was set aside. QueueFull: try later."""
         config = self.settings()
         limit = size_limit(config)
+        data: MessageData | None = None
         try:
             owner, raw = await asyncio.to_thread(_read, self.maildrop / name, limit + MAX_HEADER)
             submission = decode(raw)
             user = _user_name(owner)
             sender = envelope_sender(submission.sender, user, owner in self.trusted, config)
-            data = canonical_data(submission.data)
-            if len(data) > limit:
+            data = MessageData(self.maildrop.parent)
+            intake = Intake(data, fold_at=None, unstuff=False)
+            intake.feed(submission.data)
+            received = intake.finish()
+            if received.failure is not None:
+                raise QueueFull(f"cannot hold the message: {received.failure}")
+            if data.size > limit:
                 raise MaildropCorrupt(f"message larger than the limit of {limit} octets")
             if sender.refused is not None:
                 # As Postfix and sendmail do: the recipient sees who tried what.
                 host = config.delivery.helo_name
                 asked = sender.refused or "<>"
                 warning = f"{host}: {user} set sender to {asked} using -f"
-                data = field("X-Authentication-Warning", warning).encode() + b"\r\n" + data
+                data.prepend(field("X-Authentication-Warning", warning).encode() + b"\r\n")
                 log.warning(
                     "maildrop %s: uid %d (%s) may not set the sender: %s ignored, from=<%s>",
                     name, owner, user, asked, sender.address,
@@ -193,11 +201,12 @@ class Pickup:
             # Postfix's cleanup for local mail: From (the -F name encoded, never pasted
             # in), Date and Message-ID where the message lacks them.
             author = sender.address or f"MAILER-DAEMON@{config.delivery.helo_name}"
-            data = fix_up_headers(
-                data,
+            added = missing_fields(
+                received.headers,
                 hostname=config.delivery.helo_name,
                 add_from=mailbox(author, submission.full_name),
             )
+            data.prepend(added)
             envelope = Envelope(sender.address, submission.recipients)
             # Postfix's pickup trace: no remote host, the submitting uid, and the queue id.
             trace = functools.partial(
@@ -214,9 +223,13 @@ class Pickup:
         except (MaildropCorrupt, RelaymailError, OSError, ValueError) as exc:
             self._set_aside(name, str(exc) if not isinstance(exc, OSError) else exc.strerror)
             return False
+        finally:
+            if data is not None:
+                data.close()  # a cancelled write that still reads it fails whole, not in part
         log.info(
             "picked up id=%s uid=%d user=%s from=<%s> size=%d message-id=%s",
-            queue_id, owner, user, envelope.sender, len(data), _message_id(data),
+            queue_id, owner, user, envelope.sender, data.size,
+            _message_id(added + header_section(submission.data)),
         )  # fmt: skip
         return True
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RelaymailError
 from ..message import Envelope
+from ..message_data import MessageData
 from .ids import format_queue_id, parse_queue_id
 from .store import (
     AdminAction,
@@ -113,7 +114,7 @@ class MemoryStore:
     async def enqueue(
         self,
         envelope: Envelope,
-        data: bytes,
+        data: bytes | MessageData,
         received_at: float,
         *,
         trace: TraceHeader | None = None,
@@ -131,7 +132,7 @@ class MemoryStore:
             queue_id,
             envelope.sender,
             received_at,
-            header + data,
+            header + (data.read() if isinstance(data, MessageData) else data),
             {r: _Recipient(r, next_attempt=received_at) for r in recipients},
         )
         self._messages[message.id] = message

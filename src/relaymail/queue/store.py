@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..message import Envelope
+from ..message_data import MessageData
 
 
 class RecipientState(enum.StrEnum):
@@ -215,7 +216,7 @@ class Store(Protocol):
     async def enqueue(
         self,
         envelope: Envelope,
-        data: bytes,
+        data: bytes | MessageData,
         received_at: float,
         *,
         trace: TraceHeader | None = None,
@@ -224,6 +225,8 @@ class Store(Protocol):
         """Queue a message: every recipient QUEUED, attempts 0, due at `received_at`.
 
         `trace`, given the new queue id, makes the header stored in front of `data`.
+        A MessageData is read in chunks inside the write (never whole in memory);
+        the caller keeps it open until this returns.
         `pickup` is the name of the maildrop file the message came from, recorded
         in the same transaction (see `queued_pickups`).
         """
