@@ -103,6 +103,16 @@ def test_dots_are_unstuffed_at_every_wire_line_start(wire: bytes, message: bytes
         assert take(wire, unstuff=True, pieces=pieces).data.read() == message
 
 
+@pytest.mark.parametrize("line", [b".x\r\n", b"..\r\n", b"\r\n", b".\r.\n.\r\n"])
+def test_unstuffing_is_the_same_wherever_the_batches_split(line: bytes) -> None:
+    # Lines of a few octets: the batch boundaries fall between CR, LF and "." in every way.
+    wire = line * (5 * BATCH // len(line) + 1)
+    expected = wire.replace(b"\r\n.", b"\r\n").removeprefix(b".")
+    expected = expected.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    for pieces in (0, 7, 300):
+        assert take(wire, unstuff=True, pieces=pieces).data.read() == expected
+
+
 def test_header_fields_are_noted_in_the_header_section_only() -> None:
     data = (
         b"Received: a\r\nRECEIVED : b\r\n\tfolded\r\nX-Received: no\r\ndate: x\r\n"

@@ -81,7 +81,7 @@ class IntakeResult:
 
 
 class _Unstuff:
-    """Step 1. Holds the last two octets of each piece: a CRLF there and a "." next."""
+    """Step 1. A piece ending in CR or CRLF is held there: the next may start with LF "." or "."."""
 
     __slots__ = ("_held", "_skip")
 
@@ -93,10 +93,13 @@ class _Unstuff:
 
     def feed(self, piece: bytes) -> bytes:
         data = self._held + piece
+        # Held as received, not as unstuffed: a CRLF whose "." went already
+        # must not take the next line's first octet as well.
+        keep = 2 if data.endswith(b"\r\n") else 1 if data.endswith(b"\r") else 0
+        data, self._held = data[: len(data) - keep], data[len(data) - keep :]
         if b"\r\n." in data:
             data = data.replace(b"\r\n.", b"\r\n")
-        out, self._held = data[:-2], data[-2:]
-        return self._drop_start(out)
+        return self._drop_start(data)
 
     def finish(self) -> bytes:
         out, self._held = self._held, b""
