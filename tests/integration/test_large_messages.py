@@ -44,7 +44,7 @@ def stuffed(data: bytes) -> bytes:
     return (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
 
 
-async def send(port: int, data: bytes, *, rcpt: str = "u@dest.test") -> asyncio.StreamWriter:
+async def send(port: int, data: bytes) -> asyncio.StreamWriter:
     """EHLO, MAIL, RCPT, DATA and the whole message with its dot, replies checked up to 354."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.transport.set_write_buffer_limits(high=4 * MB)
@@ -52,7 +52,7 @@ async def send(port: int, data: bytes, *, rcpt: str = "u@dest.test") -> asyncio.
     writer.write(b"EHLO client.test\r\n")
     while not (line := await reader.readline()).startswith(b"250 "):
         assert line.startswith(b"250-"), line
-    commands = ((b"MAIL FROM:<a@src.test>", b"250"), (f"RCPT TO:<{rcpt}>".encode(), b"250"),
+    commands = ((b"MAIL FROM:<a@src.test>", b"250"), (b"RCPT TO:<u@dest.test>", b"250"),
                 (b"DATA", b"354"))  # fmt: skip
     for command, code in commands:
         writer.write(command + b"\r\n")
@@ -140,6 +140,28 @@ async def test_one_octet_over_the_limit_is_refused_after_its_dot_and_nothing_is_
     assert body.endswith(fits) and size == len(body)
     # The refused data's temporary file had no name and is gone with it.
     assert not [p for p in (tmp_path / "queue").iterdir() if p.name.startswith("tmp")]
+
+
+async def test_a_message_whose_temporary_file_cannot_grow_gets_452_and_the_next_one_goes_in(
+    tmp_path: Path,
+):
+    port = free_port()
+    config = daemon_config(tmp_path, port, {"dest.test": ["127.0.0.1:1"]})
+    # A file size limit on the daemon: the kernel refuses the temporary file's growth
+    # past it (EFBIG) as a full disk would, while the small queue files stay below it.
+    daemon = Daemon(config, port, tmp_path / "serve.log", prefix=("prlimit", f"--fsize={2 * MB}"))
+    await daemon.start()
+    small = big_message(10_000)
+    try:
+        too_big = await final_reply(await send(port, big_message(3 * MB)))
+        fits = await final_reply(await send(port, small))
+    finally:
+        assert await daemon.stop() == 0
+    assert too_big.startswith(b"452 4.3.1 "), too_big
+    assert fits.startswith(b"250 2.0.0 "), fits
+    [(_, body)] = queued_bodies(tmp_path / "queue")
+    assert body.endswith(small)
+    assert "cannot hold a message being received: [Errno 27] File too large" in daemon.text()
 
 
 async def wal_reaches(queue: Path, size: int) -> None:
