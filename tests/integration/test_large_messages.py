@@ -9,6 +9,7 @@ prove the behaviour on the bytes (the memory figures are bench/scale.py's).
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sqlite3
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import hop
-from tests.integration.daemon_process import Daemon, free_port, write_toml
+from tests.integration.daemon_process import RELAYMAIL, Daemon, free_port, run_command, write_toml
 from tests.peers.smtp_server import Script
 
 pytestmark = pytest.mark.timeout(300)
@@ -162,6 +163,34 @@ async def test_a_message_whose_temporary_file_cannot_grow_gets_452_and_the_next_
     [(_, body)] = queued_bodies(tmp_path / "queue")
     assert body.endswith(small)
     assert "cannot hold a message being received: [Errno 27] File too large" in daemon.text()
+
+
+@pytest.mark.slow
+async def test_a_20_mb_message_from_sendmail_is_picked_up_whole(tmp_path: Path):
+    port = free_port()
+    config = daemon_config(tmp_path, port, {"dest.test": ["127.0.0.1:1"]})
+    daemon = Daemon(config, port, tmp_path / "serve.log")
+    await daemon.start()
+    message = big_message(20 * MB)
+    try:
+        code, _, err = await run_command(
+            RELAYMAIL, "sendmail", "-C", str(config), "-f", "a@src.test", "-i", "u@dest.test",
+            stdin=message.replace(b"\r\n", b"\n"),  # sendmail takes local line ends
+        )  # fmt: skip
+        assert (code, err) == (0, "")
+        async with asyncio.timeout(60):
+            while "picked up" not in daemon.text():
+                await asyncio.sleep(0.1)
+    finally:
+        assert await daemon.stop() == 0
+    [(size, body)] = queued_bodies(tmp_path / "queue")
+    assert size == len(body) and body.endswith(message)
+    picked = re.search(r"picked up .* from=<a@src.test> size=(\d+) message-id=(\S+)", daemon.text())
+    assert picked, daemon.text()
+    # The pickup's own fields (Date, Message-ID) came in front, after the trace header.
+    added = body[body.index(b"\r\nDate: ") + 2 : -len(message)]
+    assert int(picked[1]) == len(added) + len(message)
+    assert f"Message-ID: {picked[2]}\r\n".encode() in added
 
 
 async def wal_reaches(queue: Path, size: int) -> None:

@@ -40,17 +40,18 @@ from ..maildrop import (
     MAX_HEADER,
     MODE,
     TEMP_PREFIX,
-    decode,
+    Submission,
+    decode_head,
     is_file_name,
     local_address,
 )
 from ..message import Envelope, header_section
-from ..message_data import MessageData
+from ..message_data import CHUNK, MessageData
 from ..queue import Store
 from ..queue.files import prepare_directory
 from ..queue.store import TraceHeader
 from .cleanup import local_received_header, missing_fields
-from .intake import Intake
+from .intake import Intake, IntakeResult
 
 log = logging.getLogger("relaymail.pickup")
 
@@ -174,16 +175,13 @@ class Pickup:
         """Queue one file; False if it is gone or was set aside. QueueFull: try later."""
         config = self.settings()
         limit = size_limit(config)
-        data: MessageData | None = None
+        data = MessageData(self.maildrop.parent)
         try:
-            owner, raw = await asyncio.to_thread(_read, self.maildrop / name, limit + MAX_HEADER)
-            submission = decode(raw)
+            owner, submission, received = await asyncio.to_thread(
+                _read, self.maildrop / name, limit, data
+            )
             user = _user_name(owner)
             sender = envelope_sender(submission.sender, user, owner in self.trusted, config)
-            data = MessageData(self.maildrop.parent)
-            intake = Intake(data, fold_at=None, unstuff=False)
-            intake.feed(submission.data)
-            received = intake.finish()
             if received.failure is not None:
                 raise QueueFull(f"cannot hold the message: {received.failure}")
             if data.size > limit:
@@ -207,6 +205,7 @@ class Pickup:
                 add_from=mailbox(author, submission.full_name),
             )
             data.prepend(added)
+            message_id = _message_id(data)
             envelope = Envelope(sender.address, submission.recipients)
             # Postfix's pickup trace: no remote host, the submitting uid, and the queue id.
             trace = functools.partial(
@@ -224,12 +223,10 @@ class Pickup:
             self._set_aside(name, str(exc) if not isinstance(exc, OSError) else exc.strerror)
             return False
         finally:
-            if data is not None:
-                data.close()  # a cancelled write that still reads it fails whole, not in part
+            data.close()  # a cancelled write that still reads it fails whole, not in part
         log.info(
             "picked up id=%s uid=%d user=%s from=<%s> size=%d message-id=%s",
-            queue_id, owner, user, envelope.sender, data.size,
-            _message_id(added + header_section(submission.data)),
+            queue_id, owner, user, envelope.sender, data.size, message_id,
         )  # fmt: skip
         return True
 
@@ -261,8 +258,12 @@ class Pickup:
             pass  # renamed or removed by its sendmail meanwhile
 
 
-def _read(path: Path, most: int) -> tuple[int, bytes]:
-    """The owner's uid and the content of a maildrop file that is a plain file of its own."""
+def _read(path: Path, limit: int, data: MessageData) -> tuple[int, Submission, IntakeResult]:
+    """The owner's uid, the envelope and the message of a maildrop file of its own.
+
+    The message goes through the intake into ``data`` in chunks: a file of the
+    largest size allowed is never in memory whole.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -276,10 +277,21 @@ def _read(path: Path, most: int) -> tuple[int, bytes]:
             raise MaildropCorrupt("not a regular file")
         if info.st_nlink != 1:
             raise MaildropCorrupt("a file with other links (not written by sendmail)")
-        raw = stream.read(most + 1)
-    if len(raw) > most:
-        raise MaildropCorrupt("larger than the message size limit")
-    return info.st_uid, raw
+        first = stream.read(MAX_HEADER)
+        head = decode_head(first)
+        if head.size > limit:
+            raise MaildropCorrupt("larger than the message size limit")
+        intake = Intake(data, fold_at=None, unstuff=False)
+        piece = first[head.start :]
+        seen = 0
+        # The owner may still write to the file: what counts is what is read.
+        while piece and seen <= head.size:
+            seen += len(piece)
+            intake.feed(piece)
+            piece = stream.read(CHUNK)
+    if seen != head.size:
+        raise MaildropCorrupt(f"size is not the {seen} octets that follow")
+    return info.st_uid, head.submission, intake.finish()
 
 
 def _user_name(uid: int) -> str:
@@ -289,9 +301,14 @@ def _user_name(uid: int) -> str:
         raise MaildropCorrupt(f"uid {uid} has no user name") from None
 
 
-def _message_id(data: bytes) -> str:
+def _message_id(data: MessageData) -> str:
     """The Message-ID field's value, for the log line: unfolded, printable, at most 200."""
-    unfolded = header_section(data).replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
+    start = b""
+    for piece in data.chunks():  # the header section, or the first CHUNK octets of it
+        start += piece
+        if len(start) >= CHUNK or b"\r\n\r\n" in start:
+            break
+    unfolded = header_section(start).replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
     for line in unfolded.split(b"\r\n"):
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() == b"message-id":
