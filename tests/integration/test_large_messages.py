@@ -71,6 +71,15 @@ async def final_reply(writer: asyncio.StreamWriter) -> bytes:
     return reply
 
 
+async def replies(daemon: Daemon, *messages: bytes) -> list[bytes]:
+    """Start the daemon, send each message on its own connection, stop it: the final replies."""
+    await daemon.start()
+    try:
+        return [await final_reply(await send(daemon.port, message)) for message in messages]
+    finally:
+        assert await daemon.stop() == 0
+
+
 def daemon_config(tmp_path: Path, port: int, routes: dict[str, list[str]], **listener: Any) -> Path:
     return write_toml(tmp_path / "relaymail.toml", {
         "delivery": {"helo_name": "relay.relaymail.test", "command_timeout": 30.0},
@@ -124,17 +133,12 @@ async def test_one_octet_over_the_limit_is_refused_after_its_dot_and_nothing_is_
     limit = 3 * MB  # past the in-memory part: the refused data was on its way to a file
     config = daemon_config(tmp_path, port, {"dest.test": ["127.0.0.1:1"]},
                            max_message_size=limit)  # fmt: skip
-    daemon = Daemon(config, port, tmp_path / "serve.log")
-    await daemon.start()
     fits = big_message(limit - 2000)
     fits += b"y" * (limit - len(stuffed(fits)) - 2) + b"\r\n"  # the limit counts wire octets
     assert len(stuffed(fits)) == limit
     over = fits[:-2] + b"y\r\n"
-    try:
-        over_reply = await final_reply(await send(port, over))
-        fits_reply = await final_reply(await send(port, fits))
-    finally:
-        assert await daemon.stop() == 0
+    daemon = Daemon(config, port, tmp_path / "serve.log")
+    over_reply, fits_reply = await replies(daemon, over, fits)
     assert over_reply.startswith(b"552 5.3.4 "), over_reply
     assert fits_reply.startswith(b"250 2.0.0 "), fits_reply
     [(size, body)] = queued_bodies(tmp_path / "queue")
@@ -151,13 +155,8 @@ async def test_a_message_whose_temporary_file_cannot_grow_gets_452_and_the_next_
     # A file size limit on the daemon: the kernel refuses the temporary file's growth
     # past it (EFBIG) as a full disk would, while the small queue files stay below it.
     daemon = Daemon(config, port, tmp_path / "serve.log", prefix=("prlimit", f"--fsize={2 * MB}"))
-    await daemon.start()
     small = big_message(10_000)
-    try:
-        too_big = await final_reply(await send(port, big_message(3 * MB)))
-        fits = await final_reply(await send(port, small))
-    finally:
-        assert await daemon.stop() == 0
+    too_big, fits = await replies(daemon, big_message(3 * MB), small)
     assert too_big.startswith(b"452 4.3.1 "), too_big
     assert fits.startswith(b"250 2.0.0 "), fits
     [(_, body)] = queued_bodies(tmp_path / "queue")
