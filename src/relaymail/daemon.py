@@ -33,6 +33,7 @@ from .inbound.pickup import Pickup, open_maildrop
 from .inbound.recipient_verification import RecipientVerifier
 from .local import AliasTable, merged
 from .message import Envelope
+from .message_data import MessageData
 from .metrics import Metrics
 from .preflight import PreflightFailed, check_server_config, preflight
 from .queue.sqlite import SqliteStore
@@ -216,7 +217,7 @@ class Daemon:
     async def _spool(
         self,
         envelope: Envelope,
-        data: bytes,
+        data: bytes | MessageData,
         trace: TraceHeader | None = None,
         *,
         pickup: str | None = None,
@@ -247,6 +248,7 @@ class Daemon:
                 handle = await start_listener(
                     settings, self._spool, users, server_tls_context(settings), self.aliases,
                     verifier=self.verifier, start_serving=serving,
+                    spool_directory=config.queue.directory,
                 )  # fmt: skip
                 started.append(handle)
         except OSError as exc:

@@ -10,7 +10,7 @@ names carry 128 random bits, so a file is only readable by whoever knows its
 name: its writer and the daemon.
 
 The daemon (inbound/pickup.py) trusts nothing in a file: the sender comes
-from the file's owner, and the content is parsed strictly by `decode`.
+from the file's owner, and the content is parsed strictly by `decode_head`.
 
 Format, version 1: header lines `key value` ending in LF, an empty line, then
 exactly `size` octets of canonical message data (CRLF lines):
@@ -95,8 +95,26 @@ def encode(submission: Submission) -> bytes:
     return _MAGIC + "\n".join(lines).encode() + b"\n\n" + submission.data
 
 
+class Head(NamedTuple):
+    """A maildrop file's header block: the submission but its data, and where the data is."""
+
+    submission: Submission  # its data empty
+    size: int  # octets of message data after the header block
+    start: int  # where they start
+
+
 def decode(raw: bytes) -> Submission:
     """Parse a maildrop file strictly; MaildropCorrupt says what is wrong with it."""
+    head = decode_head(raw)
+    data = raw[head.start :]
+    if len(data) != head.size:
+        raise MaildropCorrupt(f"size is not the {len(data)} octets that follow")
+    return head.submission._replace(data=data)
+
+
+def decode_head(raw: bytes) -> Head:
+    """Parse the header block at the start of ``raw`` (at least MAX_HEADER octets of the
+    file, or all of it) strictly; the data after it is the reader's to take and count."""
     if not raw.startswith(_MAGIC):
         raise MaildropCorrupt("not a relaymail maildrop file (version 1)")
     end = raw.find(b"\n\n", len(_MAGIC) - 1, MAX_HEADER)
@@ -113,9 +131,9 @@ def decode(raw: bytes) -> Submission:
     unknown = set(fields) - {"submitted-at", "sender", "full-name", "recipient", "flag", "size"}
     if unknown:
         raise MaildropCorrupt(f"unknown field {sorted(unknown)[0]!r}")
-    data = raw[end + 2 :]
-    if _one(fields, "size", required=True) != str(len(data)):
-        raise MaildropCorrupt(f"size is not the {len(data)} octets that follow")
+    size = _one(fields, "size", required=True) or ""
+    if not (size.isascii() and size.isdigit()) or str(int(size)) != size:
+        raise MaildropCorrupt("size is not a number of octets")
     recipients = tuple(_token(r, "recipient") for r in fields.get("recipient", ()))
     if not recipients:
         raise MaildropCorrupt("no recipient")
@@ -123,14 +141,15 @@ def decode(raw: bytes) -> Submission:
     full_name = _one(fields, "full-name")
     if full_name is not None and not re.fullmatch(_TEXT, full_name):
         raise MaildropCorrupt("full-name holds a control character or is empty")
-    return Submission(
+    submission = Submission(
         recipients,
-        data,
+        b"",
         _time(_one(fields, "submitted-at", required=True)),
         None if sender is None else "" if sender == "<>" else _token(sender, "sender"),
         full_name,
         tuple(_flag(value) for value in fields.get("flag", ())),
     )
+    return Head(submission, int(size), end + 2)
 
 
 def _one(fields: dict[str, list[str]], key: str, *, required: bool = False) -> str | None:

@@ -100,12 +100,17 @@ def lookup_domain(text: str) -> str:
     return domain
 
 
-def canonical_data(raw: bytes) -> bytes:
-    """Normalise every line ending to CRLF and make the data end with one."""
+def canonical_line_ends(raw: bytes) -> bytes:
+    """Every bare CR and bare LF in ``raw`` made a CRLF."""
     crlf = raw.count(b"\r\n")
     # Three C-speed counts spare the regex for data that is already canonical (the norm).
     bare = raw.count(b"\n") != crlf or raw.count(b"\r") != crlf
-    data = _BARE_LINE_END.sub(b"\r\n", raw) if bare else raw
+    return _BARE_LINE_END.sub(b"\r\n", raw) if bare else raw
+
+
+def canonical_data(raw: bytes) -> bytes:
+    """Normalise every line ending to CRLF and make the data end with one."""
+    data = canonical_line_ends(raw)
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data

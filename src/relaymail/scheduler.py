@@ -37,6 +37,7 @@ from .config import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .errors import BodyUnreadable, QueueFull
 from .message import Envelope, domain_of
+from .message_data import MessageData
 from .queue.backlog import WriteBacklog
 from .queue.store import (
     AdminAction,
@@ -260,7 +261,7 @@ class Scheduler:
     async def enqueue(
         self,
         envelope: Envelope,
-        data: bytes,
+        data: bytes | MessageData,
         trace: TraceHeader | None = None,
         *,
         pickup: str | None = None,

@@ -47,9 +47,17 @@ def write_toml(path: Path, sections: dict[str, Any]) -> Path:
 
 class Daemon:
     def __init__(
-        self, config: Path, port: int, log: Path, env: dict[str, str] | None = None,
+        self,
+        config: Path,
+        port: int,
+        log: Path,
+        env: dict[str, str] | None = None,
         options: tuple[str, ...] = (),
-    ) -> None:  # fmt: skip
+        *,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """``prefix`` runs the daemon through another command (``prlimit --fsize=...``)."""
+        self.prefix = prefix
         self.config = config
         self.port = port
         self.log = log
@@ -60,7 +68,8 @@ class Daemon:
     async def start(self, timeout: float = 15.0) -> None:
         log = self.log.open("ab")
         self.process = await asyncio.create_subprocess_exec(
-            RELAYMAIL, "--log-level", "DEBUG", *self.options, "serve", "--config", str(self.config),
+            *self.prefix, RELAYMAIL, "--log-level", "DEBUG", *self.options, "serve",
+            "--config", str(self.config),
             stdout=log, stderr=log, env=self.env,
         )  # fmt: skip
         log.close()

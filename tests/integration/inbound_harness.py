@@ -26,6 +26,7 @@ from relaymail.inbound import ListenerHandle, start_listener
 from relaymail.inbound.recipient_verification import RecipientVerifier
 from relaymail.listener_settings import ListenerSettings
 from relaymail.message import Envelope
+from relaymail.message_data import MessageData
 from relaymail.passwords import PasswordHash, hash_password
 from relaymail.queue import TraceHeader
 
@@ -43,23 +44,23 @@ class MemorySpool:
     messages: list[tuple[Envelope, bytes]] = field(default_factory=list)
 
     async def __call__(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float = 0.0
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float = 0.0
     ) -> str:
         queue_id = f"Q{len(self.messages) + 1:04d}"
-        self.messages.append((envelope, trace(queue_id) + data))
+        self.messages.append((envelope, trace(queue_id) + data.read()))
         return queue_id
 
 
 class FullSpool:
     async def __call__(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float = 0.0
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float = 0.0
     ) -> str:
         raise QueueFull("disk full")
 
 
 class BrokenSpool:
     async def __call__(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float = 0.0
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float = 0.0
     ) -> str:
         raise RuntimeError("secret internal detail /var/spool/relaymail")
 
@@ -73,7 +74,7 @@ class SlowSpool(MemorySpool):
         self.started = asyncio.Event()
 
     async def __call__(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float = 0.0
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float = 0.0
     ) -> str:
         self.started.set()
         await self.release.wait()

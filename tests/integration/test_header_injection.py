@@ -22,6 +22,7 @@ import pytest
 from relaymail.config import load_config
 from relaymail.inbound.pickup import Pickup, open_maildrop
 from relaymail.message import Envelope
+from relaymail.message_data import MessageData
 from relaymail.queue.memory import MemoryStore
 from relaymail.queue.store import TraceHeader
 from tests.integration.daemon_process import RELAYMAIL, free_port, run_command, write_toml
@@ -68,9 +69,9 @@ async def queued(tmp_path: Path, policy: Policy = email.policy.default) -> list[
     spooled: list[bytes] = []
 
     async def spool(
-        envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str, arrived: float
+        envelope: Envelope, data: MessageData, trace: TraceHeader, *, pickup: str, arrived: float
     ) -> str:
-        spooled.append(data)
+        spooled.append(data.read())
         return f"Q{len(spooled)}"
 
     maildrop = Path(tempfile.mkdtemp(dir=tmp_path))

@@ -350,7 +350,8 @@ async def test_a_running_daemon_applies_a_change_to_many_messages(
     for qid in held["changed"]:  # held mail went only once it was released
         lines = log.splitlines()
         released = next(i for i, line in enumerate(lines) if f"{qid}: action=release" in line)
-        sent = next(i for i, line in enumerate(lines) if f"{qid}: to=" in line and "status=sent" in line)
+        sent = next(i for i, line in enumerate(lines)
+                    if f"{qid}: to=" in line and "status=sent" in line)  # fmt: skip
         assert released < sent
 
 

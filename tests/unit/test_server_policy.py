@@ -8,12 +8,7 @@ import pytest
 
 from relaymail.errors import ConfigError
 from relaymail.inbound.checks import may_relay, with_enhanced_code
-from relaymail.inbound.cleanup import (
-    canonical_lines,
-    count_received,
-    received_header,
-    trace_protocol,
-)
+from relaymail.inbound.cleanup import received_header, trace_protocol
 from relaymail.inbound.grammar import parse_esmtp_params
 from relaymail.listener_settings import ListenerMode, ListenerSettings
 
@@ -152,34 +147,6 @@ def test_trace_protocol_keywords_of_rfc_3848_and_6531(
         trace_protocol(esmtp=esmtp, tls=tls, authenticated=authenticated, smtputf8=smtputf8)
         == keyword
     )
-
-
-def test_count_received_looks_at_the_header_section_only() -> None:
-    data = b"Received: a\r\nRECEIVED : b\r\n\tfolded\r\nX-Received: no\r\n\r\nReceived: body\r\n"
-    assert count_received(data) == 2
-    assert count_received(b"\r\nReceived: body only\r\n") == 0
-    assert count_received(b"Received: x\r\nReceived: y\r\n") == 2
-
-
-# --------------------------------------------------------------------------- message data
-
-
-def test_canonical_lines_leaves_crlf_data_alone_and_measures_lines() -> None:
-    data = b"Subject: x\r\n\r\n" + b"a" * 100 + b"\r\n"
-    assert canonical_lines(data) == (data, 102)
-
-
-@pytest.mark.parametrize(
-    ("raw", "canonical"),
-    [
-        (b"a\nb\r\n", b"a\r\nb\r\n"),
-        (b"a\rb\r\n", b"a\r\nb\r\n"),
-        (b"a\r\r\nb\r\n", b"a\r\n\r\nb\r\n"),
-        (b"", b""),
-    ],
-)
-def test_canonical_lines_normalises_bare_line_ends(raw: bytes, canonical: bytes) -> None:
-    assert canonical_lines(raw)[0] == canonical
 
 
 # --------------------------------------------------------------------------- replies and params

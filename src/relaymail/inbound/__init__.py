@@ -19,7 +19,9 @@ The work is split the way aiosmtpd intends:
     sent in the aiosmtpd envelope's mail_options/rcpt_options. DSN is not
     advertised: relaymail.message.Envelope has no place for them yet.
   - DATA is read in large pieces (``readuntil(b".\\r\\n")`` over a 64 KiB window)
-    instead of line by line; dot-unstuffing is one ``bytes.replace``.
+    instead of line by line, and never held whole: intake.py unstuffs, makes
+    canonical and folds it piece by piece into a MessageData (memory while
+    small, an unnamed temporary file in the queue directory after).
   - Command lines must end in CRLF and hold no other CR (aiosmtpd takes a bare
     LF as a line end); the end of data is only CRLF "." CRLF (aiosmtpd's
     smuggling fix, kept). Bare LF inside message data is normalised to CRLF.
@@ -30,8 +32,9 @@ The work is split the way aiosmtpd intends:
     a second STARTTLS gets 503 instead of a TLS layer inside TLS.
 
 The pure parts are apart: checks.py (relay, trusted clients, parameters,
-reply codes), grammar.py (paths, ESMTP parameters), cleanup.py (what the
-queue gets: canonical lines, trace header, loop count, folded long lines);
+reply codes), grammar.py (paths, ESMTP parameters), intake.py (the data:
+canonical lines, folded long lines, the header fields for the loop count and
+the fix-up), cleanup.py (trace headers, the fix-up fields);
 listener.py starts and stops listeners. Their settings are
 relaymail.listener_settings, owned by the configuration.
 

@@ -1,7 +1,7 @@
-"""What the queue gets from a front door: canonical lines, trace header, loop count, folding,
-and the header fix-up.
+"""What the queue gets from a front door besides the data: trace headers and the header fix-up.
 
-SMTP uses it now, local pickup will: both hand the queue the same bytes.
+SMTP and the maildrop pickup both use it, so both hand the queue the same
+kind of message; intake.py makes the data itself canonical.
 
 Header fix-up is Postfix's cleanup for mail from its own users: a message
 submitted locally or by an authenticated client, or through a submission
@@ -9,22 +9,6 @@ port, gets a ``Date:`` and a ``Message-ID:`` when it has none (RFC 6409 8.2,
 8.3: the submission server may add them; large receivers score mail without
 them). Mail relayed from other MTAs is left as it is: it is someone else's
 message, and changing it breaks their DKIM signatures.
-
-Lines longer than a message may carry (RFC 5322 2.1.1: 998 octets plus CRLF)
-are made short. Applications that write unwrapped HTML send such lines;
-refusing them loses the mail, and relaying them as they are gets it refused
-further on. Postfix accepts and breaks them, and so does ``fold_long_lines``, once, before the
-message is queued:
-
-* a header line is folded at the last space or tab that fits (RFC 5322
-  2.2.3: CRLF before whitespace is folding white space, so the field's value
-  does not change); without one, CRLF SP is inserted (Postfix's choice);
-* a body line is split where it reaches the limit, backing off to the start
-  of a UTF-8 character so that no character is cut in two.
-
-The data is canonical (CRLF line ends, no bare CR or LF), so a split never
-lands inside a line end. Dots are not stuffed here: the SMTP client stuffs
-every line on the way out, including the new ones.
 """
 
 from __future__ import annotations
@@ -33,20 +17,17 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ..headers import field
-from ..message import canonical_data, header_section
 from .checks import IPAddress
 
+if TYPE_CHECKING:
+    from .intake import HeaderFields
+
 __all__ = [
-    "Folded",
-    "canonical_lines",
-    "count_received",
-    "fix_up_headers",
-    "fold_long_lines",
     "local_received_header",
+    "missing_fields",
     "received_header",
     "rfc5322_date",
     "trace_protocol",
@@ -120,40 +101,30 @@ def _stamped(lines: list[str], recipients: Sequence[str], date: str | None) -> b
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
-def _has_field(headers: bytes, name: bytes) -> bool:
-    # RFC 5322 4.5.3 (obsolete syntax, still sent): whitespace before the colon.
-    pattern = rb"^" + re.escape(name) + rb"[ \t]*:"
-    return re.search(pattern, headers, re.IGNORECASE | re.MULTILINE) is not None
-
-
 def _message_id(hostname: str) -> str:
     # Time, process and 32 random bits: unique across processes and restarts
     # without any shared counter (RFC 5322 3.6.4).
     return f"<{time.time_ns():x}.{os.getpid()}.{os.urandom(4).hex()}@{hostname}>"
 
 
-def fix_up_headers(data: bytes, *, hostname: str, add_from: str | None = None) -> bytes:
-    """Canonical ``data`` with a ``Date:`` and ``Message-ID:`` added where missing.
+def missing_fields(headers: HeaderFields, *, hostname: str, add_from: str | None = None) -> bytes:
+    """The ``Date:`` and ``Message-ID:`` fields a message with these ``headers`` lacks.
 
     ``add_from`` is a ready mailbox (relaymail.headers.mailbox) for a missing
     ``From:``: local submission knows who sent the mail; an SMTP client's
-    envelope sender is not the author, so SMTP passes None. The new fields go
-    in front of the header section; nothing else changes. Raises
-    HeaderValueError if ``add_from`` holds a line break.
+    envelope sender is not the author, so SMTP passes None. They go in front
+    of the header section (MessageData.prepend); data without one starts with
+    its blank line, which stays. Raises HeaderValueError if ``add_from``
+    holds a line break.
     """
-    headers = header_section(data)
     added = []
-    if add_from is not None and not _has_field(headers, b"From"):
+    if add_from is not None and not headers.from_:
         added.append(field("From", add_from))
-    if not _has_field(headers, b"Date"):
+    if not headers.date:
         added.append(field("Date", rfc5322_date()))
-    if not _has_field(headers, b"Message-ID"):
+    if not headers.message_id:
         added.append(field("Message-ID", _message_id(hostname)))
-    if not added:
-        return data
-    prefix = "".join(f"{line}\r\n" for line in added).encode("utf-8")
-    # Data without a header section starts with its blank line, which stays.
-    return prefix + data
+    return "".join(f"{line}\r\n" for line in added).encode("utf-8")
 
 
 def trace_protocol(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:
@@ -165,87 +136,3 @@ def trace_protocol(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: boo
         + ("S" if tls else "")
         + ("A" if authenticated else "")
     )
-
-
-_RECEIVED_FIELD: Final = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
-
-
-def count_received(data: bytes) -> int:
-    """Received: fields in the header section of canonical message data."""
-    return len(_RECEIVED_FIELD.findall(header_section(data)))
-
-
-def canonical_lines(data: bytes) -> tuple[bytes, int]:
-    """``data`` in canonical form (message.canonical_data), and its longest line with CRLF.
-
-    canonical_data rewrites every line ending through a regex: 350 us per
-    100 KB here. Mail from conforming clients has nothing to rewrite, and the
-    split that measures the lines also proves that (no CR or LF left once
-    the CRLFs are gone), at a third of the cost.
-    """
-    lines = data.split(b"\r\n")
-    rest = b"".join(lines)
-    if b"\n" in rest or b"\r" in rest or (data and not data.endswith(b"\r\n")):
-        data = canonical_data(data)
-        lines = data.split(b"\r\n")
-    return data, max(map(len, lines)) + 2
-
-
-@dataclass(frozen=True, slots=True)
-class Folded:
-    data: bytes
-    lines: int
-    """How many over-long lines were folded or split."""
-
-
-def fold_long_lines(data: bytes, limit: int) -> Folded:
-    """Canonical ``data`` with no line longer than ``limit`` octets, CRLF included."""
-    width = limit - 2
-    lines = data.split(b"\r\n")
-    out: list[bytes] = []
-    folded = 0
-    in_header = not data.startswith(b"\r\n")
-    for line in lines:
-        if in_header and not line:
-            in_header = False
-        if len(line) <= width:
-            out.append(line)
-            continue
-        folded += 1
-        out.extend(_fold_header(line, width) if in_header else _split_body(line, width))
-    return Folded(b"\r\n".join(out), folded)
-
-
-def _fold_header(line: bytes, width: int) -> list[bytes]:
-    pieces: list[bytes] = []
-    while len(line) > width:
-        # Keep at least one octet before the whitespace: a line that starts
-        # with it is the fold itself.
-        at = max(line.rfind(b" ", 1, width + 1), line.rfind(b"\t", 1, width + 1))
-        if at > 0:
-            pieces.append(line[:at])
-            line = line[at:]
-        else:
-            cut = _char_boundary(line, width)
-            pieces.append(line[:cut])
-            line = b" " + line[cut:]
-    pieces.append(line)
-    return pieces
-
-
-def _split_body(line: bytes, width: int) -> list[bytes]:
-    pieces: list[bytes] = []
-    while len(line) > width:
-        cut = _char_boundary(line, width)
-        pieces.append(line[:cut])
-        line = line[cut:]
-    pieces.append(line)
-    return pieces
-
-
-def _char_boundary(line: bytes, cut: int) -> int:
-    """``cut`` moved back to the first octet of a UTF-8 character (at most 3 octets)."""
-    for back in range(4):
-        if cut - back > 0 and line[cut - back] & 0xC0 != 0x80:
-            return cut - back
-    return cut

@@ -67,6 +67,7 @@ class InboundSMTP(CommandLoop):
             loop=loop,
         )
         self.listener = listener
+        self.policy = handler
         self._offers_auth = bool(handler.users)
         self._greeted = False
         self._registered = False
@@ -324,13 +325,21 @@ class InboundSMTP(CommandLoop):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        intake = self.policy.start_data()
         try:
-            content = await self.read_message_data()
-            if content is None:
-                status: str = "552 5.3.4 Message size exceeds fixed maximum message size"
+            try:
+                complete = await self.read_message_data(intake.feed)
+            except BaseException:
+                intake.data.close()
+                raise
+            if complete:
+                # The handler owns the data from here: the queue may still be writing it.
+                received = intake.finish()
+                status = await self.policy.handle_DATA(self, self.inbound_session(), envelope,
+                                                       received)  # fmt: skip
             else:
-                envelope.content = envelope.original_content = content
-                status = await self.call_hook("DATA")
+                intake.data.close()
+                status = "552 5.3.4 Message size exceeds fixed maximum message size"
         finally:
             # The transaction is over whatever happened (RFC 5321 4.1.1.4).
             self.reset_transaction()

@@ -20,19 +20,14 @@ from ..address_set import AddressSet
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
 from ..message import Envelope, domain_of, message_id, qualify
+from ..message_data import MessageData
 from ..observe import RejectReason
 from ..passwords import PasswordHash
 from ..queue.store import TraceHeader
 from .checks import address_problem, is_trusted, may_relay
-from .cleanup import (
-    canonical_lines,
-    count_received,
-    fix_up_headers,
-    fold_long_lines,
-    received_header,
-    trace_protocol,
-)
+from .cleanup import missing_fields, received_header, trace_protocol
 from .grammar import POSTMASTER
+from .intake import Intake, IntakeResult
 from .protocol import printable
 from .recipient_verification import RecipientVerifier, verdict_reply
 from .sender_login import envelope_refusal, header_refusal
@@ -57,7 +52,7 @@ class Spool(Protocol):
     """Where accepted mail goes: the queue's entry point."""
 
     async def __call__(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, arrived: float
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float
     ) -> str:
         """Store ``trace(queue id) + data`` durably (fsync'd) and return the queue id.
 
@@ -170,26 +165,36 @@ class InboundHandler:
             envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
 
+    def start_data(self) -> Intake:
+        """Where the next message's data goes while it arrives (see intake.py)."""
+        settings = self.settings
+        fold = settings.long_lines is LongLines.FOLD
+        return Intake(
+            MessageData(self.listener.spool_directory),
+            fold_at=settings.max_line_length if fold else None,
+            unstuff=True,
+        )
+
     async def handle_DATA(
-        self, server: InboundSMTP, session: InboundSession, envelope: SMTPEnvelope
+        self,
+        server: InboundSMTP,
+        session: InboundSession,
+        envelope: SMTPEnvelope,
+        received: IntakeResult,
     ) -> str:
-        assert isinstance(envelope.content, bytes) and envelope.mail_from is not None
-        data, longest = canonical_lines(envelope.content)
-        limit = self.settings.max_line_length
-        folded = 0
-        if limit is not None and longest > limit:
-            if self.settings.long_lines is LongLines.REFUSE:
-                server.explain_refusal(RejectReason.LINE_TOO_LONG)
-                return f"500 5.5.2 Line too long, the limit is {limit} octets (RFC 5321 4.5.3.1.6)"
-            fold = fold_long_lines(data, limit)
-            data, folded = fold.data, fold.lines
-        if count_received(data) >= self.settings.max_received_headers:
-            return "554 5.4.6 Too many Received: headers, mail loop detected"
-        if refusal := self._sender_refusal(session, header_refusal, data):
-            server.explain_refusal(RejectReason.SENDER_NOT_ALLOWED)
+        """The reply to a message received whole; owns ``received.data`` from the call on."""
+        assert envelope.mail_from is not None
+        data = received.data
+        refusal = self._refusal(server, received)
+        if refusal is None:
+            refusal = self._sender_refusal(session, header_refusal, data.head())
+            if refusal is not None:
+                server.explain_refusal(RejectReason.SENDER_NOT_ALLOWED)
+        if refusal is not None:
+            data.close()
             return refusal
         if session.authenticated or self.settings.mode is not ListenerMode.RELAY:
-            data = fix_up_headers(data, hostname=self.settings.hostname)
+            data.prepend(missing_fields(received.headers, hostname=self.settings.hostname))
         tls = server.tls_in_use()
         trace = functools.partial(
             received_header,
@@ -217,9 +222,9 @@ class InboundHandler:
         observe.emit(
             observe.Accepted(
                 queue_id, str(server.client_ip()), session.host_name,
-                str(session.auth_data) if session.authenticated else None, message_id(data),
-                message.sender, len(data), len(message.recipients),
-                tls[0] if tls else "clear", folded,
+                str(session.auth_data) if session.authenticated else None, message_id(data.head()),
+                message.sender, data.size, len(message.recipients),
+                tls[0] if tls else "clear", received.folded,
             )
         )  # fmt: skip
         return f"250 2.0.0 Ok: queued as {queue_id}"
@@ -239,16 +244,32 @@ class InboundHandler:
             return f"553 5.7.1 User {user} may no longer send"
         return judge(account.senders, user, sent)
 
+    def _refusal(self, server: InboundSMTP, received: IntakeResult) -> str | None:
+        limit = self.settings.max_line_length
+        if received.failure is not None:
+            log.error("cannot hold a message being received: %s", received.failure)
+            server.explain_refusal(RejectReason.QUEUE_UNAVAILABLE, str(received.failure))
+            return "452 4.3.1 Insufficient system storage"
+        refuse = self.settings.long_lines is LongLines.REFUSE
+        if limit is not None and received.longest > limit and refuse:
+            server.explain_refusal(RejectReason.LINE_TOO_LONG)
+            return f"500 5.5.2 Line too long, the limit is {limit} octets (RFC 5321 4.5.3.1.6)"
+        if received.headers.received >= self.settings.max_received_headers:
+            server.explain_refusal(RejectReason.MAIL_LOOP)
+            return "554 5.4.6 Too many Received: headers, mail loop detected"
+        return None
+
     async def _spool(
-        self, message: Envelope, data: bytes, trace: TraceHeader, arrived: float
+        self, message: Envelope, data: MessageData, trace: TraceHeader, arrived: float
     ) -> str:
         # Shielded: once the queue has started writing, it finishes even if the
         # client goes away (the worst outcome is a duplicate after the client
-        # retries, never a half-written entry). close() waits for these.
+        # retries, never a half-written entry). close() waits for these. The
+        # data is dropped when the write is over, not when the client is.
         task = asyncio.ensure_future(self.spool(message, data, trace, arrived=arrived))
         spooling = self.listener.spooling
         spooling.add(task)
-        task.add_done_callback(_spool_done(spooling))
+        task.add_done_callback(_spool_done(spooling, data))
         return await asyncio.shield(task)
 
     # -- AUTH (RFC 4954); aiosmtpd calls these instead of its own ----------
@@ -366,9 +387,10 @@ def _log_token(text: str) -> str:
     return printable(text, 64).replace(" ", "\\x20") or "-"
 
 
-def _spool_done(spooling: set[asyncio.Task[str]]) -> Any:
+def _spool_done(spooling: set[asyncio.Task[str]], data: MessageData) -> Any:
     def done(task: asyncio.Task[str]) -> None:
         spooling.discard(task)
+        data.close()
         if not task.cancelled():
             # Retrieved here so an error after the client left is not
             # reported as "never retrieved"; handle_DATA logs it otherwise.

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -38,6 +39,8 @@ class ListenerState:
 
     settings: ListenerSettings
     limits: ClientLimits
+    spool_directory: Path | None = None
+    """Where a message too large for memory waits while it arrives (MessageData)."""
     # The newest good certificate: each handshake switches to it (pick_certificate),
     # so a reload reaches new handshakes, also on sockets an smtps server made earlier.
     tls_context: ssl.SSLContext | None = None
@@ -162,6 +165,7 @@ async def start_listener(
     *,
     verifier: RecipientVerifier | None = None,
     start_serving: bool = True,
+    spool_directory: Path | None = None,
 ) -> ListenerHandle:
     """Listen on ``settings.host``/``settings.port`` on the running event loop.
 
@@ -172,14 +176,18 @@ async def start_listener(
     With ``start_serving=False`` the socket is bound and listening (clients
     wait in the kernel's backlog) but nothing is accepted until
     ListenerHandle.start_serving: the daemon binds as root, drops privileges
-    and opens the queue in between.
+    and opens the queue in between. ``spool_directory`` (the queue's) holds
+    the temporary files of messages too large for memory while they arrive;
+    None is the system's temporary directory.
     """
     if settings.mode is not ListenerMode.RELAY and tls_context is None:
         raise ConfigError("tls_cert_file", f"a {settings.mode} listener needs a certificate")
     if settings.auth_required and not users:
         raise ConfigError("users", "authentication is required but no users are configured")
     loop = asyncio.get_running_loop()
-    listener = ListenerState(settings, ClientLimits(settings.client_limits))
+    listener = ListenerState(
+        settings, ClientLimits(settings.client_limits), spool_directory=spool_directory
+    )
     if tls_context is not None:
         listener.use_certificate(tls_context)
     handler = InboundHandler(listener, spool, users, local, verifier)

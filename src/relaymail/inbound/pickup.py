@@ -41,15 +41,18 @@ from ..maildrop import (
     MAX_HEADER,
     MODE,
     TEMP_PREFIX,
-    decode,
+    Submission,
+    decode_head,
     is_file_name,
     local_address,
 )
-from ..message import Envelope, canonical_data, message_id
+from ..message import Envelope, message_id
+from ..message_data import CHUNK, MessageData
 from ..queue import Store
 from ..queue.files import prepare_directory
 from ..queue.store import TraceHeader
-from .cleanup import fix_up_headers, local_received_header
+from .cleanup import local_received_header, missing_fields
+from .intake import Intake, IntakeResult
 
 log = logging.getLogger("relaymail.pickup")
 
@@ -61,7 +64,8 @@ BATCH = 500  # files per scan before their names are forgotten
 
 class Spool(Protocol):
     def __call__(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str, arrived: float
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, pickup: str,
+        arrived: float,
     ) -> Awaitable[str]: ...
 
 
@@ -173,21 +177,24 @@ class Pickup:
         """Queue one file; False if it is gone or was set aside. QueueFull: try later."""
         config = self.settings()
         limit = size_limit(config)
+        data = MessageData(self.maildrop.parent)
         try:
-            info, raw = await asyncio.to_thread(_read, self.maildrop / name, limit + MAX_HEADER)
+            info, submission, received = await asyncio.to_thread(
+                _read, self.maildrop / name, limit, data
+            )
             owner = info.st_uid
-            submission = decode(raw)
             user = _user_name(owner)
             sender = envelope_sender(submission.sender, user, owner in self.trusted, config)
-            data = canonical_data(submission.data)
-            if len(data) > limit:
+            if received.failure is not None:
+                raise QueueFull(f"cannot hold the message: {received.failure}")
+            if data.size > limit:
                 raise MaildropCorrupt(f"message larger than the limit of {limit} octets")
             if sender.refused is not None:
                 # As Postfix and sendmail do: the recipient sees who tried what.
                 host = config.delivery.helo_name
                 asked = sender.refused or "<>"
                 warning = f"{host}: {user} set sender to {asked} using -f"
-                data = field("X-Authentication-Warning", warning).encode() + b"\r\n" + data
+                data.prepend(field("X-Authentication-Warning", warning).encode() + b"\r\n")
                 log.warning(
                     "maildrop %s: uid %d (%s) may not set the sender: %s ignored, from=<%s>",
                     name, owner, user, asked, sender.address,
@@ -195,11 +202,13 @@ class Pickup:
             # Postfix's cleanup for local mail: From (the -F name encoded, never pasted
             # in), Date and Message-ID where the message lacks them.
             author = sender.address or f"MAILER-DAEMON@{config.delivery.helo_name}"
-            data = fix_up_headers(
-                data,
+            added = missing_fields(
+                received.headers,
                 hostname=config.delivery.helo_name,
                 add_from=mailbox(author, submission.full_name),
             )
+            data.prepend(added)
+            mid = message_id(data.head())
             envelope = Envelope(sender.address, submission.recipients)
             # Postfix's pickup trace: no remote host, the submitting uid, and the queue id.
             trace = functools.partial(
@@ -217,9 +226,9 @@ class Pickup:
         except (MaildropCorrupt, RelaymailError, OSError, ValueError) as exc:
             self._set_aside(name, str(exc) if not isinstance(exc, OSError) else exc.strerror)
             return False
-        observe.emit(
-            observe.PickedUp(queue_id, owner, user, envelope.sender, len(data), message_id(data))
-        )
+        finally:
+            data.close()  # a cancelled write that still reads it fails whole, not in part
+        observe.emit(observe.PickedUp(queue_id, owner, user, envelope.sender, data.size, mid))
         return True
 
     async def _forget(self, names: list[str]) -> None:
@@ -250,8 +259,14 @@ class Pickup:
             pass  # renamed or removed by its sendmail meanwhile
 
 
-def _read(path: Path, most: int) -> tuple[os.stat_result, bytes]:
-    """The status (owner, mtime) and content of a maildrop file that is a plain file of its own."""
+def _read(
+    path: Path, limit: int, data: MessageData
+) -> tuple[os.stat_result, Submission, IntakeResult]:
+    """The status (owner, mtime), the envelope and the message of a maildrop file of its own.
+
+    The message goes through the intake into ``data`` in chunks: a file of the
+    largest size allowed is never in memory whole.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -265,10 +280,21 @@ def _read(path: Path, most: int) -> tuple[os.stat_result, bytes]:
             raise MaildropCorrupt("not a regular file")
         if info.st_nlink != 1:
             raise MaildropCorrupt("a file with other links (not written by sendmail)")
-        raw = stream.read(most + 1)
-    if len(raw) > most:
-        raise MaildropCorrupt("larger than the message size limit")
-    return info, raw
+        first = stream.read(MAX_HEADER)
+        head = decode_head(first)
+        if head.size > limit:
+            raise MaildropCorrupt("larger than the message size limit")
+        intake = Intake(data, fold_at=None, unstuff=False)
+        piece = first[head.start :]
+        seen = 0
+        # The owner may still write to the file: what counts is what is read.
+        while piece and seen <= head.size:
+            seen += len(piece)
+            intake.feed(piece)
+            piece = stream.read(CHUNK)
+    if seen != head.size:
+        raise MaildropCorrupt(f"size is not the {seen} octets that follow")
+    return info, head.submission, intake.finish()
 
 
 def _user_name(uid: int) -> str:

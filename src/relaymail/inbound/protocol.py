@@ -73,7 +73,7 @@ import asyncio
 import collections
 import logging
 from base64 import b64decode, b64encode
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from aiosmtpd.smtp import (
@@ -215,19 +215,20 @@ class CommandLoop(SMTP):
             self._writer.write(reply.encode("ascii") + b"\r\n")
             self.transport.close()
 
-    async def read_message_data(self) -> bytes | None:
-        """The message up to CRLF "." CRLF, un-dot-stuffed; None if over the size limit.
+    async def read_message_data(self, take: Callable[[bytes], None]) -> bool:
+        """Hand the message up to CRLF "." CRLF to ``take``, piece by piece, as sent (still
+        dot-stuffed); False if it is over the size limit.
 
         Reads pieces ending in ".\\r\\n" (or 64 KiB of data without one), so a
         typical message takes a few reads instead of one per line. A piece
         ends the message when the five octets before its end are CRLF "."
         CRLF; the DATA command's own CRLF counts as the start, so an empty
-        message (a lone "." line) works. Over the size limit the rest is read
-        and dropped, then refused (RFC 5321 4.2.5: reply after the data).
+        message (a lone "." line) works. Past the size limit nothing more is
+        handed over and the rest is read and dropped, then refused (RFC 5321
+        4.2.5: the reply comes after the data).
         """
         reader = self._reader
         limit = self.data_size_limit or 0
-        pieces: list[bytes] = []
         size = 0
         tail = b"\r\n"
         while True:
@@ -244,18 +245,10 @@ class CommandLoop(SMTP):
                 piece = piece[:-3]
             size += len(piece)
             if size <= limit:
-                pieces.append(piece)
-            else:
-                pieces.clear()
+                take(piece)
             if ends_data:
-                break
+                return size <= limit
             tail = (tail + piece[-4:])[-4:]
-        if size > limit:
-            return None
-        data = b"".join(pieces)
-        # RFC 5321 4.5.2: drop the first "." of every line that starts with one.
-        data = data.replace(b"\r\n.", b"\r\n")
-        return data[1:] if data.startswith(b".") else data
 
     # -- what subclasses decide ----------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..body import CHUNK_SIZE, MessageBody
 from ..errors import BodyUnreadable, RelaymailError
 from ..message import Envelope
+from ..message_data import MessageData
 from .ids import format_queue_id, parse_queue_id
 from .selection import CHANGES, AdminOutcome
 from .store import (
@@ -138,7 +139,7 @@ class MemoryStore:
     async def enqueue(
         self,
         envelope: Envelope,
-        data: bytes,
+        data: bytes | MessageData,
         received_at: float,
         *,
         trace: TraceHeader | None = None,
@@ -156,7 +157,7 @@ class MemoryStore:
             queue_id,
             envelope.sender,
             received_at,
-            header + data,
+            header + (data.read() if isinstance(data, MessageData) else data),
             {r: _Recipient(r, next_attempt=received_at) for r in recipients},
         )
         self._messages[message.id] = message

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..message import Envelope
+from ..message_data import MessageData
 from . import sqlite_admin
 from . import sqlite_writes as writes
 from .files import QueueFiles
@@ -111,7 +112,7 @@ class SqliteStore(SqliteReads):
     async def enqueue(
         self,
         envelope: Envelope,
-        data: bytes,
+        data: bytes | MessageData,
         received_at: float,
         *,
         trace: TraceHeader | None = None,
@@ -120,17 +121,18 @@ class SqliteStore(SqliteReads):
         recipients = tuple(dict.fromkeys(envelope.recipients))
         if recipients != envelope.recipients:
             envelope = Envelope(envelope.sender, recipients)
+        body = data if isinstance(data, MessageData) else MessageData.of(data)
         apply = functools.partial(
             writes.insert_message,
             sender=envelope.sender,
             recipients=recipients,
-            data=data,
+            data=body,
             received_at=received_at,
             trace=trace,
             pickup=pickup,
         )
-        qid, header = await self._writer.submit(apply, weight=len(data))
-        size = len(header) + len(data)
+        qid, header = await self._writer.submit(apply, weight=body.size)
+        size = len(header) + body.size
         return QueuedMessage(format_queue_id(qid), envelope, size, received_at, header)
 
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:

@@ -6,6 +6,7 @@ import sqlite3
 import time
 from typing import Any
 
+from ..message_data import MessageData
 from .ids import format_queue_id
 from .schema import PENDING
 from .store import AdminAction, TraceHeader
@@ -16,23 +17,31 @@ def insert_message(
     txn: Transaction,
     sender: str,
     recipients: tuple[str, ...],
-    data: bytes,
+    data: MessageData,
     received_at: float,
     trace: TraceHeader | None = None,
     pickup: str | None = None,
 ) -> tuple[int, bytes]:
-    """The new message's queue id and the trace header stored in front of its data."""
+    """The new message's queue id and the trace header stored in front of its data.
+
+    The body is a zeroblob of the final size filled in chunks through an
+    incremental blob handle: SQLite never holds the whole body in one buffer,
+    and neither do we. It is part of the transaction: a failure (or a crash)
+    anywhere before the commit leaves no row at all, never a partial body.
+    """
     qid = txn.new_queue_id()
     header = b"" if trace is None else trace(format_queue_id(qid))
+    size = len(header) + data.size
     conn = txn.conn
     conn.execute(
         "INSERT INTO message (id, sender, received_at, size) VALUES (?, ?, ?, ?)",
-        (qid, sender, received_at, len(header) + len(data)),
+        (qid, sender, received_at, size),
     )
-    conn.execute(
-        "INSERT INTO body (message_id, data) VALUES (?, ?)",
-        (qid, header + data if header else data),
-    )
+    conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
+    with conn.blobopen("body", "data", qid) as blob:
+        blob.write(header)
+        for chunk in data.chunks():
+            blob.write(chunk)
     conn.executemany(
         "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
         " VALUES (?, ?, ?, 'queued', ?)",

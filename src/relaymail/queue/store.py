@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..body import MessageBody
 from ..message import Envelope
+from ..message_data import MessageData
 
 if TYPE_CHECKING:
     from .selection import AdminOutcome, Selection
@@ -244,7 +245,7 @@ class Store(Protocol):
     async def enqueue(
         self,
         envelope: Envelope,
-        data: bytes,
+        data: bytes | MessageData,
         received_at: float,
         *,
         trace: TraceHeader | None = None,
@@ -253,6 +254,8 @@ class Store(Protocol):
         """Queue a message: every recipient QUEUED, attempts 0, due at `received_at`.
 
         `trace`, given the new queue id, makes the header stored in front of `data`.
+        A MessageData is read in chunks inside the write (never whole in memory);
+        the caller keeps it open until this returns.
         `pickup` is the name of the maildrop file the message came from, recorded
         in the same transaction (see `queued_pickups`).
         """

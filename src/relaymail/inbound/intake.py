@@ -1,0 +1,331 @@
+"""Message data from a front door into the queue's canonical form, a piece at a time (sans-IO).
+
+Theory of operation
+-------------------
+An ``Intake`` is fed the data as it arrives (SMTP DATA pieces off the wire, or
+a maildrop file read in chunks) and writes the result into a MessageData,
+which keeps it in memory while small and in a temporary file after. Nothing
+here holds more than a batch of input plus one line of at most
+``max_line_length``, so the memory a message costs does not grow with it.
+Three steps, each carrying what it cannot decide yet into the next piece:
+
+1. Dot-unstuffing (RFC 5321 4.5.2, SMTP only): the first "." of every line
+   goes. Lines here are the wire's: only CRLF starts one, as the terminator
+   is only CRLF "." CRLF (the SMTP-smuggling rule).
+2. Line ends: bare CR and bare LF become CRLF (message.canonical_line_ends);
+   a CR at the end of a piece waits for the next one, which may start with LF.
+3. Lines: the longest is measured (``long_lines = "refuse"`` answers from
+   it); with ``long_lines = "fold"`` each line over the limit is made short
+   (below); header fields that matter later are noted (``HeaderFields``),
+   so the header fix-up and the loop count need no second pass.
+
+Body pieces whose lines all fit go through as they are; only header lines
+and over-long lines are looked at line by line.
+
+Lines longer than a message may carry (RFC 5322 2.1.1: 998 octets plus CRLF):
+applications that write unwrapped HTML send them; refusing them loses the
+mail, and relaying them as they are gets it refused further on. Postfix
+accepts and breaks them, and so does this, once, before the message is queued:
+
+* a header line is folded at the last space or tab that fits (RFC 5322
+  2.2.3: CRLF before whitespace is folding white space, so the field's value
+  does not change); without one, CRLF SP is inserted (Postfix's choice);
+* a body line is split where it reaches the limit, backing off to the start
+  of a UTF-8 character so that no character is cut in two.
+
+A split never lands inside a line end (step 2 came first). Dots are not
+stuffed again: the SMTP client stuffs every line on the way out, the new
+ones included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ..message import canonical_line_ends
+from ..message_data import MessageData
+
+__all__ = ["HeaderFields", "Intake", "IntakeResult"]
+
+BATCH: Final = 64 * 1024
+"""Input gathered before the steps run: the SMTP reader hands over pieces that
+end at every ".\\r\\n", often a line or two each."""
+_NOTED: Final = frozenset({b"date", b"message-id", b"from"})
+_HEAD: Final = 100
+"""Octets of a header line kept to recognise its field name (RFC 5322 allows
+whitespace before the colon; a hundred octets of it is no field we look for)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderFields:
+    """What the header section holds of the fields the queue's front doors care about."""
+
+    received: int = 0
+    date: bool = False
+    message_id: bool = False
+    from_: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    data: MessageData
+    longest: int
+    """The longest line as received, CRLF included (before any folding)."""
+    folded: int
+    """How many over-long lines were folded or split."""
+    headers: HeaderFields
+    failure: OSError | None
+    """The temporary file could not take the data (disk full): nothing to queue."""
+
+
+class _Unstuff:
+    """Step 1. A piece ending in CR or CRLF is held there: the next may start with LF "." or "."."""
+
+    __slots__ = ("_held", "_skip")
+
+    def __init__(self) -> None:
+        # A CRLF before the data: its first line starts like any other, and
+        # these two octets are dropped again from the output.
+        self._held = b"\r\n"
+        self._skip = 2
+
+    def feed(self, piece: bytes) -> bytes:
+        data = self._held + piece
+        # Held as received, not as unstuffed: a CRLF whose "." went already
+        # must not take the next line's first octet as well.
+        keep = 2 if data.endswith(b"\r\n") else 1 if data.endswith(b"\r") else 0
+        data, self._held = data[: len(data) - keep], data[len(data) - keep :]
+        if b"\r\n." in data:
+            data = data.replace(b"\r\n.", b"\r\n")
+        return self._drop_start(data)
+
+    def finish(self) -> bytes:
+        out, self._held = self._held, b""
+        return self._drop_start(out)
+
+    def _drop_start(self, out: bytes) -> bytes:
+        if self._skip:
+            cut = min(self._skip, len(out))
+            self._skip -= cut
+            return out[cut:]
+        return out
+
+
+class _LineEnds:
+    """Step 2."""
+
+    __slots__ = ("_cr",)
+
+    def __init__(self) -> None:
+        self._cr = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._cr:
+            data = b"\r" + data
+        self._cr = data.endswith(b"\r")
+        if self._cr:
+            data = data[:-1]
+        return canonical_line_ends(data)
+
+    def finish(self) -> bytes:
+        return b"\r\n" if self._cr else b""
+
+
+class _Lines:
+    """Step 3: canonical data in, written to ``out`` folded if asked; lengths and fields noted."""
+
+    __slots__ = (
+        "_cut",
+        "_head",
+        "_held",
+        "_in_header",
+        "_length",
+        "_out",
+        "_received",
+        "_seen",
+        "_width",
+        "folded",
+        "longest",
+    )
+
+    def __init__(self, out: Callable[[bytes], None], fold_at: int | None) -> None:
+        self._out = out
+        self._width = None if fold_at is None else fold_at - 2  # octets before the CRLF
+        self._held = b""  # folding only: the current line, not written yet (at most _width + 1)
+        self._length = 0  # octets of the current line so far, as received
+        self._head = b""  # the start of the current line, in the header section
+        self._cut = False  # the current line was folded
+        self._in_header = True
+        self._received = 0
+        self._seen: set[bytes] = set()
+        self.longest = 0
+        self.folded = 0
+
+    @property
+    def headers(self) -> HeaderFields:
+        seen = self._seen
+        return HeaderFields(self._received, b"date" in seen, b"message-id" in seen, b"from" in seen)
+
+    def feed(self, data: bytes) -> None:
+        lines = data.split(b"\r\n")
+        tail = lines.pop()  # the start of a line that goes on in the next piece
+        if not self._in_header and lines and self._passes(lines):
+            # The common case: whole body lines that fit, written as they came.
+            first = self._length + len(lines[0])
+            self.longest = max(self.longest, first + 2, max(map(len, lines)) + 2)
+            if self._width is None:
+                self._out(data)
+                self._length = len(tail)
+                return
+            self._out(self._held + data[: len(data) - len(tail)])
+            self._held = b""
+            self._length = 0
+            self._add(tail)
+            return
+        for line in lines:
+            self._add(line)
+            self._end_line()
+        self._add(tail)
+
+    def finish(self) -> None:
+        if self._length or self._held:
+            self._end_line()  # canonical data ends with CRLF (message.canonical_data)
+
+    def _passes(self, lines: list[bytes]) -> bool:
+        width = self._width
+        return width is None or (
+            self._length + len(lines[0]) <= width and max(map(len, lines)) <= width
+        )
+
+    def _add(self, part: bytes) -> None:
+        if not part:
+            return
+        if self._in_header and len(self._head) < _HEAD:
+            self._head += part[: _HEAD - len(self._head)]
+        self._length += len(part)
+        width = self._width
+        if width is None:
+            self._out(part)
+            return
+        # Taken in steps of at most the width, so a line of any length costs
+        # linear time and a line's worth of memory.
+        start = 0
+        while start < len(part):
+            room = width + 1 - len(self._held)
+            if room <= 0:
+                self._fold_once(width)
+                continue
+            self._held += part[start : start + room]
+            start += room
+        while len(self._held) > width:
+            self._fold_once(width)
+
+    def _fold_once(self, width: int) -> None:
+        held = self._held
+        self._cut = True
+        if self._in_header:
+            # At least one octet before the whitespace: a line starting with it is the fold.
+            at = max(held.rfind(b" ", 1, width + 1), held.rfind(b"\t", 1, width + 1))
+            if at > 0:
+                self._out(held[:at] + b"\r\n")
+                self._held = held[at:]
+                return
+            cut = _char_boundary(held, width)
+            self._out(held[:cut] + b"\r\n")
+            self._held = b" " + held[cut:]
+            return
+        cut = _char_boundary(held, width)
+        self._out(held[:cut] + b"\r\n")
+        self._held = held[cut:]
+
+    def _end_line(self) -> None:
+        self._out(self._held + b"\r\n")
+        self._held = b""
+        self.longest = max(self.longest, self._length + 2)
+        if self._in_header:
+            if self._length == 0:
+                self._in_header = False  # the blank line: the body follows
+            else:
+                self._note_field(self._head)
+        if self._cut:
+            self.folded += 1
+        self._length = 0
+        self._head = b""
+        self._cut = False
+
+    def _note_field(self, head: bytes) -> None:
+        if head[:1] in (b" ", b"\t"):
+            return  # a continuation line
+        name, colon, _ = head.partition(b":")
+        if not colon:
+            return
+        name = name.rstrip(b" \t").lower()
+        if name == b"received":
+            self._received += 1
+        elif name in _NOTED:
+            self._seen.add(name)
+
+
+def _char_boundary(line: bytes, cut: int) -> int:
+    """``cut`` moved back to the first octet of a UTF-8 character (at most 3 octets)."""
+    for back in range(4):
+        if cut - back > 0 and line[cut - back] & 0xC0 != 0x80:
+            return cut - back
+    return cut
+
+
+class Intake:
+    """One message's data, fed as it arrives; ``finish`` says what came in."""
+
+    __slots__ = ("_ends", "_failure", "_lines", "_pending", "_pending_size", "_unstuff", "data")
+
+    def __init__(self, data: MessageData, *, fold_at: int | None, unstuff: bool) -> None:
+        """``fold_at``: fold lines longer than this (CRLF included); None: keep them.
+
+        ``unstuff``: the data is SMTP DATA as sent (dot-stuffed, terminator removed).
+        """
+        self.data = data
+        self._unstuff = _Unstuff() if unstuff else None
+        self._ends = _LineEnds()
+        self._lines = _Lines(self._write, fold_at)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._failure: OSError | None = None
+
+    def feed(self, piece: bytes) -> None:
+        self._pending.append(piece)
+        self._pending_size += len(piece)
+        if self._pending_size < BATCH:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        # In batches even when handed much more: the line step splits what it gets.
+        for start in range(0, len(data), BATCH):
+            self._run(data[start : start + BATCH])
+
+    def finish(self) -> IntakeResult:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if self._unstuff is not None:
+            data = self._unstuff.feed(data) + self._unstuff.finish()
+        lines = self._lines
+        lines.feed(self._ends.feed(data) + self._ends.finish())
+        lines.finish()
+        return IntakeResult(self.data, lines.longest, lines.folded, lines.headers, self._failure)
+
+    def _run(self, data: bytes) -> None:
+        if self._unstuff is not None:
+            data = self._unstuff.feed(data)
+        self._lines.feed(self._ends.feed(data))
+
+    def _write(self, data: bytes) -> None:
+        if self._failure is not None:
+            return  # the rest is still read (and measured), then refused
+        try:
+            self.data.write(data)
+        except OSError as exc:
+            self._failure = exc
+            self.data.close()
