@@ -211,6 +211,7 @@ class InboundHandler:
             recipients=envelope.rcpt_tos,
         )
         message = Envelope(sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos))
+        mid, size = message_id(data.head()), data.size  # read before the spool closes the data
         try:
             queue_id = await self._spool(message, data, trace, session.mail_started)
         except QueueFull:
@@ -222,8 +223,8 @@ class InboundHandler:
         observe.emit(
             observe.Accepted(
                 queue_id, str(server.client_ip()), session.host_name,
-                str(session.auth_data) if session.authenticated else None, message_id(data.head()),
-                message.sender, data.size, len(message.recipients),
+                str(session.auth_data) if session.authenticated else None, mid,
+                message.sender, size, len(message.recipients),
                 tls[0] if tls else "clear", received.folded,
             )
         )  # fmt: skip
