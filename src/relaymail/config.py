@@ -47,6 +47,7 @@ from .retry import RetrySchedule
 from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
 if TYPE_CHECKING:
+    from .dkim.settings import DkimDomain
     from .listener_settings import ListenerSettings
     from .passwords import PasswordHash
 
@@ -181,6 +182,7 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    dkim: Mapping[str, DkimDomain] = field(default_factory=dict)  # by From: domain
     # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
     # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
@@ -237,7 +239,7 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     sections = {"delivery", "tls", "routes", "relay_auth", "dns", "queue", "listener", "users"}
-    only(raw, "", sections | {"local", "server"})
+    only(raw, "", sections | {"local", "server", "dkim"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
@@ -258,6 +260,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
             **{"domain": delivery.helo_name, **read_table(_table(raw, "local"), "local", _LOCAL)}
         ),
         server=ServerSettings(**read_table(_table(raw, "server"), "server", {"user": text})),
+        dkim=_dkim(_table(raw, "dkim")),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,
@@ -583,6 +586,12 @@ def _check_key_pair(cert: Path, key: Path, where: str) -> None:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except ssl.SSLError as exc:
         raise ConfigError(cert_key, f"TLS refuses {cert}: {exc.reason or exc}") from None
+
+
+def _dkim(raw: Mapping[str, Any]) -> dict[str, DkimDomain]:
+    from .dkim.settings import parse_dkim  # not the package: that would load dkimpy
+
+    return parse_dkim(raw)
 
 
 def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import errno
+import functools
 import logging
 import os
 import signal
@@ -23,11 +24,12 @@ from dataclasses import dataclass, field, replace
 
 from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
+from .dkim import Signer, Signing, SignOutcome, load_signer
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
 from .inbound.pickup import Pickup, open_maildrop
 from .local import AliasTable, merged
-from .message import Envelope
+from .message import Envelope, Origin
 from .queue.sqlite import SqliteStore
 from .queue.store import TraceHeader
 from .scheduler import Scheduler
@@ -53,6 +55,7 @@ class Daemon:
     config: Config
     listeners: list[ListenerHandle] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    signer: Signer = field(default_factory=lambda: Signer({}, {}))  # keys read in run()
     _retiring: asyncio.Task[None] | None = None
     # Root was given up: listeners on privileged ports cannot be bound again.
     _dropped_root: bool = False
@@ -75,6 +78,8 @@ class Daemon:
         try:
             if config.server.user is not None:
                 self._dropped_root = become(lookup_user(config.server.user))
+            # As the service user: a key it cannot read now would fail the next reload.
+            self.signer = load_signer(config)
             os.umask(0o077)  # the queue directory is traversable for the maildrop (open_maildrop)
             store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
         except BaseException:
@@ -128,7 +133,8 @@ class Daemon:
                 store = TlsReportStore(self.config.queue.directory)
                 try:
                     outcomes = await send_daily_reports(
-                        store, yesterday, self.scheduler.engine.resolver, self._spool,
+                        store, yesterday, self.scheduler.engine.resolver,
+                        functools.partial(self._spool, origin=Origin.LOCAL),
                         organization_name=tls.report_organization or name, submitter=name,
                         contact_info=tls.report_contact or f"postmaster@{name}",
                     )  # fmt: skip
@@ -147,14 +153,17 @@ class Daemon:
         data: bytes,
         trace: TraceHeader | None = None,
         *,
+        origin: Origin,
         pickup: str | None = None,
     ) -> str:
-        """Every front door's way into the queue: aliases are expanded here, once."""
+        """Every front door's way into the queue: aliases expanded and DKIM signed here, once."""
         found = self.aliases.expansions(envelope.recipients)
         changed = [e for e in found if e.changed]
         if changed:
             envelope = Envelope(envelope.sender, merged(found))
-        queue_id = await self.scheduler.enqueue(envelope, data, trace, pickup=pickup)
+        signing = await self._dkim_sign(data, origin)
+        queue_id = await self.scheduler.enqueue(envelope, signing.data, trace, pickup=pickup)
+        _log_signing(queue_id, signing)
         # The queue keeps no original recipient (ORCPT) yet: the log line is the record.
         for expansion in changed:
             log.info(
@@ -162,6 +171,14 @@ class Daemon:
                 ",".join(f"<{r}>" for r in expansion.recipients),
             )  # fmt: skip
         return queue_id
+
+    async def _dkim_sign(self, data: bytes, origin: Origin) -> Signing:
+        """The queue entry's DKIM step: before the store prepends our Received: header."""
+        signer = self.signer
+        if not signer.may_sign(origin):
+            return Signing(SignOutcome.NOT_OURS, data)
+        # RSA in dkimpy is Python arithmetic, milliseconds a signature: off the loop.
+        return await asyncio.to_thread(signer.sign, data, origin)
 
     async def _start_listeners(self, config: Config, *, serving: bool = True) -> None:
         users = config.users()
@@ -194,6 +211,7 @@ class Daemon:
             new = load_config(self.config.source)
             check_server_config(new)
             aliases = AliasTable.open(new.local)
+            signer = load_signer(new)  # new keys (a rotation) or the same ones read again
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
@@ -229,9 +247,25 @@ class Daemon:
                 return
         self.config = new
         self.aliases.adopt(aliases)
+        self.signer = signer
         running = self.scheduler.in_flight()
         self._retiring = asyncio.create_task(_retire(old_engine, running))
         log.info("reloaded %s", new.source)
+
+
+def _log_signing(queue_id: str, signing: Signing) -> None:
+    match signing.outcome:
+        case SignOutcome.SIGNED:
+            selectors = ",".join(signing.selectors)
+            log.info("dkim id=%s signed d=%s s=%s", queue_id, signing.domain, selectors)
+        case SignOutcome.NO_KEY:
+            log.info("dkim id=%s not signed: no key for %s", queue_id, signing.domain)
+        case SignOutcome.NO_AUTHOR:
+            log.info("dkim id=%s not signed: %s", queue_id, signing.detail)
+        case SignOutcome.FAILED:
+            log.warning("dkim id=%s queued unsigned: %s", queue_id, signing.detail)
+        case SignOutcome.NOT_OURS:
+            pass  # relayed mail: signing was never in question
 
 
 def _listen_failed(host: str, port: int, exc: OSError) -> ListenFailed:

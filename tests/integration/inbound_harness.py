@@ -22,7 +22,7 @@ import trustme
 from relaymail.errors import QueueFull
 from relaymail.inbound import ListenerHandle, start_listener
 from relaymail.listener_settings import ListenerSettings
-from relaymail.message import Envelope
+from relaymail.message import Envelope, Origin
 from relaymail.passwords import PasswordHash, hash_password
 from relaymail.queue import TraceHeader
 
@@ -38,20 +38,28 @@ ELSEWHERE = (ipaddress.ip_network("192.0.2.0/24"),)
 @dataclass
 class MemorySpool:
     messages: list[tuple[Envelope, bytes]] = field(default_factory=list)
+    origins: list[Origin] = field(default_factory=list)  # one per message, in order
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, origin: Origin
+    ) -> str:
         queue_id = f"Q{len(self.messages) + 1:04d}"
         self.messages.append((envelope, trace(queue_id) + data))
+        self.origins.append(origin)
         return queue_id
 
 
 class FullSpool:
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, origin: Origin
+    ) -> str:
         raise QueueFull("disk full")
 
 
 class BrokenSpool:
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, origin: Origin
+    ) -> str:
         raise RuntimeError("secret internal detail /var/spool/relaymail")
 
 
@@ -63,10 +71,12 @@ class SlowSpool(MemorySpool):
         self.release = asyncio.Event()
         self.started = asyncio.Event()
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, origin: Origin
+    ) -> str:
         self.started.set()
         await self.release.wait()
-        return await super().__call__(envelope, data, trace)
+        return await super().__call__(envelope, data, trace, origin=origin)
 
 
 # --------------------------------------------------------------------------- TLS and users

@@ -21,7 +21,7 @@ import pytest
 
 from relaymail.config import load_config
 from relaymail.inbound.pickup import Pickup, open_maildrop
-from relaymail.message import Envelope
+from relaymail.message import Envelope, Origin
 from relaymail.queue.memory import MemoryStore
 from relaymail.queue.store import TraceHeader
 from tests.integration.daemon_process import RELAYMAIL, free_port, run_command, write_toml
@@ -67,7 +67,9 @@ async def queued(tmp_path: Path, policy: Policy = email.policy.default) -> list[
     config = load_config(tmp_path / "relaymail.toml")
     spooled: list[bytes] = []
 
-    async def spool(envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str) -> str:
+    async def spool(
+        envelope: Envelope, data: bytes, trace: TraceHeader, *, origin: Origin, pickup: str
+    ) -> str:
         spooled.append(data)
         return f"Q{len(spooled)}"
 

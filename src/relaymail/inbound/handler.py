@@ -15,7 +15,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
-from ..message import Envelope, domain_of, qualify
+from ..message import Envelope, Origin, domain_of, qualify
 from ..passwords import PasswordHash
 from ..queue.store import TraceHeader
 from .checks import address_problem, is_trusted, may_relay
@@ -46,8 +46,12 @@ Users = Mapping[str, PasswordHash]
 class Spool(Protocol):
     """Where accepted mail goes: the queue's entry point."""
 
-    async def __call__(self, envelope: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def __call__(
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, origin: Origin
+    ) -> str:
         """Store ``trace(queue id) + data`` durably (fsync'd) and return the queue id.
+
+        ``origin`` says who sent it (DKIM signs only our own users' mail).
 
         Raises relaymail.errors.QueueFull when the queue cannot take it.
         """
@@ -163,8 +167,14 @@ class InboundHandler:
             recipients=envelope.rcpt_tos,
         )
         message = Envelope(sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos))
+        if session.authenticated:
+            origin = Origin.AUTHENTICATED
+        elif is_trusted(self.settings, server.client_ip()):
+            origin = Origin.RELAY_NETWORKS
+        else:
+            origin = Origin.OUTSIDE
         try:
-            queue_id = await self._spool(message, data, trace)
+            queue_id = await self._spool(message, data, trace, origin)
         except QueueFull:
             server.explain_refusal("queue full")
             return "452 4.3.1 Insufficient system storage"
@@ -183,11 +193,13 @@ class InboundHandler:
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
-    async def _spool(self, message: Envelope, data: bytes, trace: TraceHeader) -> str:
+    async def _spool(
+        self, message: Envelope, data: bytes, trace: TraceHeader, origin: Origin
+    ) -> str:
         # Shielded: once the queue has started writing, it finishes even if the
         # client goes away (the worst outcome is a duplicate after the client
         # retries, never a half-written entry). close() waits for these.
-        task = asyncio.ensure_future(self.spool(message, data, trace))
+        task = asyncio.ensure_future(self.spool(message, data, trace, origin=origin))
         spooling = self.listener.spooling
         spooling.add(task)
         task.add_done_callback(_spool_done(spooling))

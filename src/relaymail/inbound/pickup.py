@@ -44,7 +44,7 @@ from ..maildrop import (
     is_file_name,
     local_address,
 )
-from ..message import Envelope, canonical_data, header_section
+from ..message import Envelope, Origin, canonical_data, header_section
 from ..queue import Store
 from ..queue.files import prepare_directory
 from ..queue.store import TraceHeader
@@ -60,7 +60,7 @@ BATCH = 500  # files per scan before their names are forgotten
 
 class Spool(Protocol):
     def __call__(
-        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, pickup: str
+        self, envelope: Envelope, data: bytes, trace: TraceHeader, *, origin: Origin, pickup: str
     ) -> Awaitable[str]: ...
 
 
@@ -206,7 +206,7 @@ class Pickup:
                 uid=owner,
                 recipients=envelope.recipients,
             )
-            queue_id = await self.spool(envelope, data, trace, pickup=name)
+            queue_id = await self.spool(envelope, data, trace, origin=Origin.LOCAL, pickup=name)
         except FileNotFoundError:
             return False
         except QueueFull:
