@@ -69,6 +69,17 @@ def _domain(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _selector(text: str) -> str:
+    """An argparse type: a DKIM selector (the reader of [dkim] ... selector)."""
+    from ..dkim.settings import selector
+    from ..errors import ConfigError
+
+    try:
+        return selector(text, "SELECTOR")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="relaymail", description="relaymail mail transfer agent")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -123,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     show = tlsrpt_actions.add_parser("show", help="what would be reported for today so far")
     show.add_argument("domain", nargs="?", type=_domain)
 
+    dkim = commands.add_parser("dkim", help="DKIM keys")
+    dkim_actions = dkim.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    keygen = dkim_actions.add_parser(
+        "keygen", help="write a new key (mode 0600) and print the DNS TXT record to publish"
+    )
+    keygen.add_argument("domain", type=_domain)
+    keygen.add_argument("selector", type=_selector)
+    keygen.add_argument("--type", choices=["rsa", "ed25519"], default="rsa")
+    keygen.add_argument("--bits", type=_count(2048, 4096), help="RSA only (default 2048)")
+    key_place = keygen.add_mutually_exclusive_group()
+    key_place.add_argument("--config", type=Path, help="write to the key_file it names")
+    key_place.add_argument("--dir", type=Path, help="write DIR/DOMAIN.SELECTOR.key (default .)")
+
     install = commands.add_parser(
         "install-system", help="create the service user, spool, configuration and systemd unit"
     )
@@ -164,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "queue": _queue,
         "passwd": _passwd,
         "tls": _tls,
+        "dkim": _dkim,
         "tlsrpt": _tlsrpt,
         "install-system": _install_system,
     }[args.command]
@@ -315,6 +340,13 @@ def _tls(args: argparse.Namespace) -> int:
     from .tls import forget
 
     return forget(_config(args.config), args.domain)
+
+
+def _dkim(args: argparse.Namespace) -> int:
+    from .dkim import keygen
+
+    # Only --config is read: the key's place must not depend on $RELAYMAIL_CONFIG.
+    return keygen(args, _config(args.config) if args.config else None)
 
 
 def _tlsrpt(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ __all__ = [
     "DkimDomain",
     "DkimKeyFile",
     "parse_dkim",
+    "selector",
 ]
 
 
@@ -85,7 +86,7 @@ class DkimDomain:
     """Whose mail is signed (the `sign` key); never Origin.OUTSIDE."""
 
 
-def _selector(value: Any, key: str) -> str:
+def selector(value: Any, key: str) -> str:
     name = text(value, key)
     if len(name) > 253 or not _SELECTOR.fullmatch(name):
         raise ConfigError(key, f"{name!r} is not a selector (DNS labels: letters, digits, '-')")
@@ -130,12 +131,12 @@ def _key_table(value: Any, key: str) -> DkimKeyFile:
     for required in ("selector", "key_file"):
         if required not in value:
             raise ConfigError(f"{key}.{required}", "missing")
-    selector = _selector(value["selector"], f"{key}.selector")
-    return DkimKeyFile(selector, path(value["key_file"], f"{key}.key_file"), f"{key}.key_file")
+    name = selector(value["selector"], f"{key}.selector")
+    return DkimKeyFile(name, path(value["key_file"], f"{key}.key_file"), f"{key}.key_file")
 
 
 _FIELDS: Final[Mapping[str, Any]] = {
-    "selector": _selector,
+    "selector": selector,
     "key_file": path,
     "keys": list_of(_key_table),
     "headers": list_of(_field_name, empty=False),
@@ -153,11 +154,11 @@ def _domain(name: str, raw: Any) -> DkimDomain:
     if is_ip(domain):
         raise ConfigError(where, "a DKIM domain is a domain name, not an address")
     values = read_table(raw, where, _FIELDS)
-    selector, key_file = values.get("selector"), values.get("key_file")
-    if (selector is None) != (key_file is None):
-        missing, given = ("selector", "key_file") if selector is None else ("key_file", "selector")
+    first, key_file = values.get("selector"), values.get("key_file")
+    if (first is None) != (key_file is None):
+        missing, given = ("selector", "key_file") if first is None else ("key_file", "selector")
         raise ConfigError(f"{where}.{missing}", f"missing ({given} needs it)")
-    keys = [DkimKeyFile(selector, key_file, f"{where}.key_file")] if selector and key_file else []
+    keys = [DkimKeyFile(first, key_file, f"{where}.key_file")] if first and key_file else []
     keys += [
         dataclasses.replace(k, where=f"{where}.keys[{i}].key_file")
         for i, k in enumerate(values.get("keys", ()))
