@@ -64,6 +64,7 @@ def author_domain(headers: Sequence[tuple[bytes, bytes]]) -> str:
     `headers` are (name, value) pairs as dkimpy parsed them, so that the field
     we judge is the field it signs.
     """
+    from email.errors import ObsoleteHeaderDefect
     from email.headerregistry import HeaderRegistry
 
     values = [value for name, value in headers if name.lower() == b"from"]
@@ -77,6 +78,11 @@ def author_domain(headers: Sequence[tuple[bytes, bytes]]) -> str:
     # The email package's RFC 5322 parser, not getaddresses: that one splits
     # crafted lists its own way (CVE-2023-27043).
     parsed = HeaderRegistry()("From", unfolded)
+    # "a@example.org <b@bank.example>" parses as one address with a defect, and a
+    # mail reader may show the other one: what does not parse cleanly is not signed.
+    # Obsolete syntax (RFC 5322 4: "John Q. Public <jqp@x>") is still sent and fine.
+    if any(not isinstance(d, ObsoleteHeaderDefect) for d in parsed.defects):
+        raise NoSingleAuthor("From: does not parse as RFC 5322 says")
     addresses = [a for a in getattr(parsed, "addresses", ()) if a.addr_spec]
     if len(addresses) != 1:
         raise NoSingleAuthor(f"{len(addresses)} addresses in From:")
