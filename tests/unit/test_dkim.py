@@ -304,3 +304,18 @@ def test_signing_never_raises_and_never_changes_the_message(tmp_path_factory, da
 
 
 _SIGNER: dict[str, Any] = {}
+
+
+def test_openssl_gives_the_octets_dkimpy_computes_in_python():
+    import hashlib
+
+    from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key
+
+    from relaymail.dkim.openssl_rsa import openssl_rsa_sign
+
+    for bits in (2048, 3072):
+        _, key = generate_key(KeyAlgorithm.RSA, bits)
+        private = parse_pem_private_key(key.private)
+        for text in (b"", b"a header section", bytes(range(256)) * 10):
+            digest = hashlib.sha256(text)
+            assert openssl_rsa_sign(digest, private) == RSASSA_PKCS1_v1_5_sign(digest, private)

@@ -29,10 +29,13 @@ import dkim  # type: ignore[import-untyped]
 
 from ..errors import AddressError
 from ..message import Origin, domain_of
+from . import openssl_rsa
 from .keys import SigningKey
 from .settings import DkimDomain
 
 __all__ = ["SignOutcome", "Signer", "Signing", "author_domain"]
+
+openssl_rsa.install()
 
 
 class SignOutcome(enum.StrEnum):
