@@ -298,3 +298,37 @@ async def test_serve_refuses_an_unusable_key_naming_it(tmp_path, ca_file, make, 
     *_, last = err.splitlines()  # after the listeners' start-up lines
     assert last.startswith(f'relaymail: configuration error: dkim."{DOMAIN}".key_file: '), err
     assert reason in last and "Traceback" not in err
+
+
+async def test_sighup_takes_a_rotated_key_and_refuses_a_bad_one(smtp_peer, ca_file, tmp_path):
+    import signal
+
+    peer = await smtp_peer(Script())
+    old_file, old_record = new_key(tmp_path, "old", KeyAlgorithm.ED25519)
+    new_file, new_record = new_key(tmp_path, "new", KeyAlgorithm.RSA)
+    port = free_port()
+    config = make_config(tmp_path, port, ca_file, {"dest.test": [hop(peer)]})
+    base = config.read_text()
+    config.write_text(base + dkim_table([("old", old_file)]))
+    daemon = await start_daemon(tmp_path, config, port)
+    try:
+        await send(port, message(), tmp_path)
+        await wait_for(lambda: len(peer.transactions) == 1)
+        new_file.chmod(0o644)  # a mistake on the way: refused, the running key stays
+        config.write_text(base + dkim_table([("new", new_file)]))
+        await daemon.signal(signal.SIGHUP)
+        await wait_for(lambda: "reload refused" in daemon.text())
+        await send(port, message(), tmp_path)
+        await wait_for(lambda: len(peer.transactions) == 2)
+        new_file.chmod(0o600)
+        await daemon.signal(signal.SIGHUP)
+        await wait_for(lambda: "reloaded" in daemon.text())
+        await send(port, message(), tmp_path)
+        await wait_for(lambda: len(peer.transactions) == 3)
+    finally:
+        assert await daemon.stop() == 0
+    arrived = [t.data for t in peer.transactions]
+    assert [[s["s"] for s in signatures(d)] for d in arrived] == [["old"], ["old"], ["new"]]
+    assert 'dkim."example.org".key_file' in daemon.text()
+    verdicts = opendkim_verify(arrived, [old_record, new_record], tmp_path / "opendkim")
+    assert [v.passed for v in verdicts] == [True, True, True], verdicts
