@@ -589,7 +589,9 @@ def _check_key_pair(cert: Path, key: Path, where: str) -> None:
 
 
 def _dkim(raw: Mapping[str, Any]) -> dict[str, DkimDomain]:
-    from .dkim.settings import parse_dkim  # not the package: that would load dkimpy
+    if not raw:
+        return {}  # sendmail's start-up, without [dkim], imports none of it
+    from .dkim.settings import parse_dkim
 
     return parse_dkim(raw)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from .config import Config, check_server_config, load_config
 from .delivery import DeliveryEngine
-from .dkim import Signer, Signing, SignOutcome, load_signer
+from .dkim.sign import Signer, Signing, SignOutcome, load_signer
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
 from .inbound.pickup import Pickup, open_maildrop

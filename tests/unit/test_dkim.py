@@ -14,11 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaymail.config import parse_config
-from relaymail.dkim import SignOutcome, check_dkim_keys, load_signer
 from relaymail.dkim.keygen import generate_key, record_value, txt_record, write_key
-from relaymail.dkim.keys import KeyAlgorithm, read_key
+from relaymail.dkim.keys import KeyAlgorithm, check_dkim_keys, read_key
 from relaymail.dkim.settings import Canonicalization, DkimKeyFile
-from relaymail.dkim.sign import NoSingleAuthor, _signed_fields, author_domain
+from relaymail.dkim.sign import (
+    NoSingleAuthor,
+    SignOutcome,
+    _signed_fields,
+    author_domain,
+    load_signer,
+)
 from relaymail.errors import ConfigError
 from relaymail.message import Origin
 

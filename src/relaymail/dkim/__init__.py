@@ -6,21 +6,9 @@ keys when `serve` starts or reloads; sign.py decides and signs; keygen.py
 makes a key and the DNS record to publish. The daemon's queue entry calls
 `Signer.sign` before the store prepends our Received: header, so the trace
 field, which is not signed anyway, stays outside what was signed.
+
+Nothing is imported here: the configuration reads dkim.settings, and
+sendmail, which loads the configuration, must not pay for dkimpy and PyNaCl.
+The signer is relaymail.dkim.sign.load_signer; `relaymail check` wants
+relaymail.dkim.keys.check_dkim_keys.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from .keys import check_dkim_keys, load_domain_keys
-from .sign import Signer, Signing, SignOutcome
-
-if TYPE_CHECKING:
-    from ..config import Config
-
-__all__ = ["SignOutcome", "Signer", "Signing", "check_dkim_keys", "load_signer"]
-
-
-def load_signer(config: Config) -> Signer:
-    """The signer of `config`, every key read; ConfigError names the first bad one."""
-    return Signer(config.dkim, load_domain_keys(config))

@@ -24,16 +24,20 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dkim  # type: ignore[import-untyped]
 
 from ..errors import AddressError
 from ..message import Origin, domain_of
 from . import openssl_rsa
-from .keys import SigningKey
+from .keys import SigningKey, load_domain_keys
 from .settings import DkimDomain
 
-__all__ = ["SignOutcome", "Signer", "Signing", "author_domain"]
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["SignOutcome", "Signer", "Signing", "author_domain", "load_signer"]
 
 openssl_rsa.install()
 
@@ -176,3 +180,8 @@ def _signed_fields(
     for name in dict.fromkeys(n.lower().encode() for n in (*wanted, *oversign)):
         fields += [name] * (counts.get(name, 0) + (name in extra))
     return fields
+
+
+def load_signer(config: Config) -> Signer:
+    """The signer of `config`, every key read; ConfigError names the first bad one."""
+    return Signer(config.dkim, load_domain_keys(config))
