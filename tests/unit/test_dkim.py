@@ -228,11 +228,24 @@ def test_the_author_domain(value, domain):
         [(b"From", b" a@example.org)<b@bank.example>")],
         [(b"From", b" a@example.org <b@bank.example>")],
         [(b"From", b" Ann <ann@example.org> trailing")],
+        [(b"From", b" <")],  # the stdlib parser raises IndexError on these
+        [(b"From", b" .:")],
+        [(b"From", b" \\@")],
     ],
 )
 def test_none_or_several_authors_are_no_single_author(headers):
     with pytest.raises(NoSingleAuthor):
         author_domain(headers)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(st.sampled_from(list('"<>@,;:()[]\\. \t=?abxy\r\n\x00\u00e9')), max_size=40))
+def test_any_from_value_is_a_domain_or_no_single_author(value):
+    try:
+        domain = author_domain([(b"From", value.encode())])
+    except NoSingleAuthor:
+        return
+    assert domain and "@" not in domain
 
 
 # --------------------------------------------------------------------------- signing

@@ -84,7 +84,12 @@ def author_domain(headers: Sequence[tuple[bytes, bytes]]) -> str:
     unfolded = " ".join(text.split())
     # The email package's RFC 5322 parser, not getaddresses: that one splits
     # crafted lists its own way (CVE-2023-27043).
-    parsed = HeaderRegistry()("From", unfolded)
+    try:
+        parsed = HeaderRegistry()("From", unfolded)
+    # The stdlib parser raises IndexError, AttributeError, ... on some hostile
+    # values ("<", ".:"): that is no single author either.
+    except Exception:
+        raise NoSingleAuthor("From: does not parse as RFC 5322 says") from None
     # "a@example.org <b@bank.example>" parses as one address with a defect, and a
     # mail reader may show the other one: what does not parse cleanly is not signed.
     # Obsolete syntax (RFC 5322 4: "John Q. Public <jqp@x>") is still sent and fine.
