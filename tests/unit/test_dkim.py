@@ -159,6 +159,11 @@ def test_an_encrypted_key_is_refused_as_such(tmp_path):
         read_key(_key_file(tmp_path, pem))
 
 
+def test_a_file_larger_than_any_key_is_refused_unread(tmp_path):
+    with pytest.raises(ConfigError, match="larger than any key"):
+        read_key(_key_file(tmp_path, b"-----BEGIN PRIVATE KEY-----\n" + b"A" * 70_000))
+
+
 def test_an_rsa_key_over_4096_bits_is_refused(tmp_path):
     private = rsa.generate_private_key(public_exponent=65537, key_size=4104)
     with pytest.raises(ConfigError, match="4104 bits"):

@@ -43,6 +43,8 @@ __all__ = [
 MIN_RSA_BITS: Final = 2048
 MAX_RSA_BITS: Final = 4096
 _ED25519_SEED: Final = 32
+# A 4096-bit PEM key is 3.3 KB; a log file named by mistake is not read whole.
+_MAX_KEY_FILE: Final = 64 * 1024
 
 
 class KeyAlgorithm(enum.StrEnum):
@@ -93,9 +95,12 @@ def read_key(entry: DkimKeyFile) -> SigningKey:
     key = entry.where
     file = secret_file(str(entry.key_file), key)
     try:
-        content = file.read_bytes()
+        with file.open("rb") as stream:
+            content = stream.read(_MAX_KEY_FILE + 1)
     except OSError as exc:
         raise ConfigError(key, f"cannot read {file}: {exc.strerror or exc}") from None
+    if len(content) > _MAX_KEY_FILE:
+        raise ConfigError(key, f"{file} is larger than any key ({_MAX_KEY_FILE // 1024} KiB)")
     private: object
     if b"-----BEGIN" in content:
         try:
