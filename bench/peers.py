@@ -190,12 +190,15 @@ class Relaymail(Peer):
         command: str | None = None,
         name: str = "relaymail",
         admin: bool = False,
+        dkim: str | None = None,
     ) -> None:
         super().__init__(name)
         self.sendmail_template = sendmail_template
         self.command = command
         self.admin = admin  # with the admin listener, so the delivery history is kept
         self.config_path: Path | None = None
+        # "rsa", "ed25519" or "both": sign every message from the bench's From: domain.
+        self.dkim = dkim
 
     def _command(self) -> list[str]:
         if self.command:
@@ -249,9 +252,27 @@ class Relaymail(Peer):
             lines.append(f'ca_file = "{spec.ca_file}"')
         if self.admin and spec.admin_port is not None:
             lines += ["", "[admin]", f'address = "127.0.0.1:{spec.admin_port}"']
+        if self.dkim:
+            lines += self._dkim_table(spec.workdir)
         path = spec.workdir / "relaymail.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
+
+    def _dkim_table(self, workdir: Path) -> list[str]:
+        """Keys made by `relaymail dkim keygen` (before the run's clock starts), and their table."""
+        domain = SENDER.rpartition("@")[2]
+        kinds = ["rsa", "ed25519"] if self.dkim == "both" else [self.dkim]
+        keys = []
+        for kind in kinds:
+            keygen = [*self._command(), "dkim", "keygen", domain, f"bench-{kind}", "--type", kind]
+            subprocess.run([*keygen, "--dir", str(workdir)], check=True, capture_output=True)
+            keys.append((f"bench-{kind}", workdir / f"{domain}.bench-{kind}.key"))
+        (selector, key_file), *more = keys
+        table = ["", f'[dkim."{domain}"]', f'selector = "{selector}"', f'key_file = "{key_file}"']
+        if more:
+            entries = ", ".join(f'{{ selector = "{s}", key_file = "{k}" }}' for s, k in more)
+            table.append(f"keys = [{entries}]")
+        return table
 
     async def start(self, spec: RunSpec, group: ProcessGroup) -> None:
         self.spec, self.group = spec, group
@@ -596,6 +617,7 @@ class Exim(Peer):
 BASELINE = "relaymail-baseline"
 # relaymail with [admin] on: the listener and the delivery history it keeps.
 WITH_ADMIN = "relaymail-admin"
+DKIM_PEER = "relaymail-dkim"
 
 
 def make_peer(
@@ -603,9 +625,13 @@ def make_peer(
     relaymail_sendmail: str | None = None,
     relaymail_command: str | None = None,
     baseline_command: str | None = None,
+    dkim: str | None = None,
 ) -> Peer:
     if name == "relaymail":
         return Relaymail(relaymail_sendmail, relaymail_command)
+    if name == DKIM_PEER:
+        # The same relaymail signing every message: the cost of DKIM, in the same rounds.
+        return Relaymail(relaymail_sendmail, relaymail_command, name=DKIM_PEER, dkim=dkim or "rsa")
     if name == BASELINE:
         # Another build of relaymail (an older checkout's venv) run as one more peer,
         # so a change is measured against what it replaces in the same rounds.
@@ -618,5 +644,5 @@ def make_peer(
         return Postfix()
     if name == "exim":
         return Exim()
-    known = f"relaymail, {BASELINE}, {WITH_ADMIN}, postfix, exim"
+    known = f"relaymail, {BASELINE}, {WITH_ADMIN}, {DKIM_PEER}, postfix, exim"
     raise ValueError(f"unknown peer {name!r} (known: {known})")

@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import MemorySampler, ProcessGroup
-from peers import BASELINE, Peer, PeerUnavailable, RunSpec, make_peer
+from peers import BASELINE, DKIM_PEER, Peer, PeerUnavailable, RunSpec, make_peer
 from sink import SinkSet, smtp_sink_available
 from submit import Workload, _message, domain, recipient, submit
 
@@ -667,6 +667,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "as the peer relaymail-baseline, added to --peers, in the same rounds",
     )
     p.add_argument(
+        "--dkim",
+        choices=("rsa", "ed25519", "both"),
+        help="also run relaymail signing every message with these keys, as the peer "
+        f"{DKIM_PEER}, added to --peers, in the same rounds",
+    )
+    p.add_argument(
         "--relaymail-sendmail",
         help="relaymail's sendmail command template, e.g. "
         "'relaymail sendmail -C {config} -f {sender} {recipient}'",
@@ -740,9 +746,15 @@ async def main_async(args: argparse.Namespace) -> int:
     peer_names = [p.strip() for p in args.peers.split(",") if p.strip()]
     if args.baseline_command and BASELINE not in peer_names:
         peer_names.insert(1, BASELINE)
+    if args.dkim and DKIM_PEER not in peer_names:
+        peer_names.insert(1, DKIM_PEER)
     peers = {
         name: make_peer(
-            name, args.relaymail_sendmail, args.relaymail_command, args.baseline_command
+            name,
+            args.relaymail_sendmail,
+            args.relaymail_command,
+            args.baseline_command,
+            args.dkim,
         )
         for name in peer_names
     }

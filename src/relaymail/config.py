@@ -45,6 +45,7 @@ from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
 if TYPE_CHECKING:
     from .accounts import UserAccount
+    from .dkim.settings import DkimDomain
     from .listener_settings import ListenerSettings
 
 
@@ -213,6 +214,7 @@ class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     recipient_verification: RecipientVerification = field(default_factory=RecipientVerification)
     admin: AdminSettings | None = None  # the metrics and status page listener; None: off
+    dkim: Mapping[str, DkimDomain] = field(default_factory=dict)  # by From: domain
     # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
     # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
@@ -266,7 +268,7 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     sections = {"delivery", "tls", "routes", "relay_auth", "dns", "queue", "listener", "users"}
-    only(raw, "", sections | {"local", "server", "recipient_verification", "admin"})
+    only(raw, "", sections | {"local", "server", "recipient_verification", "admin", "dkim"})
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
@@ -296,6 +298,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
             table(raw, "recipient_verification")
         ),
         admin=read_admin(table(raw, "admin")),
+        dkim=_dkim(table(raw, "dkim")),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,
@@ -554,4 +557,11 @@ _LOCAL: Mapping[str, Reader] = {
     "aliases": readable_file,
 }
 
+
+def _dkim(raw: Mapping[str, Any]) -> dict[str, DkimDomain]:
+    if not raw:
+        return {}  # sendmail's start-up, without [dkim], imports none of it
+    from .dkim.settings import parse_dkim
+
+    return parse_dkim(raw)
 

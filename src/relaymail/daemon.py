@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import errno
+import functools
 import logging
 import os
 import signal
@@ -27,12 +28,13 @@ from .admin.settings import load_token
 from .config import Config, load_config
 from .daemon_lock import hold_daemon_lock
 from .delivery import DeliveryEngine, RecipientResult
+from .dkim.sign import Signer, Signing, SignOutcome, load_signer
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
 from .inbound.pickup import Pickup, open_maildrop
 from .inbound.recipient_verification import RecipientVerifier
 from .local import AliasTable, merged
-from .message import Envelope
+from .message import Envelope, Origin
 from .message_data import MessageData
 from .metrics import Metrics
 from .preflight import PreflightFailed, check_server_config, preflight
@@ -63,6 +65,7 @@ class Daemon:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Fed by the same events as the log (observe/); the admin listener serves its registry.
     metrics: Metrics = field(default_factory=Metrics)
+    signer: Signer = field(default_factory=lambda: Signer({}, {}))  # keys read in run()
     _retiring: asyncio.Task[None] | None = None
     # Root was given up: listeners on privileged ports cannot be bound again.
     _dropped_root: bool = False
@@ -93,6 +96,8 @@ class Daemon:
         try:
             if config.server.user is not None:
                 self._dropped_root = become(lookup_user(config.server.user))
+            # As the service user: a key it cannot read now would fail the next reload.
+            self.signer = load_signer(config)
             os.umask(0o077)  # the queue directory is traversable for the maildrop (open_maildrop)
             store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
         except BaseException:
@@ -201,7 +206,8 @@ class Daemon:
                 store = TlsReportStore(self.config.queue.directory)
                 try:
                     outcomes = await send_daily_reports(
-                        store, yesterday, self.scheduler.engine.resolver, self._spool,
+                        store, yesterday, self.scheduler.engine.resolver,
+                        functools.partial(self._spool, origin=Origin.LOCAL),
                         organization_name=tls.report_organization or name, submitter=name,
                         contact_info=tls.report_contact or f"postmaster@{name}",
                     )  # fmt: skip
@@ -220,17 +226,25 @@ class Daemon:
         data: bytes | MessageData,
         trace: TraceHeader | None = None,
         *,
+        origin: Origin,
         pickup: str | None = None,
         arrived: float | None = None,
     ) -> str:
-        """Every front door's way into the queue: aliases are expanded here, once."""
+        """Every front door's way into the queue: aliases expanded and DKIM signed here, once."""
         found = self.aliases.expansions(envelope.recipients)
         changed = [e for e in found if e.changed]
         if changed:
             envelope = Envelope(envelope.sender, merged(found))
+        signing = await self._dkim_sign(data, origin)
+        if signing.signatures:
+            if isinstance(data, MessageData):
+                data.prepend(signing.signatures)
+            else:
+                data = signing.signatures + data
         queue_id = await self.scheduler.enqueue(
             envelope, data, trace, pickup=pickup, arrived=arrived
         )
+        _log_signing(queue_id, signing)
         # The queue keeps no original recipient (ORCPT) yet: the log line is the record.
         for expansion in changed:
             observe.emit(observe.Expanded(queue_id, expansion.original, expansion.recipients))
@@ -239,6 +253,17 @@ class Daemon:
     async def _verify_recipient(self, address: str, sender: str) -> RecipientResult:
         # The engine of the moment: a reload replaces it.
         return await self.scheduler.engine.verify_recipient(address, sender)
+
+    async def _dkim_sign(self, data: bytes | MessageData, origin: Origin) -> Signing:
+        """The queue entry's DKIM step: before the store prepends our Received: header."""
+        signer = self.signer
+        if not signer.may_sign(origin):
+            return Signing(SignOutcome.NOT_OURS)
+
+        def sign() -> Signing:  # dkimpy hashes the whole message: read and signed off the loop
+            return signer.sign(data.read() if isinstance(data, MessageData) else data, origin)
+
+        return await asyncio.to_thread(sign)
 
     async def _start_listeners(self, config: Config, *, serving: bool = True) -> None:
         users = config.users()
@@ -274,6 +299,7 @@ class Daemon:
             aliases = AliasTable.open(new.local)
             self.verifier.adopt(new.recipient_verification)
             token = load_token(new.admin) if new.admin is not None else None
+            signer = load_signer(new)  # new keys (a rotation) or the same ones read again
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
@@ -318,9 +344,25 @@ class Daemon:
                 handle.reload_certificate()
         self.config = new
         self.aliases.adopt(aliases)
+        self.signer = signer
         running = self.scheduler.in_flight()
         self._retiring = asyncio.create_task(_retire(old_engine, running))
         log.info("reloaded %s", new.source)
+
+
+def _log_signing(queue_id: str, signing: Signing) -> None:
+    match signing.outcome:
+        case SignOutcome.SIGNED:
+            selectors = ",".join(signing.selectors)
+            log.info("dkim id=%s signed d=%s s=%s", queue_id, signing.domain, selectors)
+        case SignOutcome.NO_KEY:
+            log.info("dkim id=%s not signed: no key for %s", queue_id, signing.domain)
+        case SignOutcome.NO_AUTHOR:
+            log.info("dkim id=%s not signed: %s", queue_id, signing.detail)
+        case SignOutcome.FAILED:
+            log.warning("dkim id=%s queued unsigned: %s", queue_id, signing.detail)
+        case SignOutcome.NOT_OURS:
+            pass  # relayed mail: signing was never in question
 
 
 def _listen_failed(host: str, port: int, exc: OSError) -> ListenFailed:

@@ -7,6 +7,7 @@ the inbound server normalises bare LF / bare CR on the way in.
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import NamedTuple
 
@@ -50,6 +51,19 @@ class Envelope(_EnvelopeFields):
     @property
     def needs_smtputf8(self) -> bool:
         return any(not a.isascii() for a in (self.sender, *self.recipients))
+
+
+class Origin(enum.StrEnum):
+    """Who handed a message to the queue: decides, among others, whether we sign it (DKIM)."""
+
+    LOCAL = "local"
+    """The maildrop (sendmail), and mail the daemon writes itself (TLS reports)."""
+    AUTHENTICATED = "authenticated"
+    """An SMTP client that logged in (AUTH)."""
+    RELAY_NETWORKS = "relay_networks"
+    """An SMTP client in the listener's relay_networks, not logged in."""
+    OUTSIDE = "outside"
+    """Anyone else: mail relayed to us from other MTAs; it is theirs, never signed by us."""
 
 
 def qualify(name: str, domain: str) -> str:

@@ -245,6 +245,15 @@ def _database(path: Path) -> Iterator[Problem]:
 
 
 Check = Callable[[Config], Iterable[Problem]]
-CHECKS: tuple[Check, ...] = (_server_settings, _root, _aliases, _queue_directory)
+def _dkim_keys(config: Config) -> Iterator[Problem]:
+    if not config.dkim:
+        return  # no [dkim]: its code is not even imported
+    from .dkim.keys import check_dkim_keys
+
+    for error in check_dkim_keys(config):
+        yield _config_problem(error)
+
+
+CHECKS: tuple[Check, ...] = (_server_settings, _root, _aliases, _queue_directory, _dkim_keys)
 
 __all__ = ["CHECKS", "PreflightFailed", "Problem", "check_server_config", "preflight"]

@@ -25,7 +25,7 @@ from relaymail.errors import QueueFull
 from relaymail.inbound import ListenerHandle, start_listener
 from relaymail.inbound.recipient_verification import RecipientVerifier
 from relaymail.listener_settings import ListenerSettings
-from relaymail.message import Envelope
+from relaymail.message import Envelope, Origin
 from relaymail.message_data import MessageData
 from relaymail.passwords import PasswordHash, hash_password
 from relaymail.queue import TraceHeader
@@ -42,26 +42,31 @@ ELSEWHERE = (ipaddress.ip_network("192.0.2.0/24"),)
 @dataclass
 class MemorySpool:
     messages: list[tuple[Envelope, bytes]] = field(default_factory=list)
+    origins: list[Origin] = field(default_factory=list)  # one per message, in order
 
     async def __call__(
-        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float = 0.0
-    ) -> str:
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *,
+        arrived: float = 0.0, origin: Origin,
+    ) -> str:  # fmt: skip
         queue_id = f"Q{len(self.messages) + 1:04d}"
         self.messages.append((envelope, trace(queue_id) + data.read()))
+        self.origins.append(origin)
         return queue_id
 
 
 class FullSpool:
     async def __call__(
-        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float = 0.0
-    ) -> str:
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *,
+        arrived: float = 0.0, origin: Origin,
+    ) -> str:  # fmt: skip
         raise QueueFull("disk full")
 
 
 class BrokenSpool:
     async def __call__(
-        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float = 0.0
-    ) -> str:
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *,
+        arrived: float = 0.0, origin: Origin,
+    ) -> str:  # fmt: skip
         raise RuntimeError("secret internal detail /var/spool/relaymail")
 
 
@@ -74,11 +79,12 @@ class SlowSpool(MemorySpool):
         self.started = asyncio.Event()
 
     async def __call__(
-        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float = 0.0
-    ) -> str:
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *,
+        arrived: float = 0.0, origin: Origin,
+    ) -> str:  # fmt: skip
         self.started.set()
         await self.release.wait()
-        return await super().__call__(envelope, data, trace)
+        return await super().__call__(envelope, data, trace, origin=origin)
 
 
 # --------------------------------------------------------------------------- TLS and users

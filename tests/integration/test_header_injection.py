@@ -21,7 +21,7 @@ import pytest
 
 from relaymail.config import load_config
 from relaymail.inbound.pickup import Pickup, open_maildrop
-from relaymail.message import Envelope
+from relaymail.message import Envelope, Origin
 from relaymail.message_data import MessageData
 from relaymail.queue.memory import MemoryStore
 from relaymail.queue.store import TraceHeader
@@ -69,8 +69,9 @@ async def queued(tmp_path: Path, policy: Policy = email.policy.default) -> list[
     spooled: list[bytes] = []
 
     async def spool(
-        envelope: Envelope, data: MessageData, trace: TraceHeader, *, pickup: str, arrived: float
-    ) -> str:
+        envelope: Envelope, data: MessageData, trace: TraceHeader, *, origin: Origin,
+        pickup: str, arrived: float,
+    ) -> str:  # fmt: skip
         spooled.append(data.read())
         return f"Q{len(spooled)}"
 

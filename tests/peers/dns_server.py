@@ -247,12 +247,15 @@ class DNSServer:
         *,
         host: str = "127.0.0.1",
         workdir: Path | None = None,
+        port: int = 0,
     ) -> None:
+        """`port` 0: a free one; 53 in a network namespace of its own (tests.peers.opendkim)."""
         if host not in ("127.0.0.1", "::1"):
             raise ValueError(f"test peers listen on loopback only, not {host!r}")
         self.entries = tuple(entries)
         self.host = host
         self.port = 0
+        self._fixed_port = port
         self._zone = root_zone(self.entries)
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self._workdir = workdir
@@ -269,7 +272,7 @@ class DNSServer:
         deadline = time.monotonic() + timeout
         # Another process may take the port between our probe and unbound's bind: retry.
         while True:
-            self.port = _free_port(self.host)
+            self.port = self._fixed_port or _free_port(self.host)
             config = self._workdir / "unbound.conf"
             config.write_text(_config(self.host, self.port, self._workdir))
             log = self._workdir / "unbound.log"
@@ -284,7 +287,7 @@ class DNSServer:
             if self._wait_ready(deadline):
                 return
             self._process.wait()
-            if time.monotonic() > deadline or "bind" not in log.read_text():
+            if time.monotonic() > deadline or self._fixed_port or "bind" not in log.read_text():
                 raise RuntimeError(f"unbound did not start:\n{log.read_text()}")
 
     def _wait_ready(self, deadline: float) -> bool:

@@ -92,6 +92,17 @@ def _global_options() -> argparse.ArgumentParser:
 GLOBAL_DEFAULTS = {"config": None, "json": False, "log_json": False, "log_level": "INFO"}
 
 
+def _selector(text: str) -> str:
+    """An argparse type: a DKIM selector (the reader of [dkim] ... selector)."""
+    from ..dkim.settings import selector
+    from ..errors import ConfigError
+
+    try:
+        return selector(text, "SELECTOR")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _global_options()
     parser = _Parser(prog="relaymail", description="relaymail mail transfer agent",
@@ -148,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     show = command(tlsrpt_actions, "show", "what would be reported for today so far")
     show.add_argument("domain", nargs="?", type=_domain)
 
+    dkim = command(commands, "dkim", "DKIM keys")
+    dkim_actions = dkim.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    keygen = command(
+        dkim_actions, "keygen", "write a new key (mode 0600) and print the DNS TXT record"
+    )
+    keygen.add_argument("domain", type=_domain)
+    keygen.add_argument("selector", type=_selector)
+    keygen.add_argument("--type", choices=["rsa", "ed25519"], default="rsa")
+    keygen.add_argument("--bits", type=_count(2048, 4096), help="RSA only (default 2048)")
+    keygen.add_argument(
+        "--dir", type=Path, help="write DIR/DOMAIN.SELECTOR.key (default .; else -C's key_file)"
+    )
+
     install = command(
         commands, "install-system", "create the service user, spool, configuration and unit"
     )
@@ -201,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "queue": _queue,
         "passwd": _passwd,
         "tls": _tls,
+        "dkim": _dkim,
         "tlsrpt": _tlsrpt,
         "install-system": _install_system,
     }[args.command]
@@ -365,6 +390,17 @@ def _tls(args: argparse.Namespace) -> int:
     from .tls import forget
 
     return forget(_config(args.config), args.domain)
+
+
+def _dkim(args: argparse.Namespace) -> int:
+    from .dkim import keygen
+
+    if args.config and args.dir:
+        print("relaymail dkim keygen: --config and --dir name two places for the key",
+              file=sys.stderr)  # fmt: skip
+        return EX_USAGE
+    # Only --config is read: the key's place must not depend on $RELAYMAIL_CONFIG.
+    return keygen(args, _config(args.config) if args.config else None)
 
 
 def _tlsrpt(args: argparse.Namespace) -> int:

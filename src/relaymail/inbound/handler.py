@@ -19,7 +19,7 @@ from ..accounts import UserAccount
 from ..address_set import AddressSet
 from ..errors import QueueFull
 from ..listener_settings import ListenerMode, LongLines
-from ..message import Envelope, domain_of, message_id, qualify
+from ..message import Envelope, Origin, domain_of, message_id, qualify
 from ..message_data import MessageData
 from ..observe import RejectReason
 from ..passwords import PasswordHash
@@ -52,11 +52,14 @@ class Spool(Protocol):
     """Where accepted mail goes: the queue's entry point."""
 
     async def __call__(
-        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, arrived: float
-    ) -> str:
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *,
+        arrived: float, origin: Origin,
+    ) -> str:  # fmt: skip
         """Store ``trace(queue id) + data`` durably (fsync'd) and return the queue id.
 
         ``arrived``: when the client began the transaction (MAIL FROM), wall clock.
+
+        ``origin`` says who sent it (DKIM signs only our own users' mail).
 
         Raises relaymail.errors.QueueFull when the queue cannot take it.
         """
@@ -212,8 +215,14 @@ class InboundHandler:
         )
         message = Envelope(sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos))
         mid, size = message_id(data.head()), data.size  # read before the spool closes the data
+        if session.authenticated:
+            origin = Origin.AUTHENTICATED
+        elif is_trusted(self.settings, server.client_ip()):
+            origin = Origin.RELAY_NETWORKS
+        else:
+            origin = Origin.OUTSIDE
         try:
-            queue_id = await self._spool(message, data, trace, session.mail_started)
+            queue_id = await self._spool(message, data, trace, session.mail_started, origin)
         except QueueFull:
             server.explain_refusal(RejectReason.QUEUE_UNAVAILABLE, "queue full")
             return "452 4.3.1 Insufficient system storage"
@@ -261,13 +270,16 @@ class InboundHandler:
         return None
 
     async def _spool(
-        self, message: Envelope, data: MessageData, trace: TraceHeader, arrived: float
-    ) -> str:
+        self, message: Envelope, data: MessageData, trace: TraceHeader, arrived: float,
+        origin: Origin,
+    ) -> str:  # fmt: skip
         # Shielded: once the queue has started writing, it finishes even if the
         # client goes away (the worst outcome is a duplicate after the client
         # retries, never a half-written entry). close() waits for these. The
         # data is dropped when the write is over, not when the client is.
-        task = asyncio.ensure_future(self.spool(message, data, trace, arrived=arrived))
+        task = asyncio.ensure_future(
+            self.spool(message, data, trace, arrived=arrived, origin=origin)
+        )
         spooling = self.listener.spooling
         spooling.add(task)
         task.add_done_callback(_spool_done(spooling, data))

@@ -46,7 +46,7 @@ from ..maildrop import (
     is_file_name,
     local_address,
 )
-from ..message import Envelope, message_id
+from ..message import Envelope, Origin, message_id
 from ..message_data import CHUNK, MessageData
 from ..queue import Store
 from ..queue.files import prepare_directory
@@ -64,8 +64,8 @@ BATCH = 500  # files per scan before their names are forgotten
 
 class Spool(Protocol):
     def __call__(
-        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, pickup: str,
-        arrived: float,
+        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, origin: Origin,
+        pickup: str, arrived: float,
     ) -> Awaitable[str]: ...
 
 
@@ -218,7 +218,9 @@ class Pickup:
                 recipients=envelope.recipients,
             )
             # The file's mtime: when sendmail finished writing it (delays=a).
-            queue_id = await self.spool(envelope, data, trace, pickup=name, arrived=info.st_mtime)
+            queue_id = await self.spool(
+                envelope, data, trace, origin=Origin.LOCAL, pickup=name, arrived=info.st_mtime
+            )
         except FileNotFoundError:
             return False
         except QueueFull:
