@@ -96,12 +96,14 @@ def _server_settings(config: Config) -> Iterator[Problem]:
         if listener.mode != "relay" and listener.tls_cert_file is None:
             yield Problem(f"listener[{i}].tls_cert_file", f"a {listener.mode} listener needs one")
     if config.server.user is not None:
-        from .service import lookup_user
+        from .service import lookup_user, switch_problem
 
         try:
-            lookup_user(config.server.user)
+            refusal = switch_problem(lookup_user(config.server.user))
         except ConfigError as exc:
-            yield _config_problem(exc)
+            refusal = exc
+        if refusal is not None:
+            yield _config_problem(refusal)
     if config.admin is not None:
         from .admin.settings import load_token
 
@@ -150,12 +152,15 @@ def _account(config: Config) -> _Account | None:
         except KeyError:
             name = f"uid {uid}"
         return _Account(name, uid, frozenset({os.getegid(), *os.getgroups()}))
+    from .service import lookup_user, switch_problem
+
     try:
-        entry = pwd.getpwnam(config.server.user)
-    except KeyError:
+        user = lookup_user(config.server.user)
+    except ConfigError:
         return None  # said by _server_settings
-    gids = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid))
-    return _Account(entry.pw_name, entry.pw_uid, gids)
+    if switch_problem(user) is not None:
+        return None  # said too; the queue would not be opened as that user at all
+    return _Account(user.name, user.uid, frozenset(os.getgrouplist(user.name, user.gid)))
 
 
 def _bits(path: Path, account: _Account) -> int:
@@ -174,8 +179,8 @@ def _may_write(path: Path, account: _Account, *, directory: bool) -> bool:
         # The kernel's own answer: ACLs, read-only mounts, immutable files, the path's
         # directories included.
         return os.access(path, wanted)
-    # Another account: the mode bits on the way and at the end, and what stops even
-    # root (a read-only mount, the immutable attribute).
+    # Another account (we are root, about to become it): the mode bits on the way and
+    # at the end, and what stops even root (a read-only mount, the immutable attribute).
     if not all(_bits(parent, account) & os.X_OK for parent in path.absolute().parents):
         return False
     return _bits(path, account) & wanted == wanted and os.access(path, os.W_OK)

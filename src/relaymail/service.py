@@ -30,6 +30,7 @@ __all__ = [
     "lookup_user",
     "must_drop_root",
     "notify_systemd",
+    "switch_problem",
 ]
 
 log = logging.getLogger("relaymail.daemon")
@@ -82,12 +83,8 @@ def become(user: ServiceUser) -> bool:
     """
     if (os.getuid(), os.geteuid()) == (user.uid, user.uid):
         return False
-    if os.geteuid() != 0:
-        raise ConfigError(
-            USER_KEY,
-            f"started as uid {os.geteuid()}, which cannot become {user.name!r}:"
-            " start relaymail as root or as that user",
-        )
+    if refusal := switch_problem(user):
+        raise refusal
     os.initgroups(user.name, user.gid)
     os.setgid(user.gid)
     os.setuid(user.uid)  # sets real, effective and saved uid: no way back
@@ -99,6 +96,17 @@ def become(user: ServiceUser) -> bool:
         raise ConfigError(USER_KEY, f"could not drop root for {user.name!r}")
     log.info("running as %s (uid %d, gid %d)", user.name, user.uid, user.gid)
     return True
+
+
+def switch_problem(user: ServiceUser) -> ConfigError | None:
+    """Why this process cannot become `user` (only root can switch), or None."""
+    if os.geteuid() == 0 or (os.getuid(), os.geteuid()) == (user.uid, user.uid):
+        return None
+    return ConfigError(
+        USER_KEY,
+        f"started as uid {os.geteuid()}, which cannot become {user.name!r}:"
+        " start relaymail as root or as that user",
+    )
 
 
 def host_name_problem(name: str) -> str | None:
