@@ -83,8 +83,19 @@ async def test_status_page_in_chromium_shows_delivered_deferred_and_clear_after_
                 await asyncio.sleep(0.1)
         rendered = await render(base + "/", tmp_path / "chromium")
         message = await get(f"{base}/message/{deferred_id}")
+        metrics = gauges((await get(base + "/metrics")).text)
     finally:
         assert await daemon.stop() == 0
+
+    # The daemon's own counters, fed by the events its log lines come from.
+    assert metrics[("relaymail_deliveries_total", (("status", "sent"),))] == 2
+    assert metrics[("relaymail_deliveries_total", (("status", "deferred"),))] == 1
+    clear_after_454 = (("action", "continue_clear"), ("event", "tempfail"), ("level", "may"))
+    assert metrics[("relaymail_tls_decisions_total", clear_after_454)] == 1
+    verified = (("action", "use_tls"), ("event", "verified"), ("level", "may"))
+    assert metrics[("relaymail_tls_decisions_total", verified)] == 2
+    assert metrics[("relaymail_delivery_seconds_count", ())] == 2
+    assert metrics[("relaymail_queue_messages", (("state", "deferred"),))] == 1
 
     text, tables = page_parts(rendered.dom)
     assert rendered.console == ()  # no script, no CSP violation, no error of any kind
