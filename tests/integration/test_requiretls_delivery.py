@@ -6,7 +6,8 @@ results) and the server's transcript (what crossed the wire, in clear or in TLS)
 
 from __future__ import annotations
 
-from relaymail.delivery import AttemptResult, Status
+from relaymail.delivery import AttemptResult, DeliveryEngine, Status
+from relaymail.message import Envelope
 from tests.integration.conftest import MESSAGE, config_for, deliver, envelope_lines
 from tests.peers.certs import unknown_ca_server_context
 from tests.peers.smtp_server import DEFAULT_CAPABILITIES, Script
@@ -145,13 +146,39 @@ async def test_a_4xx_at_a_qualifying_host_defers_as_usual(smtp_peer, ca_file):
     assert result.reply is not None and result.reply.startswith("451")
 
 
-async def test_tls_required_no_does_not_lift_requiretls(smtp_peer, ca_file):
-    peer = await smtp_peer(Script())
-    relaxed = b"TLS-Required: No\r\n" + MESSAGE
+async def test_an_smtps_route_is_held_to_requiretls_like_starttls(smtp_peer, ca_file):
+    offering = await smtp_peer(
+        Script(implicit_tls=True, ehlo=OFFERS_REQUIRETLS, ehlo_after_tls=OFFERS_REQUIRETLS)
+    )
+    silent = await smtp_peer(Script(implicit_tls=True))
+    routes = [f"smtps://127.0.0.1:{peer.port}" for peer in (offering, silent)]
 
-    [result] = await deliver(
-        config_for([peer], ca_file=ca_file, level="verify"), data=relaxed, requiretls=True
+    [delivered] = await deliver(
+        config_for(routes[:1], ca_file=ca_file, level="verify"), requiretls=True
+    )
+    [bounced] = await deliver(
+        config_for(routes[1:], ca_file=ca_file, level="verify"), requiretls=True
     )
 
-    assert (result.status, result.enhanced_status) == (Status.BOUNCED, "5.7.30")
-    assert envelope_lines(peer) == []
+    assert delivered.status is Status.DELIVERED, delivered.reason
+    assert [line.endswith(" REQUIRETLS") for _, line in mail_lines(offering)] == [True]
+    assert (bounced.status, bounced.enhanced_status) == (Status.BOUNCED, "5.7.30")
+    assert envelope_lines(silent) == []
+
+
+async def test_a_session_kept_from_other_mail_is_not_reused_for_a_requiretls_message(
+    smtp_peer, ca_file
+):
+    peer = await smtp_peer(Script())  # verified TLS, no REQUIRETLS: fine for other mail
+    engine = DeliveryEngine(config_for([peer], ca_file=ca_file, level="verify"))
+    try:
+        [plain] = await engine.deliver(Envelope("a@sender.test", ("u@dest.test",)), MESSAGE)
+        [flagged] = await engine.deliver(
+            Envelope("a@sender.test", ("u@dest.test",), requiretls=True), MESSAGE
+        )
+    finally:
+        await engine.close()
+
+    assert plain.status is Status.DELIVERED, plain.reason
+    assert (flagged.status, flagged.enhanced_status) == (Status.BOUNCED, "5.7.30")
+    assert len(peer.transactions) == 1 and peer.connections == 2
