@@ -84,6 +84,10 @@ async def test_the_flag_survives_a_restart_and_goes_on_to_the_next_hop(
     shown = await queue_show(config, queue_id)
     assert shown["requiretls"] is True
     assert [r["state"] for r in shown["recipients"]] == ["deferred"]
+    code, text, err = await run_command(RELAYMAIL, "queue", "--config", str(config), "show",
+                                        queue_id)  # fmt: skip
+    assert code == 0, err
+    assert "REQUIRETLS" in text.splitlines()[0]
 
     peer: SMTPPeer = await smtp_peer(Script(ehlo_after_tls=OFFERS_REQUIRETLS), port=next_hop_port)
     await daemon.start()
