@@ -44,9 +44,7 @@ async def submit_with_requiretls(port: int, tls_ca: trustme.CA) -> str:
     """MAIL FROM with REQUIRETLS over STARTTLS; the queue id from the 250."""
     client, _ = await Client.connect(port)
     try:
-        await client.command("EHLO client.example")
-        await client.starttls(client_context(tls_ca))
-        ehlo = await client.command("EHLO client.example")
+        ehlo = await client.hello_over_tls(client_context(tls_ca))
         assert "REQUIRETLS" in [line[4:] for line in ehlo.lines]
         assert (await client.command(f"MAIL FROM:<{SENDER}> REQUIRETLS")).code == 250
         assert (await client.command(f"RCPT TO:<{RECIPIENT}>")).code == 250

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+import pytest
+
 from relaymail.listener_settings import ListenerMode
 from relaymail.message import Envelope
 from tests.integration.inbound_harness import MESSAGE, USER, Listen, swaks
@@ -49,9 +51,7 @@ async def test_mail_with_requiretls_over_starttls_is_queued_with_the_flag(
 ) -> None:
     handle, spool = await listen()
     client, _ = await clients(handle.port)
-    await client.command("EHLO client.example")
-    await client.starttls(client_tls)
-    await client.command("EHLO client.example")
+    await client.hello_over_tls(client_tls)
 
     mail = await client.command(f"MAIL FROM:<{SENDER}> REQUIRETLS")
     rcpt = await client.command(f"RCPT TO:<{RECIPIENT}>")
@@ -68,34 +68,31 @@ async def test_mail_with_requiretls_over_starttls_is_queued_with_the_flag(
     ]
 
 
-async def test_mail_with_requiretls_in_clear_is_refused_530_5_7_10(
-    listen: Listen, clients: Any
-) -> None:
+@pytest.mark.parametrize(
+    ("over_tls", "parameters", "refusal"),
+    [
+        (False, "REQUIRETLS", (530, "5.7.10")),  # RFC 5248's "Encryption needed"
+        (True, "REQUIRETLS=YES", (501, "5.5.4")),  # it takes no value
+        (True, "REQUIRETLS REQUIRETLS", (501, "5.5.4")),
+    ],
+)
+async def test_requiretls_in_clear_or_malformed_is_refused_and_the_session_goes_on(
+    listen: Listen, clients: Any, client_tls: ssl.SSLContext, over_tls: bool, parameters: str,
+    refusal: tuple[int, str],
+) -> None:  # fmt: skip
     handle, spool = await listen()
     client, _ = await clients(handle.port)
-    await client.command("EHLO client.example")
+    if over_tls:
+        await client.hello_over_tls(client_tls)
+    else:
+        await client.command("EHLO client.example")
 
-    refused = await client.command(f"MAIL FROM:<{SENDER}> REQUIRETLS")
-    # The refusal ends nothing: the same client may send without the parameter.
+    refused = await client.command(f"MAIL FROM:<{SENDER}> {parameters}")
     _, plain = await client.send_message(SENDER, [RECIPIENT], MESSAGE)
 
-    assert (refused.code, refused.text.split()[0]) == (530, "5.7.10")
+    assert (refused.code, refused.text.split()[0]) == refusal
     assert plain.code == 250
     assert [envelope.requiretls for envelope, _ in spool.messages] == [False]
-
-
-async def test_requiretls_with_a_value_is_a_syntax_error(
-    listen: Listen, clients: Any, client_tls: ssl.SSLContext
-) -> None:
-    handle, _ = await listen()
-    client, _ = await clients(handle.port)
-    await client.command("EHLO client.example")
-    await client.starttls(client_tls)
-    await client.command("EHLO client.example")
-
-    reply = await client.command(f"MAIL FROM:<{SENDER}> REQUIRETLS=YES")
-
-    assert (reply.code, reply.text.split()[0]) == (501, "5.5.4")
 
 
 async def test_implicit_tls_offers_and_takes_requiretls(
