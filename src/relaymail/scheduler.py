@@ -480,7 +480,9 @@ class Scheduler:
         notice = build(
             original_sender=entry.sender,
             queue_id=entry.id,
-            original_headers=_quotable_head(body),
+            # The notice may travel in clear: of a REQUIRETLS message (RFC 8689) it
+            # quotes no header field, since its Subject: is as private as its body.
+            original_headers=b"" if entry.requiretls else _quotable_head(body),
             recipients=[dsn.recipient_facts(r, last_attempt=now) for r in results],
             reporting_mta=self.hostname,
             arrival_date=_utc(entry.received_at),

@@ -123,4 +123,6 @@ async def test_a_next_hop_without_requiretls_bounces_5_7_30_and_the_dsn_says_why
     assert "Status: 5.7.30" in text and "Action: failed" in text
     explanation = next(p for p in bounce.iter_parts() if p.get_content_type() == "text/plain")
     assert "REQUIRETLS" in explanation.get_content()
+    # Nothing of the message itself goes back, perhaps in clear: not even its Subject:.
+    assert b"Subject: hi" not in mailbox.transactions[0].data
     assert f"result={AttemptResult.REQUIRETLS_REFUSED.value}" in daemon.text()
