@@ -38,6 +38,7 @@ from .delivery import DeliveryEngine, RecipientResult, Status
 from .errors import BodyUnreadable, QueueFull
 from .message import Envelope, domain_of
 from .message_data import MessageData
+from .outcome_event import delivery_event, iso_time
 from .queue.backlog import WriteBacklog
 from .queue.store import (
     AdminAction,
@@ -384,7 +385,7 @@ class Scheduler:
             if not (result.body_unreadable or entry.requiretls):
                 self._note_destination(result, now, pending)
             updates.append(_update(entry.id, result, status, pending, now, reason))
-            observe.emit(_delivery_event(entry, result, expired, pending.due, started, now))
+            observe.emit(delivery_event(entry, result, expired, pending.due, started, now))
             if self.history is not None:
                 self.history.record(entry.id, result, status, reason, now)
         final = [(entry.id, u.recipient) for u in updates if u.state.is_final]
@@ -424,7 +425,7 @@ class Scheduler:
                 observe.Delivery(
                     entry.id, rcpt, observe.DeliveryStatus.DEFERRED, sender=entry.sender,
                     delay=round(now - entry.received_at + entry.before_queue, 3), dsn="4.4.1",
-                    next_attempt=_iso(until),
+                    next_attempt=iso_time(until),
                     reason=f"delivery temporarily suspended: destination down ({reason})",
                 )
             )  # fmt: skip
@@ -564,41 +565,6 @@ def _expired(result: RecipientResult, reason: str) -> RecipientResult:
     from dataclasses import replace
 
     return replace(result, status=Status.BOUNCED, reason=reason)
-
-
-_STATUS_WORDS = {
-    Status.DELIVERED: observe.DeliveryStatus.SENT,
-    Status.DEFERRED: observe.DeliveryStatus.DEFERRED,
-    Status.BOUNCED: observe.DeliveryStatus.BOUNCED,
-}
-# RFC 3463 class codes, as Postfix gives them when no reply carried one.
-_DEFAULT_DSN = {Status.DELIVERED: "2.0.0", Status.DEFERRED: "4.0.0", Status.BOUNCED: "5.0.0"}
-
-
-def _delivery_event(
-    entry: Entry, result: RecipientResult, expired: bool, due: float, started: float, now: float
-) -> observe.Delivery:
-    """The delivery line of one recipient's outcome (`result` already says bounced if expired)."""
-    tls = result.tls
-    status = observe.DeliveryStatus.EXPIRED if expired else _STATUS_WORDS[result.status]
-    deferred = result.status is Status.DEFERRED
-    return observe.Delivery(
-        entry.id, result.recipient, status, sender=entry.sender, relay=result.relay,
-        delay=round(now - entry.received_at + entry.before_queue, 3),
-        delays=observe.Delays(
-            entry.before_queue, max(0.0, started - entry.received_at),
-            result.setup_seconds, result.transmission_seconds,
-        ),
-        dsn=result.enhanced_status or _DEFAULT_DSN[result.status],
-        tls=observe.tls_words(tls.used, tls.version, tls.verified),
-        policy=result.policy, decision=result.decision,
-        next_attempt=_iso(due) if deferred else None,
-        reply=result.reply, reason=result.reason,
-    )  # fmt: skip
-
-
-def _iso(timestamp: float) -> str:
-    return _utc(timestamp).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _quotable_head(body: MessageBody) -> bytes:

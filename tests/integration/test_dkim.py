@@ -197,6 +197,7 @@ async def test_authenticated_and_local_mail_is_signed(smtp_peer, ca_file, tmp_pa
                    "relay_networks": ["192.0.2.0/24"],
                    "tls_cert_file": tmp_path / "cert.pem", "tls_key_file": tmp_path / "key.pem"}],
         users={"ann": hash_password("secret", log2_n=10)},
+        local={"domain": "example.org"},  # ann's own address is ann@example.org
     )  # fmt: skip
     config.write_text(config.read_text() + dkim_table([("ed2026", key_file)]))
     open_maildrop(tmp_path / "queue")

@@ -123,7 +123,9 @@ async def test_a_50_mb_message_is_queued_and_delivered_byte_exact(smtp_peer, tmp
     assert rest and b"From: a@src.test\r\n" + rest == message
     assert received.startswith(b"Received: from client.test")
     assert f"with ESMTP id {queue_id}".encode() in received
-    assert f"accepted {queue_id} from=<a@src.test> nrcpt=1 size={len(message)}" in daemon.text()
+    [accepted] = [line for line in daemon.text().splitlines() if "relaymail.accepted: " in line]
+    assert f"{queue_id}: " in accepted
+    assert f"from=<a@src.test>, size={len(message)}, nrcpt=1" in accepted
 
 
 async def test_one_octet_over_the_limit_is_refused_after_its_dot_and_nothing_is_queued(
@@ -178,13 +180,14 @@ async def test_a_20_mb_message_from_sendmail_is_picked_up_whole(tmp_path: Path):
         )  # fmt: skip
         assert (code, err) == (0, "")
         async with asyncio.timeout(60):
-            while "picked up" not in daemon.text():
+            while "relaymail.pickup: " not in daemon.text():
                 await asyncio.sleep(0.1)
     finally:
         assert await daemon.stop() == 0
     [(size, body)] = queued_bodies(tmp_path / "queue")
     assert size == len(body) and body.endswith(message)
-    picked = re.search(r"picked up .* from=<a@src.test> size=(\d+) message-id=(\S+)", daemon.text())
+    picked = re.search(r"relaymail\.pickup: .* from=<a@src.test>, size=(\d+), message-id=(\S+)",
+                       daemon.text())  # fmt: skip
     assert picked, daemon.text()
     # The pickup's own fields (Date, Message-ID) came in front, after the trace header.
     added = body[body.index(b"\r\nDate: ") + 2 : -len(message)]
