@@ -31,6 +31,7 @@ class Entry:
     warned: bool
     recipients: dict[str, WaitingRecipient]
     before_queue: float = 0.0  # delays=a: MAIL FROM to the commit; unknown after a restart
+    requiretls: bool = False  # RFC 8689: delivered only over verified TLS with REQUIRETLS
 
     @property
     def due(self) -> float:

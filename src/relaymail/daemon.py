@@ -234,7 +234,7 @@ class Daemon:
         found = self.aliases.expansions(envelope.recipients)
         changed = [e for e in found if e.changed]
         if changed:
-            envelope = Envelope(envelope.sender, merged(found))
+            envelope = Envelope(envelope.sender, merged(found), envelope.requiretls)
         signing = await self._dkim_sign(data, origin)
         if signing.signatures:
             if isinstance(data, MessageData):

@@ -27,10 +27,14 @@ DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
 class _EnvelopeFields(NamedTuple):
     sender: str
     recipients: tuple[str, ...]
+    requiretls: bool = False
 
 
 class Envelope(_EnvelopeFields):
     """The SMTP envelope: reverse-path ("" for the null sender) and forward-paths.
+
+    `requiretls`: MAIL FROM carried RFC 8689's REQUIRETLS, so every hop must be
+    verified TLS to a server that offers REQUIRETLS, or the mail bounces.
 
     Immutable, compared by value, checked when made. A NamedTuple rather than a
     dataclass: `sendmail` checks its envelope here, and the dataclasses module
@@ -39,14 +43,16 @@ class Envelope(_EnvelopeFields):
 
     __slots__ = ()
 
-    def __new__(cls, sender: str, recipients: tuple[str, ...]) -> Envelope:
+    def __new__(
+        cls, sender: str, recipients: tuple[str, ...], requiretls: bool = False
+    ) -> Envelope:
         if sender:
             check_address(sender)
         if not recipients:
             raise AddressError("an envelope needs at least one recipient")
         for rcpt in recipients:
             check_address(rcpt)
-        return super().__new__(cls, sender, tuple(recipients))
+        return super().__new__(cls, sender, tuple(recipients), requiretls)
 
     @property
     def needs_smtputf8(self) -> bool:

@@ -253,6 +253,7 @@ class Scheduler:
         entry = Entry(
             message.id, message.envelope.sender, message.received_at, False,
             {r: WaitingRecipient(0, now) for r in message.envelope.recipients}, before,
+            requiretls=message.envelope.requiretls,
         )  # fmt: skip
         if self._window.put(entry):
             self._wake.set()
@@ -292,6 +293,7 @@ class Scheduler:
             message.id, message.sender, message.received_at, message.warned,
             {r.address: WaitingRecipient(r.attempts, r.next_attempt) for r in message.recipients
              if r.address not in settling},
+            requiretls=message.requiretls,
         )  # fmt: skip
         if not entry.recipients or message.held:
             self._leave(message.id)  # a held message waits on disk for its release
@@ -355,7 +357,7 @@ class Scheduler:
                 await self._body_missing(entry)
                 return
             results = await self.engine.deliver(
-                Envelope(entry.sender, tuple(due)), body, queue_id=entry.id
+                Envelope(entry.sender, tuple(due), entry.requiretls), body, queue_id=entry.id
             )
         now = self._clock()
         bounced: list[RecipientResult] = []
@@ -378,7 +380,9 @@ class Scheduler:
                 del entry.recipients[result.recipient]
                 if status is Status.BOUNCED:
                     bounced.append(result)
-            if not result.body_unreadable:  # the destination did nothing wrong
+            # Neither an unreadable body nor a REQUIRETLS refusal says the destination is
+            # down for the other mail: the fault, or the requirement, is this message's.
+            if not (result.body_unreadable or entry.requiretls):
                 self._note_destination(result, now, pending)
             updates.append(_update(entry.id, result, status, pending, now, reason))
             observe.emit(delivery_event(entry, result, expired, pending.due, started, now))
@@ -477,7 +481,9 @@ class Scheduler:
         notice = build(
             original_sender=entry.sender,
             queue_id=entry.id,
-            original_headers=_quotable_head(body),
+            # The notice may travel in clear: of a REQUIRETLS message (RFC 8689) it
+            # quotes no header field, since its Subject: is as private as its body.
+            original_headers=b"" if entry.requiretls else _quotable_head(body),
             recipients=[dsn.recipient_facts(r, last_attempt=now) for r in results],
             reporting_mta=self.hostname,
             arrival_date=_utc(entry.received_at),

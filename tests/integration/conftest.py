@@ -69,10 +69,12 @@ async def deliver(
     recipients: Sequence[str] = ("u@dest.test",),
     data: bytes = MESSAGE,
     sender: str = "a@sender.test",
+    *,
+    requiretls: bool = False,
 ) -> list[RecipientResult]:
     engine = DeliveryEngine(config)
     try:
-        return await engine.deliver(Envelope(sender, tuple(recipients)), data)
+        return await engine.deliver(Envelope(sender, tuple(recipients), requiretls), data)
     finally:
         await engine.close()
 

@@ -217,6 +217,12 @@ class Client:
         assert (await self.command("STARTTLS")).code == 220
         await self.writer.start_tls(tls, server_hostname="localhost")
 
+    async def hello_over_tls(self, tls: ssl.SSLContext) -> Reply:
+        """EHLO, STARTTLS, EHLO again: the reply to the one inside TLS."""
+        await self.command("EHLO client.example")
+        await self.starttls(tls)
+        return await self.command("EHLO client.example")
+
     async def login(self, user: str = USER, password: str = PASSWORD) -> Reply:
         token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
         return await self.command(f"AUTH PLAIN {token}")

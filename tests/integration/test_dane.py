@@ -36,7 +36,7 @@ from relaymail.tls.reporting import TlsReportStore, preview_reports
 from tests.integration.conftest import MESSAGE
 from tests.peers.dns_server import AAAA, CNAME, MX, TLSA, A, DNSServerFactory, Record
 from tests.peers.dnssec_zone import DNSSECResolver, Security, Zone
-from tests.peers.smtp_server import Script, SMTPPeerFactory
+from tests.peers.smtp_server import DEFAULT_CAPABILITIES, Script, SMTPPeerFactory
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -657,3 +657,29 @@ async def test_an_unsigned_zone_gets_no_dane(
     result = await deliver_to(dane_config(server, peer.port, tmp_path))
     # Without DNSSEC the TLSA record proves nothing: plain `may`, and the seed's fallback.
     assert result.status is Status.DELIVERED and not result.tls.used
+
+
+async def test_dane_authenticates_the_host_for_a_requiretls_message(
+    dnssec_resolver: DNSSECResolverFactory,
+    smtp_peer: SMTPPeerFactory,
+    server_leaf: trustme.LeafCert,
+    tmp_path: Path,
+) -> None:
+    # A CA nobody trusts: the DNSSEC-signed TLSA records alone authenticate the MX (RFC 8689
+    # 4.2.1 takes RFC 7672's authentication as it takes RFC 6125's).
+    context = server_context_with_chain(server_leaf, [], tmp_path)
+    peer = await smtp_peer(
+        Script(ssl_context=context, ehlo_after_tls=(*DEFAULT_CAPABILITIES, "REQUIRETLS"))
+    )
+    server = dnssec_resolver([dane_zone(pem_chain(server_leaf)[0], peer.port)])
+    engine = DeliveryEngine(dane_config(server, peer.port, tmp_path))
+    try:
+        [result] = await engine.deliver(
+            Envelope("a@src.test", ("u@dane.test",), requiretls=True), MESSAGE
+        )
+    finally:
+        await engine.close()
+    assert result.status is Status.DELIVERED, result.reason
+    assert (result.policy or "").startswith("dane(DANE") and "REQUIRETLS" in (result.policy or "")
+    [mail] = [line for line in peer.transcript if line.verb == "MAIL"]
+    assert mail.tls and mail.text.endswith(" REQUIRETLS")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from relaymail.errors import QueueFull, QueueUnavailable, RelaymailError
+from relaymail.message import Envelope
 from relaymail.queue import (
     AdminAction,
     RecipientState,
@@ -126,6 +127,7 @@ async def test_an_older_queue_gets_the_due_index_and_the_refill_reads_through_it
     await store.close()
     with contextlib.closing(raw(queue_dir)) as conn:  # as version 2 left it
         conn.execute("DROP INDEX recipient_due")
+        conn.execute("ALTER TABLE message DROP COLUMN requiretls")
         conn.execute("UPDATE schema_version SET version = 2")
 
     store = SqliteStore.open(queue_dir)
@@ -133,8 +135,42 @@ async def test_an_older_queue_gets_the_due_index_and_the_refill_reads_through_it
     with contextlib.closing(raw(queue_dir)) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
         plan = conn.execute("EXPLAIN QUERY PLAN " + SqliteStore._DUE_SQL, (0.0,)).fetchall()
-    assert versions[-1] == SCHEMA_VERSION == 3
+    assert versions[-1] == SCHEMA_VERSION == 4
     assert any("recipient_due" in row[-1] for row in plan)
+
+
+async def test_a_version_3_queue_keeps_its_mail_and_gains_the_requiretls_flag(
+    queue_dir: Path,
+) -> None:
+    store = SqliteStore.open(queue_dir)
+    queued = await store.enqueue(ENVELOPE, body(1), time.time())
+    await store.close()
+    with contextlib.closing(raw(queue_dir)) as conn:  # as version 3 left it
+        conn.execute("ALTER TABLE message DROP COLUMN requiretls")
+        conn.execute("UPDATE schema_version SET version = 3")
+
+    store = SqliteStore.open(queue_dir)
+    flagged = await store.enqueue(Envelope(*ENVELOPE[:2], requiretls=True), body(2), time.time())
+    pending = {m.id: m.requiretls for m in store.load_pending()}
+    await store.close()
+    assert pending == {queued.id: False, flagged.id: True}
+
+
+async def test_the_requiretls_flag_survives_a_restart(queue_dir: Path) -> None:
+    store = SqliteStore.open(queue_dir)
+    flagged = await store.enqueue(
+        Envelope("a@example.org", ("b@example.com",), requiretls=True), body(1), time.time()
+    )
+    await store.close()
+
+    store = SqliteStore.open(queue_dir)
+    try:
+        [pending] = store.load_pending()
+        detail = store.get_message(flagged.id)
+    finally:
+        await store.close()
+    assert (pending.id, pending.requiretls) == (flagged.id, True)
+    assert detail is not None and detail.requiretls is True
 
 
 # -- admin -------------------------------------------------------------------

@@ -75,6 +75,24 @@ async def test_duplicate_recipients_are_queued_once(store: Store) -> None:
     assert [r.address for r in detail.recipients] == ["b@example.com", "c@example.com"]
 
 
+async def test_the_requiretls_flag_is_kept_with_the_message(store: Store) -> None:
+    flagged = Envelope("a@example.org", ("b@example.com", "b@example.com"), requiretls=True)
+    plain = await store.enqueue(ENVELOPE, body(1), time.time())
+    queued = await store.enqueue(flagged, body(2), time.time())
+
+    assert queued.envelope == Envelope("a@example.org", ("b@example.com",), requiretls=True)
+    assert {m.id: m.requiretls for m in store.load_pending()} == {
+        plain.id: False, queued.id: True,
+    }  # fmt: skip
+    due = store.due_messages(time.time() + 1, 10)
+    assert [(m.id, m.requiretls) for m in due.messages] == [(plain.id, False), (queued.id, True)]
+    pending = store.load_pending_message(queued.id)
+    detail, other = store.get_message(queued.id), store.get_message(plain.id)
+    assert pending is not None and pending.requiretls is True
+    assert detail is not None and detail.requiretls is True
+    assert other is not None and other.requiretls is False
+
+
 async def test_writes_after_close_are_refused(open_store: OpenStore) -> None:
     store = open_store()
     await store.close()

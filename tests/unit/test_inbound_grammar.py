@@ -49,5 +49,14 @@ def test_paths_that_do_not(text: str) -> None:
 
 
 def test_size_takes_ascii_digits_only() -> None:
-    assert mail_param_problem({"SIZE": "²"}, 100) == "501 5.5.4 SIZE takes a number of octets"
-    assert mail_param_problem({"SIZE": "99"}, 100) is None
+    refusal = mail_param_problem({"SIZE": "²"}, 100, tls=False)
+    assert refusal == "501 5.5.4 SIZE takes a number of octets"
+    assert mail_param_problem({"SIZE": "99"}, 100, tls=False) is None
+
+
+def test_requiretls_is_taken_over_tls_only_and_without_a_value() -> None:
+    assert mail_param_problem({"REQUIRETLS": None}, 100, tls=True) is None
+    refused = mail_param_problem({"REQUIRETLS": None}, 100, tls=False)
+    assert refused is not None and refused.startswith("530 5.7.10 ")
+    valued = mail_param_problem({"REQUIRETLS": "YES"}, 100, tls=True)
+    assert valued is not None and valued.startswith("501 5.5.4 ")

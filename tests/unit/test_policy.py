@@ -9,6 +9,7 @@ from relaymail.tls.policy import (
     Level,
     PolicyTable,
     UnreachableCell,
+    UnreachableRequiretls,
     decide,
     wants_starttls,
 )
@@ -30,9 +31,12 @@ TABLE = {
     Event.HANDSHAKE_FAILED: (RECONNECT, FAIL, FAIL, FAIL, FAIL),
     Event.INJECTION: (RECONNECT, FAIL, FAIL, FAIL, FAIL),
 }
+# The events of the STARTTLS step; the last one is looked for only for a REQUIRETLS message.
+STARTTLS_EVENTS = [e for e in Event if e is not Event.REQUIRETLS_NOT_OFFERED]
+REFUSED = Action.REQUIRETLS_REFUSED
 
 
-@pytest.mark.parametrize("event", list(Event))
+@pytest.mark.parametrize("event", STARTTLS_EVENTS)
 def test_decision_table_matches_the_readme(event):
     may_on, may_off, encrypt, verify, dane = TABLE[event]
     assert decide(Level.MAY, True, event).action is may_on
@@ -63,10 +67,52 @@ def test_none_never_starttls():
 
 def test_required_levels_never_allow_clear_whatever_happened():
     for level in (Level.ENCRYPT, Level.VERIFY, Level.DANE):
-        for event in Event:
+        for event in STARTTLS_EVENTS:
             for fallback in (True, False):
                 action = decide(level, fallback, event).action
                 assert action in (TLS, FAIL), (level, event, fallback)
+
+
+def test_requiretls_takes_only_a_verified_peer_whatever_tempfail_fallback_says():
+    for level in (Level.VERIFY, Level.DANE):
+        for fallback in (True, False):
+            actions = {e: decide(level, fallback, e, requiretls=True).action for e in Event}
+            assert actions == {
+                Event.VERIFIED: TLS,
+                # What shows the host cannot take it: the mail bounces if no host can.
+                Event.NOT_OFFERED: REFUSED,
+                Event.UNVERIFIED: REFUSED,
+                Event.PERMFAIL: REFUSED,
+                Event.REQUIRETLS_NOT_OFFERED: REFUSED,
+                # What may pass: the host fails for now, the mail is deferred.
+                Event.TEMPFAIL: FAIL,
+                Event.NO_REPLY: FAIL,
+                Event.HANDSHAKE_FAILED: FAIL,
+                Event.INJECTION: FAIL,
+            }, (level, fallback)
+            assert all(a.gives_up for a in actions.values() if a is not TLS)
+
+
+def test_requiretls_has_no_cell_under_a_level_that_authenticates_no_name():
+    for level in (Level.NONE, Level.MAY, Level.ENCRYPT):
+        with pytest.raises(UnreachableRequiretls) as raised:
+            decide(level, True, Event.VERIFIED, requiretls=True)
+        assert isinstance(raised.value, LocalProtocolError)
+        assert raised.value.level is level
+
+
+def test_only_a_requiretls_message_looks_for_the_keyword():
+    for level in Level:
+        with pytest.raises(UnreachableCell):
+            decide(level, True, Event.REQUIRETLS_NOT_OFFERED)
+
+
+def test_a_requiretls_decision_says_requiretls_decided_it():
+    refused = decide(Level.VERIFY, True, Event.UNVERIFIED, "self-signed", requiretls=True)
+    failed = decide(Level.DANE, True, Event.TEMPFAIL, "454 4.7.0 later", requiretls=True)
+    assert "REQUIRETLS (RFC 8689)" in refused.reason and "self-signed" in refused.reason
+    assert "REQUIRETLS (RFC 8689)" in failed.reason and "454 4.7.0 later" in failed.reason
+    assert refused.reason != failed.reason
 
 
 def test_reasons_explain_the_decision_in_words():

@@ -20,6 +20,9 @@ ROWS = {
     "no reply / connection drops after STARTTLS": Event.NO_REPLY,
     "220, then the handshake fails": Event.HANDSHAKE_FAILED,
     "bytes after the 220, before the handshake (response injection)": Event.INJECTION,
+    "STARTTLS works, certificate verified, REQUIRETLS not offered after TLS": (
+        Event.REQUIRETLS_NOT_OFFERED
+    ),
 }
 COLUMNS = {
     "none": Column.NONE,
@@ -28,22 +31,26 @@ COLUMNS = {
     "encrypt": Column.ENCRYPT,
     "verify": Column.VERIFY,
     "dane": Column.DANE,
+    "REQUIRETLS message, verify or dane": Column.REQUIRETLS,
 }
 CELLS: dict[str, Action | None] = {
     "TLS": Action.USE_TLS,
     "clear": Action.CONTINUE_CLEAR,
     "reconnect in clear": Action.RECONNECT_CLEAR,
     "host fails": Action.HOST_FAILS,
+    "refused (5.7.30)": Action.REQUIRETLS_REFUSED,
     "-": None,  # cannot happen under that column
 }
-# The level and tempfail_fallback that select each column.
+# The level, tempfail_fallback and REQUIRETLS that select each column.
 SETTINGS = {
-    Column.NONE: (Level.NONE, True),
-    Column.MAY_FALLBACK: (Level.MAY, True),
-    Column.MAY_NO_FALLBACK: (Level.MAY, False),
-    Column.ENCRYPT: (Level.ENCRYPT, True),
-    Column.VERIFY: (Level.VERIFY, True),
-    Column.DANE: (Level.DANE, True),
+    Column.NONE: (Level.NONE, True, False),
+    Column.MAY_FALLBACK: (Level.MAY, True, False),
+    Column.MAY_NO_FALLBACK: (Level.MAY, False, False),
+    Column.ENCRYPT: (Level.ENCRYPT, True, False),
+    Column.VERIFY: (Level.VERIFY, True, False),
+    Column.DANE: (Level.DANE, True, False),
+    # Fallback on: REQUIRETLS leaves no fallback of any kind, whatever it says.
+    Column.REQUIRETLS: (Level.VERIFY, True, True),
 }
 
 
@@ -82,10 +89,11 @@ def test_decide_follows_the_readme_and_refuses_its_dashes():
     columns = [COLUMNS[name] for name in header[1:]]
     for label, *cells in rows:
         for column, cell in zip(columns, cells, strict=True):
-            level, fallback = SETTINGS[column]
+            level, fallback, requiretls = SETTINGS[column]
             expected = CELLS[cell]
             if expected is None:
                 with pytest.raises(UnreachableCell):
-                    decide(level, fallback, ROWS[label])
+                    decide(level, fallback, ROWS[label], requiretls=requiretls)
             else:
-                assert decide(level, fallback, ROWS[label]).action is expected, (label, column)
+                decision = decide(level, fallback, ROWS[label], requiretls=requiretls)
+                assert decision.action is expected, (label, column)

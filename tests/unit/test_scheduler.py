@@ -59,6 +59,7 @@ class Tried:
     sender: str
     recipients: tuple[str, ...]
     data: bytes
+    requiretls: bool = False
 
 
 class ScriptedEngine:
@@ -86,7 +87,9 @@ class ScriptedEngine:
         self, envelope: Envelope, body: MessageBody, *, queue_id: str | None = None
     ) -> list[RecipientResult]:
         now = asyncio.get_running_loop().time()
-        self.tried.append(Tried(now, envelope.sender, envelope.recipients, body.read_all()))
+        self.tried.append(
+            Tried(now, envelope.sender, envelope.recipients, body.read_all(), envelope.requiretls)
+        )
         await asyncio.sleep(max(self._slow.get(domain_of(r), 0.0) for r in envelope.recipients))
         answers = [self._script.get(rcpt) for rcpt in envelope.recipients]
         return [
@@ -486,5 +489,22 @@ def test_an_unreadable_body_defers_without_marking_the_destination_down() -> Non
             assert detail is not None and detail.recipients[0].state is RecipientState.DEFERRED
             await asyncio.sleep(100)
             assert queue.engine.times_for(BOB) == at(0, 60)
+
+    run(main())
+
+
+def test_a_requiretls_message_no_host_took_does_not_mark_the_destination_down() -> None:
+    async def main() -> None:
+        async with running({BOB: [unreachable]}) as queue:
+            flagged = Envelope(ALICE, (BOB,), requiretls=True)
+            await queue.scheduler.enqueue(flagged, BODY)
+            await asyncio.sleep(10)
+            await queue.enqueue(CAROL)  # the same destination, without REQUIRETLS
+            await asyncio.sleep(1)
+            assert queue.engine.times_for(CAROL) == at(10)
+            await asyncio.sleep(100)
+            assert [(t.recipients, t.requiretls) for t in queue.engine.tried] == [
+                ((BOB,), True), ((CAROL,), False), ((BOB,), True),
+            ]  # fmt: skip
 
     run(main())

@@ -17,7 +17,7 @@ from ..delivery import DeliveryEngine
 from ..delivery.engine import HostInspection
 from ..routing import RoutingError
 from ..tls.mta_sts import StsPolicy
-from ..tls.policy import Action, Level
+from ..tls.policy import Level
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class ProbeReport:
     @property
     def reachable(self) -> bool:
         return any(
-            h.decision is not None and h.decision.action is not Action.HOST_FAILS
+            h.decision is not None and not h.decision.action.gives_up
             for h in self.hosts
         )
 

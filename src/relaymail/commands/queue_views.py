@@ -78,6 +78,7 @@ def print_detail(detail: MessageDetail, as_json: bool) -> None:
         f" received {_when(detail.received_at)}"
         + (", [yellow]held[/yellow]" if detail.held else "")
         + (", delay warning sent" if detail.warned else "")
+        + (", REQUIRETLS" if detail.requiretls else "")
     )
     table = Table(show_lines=True)
     for column in ("recipient", "state", "attempts", "next try", "host", "last reply", "TLS"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import sqlite3
 import time
 import traceback
@@ -24,7 +23,7 @@ from ..body import MessageBody
 from ..config import Config, RelayAuth, Scheme
 from ..errors import BodyUnreadable, ConnectFailed, RelaymailError, SessionError
 from ..expiring import ExpiringMap
-from ..message import Envelope, domain_of, header_section
+from ..message import Envelope, domain_of
 from ..routing import Destination, HopSource, NextHop, Router, RoutingError, make_resolver
 from ..smtp.client import Capabilities, State, Verb
 from ..smtp.session import SmtpSession
@@ -35,6 +34,7 @@ from ..tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_conte
 from ..tls.policy import NOT_ASKED, Action, Decision, Event, Level, wants_starttls
 from ..tls.reporting import TlsEvent, TlsReportStore, session_event
 from ..tls.results import PolicyType, ResultType
+from . import requiretls
 from .auth import LoginFailureLog, credentialed_policy, log_in
 from .plan import (
     DNS_HOPS,
@@ -183,15 +183,16 @@ class DeliveryEngine:
         run = DomainRun(
             domain, DomainPlan(level, source), envelope.sender, body,
             envelope.needs_smtputf8, {r: Outcome() for r in rcpts}, probe_only,
-            queue_id=queue_id,
+            queue_id=queue_id, requiretls=envelope.requiretls,
         )  # fmt: skip
         try:
             # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published
-            # policies do not apply, and the session is not counted in its reports.
-            relaxed = tls_not_required(body.head())
+            # policies do not apply, and the session is not counted in its reports;
+            # unless MAIL FROM asked for REQUIRETLS, which wins (RFC 8689 4.1).
+            relaxed = requiretls.tls_not_required(body.head()) and not envelope.requiretls
             hops = await self.router.next_hops(domain)
         except BodyUnreadable as exc:
-            _body_unreadable(run, exc)
+            run.body_unreadable(exc)
             return run.results({})
         except RoutingError as exc:
             status = Status.BOUNCED if exc.permanent else Status.DEFERRED
@@ -252,6 +253,7 @@ class DeliveryEngine:
 
     async def _try_hops(self, run: DomainRun, hops: list[NextHop]) -> None:
         failures: list[str] = []
+        failed: list[AttemptResult] = []  # each failure's result, for REQUIRETLS's verdict
         domain_plan = run.plan
         for hop in hops:
             unlisted = Target(hop, "-", domain_plan.policy)
@@ -261,18 +263,23 @@ class DeliveryEngine:
                 if domain_plan.sts.mode is StsMode.ENFORCE:
                     run.note(unlisted, AttemptResult.STS_MX_MISMATCH, CLEAR, mismatch)
                     failures.append(f"{hop.label}: {mismatch}")
+                    failed.append(AttemptResult.STS_MX_MISMATCH)
                     continue
                 detail = mismatch + "; testing only"
                 run.note(unlisted, AttemptResult.STS_TESTING_MX_MISMATCH, CLEAR, detail)
             policy = await self._host_policy(run.domain, domain_plan, hop, run.events)
+            if run.requiretls:
+                policy = requiretls.host_policy(policy, hop)
             if isinstance(policy, HostRefused):
                 run.note(unlisted, policy.result, CLEAR, policy.detail)
                 failures.append(f"{hop.label}: {policy.detail}")
+                failed.append(policy.result)
                 continue
             if not hop.addresses:
                 detail = hop.lookup_error or "no addresses"
                 run.note(Target(hop, "-", policy), AttemptResult.NO_ADDRESS, CLEAR, detail)
                 failures.append(f"{hop.label}: {detail}")
+                failed.append(AttemptResult.NO_ADDRESS)
                 continue
             for ip in hop.addresses:
                 if not run.pending:
@@ -282,7 +289,7 @@ class DeliveryEngine:
                     await self._try_host(run, at, starttls=True)
                 except BodyUnreadable as exc:
                     # Not the host's fault, and no other host could be sent it either.
-                    _body_unreadable(run, exc, at)
+                    run.body_unreadable(exc, at)
                     return
                 except Exception as exc:
                     # Anything else is a defect, ours or the server's, that nobody foresaw:
@@ -290,10 +297,11 @@ class DeliveryEngine:
                     host = exc if isinstance(exc, _HostFailed) else _unforeseen(exc)
                     run.note(at, host.result, host.tls, host.detail, host.step)
                     failures.append(f"{hop.label}: {host.detail}")
-        if run.pending and failures:
+                    failed.append(host.result)
+        summary = "; ".join(failures)
+        if run.pending and failures and not requiretls.bounce_if_no_host_can(run, failed, summary):
             # Recipients that no host accepted: defer with every host's reason,
             # keeping a 4xx reply some host gave them as the reason if there was one.
-            summary = "; ".join(failures)
             for rcpt in run.pending:
                 outcome = run.outcomes[rcpt]
                 if outcome.reply is None:
@@ -333,7 +341,7 @@ class DeliveryEngine:
 
     async def _try_host(self, run: DomainRun, at: Target, *, starttls: bool) -> None:
         hop, ip, level = at.hop, at.ip, at.policy.level
-        idle = self._pool.take(hop, ip, level)
+        idle = self._pool.take(hop, ip, level, at.policy.requiretls)
         setup = 0.0
         if idle is not None:
             session, caps, tls, decision = idle.session, idle.caps, idle.tls, idle.decision
@@ -349,7 +357,8 @@ class DeliveryEngine:
             exchange = probe if run.probe_only else transaction
             await exchange(run, at, session, caps, tls, data_timeout)
             if session.is_usable and session.conn.state is State.READY:
-                self._pool.keep(hop, ip, level, IdleSession(session, caps, tls, decision))
+                idle_session = IdleSession(session, caps, tls, decision)
+                self._pool.keep(hop, ip, level, idle_session, at.policy.requiretls)
                 kept = True
         except SessionError as exc:
             session.abort()
@@ -395,6 +404,9 @@ class DeliveryEngine:
             if level.requires_tls and not tls.used:
                 # The table never gets here; this guard is the last line against a leak.
                 raise _HostFailed(AttemptResult.TLS_REQUIRED, f"policy {level.value} requires TLS")
+            fallback = self.config.tls.tempfail_fallback
+            if refusal := requiretls.ready_for_mail(at.policy, tls, caps, fallback):
+                raise _HostFailed(refusal.result, refusal.reason, tls, refusal)
             auth = self._credentials(at.hop)
             if auth is not None:
                 refused = await log_in(session, caps, auth)
@@ -426,7 +438,7 @@ class DeliveryEngine:
         """The TLS of an smtps:// route, held to the host's level like STARTTLS's."""
         outcome = self._starttls.judge_implicit(at.hop, session, at.policy)
         step = _tls_step(at, outcome)
-        if outcome.decision.action is Action.HOST_FAILS:
+        if outcome.decision.action.gives_up:
             raise _HostFailed(outcome.result, outcome.decision.reason, outcome.tls, step)
         if outcome.event is Event.UNVERIFIED:
             run.note(at, outcome.result, outcome.tls, outcome.decision.reason, step)
@@ -466,7 +478,7 @@ class DeliveryEngine:
             else:  # not an attempt worth listing in results; still a decision to log and count
                 observe_step(run, at, tls, result, decision.reason, step)
             return _judged(tls, event, at.policy), await self._hello(session), session, step
-        if decision.action is Action.HOST_FAILS:
+        if decision.action.gives_up:
             raise _HostFailed(result, decision.reason, tls, step)  # the caller QUITs where it can
         run.note(at, result, CLEAR, decision.reason, step)
         clear = _judged(CLEAR, event, at.policy)
@@ -539,7 +551,6 @@ class DeliveryEngine:
 
 # TLSA answers are reused this long (seconds); DNSSEC lookups cost three queries per host.
 _TLSA_CACHE_SECONDS = 60.0
-_TLS_NOT_REQUIRED = re.compile(rb"(?im)^TLS-Required:[ \t]*No[ \t]*\r?$")
 
 
 def _lookup_failed(
@@ -569,22 +580,6 @@ def _judged(tls: TlsFacts, event: Event | None, policy: HostPolicy) -> TlsFacts:
 def _tls_step(at: Target, outcome: StarttlsOutcome) -> TlsStep:
     decision = outcome.decision
     return TlsStep(at.policy.level, outcome.event, decision.action, outcome.result, decision.reason)
-
-
-def tls_not_required(data: bytes) -> bool:
-    """Whether the header section carries RFC 8689's `TLS-Required: No`."""
-    return bool(_TLS_NOT_REQUIRED.search(header_section(data)))
-
-
-def _body_unreadable(run: DomainRun, exc: BodyUnreadable, at: Target | None = None) -> None:
-    """Defer whoever is still pending; recipients a next hop already accepted stay so."""
-    reason = f"message body unreadable: {exc}"
-    pending = run.pending
-    run.settle(pending, Status.DEFERRED, reason, body_unreadable=True)
-    if at is not None:
-        run.note(at, AttemptResult.BODY_UNREADABLE, CLEAR, reason)
-    else:
-        log.error("domain=%s: %s", run.domain, reason)
 
 
 async def deliver(envelope: Envelope, data: bytes, config: Config) -> list[RecipientResult]:

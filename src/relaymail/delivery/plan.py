@@ -29,6 +29,7 @@ class HostPolicy:
     level: Level
     source: str
     dane: TlsaLookup | None = None
+    requiretls: bool = False  # for a REQUIRETLS message: the table's own column (requiretls.py)
 
 
 @dataclass(frozen=True, slots=True)

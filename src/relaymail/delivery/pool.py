@@ -19,7 +19,8 @@ from ..tls.context import TlsFacts
 from ..tls.policy import Level
 from .results import TlsStep
 
-_Key = tuple[str, int, str, Level]
+# A REQUIRETLS session (verified, the keyword offered) is kept apart from the others.
+_Key = tuple[str, int, str, Level, bool]
 
 
 @dataclass(slots=True)
@@ -38,9 +39,11 @@ class SessionPool:
         self._idle_time = idle_time
         self._idle: dict[_Key, list[IdleSession]] = defaultdict(list)
 
-    def take(self, hop: NextHop, ip: str, level: Level) -> IdleSession | None:
+    def take(
+        self, hop: NextHop, ip: str, level: Level, requiretls: bool = False
+    ) -> IdleSession | None:
         """A kept session still usable, or None; unusable ones found on the way are closed."""
-        key = (ip, hop.port, hop.name, level)
+        key = (ip, hop.port, hop.name, level, requiretls)
         entries = self._idle.get(key)
         try:
             while entries:
@@ -55,8 +58,10 @@ class SessionPool:
             if not entries:
                 self._idle.pop(key, None)  # the pool holds keys with sessions only
 
-    def keep(self, hop: NextHop, ip: str, level: Level, idle: IdleSession) -> None:
-        key = (ip, hop.port, hop.name, level)
+    def keep(
+        self, hop: NextHop, ip: str, level: Level, idle: IdleSession, requiretls: bool = False
+    ) -> None:
+        key = (ip, hop.port, hop.name, level, requiretls)
         loop = asyncio.get_running_loop()
         idle.expires = loop.call_later(self._idle_time, self._expire, key, idle)
         self._idle[key].append(idle)

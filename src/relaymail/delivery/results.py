@@ -50,6 +50,9 @@ class AttemptResult(enum.StrEnum):
     RECONNECTED_CLEAR = "reconnected-clear"
     TLS_POLICY_FAILED = "tls-policy-failed"
     TLS_REQUIRED = "tls-required"
+    # REQUIRETLS (RFC 8689): the host cannot take such a message (delivery/requiretls.py).
+    REQUIRETLS_REFUSED = "requiretls-refused"
+    REQUIRETLS_UNAUTHENTICATED = "requiretls-unauthenticated"
     # The login to a credentialed route (SMTP AUTH): 535, another refusal, not offered.
     AUTH_FAILED = "auth-failed"
     AUTH_REFUSED = "auth-refused"

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import observe
 from ..body import MessageBody
+from ..errors import BodyUnreadable
 from ..routing import NextHop
 from ..smtp.client import Capabilities
 from ..smtp.reply import Reply
@@ -19,6 +20,8 @@ from ..tls.reporting import TlsEvent
 from .convert import to_7bit
 from .plan import DomainPlan, HostPolicy
 from .results import Attempt, AttemptResult, RecipientResult, Relay, Status, TlsStep
+
+log = logging.getLogger("relaymail.delivery")
 
 # A delivery is logged once, by whoever queued it (the scheduler's "delivered" line);
 # an internal error is a defect to fix, so it stands out. A refused login is logged
@@ -46,8 +49,12 @@ class Target:
 
     @property
     def policy_words(self) -> str:
-        """policy= of the log lines: the level and what set it, `may(default level)`."""
-        return f"{self.policy.level.value}({self.policy.source})"
+        """policy= of the log lines: the level and what set it, `may(default level)`.
+
+        A REQUIRETLS message says so: `verify([tls.policy] "x.example"; REQUIRETLS)`.
+        """
+        requiretls = "; REQUIRETLS" if self.policy.requiretls else ""
+        return f"{self.policy.level.value}({self.policy.source}{requiretls})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,7 @@ class DomainRun:
     seven_bit: dict[bool, MessageBody] = field(default_factory=dict)  # by SMTPUTF8 offered
     queue_id: str | None = None  # every log line about the message carries it
     session: SessionInUse | None = None  # set while a transaction runs
+    requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS (requiretls.py)
 
     def data_for(self, caps: Capabilities) -> MessageBody:
         """The data as this next hop may take it: 7-bit without 8BITMIME.
@@ -126,6 +134,15 @@ class DomainRun:
             )  # fmt: skip
         for rcpt in recipients:
             self.outcomes[rcpt] = Outcome(status, reason, **facts)
+
+    def body_unreadable(self, exc: BodyUnreadable, at: Target | None = None) -> None:
+        """Defer whoever is still pending; recipients a next hop already accepted stay so."""
+        reason = f"message body unreadable: {exc}"
+        self.settle(self.pending, Status.DEFERRED, reason, body_unreadable=True)
+        if at is not None:
+            self.note(at, AttemptResult.BODY_UNREADABLE, CLEAR, reason)
+        else:
+            log.error("domain=%s: %s", self.domain, reason)
 
     def note(
         self, at: Target, result: AttemptResult, tls: TlsFacts, detail: str,

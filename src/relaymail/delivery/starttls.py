@@ -48,6 +48,7 @@ _RESULTS = {
     Action.CONTINUE_CLEAR: AttemptResult.CONTINUED_CLEAR,
     Action.RECONNECT_CLEAR: AttemptResult.TLS_FAILED_RECONNECT_CLEAR,
     Action.HOST_FAILS: AttemptResult.TLS_POLICY_FAILED,
+    Action.REQUIRETLS_REFUSED: AttemptResult.REQUIRETLS_REFUSED,
 }
 
 
@@ -71,7 +72,10 @@ class StarttlsStep:
         promised = memory.promised(domain) if memory and event is Event.NOT_OFFERED else None
         if memory and tls.used:
             memory.saw_tls(domain)
-        decision = decide(policy.level, self._settings.tempfail_fallback, event, detail, promised)
+        decision = decide(
+            policy.level, self._settings.tempfail_fallback, event, detail, promised,
+            requiretls=policy.requiretls,
+        )  # fmt: skip
         return StarttlsOutcome(event, detail, tls, decision)
 
     async def _negotiate(
@@ -119,7 +123,10 @@ class StarttlsStep:
         event, detail, tls = self._observed(self._tls_facts(session, hop.name, policy.dane))
         # `none` never asks for TLS, but this port offers nothing else: judge it as `may`.
         level = Level.MAY if policy.level is Level.NONE else policy.level
-        decision = decide(level, self._settings.tempfail_fallback, event, detail, None)
+        decision = decide(
+            level, self._settings.tempfail_fallback, event, detail, None,
+            requiretls=policy.requiretls,
+        )  # fmt: skip
         return StarttlsOutcome(event, detail, tls, decision)
 
     @staticmethod

@@ -68,7 +68,7 @@ async def transaction(
         reset = await session.command(Verb.RSET)
         if not reset.is_success:
             raise SessionError(f"RSET answered {reset}")
-    params = _mail_parameters(caps, size, body, run.needs_smtputf8)
+    params = _mail_parameters(caps, size, body, run.needs_smtputf8, run.requiretls)
     replies = await _envelope(session, caps, f"FROM:<{run.sender}>{params}", rcpts)
     _settle_envelope(run, at, rcpts, replies, tls)
     accepted = replies.accepted
@@ -188,7 +188,9 @@ def _settle_envelope(
             run.note(at, AttemptResult.RCPT_DEFERRED, tls, f"{rcpt}: {reply}")
 
 
-def _mail_parameters(caps: Capabilities, size: int, body: MessageBody, smtputf8: bool) -> str:
+def _mail_parameters(
+    caps: Capabilities, size: int, body: MessageBody, smtputf8: bool, requiretls: bool
+) -> str:
     params = []
     if "SIZE" in caps:
         params.append(f" SIZE={size}")
@@ -196,4 +198,7 @@ def _mail_parameters(caps: Capabilities, size: int, body: MessageBody, smtputf8:
         params.append(" BODY=8BITMIME")
     if smtputf8:
         params.append(" SMTPUTF8")
+    if requiretls:
+        # RFC 8689 4.2.1: the next hop takes on the requirement (it offered the keyword).
+        params.append(" REQUIRETLS")
     return "".join(params)

@@ -53,8 +53,13 @@ def is_trusted(settings: ListenerSettings, client_ip: IPAddress | None) -> bool:
     return any(client_ip in network for network in settings.relay_networks)
 
 
-def mail_param_problem(params: Mapping[str, str | None], size_limit: int) -> str | None:
-    """The reply refusing MAIL parameters, or None if they are acceptable."""
+def mail_param_problem(
+    params: Mapping[str, str | None], size_limit: int, *, tls: bool
+) -> str | None:
+    """The reply refusing MAIL parameters, or None if they are acceptable.
+
+    `tls`: whether the session is encrypted (STARTTLS done, or an implicit-TLS port).
+    """
     for keyword, value in params.items():
         if keyword == "SIZE":
             if value is None or not _SIZE.fullmatch(value):
@@ -73,6 +78,13 @@ def mail_param_problem(params: Mapping[str, str | None], size_limit: int) -> str
         elif keyword == "ENVID":
             if value is None or len(value) > 100 or not _XTEXT.fullmatch(value):
                 return "501 5.5.4 ENVID must be xtext of at most 100 characters"
+        elif keyword == "REQUIRETLS":
+            if value is not None:
+                return "501 5.5.4 REQUIRETLS takes no value"
+            if not tls:
+                # RFC 8689 4.1: only over TLS, where it is offered (EHLO after TLS);
+                # 5.7.10 is RFC 5248's "Encryption needed".
+                return "530 5.7.10 REQUIRETLS needs a TLS session (RFC 8689)"
         elif keyword == "AUTH":
             # RFC 4954 5: the submitter's identity as xtext, "<>" if unknown.
             if value is None or not (value == "<>" or _XTEXT.fullmatch(value)):

@@ -208,6 +208,9 @@ class InboundSMTP(CommandLoop):
         ]
         if self.tls_context is not None and not tls_active:
             extensions.append("STARTTLS")
+        if tls_active:
+            # RFC 8689 3: offered only where it can be used, over TLS.
+            extensions.append("REQUIRETLS")
         if self._offers_auth and (tls_active or not self.tls_required_for_auth):
             extensions.append("AUTH PLAIN LOGIN")
         reply = [f"250-{line}" for line in extensions[:-1]] + [f"250 {extensions[-1]}"]
@@ -243,8 +246,7 @@ class InboundSMTP(CommandLoop):
             assert self.transport is not None
             self.transport.close()
             return
-        envelope, session = self.envelope, self.inbound_session()
-        assert envelope is not None
+        envelope, session = self.inbound_envelope(), self.inbound_session()
         if envelope.mail_from is not None:
             await self.push("503 5.5.1 Error: nested MAIL command")
             return
@@ -258,13 +260,15 @@ class InboundSMTP(CommandLoop):
             return
         sender, param_text = path.address, path.parameters
         smtputf8 = "SMTPUTF8" in params
-        problem = mail_param_problem(params, self.data_size_limit or 0) or (
+        tls = self.tls_in_use() is not None
+        problem = mail_param_problem(params, self.data_size_limit or 0, tls=tls) or (
             address_problem(sender, smtputf8=smtputf8, role="sender") if sender else None
         )
         if problem is not None:
             await self.push(problem)
             return
         envelope.smtp_utf8 = smtputf8
+        envelope.requiretls = "REQUIRETLS" in params
         options = param_text.split()
         status = await self.call_hook("MAIL", sender, options)
         if status is MISSING:
@@ -311,8 +315,7 @@ class InboundSMTP(CommandLoop):
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
-        envelope = self.envelope
-        assert envelope is not None
+        envelope = self.inbound_envelope()
         if envelope.mail_from is None:
             await self.push("503 5.5.1 Error: need MAIL command")
             return

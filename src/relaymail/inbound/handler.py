@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..local import AliasTable
     from .connection import InboundSMTP
     from .listener import ListenerState
-    from .protocol import InboundSession
+    from .protocol import InboundEnvelope, InboundSession
 
 __all__ = ["InboundHandler", "Spool", "Users"]
 
@@ -182,7 +182,7 @@ class InboundHandler:
         self,
         server: InboundSMTP,
         session: InboundSession,
-        envelope: SMTPEnvelope,
+        envelope: InboundEnvelope,
         received: IntakeResult,
     ) -> str:
         """The reply to a message received whole; owns ``received.data`` from the call on."""
@@ -213,7 +213,7 @@ class InboundHandler:
             tls=tls,
             recipients=envelope.rcpt_tos,
         )
-        message = Envelope(sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos))
+        message = Envelope(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.requiretls)
         mid, size = message_id(data.head()), data.size  # read before the spool closes the data
         if session.authenticated:
             origin = Origin.AUTHENTICATED

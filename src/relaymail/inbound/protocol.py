@@ -32,7 +32,8 @@ pyproject.toml pins ``aiosmtpd>=1.4.6,<1.5``:
 * ``SMTP._handle_client`` -- overridden: the command loop above.
 * ``SMTP._create_session`` -- overridden, to give every connection an
   ``InboundSession``.
-* ``SMTP._create_envelope`` -- a fresh envelope (``reset_transaction``).
+* ``SMTP._create_envelope`` -- overridden, to give every transaction an
+  ``InboundEnvelope``; a fresh one (``reset_transaction``).
 * ``SMTP._call_handler_hook`` -- runs ``handle_<VERB>`` with aiosmtpd's
   arguments (``call_hook``).
 * ``SMTP._strip_command_keyword`` -- "FROM:"/"TO:" off the argument
@@ -81,6 +82,7 @@ from aiosmtpd.smtp import (
     BOGUS_LIMIT,
     MISSING,
     SMTP,
+    Envelope,
     Session,
     TLSSetupException,
     _Missing,
@@ -137,9 +139,10 @@ class BareLineEnding(LineError):
 
 # RFC 5321 4.5.3.1.4 gives 512 octets, and each extension adds its share:
 # SIZE 26 (RFC 1870), SMTPUTF8 10 (RFC 6531), RET+ENVID 110 (RFC 3461),
-# BODY 15 (RFC 6152), AUTH= 500 (RFC 4954); NOTIFY+ORCPT add 500 to RCPT.
+# BODY 15 (RFC 6152), AUTH= 500 (RFC 4954), REQUIRETLS 11 (RFC 8689); NOTIFY+ORCPT
+# add 500 to RCPT.
 COMMAND_SIZE_LIMITS: Final[Mapping[str, int]] = {
-    "MAIL": 512 + 26 + 10 + 110 + 15 + 500,
+    "MAIL": 512 + 26 + 10 + 110 + 15 + 500 + 11,
     "RCPT": 1012,
 }
 
@@ -155,6 +158,12 @@ class InboundSession(Session):
         super().__init__(loop)
         self.auth_failures = 0
         self.mail_started = 0.0  # wall clock at the last MAIL FROM (delays=a of its mail)
+
+
+class InboundEnvelope(Envelope):
+    """aiosmtpd's envelope plus what our MAIL parameters say beyond its own fields."""
+
+    requiretls = False  # RFC 8689: MAIL FROM carried REQUIRETLS (over TLS: connection.py)
 
 
 class CommandLoop(SMTP):
@@ -184,6 +193,13 @@ class CommandLoop(SMTP):
 
     def _create_session(self) -> InboundSession:
         return InboundSession(self.loop)
+
+    def _create_envelope(self) -> InboundEnvelope:
+        return InboundEnvelope()
+
+    def inbound_envelope(self) -> InboundEnvelope:
+        assert isinstance(self.envelope, InboundEnvelope)
+        return self.envelope
 
     def inbound_session(self) -> InboundSession:
         # A method, not a property: aiosmtpd runs inspect.getmembers() on us

@@ -74,6 +74,7 @@ class _Message:
     recipients: dict[str, _Recipient]  # in envelope order
     held: bool = False
     warned: bool = False
+    requiretls: bool = False
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -148,7 +149,7 @@ class MemoryStore:
         self._writable()
         recipients = tuple(dict.fromkeys(envelope.recipients))
         if recipients != envelope.recipients:
-            envelope = Envelope(envelope.sender, recipients)
+            envelope = Envelope(envelope.sender, recipients, envelope.requiretls)
         # The same ids as SQLite's: microseconds, strictly increasing.
         self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
         queue_id = format_queue_id(self._last_id)
@@ -159,6 +160,7 @@ class MemoryStore:
             received_at,
             header + (data.read() if isinstance(data, MessageData) else data),
             {r: _Recipient(r, next_attempt=received_at) for r in recipients},
+            requiretls=envelope.requiretls,
         )
         self._messages[message.id] = message
         if pickup is not None:
@@ -317,6 +319,7 @@ class MemoryStore:
                 for r in message.recipients.values()
                 if r.pending
             ),
+            requiretls=message.requiretls,
         )
 
     def due_messages(
@@ -377,6 +380,7 @@ class MemoryStore:
         return MessageDetail(
             **m.about(),
             recipients=tuple(map(_detail, m.recipients.values())),
+            requiretls=m.requiretls,
         )
 
     def stats(self, now: float | None = None) -> QueueStats:

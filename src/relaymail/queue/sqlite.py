@@ -120,7 +120,7 @@ class SqliteStore(SqliteReads):
     ) -> QueuedMessage:
         recipients = tuple(dict.fromkeys(envelope.recipients))
         if recipients != envelope.recipients:
-            envelope = Envelope(envelope.sender, recipients)
+            envelope = Envelope(envelope.sender, recipients, envelope.requiretls)
         body = data if isinstance(data, MessageData) else MessageData.of(data)
         apply = functools.partial(
             writes.insert_message,
@@ -130,6 +130,7 @@ class SqliteStore(SqliteReads):
             received_at=received_at,
             trace=trace,
             pickup=pickup,
+            requiretls=envelope.requiretls,
         )
         qid, header = await self._writer.submit(apply, weight=body.size)
         size = len(header) + body.size

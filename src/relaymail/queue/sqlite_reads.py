@@ -134,7 +134,7 @@ class SqliteReads:
 
     _PENDING_SQL = (
         "SELECT m.id, m.sender, m.received_at, m.size, m.held, m.warned,"
-        " r.address, r.state, r.attempts, r.next_attempt"
+        " r.address, r.state, r.attempts, r.next_attempt, m.requiretls"
         " FROM message AS m JOIN recipient AS r ON r.message_id = m.id"
         # The unary + keeps the planner on the primary keys (already in output
         # order) instead of the state index plus a sort of the whole queue.
@@ -286,7 +286,9 @@ class SqliteReads:
             return None
         with self._readers.snapshot() as conn:
             message = conn.execute(
-                "SELECT sender, size, received_at, held, warned FROM message WHERE id = ?", (qid,)
+                "SELECT sender, size, received_at, held, warned, requiretls"
+                " FROM message WHERE id = ?",
+                (qid,),
             ).fetchone()
             recipients = conn.execute(
                 f"SELECT {_RECIPIENT_COLUMNS} FROM recipient WHERE message_id = ? ORDER BY idx",
@@ -302,6 +304,7 @@ class SqliteReads:
             held=bool(message[3]),
             warned=bool(message[4]),
             recipients=tuple(map(_recipient_detail, recipients)),
+            requiretls=bool(message[5]),
         )
 
     def recipients_of(self, message_ids: Sequence[str]) -> dict[str, tuple[RecipientDetail, ...]]:
@@ -406,4 +409,5 @@ def _pending_message(row: Any, recipients: list[PendingRecipient]) -> PendingMes
         held=bool(row[4]),
         warned=bool(row[5]),
         recipients=tuple(recipients),
+        requiretls=bool(row[10]),
     )

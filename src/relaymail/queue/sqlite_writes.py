@@ -21,6 +21,7 @@ def insert_message(
     received_at: float,
     trace: TraceHeader | None = None,
     pickup: str | None = None,
+    requiretls: bool = False,
 ) -> tuple[int, bytes]:
     """The new message's queue id and the trace header stored in front of its data.
 
@@ -34,8 +35,8 @@ def insert_message(
     size = len(header) + data.size
     conn = txn.conn
     conn.execute(
-        "INSERT INTO message (id, sender, received_at, size) VALUES (?, ?, ?, ?)",
-        (qid, sender, received_at, size),
+        "INSERT INTO message (id, sender, received_at, size, requiretls) VALUES (?, ?, ?, ?, ?)",
+        (qid, sender, received_at, size, requiretls),
     )
     conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
     with conn.blobopen("body", "data", qid) as blob:

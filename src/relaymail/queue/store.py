@@ -133,6 +133,7 @@ class PendingMessage:
     held: bool
     warned: bool
     recipients: tuple[PendingRecipient, ...]
+    requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,7 @@ class MessageDetail:
     held: bool
     warned: bool
     recipients: tuple[RecipientDetail, ...]
+    requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,11 @@ sends STARTTLS, so nothing that follows a STARTTLS can happen under it, and
 asking about it is a bug in the caller (`UnreachableCell`). `decide()` adds
 the one thing the table cannot hold, downgrade memory, and words the reason
 that logs and results carry.
+
+A message sent with RFC 8689's REQUIRETLS has a column of its own, whatever
+`tempfail_fallback` says: only a verified peer that offers REQUIRETLS after TLS
+takes it, and a host that plainly cannot (`REQUIRETLS_REFUSED`) is told apart
+from one that failed for now, since only the first kind makes the mail bounce.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class Event(enum.Enum):
     INJECTION = "cleartext bytes followed the 220 to STARTTLS"
     UNVERIFIED = "TLS up, certificate not verified"
     VERIFIED = "TLS up, certificate verified"
+    # Seen in the EHLO reply after TLS, and only looked for when the message requires it.
+    REQUIRETLS_NOT_OFFERED = "TLS up, certificate verified, REQUIRETLS not offered after TLS"
 
 
 class Action(enum.Enum):
@@ -60,6 +67,12 @@ class Action(enum.Enum):
     CONTINUE_CLEAR = "continue in clear on the same connection"
     RECONNECT_CLEAR = "reconnect to the same host in clear without STARTTLS"
     HOST_FAILS = "give up on this host"
+    # RFC 8689 4.2.1: the host cannot take a REQUIRETLS message; when no host can, it bounces.
+    REQUIRETLS_REFUSED = "give up on this host: it cannot meet REQUIRETLS"
+
+    @property
+    def gives_up(self) -> bool:
+        return self in (Action.HOST_FAILS, Action.REQUIRETLS_REFUSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +90,18 @@ class Column(enum.Enum):
     ENCRYPT = "encrypt"
     VERIFY = "verify"
     DANE = "dane"
+    REQUIRETLS = "REQUIRETLS message, verify or dane"
 
     @classmethod
-    def of(cls, level: Level, tempfail_fallback: bool) -> Column:
+    def of(cls, level: Level, tempfail_fallback: bool, requiretls: bool = False) -> Column:
         # tempfail_fallback (the seed's option, Exim's tls_tempfail_tryclear) applies to
         # `may` only: the required levels never go clear whatever it says.
+        if requiretls:
+            if not level.requires_verification:
+                # Nothing authenticates the host's name: delivery/requiretls.py refuses
+                # such hosts before any session, so there is no cell to look up.
+                raise UnreachableRequiretls(level)
+            return cls.REQUIRETLS
         if level is Level.MAY:
             return cls.MAY_FALLBACK if tempfail_fallback else cls.MAY_NO_FALLBACK
         return cls(level.value)
@@ -96,11 +116,20 @@ class UnreachableCell(LocalProtocolError):
         self.column = column
 
 
-_TLS, _CLEAR, _RECONNECT, _FAIL = (
+class UnreachableRequiretls(LocalProtocolError):
+    """decide() was asked about a REQUIRETLS message under a level that verifies no name."""
+
+    def __init__(self, level: Level) -> None:
+        super().__init__(f"a REQUIRETLS message never gets a session under {level.value!r}")
+        self.level = level
+
+
+_TLS, _CLEAR, _RECONNECT, _FAIL, _REFUSED = (
     Action.USE_TLS,
     Action.CONTINUE_CLEAR,
     Action.RECONNECT_CLEAR,
     Action.HOST_FAILS,
+    Action.REQUIRETLS_REFUSED,
 )
 _NEVER = None  # the README's "-": the step cannot get there under that column
 
@@ -113,15 +142,21 @@ def _row(*cells: Action | None) -> Mapping[Column, Action]:
 
 TABLE: Mapping[Event, Mapping[Column, Action]] = MappingProxyType(
     {
-        # Columns: none, may with fallback on, may with fallback off, encrypt, verify, dane
-        Event.NOT_OFFERED: _row(_CLEAR, _CLEAR, _CLEAR, _FAIL, _FAIL, _FAIL),
-        Event.VERIFIED: _row(_NEVER, _TLS, _TLS, _TLS, _TLS, _TLS),
-        Event.UNVERIFIED: _row(_NEVER, _TLS, _TLS, _TLS, _FAIL, _FAIL),
-        Event.TEMPFAIL: _row(_NEVER, _CLEAR, _FAIL, _FAIL, _FAIL, _FAIL),
-        Event.PERMFAIL: _row(_NEVER, _CLEAR, _CLEAR, _FAIL, _FAIL, _FAIL),
-        Event.NO_REPLY: _row(_NEVER, _FAIL, _FAIL, _FAIL, _FAIL, _FAIL),
-        Event.HANDSHAKE_FAILED: _row(_NEVER, _RECONNECT, _FAIL, _FAIL, _FAIL, _FAIL),
-        Event.INJECTION: _row(_NEVER, _RECONNECT, _FAIL, _FAIL, _FAIL, _FAIL),
+        # Columns: none, may with fallback on, may with fallback off, encrypt, verify, dane,
+        # REQUIRETLS. In the last, what may pass (a 4xx, a broken handshake, perhaps an
+        # attacker's doing) fails the host for now; what shows the host cannot, refuses.
+        Event.NOT_OFFERED: _row(_CLEAR, _CLEAR, _CLEAR, _FAIL, _FAIL, _FAIL, _REFUSED),
+        Event.VERIFIED: _row(_NEVER, _TLS, _TLS, _TLS, _TLS, _TLS, _TLS),
+        Event.UNVERIFIED: _row(_NEVER, _TLS, _TLS, _TLS, _FAIL, _FAIL, _REFUSED),
+        Event.TEMPFAIL: _row(_NEVER, _CLEAR, _FAIL, _FAIL, _FAIL, _FAIL, _FAIL),
+        Event.PERMFAIL: _row(_NEVER, _CLEAR, _CLEAR, _FAIL, _FAIL, _FAIL, _REFUSED),
+        Event.NO_REPLY: _row(_NEVER, _FAIL, _FAIL, _FAIL, _FAIL, _FAIL, _FAIL),
+        Event.HANDSHAKE_FAILED: _row(_NEVER, _RECONNECT, _FAIL, _FAIL, _FAIL, _FAIL, _FAIL),
+        Event.INJECTION: _row(_NEVER, _RECONNECT, _FAIL, _FAIL, _FAIL, _FAIL, _FAIL),
+        # Only a REQUIRETLS message looks for the keyword (RFC 8689 4.2.1).
+        Event.REQUIRETLS_NOT_OFFERED: _row(
+            _NEVER, _NEVER, _NEVER, _NEVER, _NEVER, _NEVER, _REFUSED
+        ),
     }
 )
 
@@ -141,13 +176,22 @@ def decide(
     event: Event,
     detail: str = "",
     promised: str | None = None,
+    *,
+    requiretls: bool = False,
 ) -> Decision:
     """What to do after `event` under `level`; `detail` is the server's words, for the reason.
 
     `promised` says why the domain is known to do TLS (downgrade memory): then a
     missing STARTTLS is a possible stripping attack, not a plain server.
+    `requiretls`: the message was sent with REQUIRETLS (its own column).
     """
     what = f"{event.value} ({detail})" if detail else event.value
+    if requiretls:
+        cell = TABLE[event][Column.of(level, tempfail_fallback, requiretls=True)]
+        if event is Event.VERIFIED:
+            return Decision(cell, f"{what}; REQUIRETLS needs the keyword after TLS too")
+        why = "cannot meet it" if cell is Action.REQUIRETLS_REFUSED else "fails for now"
+        return Decision(cell, f"{what}; the message requires REQUIRETLS (RFC 8689): host {why}")
     if event is Event.NOT_OFFERED and promised and level is Level.MAY:
         return Decision(
             Action.HOST_FAILS,
