@@ -26,6 +26,8 @@ from ..errors import BodyUnreadable, ConnectFailed, RelaymailError, SessionError
 from ..expiring import ExpiringMap
 from ..message import Envelope, domain_of, header_section
 from ..routing import Destination, HopSource, NextHop, Router, RoutingError, make_resolver
+from ..shaping import MxGroup, ShapingSettings
+from ..slot_table import UNKNOWN, GroupUnknown, destination_shape
 from ..smtp.client import Capabilities, State, Verb
 from ..smtp.session import SmtpSession
 from ..tls.context import CLEAR, PolicyJudgement, TlsFacts
@@ -117,6 +119,8 @@ class DeliveryEngine:
         self._starttls = StarttlsStep(config.tls, self._memory)
         self._pool = SessionPool(config.delivery.connection_idle_time)
         self._login_failures = LoginFailureLog()
+        # Each domain's MX group, learnt by routing it: None when it is in none.
+        self._groups: ExpiringMap[str, tuple[MxGroup | None]] = ExpiringMap()
 
     async def deliver(
         self, envelope: Envelope, data: bytes | MessageBody, *, queue_id: str | None = None
@@ -175,6 +179,26 @@ class DeliveryEngine:
     def destination_concurrency(self) -> int:
         return self.config.delivery.destination_concurrency
 
+    @property
+    def shaping(self) -> ShapingSettings:
+        return self.config.shaping
+
+    def shaping_group(self, destination: Destination) -> MxGroup | GroupUnknown | None:
+        """The MX group `destination` counts in, as its last routing found; UNKNOWN before."""
+        if destination.routed or not self.config.shaping.groups:
+            return None
+        known = self._groups.get(destination.name, time.monotonic())
+        return UNKNOWN if known is None else known[0]
+
+    def _learn_group(self, domain: str, hops: list[NextHop]) -> None:
+        if not self.config.shaping.groups or not hops or hops[0].source not in DNS_HOPS:
+            return
+        # The most preferred MX hosts decide: a backup MX elsewhere does not move a domain.
+        first = [h.name for h in hops if h.preference == hops[0].preference]
+        now = time.monotonic()
+        group = self.config.shaping.group_of(first)
+        self._groups.put(domain, (group,), now + _GROUP_SECONDS, now)
+
     async def _deliver_domain(
         self, domain: str, rcpts: list[str], envelope: Envelope, body: MessageBody,
         queue_id: str | None, *, probe_only: bool = False,
@@ -190,6 +214,7 @@ class DeliveryEngine:
             # policies do not apply, and the session is not counted in its reports.
             relaxed = tls_not_required(body.head())
             hops = await self.router.next_hops(domain)
+            self._learn_group(domain, hops)
         except BodyUnreadable as exc:
             _body_unreadable(run, exc)
             return run.results({})
@@ -348,8 +373,11 @@ class DeliveryEngine:
             run.session = SessionInUse(at, decision, setup)
             exchange = probe if run.probe_only else transaction
             await exchange(run, at, session, caps, tls, data_timeout)
-            if session.is_usable and session.conn.state is State.READY:
-                self._pool.keep(hop, ip, level, IdleSession(session, caps, tls, decision))
+            sent = (idle.messages if idle is not None else 0) + (not run.probe_only)
+            spent = sent >= self._messages_per_connection(run.domain)
+            if session.is_usable and session.conn.state is State.READY and not spent:
+                kept_session = IdleSession(session, caps, tls, decision, sent)
+                self._pool.keep(hop, ip, level, kept_session)
                 kept = True
         except SessionError as exc:
             session.abort()
@@ -364,6 +392,11 @@ class DeliveryEngine:
             # Whatever ended the transaction, a session not kept for reuse is closed here.
             if not kept:
                 await session.quit()
+
+    def _messages_per_connection(self, domain: str) -> int:
+        destination = self.destination(domain)
+        shape = destination_shape(self.shaping, destination, self.shaping_group(destination))
+        return shape.max_messages_per_connection
 
     async def _open(
         self, run: DomainRun, at: Target, starttls: bool
@@ -539,6 +572,9 @@ class DeliveryEngine:
 
 # TLSA answers are reused this long (seconds); DNSSEC lookups cost three queries per host.
 _TLSA_CACHE_SECONDS = 60.0
+# A domain's MX group is looked up again with its MX this often at most (a move to
+# another provider takes this long to change which limits it counts against).
+_GROUP_SECONDS = 3600.0
 _TLS_NOT_REQUIRED = re.compile(rb"(?im)^TLS-Required:[ \t]*No[ \t]*\r?$")
 
 
