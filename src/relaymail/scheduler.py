@@ -28,6 +28,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import observe
@@ -61,6 +62,7 @@ from .scheduler_records import (
 )
 from .slot_table import Grant, Limits, SlotTable
 from .suspension import Suspension
+from .suspension_file import entries, write_suspended
 
 if TYPE_CHECKING:
     from .admin.history import DeliveryHistory
@@ -84,6 +86,7 @@ class Scheduler:
         hostname: str,
         clock: Callable[[], float] = time.time,
         history: DeliveryHistory | None = None,
+        suspended_to: Path | None = None,
     ) -> None:
         self.store = store
         self.history = history  # the status page's record of outcomes
@@ -100,6 +103,8 @@ class Scheduler:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._stale: set[str] = set()
         self._memory = DestinationMemory()
+        self._background: set[asyncio.Task[None]] = set()
+        self._suspended_to = suspended_to  # the directory `queue stats` reads them from
         self._admin_cursor = 0
         self._stopping = False
         self._writes = WriteBacklog()
@@ -135,6 +140,8 @@ class Scheduler:
         earliest due messages, at most the window's limit.
         """
         self._admin_cursor = self.store.latest_admin_event_id()
+        if self._suspended_to is not None:
+            write_suspended(self._suspended_to, [])  # the last run's are forgotten with it
         return self.store.count_messages()
 
     async def run(self) -> None:
@@ -489,6 +496,14 @@ class Scheduler:
                 suspension.reason,
             )
         )  # fmt: skip
+        if self._suspended_to is not None:
+            # Off the loop: `queue stats` reads it; a write that fails costs only the listing.
+            listed = entries(self.suspensions())
+            task = asyncio.create_task(
+                asyncio.to_thread(write_suspended, self._suspended_to, listed)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _send_dsn(
         self, entry: Entry, results: Sequence[RecipientResult], body: MessageBody, delay: bool

@@ -1,6 +1,7 @@
 """[shaping]: traffic limits per destination and per MX group, and the back-off of throttling.
 
-An entry is a recipient domain (`[shaping."gmail.com"]`), an MX group
+An entry is a destination (`[shaping."gmail.com"]`: a recipient domain, or
+the key of the [routes] entry that carries it), an MX group
 (`[shaping."mx:.google.com"]`: every destination whose MX hosts are under
 google.com counts against one set of the group's limits, so all Google-hosted
 domains share Google's), or `*`, the defaults of every destination. A key an
@@ -85,12 +86,12 @@ class ShapingSettings:
                 return group
         return None
 
-    def shape(self, domain: str | None, group: MxGroup | None) -> Shape:
-        """The limits of one destination (`domain` None: a [routes] destination)."""
+    def shape(self, destination: str, group: MxGroup | None) -> Shape:
+        """The limits of one destination: a recipient domain or a [routes] key."""
         shape = self.default
         if group is not None:
             shape = self._group_entry(group).over(shape)
-        key = governing_key(self.domains, domain) if domain is not None else None
+        key = governing_key(self.domains, destination)
         return self.domains[key].over(shape) if key is not None else shape
 
     def group_shape(self, group: MxGroup) -> Shape:

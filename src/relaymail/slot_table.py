@@ -11,10 +11,12 @@ Traffic shaping (shaping.py) is more limits checked in `grant`: a destination's
 slots are its `max_connections` (one delivery is one session at a time), its MX
 group's are shared by every destination in the group, and each grant is one
 message sent in the minute `max_messages_per_minute` counts over (a sliding
-window: no 60 seconds ever see more). A destination whose group is not known yet
-(its MX hosts not looked up since the start) gets one slot at a time until the
-first delivery has learnt it, so a new domain cannot open more than one
-connection outside its group's count.
+window: no 60 seconds ever see more). A group's connections are counted from its
+destinations' at each check, by the group each is known to be in then. A
+destination whose group is not known yet (its MX hosts not looked up since the
+start) gets one slot until its first delivery has routed it: from then on that
+delivery counts in its group, so only new domains that start at the same moment
+can each open one connection past their group's limit.
 
 The table keeps counts only for destinations with deliveries in flight or sends
 in the last minute, so its memory follows the traffic, not the queue.
@@ -45,7 +47,6 @@ class Grant:
     """Slots held by one delivery: the global one and these destinations' and groups'."""
 
     destinations: frozenset[Destination]
-    groups: tuple[MxGroup, ...] = ()  # once per destination of the group it holds
     # Suspended destinations, granted without a slot: their mail is deferred, not sent.
     free: frozenset[Destination] = frozenset()
 
@@ -61,9 +62,10 @@ GroupLookup = Callable[[Destination], MxGroup | GroupUnknown | None]
 def destination_shape(
     shaping: ShapingSettings, destination: Destination, group: MxGroup | GroupUnknown | None
 ) -> Shape:
-    """A destination's own limits; a [routes] destination has no domain entry."""
+    """A destination's own limits: a [routes] destination's entry is its route key's
+    (`[routes] "*"`, a smarthost for everything, is shaped by `[shaping."*"]`)."""
     known = group if isinstance(group, MxGroup) else None
-    return shaping.shape(None if destination.routed else destination.name, known)
+    return shaping.shape(destination.name, known)
 
 
 class SlotTable:
@@ -71,7 +73,7 @@ class SlotTable:
         self.limits = limits  # a reload may change them; slots already held stay held
         self.group_of = group_of  # a reload brings a new engine and its lookup
         self._in_flight = 0
-        self._connections: dict[ShapeKey, int] = {}
+        self._connections: dict[Destination, int] = {}
         self._sent: dict[ShapeKey, collections.deque[float]] = {}
 
     @property
@@ -84,7 +86,11 @@ class SlotTable:
         return self._in_flight >= self.limits.total
 
     def in_use(self, key: ShapeKey) -> int:
-        return self._connections.get(key, 0)
+        if isinstance(key, Destination):
+            return self._connections.get(key, 0)
+        # A group's: its destinations' in flight now, counted as their group is known now,
+        # so a first delivery that learnt its group counts in it from then on.
+        return sum(n for d, n in self._connections.items() if self.group_of(d) == key)
 
     def sent_in_window(self, key: ShapeKey, now: float) -> int:
         return len(self._window(key, now))
@@ -108,7 +114,6 @@ class SlotTable:
         if self.full:
             return None
         granted: list[Destination] = []
-        groups: list[MxGroup] = []
         for destination in wanted:
             if destination in free:
                 continue
@@ -116,15 +121,15 @@ class SlotTable:
             if group is False:
                 continue
             granted.append(destination)
-            self._take(destination, now)
+            self._connections[destination] = self._connections.get(destination, 0) + 1
+            self._sent_now(destination, now)
             if isinstance(group, MxGroup):
-                groups.append(group)
-                self._take(group, now)
+                self._sent_now(group, now)
         given_free = frozenset(d for d in wanted if d in free)
         if not granted and not given_free:
             return None
         self._in_flight += 1
-        return Grant(frozenset(granted), tuple(groups), given_free)
+        return Grant(frozenset(granted), given_free)
 
     def wait_until(self, wanted: Iterable[Destination], now: float) -> float | None:
         """When the first of `wanted` that has a free slot but no message to spare in
@@ -141,8 +146,7 @@ class SlotTable:
 
     def release(self, grant: Grant) -> None:
         self._in_flight -= 1
-        keys: list[ShapeKey] = [*grant.destinations, *grant.groups]
-        for key in keys:
+        for key in grant.destinations:
             left = self._connections[key] - 1
             if left:
                 self._connections[key] = left
@@ -156,7 +160,7 @@ class SlotTable:
 
     @property
     def destinations_in_use(self) -> int:
-        return sum(isinstance(key, Destination) for key in self._connections)
+        return len(self._connections)
 
     def _room(
         self, destination: Destination, now: float, *, rate: bool = True
@@ -178,12 +182,11 @@ class SlotTable:
         return group
 
     def _fits(self, key: ShapeKey, connections: int, per_minute: int | None, now: float) -> bool:
-        if self._connections.get(key, 0) >= connections:
+        if self.in_use(key) >= connections:
             return False
         return per_minute is None or len(self._window(key, now)) < per_minute
 
-    def _take(self, key: ShapeKey, now: float) -> None:
-        self._connections[key] = self._connections.get(key, 0) + 1
+    def _sent_now(self, key: ShapeKey, now: float) -> None:
         self._sent.setdefault(key, collections.deque()).append(now)
 
     def _window(self, key: ShapeKey, now: float) -> collections.deque[float]:
