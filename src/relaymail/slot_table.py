@@ -18,8 +18,9 @@ start) gets one slot until its first delivery has routed it: from then on that
 delivery counts in its group, so only new domains that start at the same moment
 can each open one connection past their group's limit.
 
-The table keeps counts only for destinations with deliveries in flight or sends
-in the last minute, so its memory follows the traffic, not the queue.
+The table keeps counts only for destinations with deliveries in flight, and the
+times of the last minute's sends of those with a rate limit, so its memory
+follows the traffic, not the queue.
 """
 
 from __future__ import annotations
@@ -117,14 +118,13 @@ class SlotTable:
         for destination in wanted:
             if destination in free:
                 continue
-            group = self._room(destination, now)
-            if group is False:
+            counted = self._room(destination, now)
+            if counted is None:
                 continue
             granted.append(destination)
             self._connections[destination] = self._connections.get(destination, 0) + 1
-            self._sent_now(destination, now)
-            if isinstance(group, MxGroup):
-                self._sent_now(group, now)
+            for key in counted:
+                self._sent.setdefault(key, collections.deque()).append(now)
         given_free = frozenset(d for d in wanted if d in free)
         if not granted and not given_free:
             return None
@@ -136,12 +136,9 @@ class SlotTable:
         its minute may send again; None: all wait for a slot (a delivery that ends)."""
         times = []
         for destination in wanted:
-            if self._room(destination, now, rate=False) is False:
-                continue
-            group = self.group_of(destination)
-            for key in (destination, group):
-                if isinstance(key, Destination | MxGroup) and self._window(key, now):
-                    times.append(self._window(key, now)[0] + RATE_WINDOW)
+            for key in self._room(destination, now, rate=False) or ():
+                if sent := self._window(key, now):
+                    times.append(sent[0] + RATE_WINDOW)
         return min(times) if times else None
 
     def release(self, grant: Grant) -> None:
@@ -164,30 +161,28 @@ class SlotTable:
 
     def _room(
         self, destination: Destination, now: float, *, rate: bool = True
-    ) -> MxGroup | bool | None:
-        """False when `destination` cannot start a delivery now; else the group it counts in."""
+    ) -> list[ShapeKey] | None:
+        """None when `destination` cannot start a delivery now; else the keys (it, its
+        group) whose minute the delivery counts in, those with a rate limit."""
         shaping = self.limits.shaping
         group = self.group_of(destination)
         shape = self.shape(destination)
         most = shape.max_connections or self.limits.per_destination
         if isinstance(group, GroupUnknown):
             group, most = None, min(most, 1) if shaping.groups else most
-        if not self._fits(destination, most, shape.max_messages_per_minute if rate else None, now):
-            return False
+        limits: list[tuple[ShapeKey, int, int | None]] = [
+            (destination, most, shape.max_messages_per_minute)
+        ]
         if group is not None:
             shared = shaping.group_shape(group)
             most = shared.max_connections or self.limits.per_destination
-            if not self._fits(group, most, shared.max_messages_per_minute if rate else None, now):
-                return False
-        return group
-
-    def _fits(self, key: ShapeKey, connections: int, per_minute: int | None, now: float) -> bool:
-        if self.in_use(key) >= connections:
-            return False
-        return per_minute is None or len(self._window(key, now)) < per_minute
-
-    def _sent_now(self, key: ShapeKey, now: float) -> None:
-        self._sent.setdefault(key, collections.deque()).append(now)
+            limits.append((group, most, shared.max_messages_per_minute))
+        for key, connections, per_minute in limits:
+            if self.in_use(key) >= connections:
+                return None
+            if rate and per_minute is not None and len(self._window(key, now)) >= per_minute:
+                return None
+        return [key for key, _, per_minute in limits if per_minute is not None]
 
     def _window(self, key: ShapeKey, now: float) -> collections.deque[float]:
         """The times of `key`'s sends in the last minute (the older ones dropped)."""

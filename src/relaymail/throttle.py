@@ -27,7 +27,7 @@ def _sign(name: str, pattern: str, throttles: bool = True) -> ThrottleSign:
 THROTTLE_SIGNS: Final = (
     _sign("greylisting", r"grey-?list|gray-?list", throttles=False),
     _sign("gmail rate limit", r"\b4\.7\.28\b|rate.limited|unusual rate"),
-    _sign("yahoo deferral", r"\[?TSS?0[1-5]\]?"),  # TS01, TSS04: "temporarily deferred"
+    _sign("yahoo deferral", r"\[TSS?0[1-5]\]"),  # [TS01], [TSS04]: "temporarily deferred"
     _sign("microsoft server busy", r"\b4\.7\.(500|650)\b|server busy"),
     _sign("too many connections", r"too many (connections|concurrent|sessions)"),
     _sign("too many messages", r"too many (messages|mails)|sending rate|message rate"),

@@ -64,21 +64,26 @@ async def queue_up(store: SqliteStore, count: int, *domains: str) -> None:
         await store.enqueue(Envelope(SENDER, (f"u{n}@{domain}",)), message(f"m{n}"), time.time())
 
 
+async def deliver_all(cfg: Config, count: int, *domains: str) -> None:
+    """Queue `count` messages to `domains`, then run the scheduler until the queue is empty."""
+    store = SqliteStore.open(cfg.queue.directory)
+    try:
+        await queue_up(store, count, *domains)
+        async with scheduler(store, cfg):
+            await until(lambda: store.count_messages() == 0)
+    finally:
+        await store.close()
+
+
 async def test_max_connections_is_never_exceeded_at_the_sink(
     smtp_peer: Any, tmp_path: Path
 ) -> None:
     sink = await smtp_peer(SLOW_SINK)
     cfg = shaped(tmp_path, {"sink.test": {"max_connections": 2}}, routes=to_sink(sink))
-    store = SqliteStore.open(cfg.queue.directory)
-    try:
-        await queue_up(store, 30, "sink.test")
-        async with scheduler(store, cfg):
-            await until(lambda: store.count_messages() == 0)
-        copies = accepted_copies(sink)
-        assert (len(copies), set(copies.values())) == (30, {1})
-        assert sink.peak_connections == 2
-    finally:
-        await store.close()
+    await deliver_all(cfg, 30, "sink.test")
+    copies = accepted_copies(sink)
+    assert (len(copies), set(copies.values())) == (30, {1})
+    assert sink.peak_connections == 2
 
 
 async def test_a_connection_carries_at_most_max_messages_per_connection(
@@ -89,16 +94,10 @@ async def test_a_connection_carries_at_most_max_messages_per_connection(
         tmp_path, {"*": {"max_connections": 1, "max_messages_per_connection": 3}},
         routes=to_sink(sink), delivery={"connection_idle_time": 30.0},
     )  # fmt: skip
-    store = SqliteStore.open(cfg.queue.directory)
-    try:
-        await queue_up(store, 10, "sink.test")
-        async with scheduler(store, cfg):
-            await until(lambda: store.count_messages() == 0)
-        assert list(sink.mails_per_session().values()) == [3, 3, 3, 1]
-        assert sink.peak_connections == 1
-        assert set(accepted_copies(sink).values()) == {1}
-    finally:
-        await store.close()
+    await deliver_all(cfg, 10, "sink.test")
+    assert list(sink.mails_per_session().values()) == [3, 3, 3, 1]
+    assert sink.peak_connections == 1
+    assert set(accepted_copies(sink).values()) == {1}
 
 
 async def test_messages_per_minute_stops_the_destination_at_its_count(
@@ -169,16 +168,10 @@ async def test_the_domains_of_one_mx_group_share_its_connections(
         delivery={"port": sink.port}, dns={"nameservers": [f"{dns.host}:{dns.port}"]},
         tls={"policy": {"*": "none"}, "mta_sts": False},
     )  # fmt: skip
-    store = SqliteStore.open(cfg.queue.directory)
-    try:
-        await queue_up(store, 30, "a.test", "b.test")
-        async with scheduler(store, cfg):
-            await until(lambda: store.count_messages() == 0)
-        copies = accepted_copies(sink)
-        assert (len(copies), set(copies.values())) == (30, {1})
-        assert sink.peak_connections == 2
-    finally:
-        await store.close()
+    await deliver_all(cfg, 30, "a.test", "b.test")
+    copies = accepted_copies(sink)
+    assert (len(copies), set(copies.values())) == (30, {1})
+    assert sink.peak_connections == 2
 
 
 async def test_a_running_daemon_shows_its_suspension_in_queue_stats_the_page_and_metrics(

@@ -4,6 +4,7 @@ holding destinations and MX groups to their limits on virtual time (tests/unit/v
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from relaymail.routing import Destination
 from relaymail.shaping import MxGroup, Shape, ShapingSettings, parse_shaping
 from relaymail.slot_table import UNKNOWN, Limits, SlotTable
 from relaymail.suspension import Suspensions
+from relaymail.suspension_file import entries, read_suspended, write_suspended
 from relaymail.throttle import throttle_sign
 from tests.unit.test_scheduler import EPOCH, ScriptedEngine, running, settings
 from tests.unit.virtual_time import run
@@ -263,3 +265,29 @@ def test_a_throttling_reply_suspends_the_whole_mx_group() -> None:
 
     run(main())
 
+
+
+def test_queue_stats_reads_the_suspensions_not_over_and_nothing_from_a_broken_file(
+    tmp_path: Path,
+) -> None:
+    suspensions = Suspensions()
+    suspensions.throttled(GMAIL, Shape(), "421 busy", 0.0, "421")
+    suspensions.throttled(GOOGLE, Shape(backoff_min=10.0), "421 busy", 0.0, "421")
+    write_suspended(tmp_path, entries(suspensions.all_active(1.0)))
+    assert [e.destination for e in read_suspended(tmp_path, 1.0)] == ["mx:.google.com", "gmail.com"]
+    assert [e.destination for e in read_suspended(tmp_path, 30.0)] == ["gmail.com"]
+    (tmp_path / "suspended.json").write_text('[{"destination": 1}]')
+    assert read_suspended(tmp_path, 1.0) == []
+    assert read_suspended(tmp_path / "missing", 1.0) == []
+
+
+def test_only_destinations_with_a_rate_limit_keep_the_times_of_their_sends() -> None:
+    config = shaping({"gmail.com": {"max_messages_per_minute": 100}})
+    table = SlotTable(Limits(100, 20, config))
+    for _ in range(5):
+        for destination in (GMAIL, OTHER):
+            grant = table.grant([destination], 1.0)
+            assert grant is not None
+            table.release(grant)
+    assert (table.sent_in_window(GMAIL, 2.0), table.sent_in_window(OTHER, 2.0)) == (5, 0)
+    assert table.sent_in_window(GMAIL, 61.0) == 0
