@@ -83,7 +83,7 @@ async def test_users_table_from_the_file_binds_alice_to_her_addresses(daemon) ->
     assert "553 5.7.1 From: address <ceo@bank.example> is not owned by user alice" in out
     code, out = await submit(submission, "ceo@bank.example", "alice@example.org")
     assert "553 5.7.1 Sender address <ceo@bank.example> is not owned by user alice" in out
-    accepted = [line for line in process.text().splitlines() if "server: accepted " in line]
+    accepted = [line for line in process.text().splitlines() if "relaymail.accepted: " in line]
     assert len(accepted) == 1 and "from=<alice@example.org>" in accepted[0]
 
 
