@@ -41,6 +41,7 @@ from .config_values import host_name, size, table, text
 from .errors import ConfigError
 from .resolver import is_ip
 from .retry import RetrySchedule
+from .shaping import ShapingSettings, parse_shaping
 from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class Config:
     recipient_verification: RecipientVerification = field(default_factory=RecipientVerification)
     admin: AdminSettings | None = None  # the metrics and status page listener; None: off
     dkim: Mapping[str, DkimDomain] = field(default_factory=dict)  # by From: domain
+    shaping: ShapingSettings = field(default_factory=ShapingSettings)
     # Raw [[listener]] tables, checked by check_server_config; built by listeners() on
     # demand so that short commands (sendmail) need not import the SMTP server.
     listener_tables: tuple[Mapping[str, Any], ...] = ()
@@ -268,7 +270,8 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     sections = {"delivery", "tls", "routes", "relay_auth", "dns", "queue", "listener", "users"}
-    only(raw, "", sections | {"local", "server", "recipient_verification", "admin", "dkim"})
+    more = {"local", "server", "recipient_verification", "admin", "dkim", "shaping"}
+    only(raw, "", sections | more)
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
         raise ConfigError("listener", "must be an array of tables ([[listener]])")
@@ -299,6 +302,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         ),
         admin=read_admin(table(raw, "admin")),
         dkim=_dkim(table(raw, "dkim")),
+        shaping=parse_shaping(table(raw, "shaping")),
         listener_tables=tuple(listeners),
         user_table=dict(users),
         source=source,

@@ -42,6 +42,8 @@ from .queue.sqlite import SqliteStore
 from .queue.store import TraceHeader
 from .scheduler import Scheduler
 from .service import become, host_name_problem, lookup_user, notify_systemd
+from .suspension import Suspension
+from .suspension_file import entries
 
 log = logging.getLogger("relaymail.daemon")
 
@@ -71,7 +73,12 @@ class Daemon:
     _dropped_root: bool = False
     _admin_token: str | None = None  # [admin] token_file's token, re-read on reload
 
+    def _suspensions(self) -> list[Suspension]:
+        scheduler: Scheduler | None = self.__dict__.get("scheduler")  # None before it starts
+        return scheduler.suspensions() if scheduler is not None else []
+
     async def run(self) -> None:
+        self.metrics.watch_suspensions(lambda: len(self._suspensions()))
         unsubscribe = observe.subscribe(self.metrics.observe)
         try:
             await self._run()
@@ -121,8 +128,9 @@ class Daemon:
             await asyncio.gather(*(h.close(0) for h in self.listeners))
             raise
         self.scheduler = Scheduler(
-            store, engine, config.queue, hostname=config.delivery.helo_name, history=history
-        )
+            store, engine, config.queue, hostname=config.delivery.helo_name, history=history,
+            suspended_to=config.queue.directory,
+        )  # fmt: skip
         try:
             maildrop = open_maildrop(config.queue.directory)
             pending = self.scheduler.load()
@@ -182,6 +190,7 @@ class Daemon:
         app = AdminApp(
             store, history, registry,
             hostname=lambda: self.config.delivery.helo_name, token=lambda: self._admin_token,
+            suspended=lambda: entries(self._suspensions()),
         )  # fmt: skip
         try:
             server = await listen(settings.host, settings.port, app)

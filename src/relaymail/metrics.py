@@ -9,6 +9,8 @@ address, whose number an outsider controls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .observe import (
@@ -59,11 +61,20 @@ class Metrics:
             "relaymail_outbound_connections", "Connections to next hops open now (idle ones too)",
             registry=self.registry,
         )  # fmt: skip
+        self.suspended_destinations = Gauge(
+            "relaymail_suspended_destinations",
+            "Destinations and MX groups suspended now for throttling (their mail waits untried)",
+            registry=self.registry,
+        )  # fmt: skip
         # Every label value exists from the start, so a rate() has a zero to start from.
         for status in DeliveryStatus:
             self.deliveries.labels(status=status.value)
         for reason in RejectReason:
             self.inbound_rejections.labels(reason=reason.value)
+
+    def watch_suspensions(self, count: Callable[[], int]) -> None:
+        """The suspended gauge asks `count` (the scheduler's) at each scrape."""
+        self.suspended_destinations.set_function(lambda: float(count()))
 
     def observe(self, event: LogEvent) -> None:
         match event:

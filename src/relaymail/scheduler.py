@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
+import heapq
+import itertools
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import observe
@@ -35,10 +36,10 @@ from .active_window import ActiveWindow, Entry, WaitingRecipient, WindowStats
 from .body import MessageBody
 from .config import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
-from .errors import BodyUnreadable, QueueFull
+from .destination_memory import DestinationMemory
+from .errors import QueueFull
 from .message import Envelope, domain_of
 from .message_data import MessageData
-from .outcome_event import delivery_event, iso_time
 from .queue.backlog import WriteBacklog
 from .queue.store import (
     AdminAction,
@@ -50,7 +51,18 @@ from .queue.store import (
     TraceHeader,
 )
 from .routing import Destination
+from .scheduler_records import (
+    age_words,
+    delivery_event,
+    expired_result,
+    iso,
+    quotable_head,
+    recipient_update,
+    utc,
+)
 from .slot_table import Grant, Limits, SlotTable
+from .suspension import Suspension
+from .suspension_file import entries, write_suspended
 
 if TYPE_CHECKING:
     from .admin.history import DeliveryHistory
@@ -62,8 +74,6 @@ log = logging.getLogger("relaymail.queue")
 ADMIN_POLL = 1.0
 # A failed refill (the store refusing reads) is tried again this much later.
 REFILL_RETRY = 1.0
-# The dead-destination memory is swept of expired entries this often.
-DEAD_SWEEP = 60.0
 
 
 class Scheduler:
@@ -76,6 +86,7 @@ class Scheduler:
         hostname: str,
         clock: Callable[[], float] = time.time,
         history: DeliveryHistory | None = None,
+        suspended_to: Path | None = None,
     ) -> None:
         self.store = store
         self.history = history  # the status page's record of outcomes
@@ -84,12 +95,16 @@ class Scheduler:
         self.hostname = hostname
         self._clock = clock
         self._window = ActiveWindow(settings.active_limit)
-        self._slots = SlotTable(self._limits())
+        self._slots = SlotTable(self._limits(), engine.shaping_group)
+        # Destinations whose minute is spent, by when they may send again (heap).
+        self._rate_waits: list[tuple[float, int, Destination]] = []
+        self._rate_order = itertools.count()  # ties in the heap never compare destinations
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._stale: set[str] = set()
-        self._dead_until: dict[str, tuple[float, str]] = {}
-        self._dead_swept = 0.0
+        self._memory = DestinationMemory()
+        self._background: set[asyncio.Task[None]] = set()
+        self._suspended_to = suspended_to  # the directory `queue stats` reads them from
         self._admin_cursor = 0
         self._stopping = False
         self._writes = WriteBacklog()
@@ -105,7 +120,12 @@ class Scheduler:
         self._refill_after = 0.0
 
     def _limits(self) -> Limits:
-        return Limits(self.settings.max_deliveries, self.engine.destination_concurrency)
+        engine = self.engine
+        return Limits(self.settings.max_deliveries, engine.destination_concurrency, engine.shaping)
+
+    def suspensions(self) -> list[Suspension]:
+        """The destinations suspended now for throttling, the one ending first first."""
+        return self._memory.suspensions.all_active(self._clock())
 
     def window_stats(self) -> WindowStats:
         """The active window now, and the most messages it ever held at once."""
@@ -120,6 +140,8 @@ class Scheduler:
         earliest due messages, at most the window's limit.
         """
         self._admin_cursor = self.store.latest_admin_event_id()
+        if self._suspended_to is not None:
+            write_suspended(self._suspended_to, [])  # the last run's are forgotten with it
         return self.store.count_messages()
 
     async def run(self) -> None:
@@ -133,7 +155,8 @@ class Scheduler:
                 self._wake.clear()
                 # With every slot taken, a delivery that ends wakes the loop, not the heap.
                 due = None if self._slots.full else self._window.next_due()
-                wake_at = [t for t in (due, self._disk_due) if t is not None]
+                rate = self._rate_waits[0][0] if self._rate_waits else None
+                wake_at = [t for t in (due, self._disk_due, rate) if t is not None]
                 if self._more_on_disk and self._refill_after > now:
                     wake_at.append(self._refill_after)
                 timeout = max(0.0, min(wake_at) - self._clock()) if wake_at else 3600.0
@@ -168,7 +191,10 @@ class Scheduler:
     def _dispatch(self, now: float) -> None:
         """Start every due delivery the slot table grants."""
         self._slots.limits = self._limits()
+        self._slots.group_of = self.engine.shaping_group
         self._window.limit = self.settings.active_limit
+        while self._rate_waits and self._rate_waits[0][0] <= now:
+            self._window.unpark(heapq.heappop(self._rate_waits)[2])
         while not self._slots.full and not self._stopping:
             entry = self._window.pop_due(now)
             if entry is None:
@@ -177,11 +203,17 @@ class Scheduler:
             for rcpt, pending in entry.recipients.items():
                 if pending.due <= now:
                     by_destination[self.engine.destination(domain_of(rcpt))].append(rcpt)
-            grant = self._slots.grant(by_destination)
+            held = [d for d in by_destination if self._held_back(d, now)]
+            grant = self._slots.grant(by_destination, now, free=held)
             if grant is None:
-                self._window.park(entry, next(iter(by_destination)))
+                first = next(iter(by_destination))
+                self._window.park(entry, first)
+                until = self._slots.wait_until(by_destination, now)
+                if until is not None:
+                    heapq.heappush(self._rate_waits, (until, next(self._rate_order), first))
                 continue
-            rcpts = [r for d in grant.destinations for r in by_destination[d]]
+            granted = grant.destinations | grant.free
+            rcpts = [r for d in granted for r in by_destination[d]]
             self._window.started(entry.id)
             task = asyncio.create_task(self._deliver(entry, rcpts, grant))
             self._in_flight[entry.id] = task
@@ -225,7 +257,8 @@ class Scheduler:
         self._more_on_disk = batch.more or self._disk_gen != generation
         if batch.next_due is not None:
             self._note_on_disk(batch.next_due)
-        self._sweep_dead(now)
+        self._memory.sweep(now)
+        self._slots.sweep(now)
 
     def _note_on_disk(self, due: float) -> None:
         """A message waits on disk (not in the window), due at `due`."""
@@ -320,7 +353,7 @@ class Scheduler:
                 pending.due = self._clock() + self.settings.retry.delay(pending.attempts + 1)
         finally:
             self._slots.release(grant)
-            for destination in grant.destinations:
+            for destination in grant.destinations | grant.free:
                 self._window.unpark(destination)
             self._window.finished(entry.id)
             self._in_flight.pop(entry.id, None)
@@ -346,7 +379,7 @@ class Scheduler:
         now = started = self._clock()
         due = [r for r in granted if r in entry.recipients and entry.recipients[r].due <= now]
         updates: list[RecipientUpdate] = []
-        skipped = self._skip_dead_destinations(entry, due, now, updates)
+        skipped = self._skip_held_back(entry, due, now, updates)
         due = [r for r in due if r not in skipped]
         results: list[RecipientResult] = []
         body = MessageBody.of(b"")
@@ -371,8 +404,9 @@ class Scheduler:
             expired = status is Status.DEFERRED and age >= self.settings.lifetime
             if expired:
                 status = Status.BOUNCED
-                reason = f"gave up after {_age(now - entry.received_at)} in the queue: {reason}"
-                result = _expired(result, reason)
+                waited = age_words(now - entry.received_at)
+                reason = f"gave up after {waited} in the queue: {reason}"
+                result = expired_result(result, reason)
             if status is Status.DEFERRED:
                 pending.due = now + self.settings.retry.delay(pending.attempts)
                 deferred.append(result)
@@ -383,8 +417,8 @@ class Scheduler:
             # Neither an unreadable body nor a REQUIRETLS refusal says the destination is
             # down for the other mail: the fault, or the requirement, is this message's.
             if not (result.body_unreadable or entry.requiretls):
-                self._note_destination(result, now, pending)
-            updates.append(_update(entry.id, result, status, pending, now, reason))
+                self._learn(entry, result, pending, now)
+            updates.append(recipient_update(entry.id, result, status, pending, now, reason))
             observe.emit(delivery_event(entry, result, expired, pending.due, started, now))
             if self.history is not None:
                 self.history.record(entry.id, result, status, reason, now)
@@ -407,26 +441,31 @@ class Scheduler:
         log.error("id=%s: message body missing from the queue; message held", entry.id)
         await self._writes.write(functools.partial(self.store.set_hold, entry.id, True))
 
-    def _skip_dead_destinations(
+    def _held_back(self, destination: Destination, now: float) -> bool:
+        """Whether `destination` is suspended for throttling now (its mail waits untried)."""
+        return self._memory.suspensions.active(self._slots.key_of(destination), now) is not None
+
+    def _skip_held_back(
         self, entry: Entry, due: list[str], now: float, updates: list[RecipientUpdate]
     ) -> set[str]:
-        """Per-destination retry memory: don't hammer a destination that just failed."""
+        """Don't hammer a destination that just failed or throttles us: defer, untried."""
         skipped: set[str] = set()
         for rcpt in due:
-            dead = self._dead_until.get(domain_of(rcpt))
-            if dead is None or dead[0] <= now:
+            domain = domain_of(rcpt)
+            key = self._slots.key_of(self.engine.destination(domain))
+            held = self._memory.held_back(domain, key, now)
+            if held is None:
                 continue
-            until, reason = dead
             pending = entry.recipients[rcpt]
-            pending.due = until
+            pending.due = held.until
             skipped.add(rcpt)
             # Postfix's "delivery temporarily suspended": a deferral without an attempt.
             observe.emit(
                 observe.Delivery(
                     entry.id, rcpt, observe.DeliveryStatus.DEFERRED, sender=entry.sender,
                     delay=round(now - entry.received_at + entry.before_queue, 3), dsn="4.4.1",
-                    next_attempt=iso_time(until),
-                    reason=f"delivery temporarily suspended: destination down ({reason})",
+                    next_attempt=iso(held.until),
+                    reason=f"delivery temporarily suspended: {held.reason}",
                 )
             )  # fmt: skip
             updates.append(
@@ -435,29 +474,40 @@ class Scheduler:
                     rcpt,
                     RecipientState.DEFERRED,
                     pending.attempts,
-                    until,
+                    held.until,
                     last_attempt=None,
-                    last_error=f"not tried: destination down ({reason})",
+                    last_error=f"not tried: {held.reason}",
                 )
             )
         return skipped
 
-    def _sweep_dead(self, now: float) -> None:
-        """Forget destinations whose retry time has passed, so the memory stays small."""
-        if now - self._dead_swept >= DEAD_SWEEP:
-            self._dead_swept = now
-            self._dead_until = {d: v for d, v in self._dead_until.items() if v[0] > now}
-
-    def _note_destination(
-        self, result: RecipientResult, now: float, pending: WaitingRecipient
+    def _learn(
+        self, entry: Entry, result: RecipientResult, pending: WaitingRecipient, now: float
     ) -> None:
-        domain = domain_of(result.recipient)
-        if result.status is Status.DEFERRED and result.reply is None:
-            # No host answered at all (connection-level): remember it for the
-            # other messages to this destination until this one's next retry.
-            self._dead_until[domain] = (pending.due, result.reason)
-        elif result.reply is not None:
-            self._dead_until.pop(domain, None)
+        """What `result` says of its destination: down, throttling (then suspended), fine."""
+        destination = self.engine.destination(domain_of(result.recipient))
+        key = self._slots.key_of(destination)
+        shape = self._slots.shape(destination)
+        suspension = self._memory.learn(result, key, shape, pending.due, now)
+        if suspension is None:
+            return
+        if result.status is Status.DEFERRED:  # tried again when the suspension ends
+            pending.due = max(pending.due, suspension.until)
+        observe.emit(
+            observe.Suspended(
+                entry.id, suspension.label, iso(suspension.until),
+                round(suspension.until - now, 3), suspension.strikes, suspension.sign,
+                suspension.reason,
+            )
+        )  # fmt: skip
+        if self._suspended_to is not None:
+            # Off the loop: `queue stats` reads it; a write that fails costs only the listing.
+            listed = entries(self.suspensions())
+            task = asyncio.create_task(
+                asyncio.to_thread(write_suspended, self._suspended_to, listed)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _send_dsn(
         self, entry: Entry, results: Sequence[RecipientResult], body: MessageBody, delay: bool
@@ -469,11 +519,11 @@ class Scheduler:
         if not dsn.should_bounce(entry.sender):
             observe.emit(observe.Notice(entry.id, kind, entry.sender, None))
             return
-        now = _utc(self._clock())
+        now = utc(self._clock())
         build = (
             functools.partial(
                 dsn.build_delay_warning,
-                retry_until=_utc(entry.received_at + self.settings.lifetime),
+                retry_until=utc(entry.received_at + self.settings.lifetime),
             )
             if delay
             else dsn.build_bounce
@@ -483,10 +533,10 @@ class Scheduler:
             queue_id=entry.id,
             # The notice may travel in clear: of a REQUIRETLS message (RFC 8689) it
             # quotes no header field, since its Subject: is as private as its body.
-            original_headers=b"" if entry.requiretls else _quotable_head(body),
+            original_headers=b"" if entry.requiretls else quotable_head(body),
             recipients=[dsn.recipient_facts(r, last_attempt=now) for r in results],
             reporting_mta=self.hostname,
-            arrival_date=_utc(entry.received_at),
+            arrival_date=utc(entry.received_at),
             now=now,
         )
         if notice is None:
@@ -539,51 +589,3 @@ class Scheduler:
     def in_flight(self) -> list[asyncio.Task[None]]:
         """The deliveries running now (a reload lets them finish on the old engine)."""
         return list(self._in_flight.values())
-
-
-def _update(
-    message_id: str,
-    result: RecipientResult,
-    status: Status,
-    pending: WaitingRecipient,
-    now: float,
-    reason: str,
-) -> RecipientUpdate:
-    state = {
-        Status.DELIVERED: RecipientState.DELIVERED,
-        Status.BOUNCED: RecipientState.BOUNCED,
-        Status.DEFERRED: RecipientState.DEFERRED,
-    }[status]
-    tls = json.dumps(result.tls.to_json())
-    return RecipientUpdate(
-        message_id, result.recipient, state, pending.attempts, pending.due,
-        last_attempt=now, last_reply=result.reply, last_error=reason, tls=tls, host=result.host,
-    )  # fmt: skip
-
-
-def _expired(result: RecipientResult, reason: str) -> RecipientResult:
-    from dataclasses import replace
-
-    return replace(result, status=Status.BOUNCED, reason=reason)
-
-
-def _quotable_head(body: MessageBody) -> bytes:
-    """The header section a DSN quotes; none when the body cannot be read any more."""
-    from . import dsn
-
-    try:
-        return dsn.header_section(body.head())
-    except BodyUnreadable:
-        return b""
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
-
-
-def _age(seconds: float) -> str:
-    if seconds >= 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds:.0f} seconds"

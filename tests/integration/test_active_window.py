@@ -159,7 +159,9 @@ async def test_a_stalled_destination_holds_its_slots_while_another_gets_its_mail
             await until(lambda: len(stalled.transactions) == 2)
             for n in range(3):
                 await running.enqueue(Envelope(SENDER, (f"u{n}@fast.test",)), message(f"f{n}"))
-            await until(lambda: len(fast.transactions) == 3)
+            # The sink records a message before it answers: wait for the deliveries to end.
+            await until(lambda: len(fast.transactions) == 3
+                        and running.window_stats().in_flight == 2)  # fmt: skip
 
             stats = running.window_stats()
             assert (stalled.connections, len(stalled.transactions)) == (2, 2)

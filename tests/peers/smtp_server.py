@@ -116,6 +116,9 @@ class Script:
     # large message fills the client's send buffer), or a reply sent before closing.
     mid_data: Response | None = None
     end_of_data_reply: Response | None = None  # None: "250 2.0.0 Ok queued as N"
+    # Every Nth message this peer receives (counted over all its connections) gets this
+    # reply instead: (10, "421 4.7.0 Try again later") throttles one in ten.
+    every_nth_end_of_data: tuple[int, Response] | None = None
     rset_reply: Response = "250 2.0.0 Ok"
     noop_reply: Response = "250 2.0.0 Ok"
     quit_reply: Response = "221 2.0.0 Bye"
@@ -320,6 +323,7 @@ class _Connection(asyncio.Protocol):
         finally:
             assert self.session is not None and self._transport is not None
             self.session.ended = True
+            self._peer._closed(self.session)
             self._transport.close()
 
     async def _dialogue(self) -> None:
@@ -380,6 +384,7 @@ class _Connection(asyncio.Protocol):
     async def _quit(self, argument: str) -> bool:
         assert self.session is not None
         self.session.quit = True
+        self._peer._closed(self.session)  # the client is done with it: it no longer counts
         await self._respond(self._script.quit_reply, Stage.QUIT)
         return False
 
@@ -516,6 +521,9 @@ class _Connection(asyncio.Protocol):
         assert self.session is not None
         self._peer._transaction_count += 1
         response = self._script.end_of_data_reply
+        nth = self._script.every_nth_end_of_data
+        if nth is not None and self._peer._transaction_count % nth[0] == 0:
+            response = nth[1]
         if response is None:
             response = f"250 2.0.0 Ok queued as {self._peer._transaction_count}"
         action = _action(response)
@@ -560,6 +568,8 @@ class SMTPPeer:
         self._connections: list[_Connection] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._transaction_count = 0
+        self._open: set[int] = set()
+        self.peak_connections = 0  # the most connections open at once
 
     @property
     def port(self) -> int:
@@ -571,6 +581,14 @@ class SMTPPeer:
     @property
     def connections(self) -> int:
         return len(self.sessions)
+
+    def mails_per_session(self) -> dict[int, int]:
+        """How many MAIL commands each connection carried, by session number."""
+        counts = dict.fromkeys((s.number for s in self.sessions), 0)
+        for line in self.transcript:
+            if line.verb == "MAIL":
+                counts[line.session] += 1
+        return counts
 
     @property
     def tls_sessions(self) -> int:
@@ -625,7 +643,12 @@ class SMTPPeer:
         session = Session(number=len(self.sessions) + 1, client=(client[0], client[1]))
         self.sessions.append(session)
         self._connections.append(connection)
+        self._open.add(session.number)
+        self.peak_connections = max(self.peak_connections, len(self._open))
         return session
+
+    def _closed(self, session: Session) -> None:
+        self._open.discard(session.number)
 
 
 class SMTPPeerFactory(Protocol):

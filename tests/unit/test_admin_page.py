@@ -23,6 +23,7 @@ from relaymail.queue.store import (
     RecipientState,
     Tally,
 )
+from relaymail.suspension_file import SuspendedEntry
 
 EVIL = "<script>alert('x')</script>\"&'"
 
@@ -51,8 +52,11 @@ def test_the_status_page_escapes_hostile_values_everywhere():
         hours=hour_bars([HourCount(29, Status.DEFERRED, 1)], 3600.0 * 30),
         posture=(DomainPosture(EVIL, 0, 0, 1, (ClearCause(ClearReason.TEMPFAIL, EVIL, 1),)),),
         recent=(entry(),),
+        suspended=(SuspendedEntry(EVIL, 3600.0 * 30, 3600.0 * 31, 2, "421", EVIL),),
     )
-    assert_inert(status_page(view, EVIL))
+    page = status_page(view, EVIL)
+    assert_inert(page)
+    assert b'<td class="n">2</td><td>421</td>' in page  # the strike, the sign
 
 
 def test_a_message_page_escapes_hostile_values_everywhere():

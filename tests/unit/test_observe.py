@@ -32,6 +32,7 @@ from relaymail.observe import (
     PickedUp,
     Rejected,
     RejectReason,
+    Suspended,
 )
 from relaymail.observe.render import json_fields, json_line, text_line
 from relaymail.queue.memory import MemoryStore
@@ -64,6 +65,8 @@ SAMPLES: list[LogEvent] = [
     Expanded("1K3F2A9QZ8", "root@example.org", ("admin@example.net", "ops@example.org")),
     Admin("1K3F2A9QZ8", AdminAction.HOLD),
     Notice("1K3F2A9QZ8", "bounce", "a@src.test", "1K3F2B0000"),
+    Suspended("1K3F2A9QZ8", "mx:.google.com", "2026-12-01T13:21:00Z", 60.0, 1,
+              "gmail rate limit", "421 4.7.28 Gmail has rate limited this sender"),
     InboundConnection(Direction.OPENED, "127.0.0.1"),
     OutboundConnection(Direction.CLOSED, "192.0.2.7", 25),
 ]  # fmt: skip

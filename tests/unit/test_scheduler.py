@@ -26,6 +26,7 @@ from relaymail.queue.memory import MemoryStore
 from relaymail.retry import RetrySchedule
 from relaymail.routing import Destination
 from relaymail.scheduler import Scheduler
+from relaymail.shaping import MxGroup, ShapingSettings
 from tests.unit.virtual_time import run
 
 EPOCH = 1_700_000_000.0  # the scheduler's wall clock when the test begins
@@ -65,7 +66,8 @@ class Tried:
 class ScriptedEngine:
     """Answers each recipient with its script's next answer; accepts once the script is out.
 
-    A delivery to a domain in `slow` takes that many seconds.
+    A delivery to a domain in `slow` takes that many seconds. `groups` are the
+    destinations' MX groups, as a real engine learns them by routing.
     """
 
     def __init__(
@@ -73,15 +75,23 @@ class ScriptedEngine:
         script: Mapping[str, Sequence[Answer]],
         slow: Mapping[str, float] | None = None,
         destination_concurrency: int = 20,
+        shaping: ShapingSettings | None = None,
+        groups: Mapping[str, MxGroup] | None = None,
     ) -> None:
         self._script = {rcpt: list(answers) for rcpt, answers in script.items()}
         self._slow = slow or {}
         self.destination_concurrency = destination_concurrency
+        self.shaping = shaping or ShapingSettings()
+        self._groups = groups or {}
         self.tried: list[Tried] = []
+        self._changes: list[tuple[float, int, frozenset[str]]] = []  # deliveries start, end
 
     @staticmethod
     def destination(domain: str) -> Destination:
         return Destination(domain, routed=False)
+
+    def shaping_group(self, destination: Destination) -> MxGroup | None:
+        return self._groups.get(destination.name)
 
     async def deliver(
         self, envelope: Envelope, body: MessageBody, *, queue_id: str | None = None
@@ -90,12 +100,24 @@ class ScriptedEngine:
         self.tried.append(
             Tried(now, envelope.sender, envelope.recipients, body.read_all(), envelope.requiretls)
         )
+        domains = frozenset(domain_of(r) for r in envelope.recipients)
+        self._changes.append((now, 1, domains))
         await asyncio.sleep(max(self._slow.get(domain_of(r), 0.0) for r in envelope.recipients))
+        self._changes.append((asyncio.get_running_loop().time(), -1, domains))
         answers = [self._script.get(rcpt) for rcpt in envelope.recipients]
         return [
             (answer.pop(0) if answer else accepted)(rcpt)
             for rcpt, answer in zip(envelope.recipients, answers, strict=True)
         ]
+
+    def peak(self, *domains: str) -> int:
+        """The most deliveries to any of `domains` that ran at once."""
+        most = now = 0
+        for _, change, to in sorted(self._changes, key=lambda c: (c[0], c[1])):
+            if to & set(domains):
+                now += change
+                most = max(most, now)
+        return most
 
     def times_for(self, rcpt: str) -> list[float]:
         return [t.at for t in self.tried if rcpt in t.recipients]

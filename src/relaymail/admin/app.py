@@ -19,6 +19,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ..queue.ids import parse_queue_id
 from ..queue.store import Store
+from ..suspension_file import SuspendedEntry
 from .history import DeliveryHistory
 from .http import Request, Response, text_response
 from .page import STYLESHEET, message_page, status_page
@@ -56,6 +57,8 @@ class AdminApp:
     registry: CollectorRegistry
     hostname: Callable[[], str]
     token: Callable[[], str | None]  # read on each request: a reload may change it
+    # The scheduler's suspended destinations now (memory, not the store).
+    suspended: Callable[[], list[SuspendedEntry]] = list
 
     async def __call__(self, request: Request) -> Response:
         token = self.token()
@@ -63,7 +66,8 @@ class AdminApp:
             return text_response(401, "a token is required (Authorization: Bearer)", *_CHALLENGE)
         path = request.path
         if path == "/":
-            view = await asyncio.to_thread(gather, self.store, self.history, time.time())
+            now, suspended = time.time(), self.suspended()
+            view = await asyncio.to_thread(gather, self.store, self.history, now, suspended)
             return Response(200, status_page(view, self.hostname()), HTML)
         if path == "/metrics":
             body = await asyncio.to_thread(generate_latest, self.registry)

@@ -87,7 +87,8 @@ def status_page(view: StatusView, hostname: str) -> bytes:
     return _page(f"relaymail on {hostname}", [
         f"<header><h1>relaymail on {_e(hostname)}</h1>"
         f"<p>as of {_when(view.now)} UTC</p></header>",
-        _queue_section(view), _hours_section(view), _posture_section(view.posture),
+        _queue_section(view), _suspended_section(view), _hours_section(view),
+        _posture_section(view.posture),
         '<section id="recent"><h2>Recent deliveries</h2>',
         _attempts_table("recent-deliveries", view.recent, with_message=True), "</section>",
     ])  # fmt: skip
@@ -119,6 +120,18 @@ def _queue_section(view: StatusView) -> str:
         f" (since {_when(stats.oldest_received_at)})</p>"
         f'<div class="cols"><div>{destinations}</div><div>{reasons}</div></div></section>'
     )
+
+
+def _suspended_section(view: StatusView) -> str:
+    rows = (
+        [_cell(s.destination), _cell(_when(s.until)), _cell(s.strikes, "n"), _cell(s.sign),
+         _cell(s.reply)]
+        for s in view.suspended
+    )  # fmt: skip
+    table = _table("suspended-destinations", ["destination", "until (UTC)", "strike",
+                   "throttle sign", "reply"], rows)  # fmt: skip
+    empty = "" if view.suspended else '<p class="muted">none: no destination throttles us</p>'
+    return f'<section id="suspended"><h2>Suspended destinations</h2>{table}{empty}</section>'
 
 
 def _hours_section(view: StatusView) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..delivery.results import Status
 from ..queue.store import MessageDetail, PendingBreakdown, QueueStats, Store
+from ..suspension_file import SuspendedEntry
 from .history import (
     ClearReason,
     DeliveryHistory,
@@ -63,6 +64,7 @@ class StatusView:
     hours: tuple[HourBar, ...]
     posture: tuple[DomainPosture, ...]
     recent: tuple[HistoryEntry, ...]
+    suspended: tuple[SuspendedEntry, ...] = ()  # destinations throttling us, ending first first
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,9 @@ class MessageView:
     attempts: tuple[HistoryEntry, ...]
 
 
-def gather(store: Store, history: DeliveryHistory, now: float) -> StatusView:
+def gather(
+    store: Store, history: DeliveryHistory, now: float, suspended: Iterable[SuspendedEntry] = ()
+) -> StatusView:
     since = now - HOURS * 3600
     return StatusView(
         now=now,
@@ -81,6 +85,7 @@ def gather(store: Store, history: DeliveryHistory, now: float) -> StatusView:
         hours=hour_bars(history.hourly(since), now),
         posture=posture(history.sessions(since)),
         recent=tuple(history.recent(RECENT)),
+        suspended=tuple(suspended),
     )
 
 

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ..daemon_lock import daemon_status
 from ..queue.selection import CHANGES, AdminOutcome
 from ..queue.sqlite import SqliteStore
 from ..queue.store import AdminAction, RecipientState
+from ..suspension_file import read_suspended
 from .exits import EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from .queue_views import print_detail, print_list, print_stats
 
@@ -67,7 +69,10 @@ def _read(store: SqliteStore, directory: Path, args: argparse.Namespace) -> int:
         recipients = store.recipients_of([m.id for m in messages])
         print_list(messages, recipients, store.count_messages(state), args.json)
     elif action == "stats":
-        print_stats(store.stats(), daemon_status(directory), args.json)
+        daemon = daemon_status(directory)
+        # Suspensions live in the daemon's memory: none without one.
+        suspended = read_suspended(directory, time.time()) if daemon.pid is not None else []
+        print_stats(store.stats(), daemon, suspended, args.json)
     elif action == "show":
         detail = store.get_message(args.id)
         if detail is None:

@@ -11,11 +11,13 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from ..daemon_lock import DaemonStatus
 from ..display import printable
 from ..queue.store import MessageDetail, MessageSummary, QueueStats, RecipientDetail
+from ..suspension_file import SuspendedEntry
 
 
 def _when(timestamp: float | None) -> str:
@@ -112,10 +114,14 @@ def _tls_words(tls: Mapping[str, Any] | None) -> str:
     return f"{printable(facts.version or '?')} {verified}"
 
 
-def print_stats(stats: QueueStats, daemon: DaemonStatus, as_json: bool) -> None:
+def print_stats(
+    stats: QueueStats, daemon: DaemonStatus, suspended: list[SuspendedEntry], as_json: bool
+) -> None:
     if as_json:
         running = daemon.pid is not None if daemon.known else None
-        print(json.dumps({**asdict(stats), "daemon_running": running, "daemon_pid": daemon.pid}))
+        listed = [asdict(e) for e in suspended]
+        print(json.dumps({**asdict(stats), "daemon_running": running, "daemon_pid": daemon.pid,
+                          "suspended": listed}))  # fmt: skip
         return
     r = stats.recipients
     oldest = f"{stats.oldest_age:.0f}s" if stats.oldest_age is not None else "-"
@@ -123,3 +129,9 @@ def print_stats(stats: QueueStats, daemon: DaemonStatus, as_json: bool) -> None:
         f"messages {stats.messages} (held {stats.held}), {stats.total_bytes} bytes; "
         f"recipients queued {r.queued}, deferred {r.deferred}; oldest {oldest}; {daemon}"
     )
+    for entry in suspended:
+        until = datetime.fromtimestamp(entry.until, UTC).isoformat(timespec="seconds")
+        print(
+            f"suspended {printable(entry.destination)} until {until.replace('+00:00', 'Z')} "
+            f"(strike {entry.strikes}, {entry.sign}): {printable(entry.reply)}"
+        )

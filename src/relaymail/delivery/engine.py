@@ -14,10 +14,8 @@ import dataclasses
 import logging
 import sqlite3
 import time
-import traceback
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..body import MessageBody
 from ..config import Config, RelayAuth, Scheme
@@ -25,9 +23,11 @@ from ..errors import BodyUnreadable, ConnectFailed, RelaymailError, SessionError
 from ..expiring import ExpiringMap
 from ..message import Envelope, domain_of
 from ..routing import Destination, HopSource, NextHop, Router, RoutingError, make_resolver
+from ..shaping import MxGroup, ShapingSettings
+from ..slot_table import UNKNOWN, GroupUnknown, destination_shape
 from ..smtp.client import Capabilities, State, Verb
 from ..smtp.session import SmtpSession
-from ..tls.context import CLEAR, PolicyJudgement, TlsFacts
+from ..tls.context import CLEAR, TlsFacts
 from ..tls.dane import TlsaLookup, lookup_tlsa
 from ..tls.memory import TlsMemory
 from ..tls.mta_sts import StsCache, StsMode, StsPolicy, StsResolver, https_context
@@ -36,6 +36,8 @@ from ..tls.reporting import TlsEvent, TlsReportStore, session_event
 from ..tls.results import PolicyType, ResultType
 from . import requiretls
 from .auth import LoginFailureLog, credentialed_policy, log_in
+from .host_failure import HostFailed, unforeseen
+from .judgement import judged, tls_step
 from .plan import (
     DNS_HOPS,
     DomainPlan,
@@ -47,7 +49,7 @@ from .plan import (
 from .pool import IdleSession, SessionPool
 from .results import AttemptResult, RecipientResult, Status, TlsStep
 from .run import DomainRun, Outcome, SessionInUse, Target, observe_step
-from .starttls import StarttlsOutcome, StarttlsStep
+from .starttls import StarttlsStep
 from .transaction import probe, transaction
 
 log = logging.getLogger("relaymail.delivery")
@@ -68,29 +70,6 @@ class HostInspection:
     level_source: str | None = None  # e.g. the TLSA records when DANE decides the host
     decision: Decision | None = None
     error: str | None = None
-
-
-class _HostFailed(Exception):
-    """This host cannot take the pending recipients; the reason goes to the next one."""
-
-    def __init__(
-        self, result: AttemptResult, detail: str, tls: TlsFacts = CLEAR,
-        step: TlsStep | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(detail)
-        self.result = result
-        self.detail = detail
-        self.tls = tls  # TLS can be up when the host fails (a certificate `verify` refuses)
-        self.step = step  # the policy table's refusal, when that is why
-
-
-def _unforeseen(exc: Exception) -> _HostFailed:
-    """An exception no step expected, as a failed host whose detail says where it came from."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    return _HostFailed(
-        AttemptResult.INTERNAL_ERROR, f"internal error{where}: {type(exc).__name__}: {exc}"
-    )
 
 
 class DeliveryEngine:
@@ -117,6 +96,8 @@ class DeliveryEngine:
         self._starttls = StarttlsStep(config.tls, self._memory)
         self._pool = SessionPool(config.delivery.connection_idle_time)
         self._login_failures = LoginFailureLog()
+        # Each domain's MX group, learnt by routing it: None when it is in none.
+        self._groups: ExpiringMap[str, tuple[MxGroup | None]] = ExpiringMap()
 
     async def deliver(
         self, envelope: Envelope, data: bytes | MessageBody, *, queue_id: str | None = None
@@ -175,6 +156,26 @@ class DeliveryEngine:
     def destination_concurrency(self) -> int:
         return self.config.delivery.destination_concurrency
 
+    @property
+    def shaping(self) -> ShapingSettings:
+        return self.config.shaping
+
+    def shaping_group(self, destination: Destination) -> MxGroup | GroupUnknown | None:
+        """The MX group `destination` counts in, as its last routing found; UNKNOWN before."""
+        if destination.routed or not self.config.shaping.groups:
+            return None
+        known = self._groups.get(destination.name, time.monotonic())
+        return UNKNOWN if known is None else known[0]
+
+    def _learn_group(self, domain: str, hops: list[NextHop]) -> None:
+        if not self.config.shaping.groups or not hops or hops[0].source not in DNS_HOPS:
+            return
+        # The most preferred MX hosts decide: a backup MX elsewhere does not move a domain.
+        first = [h.name for h in hops if h.preference == hops[0].preference]
+        now = time.monotonic()
+        group = self.config.shaping.group_of(first)
+        self._groups.put(domain, (group,), now + _GROUP_SECONDS, now)
+
     async def _deliver_domain(
         self, domain: str, rcpts: list[str], envelope: Envelope, body: MessageBody,
         queue_id: str | None, *, probe_only: bool = False,
@@ -191,6 +192,7 @@ class DeliveryEngine:
             # unless MAIL FROM asked for REQUIRETLS, which wins (RFC 8689 4.1).
             relaxed = requiretls.tls_not_required(body.head()) and not envelope.requiretls
             hops = await self.router.next_hops(domain)
+            self._learn_group(domain, hops)
         except BodyUnreadable as exc:
             run.body_unreadable(exc)
             return run.results({})
@@ -294,7 +296,7 @@ class DeliveryEngine:
                 except Exception as exc:
                     # Anything else is a defect, ours or the server's, that nobody foresaw:
                     # this host fails with the reason and the engine goes on.
-                    host = exc if isinstance(exc, _HostFailed) else _unforeseen(exc)
+                    host = exc if isinstance(exc, HostFailed) else unforeseen(exc)
                     run.note(at, host.result, host.tls, host.detail, host.step)
                     failures.append(f"{hop.label}: {host.detail}")
                     failed.append(host.result)
@@ -356,16 +358,18 @@ class DeliveryEngine:
             run.session = SessionInUse(at, decision, setup)
             exchange = probe if run.probe_only else transaction
             await exchange(run, at, session, caps, tls, data_timeout)
-            if session.is_usable and session.conn.state is State.READY:
-                idle_session = IdleSession(session, caps, tls, decision)
-                self._pool.keep(hop, ip, level, idle_session, at.policy.requiretls)
+            sent = (idle.messages if idle is not None else 0) + (not run.probe_only)
+            spent = sent >= self._messages_per_connection(run.domain)
+            if session.is_usable and session.conn.state is State.READY and not spent:
+                kept_session = IdleSession(session, caps, tls, decision, sent)
+                self._pool.keep(hop, ip, level, kept_session, at.policy.requiretls)
                 kept = True
         except SessionError as exc:
             session.abort()
             if idle is not None and session.replies_seen == replies_before:
                 # The server closed the idle session as we reused it: not the host's fault.
                 return await self._try_host(run, at, starttls=starttls)
-            raise _HostFailed(
+            raise HostFailed(
                 AttemptResult.SESSION_FAILED, f"{exc} (during the mail transaction)"
             ) from None
         finally:
@@ -374,6 +378,11 @@ class DeliveryEngine:
             if not kept:
                 await session.quit()
 
+    def _messages_per_connection(self, domain: str) -> int:
+        destination = self.destination(domain)
+        shape = destination_shape(self.shaping, destination, self.shaping_group(destination))
+        return shape.max_messages_per_connection
+
     async def _open(
         self, run: DomainRun, at: Target, starttls: bool
     ) -> tuple[SmtpSession, Capabilities, TlsFacts, TlsStep | None]:
@@ -381,9 +390,9 @@ class DeliveryEngine:
         try:
             session = await self._connect(at.hop, at.ip)
         except ConnectFailed as exc:  # ConnectTimeout too
-            raise _HostFailed(AttemptResult.CONNECT_FAILED, str(exc)) from None
+            raise HostFailed(AttemptResult.CONNECT_FAILED, str(exc)) from None
         except SessionError as exc:  # the handshake of an implicit-TLS port
-            raise _HostFailed(AttemptResult.SESSION_FAILED, str(exc)) from None
+            raise HostFailed(AttemptResult.SESSION_FAILED, str(exc)) from None
         try:
             implicit = session.conn.tls
             # Judged before the greeting: nothing is read from a peer the policy refuses.
@@ -391,7 +400,7 @@ class DeliveryEngine:
             greeting = (await session.read_reply()).reply
             if not greeting.is_success:
                 # Like Postfix, a 5xx greeting skips the host rather than bouncing.
-                raise _HostFailed(AttemptResult.GREETING_REFUSED, f"greeting {greeting}")
+                raise HostFailed(AttemptResult.GREETING_REFUSED, f"greeting {greeting}")
             caps = await self._hello(session)
             level = at.policy.level
             if not implicit and wants_starttls(level) and starttls:
@@ -400,23 +409,23 @@ class DeliveryEngine:
                 detail = "new session without STARTTLS"
                 run.note(at, AttemptResult.RECONNECTED_CLEAR, CLEAR, detail)
             elif not implicit:  # level none: STARTTLS is never asked
-                tls = _judged(CLEAR, None, at.policy)
+                tls = judged(CLEAR, None, at.policy)
             if level.requires_tls and not tls.used:
                 # The table never gets here; this guard is the last line against a leak.
-                raise _HostFailed(AttemptResult.TLS_REQUIRED, f"policy {level.value} requires TLS")
+                raise HostFailed(AttemptResult.TLS_REQUIRED, f"policy {level.value} requires TLS")
             fallback = self.config.tls.tempfail_fallback
             if refusal := requiretls.ready_for_mail(at.policy, tls, caps, fallback):
-                raise _HostFailed(refusal.result, refusal.reason, tls, refusal)
+                raise HostFailed(refusal.result, refusal.reason, tls, refusal)
             auth = self._credentials(at.hop)
             if auth is not None:
                 refused = await log_in(session, caps, auth)
                 if refused is not None:
                     self._login_failures.refused(at.hop.label, refused)
-                    raise _HostFailed(refused.result, refused.detail, tls)
+                    raise HostFailed(refused.result, refused.detail, tls)
             return session, caps, tls, decision
         except SessionError as exc:
             session.abort()
-            raise _HostFailed(AttemptResult.SESSION_FAILED, str(exc)) from None
+            raise HostFailed(AttemptResult.SESSION_FAILED, str(exc)) from None
         except BaseException:
             # A policy refusal or anything unforeseen: QUIT if the session still can, then close.
             await session.quit()
@@ -437,14 +446,14 @@ class DeliveryEngine:
     ) -> tuple[TlsFacts, TlsStep]:
         """The TLS of an smtps:// route, held to the host's level like STARTTLS's."""
         outcome = self._starttls.judge_implicit(at.hop, session, at.policy)
-        step = _tls_step(at, outcome)
+        step = tls_step(at, outcome)
         if outcome.decision.action.gives_up:
-            raise _HostFailed(outcome.result, outcome.decision.reason, outcome.tls, step)
+            raise HostFailed(outcome.result, outcome.decision.reason, outcome.tls, step)
         if outcome.event is Event.UNVERIFIED:
             run.note(at, outcome.result, outcome.tls, outcome.decision.reason, step)
         else:
             observe_step(run, at, outcome.tls, outcome.result, outcome.decision.reason, step)
-        return _judged(outcome.tls, outcome.event, at.policy), step
+        return judged(outcome.tls, outcome.event, at.policy), step
 
     async def _hello(self, session: SmtpSession) -> Capabilities:
         helo_name = self.config.delivery.helo_name
@@ -452,12 +461,12 @@ class DeliveryEngine:
         if reply.is_success:
             return Capabilities.from_ehlo(reply)
         if not reply.is_permanent:
-            raise _HostFailed(AttemptResult.EHLO_REFUSED, f"EHLO answered {reply}")
+            raise HostFailed(AttemptResult.EHLO_REFUSED, f"EHLO answered {reply}")
         # RFC 5321 3.2: a server that does not speak ESMTP gets HELO.
         helo = await session.command(Verb.HELO, helo_name)
         if not helo.is_success:
             detail = f"EHLO answered {reply}; HELO answered {helo}"
-            raise _HostFailed(AttemptResult.HELO_REFUSED, detail)
+            raise HostFailed(AttemptResult.HELO_REFUSED, detail)
         return Capabilities.from_helo()
 
     async def _starttls_step(
@@ -471,17 +480,17 @@ class DeliveryEngine:
         if self.config.tls.reporting and hop.source in DNS_HOPS:
             local = session.local_address
             run.events.append(self._session_event(run, at, event, tls, outcome.detail, local))
-        result, step = outcome.result, _tls_step(at, outcome)
+        result, step = outcome.result, tls_step(at, outcome)
         if decision.action is Action.USE_TLS:
             if event is Event.UNVERIFIED:
                 run.note(at, result, tls, decision.reason, step)
             else:  # not an attempt worth listing in results; still a decision to log and count
                 observe_step(run, at, tls, result, decision.reason, step)
-            return _judged(tls, event, at.policy), await self._hello(session), session, step
+            return judged(tls, event, at.policy), await self._hello(session), session, step
         if decision.action.gives_up:
-            raise _HostFailed(result, decision.reason, tls, step)  # the caller QUITs where it can
+            raise HostFailed(result, decision.reason, tls, step)  # the caller QUITs where it can
         run.note(at, result, CLEAR, decision.reason, step)
-        clear = _judged(CLEAR, event, at.policy)
+        clear = judged(CLEAR, event, at.policy)
         if decision.action is Action.CONTINUE_CLEAR:
             return clear, caps, session, step
         session.abort()
@@ -543,7 +552,7 @@ class DeliveryEngine:
                 tls=step.tls, capabilities_after_tls=after, decision=step.decision, level=level,
                 level_source=policy.source,
             )  # fmt: skip
-        except (SessionError, _HostFailed) as exc:
+        except (SessionError, HostFailed) as exc:
             return HostInspection(hop, ip, error=str(exc))
         finally:
             await session.quit()
@@ -551,6 +560,9 @@ class DeliveryEngine:
 
 # TLSA answers are reused this long (seconds); DNSSEC lookups cost three queries per host.
 _TLSA_CACHE_SECONDS = 60.0
+# A domain's MX group is looked up again with its MX this often at most (a move to
+# another provider takes this long to change which limits it counts against).
+_GROUP_SECONDS = 3600.0
 
 
 def _lookup_failed(
@@ -570,16 +582,6 @@ def _lookup_failed(
         receiving_mx_hostname=hop.name if hop else None,
         failure_reason_code=error,
     )
-
-
-def _judged(tls: TlsFacts, event: Event | None, policy: HostPolicy) -> TlsFacts:
-    """The session's TLS facts with what its TLS step saw and the policy that judged it."""
-    return dataclasses.replace(tls, judgement=PolicyJudgement(event, policy.level, policy.source))
-
-
-def _tls_step(at: Target, outcome: StarttlsOutcome) -> TlsStep:
-    decision = outcome.decision
-    return TlsStep(at.policy.level, outcome.event, decision.action, outcome.result, decision.reason)
 
 
 async def deliver(envelope: Envelope, data: bytes, config: Config) -> list[RecipientResult]:

@@ -3,7 +3,9 @@
 Sessions that end a transaction cleanly wait here for the next message to the
 same host (Postfix's connection cache): with pipelining, that is what makes
 delivery cheap. A session is kept per address, port, name and TLS level, so a
-message never rides a session opened under a weaker policy.
+message never rides a session opened under a weaker policy. A session that has
+carried its destination's `max_messages_per_connection` is closed instead of
+kept (the engine decides).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class IdleSession:
     caps: Capabilities
     tls: TlsFacts
     decision: TlsStep | None  # what the TLS policy decided when the session was opened
+    messages: int = 0  # transactions done on it: shaping's max_messages_per_connection
     expires: asyncio.TimerHandle | None = None
 
 

@@ -17,6 +17,7 @@ from .events import (
     PickedUp,
     Rejected,
     RejectReason,
+    Suspended,
     tls_words,
 )
 from .hub import emit, subscribe
@@ -37,6 +38,7 @@ __all__ = [
     "PickedUp",
     "RejectReason",
     "Rejected",
+    "Suspended",
     "emit",
     "subscribe",
     "tls_words",

@@ -318,6 +318,33 @@ class Notice(LogEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class Suspended(LogEvent):
+    """A destination answered with throttling: its mail waits, untried, until `until`."""
+
+    name: ClassVar[str] = "suspended"
+    queue_id: str | None  # the message whose delivery got the reply
+    destination: str  # a domain, `route KEY`, or an MX group `mx:.google.com`
+    until: str  # UTC, ISO 8601
+    seconds: float
+    strikes: int  # throttling replies in a row: the back-off doubles with each
+    sign: str  # which throttle pattern matched (throttle.py)
+    reply: str
+
+    def severity(self) -> int:
+        return logging.WARNING
+
+    def fields(self) -> Sequence[Fact]:
+        return (
+            Fact("destination", self.destination),
+            Fact("until", self.until),
+            Fact("seconds", self.seconds, Field.SECONDS),
+            Fact("strikes", self.strikes),
+            Fact("sign", self.sign),
+            Fact("reply", self.reply, Field.TRAILER),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class InboundConnection(LogEvent):
     """A client connected or went away (Postfix's connect from / disconnect from)."""
 

@@ -1,0 +1,76 @@
+"""What the scheduler remembers of destinations between deliveries: down, or suspended.
+
+Down: no host of a domain answered at all; its other mail waits until the
+failed message's next retry (Postfix's "delivery temporarily suspended").
+Suspended: a host answered with throttling (throttle.py); the destination, or
+its whole MX group, waits for a back-off that grows with each strike
+(suspension.py). Either way the waiting mail is deferred without an attempt.
+No I/O: the scheduler asks and tells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .delivery import RecipientResult, Status
+from .message import domain_of
+from .shaping import Shape
+from .slot_table import ShapeKey
+from .suspension import Suspension, Suspensions
+from .throttle import throttle_sign
+
+# Expired entries are swept this often (seconds).
+SWEEP_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBack:
+    until: float
+    reason: str  # why, in the words of the deferral: "destination down (...)"
+
+
+class DestinationMemory:
+    def __init__(self) -> None:
+        self._down_until: dict[str, tuple[float, str]] = {}
+        self.suspensions = Suspensions()
+        self._swept = 0.0
+
+    def held_back(self, domain: str, key: ShapeKey, now: float) -> HeldBack | None:
+        """Whether mail to `domain` (counted as `key`) waits untried now, and until when."""
+        suspension = self.suspensions.active(key, now)
+        if suspension is not None:
+            why = f"{suspension.label} suspended: throttled ({suspension.reason})"
+            return HeldBack(suspension.until, why)
+        down = self._down_until.get(domain)
+        if down is None or down[0] <= now:
+            return None
+        return HeldBack(down[0], f"destination down ({down[1]})")
+
+    def learn(
+        self, result: RecipientResult, key: ShapeKey, shape: Shape, due: float, now: float
+    ) -> Suspension | None:
+        """What one result says of its destination; a suspension it starts, once."""
+        domain = domain_of(result.recipient)
+        if result.status is Status.DEFERRED and result.reply is None:
+            # No host answered at all (connection-level): remember it for the
+            # other messages to this destination until this one's next retry.
+            self._down_until[domain] = (due, result.reason)
+            return None
+        if result.reply is None:
+            return None
+        self._down_until.pop(domain, None)
+        sign = throttle_sign(result.reply)
+        if sign is None:
+            if result.status is Status.DELIVERED:
+                self.suspensions.delivered(key, now)
+            return None
+        return self.suspensions.throttled(key, shape, result.reply, now, sign.name)
+
+    def sweep(self, now: float) -> None:
+        """Forget what is over, so the memory stays small."""
+        if now - self._swept < SWEEP_EVERY:
+            return
+        self._swept = now
+        self._down_until = {d: v for d, v in self._down_until.items() if v[0] > now}
+        # A strike counts for backoff_max after its suspension ends; a day covers any.
+        self.suspensions.sweep(now, keep_for=86400.0)
