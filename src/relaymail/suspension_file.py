@@ -46,7 +46,8 @@ def write_suspended(directory: Path, suspended: list[SuspendedEntry]) -> None:
     temporary = path.with_suffix(".tmp")
     try:
         temporary.write_text(json.dumps([asdict(e) for e in suspended]))
-        os.chmod(temporary, 0o644)  # `queue stats` runs as any user who may read the queue
+        # As private as the queue it describes: `queue stats` runs as who may read the queue.
+        os.chmod(temporary, 0o600)
         temporary.replace(path)
     except OSError as exc:
         log.warning("%s not written: %s", path, exc.strerror or exc)
