@@ -19,6 +19,7 @@ from tests.peers.certs import client_context, peer_ca
 from tests.peers.dns_server import DNSEntry, DNSServer, DNSServerFactory
 from tests.peers.exim import EximFactory, EximPeer
 from tests.peers.exim_config import EximOptions
+from tests.peers.postgres import PostgresServer
 from tests.peers.smtp_server import Script, SMTPPeer, SMTPPeerFactory
 
 
@@ -91,3 +92,16 @@ def exim(tmp_path: Path) -> Iterator[EximFactory]:
     yield start
     for peer in reversed(peers):
         peer.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL cluster on loopback for the session (tests/peers/postgres.py)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """The DSN of an empty database of this test's own on `postgres_server`."""
+    return postgres_server.fresh_database()

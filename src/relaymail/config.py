@@ -27,20 +27,18 @@ from .config_fields import (
     host,
     list_of,
     only,
-    path,
     port,
     read_secret,
     read_table,
     readable_file,
     seconds,
     secret_file,
-    whole,
 )
-from .config_file import DEFAULT_QUEUE_DIRECTORY, find_config_file, read_toml
-from .config_values import host_name, size, table, text
+from .config_file import find_config_file, read_toml
+from .config_queue import QueueSettings, parse_queue
+from .config_values import host_name, table, text
 from .errors import ConfigError
 from .resolver import is_ip
-from .retry import RetrySchedule
 from .shaping import ShapingSettings, parse_shaping
 from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
@@ -124,22 +122,6 @@ class TlsSettings:
 class DnsSettings:
     nameservers: tuple[HostPort, ...] = ()
     timeout: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSettings:
-    # Relative paths are taken from the working directory at start-up.
-    directory: Path = Path(DEFAULT_QUEUE_DIRECTORY)
-    lifetime: float = 5 * 86400.0  # then deferred recipients bounce (Postfix: 5d)
-    delay_warning: float = 4 * 3600.0  # one warning to the sender, then silence
-    retry: RetrySchedule = field(default_factory=RetrySchedule)
-    max_deliveries: int = 200  # messages in delivery at once, all destinations
-    # Messages the scheduler holds in memory (Postfix's qmgr_message_active_limit):
-    # the rest wait on disk and come in by due time as the window drains.
-    active_limit: int = 10_000
-    # A cap on the queue's size on disk; past it new mail gets 452 4.3.1, as on a
-    # full disk (Postfix's queue_minfree, seen from the other side).
-    max_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +274,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         routes=routes,
         relay_auth=_relay_auth(table(raw, "relay_auth"), routes),
         dns=_dns(table(raw, "dns")),
-        queue=QueueSettings(**read_table(table(raw, "queue"), "queue", _QUEUE)),
+        queue=parse_queue(table(raw, "queue")),
         local=LocalSettings(
             **{"domain": delivery.helo_name, **read_table(table(raw, "local"), "local", _LOCAL)}
         ),
@@ -343,10 +325,6 @@ def parse_host_port(value: str, key: str, default_port: int | None) -> HostPort:
     return HostPort(name.lower(), number)
 
 
-def _retry(value: Any, key: str) -> RetrySchedule:
-    return RetrySchedule(list_of(seconds, empty=False)(value, key))
-
-
 _DELIVERY: Mapping[str, Reader] = {
     "helo_name": host_name,
     "connect_timeout": seconds,
@@ -357,17 +335,6 @@ _DELIVERY: Mapping[str, Reader] = {
     "port": port,
     "max_mx_addresses": count,
 }
-
-_QUEUE: Mapping[str, Reader] = {
-    "directory": path,
-    "lifetime": seconds,
-    "delay_warning": seconds,
-    "retry": _retry,
-    "max_deliveries": count,
-    "active_limit": whole(1, 10_000_000),
-    "max_size": size,
-}
-
 
 _USER: Mapping[str, Reader] = {"password_hash": text, "addresses": list_of(text)}
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from . import observe
 from .active_window import ActiveWindow, Entry, WaitingRecipient, WindowStats
 from .body import MessageBody
-from .config import QueueSettings
+from .config_queue import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .destination_memory import DestinationMemory
 from .errors import QueueFull

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from relaymail.address_set import AddressSet
 from relaymail.config import RecipientVerification, VerifyMode, load_config, parse_config
 from relaymail.config_fields import seconds
+from relaymail.config_queue import QueueBackend
 from relaymail.errors import ConfigError
 from relaymail.listener_settings import LimitSettings, ListenerMode, ListenerSettings
 from relaymail.passwords import hash_password
@@ -154,6 +155,7 @@ SECTION_KEYS = {
         "lifetime": NOT_A_DURATION, "delay_warning": NOT_A_DURATION,
         "max_deliveries": NOT_A_COUNT, "max_size": NOT_A_SIZE, "directory": NOT_A_NAME,
         "active_limit": [*NOT_A_COUNT, 10_000_001],
+        "backend": [*NOT_A_NAME, "mysql"], "node": [*NOT_A_NAME, "", "a b", "x" * 65],
     },
 }  # fmt: skip
 LISTENER_KEYS = {
@@ -458,3 +460,18 @@ def test_local_domain_defaults_to_the_helo_name_and_aliases_must_be_readable(tmp
 def test_the_active_window_defaults_to_ten_thousand_and_takes_a_whole_number() -> None:
     assert parse_config({}).queue.active_limit == 10_000
     assert parse_config({"queue": {"active_limit": 500}}).queue.active_limit == 500
+
+
+def test_the_queue_backend_is_sqlite_unless_postgresql_is_named_with_a_dsn() -> None:
+    assert parse_config({}).queue.backend is QueueBackend.SQLITE
+    shared = parse_config(
+        {"queue": {"backend": "postgresql", "dsn": "host=db dbname=relaymail", "node": "mx1"}}
+    ).queue
+    assert (shared.backend, shared.dsn, shared.node) == (
+        QueueBackend.POSTGRESQL, "host=db dbname=relaymail", "mx1",
+    )  # fmt: skip
+    shared_without = [{"backend": "postgresql", "dsn": dsn} for dsn in (" ", 5, "a\nb")]
+    for wrong in ({"backend": "postgresql"}, {"dsn": "host=db"}, *shared_without):
+        with pytest.raises(ConfigError) as raised:
+            parse_config({"queue": wrong})
+        assert raised.value.key == "queue.dsn"

@@ -17,7 +17,7 @@ import pytest
 
 from relaymail import observe
 from relaymail.body import MessageBody
-from relaymail.config import QueueSettings
+from relaymail.config_queue import QueueSettings
 from relaymail.delivery import RecipientResult, Status
 from relaymail.errors import QueueFull
 from relaymail.message import Envelope, domain_of
