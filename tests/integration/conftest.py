@@ -20,6 +20,10 @@ from tests.integration.inbound_harness import (  # noqa: F401 (fixtures for the 
     server_tls,
     users,
 )
+from tests.integration.state_backends import (  # noqa: F401 (fixtures for the state tests)
+    state_backend,
+    state_queue,
+)
 from tests.peers.smtp_server import SMTPPeer
 
 MESSAGE = canonical_data(
