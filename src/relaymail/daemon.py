@@ -212,13 +212,14 @@ class Daemon:
             if tls.reporting:
                 name = self.config.delivery.helo_name
                 yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-                store = TlsReportStore(self.config.queue.directory)
+                store = TlsReportStore(self.config.queue)
                 try:
                     outcomes = await send_daily_reports(
                         store, yesterday, self.scheduler.engine.resolver,
                         functools.partial(self._spool, origin=Origin.LOCAL),
                         organization_name=tls.report_organization or name, submitter=name,
                         contact_info=tls.report_contact or f"postmaster@{name}",
+                        node=self.config.queue.node,
                     )  # fmt: skip
                     for outcome in outcomes:
                         log.info("TLS report for %s: %s", yesterday, outcome)

@@ -16,19 +16,17 @@ from tests.integration.conftest import config_for, deliver, hop
 from tests.peers.smtp_server import Script
 
 # What delivery's attempt line calls each action.
-ATTEMPT_RESULT = {
-    Action.HOST_FAILS: AttemptResult.TLS_POLICY_FAILED,
-    Action.CONTINUE_CLEAR: AttemptResult.CONTINUED_CLEAR,
-}
+ATTEMPT_RESULT = {Action.HOST_FAILS: AttemptResult.TLS_POLICY_FAILED}
 
 
 @pytest.mark.parametrize(
     ("changed", "action", "status"),
     [
         (Script(advertise_starttls=False), Action.HOST_FAILS, Status.DEFERRED),
-        (Script(starttls="454 4.7.0 TLS not available"), Action.CONTINUE_CLEAR, Status.DELIVERED),
+        (Script(starttls="454 4.7.0 TLS not available"), Action.HOST_FAILS, Status.DEFERRED),
+        (Script(cert_names=("other.test",)), Action.HOST_FAILS, Status.DEFERRED),
     ],
-    ids=["starttls-vanished", "starttls-454"],
+    ids=["starttls-vanished", "starttls-454", "certificate-unverified"],
 )
 async def test_probe_and_delivery_agree_for_a_remembered_domain(
     smtp_peer, ca_file, tmp_path, changed, action, status
@@ -42,7 +40,7 @@ async def test_probe_and_delivery_agree_for_a_remembered_domain(
         "routes": {"dest.test": [hop(peer)]},
     })  # fmt: skip
     [first] = await deliver(config)
-    assert first.status is Status.DELIVERED and first.tls.used
+    assert first.status is Status.DELIVERED and first.tls.verified
 
     peer.script = changed
     report = await probe_domain("dest.test", config)

@@ -3,6 +3,7 @@
 import pytest
 
 from relaymail.errors import LocalProtocolError
+from relaymail.tls.downgrade import Remembered, TlsLevel
 from relaymail.tls.policy import (
     Action,
     Event,
@@ -136,11 +137,49 @@ def test_policy_lookup_exact_then_parent_then_default():
     assert table.level_for("other.example") == (Level.MAY, "default level")
 
 
+SINCE = 1793700000.0  # 2026-11-03
+VERIFIED_SINCE = Remembered("bank.example", TlsLevel.VERIFIED, SINCE, SINCE)
+TLS_SINCE = Remembered("bank.example", TlsLevel.TLS, SINCE, SINCE)
+
+
 def test_remembered_tls_turns_a_missing_starttls_into_a_failed_host():
-    promised = "its MX did TLS on 2026-11-01 10:00Z"
-    decision = decide(Level.MAY, True, Event.NOT_OFFERED, promised=promised)
+    decision = decide(Level.MAY, True, Event.NOT_OFFERED, remembered=TLS_SINCE)
     assert decision.action is FAIL
-    assert "possible STARTTLS stripping" in decision.reason and promised in decision.reason
-    # Only a vanished STARTTLS is suspicious; a refusal is the server's own answer.
-    assert decide(Level.MAY, True, Event.PERMFAIL, promised=promised).action is CLEAR
-    assert decide(Level.NONE, True, Event.NOT_OFFERED, promised=promised).action is CLEAR
+    assert "TLS since 2026-11-03, now in clear: possible STARTTLS stripping" in decision.reason
+
+
+def test_remembered_verified_tls_catches_an_unverified_certificate():
+    for level in (Level.MAY, Level.ENCRYPT):
+        decision = decide(level, True, Event.UNVERIFIED, "self-signed", remembered=VERIFIED_SINCE)
+        assert decision.action is FAIL
+        assert "verified since 2026-11-03, now an unverified certificate: possible downgrade" in (
+            decision.reason
+        )
+    assert decide(Level.MAY, True, Event.UNVERIFIED, remembered=TLS_SINCE).action is TLS
+
+
+# Every way a session can end up below what was remembered: each one is deferred.
+@pytest.mark.parametrize(
+    ("event", "fallback"),
+    [
+        (Event.NOT_OFFERED, True),
+        (Event.TEMPFAIL, True),  # a forged 454 would otherwise send in clear
+        (Event.PERMFAIL, True),
+        (Event.PERMFAIL, False),
+        (Event.HANDSHAKE_FAILED, True),  # `may` would reconnect in clear
+        (Event.INJECTION, True),
+    ],
+)
+def test_every_road_to_clear_is_closed_by_the_memory(event, fallback):
+    assert decide(Level.MAY, fallback, event).action in (CLEAR, RECONNECT)
+    assert decide(Level.MAY, fallback, event, remembered=TLS_SINCE).action is FAIL
+
+
+def test_the_memory_changes_nothing_at_or_above_its_level_nor_under_none():
+    assert decide(Level.MAY, True, Event.VERIFIED, remembered=VERIFIED_SINCE).action is TLS
+    assert decide(Level.ENCRYPT, True, Event.UNVERIFIED, remembered=TLS_SINCE).action is TLS
+    # `none` is the operator's own "no TLS": the memory does not overrule it.
+    assert decide(Level.NONE, True, Event.NOT_OFFERED, remembered=VERIFIED_SINCE).action is CLEAR
+    # A host that fails anyway keeps its own reason.
+    failed = decide(Level.VERIFY, True, Event.UNVERIFIED, remembered=VERIFIED_SINCE)
+    assert failed.action is FAIL and "possible" not in failed.reason

@@ -148,8 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         add_selection(command(actions, name, text))
 
-    tls = command(commands, "tls", "downgrade memory: forget a domain's TLS history")
+    tls = command(commands, "tls", "downgrade memory: a domain's remembered TLS level")
     tls_actions = tls.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    command(tls_actions, "show", "the TLS level remembered for DOMAIN, since when").add_argument(
+        "domain", type=_domain
+    )
     command(tls_actions, "forget", "accept mail in clear to DOMAIN again").add_argument(
         "domain", type=_domain
     )
@@ -387,8 +390,10 @@ def _queue(args: argparse.Namespace) -> int:
 
 
 def _tls(args: argparse.Namespace) -> int:
-    from .tls import forget
+    from .tls import forget, show
 
+    if args.action == "show":
+        return show(_config(args.config), args.domain, as_json=args.json)
     return forget(_config(args.config), args.domain)
 
 

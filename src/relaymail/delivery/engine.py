@@ -89,7 +89,7 @@ class DeliveryEngine:
         self._reports: TlsReportStore | None = None
         self._tlsa_cache: ExpiringMap[tuple[str, int], TlsaLookup] = ExpiringMap()
         self._memory = (
-            TlsMemory(config.queue.directory, config.tls.remember_for)
+            TlsMemory(config.queue, config.tls.remember_for)
             if config.tls.remember
             else None
         )
@@ -235,7 +235,7 @@ class DeliveryEngine:
 
     async def _mta_sts(self, domain: str, events: list[TlsEvent]) -> StsPolicy | None:
         if self._sts is None:
-            self._sts_cache = StsCache(self.config.queue.directory)
+            self._sts_cache = StsCache(self.config.queue)
             self._sts = StsResolver(
                 self.resolver,
                 self._sts_cache,
@@ -250,7 +250,7 @@ class DeliveryEngine:
 
     def _report_store(self) -> TlsReportStore:
         if self._reports is None:
-            self._reports = TlsReportStore(self.config.queue.directory)
+            self._reports = TlsReportStore(self.config.queue)
         return self._reports
 
     async def _try_hops(self, run: DomainRun, hops: list[NextHop]) -> None:

@@ -20,6 +20,7 @@ from ..smtp.client import Capabilities, Verb
 from ..smtp.session import ImplicitTls, SmtpSession
 from ..tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
 from ..tls.dane import TlsaLookup
+from ..tls.downgrade import TlsLevel
 from ..tls.memory import TlsMemory
 from ..tls.policy import Action, Decision, Event, Level, decide
 from ..tls.results import ResultType
@@ -41,6 +42,14 @@ class StarttlsOutcome:
     def result(self) -> AttemptResult:
         """The attempt's result when delivery enacts the decision."""
         return _RESULTS[self.decision.action]
+
+
+def _level_of(tls: TlsFacts) -> TlsLevel:
+    """The level the host showed, whatever the policy makes of it: a certificate the
+    policy refuses was still TLS, and the memory holds what the domain can do."""
+    if not tls.used:
+        return TlsLevel.CLEAR
+    return TlsLevel.VERIFIED if tls.verified else TlsLevel.TLS
 
 
 _RESULTS = {
@@ -69,11 +78,12 @@ class StarttlsStep:
     ) -> StarttlsOutcome:  # fmt: skip
         event, detail, tls = await self._negotiate(domain, hop, session, caps, policy.dane)
         memory = self._memory if self._settings.remembers(domain) else None
-        promised = memory.promised(domain) if memory and event is Event.NOT_OFFERED else None
-        if memory and tls.used:
-            memory.saw_tls(domain)
+        remembered = None
+        if memory is not None:
+            remembered = await memory.recall_async(domain)
+            await memory.saw_async(domain, _level_of(tls))
         decision = decide(
-            policy.level, self._settings.tempfail_fallback, event, detail, promised,
+            policy.level, self._settings.tempfail_fallback, event, detail, remembered,
             requiretls=policy.requiretls,
         )  # fmt: skip
         return StarttlsOutcome(event, detail, tls, decision)

@@ -5,8 +5,8 @@ column (tests/unit/test_policy_readme.py reads the README and compares every
 cell). A cell the STARTTLS step cannot reach is absent: a `none` session never
 sends STARTTLS, so nothing that follows a STARTTLS can happen under it, and
 asking about it is a bug in the caller (`UnreachableCell`). `decide()` adds
-the one thing the table cannot hold, downgrade memory, and words the reason
-that logs and results carry.
+the one thing the table cannot hold, downgrade memory (tls/downgrade.py), and
+words the reason that logs and results carry.
 
 A message sent with RFC 8689's REQUIRETLS has a column of its own, whatever
 `tempfail_fallback` says: only a verified peer that offers REQUIRETLS after TLS
@@ -23,6 +23,7 @@ from types import MappingProxyType
 
 from ..errors import LocalProtocolError
 from ..resolver import governing_key
+from .downgrade import Remembered, TlsLevel, below_memory
 
 
 class Level(enum.Enum):
@@ -175,14 +176,16 @@ def decide(
     tempfail_fallback: bool,
     event: Event,
     detail: str = "",
-    promised: str | None = None,
+    remembered: Remembered | None = None,
     *,
     requiretls: bool = False,
 ) -> Decision:
     """What to do after `event` under `level`; `detail` is the server's words, for the reason.
 
-    `promised` says why the domain is known to do TLS (downgrade memory): then a
-    missing STARTTLS is a possible stripping attack, not a plain server.
+    `remembered` is the downgrade memory of the domain: a session that would reach less
+    than it (tls/downgrade.py) is deferred as a possible attack, not taken for a plain
+    server. It counts under `may` and `encrypt`; `none` is the operator's word for "no
+    TLS", and `verify` and `dane` already refuse everything below a verified peer.
     `requiretls`: the message was sent with REQUIRETLS (its own column).
     """
     what = f"{event.value} ({detail})" if detail else event.value
@@ -192,17 +195,28 @@ def decide(
             return Decision(cell, f"{what}; REQUIRETLS needs the keyword after TLS too")
         why = "cannot meet it" if cell is Action.REQUIRETLS_REFUSED else "fails for now"
         return Decision(cell, f"{what}; the message requires REQUIRETLS (RFC 8689): host {why}")
-    if event is Event.NOT_OFFERED and promised and level is Level.MAY:
-        return Decision(
-            Action.HOST_FAILS,
-            f"{what}, but {promised}: possible STARTTLS stripping; deferred until "
-            "`relaymail tls forget` or remember_for passes",
-        )
     column = Column.of(level, tempfail_fallback)
     action = TABLE[event].get(column)
     if action is None:
         raise UnreachableCell(event, column)
+    if level in (Level.MAY, Level.ENCRYPT):
+        downgrade = below_memory(remembered, reached(event, action))
+        if downgrade is not None:
+            return Decision(
+                Action.HOST_FAILS,
+                f"{what}, but {downgrade}; deferred until `relaymail tls forget` "
+                "or remember_for passes",
+            )
     return Decision(action, _reason(level, event, action, what))
+
+
+def reached(event: Event, action: Action) -> TlsLevel | None:
+    """The level a session has once `action` is taken after `event`; None if it ends."""
+    if action.gives_up:
+        return None
+    if action is not Action.USE_TLS:
+        return TlsLevel.CLEAR
+    return TlsLevel.VERIFIED if event is Event.VERIFIED else TlsLevel.TLS
 
 
 def _fallback_decides(event: Event) -> bool:

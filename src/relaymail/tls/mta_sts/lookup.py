@@ -104,9 +104,9 @@ class StsResolver:
         return result
 
     async def _resolve(self, domain: str) -> StsLookup:
-        cached = self._cache.get(domain)
+        cached = await self._cache.get_async(domain)
         if cached is not None and cached.is_expired(self._clock()):
-            self._cache.delete(domain)
+            await self._cache.delete_async(domain)
             cached = None
         try:
             policy_id = await self._txt_id(domain)
@@ -136,7 +136,7 @@ class StsResolver:
                 error=f"{exc.reason}; the cached policy (id {cached.policy_id}) stays in force",
                 result_type=exc.result_type,
             )
-        self._cache.put(domain, policy)
+        await self._cache.put_async(domain, policy)
         if cached is None or cached.text != policy.text:
             log.info(
                 "domain=%s mta-sts policy id=%s mode=%s mx=%s max_age=%d",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import socket
 import ssl
 import time
 import urllib.parse
@@ -118,6 +119,8 @@ class ReportOutcome:
     report_id: str | None = None
     destinations: tuple[DestinationResult, ...] = ()  # attempted this time
     detail: str = ""
+    # Another node holds the claim on sending it (state None: it is theirs for now).
+    claimed_by: str | None = None
 
 
 def _mailto_addresses(uri: str) -> list[str]:
@@ -198,6 +201,7 @@ async def send_daily_reports(
     ssl_context: ssl.SSLContext | None = None,
     http_timeout: float = 60.0,
     clock: Callable[[], float] = time.time,
+    node: str | None = None,
 ) -> list[ReportOutcome]:
     """Send the report of every domain with sessions on `day` to its rua URIs.
 
@@ -206,12 +210,17 @@ async def send_daily_reports(
     restart or a periodic retry never sends a report twice to a destination
     that took it. `enqueue` queues a message (Scheduler.enqueue); `ssl_context`
     verifies https receivers (default: the system's trust store).
+
+    Several nodes on one store (`[queue] backend = "postgresql"`) may all call it: each
+    report is claimed by one `node` (default: the host name) before it is sent, and a
+    report another node holds is left to it (`ReportOutcome.claimed_by`).
     """
     import httpx
 
     if day >= utc_day(clock()):
         raise ValueError(f"{day} is not over yet (UTC); its report would be incomplete")
     contact = contact_info or f"postmaster@{submitter}"
+    me = node or socket.gethostname()
     sender = from_address or f"noreply-smtp-tls-reporting@{submitter}"
     slots = asyncio.Semaphore(SEND_CONCURRENCY)
     async with (
@@ -229,7 +238,7 @@ async def send_daily_reports(
                 return await _send_domain(
                     store, day, domain, resolver, enqueue, client,
                     organization_name=organization_name, submitter=submitter,
-                    contact_info=contact, from_address=sender, clock=clock,
+                    contact_info=contact, from_address=sender, clock=clock, node=me,
                 )  # fmt: skip
 
         domains = await store.db.run(store.domains, day)
@@ -249,7 +258,36 @@ async def _send_domain(
     contact_info: str,
     from_address: str,
     clock: Callable[[], float],
+    node: str,
 ) -> ReportOutcome:
+    holder = await store.db.run(store.claim, day, domain, node, clock())
+    if holder != node:
+        return ReportOutcome(domain, day, None, detail=f"being sent by {holder}", claimed_by=holder)
+    try:
+        return await _send_claimed(
+            store, day, domain, resolver, enqueue, client,
+            organization_name=organization_name, submitter=submitter,
+            contact_info=contact_info, from_address=from_address, clock=clock,
+        )  # fmt: skip
+    finally:
+        await store.db.run(store.release, day, domain, node)
+
+
+async def _send_claimed(
+    store: TlsReportStore,
+    day: date,
+    domain: str,
+    resolver: dns.asyncresolver.Resolver,
+    enqueue: Enqueue,
+    client: httpx.AsyncClient,
+    *,
+    organization_name: str,
+    submitter: str,
+    contact_info: str,
+    from_address: str,
+    clock: Callable[[], float],
+) -> ReportOutcome:
+    # Read under the claim: a node that sent it just before has settled it by now.
     row = await store.db.run(store.progress, day, domain)
     if row is not None and row.state is not ReportState.OPEN:
         return ReportOutcome(domain, day, row.state, detail="already done")

@@ -1,4 +1,6 @@
-"""The TLS reporting counters and report bookkeeping in `tlsrpt.db`."""
+"""The TLS reporting counters and report bookkeeping: `tlsrpt.db`, or with `[queue] backend
+= "postgresql"` tables every node shares (state_db.py), so the cluster sends one report
+per domain per day, counting every node's sessions, through whichever node claims it."""
 
 from __future__ import annotations
 
@@ -12,15 +14,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...state_db import StateDb
+from ...state_db import StateSchema, open_state
 from ..results import PolicyType, ResultType
 from .events import TlsEvent, utc_day
 from .report import DomainSummary, FailureDetail, PolicySummary, new_report_id, report_json
 
+if TYPE_CHECKING:
+    from ...config_queue import QueueSettings
+
 DB_FILENAME = "tlsrpt.db"
 SCHEMA_VERSION = 1
+# How long a node's claim on sending one report holds if the node dies while it sends.
+CLAIM_LEASE = 3600.0
 # A reason is someone else's text; it is a counter key, so keep it short.
 MAX_REASON = 200
 
@@ -110,9 +117,9 @@ class ReportProgress:
 # ---------------------------------------------------------------------------
 # The store
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS policy_day (
-    id             INTEGER PRIMARY KEY,
+    id             {SERIAL_KEY},
     day            TEXT NOT NULL,     -- YYYY-MM-DD, UTC
     domain         TEXT NOT NULL,
     policy_type    TEXT NOT NULL,
@@ -134,7 +141,7 @@ CREATE TABLE IF NOT EXISTS failure (
     reason       TEXT NOT NULL,
     sessions     INTEGER NOT NULL,
     PRIMARY KEY (policy_id, result_type, sending_ip, mx_hostname, mx_helo, receiving_ip, reason)
-) WITHOUT ROWID;
+) {WITHOUT_ROWID};
 CREATE TABLE IF NOT EXISTS report (
     day        TEXT NOT NULL,
     domain     TEXT NOT NULL,
@@ -142,17 +149,26 @@ CREATE TABLE IF NOT EXISTS report (
     report_id  TEXT NOT NULL,  -- fixed at the first attempt, so retries repeat it
     state      TEXT NOT NULL,
     detail     TEXT,
-    updated_at REAL NOT NULL,
+    updated_at {REAL} NOT NULL,
     PRIMARY KEY (day, domain)
-) WITHOUT ROWID;
+) {WITHOUT_ROWID};
 CREATE TABLE IF NOT EXISTS report_destination (
     day         TEXT NOT NULL,
     domain      TEXT NOT NULL,
     destination TEXT NOT NULL,
-    sent_at     REAL NOT NULL,
+    sent_at     {REAL} NOT NULL,
     PRIMARY KEY (day, domain, destination)
-) WITHOUT ROWID;
+) {WITHOUT_ROWID};
+-- Which node is sending a report now: the one that holds the row, until `until`.
+CREATE TABLE IF NOT EXISTS report_claim (
+    day    TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    node   TEXT NOT NULL,
+    until  {REAL} NOT NULL,
+    PRIMARY KEY (day, domain)
+) {WITHOUT_ROWID};
 """
+SCHEMA = StateSchema(DB_FILENAME, _TABLES, version=SCHEMA_VERSION)
 
 
 @dataclass(slots=True)
@@ -172,16 +188,17 @@ class _Batch:
 
 
 class TlsReportStore:
-    """Daily TLS counters and report bookkeeping in `<directory>/tlsrpt.db`.
+    """Daily TLS counters and report bookkeeping, in `<directory>/tlsrpt.db` or where the
+    queue settings say.
 
-    A state file (state_db.py): WAL so that another process (the CLI) can
-    read while the daemon writes; losing the last commit in a power cut costs
-    a few counts, so commits do not fsync the WAL.
+    A state database (state_db.py): another process (the CLI, another node) can read
+    while the daemon writes; losing the last commit in a power cut costs a few counts,
+    so commits do not fsync the WAL.
     """
 
-    def __init__(self, directory: Path) -> None:
-        self.db = StateDb(directory, DB_FILENAME, _SCHEMA, version=SCHEMA_VERSION)
-        self.path = self.db.path
+    def __init__(self, location: Path | QueueSettings) -> None:
+        self.db = open_state(location, SCHEMA)
+        self.where = self.db.where
         self._write_lock = asyncio.Lock()
         self.sending = asyncio.Lock()  # one send_daily_reports() at a time
         self._open: _Batch = _Batch()
@@ -352,6 +369,7 @@ class TlsReportStore:
             gone = conn.execute("DELETE FROM policy_day WHERE day < ?", (cutoff,)).rowcount
             conn.execute("DELETE FROM report WHERE day < ?", (cutoff,))
             conn.execute("DELETE FROM report_destination WHERE day < ?", (cutoff,))
+            conn.execute("DELETE FROM report_claim WHERE day < ?", (cutoff,))
         return gone
 
     # -- report bookkeeping (send_daily_reports) ---------------------------------
@@ -397,7 +415,7 @@ class TlsReportStore:
         """Record that `destination` took the report: it is never sent there again."""
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO report_destination VALUES (?, ?, ?, ?)",
+                "INSERT INTO report_destination VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (day.isoformat(), domain, destination, now),
             )
 
@@ -414,4 +432,35 @@ class TlsReportStore:
                                           updated_at = excluded.updated_at
                 """,
                 (day.isoformat(), domain, state.value, detail, now),
+            )
+
+    def claim(self, day: date, domain: str, node: str, now: float) -> str:
+        """Claim sending the report of `domain` for `day` for `node`; returns the holder.
+
+        One statement, so of two nodes asking at once exactly one gets it: a claim is
+        taken when there is none, when it is the asker's own, or when its holder let
+        the lease pass (a node that died while sending).
+        """
+        with self.db.transaction() as conn:
+            conn.execute(
+                """
+                INSERT INTO report_claim (day, domain, node, until) VALUES (?, ?, ?, ?)
+                ON CONFLICT (day, domain) DO UPDATE SET node = excluded.node,
+                                                        until = excluded.until
+                WHERE report_claim.until < ? OR report_claim.node = excluded.node
+                """,
+                (day.isoformat(), domain, node, now + CLAIM_LEASE, now),
+            )
+            (holder,) = conn.execute(
+                "SELECT node FROM report_claim WHERE day = ? AND domain = ?",
+                (day.isoformat(), domain),
+            ).fetchone()
+        return str(holder)
+
+    def release(self, day: date, domain: str, node: str) -> None:
+        """End `node`'s claim: the next send, by any node, may take it."""
+        with self.db.connection() as conn:
+            conn.execute(
+                "DELETE FROM report_claim WHERE day = ? AND domain = ? AND node = ?",
+                (day.isoformat(), domain, node),
             )
