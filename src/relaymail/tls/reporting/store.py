@@ -243,8 +243,8 @@ class TlsReportStore:
                         (day, domain, policy_type, policy_strings, mx_patterns, successes, failures)
                     VALUES (?, ?, ?, ?, ?, ?, ?)
                     ON CONFLICT (day, domain, policy_type, policy_strings, mx_patterns)
-                    DO UPDATE SET successes = successes + excluded.successes,
-                                  failures = failures + excluded.failures
+                    DO UPDATE SET successes = policy_day.successes + excluded.successes,
+                                  failures = policy_day.failures + excluded.failures
                     RETURNING id
                     """,
                     (
@@ -258,7 +258,9 @@ class TlsReportStore:
                     INSERT INTO failure (policy_id, result_type, sending_ip, mx_hostname,
                                          mx_helo, receiving_ip, reason, sessions)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT DO UPDATE SET sessions = sessions + excluded.sessions
+                    ON CONFLICT (policy_id, result_type, sending_ip, mx_hostname, mx_helo,
+                                 receiving_ip, reason)
+                    DO UPDATE SET sessions = failure.sessions + excluded.sessions
                     """,
                     [
                         (
@@ -428,7 +430,8 @@ class TlsReportStore:
                 """
                 INSERT INTO report (day, domain, token, report_id, state, detail, updated_at)
                 VALUES (?, ?, '', '', ?, ?, ?)
-                ON CONFLICT DO UPDATE SET state = excluded.state, detail = excluded.detail,
+                ON CONFLICT (day, domain)
+                DO UPDATE SET state = excluded.state, detail = excluded.detail,
                                           updated_at = excluded.updated_at
                 """,
                 (day.isoformat(), domain, state.value, detail, now),
