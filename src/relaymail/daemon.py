@@ -28,6 +28,7 @@ from .admin.settings import load_token
 from .config import Config, load_config
 from .daemon_lock import hold_daemon_lock
 from .delivery import DeliveryEngine, RecipientResult
+from .destination_share import SharedDestinations
 from .dkim.sign import Signer, Signing, SignOutcome, load_signer
 from .errors import ConfigError, ListenFailed
 from .inbound import ListenerHandle, server_tls_context, start_listener
@@ -117,19 +118,23 @@ class Daemon:
             raise
         engine = DeliveryEngine(config)
         history: DeliveryHistory | None = None
+        shared: SharedDestinations | None = None
         try:
+            # Down and throttling destinations, shared with the other nodes (or processes).
+            shared = SharedDestinations(config.queue, config.queue.node)
             # The history is read by the status page only: without [admin] it is not kept.
             history = DeliveryHistory(config.queue.directory) if config.admin else None
             admin = await self._start_admin(config, store, history)
         except BaseException:
-            if history is not None:
-                history.close()
+            for opened in (history, shared):
+                if opened is not None:
+                    opened.close()
             await store.close()
             await asyncio.gather(*(h.close(0) for h in self.listeners))
             raise
         self.scheduler = Scheduler(
             store, engine, config.queue, hostname=config.delivery.helo_name, history=history,
-            suspended_to=config.queue.directory,
+            suspended_to=config.queue.directory, shared=shared,
         )  # fmt: skip
         try:
             maildrop = open_maildrop(config.queue.directory)
@@ -138,6 +143,7 @@ class Daemon:
             background = [
                 asyncio.create_task(self.scheduler.run()),
                 asyncio.create_task(self._send_tls_reports()),
+                asyncio.create_task(shared.run()),
                 *([asyncio.create_task(history.run())] if history else []),
             ]
             # Trusted to set the sender (-f): root and the daemon's own user.
@@ -169,6 +175,7 @@ class Daemon:
                 admin.close()
             if history is not None:
                 history.close()
+            shared.close()
             await store.close()
             lock.release()
         log.info("stopped")

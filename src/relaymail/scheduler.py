@@ -37,6 +37,7 @@ from .body import MessageBody
 from .config_queue import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .destination_memory import DestinationMemory
+from .destination_share import SharedDestinations
 from .errors import QueueFull
 from .message import Envelope, domain_of
 from .message_data import MessageData
@@ -87,6 +88,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         history: DeliveryHistory | None = None,
         suspended_to: Path | None = None,
+        shared: SharedDestinations | None = None,
     ) -> None:
         self.store = store
         self.history = history  # the status page's record of outcomes
@@ -102,7 +104,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._stale: set[str] = set()
-        self._memory = DestinationMemory()
+        self._memory = DestinationMemory(shared)  # shared: what other nodes found
         self._background: set[asyncio.Task[None]] = set()
         self._suspended_to = suspended_to  # the directory `queue stats` reads them from
         self._admin_cursor = 0
@@ -443,7 +445,7 @@ class Scheduler:
 
     def _held_back(self, destination: Destination, now: float) -> bool:
         """Whether `destination` is suspended for throttling now (its mail waits untried)."""
-        return self._memory.suspensions.active(self._slots.key_of(destination), now) is not None
+        return self._memory.suspended(self._slots.key_of(destination), now)
 
     def _skip_held_back(
         self, entry: Entry, due: list[str], now: float, updates: list[RecipientUpdate]
