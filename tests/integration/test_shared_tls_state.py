@@ -4,6 +4,7 @@ one state database (PostgreSQL: the cluster's; SQLite: two processes of one node
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from relaymail.config import Config, parse_config
 from relaymail.config_queue import QueueBackend, QueueSettings
 from relaymail.delivery import AttemptResult, Status
-from relaymail.tls.downgrade import TlsLevel
+from relaymail.tls.downgrade import DowngradeKind, Remembered, TlsLevel
 from relaymail.tls.memory import TlsMemory
 from tests.integration.conftest import deliver, hop
 from tests.integration.daemon_process import RELAYMAIL, run_command, write_toml
@@ -37,13 +38,24 @@ def node_config(
     })  # fmt: skip
 
 
+def recall(config: Config, domain: str) -> Remembered | None:
+    memory = TlsMemory(config.queue, config.tls.remember_for)
+    try:
+        return memory.recall(domain)
+    finally:
+        memory.close()
+
+
 @pytest.mark.parametrize(
-    "downgraded",
-    [Script(advertise_starttls=False), Script(cert_names=("other.test",))],
+    ("downgraded", "kind"),
+    [
+        (Script(advertise_starttls=False), DowngradeKind.STRIPPING),
+        (Script(cert_names=("other.test",)), DowngradeKind.CERTIFICATE),
+    ],
     ids=["starttls-stripped", "certificate-unverified"],
 )
 async def test_node_a_learns_verified_tls_and_node_b_defers_a_downgrade(
-    smtp_peer, ca_file, tmp_path, state_queue, downgraded
+    smtp_peer, ca_file, tmp_path, state_queue, downgraded, kind
 ):
     peer = await smtp_peer(Script())
     a = node_config("a", state_queue, tmp_path, peer, ca_file)
@@ -51,13 +63,17 @@ async def test_node_a_learns_verified_tls_and_node_b_defers_a_downgrade(
 
     [first] = await deliver(a)
     assert first.status is Status.DELIVERED and first.tls.verified
+    learnt = recall(b, "dest.test")
+    assert learnt is not None and learnt.level is TlsLevel.VERIFIED
+    today = time.strftime("%Y-%m-%d", time.gmtime(learnt.since))
 
     peer.script = downgraded
     [result] = await deliver(b)
     assert result.status is Status.DEFERRED
     [attempt] = result.attempts
     assert attempt.result == AttemptResult.TLS_POLICY_FAILED
-    assert "verified since" in attempt.detail and "possible" in attempt.detail
+    assert f"verified since {today}, now" in attempt.detail
+    assert f"possible {kind.value}; deferred" in attempt.detail
     assert len(peer.transactions) == 1  # only A's message reached the server
 
     # B's operator forgets the domain: A takes it as it comes now.
@@ -83,11 +99,7 @@ async def test_a_level_that_rises_on_one_node_is_what_the_other_enforces(
     peer.script = Script()  # the domain fixes its certificate
     [verified] = await deliver(b)
     assert verified.tls.verified
-    memory = TlsMemory(a.queue, a.tls.remember_for)
-    try:
-        found = memory.recall("dest.test")
-    finally:
-        memory.close()
+    found = recall(a, "dest.test")
     assert found is not None and found.level is TlsLevel.VERIFIED
 
 

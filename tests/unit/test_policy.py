@@ -3,7 +3,7 @@
 import pytest
 
 from relaymail.errors import LocalProtocolError
-from relaymail.tls.downgrade import Remembered, TlsLevel
+from relaymail.tls.downgrade import Downgrade, DowngradeKind, Remembered, TlsLevel
 from relaymail.tls.policy import (
     Action,
     Event,
@@ -145,6 +145,8 @@ TLS_SINCE = Remembered("bank.example", TlsLevel.TLS, SINCE, SINCE)
 def test_remembered_tls_turns_a_missing_starttls_into_a_failed_host():
     decision = decide(Level.MAY, True, Event.NOT_OFFERED, remembered=TLS_SINCE)
     assert decision.action is FAIL
+    assert decision.downgrade == Downgrade(TLS_SINCE, TlsLevel.CLEAR)
+    assert decision.downgrade.kind is DowngradeKind.STRIPPING
     assert "TLS since 2026-11-03, now in clear: possible STARTTLS stripping" in decision.reason
 
 
@@ -152,6 +154,8 @@ def test_remembered_verified_tls_catches_an_unverified_certificate():
     for level in (Level.MAY, Level.ENCRYPT):
         decision = decide(level, True, Event.UNVERIFIED, "self-signed", remembered=VERIFIED_SINCE)
         assert decision.action is FAIL
+        assert decision.downgrade == Downgrade(VERIFIED_SINCE, TlsLevel.TLS)
+        assert decision.downgrade.kind is DowngradeKind.CERTIFICATE
         assert "verified since 2026-11-03, now an unverified certificate: possible downgrade" in (
             decision.reason
         )
@@ -182,4 +186,4 @@ def test_the_memory_changes_nothing_at_or_above_its_level_nor_under_none():
     assert decide(Level.NONE, True, Event.NOT_OFFERED, remembered=VERIFIED_SINCE).action is CLEAR
     # A host that fails anyway keeps its own reason.
     failed = decide(Level.VERIFY, True, Event.UNVERIFIED, remembered=VERIFIED_SINCE)
-    assert failed.action is FAIL and "possible" not in failed.reason
+    assert failed.action is FAIL and failed.downgrade is None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from relaymail.tls.downgrade import DowngradeKind, Remembered, TlsLevel, below_memory
 from relaymail.tls.policy import TABLE, Action, Column, Event, Level, UnreachableCell, decide
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -58,11 +59,17 @@ def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-def readme_table() -> tuple[list[str], list[list[str]]]:
-    """The header and rows of the table in the README's "TLS policy" section."""
+def readme_table(first: str = "remote behaviour") -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the table of the README's "TLS policy" section whose first
+    header cell is `first`."""
     section = README.read_text(encoding="utf-8").split("\n## TLS policy\n", 1)[1]
-    lines = [line for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("|")]
-    header, rule, *rows = lines
+    tables: list[list[str]] = [[]]
+    for line in section.split("\n## ", 1)[0].splitlines():
+        if line.startswith("|"):
+            tables[-1].append(line)
+        elif tables[-1]:
+            tables.append([])
+    [(header, rule, *rows)] = [t for t in tables if t and _cells(t[0])[0] == first]
     assert set(_cells(rule)) == {"---"}
     return _cells(header), [_cells(row) for row in rows]
 
@@ -97,3 +104,31 @@ def test_decide_follows_the_readme_and_refuses_its_dashes():
             else:
                 decision = decide(level, fallback, ROWS[label], requiretls=requiretls)
                 assert decision.action is expected, (label, column)
+
+
+# The downgrade memory's table: what is remembered, by rows; what the session would reach.
+REMEMBERED = {"nothing": None, "TLS": TlsLevel.TLS, "verified": TlsLevel.VERIFIED}
+REACHED = {
+    "session in clear (no STARTTLS, 4xx/5xx to it, reconnect after a failed handshake)": (
+        TlsLevel.CLEAR
+    ),
+    "TLS, certificate not verified": TlsLevel.TLS,
+    "TLS, certificate verified": TlsLevel.VERIFIED,
+}
+MEMORY_CELLS = {
+    "as the table": None,
+    "host fails: possible STARTTLS stripping": DowngradeKind.STRIPPING,
+    "host fails: possible downgrade": DowngradeKind.CERTIFICATE,
+}
+
+
+def test_the_downgrade_memory_table_is_the_code_s_judgement():
+    header, rows = readme_table("remembered")
+    assert [REACHED[name] for name in header[1:]] == list(TlsLevel)
+    assert [REMEMBERED[row[0]] for row in rows] == [None, *list(TlsLevel)[1:]]
+    for label, *cells in rows:
+        level = REMEMBERED[label]
+        remembered = None if level is None else Remembered("d.test", level, 0.0, 0.0)
+        for reached, cell in zip(list(TlsLevel), cells, strict=True):
+            found = below_memory(remembered, reached)
+            assert (found and found.kind) is MEMORY_CELLS[cell], (label, reached, cell)

@@ -18,7 +18,7 @@ import enum
 import time
 from dataclasses import dataclass
 
-__all__ = ["Remembered", "TlsLevel", "below_memory"]
+__all__ = ["Downgrade", "DowngradeKind", "Remembered", "TlsLevel", "below_memory"]
 
 
 class TlsLevel(enum.IntEnum):
@@ -62,15 +62,36 @@ class Remembered:
         return f"{self.level.label} since {_day(self.since)}"
 
 
-def below_memory(remembered: Remembered | None, reached: TlsLevel | None) -> str | None:
-    """Why a session that would reach `reached` is a possible downgrade, or None.
+class DowngradeKind(enum.Enum):
+    STRIPPING = "STARTTLS stripping"  # the session would go in clear
+    CERTIFICATE = "downgrade"  # TLS, but a certificate that does not verify any more
+
+
+@dataclass(frozen=True, slots=True)
+class Downgrade:
+    """A session that would reach less than the domain's remembered level."""
+
+    remembered: Remembered
+    reached: TlsLevel
+
+    @property
+    def kind(self) -> DowngradeKind:
+        if self.reached is TlsLevel.CLEAR:
+            return DowngradeKind.STRIPPING
+        return DowngradeKind.CERTIFICATE
+
+    def __str__(self) -> str:
+        return f"{self.remembered}, now {self.reached.now_seen}: possible {self.kind.value}"
+
+
+def below_memory(remembered: Remembered | None, reached: TlsLevel | None) -> Downgrade | None:
+    """The downgrade a session that would reach `reached` is, or None.
 
     `reached` None: the session goes nowhere (the host already fails), nothing to catch.
     """
     if remembered is None or reached is None or reached >= remembered.level:
         return None
-    kind = "STARTTLS stripping" if reached is TlsLevel.CLEAR else "downgrade"
-    return f"{remembered}, now {reached.now_seen}: possible {kind}"
+    return Downgrade(remembered, reached)
 
 
 def _day(at: float) -> str:

@@ -23,7 +23,7 @@ from types import MappingProxyType
 
 from ..errors import LocalProtocolError
 from ..resolver import governing_key
-from .downgrade import Remembered, TlsLevel, below_memory
+from .downgrade import Downgrade, Remembered, TlsLevel, below_memory
 
 
 class Level(enum.Enum):
@@ -80,6 +80,8 @@ class Action(enum.Enum):
 class Decision:
     action: Action
     reason: str
+    # Set when downgrade memory made the host fail: what was remembered, what was seen.
+    downgrade: Downgrade | None = None
 
 
 class Column(enum.Enum):
@@ -206,6 +208,7 @@ def decide(
                 Action.HOST_FAILS,
                 f"{what}, but {downgrade}; deferred until `relaymail tls forget` "
                 "or remember_for passes",
+                downgrade,
             )
     return Decision(action, _reason(level, event, action, what))
 
