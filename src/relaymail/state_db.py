@@ -52,6 +52,7 @@ __all__ = [
     "StateDatabase",
     "StateDb",
     "StateSchema",
+    "StateSchemaNewer",
     "StateUnavailable",
     "open_state",
 ]
@@ -64,6 +65,10 @@ _T = TypeVar("_T")
 
 class StateUnavailable(RelaymailError):
     """The state database cannot be reached or written now (a lost connection, a full disk)."""
+
+
+class StateSchemaNewer(RelaymailError):
+    """The state database was written by a newer relaymail: refused rather than misread."""
 
 
 class Dialect(enum.Enum):
@@ -201,7 +206,7 @@ class StateDb:
         try:
             found = self._version()
             if found > schema.version:
-                raise RelaymailError(
+                raise StateSchemaNewer(
                     f"{self.path}: schema version {found} is newer than this relaymail"
                 )
             if found < schema.version:

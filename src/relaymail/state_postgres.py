@@ -23,8 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from .errors import RelaymailError
-from .state_db import Dialect, Rows, StateSchema, StateUnavailable
+from .state_db import Dialect, Rows, StateSchema, StateSchemaNewer, StateUnavailable
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -64,11 +63,15 @@ class PostgresStateDb:
 
     def __init__(self, dsn: str, schema: StateSchema) -> None:
         self._dsn = dsn
+        self._schema = schema
+        self._prepared = False
         self._lock = threading.Lock()
         self.where = f"PostgreSQL {_describe(dsn)} ({schema.filename.removesuffix('.db')})"
         self._conn: psycopg.Connection[Any] | None = None
-        with self._lock, self._errors():
-            self._prepare(self._connected(), schema)
+        # A server that cannot be reached now is tried again at each use, so a node starts
+        # (and its stores are made) while the database fails over; a newer schema stops it.
+        with contextlib.suppress(StateUnavailable), self._lock, self._errors():
+            self._connected()
 
     def _connected(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -78,6 +81,9 @@ class PostgresStateDb:
             conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
             conn.execute(f"SET search_path TO {NAMESPACE}")
             self._conn = conn
+        if not self._prepared:
+            self._prepare(self._conn, self._schema)
+            self._prepared = True
         return self._conn
 
     def _prepare(self, conn: psycopg.Connection[Any], schema: StateSchema) -> None:
@@ -94,7 +100,7 @@ class PostgresStateDb:
             ).fetchone()
             found = 0 if row is None else int(row[0])
             if found > schema.version:
-                raise RelaymailError(
+                raise StateSchemaNewer(
                     f"{self.where}: schema version {found} is newer than this relaymail"
                 )
             if found == schema.version:

@@ -124,7 +124,7 @@ async def test_tls_show_and_forget_through_the_cli(smtp_peer, ca_file, tmp_path,
     assert shown["since"] == shown["last_seen"] and shown["since"].endswith("Z")
 
     code, out, _ = await run_command(RELAYMAIL, "tls", "show", "dest.test", "-C", str(path))
-    assert code == 0 and out.startswith("dest.test: verified TLS since ")
+    assert code == 0 and out.startswith("dest.test: verified TLS since 20")
 
     code, out, _ = await run_command(RELAYMAIL, "tls", "forget", "dest.test", "-C", str(path))
     assert (code, out) == (0, "dest.test: forgotten\n")
@@ -141,7 +141,21 @@ async def test_tls_show_with_an_unreachable_database_is_one_line_and_75(tmp_path
     }})  # fmt: skip
     code, out, err = await run_command(RELAYMAIL, "tls", "show", "dest.test", "-C", str(path))
     assert (code, out) == (75, "")
-    assert (
-        err.startswith("relaymail tls show: PostgreSQL 127.0.0.1/relaymail") and "secret" not in err
-    )
+    assert err.startswith("relaymail: PostgreSQL 127.0.0.1/relaymail") and "secret" not in err
     assert len(err.splitlines()) == 1
+
+
+async def test_delivery_with_an_unreachable_state_database_goes_on_without_memory(
+    smtp_peer, ca_file, tmp_path
+):
+    """The memory is opportunistic, as `may` is: a database out of reach costs it, not mail."""
+    peer = await smtp_peer(Script())
+    config = parse_config({
+        "delivery": {"helo_name": "a.relaymail.test", "command_timeout": 3.0},
+        "tls": {"ca_file": str(ca_file), "remember": True},
+        "queue": {"directory": str(tmp_path / "a"), "backend": "postgresql",
+                  "dsn": "postgresql://nobody@127.0.0.1:1/relaymail"},
+        "routes": {"dest.test": [hop(peer)]},
+    })  # fmt: skip
+    [result] = await deliver(config)
+    assert result.status is Status.DELIVERED and result.tls.verified

@@ -17,7 +17,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
+from ..errors import RelaymailError
 from .exits import (
+    EX_CONFIG,
     EX_DATAERR,
     EX_IOERR,
     EX_NOINPUT,
@@ -239,12 +241,27 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return EX_TEMPFAIL
+    except RelaymailError as exc:
+        return _state_failed(exc)
     except _OutputError as exc:
         # Whatever is still buffered goes nowhere, so the flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), exc.fd)
         if exc.errno != errno.EPIPE:  # a reader that went away (| head -1) wanted no more
             print(f"relaymail: cannot write output: {exc.strerror}", file=sys.stderr)
         return EX_IOERR
+
+
+def _state_failed(exc: RelaymailError) -> int:
+    """A state database (state_db.py) that stopped a command: one line, never a traceback."""
+    from ..state_db import StateSchemaNewer, StateUnavailable
+
+    if isinstance(exc, StateUnavailable):
+        print(f"relaymail: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    if isinstance(exc, StateSchemaNewer):
+        print(f"relaymail: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    raise exc
 
 
 class _OutputError(Exception):

@@ -7,78 +7,60 @@ or the tables of the cluster's PostgreSQL database, so any node shows and forget
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
-from ..errors import RelaymailError
-from ..state_db import StateUnavailable
-from .exits import EX_CONFIG, EX_OK, EX_TEMPFAIL
-
-
-def _state_errors(command: str, work: Callable[[], int]) -> int:
-    """`work()`; a state database it cannot use is one line on stderr, never a traceback."""
-    try:
-        return work()
-    except StateUnavailable as exc:
-        print(f"relaymail {command}: {exc}", file=sys.stderr)
-        return EX_TEMPFAIL
-    except RelaymailError as exc:  # a schema from a newer relaymail
-        print(f"relaymail {command}: {exc}", file=sys.stderr)
-        return EX_CONFIG
+from ..tls.downgrade import TlsLevel
+from .exits import EX_OK
 
 
 def forget(config: Config, domain: str) -> int:
     """Clear the downgrade memory of `domain` (checked and in lookup form)."""
     from ..tls.memory import TlsMemory
 
-    def work() -> int:
-        memory = TlsMemory(config.queue, config.tls.remember_for)
-        try:
-            forgotten = memory.forget(domain)
-        finally:
-            memory.close()
-        print(f"{domain}: " + ("forgotten" if forgotten else "nothing remembered"))
-        return EX_OK
-
-    return _state_errors("tls forget", work)
+    memory = TlsMemory(config.queue, config.tls.remember_for)
+    try:
+        forgotten = memory.forget(domain)
+    finally:
+        memory.close()
+    print(f"{domain}: " + ("forgotten" if forgotten else "nothing remembered"))
+    return EX_OK
 
 
 def show(config: Config, domain: str, *, as_json: bool) -> int:
     """Print what the downgrade memory holds for `domain`, since when, until when."""
     from ..tls.memory import TlsMemory
 
-    def work() -> int:
-        memory = TlsMemory(config.queue, config.tls.remember_for)
-        try:
-            found = memory.recall(domain)
-        finally:
-            memory.close()
-        if as_json:
-            shown: dict[str, Any] = {"domain": domain, "level": None}
-            if found is not None:
-                shown |= {
-                    "level": found.level.name.lower(),
-                    "since": _iso(found.since),
-                    "last_seen": _iso(found.last_seen),
-                    "expires": _iso(found.expires(config.tls.remember_for)),
-                    "enforced": config.tls.remembers(domain),
-                }
-            print(json.dumps(shown))
-        elif found is None:
-            print(f"{domain}: nothing remembered")
-        else:
-            enforced = "" if config.tls.remembers(domain) else " (not enforced: [tls] remember)"
-            print(
-                f"{domain}: {found.level.label} TLS since {_iso(found.since)}, last seen "
-                f"{_iso(found.last_seen)}, remembered until "
-                f"{_iso(found.expires(config.tls.remember_for))}{enforced}"
-            )
-        return EX_OK
+    memory = TlsMemory(config.queue, config.tls.remember_for)
+    try:
+        found = memory.recall(domain)
+    finally:
+        memory.close()
+    if as_json:
+        shown: dict[str, Any] = {"domain": domain, "level": None}
+        if found is not None:
+            shown |= {
+                "level": found.level.name.lower(),
+                "since": _iso(found.since),
+                "last_seen": _iso(found.last_seen),
+                "expires": _iso(found.expires(config.tls.remember_for)),
+                "enforced": config.tls.remembers(domain),
+            }
+        print(json.dumps(shown))
+    elif found is None:
+        print(f"{domain}: nothing remembered")
+    else:
+        enforced = "" if config.tls.remembers(domain) else " (not enforced: [tls] remember)"
+        print(
+            f"{domain}: {_SHOWN[found.level]} since {_iso(found.since)}, last seen "
+            f"{_iso(found.last_seen)}, remembered until "
+            f"{_iso(found.expires(config.tls.remember_for))}{enforced}"
+        )
+    return EX_OK
 
-    return _state_errors("tls show", work)
+
+_SHOWN = {TlsLevel.TLS: "TLS (any certificate)", TlsLevel.VERIFIED: "verified TLS"}
 
 
 def _iso(at: float) -> str:
@@ -89,19 +71,16 @@ def show_reports(config: Config, domain: str | None) -> int:
     """Print the TLS reports (RFC 8460 JSON) of today so far, for `domain` or every domain."""
     from ..tls.reporting import TlsReportStore, preview_reports
 
-    def work() -> int:
-        name = config.delivery.helo_name
-        store = TlsReportStore(config.queue)
-        try:
-            reports = preview_reports(
-                store,
-                domain=domain,
-                organization_name=config.tls.report_organization or name,
-                contact_info=config.tls.report_contact or f"postmaster@{name}",
-            )
-        finally:
-            store.close()
-        print(json.dumps(reports, indent=2))
-        return EX_OK
-
-    return _state_errors("tlsrpt show", work)
+    name = config.delivery.helo_name
+    store = TlsReportStore(config.queue)
+    try:
+        reports = preview_reports(
+            store,
+            domain=domain,
+            organization_name=config.tls.report_organization or name,
+            contact_info=config.tls.report_contact or f"postmaster@{name}",
+        )
+    finally:
+        store.close()
+    print(json.dumps(reports, indent=2))
+    return EX_OK

@@ -16,16 +16,19 @@ most once an hour per domain, a rise in level at once.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..expiring import ExpiringMap
-from ..state_db import StateDatabase, StateSchema, open_state
+from ..state_db import StateDatabase, StateSchema, StateUnavailable, open_state
 from .downgrade import Remembered, TlsLevel
 
 if TYPE_CHECKING:
     from ..config_queue import QueueSettings
+
+log = logging.getLogger("relaymail.tls")
 
 FILENAME = "tls-memory.db"
 # Refresh the "last seen" time at most this often per domain.
@@ -101,12 +104,22 @@ class TlsMemory:
         return None if now > found.expires(self.remember_for) else found
 
     async def recall_async(self, domain: str) -> Remembered | None:
-        return await self._db.run(self.recall, domain)
+        """recall() for the event loop; a database out of reach remembers nothing, said once
+        per session: the memory is opportunistic, as `may` is."""
+        try:
+            return await self._db.run(self.recall, domain)
+        except StateUnavailable as exc:
+            log.warning("domain=%s: downgrade memory unreadable, not applied: %s", domain, exc)
+            return None
 
     async def saw_async(self, domain: str, level: TlsLevel) -> None:
         now = time.time()
-        if self._news(domain, level, now):  # the usual case skips the worker thread
+        if not self._news(domain, level, now):  # the usual case skips the worker thread
+            return
+        try:
             await self._db.run(self.saw, domain, level, now)
+        except StateUnavailable as exc:
+            log.warning("domain=%s: downgrade memory not written: %s", domain, exc)
 
     def _news(self, domain: str, level: TlsLevel, now: float) -> bool:
         """Whether `level` is worth a write: clear never is (the memory holds what a

@@ -90,6 +90,17 @@ def _aggregate(events: Iterable[TlsEvent]) -> dict[_PolicyKey, _Tally]:
     return tallies
 
 
+def _order(key: _PolicyKey) -> tuple[str, ...]:
+    return (key.day.isoformat(), key.domain, key.policy_type.value,
+            *key.policy_strings, "", *key.mx_host_patterns)  # fmt: skip
+
+
+def _failure_order(item: tuple[_FailureKey, int]) -> tuple[str, ...]:
+    f = item[0]
+    return (f.result_type.value, f.sending_mta_ip, f.receiving_mx_hostname,
+            f.receiving_mx_helo, f.receiving_ip, f.reason)  # fmt: skip
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -235,8 +246,11 @@ class TlsReportStore:
         self._write(_aggregate(events))
 
     def _write(self, tallies: dict[_PolicyKey, _Tally]) -> None:
+        # In one order on every node: two nodes' transactions that upsert the same rows
+        # in different orders could deadlock on PostgreSQL.
+        ordered = sorted(tallies.items(), key=lambda item: _order(item[0]))
         with self.db.transaction() as conn:
-            for key, tally in tallies.items():
+            for key, tally in ordered:
                 (policy_id,) = conn.execute(
                     """
                     INSERT INTO policy_day
@@ -273,7 +287,7 @@ class TlsReportStore:
                             f.reason,
                             count,
                         )
-                        for f, count in tally.failures.items()
+                        for f, count in sorted(tally.failures.items(), key=_failure_order)
                     ],
                 )
 
