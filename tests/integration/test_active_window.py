@@ -22,6 +22,7 @@ import pytest
 from relaymail.body import CHUNK_SIZE, MessageBody
 from relaymail.config import Config, parse_config
 from relaymail.delivery import DeliveryEngine, Status
+from relaymail.destination_share import SharedDestinations
 from relaymail.errors import BodyUnreadable
 from relaymail.message import Envelope
 from relaymail.queue import SqliteStore
@@ -50,9 +51,11 @@ def config(
 
 
 @contextlib.asynccontextmanager
-async def scheduler(store: SqliteStore, cfg: Config) -> AsyncIterator[Scheduler]:
+async def scheduler(
+    store: SqliteStore, cfg: Config, shared: SharedDestinations | None = None
+) -> AsyncIterator[Scheduler]:
     engine = DeliveryEngine(cfg)
-    running = Scheduler(store, engine, cfg.queue, hostname="relay.relaymail.test")
+    running = Scheduler(store, engine, cfg.queue, hostname="relay.relaymail.test", shared=shared)
     running.load()
     task = asyncio.create_task(running.run())
     try:

@@ -3,17 +3,16 @@ its own, defers untried the mail to a destination node A found down or was throt
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from relaymail.config import Config, parse_config
 from relaymail.config_queue import QueueSettings
-from relaymail.delivery import DeliveryEngine, RecipientResult, Status
+from relaymail.delivery import RecipientResult, Status
 from relaymail.destination_memory import DestinationMemory
 from relaymail.destination_share import HoldKind, SharedDestinations
 from relaymail.message import Envelope
@@ -22,6 +21,7 @@ from relaymail.queue.store import RecipientState
 from relaymail.routing import Destination
 from relaymail.scheduler import Scheduler
 from relaymail.shaping import Shape
+from tests.integration.test_active_window import scheduler, until
 from tests.peers.smtp_server import Script
 
 NOW = 1_800_000_000.0
@@ -102,24 +102,11 @@ def node_config(tmp_path: Path, node: str, peer_port: int) -> Config:
 @contextlib.asynccontextmanager
 async def node(cfg: Config, shared: SharedDestinations) -> AsyncIterator[Scheduler]:
     store = SqliteStore.open(cfg.queue.directory)
-    engine = DeliveryEngine(cfg)
-    running = Scheduler(store, engine, cfg.queue, hostname=cfg.delivery.helo_name, shared=shared)
-    running.load()
-    task = asyncio.create_task(running.run())
     try:
-        yield running
+        async with scheduler(store, cfg, shared) as running:
+            yield running
     finally:
-        await running.stop(0.0)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await engine.close()
         await store.close()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 async def test_node_b_does_not_knock_at_a_destination_that_throttled_node_a(

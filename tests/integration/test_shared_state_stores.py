@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from relaymail.config_queue import QueueSettings
+from relaymail.config_queue import QueueBackend, QueueSettings
 from relaymail.tls.mta_sts import StsCache, parse_policy
 from relaymail.tls.reporting import ReportState, TlsReportStore, send_daily_reports
 from relaymail.tls.reporting.store import CLAIM_LEASE
@@ -34,6 +34,7 @@ def two_nodes(state_queue: QueueSettings) -> Iterator[tuple[TlsReportStore, TlsR
 def test_a_policy_one_node_fetched_is_in_the_other_nodes_cache(state_queue) -> None:
     a, b = StsCache(state_queue), StsCache(dataclasses.replace(state_queue, node="b"))
     try:
+        assert a.get("example.com") is None
         stored = parse_policy(POLICY, policy_id="abc", fetched_at=1764547200.25)
         a.put("example.com", stored)
         assert b.get("example.com") == stored
@@ -46,6 +47,8 @@ def test_a_policy_one_node_fetched_is_in_the_other_nodes_cache(state_queue) -> N
     finally:
         a.close()
         b.close()
+    on_file = (state_queue.directory / "mta-sts.db").is_file()
+    assert on_file is (state_queue.backend is QueueBackend.SQLITE)
 
 
 async def test_the_counters_of_both_nodes_make_one_summary(two_nodes) -> None:
@@ -71,6 +74,13 @@ def test_one_claim_per_report_until_released_or_its_lease_passes(two_nodes) -> N
     assert a.claim(YESTERDAY, "dest.test", "a", now + CLAIM_LEASE * 3) == "a"
 
 
+async def report_setting(smtp_peer, dns_server, ca_file):
+    """A mailbox for reports, the domain's TLSRPT record asking for them by mail, a mailer."""
+    mailbox = await smtp_peer(Script())
+    dns = dns_server([TXT("_smtp._tls.dest.test", "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test")])
+    return mailbox, dns, Mailer(mailbox, ca_file)
+
+
 async def send(store, dns, mailer, node, **options):
     return await send_daily_reports(
         store, YESTERDAY, dns.resolver(), mailer, organization_name="Sender Inc.",
@@ -82,11 +92,9 @@ async def test_two_nodes_sending_at_once_send_one_report_with_both_nodes_counts(
     two_nodes, smtp_peer, dns_server, ca_file
 ) -> None:
     a, b = two_nodes
-    mailbox = await smtp_peer(Script())
-    dns = dns_server([TXT("_smtp._tls.dest.test", "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test")])
+    mailbox, dns, mailer = await report_setting(smtp_peer, dns_server, ca_file)
     await a.record(events())
     await b.record(events())
-    mailer = Mailer(mailbox, ca_file)
 
     [from_a], [from_b] = await asyncio.gather(send(a, dns, mailer, "a"), send(b, dns, mailer, "b"))
 
@@ -108,10 +116,8 @@ async def test_a_report_claimed_by_a_node_that_died_is_sent_by_another_after_the
     two_nodes, smtp_peer, dns_server, ca_file
 ) -> None:
     a, b = two_nodes
-    mailbox = await smtp_peer(Script())
-    dns = dns_server([TXT("_smtp._tls.dest.test", "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test")])
+    mailbox, dns, mailer = await report_setting(smtp_peer, dns_server, ca_file)
     await a.record(events())
-    mailer = Mailer(mailbox, ca_file)
     now = time.time()
     assert a.claim(YESTERDAY, "dest.test", "a", now) == "a"  # and then node a is killed
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from relaymail.tls.mta_sts import (
-    StsCache,
     StsFetchError,
     StsLookup,
     StsMode,
@@ -301,19 +300,3 @@ def test_fetch_errors_carry_their_tls_rpt_result_type():
 # --- The cache --------------------------------------------------------------------------
 
 
-def test_the_cache_keeps_policies_by_domain_in_one_sqlite_file(tmp_path):
-    cache = StsCache(tmp_path / "state")
-    try:
-        assert cache.get("example.com") is None
-        stored = parse_policy(POLICY, policy_id="abc", fetched_at=1234.5)
-        cache.put("example.com", stored)
-        assert cache.get("example.com") == stored
-        replaced = parse_policy(POLICY.replace("enforce", "testing"), policy_id="d", fetched_at=9)
-        cache.put("example.com", replaced)
-        assert cache.get("example.com") == replaced
-        assert cache.domains() == ["example.com"]
-        cache.delete("example.com")
-        assert cache.get("example.com") is None
-    finally:
-        cache.close()
-    assert (tmp_path / "state" / "mta-sts.db").is_file()

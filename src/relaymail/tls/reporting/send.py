@@ -235,45 +235,24 @@ async def send_daily_reports(
 
         async def one(domain: str) -> ReportOutcome:
             async with slots:
-                return await _send_domain(
-                    store, day, domain, resolver, enqueue, client,
-                    organization_name=organization_name, submitter=submitter,
-                    contact_info=contact, from_address=sender, clock=clock, node=me,
-                )  # fmt: skip
+                holder = await store.db.run(store.claim, day, domain, me, clock())
+                if holder != me:
+                    return ReportOutcome(domain, day, None, detail=f"being sent by {holder}",
+                                         claimed_by=holder)  # fmt: skip
+                try:
+                    return await _send_domain(
+                        store, day, domain, resolver, enqueue, client,
+                        organization_name=organization_name, submitter=submitter,
+                        contact_info=contact, from_address=sender, clock=clock,
+                    )  # fmt: skip
+                finally:
+                    await store.db.run(store.release, day, domain, me)
 
         domains = await store.db.run(store.domains, day)
         return list(await asyncio.gather(*(one(d) for d in domains)))
 
 
 async def _send_domain(
-    store: TlsReportStore,
-    day: date,
-    domain: str,
-    resolver: dns.asyncresolver.Resolver,
-    enqueue: Enqueue,
-    client: httpx.AsyncClient,
-    *,
-    organization_name: str,
-    submitter: str,
-    contact_info: str,
-    from_address: str,
-    clock: Callable[[], float],
-    node: str,
-) -> ReportOutcome:
-    holder = await store.db.run(store.claim, day, domain, node, clock())
-    if holder != node:
-        return ReportOutcome(domain, day, None, detail=f"being sent by {holder}", claimed_by=holder)
-    try:
-        return await _send_claimed(
-            store, day, domain, resolver, enqueue, client,
-            organization_name=organization_name, submitter=submitter,
-            contact_info=contact_info, from_address=from_address, clock=clock,
-        )  # fmt: skip
-    finally:
-        await store.db.run(store.release, day, domain, node)
-
-
-async def _send_claimed(
     store: TlsReportStore,
     day: date,
     domain: str,
