@@ -230,7 +230,7 @@ class Daemon:
                     )  # fmt: skip
                     for outcome in outcomes:
                         log.info("TLS report for %s: %s", yesterday, outcome)
-                    store.prune(yesterday - dt.timedelta(days=14))
+                    await store.db.run(store.prune, yesterday - dt.timedelta(days=14))
                 except Exception:  # a report is never worth the daemon
                     log.exception("sending TLS reports failed; trying again in an hour")
                 finally:

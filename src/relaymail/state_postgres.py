@@ -67,11 +67,9 @@ class PostgresStateDb:
         self._prepared = False
         self._lock = threading.Lock()
         self.where = f"PostgreSQL {_describe(dsn)} ({schema.filename.removesuffix('.db')})"
+        # Connected at first use, which event-loop code makes on a worker thread: a
+        # server slow to answer must not stall the loop, nor one out of reach stop a start.
         self._conn: psycopg.Connection[Any] | None = None
-        # A server that cannot be reached now is tried again at each use, so a node starts
-        # (and its stores are made) while the database fails over; a newer schema stops it.
-        with contextlib.suppress(StateUnavailable), self._lock, self._errors():
-            self._connected()
 
     def _connected(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:

@@ -9,8 +9,7 @@ import psycopg
 import pytest
 
 from relaymail.config_queue import QueueBackend, QueueSettings
-from relaymail.errors import RelaymailError
-from relaymail.state_db import Dialect, StateSchema, StateUnavailable, open_state
+from relaymail.state_db import Dialect, StateSchema, StateSchemaNewer, StateUnavailable, open_state
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS seen (
@@ -78,19 +77,23 @@ def test_a_newer_schema_is_refused_and_an_older_one_upgraded(state_queue: QueueS
     with db.connection() as conn:
         assert conn.execute("SELECT name FROM names").fetchall() == [("kept",)]
     db.close()
-    with pytest.raises(RelaymailError) as refused:
-        open_state(state_queue, old)
+    # PostgreSQL connects at first use, SQLite opens its file at once: either refuses then.
+    with pytest.raises(StateSchemaNewer) as refused:
+        refusing = open_state(state_queue, old)
+        with refusing.connection():
+            pass
     assert str(refused.value).endswith("schema version 2 is newer than this relaymail")
 
 
 def test_two_stores_of_one_database_keep_their_own_versions(state_queue: QueueSettings) -> None:
-    one = open_state(state_queue, SCHEMA)
-    other = open_state(
-        state_queue, StateSchema("other.db", "CREATE TABLE IF NOT EXISTS o (x TEXT);")
-    )
-    one.close()
-    other.close()
-    open_state(state_queue, SCHEMA).close()  # still version 2: not refused
+    other = StateSchema("other.db", "CREATE TABLE IF NOT EXISTS o (x TEXT);")
+    for schema, table in [(SCHEMA, "seen"), (other, "o"), (SCHEMA, "seen")]:  # v2, v1, v2
+        db = open_state(state_queue, schema)
+        try:
+            with db.connection() as conn:
+                assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        finally:
+            db.close()
 
 
 async def test_run_does_the_work_on_a_worker_thread(state_queue: QueueSettings) -> None:
@@ -129,7 +132,10 @@ def test_a_lost_postgresql_connection_fails_one_call_and_the_next_reconnects(
 
 def test_the_state_tables_live_apart_from_the_queue_tables(postgres_dsn: str, tmp_path) -> None:
     queue = QueueSettings(directory=tmp_path, backend=QueueBackend.POSTGRESQL, dsn=postgres_dsn)
-    open_state(queue, SCHEMA).close()
+    db = open_state(queue, SCHEMA)
+    with db.connection():
+        pass
+    db.close()
     with psycopg.connect(postgres_dsn) as conn:
         rows = conn.execute(
             "SELECT table_schema, table_name FROM information_schema.tables"

@@ -22,7 +22,7 @@ from ..tls.context import CLEAR, TlsFacts, client_context, describe, peer_chain
 from ..tls.dane import TlsaLookup
 from ..tls.downgrade import TlsLevel
 from ..tls.memory import TlsMemory
-from ..tls.policy import Action, Decision, Event, Level, decide
+from ..tls.policy import Action, Decision, Event, Level, decide, memory_counts
 from ..tls.results import ResultType
 from ..tls.verify import check_peer, failed, openssl_store
 from .plan import HostPolicy
@@ -80,7 +80,8 @@ class StarttlsStep:
         memory = self._memory if self._settings.remembers(domain) else None
         remembered = None
         if memory is not None:
-            remembered = await memory.recall_async(domain)
+            if memory_counts(policy.level) and not policy.requiretls:  # else: no read
+                remembered = await memory.recall_async(domain)
             await memory.saw_async(domain, _level_of(tls))
         decision = decide(
             policy.level, self._settings.tempfail_fallback, event, detail, remembered,

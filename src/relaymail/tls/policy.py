@@ -201,7 +201,7 @@ def decide(
     action = TABLE[event].get(column)
     if action is None:
         raise UnreachableCell(event, column)
-    if level in (Level.MAY, Level.ENCRYPT):
+    if memory_counts(level):
         downgrade = below_memory(remembered, reached(event, action))
         if downgrade is not None:
             return Decision(
@@ -211,6 +211,11 @@ def decide(
                 downgrade,
             )
     return Decision(action, _reason(level, event, action, what))
+
+
+def memory_counts(level: Level) -> bool:
+    """Whether downgrade memory can change a decision under `level` (see decide)."""
+    return level in (Level.MAY, Level.ENCRYPT)
 
 
 def reached(event: Event, action: Action) -> TlsLevel | None:
