@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from relaymail.config import load_config
-from relaymail.config_file import SubmitSettings, submit_settings
+from relaymail.config_values import DEFAULT_MAX_MESSAGE_SIZE
 from relaymail.errors import ConfigError
-from relaymail.message import DEFAULT_MAX_MESSAGE_SIZE
+from relaymail.sendmail_settings import submit_settings
 
 AGREE = [
     "",
@@ -29,7 +29,8 @@ def test_sendmail_reads_what_the_daemon_reads(tmp_path: Path, text: str) -> None
     file.write_text(text)
     config = load_config(file)
     limits = [t.get("max_message_size") for t in config.listener_tables]
-    assert submit_settings(str(file)) == SubmitSettings(
+    settings = submit_settings(str(file))
+    assert (settings.queue_directory, settings.local_domain, settings.max_message_size) == (
         str(config.queue.directory),
         config.local.domain,
         max(config.listeners(), key=lambda s: s.max_message_size).max_message_size
