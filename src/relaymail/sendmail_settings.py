@@ -2,7 +2,7 @@
 
 `sendmail` needs three settings: where the queue is, the local domain and the
 size limit. Parsing TOML for them (tomllib loads re, typing and enum, and
-compiles its patterns) would be two thirds of sendmail's instructions, so
+compiles its patterns) would be more than half of sendmail's instructions, so
 `relaymail check` and `serve` write them beside the configuration file, in
 `<file>.cache`, together with the exact content they were read from:
 
