@@ -11,10 +11,11 @@ or aiosmtpd just because Python imports this package first.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+# Not even typing at run time: it loads re and enum, a third of sendmail's start-up.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .config import Config, load_config
     from .delivery import DeliveryEngine, RecipientResult, Status, deliver
     from .errors import (
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
         MessageInputError,
         MessageTooLarge,
         QueueFull,
-        QueueProblem,
         QueueUnavailable,
         QueueUnusable,
         RelaymailError,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         UnsafeCommandError,
     )
     from .message import Envelope, canonical_data
+    from .queue_problem import QueueProblem
 
 __all__ = [
     "AddressError",
@@ -80,12 +81,15 @@ _HOMES = {
     "deliver": ".delivery",
     "Envelope": ".message",
     "canonical_data": ".message",
+    "QueueProblem": ".queue_problem",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(_HOMES.get(name, ".errors"), __name__), name)
     globals()[name] = value  # the next access is an ordinary lookup
     return value

@@ -1,25 +1,27 @@
-"""Finding and reading the configuration file, and the part of it `sendmail` uses.
+"""Finding and reading the configuration file, and the readers of what `sendmail` uses.
 
 Every command finds its file the same way (`find_config_file`) and reads it with
-the same TOML parser (`read_toml`). `sendmail` then takes only what it needs —
-where the queue is, the local domain, the size limit — through the same value
-readers as the daemon (config_values.py), and leaves the rest of the file alone:
-it runs once per cron job and per PHP mail(), and building the daemon's whole
-configuration (config.py: dataclasses, pathlib, the policy tables) would cost
-more than everything else it does. A mistake elsewhere in the file is named by
-`serve` and `relaymail check`; the message waits in the maildrop meanwhile.
+the same TOML parser (`read_toml`). `sendmail` takes only what it needs — where
+the queue is, the local domain, the size limit (sendmail_settings.py) — through
+the same value readers as the daemon (config_values.py), and leaves the rest of
+the file alone: it runs once per cron job and per PHP mail(), and building the
+daemon's whole configuration (config.py: dataclasses, pathlib, the policy
+tables) would cost more than everything else it does. A mistake elsewhere in
+the file is named by `serve` and `relaymail check`; the message waits in the
+maildrop meanwhile.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
 
-from .config_values import host_name, size, table, text
+from .config_values import DEFAULT_MAX_MESSAGE_SIZE, host_name, size, table
 from .errors import ConfigError
-from .message import DEFAULT_MAX_MESSAGE_SIZE
+
+TYPE_CHECKING = False  # typing and collections.abc load re and enum: annotations only
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 SYSTEM_CONFIG = "/etc/relaymail/relaymail.toml"
 # The queue directory when the configuration sets none, relative to the working directory.
@@ -41,15 +43,31 @@ def find_config_file(explicit: str | None) -> str | None:
 
 def read_toml(path: str) -> dict[str, Any]:
     """The file's TOML as a dict; ConfigError names the file and what is wrong with it."""
+    return parse_toml(read_file(path)[0], path)
+
+
+def read_file(path: str) -> tuple[bytes, int]:
+    """The file's content and its owner's uid; ConfigError when it cannot be read."""
     try:
-        with open(path, encoding="utf-8") as file:
-            return tomllib.loads(file.read())
+        with open(path, "rb") as file:
+            return file.read(), os.fstat(file.fileno()).st_uid
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, f"not valid TOML: {exc}") from None
+
+
+def parse_toml(content: bytes, path: str) -> dict[str, Any]:
+    """The TOML in `content` (read from `path`) as a dict; ConfigError says what is wrong."""
+    import tomllib  # its patterns cost a fifth of sendmail's start-up: only a parse pays
+
+    try:
+        text = content.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(path, "not UTF-8 text") from None
+    try:
+        # Line ends as a file opened in text mode reads them (a lone CR is one too).
+        return tomllib.loads(text.replace("\r\n", "\n").replace("\r", "\n"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML: {exc}") from None
 
 
 def message_size_limit(listener_tables: Sequence[Mapping[str, Any]]) -> int:
@@ -66,37 +84,13 @@ def message_size_limit(listener_tables: Sequence[Mapping[str, Any]]) -> int:
     )
 
 
-def local_domain(raw: Mapping[str, Any]) -> str:
-    """[local] domain, else [delivery] helo_name, else the host's FQDN (Postfix's myorigin)."""
+def configured_domain(raw: Mapping[str, Any]) -> str | None:
+    """[local] domain, else [delivery] helo_name; None when neither is set (then the
+    local domain is the host's FQDN, Postfix's myorigin)."""
     local, delivery = table(raw, "local"), table(raw, "delivery")
     if "domain" in local:
         return host_name(local["domain"], "local.domain")
     if "helo_name" in delivery:
         return host_name(delivery["helo_name"], "delivery.helo_name")
-    import socket  # only an unconfigured host pays for the socket module
+    return None
 
-    return socket.getfqdn()
-
-
-class SubmitSettings(NamedTuple):
-    """What `sendmail` needs to drop a message: where, under which domain, how large."""
-
-    queue_directory: str
-    local_domain: str
-    max_message_size: int
-
-
-def submit_settings(path: str | None) -> SubmitSettings:
-    """`sendmail`'s settings from the file at `path` (None: the embedded defaults)."""
-    raw = read_toml(path) if path is not None else {}
-    queue = table(raw, "queue")
-    listeners = raw.get("listener", [])
-    if not isinstance(listeners, list) or not all(isinstance(t, dict) for t in listeners):
-        raise ConfigError("listener", "must be an array of tables ([[listener]])")
-    return SubmitSettings(
-        text(queue["directory"], "queue.directory")
-        if "directory" in queue
-        else DEFAULT_QUEUE_DIRECTORY,
-        local_domain(raw),
-        message_size_limit(listeners),
-    )

@@ -18,7 +18,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import QueueProblem, QueueUnusable, RelaymailError
+from .errors import QueueUnusable, RelaymailError
+from .queue_problem import QueueProblem
 
 FILENAME = "daemon.pid"
 

@@ -6,13 +6,14 @@ failed, so callers can catch precisely (the httpx model).
 
 from __future__ import annotations
 
-import enum
-from typing import TYPE_CHECKING
-
+# Imports nothing at run time: `sendmail` raises these, and its start-up is most of
+# its cost (config_file.py). Annotations only below.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pathlib import Path  # annotations only: sendmail's start-up does not import pathlib
+    from pathlib import Path
 
     from .local.aliases import AliasProblem
+    from .queue_problem import QueueProblem
 
 
 class RelaymailError(Exception):
@@ -102,21 +103,6 @@ class QueueFull(RelaymailError):
 
 class QueueUnavailable(QueueFull):
     """The queue's files changed under it or its writer stopped: nothing would be kept."""
-
-
-class QueueProblem(enum.StrEnum):
-    """Why the queue cannot be opened at start."""
-
-    NOT_A_DIRECTORY = "not a directory"  # queue.directory names a file, or goes through one
-    CANNOT_WRITE = "cannot write"  # read-only, not writable by this user, immutable
-    NOT_A_QUEUE = "not a queue"  # the database is corrupt or not SQLite at all
-    NEWER_SCHEMA = "newer schema"  # written by a newer relaymail: left untouched
-
-    @property
-    def exit_code(self) -> int:
-        # sysexits.h: EX_CANTCREAT (73) when the files cannot be created or written;
-        # EX_CONFIG (78) when queue.directory points at something that is not a queue.
-        return 73 if self is QueueProblem.CANNOT_WRITE else 78
 
 
 class QueueUnusable(RelaymailError):

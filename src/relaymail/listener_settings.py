@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from .config_values import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import AddressError, ConfigError
-from .message import DEFAULT_MAX_MESSAGE_SIZE, domain_of
+from .message import domain_of
 
 __all__ = ["IPNetwork", "LimitSettings", "ListenerMode", "ListenerSettings", "LongLines"]
 

@@ -23,8 +23,8 @@ exactly `size` octets of canonical message data (CRLF lines):
     flag N success,failure            sendmail's -N -R -B -V, kept for DSN support
     size 1234
 
-This module is pure and imports only the standard library: sendmail's start-up
-pays for nothing else.
+This module is pure and imports only the standard library. `sendmail` does not
+import it: it writes its file with postdrop.py, which this module re-exports.
 """
 
 from __future__ import annotations
@@ -34,21 +34,41 @@ import re
 from typing import NamedTuple
 
 from .errors import MaildropCorrupt
+from .postdrop import (
+    DIRECTORY_NAME,
+    FILE_MODE,
+    MAGIC,
+    SYSTEM_QUEUE,
+    TEMP_PREFIX,
+    file_content,
+    file_name,
+    local_address,
+)
 
-DIRECTORY_NAME = "maildrop"
+__all__ = [
+    "CORRUPT_NAME",
+    "DIRECTORY_NAME",
+    "FILE_MODE",
+    "MAX_HEADER",
+    "MODE",
+    "SYSTEM_QUEUE",
+    "TEMP_PREFIX",
+    "Head",
+    "Submission",
+    "decode",
+    "decode_head",
+    "encode",
+    "file_name",
+    "is_file_name",
+    "local_address",
+]
+
 CORRUPT_NAME = "corrupt"  # inside the maildrop: files the daemon could not take
 MODE = 0o1733
-FILE_MODE = 0o644  # readable by the daemon's user; the name is the secret (see above)
-# Where an installed relaymail keeps its queue (install-system, the service unit).
-SYSTEM_QUEUE = "/var/spool/relaymail"
-TEMP_PREFIX = "t."  # being written: not taken until renamed to its final name
-
-_MAGIC = b"relaymail-maildrop 1\n"
 # Far above any real envelope (1000 recipients of 254 octets is 270 KB).
 MAX_HEADER = 4 << 20
 FLAGS = ("N", "R", "B", "V")
-# Patterns only the daemon's pickup matches: kept as text, so that sendmail, which
-# only writes files, does not compile them (re compiles and caches on first use).
+# Patterns only the daemon's pickup matches (re compiles and caches on first use).
 _NAME = r"[0-9a-f]{1,16}\.[0-9]{1,10}\.[0-9a-f]{32}"
 # A value: printable, no space for addresses and flags; full-name may hold spaces.
 _TOKEN = r"[^\x00-\x20\x7f-\x9f\u2028\u2029]{1,1000}"
@@ -58,7 +78,7 @@ _TEXT = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,1000}"
 class Submission(NamedTuple):
     """One message handed in by `sendmail`, as its file says (nothing here is trusted).
 
-    A NamedTuple, not a dataclass: sendmail's start-up does not pay for dataclasses.
+    The fields, in order, are postdrop.file_content's parameters.
     """
 
     recipients: tuple[str, ...]
@@ -69,30 +89,13 @@ class Submission(NamedTuple):
     flags: tuple[tuple[str, str], ...] = ()
 
 
-def local_address(user: str, domain: str) -> str:
-    """A local user's address: `user@` the local domain ([local] domain, default helo_name)."""
-    return f"{user}@{domain}"
-
-
-def file_name(time_ns: int, pid: int, token: bytes) -> str:
-    """The final name of a file: time-ordered, unique by pid and 16 random octets."""
-    return f"{time_ns:016x}.{pid}.{token.hex()}"
-
-
 def is_file_name(name: str) -> bool:
     return re.fullmatch(_NAME, name) is not None
 
 
 def encode(submission: Submission) -> bytes:
-    lines = [f"submitted-at {submission.submitted_at:.6f}"]
-    if submission.sender is not None:
-        lines.append(f"sender {submission.sender or '<>'}")
-    if submission.full_name is not None:
-        lines.append(f"full-name {submission.full_name}")
-    lines += [f"recipient {r}" for r in submission.recipients]
-    lines += [f"flag {name} {value}" for name, value in submission.flags]
-    lines.append(f"size {len(submission.data)}")
-    return _MAGIC + "\n".join(lines).encode() + b"\n\n" + submission.data
+    """The file for `submission` (what sendmail writes, with postdrop.file_content)."""
+    return file_content(*submission)
 
 
 class Head(NamedTuple):
@@ -115,13 +118,13 @@ def decode(raw: bytes) -> Submission:
 def decode_head(raw: bytes) -> Head:
     """Parse the header block at the start of ``raw`` (at least MAX_HEADER octets of the
     file, or all of it) strictly; the data after it is the reader's to take and count."""
-    if not raw.startswith(_MAGIC):
+    if not raw.startswith(MAGIC):
         raise MaildropCorrupt("not a relaymail maildrop file (version 1)")
-    end = raw.find(b"\n\n", len(_MAGIC) - 1, MAX_HEADER)
+    end = raw.find(b"\n\n", len(MAGIC) - 1, MAX_HEADER)
     if end < 0:
         raise MaildropCorrupt("no end to the header block")
     try:
-        text = raw[len(_MAGIC) : end].decode()
+        text = raw[len(MAGIC) : end].decode()
     except UnicodeDecodeError:
         raise MaildropCorrupt("header block is not UTF-8") from None
     fields: dict[str, list[str]] = {}

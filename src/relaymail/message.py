@@ -1,8 +1,9 @@
 """Envelopes, addresses and the canonical form of message data.
 
-Message data crosses module borders in one canonical form: bytes with CRLF
-line endings and no dot-stuffing. The SMTP client stuffs dots on the way out;
-the inbound server normalises bare LF / bare CR on the way in.
+Message data crosses module borders in one canonical form (canonical.py):
+bytes with CRLF line endings and no dot-stuffing. The address checks
+(address.py) and the canonical form live in modules of their own, which
+`sendmail` imports without this one; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -11,17 +12,28 @@ import enum
 import re
 from typing import NamedTuple
 
+from .address import check_address, check_envelope, qualify
+from .canonical import canonical_data, canonical_line_ends, header_section, split_header_section
 from .errors import AddressError
-from .headers import CONTROL_CHARACTERS
+from .headers import has_control_characters
 
-_BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
-# Besides what ends or splits a path, every control: an address also goes into
-# header fields (From:, To: of a DSN), where they are line breaks to some readers.
-_NOT_IN_PATH = re.compile(f"[<> ]|{CONTROL_CHARACTERS.pattern}")
+__all__ = [
+    "DotStuffer",
+    "Envelope",
+    "Origin",
+    "canonical_data",
+    "canonical_line_ends",
+    "check_address",
+    "domain_of",
+    "dot_stuff",
+    "header_section",
+    "lookup_domain",
+    "message_id",
+    "qualify",
+    "split_header_section",
+]
+
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
-
-# The default of every listener's max_message_size, and so of sendmail's limit.
-DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
 
 
 class _EnvelopeFields(NamedTuple):
@@ -36,9 +48,9 @@ class Envelope(_EnvelopeFields):
     `requiretls`: MAIL FROM carried RFC 8689's REQUIRETLS, so every hop must be
     verified TLS to a server that offers REQUIRETLS, or the mail bounces.
 
-    Immutable, compared by value, checked when made. A NamedTuple rather than a
-    dataclass: `sendmail` checks its envelope here, and the dataclasses module
-    (it imports inspect) would cost that command a third of its start-up.
+    Immutable, compared by value, checked when made (address.check_envelope, which
+    `sendmail` calls without this module). A NamedTuple rather than a dataclass:
+    one is made for every message, and a tuple is the cheapest to make and compare.
     """
 
     __slots__ = ()
@@ -46,12 +58,7 @@ class Envelope(_EnvelopeFields):
     def __new__(
         cls, sender: str, recipients: tuple[str, ...], requiretls: bool = False
     ) -> Envelope:
-        if sender:
-            check_address(sender)
-        if not recipients:
-            raise AddressError("an envelope needs at least one recipient")
-        for rcpt in recipients:
-            check_address(rcpt)
+        check_envelope(sender, recipients)
         return super().__new__(cls, sender, tuple(recipients), requiretls)
 
     @property
@@ -70,24 +77,6 @@ class Origin(enum.StrEnum):
     """An SMTP client in the listener's relay_networks, not logged in."""
     OUTSIDE = "outside"
     """Anyone else: mail relayed to us from other MTAs; it is theirs, never signed by us."""
-
-
-def qualify(name: str, domain: str) -> str:
-    """`name@domain` for a bare name (Postfix's myorigin); anything else, "" too, as it is."""
-    return f"{name}@{domain}" if name and "@" not in name else name
-
-
-def check_address(address: str) -> None:
-    """Reject what cannot go into MAIL FROM / RCPT TO without quoting trouble."""
-    if "@" not in address:
-        raise AddressError(f"{address!r}: no domain (expected local@domain)")
-    local, _, domain = address.rpartition("@")
-    if not local or not domain:
-        raise AddressError(f"{address!r}: empty local part or domain")
-    if _NOT_IN_PATH.search(address):
-        raise AddressError(f"{address!r}: contains characters not allowed in a path")
-    if len(address.encode()) > 254:
-        raise AddressError(f"{address!r}: longer than 254 octets (RFC 5321 4.5.3.1.3)")
 
 
 def domain_of(address: str) -> str:
@@ -111,41 +100,13 @@ def lookup_domain(text: str) -> str:
     Unlike domain_of, which reads what a checked address holds, this judges the
     whole input: empty labels, controls, overlong names, address literals.
     """
-    if _NOT_IN_PATH.search(text) or "@" in text:
+    if "@" in text or " " in text or "<" in text or ">" in text or has_control_characters(text):
         raise AddressError(f"{text[:80]!r}: not a domain name")
     domain = domain_of(f"x@{text}")
     labels = domain.split(".")
     if len(domain) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise AddressError(f"{text[:80]!r}: not a domain name")
     return domain
-
-
-def canonical_line_ends(raw: bytes) -> bytes:
-    """Every bare CR and bare LF in ``raw`` made a CRLF."""
-    crlf = raw.count(b"\r\n")
-    # Three C-speed counts spare the regex for data that is already canonical (the norm).
-    bare = raw.count(b"\n") != crlf or raw.count(b"\r") != crlf
-    return _BARE_LINE_END.sub(b"\r\n", raw) if bare else raw
-
-
-def canonical_data(raw: bytes) -> bytes:
-    """Normalise every line ending to CRLF and make the data end with one."""
-    data = canonical_line_ends(raw)
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data
-
-
-def header_section(data: bytes) -> bytes:
-    """The header section of canonical data: its fields with the last CRLF, not the blank line.
-
-    Data that starts with the blank line has none (RFC 5322 2.1); data without
-    a blank line is all header section.
-    """
-    if data.startswith(b"\r\n"):
-        return b""
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[: end + 2]
 
 
 def message_id(data: bytes) -> str | None:
@@ -156,12 +117,6 @@ def message_id(data: bytes) -> str | None:
         if colon and name.strip().lower() == b"message-id":
             return value.strip().decode("utf-8", "replace")[:200] or None
     return None
-
-
-def split_header_section(data: bytes) -> tuple[bytes, bytes]:
-    """(header section, body) of canonical data; the blank line between them is dropped."""
-    headers = header_section(data)
-    return headers, data[len(headers) + 2 :]
 
 
 def dot_stuff(data: bytes) -> bytes:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .config import Config
 from .daemon_lock import FILENAME as LOCK_FILENAME
-from .errors import AliasFileInvalid, AliasFileUnreadable, ConfigError, QueueProblem
+from .errors import AliasFileInvalid, AliasFileUnreadable, ConfigError
+from .queue_problem import QueueProblem
 
 QUEUE_KEY = "queue.directory"
 _SQLITE_MAGIC = b"SQLite format 3\0"

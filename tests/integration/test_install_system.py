@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from relaymail.config import load_config
+from relaymail.config_file import read_toml
+from relaymail.sendmail_settings import settings_of, submit_settings
 from tests.integration.daemon_process import RELAYMAIL, run_command
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,6 +59,9 @@ async def test_install_system_creates_user_spool_config_unit_and_sendmail_link(r
         info = directory.stat()
         assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, mode)
     config = load_config(root / "etc/relaymail/relaymail.toml")
+    kept = submit_settings(str(root / "etc/relaymail/relaymail.toml"))  # from the copy beside it
+    assert (root / "etc/relaymail/relaymail.toml.cache").stat().st_mode & 0o777 == 0o644
+    assert kept == settings_of(read_toml(str(root / "etc/relaymail/relaymail.toml")))
     assert config.server.user == "relaymail"
     assert config.queue.directory == Path("/var/spool/relaymail")
     assert [(s.host, s.port) for s in config.listeners()] == [("127.0.0.1", 25)]

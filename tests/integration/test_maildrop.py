@@ -83,6 +83,8 @@ async def test_nobody_queues_through_the_maildrop_and_the_running_daemon_deliver
     peer = await smtp_peer(Script())
     config, port = setup(shared, ca_file, hop(peer))
     daemon = await start(shared, config, port)
+    # serve kept sendmail's settings beside its file, as root's: nobody's sendmail uses them.
+    assert Path(f"{config}.cache").stat().st_uid == os.getuid() == 0
     try:
         code, _, err = sendmail("-C", str(config), "-F", "No Body", "-N", "never",
                                 "u@dest.test")  # fmt: skip

@@ -51,9 +51,9 @@ async def test_the_readme_api_example_delivers_to_a_loopback_sink(smtp_peer, tmp
 
 
 def test_every_public_name_resolves_to_its_home_module() -> None:
-    from relaymail import config, delivery, errors, message
+    from relaymail import config, delivery, errors, message, queue_problem
 
-    homes = (config, delivery, errors, message)
+    homes = (config, delivery, errors, message, queue_problem)
     for name in relaymail.__all__:
         value = getattr(relaymail, name)
         assert any(getattr(home, name, None) is value for home in homes), name

@@ -22,8 +22,8 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from relaymail.errors import QueueProblem
 from relaymail.queue import SqliteStore
+from relaymail.queue_problem import QueueProblem
 from tests.integration.daemon_process import RELAYMAIL, Daemon, free_port, run_command, write_toml
 from tests.peers.smtp_server import Script, SMTPPeer
 

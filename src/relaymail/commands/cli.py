@@ -320,7 +320,9 @@ def _config(path: Path | None):  # type: ignore[no-untyped-def]
 def _check(args: argparse.Namespace) -> int:
     from .check import run_check
 
-    return run_check(_config(args.config), as_json=args.json)
+    config = _config(args.config)
+    _write_sendmail_cache(config.source)
+    return run_check(config, as_json=args.json)
 
 
 def _deliver(args: argparse.Namespace) -> int:
@@ -375,6 +377,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ..preflight import PreflightFailed
 
     config = _config(args.config)
+    _write_sendmail_cache(config.source)  # before the daemon drops root, if it has it
     try:
         _run(Daemon(config).run())
     except PreflightFailed as failed:
@@ -392,6 +395,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"relaymail: {exc}", file=sys.stderr)
         return EX_OSERR
     return EX_OK
+
+
+def _write_sendmail_cache(source: Path | None) -> None:
+    """sendmail's settings beside the configuration file (sendmail_settings.py), if we may."""
+    from ..sendmail_settings import write_cache
+
+    if source is not None:
+        write_cache(str(source))
 
 
 def _install_system(args: argparse.Namespace) -> int:

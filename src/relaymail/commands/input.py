@@ -12,12 +12,14 @@ listeners is taken from the command line too, and nothing larger.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, BinaryIO
 
 from ..config_file import message_size_limit
 from ..errors import MessageInputError, MessageTooLarge
 
+TYPE_CHECKING = False  # typing loads re and enum: sendmail reads its message here
 if TYPE_CHECKING:
+    from typing import BinaryIO
+
     from ..config import Config
 
 _CHUNK = 1 << 20

@@ -21,6 +21,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..sendmail_settings import write_cache
 from .exits import EX_NOPERM, EX_OK, EX_OSERR
 from .service_files import CONFIG, SERVICE_USER, SPOOL, UNIT, example_config, unit_text
 
@@ -161,6 +162,8 @@ def apply(step: Step, root: Path) -> None:
             temporary.write_text(step.detail, encoding="utf-8")
             temporary.chmod(step.mode)
             temporary.replace(path)
+            if step.target == str(CONFIG):
+                write_cache(str(path))  # sendmail starts from it (sendmail_settings.py)
         case Action.LINK:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.symlink_to(step.detail)

@@ -10,25 +10,16 @@ MTAs accept are ignored, as Postfix does.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
+import stat
 import sys
 import time
 
+from ..canonical import split_header_section
 from ..errors import HeaderValueError
 from ..headers import display_name
-from ..maildrop import (
-    DIRECTORY_NAME,
-    FILE_MODE,
-    SYSTEM_QUEUE,
-    TEMP_PREFIX,
-    Submission,
-    encode,
-    file_name,
-    local_address,
-)
-from ..message import split_header_section
+from ..postdrop import DIRECTORY_NAME, SYSTEM_QUEUE, drop, file_content, local_address
 from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, stop
 
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
@@ -168,11 +159,14 @@ def prepare(data: bytes, options: _Options) -> tuple[bytes, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Everything sendmail imports is chosen for its start-up cost (config_file.py):
-    # neither the daemon's configuration, nor dataclasses, nor pathlib.
-    from ..config_file import find_config_file, submit_settings
+    # Everything sendmail imports is chosen for its start-up cost: of the standard
+    # library only os, pwd, stat, sys, time and itertools, no re, typing or enum
+    # (tests/unit/test_config_file.py pins the list).
+    from ..address import check_address, check_envelope, qualify
+    from ..canonical import canonical_data
+    from ..config_file import find_config_file
     from ..errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
-    from ..message import Envelope, canonical_data, check_address, qualify
+    from ..sendmail_settings import submit_settings
     from .input import read_message
 
     try:
@@ -188,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if options.rebuild_aliases:
             return _rebuild_aliases(path)
         settings = submit_settings(path)
-        maildrop = _maildrop(path, settings.queue_directory)
+        maildrop, maildrop_owner = _maildrop(path, settings.queue_directory)
     except ConfigError as exc:
         return stop("sendmail", exc)
     except _NoMaildrop as exc:
@@ -203,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     own = local_address(user, domain)
     # The daemon takes -f only from root and its own user (the maildrop's owner);
     # for anyone else it uses `own`: checked here as the pickup will settle it.
-    trusted = os.getuid() in (0, os.stat(maildrop).st_uid)
+    trusted = os.getuid() in (0, maildrop_owner)
     requested = (
         None if options.sender is None
         else "" if options.sender == "<>"
@@ -217,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_address(address)
         if options.verify:
             named = tuple(qualify(r, domain) for r in options.recipients)
-            Envelope(sender, named)
+            check_envelope(sender, named)
             print("\n".join(named))
             return EX_OK
         data = canonical_data(read_message("-", limit, dot_ends=options.dot_ends))
@@ -228,18 +222,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sendmail: no recipients ({USAGE})", file=sys.stderr)
             return EX_USAGE
         # Bare names (cron's "root") are ours; the daemon expands aliases at pickup.
-        envelope = Envelope(sender, tuple(qualify(r, domain) for r in recipients))
+        qualified = tuple(qualify(r, domain) for r in recipients)
+        check_envelope(sender, qualified)
     except AddressError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_NOUSER
     except MessageInputError as exc:  # also MessageTooLarge
         return stop("sendmail", exc)
-    submission = Submission(
-        envelope.recipients, data, time.time(), requested, options.full_name,
-        tuple(options.flags),
-    )  # fmt: skip
+    content = file_content(
+        qualified, data, time.time(), requested, options.full_name, tuple(options.flags)
+    )
     try:
-        name = _drop(maildrop, encode(submission))
+        name = drop(maildrop, content)
     except OSError as exc:  # a full disk, a quota, a maildrop made read-only
         print(f"sendmail: cannot write to {maildrop}: {exc.strerror or exc}", file=sys.stderr)
         return EX_TEMPFAIL
@@ -262,8 +256,9 @@ class _NoMaildrop(Exception):
     """The queue is there but its maildrop is not (yet): the daemon makes it at start."""
 
 
-def _maildrop(config_file: str | None, queue: str) -> str:
-    """The maildrop to write to; ConfigError when no relaymail queue is known.
+def _maildrop(config_file: str | None, queue: str) -> tuple[str, int]:
+    """The maildrop to write to and its owner (the daemon's user); ConfigError when no
+    relaymail queue is known.
 
     Never creates anything: a maildrop is made by the daemon that reads it. Without
     a configuration file, the embedded default ./relaymail-data counts only if a
@@ -271,55 +266,23 @@ def _maildrop(config_file: str | None, queue: str) -> str:
     """
     from ..errors import ConfigError
 
+    candidates = (queue,) if config_file is not None else (queue, SYSTEM_QUEUE)
+    for candidate in candidates:
+        maildrop = os.path.join(candidate, DIRECTORY_NAME)
+        try:
+            found = os.stat(maildrop)
+        except OSError:
+            continue
+        if stat.S_ISDIR(found.st_mode):
+            return maildrop, found.st_uid
     if config_file is None:
-        for candidate in (queue, SYSTEM_QUEUE):
-            if os.path.isdir(os.path.join(candidate, DIRECTORY_NAME)):
-                return os.path.join(candidate, DIRECTORY_NAME)
         raise ConfigError(
             "queue.directory",
             f"no relaymail queue is configured (no configuration file, no {SYSTEM_QUEUE})",
         )
     if not os.path.isdir(queue):
         raise ConfigError("queue.directory", f"{queue}: no relaymail queue there")
-    maildrop = os.path.join(queue, DIRECTORY_NAME)
-    if not os.path.isdir(maildrop):
-        raise _NoMaildrop(f"{maildrop}: no maildrop yet (relaymail serve makes it at start)")
-    return maildrop
-
-
-def _drop(maildrop: str, payload: bytes) -> str:
-    """Write one maildrop file: a temporary name, fsync, rename (postdrop's job)."""
-    name = file_name(time.time_ns(), os.getpid(), os.urandom(16))
-    temp = os.path.join(maildrop, TEMP_PREFIX + name)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, FILE_MODE)
-    try:
-        try:
-            os.fchmod(fd, FILE_MODE)  # whatever the umask: the daemon's user reads it
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            os.rename(temp, os.path.join(maildrop, name))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        try:
-            directory = os.open(maildrop, os.O_RDONLY | os.O_DIRECTORY)
-        except PermissionError:
-            # Other users cannot open a 1733 directory to fsync it. On a journaling
-            # filesystem (ext4, xfs) fsync of the file commits the journal that
-            # holds the rename, which is what Postfix's postdrop relies on too.
-            os.fsync(fd)
-        else:
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-    finally:
-        os.close(fd)
-    return name
+    raise _NoMaildrop(f"{maildrop}: no maildrop yet (relaymail serve makes it at start)")
 
 
 if __name__ == "__main__":

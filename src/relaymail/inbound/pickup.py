@@ -33,7 +33,7 @@ from typing import Protocol
 from .. import observe
 from ..commands.input import size_limit
 from ..config import Config
-from ..errors import MaildropCorrupt, QueueFull, QueueProblem, QueueUnusable, RelaymailError
+from ..errors import MaildropCorrupt, QueueFull, QueueUnusable, RelaymailError
 from ..headers import field, mailbox
 from ..maildrop import (
     CORRUPT_NAME,
@@ -51,6 +51,7 @@ from ..message_data import CHUNK, MessageData
 from ..queue import Store
 from ..queue.files import prepare_directory
 from ..queue.store import TraceHeader
+from ..queue_problem import QueueProblem
 from .cleanup import local_received_header, missing_fields
 from .intake import Intake, IntakeResult
 

@@ -39,7 +39,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import QueueProblem, QueueUnavailable, QueueUnusable
+from ..errors import QueueUnavailable, QueueUnusable
+from ..queue_problem import QueueProblem
 
 log = logging.getLogger("relaymail.queue")
 

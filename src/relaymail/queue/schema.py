@@ -6,7 +6,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from ..errors import QueueProblem, QueueUnusable, RelaymailError
+from ..errors import QueueUnusable, RelaymailError
+from ..queue_problem import QueueProblem
 from .files import open_failure, prepare_directory
 from .store import RecipientState
 
