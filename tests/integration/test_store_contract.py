@@ -165,6 +165,27 @@ async def test_record_keeps_a_message_until_every_recipient_is_final(
         assert orphans(store.path.parent) == (0, 0, 0)
 
 
+async def test_a_final_outcome_is_recorded_while_another_recipient_is_pending(
+    store: Store,
+) -> None:
+    queued = await store.enqueue(ENVELOPE, body(1), 1000.0)
+    delivered = update(queued.id, "bob@example.com", RecipientState.DELIVERED, last_reply="250 k")
+    await store.record([delivered])
+    detail = store.get_message(queued.id)
+    assert detail is not None
+    bob, carol = detail.recipients
+    assert (bob.state, bob.last_reply, carol.state) == (
+        RecipientState.DELIVERED,
+        "250 k",
+        RecipientState.QUEUED,
+    )
+    # The last one, twice in a batch (as a retry of a write may send it): the message goes.
+    bounced = update(queued.id, "carol@example.net", RecipientState.BOUNCED)
+    await store.record([bounced, bounced])
+    assert store.get_message(queued.id) is None
+    assert store.load_pending() == []
+
+
 async def test_record_for_a_message_deleted_meanwhile_is_harmless(store: Store) -> None:
     queued = await store.enqueue(ENVELOPE, body(1), time.time())
     assert await store.delete(queued.id)

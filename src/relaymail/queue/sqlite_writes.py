@@ -67,20 +67,33 @@ def _delete_message(conn: sqlite3.Connection, qid: int) -> bool:
 
 
 def apply_updates(txn: Transaction, rows: list[tuple[Any, ...]]) -> None:
+    """Each row: (state, attempts, next_attempt, last_attempt, last_reply, last_error, tls,
+    host, message id, address). A message none of whose recipients is pending after them
+    is deleted.
+    """
     conn = txn.conn
+    by_message: dict[int, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_message.setdefault(row[8], []).append(row)
+    kept: list[tuple[Any, ...]] = []
+    for qid, updates in by_message.items():
+        if any(row[0] in PENDING for row in updates):
+            kept += updates  # still pending after this: the message stays
+            continue
+        pending = conn.execute(
+            "SELECT address FROM recipient WHERE message_id = ? AND state IN (?, ?)",
+            (qid, *PENDING),
+        ).fetchall()
+        if {address for (address,) in pending} <= {row[9] for row in updates}:
+            _delete_message(conn, qid)  # its last ones: no row is updated only to go
+        else:
+            kept += updates
     conn.executemany(
         "UPDATE recipient SET state = ?, attempts = ?, next_attempt = ?, last_attempt = ?,"
         " last_reply = ?, last_error = ?, tls = ?, host = ?"
         " WHERE message_id = ? AND address = ?",
-        rows,
+        kept,
     )
-    for qid in dict.fromkeys(row[8] for row in rows):
-        still_pending = conn.execute(
-            "SELECT 1 FROM recipient WHERE message_id = ? AND state IN (?, ?) LIMIT 1",
-            (qid, *PENDING),
-        ).fetchone()
-        if still_pending is None:
-            _delete_message(conn, qid)
 
 
 def _append_event(conn: sqlite3.Connection, qid: int | None, action: AdminAction) -> None:
