@@ -103,6 +103,11 @@ class _Wire(asyncio.Protocol):
         finally:
             self._waiter = None
 
+    @property
+    def draining(self) -> bool:
+        """Whether a write has to wait for the server to read (the transport paused us)."""
+        return self._paused and self.closed is None
+
     async def drain(self) -> None:
         while self._paused and self.closed is None:
             self._drain = asyncio.get_running_loop().create_future()
@@ -177,6 +182,10 @@ class SmtpSession:
 
     async def read_reply(self, timeout: float | None = None) -> ReplyEvent:
         """The next reply; ReplyTimeout when none comes in time, ConnectionLost when closed."""
+        event = self.conn.next_event()
+        if event is not None:  # it came with an earlier one (a pipelined group): no timer
+            self.replies_seen += 1
+            return event
         limit = self.command_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
@@ -234,6 +243,8 @@ class SmtpSession:
         return (await self.read_reply(timeout)).reply
 
     async def _drained(self) -> None:
+        if not self._wire.draining:  # nothing to wait for: no timer
+            return
         try:
             async with asyncio.timeout(self.command_timeout):
                 await self._wire.drain()
