@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from relaymail.body import CHUNK_SIZE
 from relaymail.errors import BodyUnreadable, RelaymailError
 from relaymail.message import Envelope
+from relaymail.message_data import MessageData
 from relaymail.queue import AdminAction, RecipientState, SqliteStore, Store
 from relaymail.queue.memory import MemoryStore
 from relaymail.queue.selection import AddressPattern, Selection
@@ -63,6 +65,22 @@ async def test_the_trace_header_is_made_with_the_new_queue_id_and_stored_in_fron
     assert queued.size == len(queued.trace) + len(data)
     [summary] = store.list_messages()
     assert summary.size == queued.size
+
+
+@pytest.mark.parametrize("size", [CHUNK_SIZE - 80, CHUNK_SIZE - 40, CHUNK_SIZE + 1])
+async def test_a_body_at_the_chunk_size_is_stored_as_given_from_memory_or_a_file(
+    store: Store, tmp_path: Path, size: int
+) -> None:
+    def trace(queue_id: str) -> bytes:
+        return f"Received: by mx.example.org id {queue_id}\r\n".encode()
+
+    data = body(2, size)
+    spooled = MessageData(tmp_path)  # as the inbound side hands it over
+    spooled.write(data)
+    for given in (data, spooled):
+        queued = await store.enqueue(ENVELOPE, given, time.time(), trace=trace)
+        assert store.load_data(queued.id) == queued.trace + data
+        assert store.open_body(queued.id).read_all() == queued.trace + data
 
 
 async def test_duplicate_recipients_are_queued_once(store: Store) -> None:
