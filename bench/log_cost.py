@@ -17,7 +17,7 @@ import time
 
 from relaymail import observe
 from relaymail.delivery.results import AttemptResult, Relay, TlsStep
-from relaymail.logs import JsonFormatter
+from relaymail.logs import JsonFormatter, TextFormatter
 from relaymail.metrics import Metrics
 from relaymail.tls.policy import Action, Event, Level
 
@@ -48,8 +48,7 @@ def main() -> None:
     rows = []
     for name, level, formatter, metrics in (
         ("logging off, no metrics", logging.WARNING, None, False),
-        ("text", logging.INFO, logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"),
-         False),
+        ("text", logging.INFO, TextFormatter(), False),
         ("json", logging.INFO, JsonFormatter(), False),
         ("json + metrics", logging.INFO, JsonFormatter(), True),
         ("metrics only", logging.WARNING, None, True),

@@ -67,10 +67,10 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         # Every label value exists from the start, so a rate() has a zero to start from.
-        for status in DeliveryStatus:
-            self.deliveries.labels(status=status.value)
-        for reason in RejectReason:
-            self.inbound_rejections.labels(reason=reason.value)
+        # The children are kept: `labels()` takes a lock and builds a key per call.
+        self._delivered = {s: self.deliveries.labels(status=s.value) for s in DeliveryStatus}
+        self._rejected = {r: self.inbound_rejections.labels(reason=r.value) for r in RejectReason}
+        self._decided: dict[tuple[Level, Event, Action], Counter] = {}
 
     def watch_suspensions(self, count: Callable[[], int]) -> None:
         """The suspended gauge asks `count` (the scheduler's) at each scrape."""
@@ -79,13 +79,17 @@ class Metrics:
     def observe(self, event: LogEvent) -> None:
         match event:
             case Delivery(status=status, delay=delay):
-                self.deliveries.labels(status=status.value).inc()
+                self._delivered[status].inc()
                 if status is DeliveryStatus.SENT and delay is not None:
                     self.delivery_seconds.observe(delay)
             case Attempt(step=step) if step is not None:
-                self.tls_decisions.labels(**tls_labels(step.level, step.event, step.action)).inc()
+                cell = (step.level, step.event, step.action)
+                decided = self._decided.get(cell)
+                if decided is None:  # at most one per cell of the TLS table
+                    decided = self._decided[cell] = self.tls_decisions.labels(**tls_labels(*cell))
+                decided.inc()
             case Rejected(reason=reason):
-                self.inbound_rejections.labels(reason=reason.value).inc()
+                self._rejected[reason].inc()
             case InboundConnection(direction=direction):
                 _move(self.inbound_sessions, direction)
             case OutboundConnection(direction=direction):

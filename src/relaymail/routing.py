@@ -132,12 +132,9 @@ class Router:
             return [_literal_hop(domain, self._mx_port)]
         route = self.route_for(domain)
         if route is not None:
-            hops = await asyncio.gather(
-                *(self._hop(t.host, t.port, HopSource.ROUTE) for t in route)
-            )
-            return [
-                dataclasses.replace(h, scheme=t.scheme) for h, t in zip(hops, route, strict=True)
-            ]
+            if len(route) == 1:  # the usual route: no task and no gathering for one lookup
+                return [await self._route_hop(route[0])]
+            return list(await asyncio.gather(*(self._route_hop(t) for t in route)))
         return await self._mx_hops(domain)
 
     async def _route_hop(self, target: HostPort) -> NextHop:

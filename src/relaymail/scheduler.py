@@ -11,8 +11,10 @@ is done or deferred to a later time; it comes back when it is due.
 A delivery starts only when the slot table (slot_table.py) grants a global slot
 and its destination's: a message whose destinations are all busy waits parked,
 holding nothing. The body is read from the store by the delivery, chunk by
-chunk, as its session sends it. Outcomes go to the store in batches (its group
-commit).
+chunk, as its session sends it; a small message that starts its delivery in the
+dispatch right after its acceptance takes the data the inbound side still holds
+instead (one read less; a body not taken then is dropped, so the window never
+holds one). Outcomes go to the store in batches (its group commit).
 
 What changes the schedule from outside (the CLI's hold/release/delete/retry)
 arrives as admin events in the store, polled once a second.
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from . import observe
 from .active_window import ActiveWindow, Entry, WaitingRecipient, WindowStats
-from .body import MessageBody
+from .body import CHUNK_SIZE, MessageBody
 from .config_queue import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .destination_memory import DestinationMemory
@@ -103,6 +105,8 @@ class Scheduler:
         self._rate_order = itertools.count()  # ties in the heap never compare destinations
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Small bodies of messages accepted since the last dispatch, as stored.
+        self._fresh: dict[str, bytes] = {}
         self._stale: set[str] = set()
         self._memory = DestinationMemory(shared)  # shared: what other nodes found
         self._background: set[asyncio.Task[None]] = set()
@@ -192,6 +196,12 @@ class Scheduler:
 
     def _dispatch(self, now: float) -> None:
         """Start every due delivery the slot table grants."""
+        try:
+            self._start_granted(now)
+        finally:
+            self._fresh.clear()  # not started now: read from the store when it is
+
+    def _start_granted(self, now: float) -> None:
         self._slots.limits = self._limits()
         self._slots.group_of = self.engine.shaping_group
         self._window.limit = self.settings.active_limit
@@ -217,7 +227,8 @@ class Scheduler:
             granted = grant.destinations | grant.free
             rcpts = [r for d in granted for r in by_destination[d]]
             self._window.started(entry.id)
-            task = asyncio.create_task(self._deliver(entry, rcpts, grant))
+            fresh = self._fresh.pop(entry.id, None)
+            task = asyncio.create_task(self._deliver(entry, rcpts, grant, fresh))
             self._in_flight[entry.id] = task
 
     # -- the window and the disk ---------------------------------------------------
@@ -278,10 +289,13 @@ class Scheduler:
 
     # -- intake ----------------------------------------------------------------
 
-    def submit(self, message: QueuedMessage, arrived: float | None = None) -> None:
+    def submit(
+        self, message: QueuedMessage, arrived: float | None = None, data: bytes | None = None
+    ) -> None:
         """A message just made durable by the inbound path: deliver it now if there is room.
 
-        `arrived`: when its sender began to hand it over (MAIL FROM, the maildrop file).
+        `arrived`: when its sender began to hand it over (MAIL FROM, the maildrop file);
+        `data`: what was stored, if it is small and still in memory.
         """
         now = self._clock()
         before = max(0.0, message.received_at - arrived) if arrived is not None else 0.0
@@ -291,6 +305,8 @@ class Scheduler:
             requiretls=message.envelope.requiretls,
         )  # fmt: skip
         if self._window.put(entry):
+            if data is not None:
+                self._fresh[message.id] = data
             self._wake.set()
         else:
             self._note_on_disk(now)  # a refill finds it, in due order
@@ -312,7 +328,10 @@ class Scheduler:
         message = await self.store.enqueue(
             envelope, data, self._clock(), trace=trace, pickup=pickup
         )
-        self.submit(message, arrived)
+        held = None
+        if message.size <= CHUNK_SIZE:  # what was stored, unless it is in a file
+            held = data if isinstance(data, bytes) else data.in_memory()
+        self.submit(message, arrived, None if held is None else message.trace + held)
         # The inbound server logs the acceptance with this id; DSNs and local
         # submissions say so in their own lines.
         log.debug(
@@ -339,10 +358,11 @@ class Scheduler:
 
     # -- delivery --------------------------------------------------------------
 
-    async def _deliver(self, entry: Entry, rcpts: list[str], grant: Grant) -> None:
+    async def _deliver(self, entry: Entry, rcpts: list[str], grant: Grant, fresh: bytes | None
+                       ) -> None:  # fmt: skip
         recorded = False
         try:
-            await self._attempt(entry, rcpts)
+            await self._attempt(entry, rcpts, fresh)
             recorded = not self._writes  # the store has this attempt's outcomes
         except Exception as exc:
             # Outcomes never get here (the backlog keeps them): this is a read or a
@@ -377,7 +397,7 @@ class Scheduler:
             self._leave(entry.id)
             self._note_on_disk(entry.due)
 
-    async def _attempt(self, entry: Entry, granted: list[str]) -> None:
+    async def _attempt(self, entry: Entry, granted: list[str], fresh: bytes | None) -> None:
         now = started = self._clock()
         due = [r for r in granted if r in entry.recipients and entry.recipients[r].due <= now]
         updates: list[RecipientUpdate] = []
@@ -387,7 +407,7 @@ class Scheduler:
         body = MessageBody.of(b"")
         if due:
             try:
-                body = self.store.open_body(entry.id)
+                body = self.store.open_body(entry.id) if fresh is None else MessageBody.of(fresh)
             except KeyError:
                 await self._body_missing(entry)
                 return

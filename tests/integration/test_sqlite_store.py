@@ -91,6 +91,15 @@ async def test_concurrent_enqueues_share_commits(store: SqliteStore) -> None:
     assert all(store.load_data(q.id) == body(n) for n, q in enumerate(queued))
 
 
+async def test_the_writes_of_one_turn_of_the_loop_are_one_commit(store: SqliteStore) -> None:
+    before = store.commits
+    # gather starts every enqueue in the same turn: the writer gets them all at once.
+    queued = await asyncio.gather(*(store.enqueue(ENVELOPE, body(n), 1.0) for n in range(50)))
+    assert store.commits - before == 1
+    await store.record([update(q.id, "bob@example.com", RecipientState.DELIVERED) for q in queued])
+    assert store.commits - before == 2
+
+
 async def test_close_finishes_writes_already_submitted(queue_dir: Path) -> None:
     store = SqliteStore.open(queue_dir)
     tasks = [asyncio.create_task(store.enqueue(ENVELOPE, body(n), time.time())) for n in range(100)]

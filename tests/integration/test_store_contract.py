@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from relaymail.body import CHUNK_SIZE
 from relaymail.errors import BodyUnreadable, RelaymailError
 from relaymail.message import Envelope
+from relaymail.message_data import MessageData
 from relaymail.queue import AdminAction, RecipientState, SqliteStore, Store
 from relaymail.queue.memory import MemoryStore
 from relaymail.queue.selection import AddressPattern, Selection
@@ -63,6 +65,22 @@ async def test_the_trace_header_is_made_with_the_new_queue_id_and_stored_in_fron
     assert queued.size == len(queued.trace) + len(data)
     [summary] = store.list_messages()
     assert summary.size == queued.size
+
+
+@pytest.mark.parametrize("size", [CHUNK_SIZE - 80, CHUNK_SIZE - 40, CHUNK_SIZE + 1])
+async def test_a_body_at_the_chunk_size_is_stored_as_given_from_memory_or_a_file(
+    store: Store, tmp_path: Path, size: int
+) -> None:
+    def trace(queue_id: str) -> bytes:
+        return f"Received: by mx.example.org id {queue_id}\r\n".encode()
+
+    data = body(2, size)
+    spooled = MessageData(tmp_path)  # as the inbound side hands it over
+    spooled.write(data)
+    for given in (data, spooled):
+        queued = await store.enqueue(ENVELOPE, given, time.time(), trace=trace)
+        assert store.load_data(queued.id) == queued.trace + data
+        assert store.open_body(queued.id).read_all() == queued.trace + data
 
 
 async def test_duplicate_recipients_are_queued_once(store: Store) -> None:
@@ -163,6 +181,27 @@ async def test_record_keeps_a_message_until_every_recipient_is_final(
         store.load_data(queued.id)
     if isinstance(store, SqliteStore):
         assert orphans(store.path.parent) == (0, 0, 0)
+
+
+async def test_a_final_outcome_is_recorded_while_another_recipient_is_pending(
+    store: Store,
+) -> None:
+    queued = await store.enqueue(ENVELOPE, body(1), 1000.0)
+    delivered = update(queued.id, "bob@example.com", RecipientState.DELIVERED, last_reply="250 k")
+    await store.record([delivered])
+    detail = store.get_message(queued.id)
+    assert detail is not None
+    bob, carol = detail.recipients
+    assert (bob.state, bob.last_reply, carol.state) == (
+        RecipientState.DELIVERED,
+        "250 k",
+        RecipientState.QUEUED,
+    )
+    # The last one, twice in a batch (as a retry of a write may send it): the message goes.
+    bounced = update(queued.id, "carol@example.net", RecipientState.BOUNCED)
+    await store.record([bounced, bounced])
+    assert store.get_message(queued.id) is None
+    assert store.load_pending() == []
 
 
 async def test_record_for_a_message_deleted_meanwhile_is_harmless(store: Store) -> None:

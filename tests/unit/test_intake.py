@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relaymail.inbound.intake import BATCH, HeaderFields, Intake, IntakeResult
 from relaymail.message_data import IN_MEMORY, MessageData
@@ -134,3 +136,41 @@ def test_a_large_message_goes_to_a_file_and_reads_back_the_same(tmp_path: object
     result.data.prepend(b"Date: x\r\n")
     assert b"".join(result.data.chunks()) == b"Date: x\r\n" + data
     result.data.close()
+
+
+_FIELDS = [b"Received: r", b"RECEIVED : r", b"\tfolded: no", b"X-Received: no", b"date: d",
+           b"Message-ID: <i@x>", b"From: f", b"Subject: s", b"no colon"]  # fmt: skip
+
+
+def _header_oracle(lines: list[bytes]) -> HeaderFields:
+    received, seen = 0, set()
+    for line in lines:
+        if not line:
+            break
+        name, colon, _ = line.partition(b":")
+        if colon and line[:1] not in (b" ", b"\t"):
+            name = name.rstrip(b" \t").lower()
+            received += name == b"received"
+            seen.add(name)
+    return HeaderFields(received, b"date" in seen, b"message-id" in seen, b"from" in seen)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pad=st.integers(0, 40),
+    fields=st.lists(st.sampled_from(_FIELDS), max_size=12),
+    body=st.lists(st.sampled_from([b"", b"Received: body", b"text", b"x" * 70]), max_size=8),
+    fold_at=st.sampled_from([None, 1000, 80]),
+    pieces=st.sampled_from([0, 3, 50]),
+)
+def test_a_header_section_crossing_a_batch_is_noted_and_kept_as_in_one_piece(
+    pad: int, fields: list[bytes], body: list[bytes], fold_at: int | None, pieces: int
+) -> None:
+    # Padding lines put the batch boundary anywhere among the fields that matter.
+    padding = [b"X-Pad: " + b"p" * 61] * (BATCH // 70 - 20 + pad)
+    lines = [*padding, *fields, b"", *body]
+    raw = b"".join(line + b"\r\n" for line in lines)
+    result = take(raw, fold_at=fold_at, pieces=pieces)
+    assert result.data.read() == raw  # every line fits: nothing folded
+    assert (result.longest, result.folded) == (max(map(len, lines)) + 2, 0)
+    assert result.headers == _header_oracle(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 
 import jsonschema
 import pytest
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relaymail.admin.queue_gauges import QueueGauges
 from relaymail.delivery.results import AttemptResult, Relay, TlsStep
 from relaymail.inbound.refusals import classify
-from relaymail.logs import JsonFormatter
+from relaymail.logs import TEXT_FORMAT, JsonFormatter, TextFormatter
 from relaymail.metrics import Metrics
 from relaymail.observe import (
     Accepted,
@@ -34,6 +35,7 @@ from relaymail.observe import (
     RejectReason,
     Suspended,
 )
+from relaymail.observe.hub import EventRecord, emit
 from relaymail.observe.render import json_fields, json_line, text_line
 from relaymail.queue.memory import MemoryStore
 from relaymail.queue.store import AdminAction
@@ -122,6 +124,65 @@ def test_the_json_formatter_writes_events_as_facts_and_other_records_as_messages
     jsonschema.validate(entry, schema())
     plain = logging.LogRecord("relaymail.daemon", logging.INFO, "", 0, "stopped", (), None)
     assert json.loads(formatter.format(plain))["message"] == "stopped"
+
+
+def _record_at(created: float) -> logging.LogRecord:
+    record = logging.LogRecord("relaymail.daemon", logging.WARNING, "", 0, "stopped", (), None)
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    return record
+
+
+def test_the_text_formatter_writes_the_standard_formatters_line_for_any_instant() -> None:
+    standard, ours = logging.Formatter(TEXT_FORMAT), TextFormatter()
+    # Same second twice (the stamp is reused), the next one, back again, another day.
+    for created in (1764595201.532, 1764595201.999, 1764595202.0, 1764595201.001, 1764681601.25):
+        assert ours.format(_record_at(created)) == standard.format(_record_at(created))
+
+
+def test_the_json_time_is_utc_with_milliseconds_for_any_instant() -> None:
+    formatter = JsonFormatter()
+    for created in (1764595201.532, 1764595201.007, 1764595262.5):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        expected = f"{stamp}.{int((created - int(created)) * 1000):03d}Z"
+        assert json.loads(formatter.format(_record_at(created)))["time"] == expected
+
+
+def test_an_event_record_has_what_any_format_asks_for_and_renders_its_line_once() -> None:
+    record = EventRecord("relaymail.delivery", logging.INFO, SENT)
+    assert TextFormatter().format(record) == logging.Formatter(TEXT_FORMAT).format(record)
+    every = logging.Formatter(
+        "%(name)s %(levelname)s %(levelno)d %(pathname)s %(filename)s %(module)s %(lineno)d"
+        " %(funcName)s %(created)f %(msecs)d %(relativeCreated)d %(thread)d %(threadName)s"
+        " %(processName)s %(process)d %(message)s"
+    )
+    line = every.format(record)
+    assert line.startswith("relaymail.delivery INFO 20 ") and line.endswith(text_line(SENT))
+    assert record.getMessage() is record.getMessage()  # rendered once for every handler
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_emit_hands_the_event_to_its_loggers_handlers_at_its_level() -> None:
+    handler = _Collect()
+    records = handler.records
+    logger = logging.getLogger("relaymail.suspended")
+    logger.addHandler(handler)
+    try:
+        emit(SAMPLES[8])  # Suspended: a warning
+        logger.setLevel(logging.ERROR)
+        emit(SAMPLES[8])  # below the logger's level: not even made
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert [(r.name, r.levelno) for r in records] == [("relaymail.suspended", logging.WARNING)]
+    assert records[0].event is SAMPLES[8] and records[0].getMessage() == text_line(SAMPLES[8])
 
 
 def test_the_readme_table_lists_every_event_and_every_field_in_order() -> None:

@@ -445,6 +445,35 @@ def test_mail_queued_while_the_window_is_full_is_found_on_disk_in_arrival_order(
     run(main())
 
 
+class CountingStore(MemoryStore):
+    """Counts the bodies read back from it."""
+
+    reads = 0
+
+    def open_body(self, message_id: str) -> MessageBody:
+        self.reads += 1
+        return super().open_body(message_id)
+
+
+def test_a_delivery_started_on_acceptance_takes_the_data_in_hand_and_a_later_one_reads_it() -> None:
+    async def main() -> None:
+        store = CountingStore()
+        engine = ScriptedEngine({}, slow={"example.com": 10.0})
+        async with running({}, settings(max_deliveries=1), store, engine) as queue:
+            await queue.enqueue(BOB)  # starts at once
+            await queue.enqueue(CAROL)  # waits for the slot
+            await asyncio.sleep(1)
+            assert queue.scheduler._fresh == {}  # the window holds no body meanwhile
+            await asyncio.sleep(30)
+            assert [(t.recipients, t.data) for t in engine.tried] == [
+                ((BOB,), BODY),
+                ((CAROL,), BODY),
+            ]
+            assert store.reads == 1
+
+    run(main())
+
+
 def test_a_slow_destination_holds_its_own_slots_and_no_others() -> None:
     async def main() -> None:
         engine = ScriptedEngine({}, slow={"slow.example": 1000.0}, destination_concurrency=2)

@@ -114,12 +114,12 @@ class DeliveryEngine:
         by_domain: dict[str, list[str]] = defaultdict(list)
         for rcpt in envelope.recipients:
             by_domain[domain_of(rcpt)].append(rcpt)
-        runs = await asyncio.gather(
-            *(
-                self._deliver_domain(d, rcpts, envelope, body, queue_id)
-                for d, rcpts in by_domain.items()
-            )
-        )
+        domains = [
+            self._deliver_domain(d, rcpts, envelope, body, queue_id)
+            for d, rcpts in by_domain.items()
+        ]
+        # The usual message has one domain: it needs no task of its own.
+        runs = [await domains[0]] if len(domains) == 1 else await asyncio.gather(*domains)
         results = {r.recipient: r for run in runs for r in run}
         return [results[rcpt] for rcpt in envelope.recipients]
 

@@ -19,8 +19,9 @@ Three steps, each carrying what it cannot decide yet into the next piece:
    (below); header fields that matter later are noted (``HeaderFields``),
    so the header fix-up and the loop count need no second pass.
 
-Body pieces whose lines all fit go through as they are; only header lines
-and over-long lines are looked at line by line.
+Pieces whose lines all fit go through as they are, in one write, the header
+section's too (of which only the field names are read); only a piece with an
+over-long line is worked on line by line.
 
 Lines longer than a message may carry (RFC 5322 2.1.1: 998 octets plus CRLF):
 applications that write unwrapped HTML send them; refusing them loses the
@@ -40,6 +41,7 @@ ones included.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -171,13 +173,19 @@ class _Lines:
     def feed(self, data: bytes) -> None:
         lines = data.split(b"\r\n")
         tail = lines.pop()  # the start of a line that goes on in the next piece
-        if not self._in_header and lines and self._passes(lines):
-            # The common case: whole body lines that fit, written as they came.
+        if lines and self._passes(lines):
+            # The common case: whole lines that fit, written as they came; of the
+            # header section's, only the field names are looked at.
             first = self._length + len(lines[0])
             self.longest = max(self.longest, first + 2, max(map(len, lines)) + 2)
+            if self._in_header:
+                self._note_lines(lines)
+            self._head = b""
             if self._width is None:
                 self._out(data)
                 self._length = len(tail)
+                if self._in_header:
+                    self._head = tail[:_HEAD]
                 return
             self._out(self._held + data[: len(data) - len(tail)])
             self._held = b""
@@ -188,6 +196,18 @@ class _Lines:
             self._add(line)
             self._end_line()
         self._add(tail)
+
+    def _note_lines(self, lines: list[bytes]) -> None:
+        """The header fields of whole lines, up to the blank line that ends the section."""
+        if self._length + len(lines[0]) == 0:
+            self._in_header = False  # the blank line: the body follows
+            return
+        self._note_field((self._head + lines[0][:_HEAD])[:_HEAD])  # goes on from the last piece
+        for line in itertools.islice(lines, 1, None):
+            if not line:
+                self._in_header = False
+                return
+            self._note_field(line[:_HEAD])
 
     def finish(self) -> None:
         if self._length or self._held:

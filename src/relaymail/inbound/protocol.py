@@ -40,6 +40,8 @@ pyproject.toml pins ``aiosmtpd>=1.4.6,<1.5``:
   (``parse_path_argument``).
 * ``_reader``, ``_writer`` (asyncio.StreamReaderProtocol's) -- the loop reads
   lines and DATA pieces itself; ``say_goodbye`` writes from another task.
+  ``_reader._buffer`` (asyncio.StreamReader's) is looked at, never changed: a
+  whole command already in it holds back a MAIL or RCPT reply (``push``).
 * ``_reset_timeout`` -- the idle timer, restarted per command and DATA piece.
 * ``_tls_handshake_okay``, ``_tls_protocol`` -- STARTTLS state, read by the
   loop to refuse commands after a failed handshake or before STARTTLS.
@@ -75,7 +77,7 @@ import collections
 import logging
 from base64 import b64decode, b64encode
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, AnyStr, Final
 
 from aiosmtpd.smtp import (
     ALLOWED_BEFORE_STARTTLS,
@@ -107,6 +109,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("relaymail.server")
+
+# The replies that may wait for the next command's (``CommandLoop.push``).
+_GROUPED: Final = frozenset({"MAIL", "RCPT"})
 
 STREAM_WINDOW: Final = 64 * 1024
 """StreamReader limit: the largest piece DATA is read in, and the longest
@@ -179,6 +184,8 @@ class CommandLoop(SMTP):
     _in_clear = True
     current_command = "connect"
     """The command being answered, as it may be logged (no AUTH credentials)."""
+    _answering: str | None = None  # the verb being answered
+    _held_replies = b""  # replies to MAIL and RCPT not written yet (``push``)
     _explained: tuple[RejectReason, str | None] | None = None
 
     def __init__(self, handler: Any, **settings: Any) -> None:
@@ -228,8 +235,30 @@ class CommandLoop(SMTP):
     def say_goodbye(self, reply: str) -> None:
         """Send ``reply`` and close, from outside the session's own task."""
         if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(reply.encode("ascii") + b"\r\n")
+            held, self._held_replies = self._held_replies, b""
+            self._writer.write(held + reply.encode("ascii") + b"\r\n")
             self.transport.close()
+
+    async def push(self, status: AnyStr) -> None:
+        """Write a reply; one to MAIL or RCPT waits while the client's next command is here.
+
+        A pipelined MAIL, RCPT..., DATA is then answered in one write instead of one
+        per command (RFC 2920 3.1: a server may hold replies until its input is
+        empty, as Postfix's smtpd does). Only those two: any other reply, the 354 to
+        DATA first of all, writes every reply held before it, so nothing is held
+        while the loop waits for input or across STARTTLS.
+        """
+        response = (
+            status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+            if isinstance(status, str)
+            else status
+        )
+        waiting = self._reader._buffer  # type: ignore[attr-defined]  # listed above
+        if self._answering in _GROUPED and b"\n" in waiting:
+            self._held_replies += response + b"\r\n"
+            return
+        held, self._held_replies = self._held_replies, b""
+        await super().push(held + response)
 
     async def read_message_data(self, take: Callable[[bytes], None]) -> bool:
         """Hand the message up to CRLF "." CRLF to ``take``, piece by piece, as sent (still
@@ -343,6 +372,7 @@ class CommandLoop(SMTP):
         )
         unknown_left = BOGUS_LIMIT
         while self.is_open():
+            self._answering = None
             self.waiting_for_command = True
             try:
                 line = await self.read_line()
@@ -353,6 +383,7 @@ class CommandLoop(SMTP):
             finally:
                 self.waiting_for_command = False
             command, arg = _split_command(line.rstrip(b"\r\n"))
+            self._answering = command
             self.current_command = _loggable(command, arg)
             if command is None:
                 await self.push("500 5.5.2 Error: bad syntax")

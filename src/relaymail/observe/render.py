@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .events import Fact, Field, LogEvent, seconds
+from .events import Field, LogEvent, Value, seconds
 
 NO_QUEUE_ID = "NOQUEUE"  # Postfix's word for a line before the message has a queue id
 
@@ -28,27 +28,32 @@ def text_line(event: LogEvent) -> str:
     The event's name is the logger's (`relaymail.delivery`), as Postfix's is its program's.
     """
     parts: list[str] = []
-    trailers: list[str] = []
-    for fact in event.fields():
-        if fact.value is None or fact.value == "":
+    trailer: str | None = None  # the first present: a delivery's remote reply, else our reason
+    for name, value, form in event.fields():
+        if value is None or value == "":
             continue
-        if fact.form is Field.TRAILER:
-            trailers.append(escape(str(fact.value)))
+        if form is _PLAIN and value.__class__ is str:  # most facts: no dispatch, no copy
+            assert isinstance(value, str)
+            parts.append(f"{name}={value if value.isprintable() else escape(value)}")
+        elif form is _TRAILER:
+            if trailer is None:
+                trailer = escape(str(value))
         else:
-            parts.append(f"{fact.name}={_text_value(fact)}")
+            parts.append(f"{name}={_text_value(value, form)}")
     line = f"{event.queue_id or NO_QUEUE_ID}: " + ", ".join(parts)
-    # The first of the trailers present: a delivery's remote reply, else our reason.
-    return line + (f" ({trailers[0]})" if trailers else "")
+    return line if trailer is None else f"{line} ({trailer})"
 
 
-def _text_value(fact: Fact) -> str:
-    value = fact.value
-    if fact.form is Field.ADDRESS:
+_PLAIN, _TRAILER = Field.PLAIN, Field.TRAILER
+
+
+def _text_value(value: Value, form: Field) -> str:
+    if form is Field.ADDRESS:
         return f"<{escape(str(value))}>"
-    if fact.form is Field.ADDRESSES:
+    if form is Field.ADDRESSES:
         assert isinstance(value, tuple)
         return ",".join(f"<{escape(v)}>" for v in value)
-    if fact.form is Field.SECONDS:
+    if form is Field.SECONDS:
         assert isinstance(value, float | int)
         return seconds(value)
     if isinstance(value, bool):

@@ -88,6 +88,7 @@ class QueueFiles:
         except BaseException:
             self.close()
             raise
+        self._shm_path = self._open[2][0]
         self._shm_size = os.fstat(self._open[2][1]).st_size
         self._lock = threading.Lock()  # the writer thread and readers check concurrently
         self._fault: FileFault | None = None
@@ -96,41 +97,58 @@ class QueueFiles:
         """Raise QueueUnavailable while a file is not the one open; log each change once.
 
         `shm_only` for reads: reading a replaced or deleted database is harmless,
-        only a write through the WAL index's map (a read mark) can be fatal.
+        only a write through the WAL index's map (a read mark) can be fatal. So a
+        read looks at the index alone (a third of the system calls), and at the
+        other files only when the fault it knew of was the index's.
         """
         with self._lock:
-            fault = self.check()
-            if fault is not None and shm_only and fault.path != self._open[2][0]:
-                return
-            if fault != self._fault:
-                if fault is not None:
-                    log.error(
-                        "queue files changed under relaymail: %s; mail is refused (452) until"
-                        " it is put back, or relaymail restarted on a new queue",
-                        fault,
-                    )
-                else:
-                    log.warning("queue files are back as they were opened: taking mail again")
-                self._fault = fault
+            if shm_only:
+                fault = self._shm_fault()
+                if fault is None and (self._fault is None or self._fault.path != self._shm_path):
+                    return  # a fault elsewhere is the writer's to find and to log
+                if fault is None:
+                    fault = self.check()  # the index is back: say what the others are
+                    if fault is not None and fault.path != self._shm_path:
+                        self._note(fault)
+                        return
+            else:
+                fault = self.check()
+            self._note(fault)
         if fault is not None:
             raise QueueUnavailable(f"queue storage unusable: {fault}")
 
+    def _note(self, fault: FileFault | None) -> None:
+        if fault == self._fault:
+            return
+        if fault is not None:
+            log.error(
+                "queue files changed under relaymail: %s; mail is refused (452) until"
+                " it is put back, or relaymail restarted on a new queue",
+                fault,
+            )
+        else:
+            log.warning("queue files are back as they were opened: taking mail again")
+        self._fault = fault
+
     def check(self) -> FileFault | None:
         """The first problem found, or None when every path still names its open file."""
-        for path, fd in reversed(self._open):  # -shm first: its faults are the fatal ones
-            try:
-                named = os.stat(path)
-            except OSError:  # ENOENT, or ENOTDIR when a file took the directory's name
-                return FileFault(path, FileProblem.GONE)
-            opened = os.fstat(fd)
-            if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
-                return FileFault(path, FileProblem.REPLACED)
-            if _attributes(fd) & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
-                return FileFault(path, FileProblem.IMMUTABLE)
-        shm_path, shm_fd = self._open[2]
-        size = os.fstat(shm_fd).st_size
+        fault = self._shm_fault()  # first: its faults are the fatal ones
+        if fault is not None:
+            return fault
+        for path, fd in self._open[:2]:
+            fault = _named_fault(path, fd)
+            if fault is not None:
+                return fault
+        return None
+
+    def _shm_fault(self) -> FileFault | None:
+        path, fd = self._open[2]
+        fault = _named_fault(path, fd)
+        if fault is not None:
+            return fault
+        size = os.fstat(fd).st_size
         if size < self._shm_size:  # the index only grows while connections are open
-            return FileFault(shm_path, FileProblem.TRUNCATED)
+            return FileFault(path, FileProblem.TRUNCATED)
         self._shm_size = size
         return None
 
@@ -140,6 +158,20 @@ class QueueFiles:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._open.clear()
+
+
+def _named_fault(path: Path, fd: int) -> FileFault | None:
+    """Whether `path` still names the file open as `fd`, and it takes writes through a map."""
+    try:
+        named = os.stat(path)
+    except OSError:  # ENOENT, or ENOTDIR when a file took the directory's name
+        return FileFault(path, FileProblem.GONE)
+    opened = os.fstat(fd)
+    if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+        return FileFault(path, FileProblem.REPLACED)
+    if _attributes(fd) & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
+        return FileFault(path, FileProblem.IMMUTABLE)
+    return None
 
 
 def _attributes(fd: int) -> int:

@@ -7,7 +7,8 @@ message bodies (BLOBs), so one fsync makes a message durable. The database is
 in WAL mode with `synchronous=FULL`: a commit appends to the WAL and fsyncs it.
 
 One writer thread owns the only write connection. Coroutines on the event loop
-submit a write (a function of the open transaction) and await a future. The
+submit a write (a function of the open transaction) and await a future; the
+writes of one turn of the loop reach the thread together, at the turn's end. The
 writer takes everything queued, runs it in ONE transaction, commits (one
 fsync), then resolves all the futures with one `call_soon_threadsafe` per loop.
 No delay is added: while one commit's fsync runs, the next batch piles up, so

@@ -6,6 +6,7 @@ import sqlite3
 import time
 from typing import Any
 
+from ..body import CHUNK_SIZE
 from ..message_data import MessageData
 from .ids import format_queue_id
 from .schema import PENDING
@@ -27,7 +28,8 @@ def insert_message(
 
     The body is a zeroblob of the final size filled in chunks through an
     incremental blob handle: SQLite never holds the whole body in one buffer,
-    and neither do we. It is part of the transaction: a failure (or a crash)
+    and neither do we (a body of one chunk that is in memory anyway goes in as
+    one value). It is part of the transaction: a failure (or a crash)
     anywhere before the commit leaves no row at all, never a partial body.
     """
     qid = txn.new_queue_id()
@@ -38,11 +40,15 @@ def insert_message(
         "INSERT INTO message (id, sender, received_at, size, requiretls) VALUES (?, ?, ?, ?, ?)",
         (qid, sender, received_at, size, requiretls),
     )
-    conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
-    with conn.blobopen("body", "data", qid) as blob:
-        blob.write(header)
-        for chunk in data.chunks():
-            blob.write(chunk)
+    held = data.in_memory() if size <= CHUNK_SIZE else None
+    if held is not None:  # small, in memory already: one value, no blob handle
+        conn.execute("INSERT INTO body (message_id, data) VALUES (?, ?)", (qid, header + held))
+    else:
+        conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
+        with conn.blobopen("body", "data", qid) as blob:
+            blob.write(header)
+            for chunk in data.chunks():
+                blob.write(chunk)
     conn.executemany(
         "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
         " VALUES (?, ?, ?, 'queued', ?)",
@@ -67,20 +73,33 @@ def _delete_message(conn: sqlite3.Connection, qid: int) -> bool:
 
 
 def apply_updates(txn: Transaction, rows: list[tuple[Any, ...]]) -> None:
+    """Each row: (state, attempts, next_attempt, last_attempt, last_reply, last_error, tls,
+    host, message id, address). A message none of whose recipients is pending after them
+    is deleted.
+    """
     conn = txn.conn
+    by_message: dict[int, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_message.setdefault(row[8], []).append(row)
+    kept: list[tuple[Any, ...]] = []
+    for qid, updates in by_message.items():
+        if any(row[0] in PENDING for row in updates):
+            kept += updates  # still pending after this: the message stays
+            continue
+        pending = conn.execute(
+            "SELECT address FROM recipient WHERE message_id = ? AND state IN (?, ?)",
+            (qid, *PENDING),
+        ).fetchall()
+        if {address for (address,) in pending} <= {row[9] for row in updates}:
+            _delete_message(conn, qid)  # its last ones: no row is updated only to go
+        else:
+            kept += updates
     conn.executemany(
         "UPDATE recipient SET state = ?, attempts = ?, next_attempt = ?, last_attempt = ?,"
         " last_reply = ?, last_error = ?, tls = ?, host = ?"
         " WHERE message_id = ? AND address = ?",
-        rows,
+        kept,
     )
-    for qid in dict.fromkeys(row[8] for row in rows):
-        still_pending = conn.execute(
-            "SELECT 1 FROM recipient WHERE message_id = ? AND state IN (?, ?) LIMIT 1",
-            (qid, *PENDING),
-        ).fetchone()
-        if still_pending is None:
-            _delete_message(conn, qid)
 
 
 def _append_event(conn: sqlite3.Connection, qid: int | None, action: AdminAction) -> None:

@@ -5,6 +5,7 @@ See the theory of operation in `sqlite.py`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -133,7 +134,9 @@ class Writer:
         self._conn = conn
         self._max_batch = max_batch
         self._files = files
-        self._inbox: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[list[_Job[Any]] | None] = queue.SimpleQueue()
+        # Writes submitted in the current turn of each event loop, handed over at its end.
+        self._gathering: dict[asyncio.AbstractEventLoop, list[_Job[Any]]] = {}
         self._closing = False
         self._died: str | None = None  # why the thread ended other than by close()
         self.commits = 0  # successful transactions, for metrics and benchmarks
@@ -151,37 +154,53 @@ class Writer:
             raise RelaymailError("the queue store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._inbox.put(_Job(apply, loop, future, weight))
+        jobs = self._gathering.get(loop)
+        if jobs is None:
+            # The writes of one turn of the loop go to the thread together: one
+            # wake-up for them all, and they share a commit.
+            jobs = self._gathering[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        jobs.append(_Job(apply, loop, future, weight))
         return future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs = self._gathering.pop(loop, None)
+        if jobs:
+            self._inbox.put(jobs)
 
     async def close(self) -> None:
         import asyncio
 
         if not self._closing:
             self._closing = True
+            self._hand_over(asyncio.get_running_loop())  # written before the stop
             self._inbox.put(None)
         await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
+        waiting: collections.deque[_Job[Any]] = collections.deque()
         batch: list[_Job[Any]] = []
         try:
             stop = False
-            while not stop:
-                job = self._inbox.get()
-                if job is None:
-                    break
-                batch = [job]
-                weight = job.weight
-                while len(batch) < self._max_batch and weight < MAX_BATCH_BYTES:
+            while waiting or not stop:
+                if not waiting:
+                    jobs = self._inbox.get()
+                    if jobs is None:
+                        break
+                    waiting.extend(jobs)
+                while not stop:  # what else came meanwhile, up to a stop
                     try:
-                        job = self._inbox.get_nowait()
+                        jobs = self._inbox.get_nowait()
                     except queue.Empty:
                         break
-                    if job is None:
+                    if jobs is None:
                         stop = True
-                        break
-                    batch.append(job)
-                    weight += job.weight
+                    else:
+                        waiting.extend(jobs)
+                weight = 0
+                while waiting and len(batch) < self._max_batch and weight < MAX_BATCH_BYTES:
+                    batch.append(waiting.popleft())
+                    weight += batch[-1].weight
                 self._deliver(batch, self._execute(batch))
                 batch = []
         except BaseException as exc:
@@ -189,6 +208,7 @@ class Writer:
             # every caller from now on must hear "not kept" (452), never hang.
             self._died = f"queue storage unusable: the queue writer stopped ({exc!r})"
             log.critical("%s; mail is refused until relaymail restarts", self._died, exc_info=True)
+            batch += waiting
             self._deliver(batch, [(False, QueueUnavailable(self._died))] * len(batch))
         finally:
             self._closing = True
@@ -245,11 +265,11 @@ class Writer:
         leftovers: list[_Job[Any]] = []
         while True:
             try:
-                job = self._inbox.get_nowait()
+                jobs = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
-                leftovers.append(job)
+            if jobs is not None:
+                leftovers += jobs
         closed = (
             RelaymailError("the queue store is closed")
             if self._died is None

@@ -103,6 +103,11 @@ class _Wire(asyncio.Protocol):
         finally:
             self._waiter = None
 
+    @property
+    def draining(self) -> bool:
+        """Whether a write has to wait for the server to read (the transport paused us)."""
+        return self._paused and self.closed is None
+
     async def drain(self) -> None:
         while self._paused and self.closed is None:
             self._drain = asyncio.get_running_loop().create_future()
@@ -177,6 +182,10 @@ class SmtpSession:
 
     async def read_reply(self, timeout: float | None = None) -> ReplyEvent:
         """The next reply; ReplyTimeout when none comes in time, ConnectionLost when closed."""
+        event = self.conn.next_event()
+        if event is not None:  # it came with an earlier one (a pipelined group): no timer
+            self.replies_seen += 1
+            return event
         limit = self.command_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
@@ -207,27 +216,35 @@ class SmtpSession:
         may take `timeout` (RFC 5321 4.5.3.2.6 gives the server ten minutes after the dot).
 
         Each chunk waits until the server has read enough of the last one, so a slow
-        server holds one chunk here, not the message. When `chunks` raises (the body
-        became unreadable) the connection is aborted before the dot: the server drops
-        the transaction, and the recipients are not delivered a truncated message.
+        server holds a chunk or two here, not the message. The last chunk goes in
+        one write with the dot (a small message: one write in all). When `chunks`
+        raises (the body became unreadable) the connection is aborted before the
+        dot: the server drops the transaction, and the recipients are not delivered
+        a truncated message.
         """
         self._check_open()
         transport = self._wire.transport
         assert transport is not None
         stuffer = DotStuffer()
+        stuffed = b""  # the chunk before the one being read: written once that one came
         try:
             for chunk in chunks:
-                self._check_open()  # a server that hung up mid-message reads no more
-                transport.write(stuffer.feed(chunk))
-                await self._drained()
+                if stuffed:
+                    self._check_open()  # a server that hung up mid-message reads no more
+                    transport.write(stuffed)
+                    await self._drained()
+                stuffed = stuffer.feed(chunk)
+            self._check_open()
         except BaseException:
             self.abort()
             raise
-        transport.write(self.conn.send_message(stuffer.at_line_start))
+        transport.write(stuffed + self.conn.send_message(stuffer.at_line_start))
         await self._drained()
         return (await self.read_reply(timeout)).reply
 
     async def _drained(self) -> None:
+        if not self._wire.draining:  # nothing to wait for: no timer
+            return
         try:
             async with asyncio.timeout(self.command_timeout):
                 await self._wire.drain()
