@@ -166,6 +166,7 @@ async def start_listener(
     verifier: RecipientVerifier | None = None,
     start_serving: bool = True,
     spool_directory: Path | None = None,
+    reuse_port: bool = False,
 ) -> ListenerHandle:
     """Listen on ``settings.host``/``settings.port`` on the running event loop.
 
@@ -178,7 +179,9 @@ async def start_listener(
     ListenerHandle.start_serving: the daemon binds as root, drops privileges
     and opens the queue in between. ``spool_directory`` (the queue's) holds
     the temporary files of messages too large for memory while they arrive;
-    None is the system's temporary directory.
+    None is the system's temporary directory. ``reuse_port``: several worker
+    processes bind the same address and the kernel spreads the connections
+    (SO_REUSEPORT).
     """
     if settings.mode is not ListenerMode.RELAY and tls_context is None:
         raise ConfigError("tls_cert_file", f"a {settings.mode} listener needs a certificate")
@@ -201,6 +204,7 @@ async def start_listener(
         port=settings.port,
         ssl=tls_context if settings.mode is ListenerMode.SMTPS else None,
         reuse_address=True,
+        reuse_port=reuse_port or None,
         start_serving=start_serving,
     )
     handle = ListenerHandle(server, listener)

@@ -12,6 +12,16 @@ _ID_CHARS = 11  # 55 bits: microseconds until the year 3111
 _FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 
 
+# Each queue shard (shards.py) issues only ids whose residue modulo this is its index,
+# so ids stay unique across the shards of one queue and a message can move between them.
+ID_SHARDS = 256
+
+
+def shard_id(at_least: int, shard: int) -> int:
+    """The smallest id from `at_least` on that shard `shard` may issue."""
+    return at_least + (shard - at_least) % ID_SHARDS
+
+
 def format_queue_id(number: int) -> str:
     # 10 bytes are 16 base32 digits; the last 11 are the low 55 bits.
     digits = base64.b32encode(number.to_bytes(10, "big"))[-_ID_CHARS:]
