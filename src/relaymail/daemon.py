@@ -119,7 +119,7 @@ class Daemon:
         self.config = config = worker_config(self.config, self.worker, self.processes)
         if problems := preflight(config):
             raise PreflightFailed(problems)
-        if problem := host_name_problem(config.delivery.helo_name):
+        if self.worker == 0 and (problem := host_name_problem(config.delivery.helo_name)):
             log.warning(
                 "helo_name %r %s: other servers may refuse or score the mail;"
                 " set [delivery] helo_name to this host's public name",

@@ -83,6 +83,8 @@ class Supervisor:
     argv: list[str]  # the global options the command line gave (logging), for the workers
     slots: list[_Slot] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _up: bool = False  # every worker started (and has its signal handlers)
+    _reload_pending: bool = False
 
     @property
     def processes(self) -> int:
@@ -96,12 +98,16 @@ class Supervisor:
             prepare_directory(self.config.queue.directory)
             lock = hold_daemon_lock(self.config.queue.directory)
         try:
-            self.slots = [_Slot(k) for k in range(self.processes)]
-            await asyncio.gather(*(self._start(slot) for slot in self.slots))
+            # Before the workers: a SIGTERM while they start stops them once they are up.
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
             loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-            loop.add_signal_handler(signal.SIGHUP, self._pass_on, signal.SIGHUP)
+            loop.add_signal_handler(signal.SIGHUP, self._reload)
+            self.slots = [_Slot(k) for k in range(self.processes)]
+            await asyncio.gather(*(self._start(slot) for slot in self.slots))
+            self._up = True
+            if self._reload_pending:  # a worker still starting would have died of it
+                self._pass_on(signal.SIGHUP)
             notify_systemd(f"READY=1\nSTATUS=accepting mail in {self.processes} worker(s)")
             log.info("supervisor: %d worker(s) accept mail", self.processes)
             watchers = [asyncio.create_task(self._watch(slot)) for slot in self.slots]
@@ -156,6 +162,12 @@ class Supervisor:
             except WorkerFailed as exc:
                 log.warning("supervisor: worker %d did not start (status %d)",
                             slot.index, exc.status)  # fmt: skip
+
+    def _reload(self) -> None:
+        if self._up:
+            self._pass_on(signal.SIGHUP)
+        else:
+            self._reload_pending = True
 
     def _pass_on(self, signum: int) -> None:
         for slot in self.slots:
