@@ -31,9 +31,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.multiprocess import mark_process_dead
 
 from .config import Config
 from .daemon_lock import hold_daemon_lock
+from .metrics import MULTIPROCESS_ENV
 from .port_holder import listen_failed
 from .preflight import PreflightFailed, preflight
 from .queue.files import prepare_directory
@@ -47,6 +51,7 @@ BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long restarts with the shortest back-off
 _PR_SET_PDEATHSIG = 1
+METRICS_DIRECTORY = "metrics"
 
 
 class WorkerFailed(Exception):
@@ -83,6 +88,7 @@ class Supervisor:
     argv: list[str]  # the global options the command line gave (logging), for the workers
     slots: list[_Slot] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _metrics: Path = Path()  # the workers' metrics files, made anew at each start
     _up: bool = False  # every worker started (and has its signal handlers)
     _reload_pending: bool = False
 
@@ -97,6 +103,7 @@ class Supervisor:
         with _as_service_user(self.config):
             prepare_directory(self.config.queue.directory)
             lock = hold_daemon_lock(self.config.queue.directory)
+            self._metrics = _fresh_metrics_directory(self.config.queue.directory)
         try:
             # Before the workers: a SIGTERM while they start stops them once they are up.
             loop = asyncio.get_running_loop()
@@ -132,8 +139,9 @@ class Supervisor:
             command += ["--config", str(self.config.source)]
         try:
             slot.process = await asyncio.create_subprocess_exec(
-                *command, pass_fds=(write_end,), start_new_session=False
-            )
+                *command, pass_fds=(write_end,),
+                env={**os.environ, MULTIPROCESS_ENV: str(self._metrics)},
+            )  # fmt: skip
         finally:
             os.close(write_end)
         slot.started = time.monotonic()
@@ -150,6 +158,8 @@ class Supervisor:
         while True:
             assert slot.process is not None
             status = await slot.process.wait()
+            # Its open-connection gauges end with it; its counters still count.
+            mark_process_dead(slot.process.pid, str(self._metrics))  # type: ignore[no-untyped-call]
             if time.monotonic() - slot.started >= STABLE_AFTER:
                 slot.backoff = BACKOFF_MIN
             log.warning("supervisor: worker %d (pid %d) ended with status %d; starting it"
@@ -201,6 +211,15 @@ def _check_ports_free(config: Config) -> None:
                     probe.bind(address)
                 except OSError as exc:
                     raise listen_failed(settings.host, settings.port, exc) from None
+
+
+def _fresh_metrics_directory(queue_directory: Path) -> Path:
+    """`<queue>/metrics`, emptied: the counters of the last run are not this one's."""
+    directory = queue_directory / METRICS_DIRECTORY
+    directory.mkdir(mode=0o700, exist_ok=True)
+    for old in directory.glob("*.db"):
+        old.unlink()
+    return directory
 
 
 @contextlib.contextmanager

@@ -83,9 +83,14 @@ class Daemon:
                 try:
                     _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                     writer.close()
-                    return
+                    break
                 except OSError:
                     await asyncio.sleep(0.05)
+            # With [server] processes > 1 the first worker answers before the others listen.
+            while self.workers() and "worker(s) accept mail" not in self.text():
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"serve exited {self.process.returncode}: {self.text()}")
+                await asyncio.sleep(0.05)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -109,7 +114,10 @@ class Daemon:
         """The pids of the supervisor's worker processes ([server] processes > 1)."""
         assert self.process is not None
         pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except FileNotFoundError:  # it has ended
+            return []
         return [int(child) for child in children]
 
     async def kill_group(self) -> None:

@@ -9,7 +9,9 @@ import signal
 from pathlib import Path
 
 import aiosmtplib
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from relaymail.message import Envelope
 from relaymail.queue.ids import ID_SHARDS, parse_queue_id
@@ -30,12 +32,6 @@ def _config(tmp_path: Path, sink: SMTPPeer, port: int, **queue: object) -> Path:
         "routes": {"dest.test": [hop(sink)]},
         "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"]}],
     })  # fmt: skip
-
-
-async def _start(daemon: Daemon) -> None:
-    """Started, and every worker listening (the first one answers before the others)."""
-    await daemon.start()
-    await _until(lambda: "2 worker(s) accept mail" in daemon.text())
 
 
 async def _submit(port: int, count: int, tag: str) -> list[str]:
@@ -81,7 +77,7 @@ async def test_two_workers_take_mail_and_the_cli_sees_and_steers_every_shard(
     port = free_port()
     config = _config(tmp_path, sink, port, retry=["1h"])
     daemon = Daemon(config, port, tmp_path / "serve.log")
-    await _start(daemon)
+    await daemon.start()
     try:
         assert len(daemon.workers()) == 2
         ids = await _submit(port, 16, "spread")
@@ -136,7 +132,7 @@ async def test_a_shard_beyond_the_workers_is_drained_once(smtp_peer, tmp_path: P
     source.close()
 
     daemon = Daemon(config, port, tmp_path / "serve.log")
-    await _start(daemon)
+    await daemon.start()
     try:
         await _until(lambda: len(_subjects(sink)) == 5)
         assert sorted(_subjects(sink)) == [f"left-{n}" for n in range(5)]
@@ -163,7 +159,7 @@ async def test_workers_together_keep_the_destination_concurrency(smtp_peer, tmp_
         "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"]}],
     })  # fmt: skip
     daemon = Daemon(config, port, tmp_path / "serve.log")
-    await _start(daemon)
+    await daemon.start()
     try:
         ids = await _submit(port, 24, "limit")
         assert {parse_queue_id(i) % ID_SHARDS for i in ids} == {0, 1}  # type: ignore[operator]
@@ -202,9 +198,9 @@ async def test_kill_9_of_a_worker_and_of_the_whole_group_loses_nothing(smtp_peer
             finally:
                 client.close()
 
-    for round_number in range(2):
+    async def round_of_kills(round_number: int) -> Daemon:
         daemon = Daemon(config, port, tmp_path / f"serve-{round_number}.log", new_session=True)
-        await _start(daemon)
+        await daemon.start()
         stop = asyncio.Event()
         senders = [asyncio.create_task(load((round_number * 4 + i) * 100_000, stop))
                    for i in range(4)]  # fmt: skip
@@ -213,11 +209,14 @@ async def test_kill_9_of_a_worker_and_of_the_whole_group_loses_nothing(smtp_peer
         victim = daemon.workers()[round_number % 2]
         os.kill(victim, signal.SIGKILL)
         await _until(lambda: victim not in daemon.workers() and len(daemon.workers()) == 2)
-        before = len(accepted)
-        await _until(lambda: len(accepted) >= before + 40)  # both workers take mail again
+        again = len(accepted)
+        await _until(lambda: len(accepted) >= again + 40)  # both workers take mail again
         await daemon.kill_group()
         stop.set()
         await asyncio.wait_for(asyncio.gather(*senders), 30)
+        return daemon
+
+    logs = [await round_of_kills(n) for n in range(2)]
 
     final = Daemon(config, port, tmp_path / "serve-final.log")
     await final.start()
@@ -231,4 +230,52 @@ async def test_kill_9_of_a_worker_and_of_the_whole_group_loses_nothing(smtp_peer
     # A second copy only of a delivery in flight at a kill (the remote 250 came, our commit
     # did not): 6 worker deaths, each with at most its 10 of destination_concurrency 20.
     assert len(arrived) - len(set(arrived)) <= 6 * 10
-    assert "starting it again" in daemon.text()
+    assert all("starting it again" in daemon.text() for daemon in logs)
+
+
+async def test_metrics_count_every_worker(smtp_peer, tmp_path: Path):
+    sink = await smtp_peer(Script(rcpt_replies={"late@dest.test": "451 4.3.0 try later"}))
+    port, admin = free_port(), free_port()
+    config = write_toml(tmp_path / "relaymail.toml", {
+        "delivery": {"helo_name": "relay.relaymail.test"},
+        "queue": {"directory": tmp_path / "queue", "retry": ["1h"]},
+        "server": {"processes": 2},
+        "admin": {"address": f"127.0.0.1:{admin}"},
+        "routes": {"dest.test": [hop(sink)]},
+        "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"]}],
+    })  # fmt: skip
+    daemon = Daemon(config, port, tmp_path / "serve.log")
+    await daemon.start()
+    try:
+        ids = await _submit(port, 12, "metrics")
+        assert {parse_queue_id(i) % ID_SHARDS for i in ids} == {0, 1}  # type: ignore[operator]
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10)
+        await client.connect()
+        for n in range(4):  # deferred, and so kept in one shard or the other
+            await client.sendmail(
+                "a@src.test", ["late@dest.test"], f"Subject: late-{n}\r\n\r\nx\r\n"
+            )
+        await client.quit()
+        await _until(lambda: len(_subjects(sink)) == 12)
+        url = f"http://127.0.0.1:{admin}/metrics"
+
+        def sample(text: str, name: str, **labels: str) -> float:
+            for family in text_string_to_metric_families(text):
+                for found in family.samples:
+                    if found.name == name and found.labels == labels:
+                        return float(found.value)
+            raise KeyError(name)
+
+        async with httpx.AsyncClient() as http:
+            async with asyncio.timeout(30):
+                while True:
+                    text = (await http.get(url)).text
+                    if sample(text, "relaymail_deliveries_total", status="deferred") == 4:
+                        break
+                    await asyncio.sleep(0.1)
+        assert sample(text, "relaymail_deliveries_total", status="sent") == 12
+        assert sample(text, "relaymail_queue_messages", state="deferred") == 4
+        assert sample(text, "relaymail_inbound_sessions") == 0
+        assert sample(text, "relaymail_suspended_destinations") == 0
+    finally:
+        assert await daemon.stop() == 0
