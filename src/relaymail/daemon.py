@@ -379,7 +379,7 @@ class Daemon:
         if new.queue.directory != self.config.queue.directory:
             log.warning("reload: queue.directory changes only with a restart")
         if new.server != self.config.server:
-            log.warning("reload: server.user changes only with a restart")
+            log.warning("reload: server.user and server.processes change only with a restart")
         if new.admin != self.config.admin:
             log.warning("reload: admin.address and admin.token_file change only with a restart")
         else:

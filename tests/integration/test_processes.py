@@ -24,11 +24,20 @@ from tests.peers.smtp_server import Script, SMTPPeer, Stage
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # each starts 3 processes or more
 
 
-def _config(tmp_path: Path, sink: SMTPPeer, port: int, **queue: object) -> Path:
+def _config(
+    tmp_path: Path,
+    sink: SMTPPeer,
+    port: int,
+    delivery: dict[str, object] | None = None,
+    more: dict[str, object] | None = None,
+    **queue: object,
+) -> Path:
     return write_toml(tmp_path / "relaymail.toml", {
-        "delivery": {"helo_name": "relay.relaymail.test", "command_timeout": 5.0},
+        "delivery": {"helo_name": "relay.relaymail.test", "command_timeout": 5.0,
+                     **(delivery or {})},
         "queue": {"directory": tmp_path / "queue", **queue},
         "server": {"processes": 2},
+        **(more or {}),
         "routes": {"dest.test": [hop(sink)]},
         "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"]}],
     })  # fmt: skip
@@ -150,14 +159,8 @@ async def test_a_shard_beyond_the_workers_is_drained_once(smtp_peer, tmp_path: P
 async def test_workers_together_keep_the_destination_concurrency(smtp_peer, tmp_path: Path):
     sink = await smtp_peer(Script(delays={Stage.END_OF_DATA: 0.3}))
     port = free_port()
-    config = write_toml(tmp_path / "relaymail.toml", {
-        "delivery": {"helo_name": "relay.relaymail.test", "destination_concurrency": 3,
-                     "connection_idle_time": 0.1},
-        "queue": {"directory": tmp_path / "queue"},
-        "server": {"processes": 2},
-        "routes": {"dest.test": [hop(sink)]},
-        "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"]}],
-    })  # fmt: skip
+    delivery = {"destination_concurrency": 3, "connection_idle_time": 0.1}
+    config = _config(tmp_path, sink, port, delivery)
     daemon = Daemon(config, port, tmp_path / "serve.log")
     await daemon.start()
     try:
@@ -236,14 +239,8 @@ async def test_kill_9_of_a_worker_and_of_the_whole_group_loses_nothing(smtp_peer
 async def test_metrics_count_every_worker(smtp_peer, tmp_path: Path):
     sink = await smtp_peer(Script(rcpt_replies={"late@dest.test": "451 4.3.0 try later"}))
     port, admin = free_port(), free_port()
-    config = write_toml(tmp_path / "relaymail.toml", {
-        "delivery": {"helo_name": "relay.relaymail.test"},
-        "queue": {"directory": tmp_path / "queue", "retry": ["1h"]},
-        "server": {"processes": 2},
-        "admin": {"address": f"127.0.0.1:{admin}"},
-        "routes": {"dest.test": [hop(sink)]},
-        "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"]}],
-    })  # fmt: skip
+    more = {"admin": {"address": f"127.0.0.1:{admin}"}}
+    config = _config(tmp_path, sink, port, more=more, retry=["1h"])
     daemon = Daemon(config, port, tmp_path / "serve.log")
     await daemon.start()
     try:
@@ -270,7 +267,9 @@ async def test_metrics_count_every_worker(smtp_peer, tmp_path: Path):
             async with asyncio.timeout(30):
                 while True:
                     text = (await http.get(url)).text
-                    if sample(text, "relaymail_deliveries_total", status="deferred") == 4:
+                    deferred = sample(text, "relaymail_deliveries_total", status="deferred")
+                    waiting = sample(text, "relaymail_queue_messages", state="deferred")
+                    if (deferred, waiting) == (4, 4):  # counted, and committed
                         break
                     await asyncio.sleep(0.1)
         assert sample(text, "relaymail_deliveries_total", status="sent") == 12
