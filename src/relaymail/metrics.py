@@ -28,17 +28,12 @@ from .observe import (
     Rejected,
     RejectReason,
 )
+from .supervisor import MULTIPROCESS_ENV
 from .tls.policy import Action, Event, Level
 
 # From a local next hop in milliseconds to a message that waited days in the queue.
 DELIVERY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600,
                     86400, 5 * 86400)  # fmt: skip
-
-
-# Set by the supervisor for its workers ([server] processes > 1): prometheus_client then
-# keeps every process's values in files there, and worker 0 serves their sums. Read by
-# prometheus_client when it is imported, so it is in the worker's environment from exec on.
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _SuspendedGauge(Collector):

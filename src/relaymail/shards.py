@@ -29,8 +29,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .queue.ids import ID_SHARDS
-
 __all__ = [
     "MAX_SHARDS",
     "WorkerShards",
@@ -41,8 +39,9 @@ __all__ = [
     "worker_shards",
 ]
 
-# Queue ids carry their shard in their residue (queue/ids.py): no more shards than that.
-MAX_SHARDS = ID_SHARDS
+# Queue ids carry their shard in their residue modulo this (queue/ids.py). Kept free of
+# imports: the configuration reads it, and `serve`'s supervisor should start fast.
+MAX_SHARDS = 256
 _SHARD_NAME = re.compile(r"shard-([1-9][0-9]{0,2})")
 _DB = "queue.db"
 

@@ -33,11 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client.multiprocess import mark_process_dead
-
 from .config import Config
 from .daemon_lock import hold_daemon_lock
-from .metrics import MULTIPROCESS_ENV
 from .port_holder import listen_failed
 from .preflight import PreflightFailed, preflight
 from .queue.files import prepare_directory
@@ -52,6 +49,12 @@ BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long restarts with the shortest back-off
 _PR_SET_PDEATHSIG = 1
 METRICS_DIRECTORY = "metrics"
+# prometheus_client keeps each process's values in files there (read when it is imported,
+# so set from the worker's exec on); worker 0 serves their sums (metrics.py).
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+_supervisor: int | None = None  # a worker's parent, as it was at the worker's start
 
 
 class WorkerFailed(Exception):
@@ -68,9 +71,12 @@ def die_with_parent() -> None:
     A worker left behind would serve its shard beside the next supervisor's.
     Linux clears this on every change of credentials: call it again after dropping root.
     """
+    global _supervisor
+    if _supervisor is None:
+        _supervisor = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the supervisor was gone before the call
+    if os.getppid() != _supervisor:  # it was gone before the call: nothing would kill us
         os._exit(1)
 
 
@@ -159,6 +165,8 @@ class Supervisor:
             assert slot.process is not None
             status = await slot.process.wait()
             # Its open-connection gauges end with it; its counters still count.
+            from prometheus_client.multiprocess import mark_process_dead
+
             mark_process_dead(slot.process.pid, str(self._metrics))  # type: ignore[no-untyped-call]
             if time.monotonic() - slot.started >= STABLE_AFTER:
                 slot.backoff = BACKOFF_MIN
