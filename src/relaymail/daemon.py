@@ -346,7 +346,7 @@ class Daemon:
                 handle = await start_listener(
                     settings, self._spool, users, server_tls_context(settings), self.aliases,
                     verifier=self.verifier, start_serving=serving,
-                    spool_directory=config.queue.directory, reuse_port=self.processes > 1,
+                    spool_directory=config.queue.directory, processes=self.processes,
                 )  # fmt: skip
                 started.append(handle)
         except OSError as exc:

@@ -8,7 +8,8 @@ exceed it. Where a share would be 0 (a total below N) it is 1, so no worker
 starves; only then can the workers together go past the total, by N - 1 at
 most. Per-session limits (recipients, message size, commands per verb,
 AUTH failures of one session, messages per outbound connection) are not
-shared: each session lives in one worker.
+shared: each session lives in one worker; nor are per-client limits, since
+each client's connections all go to one worker (inbound/steering.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import dataclasses
 from collections.abc import Callable
 
 from .config import Config
-from .listener_settings import LimitSettings, ListenerSettings
+from .listener_settings import ListenerSettings
 from .shaping import ShapeEntry, ShapingSettings
 from .shards import share
 
@@ -54,24 +55,15 @@ def worker_config(config: Config, worker: int, processes: int) -> Config:
 
 
 def worker_listener(settings: ListenerSettings, worker: int, processes: int) -> ListenerSettings:
-    """A listener with worker `worker`'s share of its connection and per-client limits."""
+    """A listener with worker `worker`'s share of its connections.
+
+    Per-client limits stay whole: each client's connections all go to one worker
+    (inbound/steering.py), which sees all of them.
+    """
     if processes == 1:
         return settings
-
-    def part(total: int) -> int:
-        return share(total, processes, worker)
-
-    limits: LimitSettings = settings.client_limits
     return dataclasses.replace(
-        settings,
-        max_connections=part(settings.max_connections),
-        client_limits=dataclasses.replace(
-            limits,
-            max_connections=part(limits.max_connections),
-            connection_rate=part(limits.connection_rate),
-            message_rate=part(limits.message_rate),
-            auth_failures=part(limits.auth_failures),
-        ),
+        settings, max_connections=share(settings.max_connections, processes, worker)
     )
 
 

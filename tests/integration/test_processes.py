@@ -44,10 +44,12 @@ def _config(
 
 
 async def _submit(port: int, count: int, tag: str) -> list[str]:
-    """`count` messages, each on a connection of its own (the kernel spreads connections)."""
+    """`count` messages, each on a connection of its own from one of four client addresses:
+    each client's connections go to one worker (inbound/steering.py), clients spread."""
     ids = []
     for n in range(count):
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10)
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10,
+                                 source_address=(f"127.0.0.{n % 4 + 1}", 0))  # fmt: skip
         await client.connect()
         message = f"From: a@src.test\r\nTo: u@dest.test\r\nSubject: {tag}-{n}\r\n\r\nbody\r\n"
         _, reply = await client.sendmail("a@src.test", ["u@dest.test"], message)
@@ -92,6 +94,8 @@ async def test_two_workers_take_mail_and_the_cli_sees_and_steers_every_shard(
         ids = await _submit(port, 16, "spread")
         shards = {parse_queue_id(i) % ID_SHARDS for i in ids}  # type: ignore[operator]
         assert shards == {0, 1}  # both workers accepted mail, each into its own shard
+        for client in range(4):  # and each client address met one worker only
+            assert len({parse_queue_id(i) % ID_SHARDS for i in ids[client::4]}) == 1  # type: ignore[operator]
         assert (tmp_path / "queue" / "shard-1" / "queue.db").exists()
         tried = lambda: sum(line.upper().startswith("RCPT") for line in sink.lines())  # noqa: E731
         await _until(lambda: tried() >= 16)  # every message tried once, deferred
@@ -182,10 +186,11 @@ async def test_kill_9_of_a_worker_and_of_the_whole_group_loses_nothing(smtp_peer
     accepted: set[str] = set()
     sent: set[str] = set()
 
-    async def load(start: int, stop: asyncio.Event) -> None:
+    async def load(start: int, stop: asyncio.Event, source: str) -> None:
         n = start
         while not stop.is_set():
-            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5)
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5,
+                                     source_address=(source, 0))  # fmt: skip
             try:
                 await client.connect()
                 for _ in range(5):
@@ -205,8 +210,10 @@ async def test_kill_9_of_a_worker_and_of_the_whole_group_loses_nothing(smtp_peer
         daemon = Daemon(config, port, tmp_path / f"serve-{round_number}.log", new_session=True)
         await daemon.start()
         stop = asyncio.Event()
-        senders = [asyncio.create_task(load((round_number * 4 + i) * 100_000, stop))
-                   for i in range(4)]  # fmt: skip
+        senders = [
+            asyncio.create_task(load((round_number * 4 + i) * 100_000, stop, f"127.0.0.{i + 1}"))
+            for i in range(4)
+        ]
         before = len(accepted)
         await _until(lambda: len(accepted) >= before + 40 and len(_subjects(sink)) > 10)
         victim = daemon.workers()[round_number % 2]

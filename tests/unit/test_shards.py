@@ -44,18 +44,16 @@ def test_a_worker_gets_its_share_of_every_daemon_wide_limit() -> None:
     assert worker_config(config, 0, 1) is config
 
 
-def test_a_worker_gets_its_share_of_a_listeners_limits() -> None:
+def test_a_worker_gets_its_share_of_a_listeners_connections_and_whole_client_limits() -> None:
     config = parse_config({"listener": [{
-        "address": "127.0.0.1:2525", "max_connections": 9, "max_connections_per_client": 1,
-        "max_message_rate_per_client": 120, "max_recipients": 50,
+        "address": "127.0.0.1:2525", "max_connections": 9, "max_connections_per_client": 3,
+        "max_recipients": 50,
     }]})  # fmt: skip
     [listener] = config.listeners()
     shares = [worker_listener(listener, k, 2) for k in range(2)]
     assert [s.max_connections for s in shares] == [5, 4]
-    assert [s.client_limits.max_connections for s in shares] == [1, 1]  # never 0
-    assert [s.client_limits.message_rate for s in shares] == [60, 60]
-    assert [s.client_limits.connection_rate for s in shares] == [30, 30]
-    assert [s.client_limits.auth_failures for s in shares] == [5, 5]
+    # Each client's connections all go to one worker (inbound/steering.py): whole there.
+    assert [s.client_limits for s in shares] == [listener.client_limits] * 2
     assert [s.max_recipients for s in shares] == [50, 50]  # per session: whole
 
 
