@@ -197,8 +197,11 @@ class Relaymail(Peer):
         name: str = "relaymail",
         admin: bool = False,
         dkim: str | None = None,
+        processes: int | None = None,
     ) -> None:
         super().__init__(name)
+        # [server] processes; None: relaymail's default, every CPU.
+        self.processes = processes
         self.sendmail_template = sendmail_template
         self.command = command
         self.admin = admin  # with the admin listener, so the delivery history is kept
@@ -258,6 +261,8 @@ class Relaymail(Peer):
             lines.append(f'ca_file = "{spec.ca_file}"')
         if self.admin and spec.admin_port is not None:
             lines += ["", "[admin]", f'address = "127.0.0.1:{spec.admin_port}"']
+        if self.processes is not None:
+            lines += ["", "[server]", f"processes = {self.processes}"]
         if self.dkim:
             lines += self._dkim_table(spec.workdir)
         path = spec.workdir / "relaymail.toml"
@@ -647,12 +652,14 @@ def make_peer(
     relaymail_command: str | None = None,
     baseline_command: str | None = None,
     dkim: str | None = None,
+    processes: int | None = None,
 ) -> Peer:
     if name == "relaymail":
-        return Relaymail(relaymail_sendmail, relaymail_command)
+        return Relaymail(relaymail_sendmail, relaymail_command, processes=processes)
     if name == DKIM_PEER:
         # The same relaymail signing every message: the cost of DKIM, in the same rounds.
-        return Relaymail(relaymail_sendmail, relaymail_command, name=DKIM_PEER, dkim=dkim or "rsa")
+        return Relaymail(relaymail_sendmail, relaymail_command, name=DKIM_PEER,
+                         dkim=dkim or "rsa", processes=processes)  # fmt: skip
     if name == BASELINE:
         # Another build of relaymail (an older checkout's venv) run as one more peer,
         # so a change is measured against what it replaces in the same rounds.
@@ -660,7 +667,8 @@ def make_peer(
             raise ValueError(f"{BASELINE} needs --baseline-command")
         return Relaymail(None, baseline_command, name=BASELINE)
     if name == WITH_ADMIN:
-        return Relaymail(relaymail_sendmail, relaymail_command, name=WITH_ADMIN, admin=True)
+        return Relaymail(relaymail_sendmail, relaymail_command, name=WITH_ADMIN, admin=True,
+                         processes=processes)  # fmt: skip
     if name == "postfix":
         return Postfix()
     if name == "exim":

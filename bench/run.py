@@ -710,6 +710,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"{DKIM_PEER}, added to --peers, in the same rounds",
     )
     p.add_argument(
+        "--relaymail-processes",
+        type=int,
+        help="[server] processes for relaymail (default: its own, one worker per CPU);"
+        " 1 runs it in one process, for comparison",
+    )
+    p.add_argument(
         "--relaymail-sendmail",
         help="relaymail's sendmail command template, e.g. "
         "'relaymail sendmail -C {config} -f {sender} {recipient}'",
@@ -792,6 +798,7 @@ async def main_async(args: argparse.Namespace) -> int:
             args.relaymail_command,
             args.baseline_command,
             args.dkim,
+            args.relaymail_processes,
         )
         for name in peer_names
     }

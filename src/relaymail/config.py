@@ -33,6 +33,7 @@ from .config_fields import (
     readable_file,
     seconds,
     secret_file,
+    whole,
 )
 from .config_file import find_config_file, read_toml
 from .config_queue import QueueSettings, parse_queue
@@ -40,6 +41,7 @@ from .config_values import host_name, table, text
 from .errors import ConfigError
 from .resolver import is_ip
 from .shaping import ShapingSettings, parse_shaping
+from .shards import MAX_SHARDS, default_processes
 from .tls.policy import CONFIG_LEVELS, Level, PolicyTable
 
 if TYPE_CHECKING:
@@ -180,6 +182,8 @@ class ServerSettings:
     # The account `serve` becomes once its listeners are bound, when started as
     # root (relaymail.service); None: it stays who it was started as.
     user: str | None = None
+    # Worker processes, each with its own queue shard (shards.py); 1 is one process.
+    processes: int = field(default_factory=default_processes)
 
 
 DEFAULT_LISTENERS: tuple[Mapping[str, Any], ...] = ({"address": "127.0.0.1:2525"},)
@@ -278,10 +282,8 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         local=LocalSettings(
             **{"domain": delivery.helo_name, **read_table(table(raw, "local"), "local", _LOCAL)}
         ),
-        server=ServerSettings(**read_table(table(raw, "server"), "server", {"user": text})),
-        recipient_verification=_recipient_verification(
-            table(raw, "recipient_verification")
-        ),
+        server=ServerSettings(**read_table(table(raw, "server"), "server", _SERVER)),
+        recipient_verification=_recipient_verification(table(raw, "recipient_verification")),
         admin=read_admin(table(raw, "admin")),
         dkim=_dkim(table(raw, "dkim")),
         shaping=parse_shaping(table(raw, "shaping")),
@@ -289,6 +291,9 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         user_table=dict(users),
         source=source,
     )
+
+
+_SERVER: Mapping[str, Reader] = {"user": text, "processes": whole(1, MAX_SHARDS)}
 
 
 def host_port(default_port: int | None) -> Reader:
@@ -535,4 +540,3 @@ def _dkim(raw: Mapping[str, Any]) -> dict[str, DkimDomain]:
     from .dkim.settings import parse_dkim
 
     return parse_dkim(raw)
-

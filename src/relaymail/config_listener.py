@@ -78,9 +78,7 @@ def listener_settings(
         **{key: reader for key, (_, reader) in _CLIENT_LIMITS.items()},
     }
     values = read_table({**LISTENER_DEFAULTS, **raw}, where, fields)
-    limits = {
-        name: values.pop(key) for key, (name, _) in _CLIENT_LIMITS.items() if key in values
-    }
+    limits = {name: values.pop(key) for key, (name, _) in _CLIENT_LIMITS.items() if key in values}
     values["client_limits"] = LimitSettings(**limits)
     address: HostPort = values.pop("address")
     cert, key = values.get("tls_cert_file"), values.get("tls_key_file")

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import errno
 import functools
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field, replace
 
 from . import observe
 from .admin.history import DeliveryHistory
 from .admin.settings import load_token
 from .config import Config, load_config
-from .daemon_lock import hold_daemon_lock
+from .daemon_lock import WORKER_FILENAME, DaemonLock, hold_daemon_lock
 from .delivery import DeliveryEngine, RecipientResult
 from .destination_share import SharedDestinations
 from .dkim.sign import Signer, Signing, SignOutcome, load_signer
@@ -38,13 +38,19 @@ from .local import AliasTable, merged
 from .message import Envelope, Origin
 from .message_data import MessageData
 from .metrics import Metrics
+from .port_holder import listen_failed
 from .preflight import PreflightFailed, check_server_config, preflight
+from .queue.sharded import ShardedQueue
 from .queue.sqlite import SqliteStore
+from .queue.sqlite_adopt import adopt_shard
 from .queue.store import TraceHeader
 from .scheduler import Scheduler
 from .service import become, host_name_problem, lookup_user, notify_systemd
+from .shards import WorkerShards, worker_shards
+from .supervisor import die_with_parent
 from .suspension import Suspension
-from .suspension_file import entries
+from .suspension_file import SuspendedEntry, entries, read_all_suspended
+from .worker_limits import worker_config, worker_listener
 
 log = logging.getLogger("relaymail.daemon")
 
@@ -52,6 +58,8 @@ log = logging.getLogger("relaymail.daemon")
 SHUTDOWN_GRACE = 20.0
 # How often to look for TLS reports due (they cover whole UTC days).
 REPORT_INTERVAL = 3600.0
+# How long a worker waits for its shard while a worker of a killed supervisor ends.
+SHARD_LOCK_WAIT = 10.0
 
 
 async def _retire(engine: DeliveryEngine, running: list[asyncio.Task[None]]) -> None:
@@ -73,13 +81,35 @@ class Daemon:
     # Root was given up: listeners on privileged ports cannot be bound again.
     _dropped_root: bool = False
     _admin_token: str | None = None  # [admin] token_file's token, re-read on reload
+    # Worker `worker` of `processes` (supervisor.py); 1: the whole daemon in this process.
+    # Worker 0 alone does what must happen once: the maildrop, TLS reports, [admin].
+    worker: int = 0
+    processes: int = 1
+    # A worker says READY on this pipe to its supervisor; without one, systemd is told.
+    ready_fd: int | None = None
+    # What the admin listener reads: every worker's shard (the others opened as they appear).
+    _queue_view: ShardedQueue | None = None
+
+    def _notify(self, state: str) -> None:
+        if self.ready_fd is None:
+            notify_systemd(state)
+        elif state.startswith("READY=1"):
+            os.write(self.ready_fd, b"1")
+            os.close(self.ready_fd)
+            self.ready_fd = None
 
     def _suspensions(self) -> list[Suspension]:
         scheduler: Scheduler | None = self.__dict__.get("scheduler")  # None before it starts
         return scheduler.suspensions() if scheduler is not None else []
 
+    def _suspended(self) -> list[SuspendedEntry]:
+        """Every worker's suspensions: this one's memory, or what each wrote in its shard."""
+        if self.processes == 1:
+            return entries(self._suspensions())
+        return read_all_suspended(self.config.queue.directory, time.time())
+
     async def run(self) -> None:
-        self.metrics.watch_suspensions(lambda: len(self._suspensions()))
+        self.metrics.watch_suspensions(lambda: len(self._suspended()))
         unsubscribe = observe.subscribe(self.metrics.observe)
         try:
             await self._run()
@@ -87,10 +117,10 @@ class Daemon:
             unsubscribe()
 
     async def _run(self) -> None:
-        config = self.config
+        self.config = config = worker_config(self.config, self.worker, self.processes)
         if problems := preflight(config):
             raise PreflightFailed(problems)
-        if problem := host_name_problem(config.delivery.helo_name):
+        if self.worker == 0 and (problem := host_name_problem(config.delivery.helo_name)):
             log.warning(
                 "helo_name %r %s: other servers may refuse or score the mail;"
                 " set [delivery] helo_name to this host's public name",
@@ -104,15 +134,24 @@ class Daemon:
         try:
             if config.server.user is not None:
                 self._dropped_root = become(lookup_user(config.server.user))
+                if self.processes > 1:
+                    die_with_parent()  # again: the change of ids cleared it
             # As the service user: a key it cannot read now would fail the next reload.
             self.signer = load_signer(config)
             os.umask(0o077)  # the queue directory is traversable for the maildrop (open_maildrop)
-            store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
+            shards = worker_shards(config.queue.directory, self.worker, self.processes)
+            store = SqliteStore.open(
+                shards.directory, max_bytes=config.queue.max_size, shard=self.worker
+            )
         except BaseException:
             await asyncio.gather(*(h.close(0) for h in self.listeners))
             raise
         try:
-            lock = hold_daemon_lock(config.queue.directory)
+            locks = self._lock_shards(shards)
+            for source in shards.adopted:
+                moved = await adopt_shard(source, store)
+                log.info("queue %s: %d message(s) moved in from %s",
+                         shards.directory, moved, source)  # fmt: skip
         except BaseException:
             await asyncio.gather(store.close(), *(h.close(0) for h in self.listeners))
             raise
@@ -124,45 +163,50 @@ class Daemon:
             shared = SharedDestinations(config.queue, config.queue.node)
             # The history is read by the status page only: without [admin] it is not kept.
             history = DeliveryHistory(config.queue.directory) if config.admin else None
-            admin = await self._start_admin(config, store, history)
+            admin = await self._start_admin(config, store, history) if self.worker == 0 else None
         except BaseException:
             for opened in (history, shared):
                 if opened is not None:
                     opened.close()
             await store.close()
+            for lock in locks:
+                lock.release()
             await asyncio.gather(*(h.close(0) for h in self.listeners))
             raise
         self.scheduler = Scheduler(
             store, engine, config.queue, hostname=config.delivery.helo_name, history=history,
-            suspended_to=config.queue.directory, shared=shared,
+            suspended_to=shards.directory, shared=shared,
         )  # fmt: skip
         try:
-            maildrop = open_maildrop(config.queue.directory)
             pending = self.scheduler.load()
-            log.info("queue %s: %d message(s) waiting", config.queue.directory, pending)
+            log.info("queue %s: %d message(s) waiting", shards.directory, pending)
             background = [
                 asyncio.create_task(self.scheduler.run()),
-                asyncio.create_task(self._send_tls_reports()),
                 asyncio.create_task(shared.run()),
                 *([asyncio.create_task(history.run())] if history else []),
             ]
-            # Trusted to set the sender (-f): root and the daemon's own user.
-            pickup = Pickup(maildrop, self._spool, store, lambda: self.config,
-                            frozenset({0, os.geteuid()}))  # fmt: skip
-            picking = asyncio.create_task(pickup.run())
+            picking: asyncio.Task[None] | None = None
+            if self.worker == 0:
+                maildrop = open_maildrop(config.queue.directory)
+                background.append(asyncio.create_task(self._send_tls_reports()))
+                # Trusted to set the sender (-f): root and the daemon's own user.
+                pickup = Pickup(maildrop, self._spool, store, lambda: self.config,
+                                frozenset({0, os.geteuid()}))  # fmt: skip
+                picking = asyncio.create_task(pickup.run())
             for handle in self.listeners:
                 await handle.start_serving()
             self._install_signals()
-            notify_systemd(f"READY=1\nSTATUS=accepting mail, {pending} message(s) queued")
+            self._notify(f"READY=1\nSTATUS=accepting mail, {pending} message(s) queued")
             await self.stopping.wait()
-            notify_systemd("STOPPING=1")
+            self._notify("STOPPING=1")
             log.info("stopping: no new mail accepted; finishing deliveries")
             if admin is not None:
                 admin.close()
             await asyncio.gather(*(h.close(SHUTDOWN_GRACE) for h in self.listeners))
             await self.verifier.close()
-            picking.cancel()  # a file being queued stays; its name says if it was
-            await asyncio.gather(picking, return_exceptions=True)
+            if picking is not None:
+                picking.cancel()  # a file being queued stays; its name says if it was
+                await asyncio.gather(picking, return_exceptions=True)
             await self.scheduler.stop(SHUTDOWN_GRACE)
             for task in background:
                 task.cancel()
@@ -176,9 +220,27 @@ class Daemon:
             if history is not None:
                 history.close()
             shared.close()
+            if self._queue_view is not None:
+                await self._queue_view.close()
             await store.close()
-            lock.release()
+            for lock in locks:
+                lock.release()
         log.info("stopped")
+
+    def _lock_shards(self, shards: WorkerShards) -> list[DaemonLock]:
+        """The queue's daemon lock, or, for a worker, a lock on each shard it serves."""
+        locks: list[DaemonLock] = []
+        try:
+            if self.processes == 1:
+                locks.append(hold_daemon_lock(self.config.queue.directory))
+            owned = shards.adopted if self.processes == 1 else (shards.directory, *shards.adopted)
+            for directory in owned:
+                locks.append(hold_daemon_lock(directory, WORKER_FILENAME, SHARD_LOCK_WAIT))
+        except BaseException:
+            for lock in locks:
+                lock.release()
+            raise
+        return locks
 
     async def _start_admin(
         self, config: Config, store: SqliteStore, history: DeliveryHistory | None
@@ -192,17 +254,18 @@ class Daemon:
         from .admin.queue_gauges import QueueGauges
 
         registry = self.metrics.registry
-        registry.register(QueueGauges(store))
+        self._queue_view = queue = ShardedQueue(config.queue.directory, {0: store})
+        registry.register(QueueGauges(queue))
         self._admin_token = load_token(settings)
         app = AdminApp(
-            store, history, registry,
+            queue, history, registry,
             hostname=lambda: self.config.delivery.helo_name, token=lambda: self._admin_token,
-            suspended=lambda: entries(self._suspensions()),
+            suspended=self._suspended,
         )  # fmt: skip
         try:
             server = await listen(settings.host, settings.port, app)
         except OSError as exc:
-            raise _listen_failed(settings.host, settings.port, exc) from None
+            raise listen_failed(settings.host, settings.port, exc) from None
         log.info("admin listener on %s (metrics, status page)%s", settings,
                  "" if self._admin_token is None else "; token required")  # fmt: skip
         return server
@@ -286,17 +349,18 @@ class Daemon:
         users = config.users()
         started: list[ListenerHandle] = []
         try:
-            for settings in config.listeners():
+            for whole in config.listeners():
+                settings = worker_listener(whole, self.worker, self.processes)
                 handle = await start_listener(
                     settings, self._spool, users, server_tls_context(settings), self.aliases,
                     verifier=self.verifier, start_serving=serving,
-                    spool_directory=config.queue.directory,
+                    spool_directory=config.queue.directory, processes=self.processes,
                 )  # fmt: skip
                 started.append(handle)
         except OSError as exc:
             for handle in started:
                 await handle.close(0)
-            raise _listen_failed(settings.host, settings.port, exc) from None
+            raise listen_failed(settings.host, settings.port, exc) from None
         self.listeners = started
 
     def _install_signals(self) -> None:
@@ -311,7 +375,7 @@ class Daemon:
             log.warning("reload: running on the embedded defaults; nothing to reload")
             return
         try:
-            new = load_config(self.config.source)
+            new = worker_config(load_config(self.config.source), self.worker, self.processes)
             check_server_config(new)
             aliases = AliasTable.open(new.local)
             self.verifier.adopt(new.recipient_verification)
@@ -323,7 +387,7 @@ class Daemon:
         if new.queue.directory != self.config.queue.directory:
             log.warning("reload: queue.directory changes only with a restart")
         if new.server != self.config.server:
-            log.warning("reload: server.user changes only with a restart")
+            log.warning("reload: server.user and server.processes change only with a restart")
         if new.admin != self.config.admin:
             log.warning("reload: admin.address and admin.token_file change only with a restart")
         else:
@@ -380,15 +444,3 @@ def _log_signing(queue_id: str, signing: Signing) -> None:
             log.warning("dkim id=%s queued unsigned: %s", queue_id, signing.detail)
         case SignOutcome.NOT_OURS:
             pass  # relayed mail: signing was never in question
-
-
-def _listen_failed(host: str, port: int, exc: OSError) -> ListenFailed:
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    holder = None
-    if exc.errno == errno.EADDRINUSE:
-        from .port_holder import find_holder
-
-        holder = find_holder(host, port)
-    # asyncio wraps the errno's text in a sentence of its own; the errno says it all.
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    return ListenFailed(address, reason, str(holder) if holder else None)

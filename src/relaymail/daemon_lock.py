@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from .errors import QueueUnusable, RelaymailError
 from .queue_problem import QueueProblem
 
 FILENAME = "daemon.pid"
+# With [server] processes > 1 each worker also locks every shard it serves (shards.py):
+# a worker left by a supervisor killed with -9 must be gone before another takes its shard.
+WORKER_FILENAME = "worker.pid"
 
 # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid, padded to 32 octets.
 _FLOCK = "@hhqqi"
@@ -48,21 +52,30 @@ class DaemonLock:
         os.close(self.fd)
 
 
-def hold_daemon_lock(directory: Path) -> DaemonLock:
-    """Take the queue's daemon lock and write our pid; DaemonRunning if it is taken."""
-    path = directory / FILENAME
+def hold_daemon_lock(directory: Path, filename: str = FILENAME, wait: float = 0.0) -> DaemonLock:
+    """Take the queue's daemon lock and write our pid; DaemonRunning if it is taken.
+
+    `wait`: seconds to keep trying while another process holds it (one that is ending).
+    """
+    path = directory / filename
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:  # a symlink (ELOOP), a directory, another user's file
         detail = f"cannot open the daemon lock: {exc.strerror or exc}"
         raise QueueUnusable(path, QueueProblem.CANNOT_WRITE, detail) from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EACCES, errno.EAGAIN):
-            raise DaemonRunning(directory, daemon_status(directory).pid) from None
-        raise
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise DaemonRunning(directory, daemon_status(directory, filename).pid) from None
+            time.sleep(0.05)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return DaemonLock(path, fd)
@@ -86,10 +99,10 @@ class DaemonStatus:
         return "no daemon running" if self.pid is None else f"daemon pid {self.pid}"
 
 
-def daemon_status(directory: Path) -> DaemonStatus:
+def daemon_status(directory: Path, filename: str = FILENAME) -> DaemonStatus:
     """Who holds the queue's daemon lock, asked without taking it."""
     try:
-        fd = os.open(directory / FILENAME, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(directory / filename, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return DaemonStatus(None)
     except OSError:  # another user's queue: say nothing rather than something wrong

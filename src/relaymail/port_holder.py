@@ -8,10 +8,13 @@ look into another user's process) the answer is simply unknown.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import ListenFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -95,3 +98,11 @@ def find_holder(host: str, port: int, proc: Path = Path("/proc")) -> Holder | No
         except OSError:  # gone meanwhile, or another user's process
             continue
     return None
+
+
+def listen_failed(host: str, port: int, exc: OSError) -> ListenFailed:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    holder = find_holder(host, port) if exc.errno == errno.EADDRINUSE else None
+    # asyncio wraps the errno's text in a sentence of its own; the errno says it all.
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ListenFailed(address, reason, str(holder) if holder else None)

@@ -251,6 +251,8 @@ def _database(path: Path) -> Iterator[Problem]:
 
 
 Check = Callable[[Config], Iterable[Problem]]
+
+
 def _dkim_keys(config: Config) -> Iterator[Problem]:
     if not config.dkim:
         return  # no [dkim]: its code is not even imported

@@ -53,6 +53,16 @@ def write_suspended(directory: Path, suspended: list[SuspendedEntry]) -> None:
         log.warning("%s not written: %s", path, exc.strerror or exc)
 
 
+def read_all_suspended(queue_directory: Path, now: float) -> list[SuspendedEntry]:
+    """What every worker wrote in its shard (shards.py): each suspends for its own mail."""
+    from .shards import present_shards, shard_directory
+
+    found: list[SuspendedEntry] = []
+    for index in present_shards(queue_directory):
+        found += read_suspended(shard_directory(queue_directory, index), now)
+    return found
+
+
 def read_suspended(directory: Path, now: float) -> list[SuspendedEntry]:
     """The suspensions the daemon last wrote that are not over by `now`."""
     try:

@@ -55,9 +55,12 @@ class Daemon:
         options: tuple[str, ...] = (),
         *,
         prefix: tuple[str, ...] = (),
+        new_session: bool = False,
     ) -> None:
-        """``prefix`` runs the daemon through another command (``prlimit --fsize=...``)."""
+        """``prefix`` runs the daemon through another command (``prlimit --fsize=...``);
+        ``new_session`` gives it a process group of its own (for ``kill_group``)."""
         self.prefix = prefix
+        self.new_session = new_session
         self.config = config
         self.port = port
         self.log = log
@@ -70,7 +73,7 @@ class Daemon:
         self.process = await asyncio.create_subprocess_exec(
             *self.prefix, RELAYMAIL, "--log-level", "DEBUG", *self.options, "serve",
             "--config", str(self.config),
-            stdout=log, stderr=log, env=self.env,
+            stdout=log, stderr=log, env=self.env, start_new_session=self.new_session,
         )  # fmt: skip
         log.close()
         async with asyncio.timeout(timeout):
@@ -80,9 +83,14 @@ class Daemon:
                 try:
                     _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                     writer.close()
-                    return
+                    break
                 except OSError:
                     await asyncio.sleep(0.05)
+            # With [server] processes > 1 the first worker answers before the others listen.
+            while self.workers() and "worker(s) accept mail" not in self.text():
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"serve exited {self.process.returncode}: {self.text()}")
+                await asyncio.sleep(0.05)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -100,6 +108,22 @@ class Daemon:
     async def kill(self) -> None:
         assert self.process is not None
         self.process.kill()
+        await self.process.wait()
+
+    def workers(self) -> list[int]:
+        """The pids of the supervisor's worker processes ([server] processes > 1)."""
+        assert self.process is not None
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except FileNotFoundError:  # it has ended
+            return []
+        return [int(child) for child in children]
+
+    async def kill_group(self) -> None:
+        """kill -9 of the supervisor and every worker at once (started with new_session)."""
+        assert self.process is not None and self.new_session
+        os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
 
 

@@ -84,6 +84,9 @@ def daemon_config(tmp_path: Path, port: int, routes: dict[str, list[str]], **lis
     return write_toml(tmp_path / "relaymail.toml", {
         "delivery": {"helo_name": "relay.relaymail.test", "command_timeout": 30.0},
         "queue": {"directory": tmp_path / "queue", "retry": ["1h"]},
+        # One process: these tests act on the files of one queue (queue.db); a worker's
+        # client would queue into its own shard's files (README, "Every core").
+        "server": {"processes": 1},
         "routes": routes,
         "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"],
                       "max_message_size": "60M", **listener}],

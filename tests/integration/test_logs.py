@@ -97,6 +97,10 @@ async def run_daemon(tmp_path: Path, smtp_peer: SMTPPeerFactory, ca_file: Path,
         "delivery": {"helo_name": "relay.relaymail.test", "command_timeout": 3.0},
         "tls": {"ca_file": ca_file},
         "queue": {"directory": tmp_path / "queue"},
+        # One process: the second message to down.test must meet what the first one taught
+        # the scheduler (each worker keeps its own, README "Every core"), and the refusals
+        # must be logged in the order they were made.
+        "server": {"processes": 1},
         "routes": routes,
         # The next hops' own replies are what these lines report, not a verification probe's.
         "recipient_verification": {"mode": "off"},

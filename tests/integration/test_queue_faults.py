@@ -76,6 +76,9 @@ def config_file(tmp_path: Path, queue: Path, port: int, sink_port: int, ca_file:
         "delivery": {"helo_name": "relay.relaymail.test", "command_timeout": 5.0},
         "tls": {"ca_file": ca_file},
         "queue": {"directory": queue, "retry": ["0.2s"]},
+        # One process: these tests act on the files of one queue (queue.db); a worker's
+        # client would queue into its own shard's files (README, "Every core").
+        "server": {"processes": 1},
         "routes": {"dest.test": [f"127.0.0.1:{sink_port}"]},
         "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"]}],
     })  # fmt: skip

@@ -64,17 +64,23 @@ def proc_ids(pid: int) -> dict[str, list[int]]:
     return ids
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 async def test_serve_started_as_root_runs_as_the_service_user_and_still_delivers(
-    smtp_peer: Any, service_dir: Path, tmp_path: Path
+    smtp_peer: Any, service_dir: Path, tmp_path: Path, processes: int
 ) -> None:
     peer = await smtp_peer(Script())
     port = free_port()
-    config = service_config(service_dir, port, {"dest.test": [hop(peer)]}, user="nobody")
+    config = service_config(service_dir, port, {"dest.test": [hop(peer)]}, user="nobody",
+                            processes=processes)  # fmt: skip
     daemon = Daemon(config, port, tmp_path / "serve.log")
     await daemon.start()
     try:
+        # The mail work runs as the user: the one process, or with [server] processes > 1
+        # every worker (the supervisor keeps root to start them again on port 25).
         assert daemon.process is not None
-        ids = proc_ids(daemon.process.pid)
+        workers = daemon.workers() if processes > 1 else [daemon.process.pid]
+        assert len(workers) == processes
+        every_ids = [proc_ids(pid) for pid in workers]
         code, out, err = await run_command(
             "swaks", "--server", f"127.0.0.1:{port}", "--helo", "client.test",
             "--from", "a@src.test", "--to", "u@dest.test",
@@ -85,9 +91,10 @@ async def test_serve_started_as_root_runs_as_the_service_user_and_still_delivers
                 await asyncio.sleep(0.05)
     finally:
         assert await daemon.stop() == 0, daemon.text()
-    assert ids["Uid"] == [NOBODY.pw_uid] * 4
-    assert ids["Gid"] == [NOBODY.pw_gid] * 4
-    assert 0 not in ids["Groups"]
+    for ids in every_ids:
+        assert ids["Uid"] == [NOBODY.pw_uid] * 4
+        assert ids["Gid"] == [NOBODY.pw_gid] * 4
+        assert 0 not in ids["Groups"]
     queue_files = list((service_dir / "queue").iterdir())
     assert "queue.db" in [f.name for f in queue_files]
     assert {(f.stat().st_uid, f.stat().st_gid) for f in queue_files} == {

@@ -182,6 +182,9 @@ async def test_a_running_daemon_shows_its_suspension_in_queue_stats_the_page_and
     config = make_config(
         tmp_path, port, ca_file, {"throttle.test": [f"127.0.0.1:{sink.port}"]},
         admin={"address": f"127.0.0.1:{admin_port}"},
+        # One worker: each worker suspends for the mail of its own shard (README, "Every
+        # core"), and the second message must meet the first one's suspension.
+        server={"processes": 1},
         **{"tls.policy": {"*": "none"}, 'shaping."throttle.test"': {"backoff_min": "10m"}},
     )  # fmt: skip
     daemon = await start_daemon(tmp_path, config, port)

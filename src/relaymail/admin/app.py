@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from ..queue.ids import parse_queue_id
-from ..queue.store import Store
+from ..queue.sharded import QueueView
 from ..suspension_file import SuspendedEntry
 from .history import DeliveryHistory
 from .http import Request, Response, text_response
@@ -52,7 +52,7 @@ def authorized(header: str | None, token: str) -> bool:
 
 @dataclass
 class AdminApp:
-    store: Store
+    store: QueueView
     history: DeliveryHistory
     registry: CollectorRegistry
     hostname: Callable[[], str]

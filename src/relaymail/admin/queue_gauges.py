@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..queue.store import RecipientState, Store
+from ..queue.sharded import QueueView
+from ..queue.store import RecipientState
 
 
 class QueueGauges(Collector):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: QueueView) -> None:
         self._store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

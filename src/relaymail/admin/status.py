@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..delivery.results import Status
-from ..queue.store import MessageDetail, PendingBreakdown, QueueStats, Store
+from ..queue.sharded import QueueView
+from ..queue.store import MessageDetail, PendingBreakdown, QueueStats
 from ..suspension_file import SuspendedEntry
 from .history import (
     ClearReason,
@@ -75,7 +76,7 @@ class MessageView:
 
 
 def gather(
-    store: Store, history: DeliveryHistory, now: float, suspended: Iterable[SuspendedEntry] = ()
+    store: QueueView, history: DeliveryHistory, now: float, suspended: Iterable[SuspendedEntry] = ()
 ) -> StatusView:
     since = now - HOURS * 3600
     return StatusView(
@@ -89,7 +90,7 @@ def gather(
     )
 
 
-def gather_message(store: Store, history: DeliveryHistory, queue_id: str) -> MessageView | None:
+def gather_message(store: QueueView, history: DeliveryHistory, queue_id: str) -> MessageView | None:
     queued = store.get_message(queue_id)
     attempts = tuple(history.of_message(queue_id))
     if queued is None and not attempts:

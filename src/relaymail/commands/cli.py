@@ -61,6 +61,18 @@ def _count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _worker(text: str) -> tuple[int, int]:
+    """An argparse type: `K/N`, worker K of N."""
+    index, _, count = text.partition("/")
+    try:
+        parsed = _count(0, 255)(index), _count(1, 256)(count)
+    except argparse.ArgumentTypeError:
+        parsed = (0, 0)
+    if not 0 <= parsed[0] < parsed[1]:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not K/N with K below N")
+    return parsed
+
+
 def _domain(text: str) -> str:
     """An argparse type: a domain name, in its lookup form."""
     from ..errors import AddressError
@@ -124,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe = command(commands, "probe", "show how mail to DOMAIN would go, sending none")
     probe.add_argument("domain", type=_domain)
 
-    command(commands, "serve", "run the mail server (listeners, queue, delivery)")
+    serve = command(commands, "serve", "run the mail server (listeners, queue, delivery)")
+    # Internal: how the supervisor starts worker K of N ([server] processes), and the
+    # pipe the worker says READY on.
+    serve.add_argument("--worker", type=_worker, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=_count(3, 65535), help=argparse.SUPPRESS)
     command(commands, "check", "check the configuration as serve would, then exit")
 
     queue = command(commands, "queue", "look at and steer the queue")
@@ -371,15 +387,25 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..daemon import Daemon
     from ..daemon_lock import DaemonRunning
     from ..errors import ConfigError, ListenFailed, QueueUnusable
     from ..preflight import PreflightFailed
+    from ..supervisor import Supervisor, WorkerFailed, die_with_parent
 
+    if args.worker is not None:
+        die_with_parent()
     config = _config(args.config)
     _write_sendmail_cache(config.source)  # before the daemon drops root, if it has it
     try:
-        _run(Daemon(config).run())
+        if args.worker is None and config.server.processes > 1:
+            _run(Supervisor(config, _logging_options(args)).run())
+        else:
+            from ..daemon import Daemon
+
+            worker, processes = args.worker or (0, 1)
+            _run(Daemon(config, worker=worker, processes=processes, ready_fd=args.ready_fd).run())
+    except WorkerFailed as failed:
+        return failed.status  # the worker said why on stderr
     except PreflightFailed as failed:
         for problem in failed.problems:
             kind = "" if problem.queue else "configuration error: "
@@ -403,6 +429,11 @@ def _write_sendmail_cache(source: Path | None) -> None:
 
     if source is not None:
         write_cache(str(source))
+
+
+def _logging_options(args: argparse.Namespace) -> list[str]:
+    """The global options a worker must get as the supervisor got them."""
+    return ["--log-level", args.log_level, *(["--log-json"] if args.log_json else [])]
 
 
 def _install_system(args: argparse.Namespace) -> int:

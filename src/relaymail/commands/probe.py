@@ -33,10 +33,7 @@ class ProbeReport:
 
     @property
     def reachable(self) -> bool:
-        return any(
-            h.decision is not None and not h.decision.action.gives_up
-            for h in self.hosts
-        )
+        return any(h.decision is not None and not h.decision.action.gives_up for h in self.hosts)
 
 
 async def probe_domain(domain: str, config: Config) -> ProbeReport:

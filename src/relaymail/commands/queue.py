@@ -21,9 +21,9 @@ from typing import Any
 from ..config import Config
 from ..daemon_lock import daemon_status
 from ..queue.selection import CHANGES, AdminOutcome
-from ..queue.sqlite import SqliteStore
+from ..queue.sharded import ShardedQueue
 from ..queue.store import AdminAction, RecipientState
-from ..suspension_file import read_suspended
+from ..suspension_file import read_all_suspended
 from .exits import EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from .queue_views import print_detail, print_list, print_stats
 
@@ -44,16 +44,15 @@ def run_queue_command(config: Config, args: argparse.Namespace) -> int:
     except SelectionError as exc:
         print(f"relaymail: queue {args.action}: {exc}", file=sys.stderr)
         return EX_USAGE
-    try:
-        store = SqliteStore.open(config.queue.directory)
-    except QueueUnusable as exc:
-        print(f"relaymail: {exc}", file=sys.stderr)
-        return exc.problem.exit_code
+    store = ShardedQueue(config.queue.directory)
     try:
         if selection is not None:
             outcome = asyncio.run(store.change(AdminAction(args.action), selection))
             return _report(outcome, config.queue.directory, args.json)
         return _read(store, config.queue.directory, args)
+    except QueueUnusable as exc:
+        print(f"relaymail: {exc}", file=sys.stderr)
+        return exc.problem.exit_code
     except QueueFull as exc:
         print(f"relaymail: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
@@ -61,7 +60,7 @@ def run_queue_command(config: Config, args: argparse.Namespace) -> int:
         asyncio.run(store.close())
 
 
-def _read(store: SqliteStore, directory: Path, args: argparse.Namespace) -> int:
+def _read(store: ShardedQueue, directory: Path, args: argparse.Namespace) -> int:
     action = args.action
     if action == "list":
         state = RecipientState(args.state) if args.state else None
@@ -71,7 +70,7 @@ def _read(store: SqliteStore, directory: Path, args: argparse.Namespace) -> int:
     elif action == "stats":
         daemon = daemon_status(directory)
         # Suspensions live in the daemon's memory: none without one.
-        suspended = read_suspended(directory, time.time()) if daemon.pid is not None else []
+        suspended = read_all_suspended(directory, time.time()) if daemon.pid is not None else []
         print_stats(store.stats(), daemon, suspended, args.json)
     elif action == "show":
         detail = store.get_message(args.id)
@@ -83,7 +82,7 @@ def _read(store: SqliteStore, directory: Path, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _cat(store: SqliteStore, args: argparse.Namespace) -> int:
+def _cat(store: ShardedQueue, args: argparse.Namespace) -> int:
     """The message as queued (trace header included), as postcat -q and exim -Mvc show it."""
     from ..message import split_header_section
 

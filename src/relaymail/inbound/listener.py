@@ -15,6 +15,7 @@ from .client_limits import ClientLimits
 from .connection import InboundSMTP
 from .handler import InboundHandler, Spool, Users
 from .recipient_verification import RecipientVerifier
+from .steering import steer_by_client
 
 if TYPE_CHECKING:
     from ..local import AliasTable
@@ -70,8 +71,9 @@ class ListenerState:
 class ListenerHandle:
     """A running listener: its bound addresses and a way to stop it."""
 
-    def __init__(self, server: asyncio.Server, listener: ListenerState) -> None:
+    def __init__(self, server: asyncio.Server, listener: ListenerState, processes: int = 1) -> None:
         self._server = server
+        self._processes = processes  # workers listening on the same address (steering.py)
         self._listener = listener
 
     @property
@@ -122,6 +124,19 @@ class ListenerHandle:
     async def start_serving(self) -> None:
         """Accept connections on a listener started with ``start_serving=False``."""
         await self._server.start_serving()
+        self.steer()
+
+    def steer(self) -> None:
+        """With several workers, each client to one of them. Only once listening: a
+        program attached before listen() leaves the socket out of the workers' group."""
+        if self._processes == 1:
+            return
+        for sock in self._server.sockets:
+            try:
+                steer_by_client(sock, self._processes)
+            except OSError as exc:  # then the kernel's hash spreads one client's connections
+                log.warning("listener %s: cannot keep each client on one worker: %s",
+                            self.addresses, exc)  # fmt: skip
 
     async def close(self, grace: float = 30.0) -> None:
         """Stop accepting; let transactions in progress finish for up to ``grace`` seconds.
@@ -166,6 +181,7 @@ async def start_listener(
     verifier: RecipientVerifier | None = None,
     start_serving: bool = True,
     spool_directory: Path | None = None,
+    processes: int = 1,
 ) -> ListenerHandle:
     """Listen on ``settings.host``/``settings.port`` on the running event loop.
 
@@ -178,7 +194,9 @@ async def start_listener(
     ListenerHandle.start_serving: the daemon binds as root, drops privileges
     and opens the queue in between. ``spool_directory`` (the queue's) holds
     the temporary files of messages too large for memory while they arrive;
-    None is the system's temporary directory.
+    None is the system's temporary directory. ``processes`` above 1: that many
+    worker processes bind the same address (SO_REUSEPORT) and each client's
+    connections go to one of them (steering.py).
     """
     if settings.mode is not ListenerMode.RELAY and tls_context is None:
         raise ConfigError("tls_cert_file", f"a {settings.mode} listener needs a certificate")
@@ -201,9 +219,12 @@ async def start_listener(
         port=settings.port,
         ssl=tls_context if settings.mode is ListenerMode.SMTPS else None,
         reuse_address=True,
+        reuse_port=processes > 1 or None,
         start_serving=start_serving,
     )
-    handle = ListenerHandle(server, listener)
+    handle = ListenerHandle(server, listener, processes)
+    if start_serving:
+        handle.steer()
     log.info("listening on %s (%s)", handle.addresses, settings.mode)
     if settings.postmaster is None:
         log.warning(

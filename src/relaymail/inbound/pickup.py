@@ -65,8 +65,14 @@ BATCH = 500  # files per scan before their names are forgotten
 
 class Spool(Protocol):
     def __call__(
-        self, envelope: Envelope, data: MessageData, trace: TraceHeader, *, origin: Origin,
-        pickup: str, arrived: float,
+        self,
+        envelope: Envelope,
+        data: MessageData,
+        trace: TraceHeader,
+        *,
+        origin: Origin,
+        pickup: str,
+        arrived: float,
     ) -> Awaitable[str]: ...
 
 

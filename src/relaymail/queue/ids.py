@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import base64
 
+from ..shards import MAX_SHARDS
+
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford: no I, L, O, U
 _DIGIT = {c: i for i, c in enumerate(_ALPHABET)}
 _ID_CHARS = 11  # 55 bits: microseconds until the year 3111
 # base64's base32 does the bit work in C; only its alphabet (which does not
 # sort like the numbers) is swapped for Crockford's.
 _FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+
+
+# Each queue shard (shards.py) issues only ids whose residue modulo this is its index,
+# so ids stay unique across the shards of one queue and a message can move between them.
+ID_SHARDS = MAX_SHARDS
+
+
+def shard_id(at_least: int, shard: int) -> int:
+    """The smallest id from `at_least` on that shard `shard` may issue."""
+    return at_least + (shard - at_least) % ID_SHARDS
 
 
 def format_queue_id(number: int) -> str:

@@ -36,6 +36,7 @@ the same order as the numbers: `1K1CBR3JRJT`.
 from __future__ import annotations
 
 import functools
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +77,7 @@ class SqliteStore(SqliteReads):
         max_bytes: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        shard: int = 0,
     ) -> SqliteStore:
         """Open (creating if needed) the queue in `directory` and start its writer.
 
@@ -84,7 +86,8 @@ class SqliteStore(SqliteReads):
         the current size keeps the current size. `max_batch` bounds how many
         writes share one commit (1 means one commit per write). `busy_timeout`
         is how long a write waits while another process (the CLI) holds the
-        write lock before it fails with QueueFull.
+        write lock before it fails with QueueFull. `shard` is the queue shard
+        (shards.py) whose ids this store issues.
         """
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -96,7 +99,8 @@ class SqliteStore(SqliteReads):
         except BaseException:
             conn.close()
             raise
-        return cls(path, Writer(conn, max_batch, files), Readers(path, files), files)
+        writer = Writer(conn, max_batch, files, shard)
+        return cls(path, writer, Readers(path, files), files)
 
     async def close(self) -> None:
         await self._writer.close()
@@ -200,6 +204,12 @@ class SqliteStore(SqliteReads):
         when = time.time() if now is None else now
         apply = functools.partial(sqlite_admin.change, action=action, selection=selection, now=when)
         return await self._writer.submit(apply)
+
+    async def import_messages(self, source: sqlite3.Connection, ids: list[int]) -> int:
+        """Copy these messages of another shard's database here (sqlite_adopt.py)."""
+        from .sqlite_adopt import import_messages
+
+        return await self._writer.submit(functools.partial(import_messages, source=source, ids=ids))
 
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 from ..errors import QueueFull, QueueUnavailable, RelaymailError
 from .files import QueueFiles
+from .ids import shard_id
 
 log = logging.getLogger("relaymail.queue")
 
@@ -86,10 +87,11 @@ T = TypeVar("T")
 class Transaction:
     """What a write sees: the connection inside BEGIN IMMEDIATE, and id allocation."""
 
-    __slots__ = ("_issued", "_last_id", "conn")
+    __slots__ = ("_issued", "_last_id", "_shard", "conn")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, shard: int = 0) -> None:
         self.conn = conn
+        self._shard = shard
         self._last_id: int | None = None
         self._issued = False
 
@@ -98,7 +100,7 @@ class Transaction:
             self._last_id = int(
                 self.conn.execute("SELECT last_id FROM queue_id_state").fetchone()[0]
             )
-        self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
+        self._last_id = shard_id(max(self._last_id + 1, time.time_ns() // 1000), self._shard)
         self._issued = True
         return self._last_id
 
@@ -130,8 +132,11 @@ def _settle(items: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
 
 
 class Writer:
-    def __init__(self, conn: sqlite3.Connection, max_batch: int, files: QueueFiles) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, max_batch: int, files: QueueFiles, shard: int = 0
+    ) -> None:
         self._conn = conn
+        self._shard = shard
         self._max_batch = max_batch
         self._files = files
         self._inbox: queue.SimpleQueue[list[_Job[Any]] | None] = queue.SimpleQueue()
@@ -240,7 +245,7 @@ class Writer:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            txn = Transaction(conn)
+            txn = Transaction(conn, self._shard)
             results = [job.apply(txn) for job in batch]
             txn.finish()
             conn.execute("COMMIT")

@@ -164,4 +164,3 @@ class StsResolver:
 
     def _stale(self, policy: StsPolicy) -> bool:
         return self._clock() >= policy.fetched_at + policy.max_age / 2
-
