@@ -590,6 +590,10 @@ class Scheduler:
     def _apply_admin(self, message_id: str | None, action: AdminAction) -> None:
         if action in (AdminAction.RETRY, AdminAction.RELEASE, AdminAction.SUBMIT):
             self._note_on_disk(self._clock())  # what it made due may be on disk
+        if action is AdminAction.RETRY:
+            # Retried now because something changed at the destination: not over a
+            # session opened before the change (engine.py).
+            self.engine.forget_idle_sessions()
         if message_id is None:
             # The whole queue changed: the window starts again from the store, in due
             # order, with one read instead of one per message.

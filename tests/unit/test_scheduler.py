@@ -93,6 +93,9 @@ class ScriptedEngine:
     def shaping_group(self, destination: Destination) -> MxGroup | None:
         return self._groups.get(destination.name)
 
+    def forget_idle_sessions(self) -> None:
+        """A scripted engine keeps no sessions."""
+
     async def deliver(
         self, envelope: Envelope, body: MessageBody, *, queue_id: str | None = None
     ) -> list[RecipientResult]:

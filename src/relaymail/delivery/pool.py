@@ -77,11 +77,15 @@ class SessionPool:
                 del self._idle[key]
             asyncio.get_running_loop().create_task(idle.session.quit())
 
-    async def close(self) -> None:
-        """QUIT every idle session."""
+    def drop_idle(self) -> list[IdleSession]:
+        """Take every idle session out of the pool (its timer cancelled) for the caller to QUIT."""
         idle = [entry for entries in self._idle.values() for entry in entries]
         self._idle.clear()
         for entry in idle:
             if entry.expires is not None:
                 entry.expires.cancel()
-        await asyncio.gather(*(entry.session.quit() for entry in idle))
+        return idle
+
+    async def close(self) -> None:
+        """QUIT every idle session."""
+        await asyncio.gather(*(entry.session.quit() for entry in self.drop_idle()))
