@@ -285,3 +285,90 @@ async def test_metrics_count_every_worker(smtp_peer, tmp_path: Path):
         assert sample(text, "relaymail_suspended_destinations") == 0
     finally:
         assert await daemon.stop() == 0
+
+
+async def _reply(reader: asyncio.StreamReader) -> str:
+    """One SMTP reply, its lines joined; the last line has a space after the code."""
+    lines = []
+    while True:
+        line = (await reader.readline()).decode()
+        assert line, "the server closed the connection"
+        lines.append(line.rstrip("\r\n"))
+        if line[3:4] != "-":
+            return "\n".join(lines)
+
+
+async def _submit_pipelined(port: int, client: str, messages: list[bytes]) -> list[str]:
+    """`messages` in one session from `client`: MAIL, RCPT and DATA of each in one write."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(client, 0))
+    try:
+        assert (await _reply(reader)).startswith("220")
+        writer.write(b"EHLO client.src.test\r\n")
+        assert "PIPELINING" in await _reply(reader)
+        ids = []
+        for message in messages:
+            writer.write(b"MAIL FROM:<a@src.test>\r\nRCPT TO:<u@dest.test>\r\nDATA\r\n")
+            replies = [await _reply(reader) for _ in range(3)]
+            assert [r[:3] for r in replies] == ["250", "250", "354"], replies
+            stuffed = message.replace(b"\r\n.", b"\r\n..")
+            writer.write((b"." if stuffed.startswith(b".") else b"") + stuffed + b".\r\n")
+            accepted = await _reply(reader)
+            assert accepted.startswith("250"), accepted
+            ids.append(accepted.rsplit(" ", 1)[-1])
+        writer.write(b"QUIT\r\n")
+        await _reply(reader)
+        return ids
+    finally:
+        writer.close()
+
+
+def _without_trace(data: bytes) -> bytes:
+    """Delivered data without the Received: field relaymail put in front (and its folds)."""
+    assert data.startswith(b"Received: "), data[:80]
+    end = data.index(b"\r\n")
+    while data[end + 2 : end + 3] in (b" ", b"\t"):
+        end = data.index(b"\r\n", end + 2)
+    return data[end + 2 :]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_mail_deferred_then_retried_arrives_whole_as_submitted(
+    smtp_peer, tmp_path: Path, processes: int
+):
+    """Several pipelined messages per client session, deferred at RCPT, then retried at once
+    (within the idle time of the sessions that were deferred): each arrives once, its bytes
+    those submitted; the first attempts carried no message (a lone dot after the 354)."""
+    sink = await smtp_peer(Script(rcpt_reply="451 4.3.0 try later"))
+    port = free_port()
+    config = _config(tmp_path, sink, port, more={"server": {"processes": processes}},
+                     retry=["1h"])  # fmt: skip
+    sent: dict[str, bytes] = {}
+    daemon = Daemon(config, port, tmp_path / "serve.log")
+    await daemon.start()
+    try:
+        for client in range(4):
+            messages = []
+            for n in range(4):
+                tag = f"whole-{client}-{n}"
+                head = f"From: a@src.test\r\nTo: u@dest.test\r\nSubject: {tag}\r\n\r\n"
+                lines = [".a line that starts with a dot"]
+                lines += [f"line {i} of {tag}" for i in range(1 if n < 2 else 4000)]
+                messages.append((head + "".join(f"{line}\r\n" for line in lines)).encode())
+                # n >= 2: beyond one 64 KiB chunk (a blob read in pieces, several writes)
+            ids = await _submit_pipelined(port, f"127.0.0.{client + 1}", messages)
+            sent.update(zip(ids, messages, strict=True))
+        assert len(sent) == 16
+        tried = lambda: sum(line.upper().startswith("RCPT") for line in sink.lines())  # noqa: E731
+        await _until(lambda: tried() >= 16)
+        assert all(not t.recipients and t.data == b"" for t in sink.transactions)
+
+        sink.script = Script()
+        assert (await _queue(config, "retry", "--all"))["count"] == 16
+        delivered = lambda: [t for t in sink.transactions if t.recipients]  # noqa: E731
+        await _until(lambda: len(delivered()) == 16)
+        got = sorted(_without_trace(t.data) for t in delivered())
+        assert got == sorted(sent.values())
+        assert all(t.accepted and t.recipients == ("u@dest.test",) for t in delivered())
+        assert len(sink.transactions) == 32  # one lone dot each before, one message each now
+    finally:
+        assert await daemon.stop() == 0
