@@ -6,6 +6,7 @@ import sqlite3
 import time
 from typing import Any
 
+from ..dsn_request import DsnRequest
 from ..message_data import MessageData
 from .ids import format_queue_id
 from .schema import PENDING
@@ -22,6 +23,7 @@ def insert_message(
     trace: TraceHeader | None = None,
     pickup: str | None = None,
     requiretls: bool = False,
+    dsn: DsnRequest | None = None,
 ) -> tuple[int, bytes]:
     """The new message's queue id and the trace header stored in front of its data.
 
@@ -34,26 +36,47 @@ def insert_message(
     header = b"" if trace is None else trace(format_queue_id(qid))
     size = len(header) + data.size
     conn = txn.conn
+    ret = None if dsn is None or dsn.ret is None else dsn.ret.value
     conn.execute(
-        "INSERT INTO message (id, sender, received_at, size, requiretls) VALUES (?, ?, ?, ?, ?)",
-        (qid, sender, received_at, size, requiretls),
+        "INSERT INTO message (id, sender, received_at, size, requiretls, ret, envid)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (qid, sender, received_at, size, requiretls, ret, None if dsn is None else dsn.envid),
     )
     conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
     with conn.blobopen("body", "data", qid) as blob:
         blob.write(header)
         for chunk in data.chunks():
             blob.write(chunk)
-    conn.executemany(
-        "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
-        " VALUES (?, ?, ?, 'queued', ?)",
-        [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
-    )
+    if dsn is None:
+        conn.executemany(
+            "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
+            " VALUES (?, ?, ?, 'queued', ?)",
+            [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
+        )
+    else:
+        conn.executemany(
+            "INSERT INTO recipient (message_id, idx, address, state, next_attempt, notify, orcpt)"
+            " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+            [
+                (qid, idx, rcpt, received_at, *_stored(dsn, rcpt))
+                for idx, rcpt in enumerate(recipients)
+            ],
+        )
     if pickup is not None:
         conn.execute(
             "INSERT INTO pickup (name, message_id, at) VALUES (?, ?, ?)",
             (pickup, qid, time.time()),
         )
     return qid, header
+
+
+def _stored(dsn: DsnRequest, recipient: str) -> tuple[str | None, str | None]:
+    """NOTIFY and ORCPT of `recipient` as the recipient table keeps them (wire forms)."""
+    notify, orcpt = dsn.of(recipient)
+    return (
+        None if notify is None else notify.wire,
+        None if orcpt is None else orcpt.wire,
+    )
 
 
 def forget_pickups(txn: Transaction, names: tuple[str, ...]) -> None:
