@@ -99,6 +99,14 @@ class Orcpt(NamedTuple):
     def is_utf8(self) -> bool:
         return self.addr_type.lower() == "utf-8"
 
+    def in_ascii(self) -> Orcpt:
+        """The same ORCPT for a transaction without SMTPUTF8: RFC 6533 3.3's escapes for
+        the characters that an SMTPUTF8 client may send as they are."""
+        if self.xtext.isascii():
+            return self
+        return Orcpt(self.addr_type, "".join(c if c.isascii() else f"\\x{{{ord(c):X}}}"
+                                             for c in self.xtext))  # fmt: skip
+
     @property
     def display(self) -> str:
         """`addr-type;address` decoded, for a report or a listing; the xtext itself when the
@@ -124,9 +132,16 @@ class RecipientDsn(NamedTuple):
 
     @property
     def wire(self) -> str:
-        """The parameters for a next hop's RCPT, each with its leading space."""
+        """The parameters as received, each with its leading space."""
+        return self.on_wire(smtputf8=True)
+
+    def on_wire(self, *, smtputf8: bool) -> str:
+        """The parameters for a next hop's RCPT, in a transaction with or without SMTPUTF8."""
         text = f" NOTIFY={self.notify.wire}" if self.notify is not None else ""
-        return text + (f" ORCPT={self.orcpt.wire}" if self.orcpt is not None else "")
+        if self.orcpt is None:
+            return text
+        orcpt = self.orcpt if smtputf8 else self.orcpt.in_ascii()
+        return f"{text} ORCPT={orcpt.wire}"
 
     def wants(self, event: Notify) -> bool:
         """Whether a DSN for `event` goes out; without NOTIFY, failures and delays do

@@ -145,3 +145,10 @@ def test_alias_expansion_hands_notify_on_and_names_the_original() -> None:
     assert expanded.of("b@y") == expanded.of("a@y")
     assert expanded.of("kept@x") == NO_RECIPIENT_DSN
     assert expanded.of("admin@x") == RecipientDsn(None, Orcpt("rfc822", "root"))
+
+
+def test_a_utf8_orcpt_goes_escaped_into_a_transaction_without_smtputf8() -> None:
+    dsn = RecipientDsn(Notify.FAILURE, parse_orcpt("utf-8;jörg@b.example", smtputf8=True))
+
+    assert dsn.on_wire(smtputf8=True) == " NOTIFY=FAILURE ORCPT=utf-8;jörg@b.example"
+    assert dsn.on_wire(smtputf8=False) == " NOTIFY=FAILURE ORCPT=utf-8;j\\x{F6}rg@b.example"

@@ -75,7 +75,8 @@ async def transaction(
     dsn = run.dsn if "DSN" in caps else None
     if dsn is not None:
         params += dsn.mail_wire
-    replies = await _envelope(session, caps, f"FROM:<{run.sender}>{params}", rcpts, dsn=dsn)
+    mail = f"FROM:<{run.sender}>{params}"
+    replies = await _envelope(session, caps, mail, rcpts, dsn=dsn, smtputf8=run.needs_smtputf8)
     _settle_envelope(run, at, rcpts, replies, tls)
     accepted = replies.accepted
     data_reply = replies.data
@@ -142,7 +143,7 @@ async def probe(
 
 async def _envelope(
     session: SmtpSession, caps: Capabilities, mail: str, rcpts: list[str],
-    then: Verb = Verb.DATA, dsn: DsnRequest | None = None,
+    then: Verb = Verb.DATA, dsn: DsnRequest | None = None, smtputf8: bool = False,
 ) -> _Replies:  # fmt: skip
     """Send MAIL, RCPT for each recipient (with its `dsn` parameters) and `then` (DATA);
     collect the replies by command."""
@@ -150,7 +151,7 @@ async def _envelope(
     if dsn is None:
         group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]
     else:
-        group += [(Verb.RCPT, f"TO:<{r}>{dsn.of(r).wire}") for r in rcpts]
+        group += [(Verb.RCPT, f"TO:<{r}>{dsn.of(r).on_wire(smtputf8=smtputf8)}") for r in rcpts]
     group.append((then, ""))
     pipelining = "PIPELINING" in caps
     if pipelining:
