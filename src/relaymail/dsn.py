@@ -30,18 +30,19 @@ Never bounce a bounce: a message with the null reverse-path gets no DSN
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from . import message
 from .body import MessageBody
 from .dsn_request import Notify, Orcpt, xtext_display
-from .dsn_text import clean, human_text
+from .dsn_text import About, clean, human_text
 from .errors import BodyUnreadable
 from .message import Envelope, domain_of
 from .mime import Part, crlf_lines, multipart_report
@@ -164,14 +165,25 @@ class NoticeKind(enum.StrEnum):
     @property
     def event(self) -> Notify:
         """The NOTIFY keyword that asks for this report (RFC 3461 4.1)."""
-        return _EVENTS[self]
+        return _KINDS[self].event
 
 
-_EVENTS = {
-    NoticeKind.BOUNCE: Notify.FAILURE,
-    NoticeKind.DELAY: Notify.DELAY,
-    NoticeKind.RELAYED: Notify.SUCCESS,
-}
+class _KindFacts(NamedTuple):
+    event: Notify
+    action: DsnAction
+    tag: str  # its word in the Message-ID and the MIME boundary
+    subject: str
+    adjective: str  # of the attached message or headers
+
+
+_KINDS = {
+    NoticeKind.BOUNCE: _KindFacts(Notify.FAILURE, DsnAction.FAILED, "bounce",
+                                  "Undelivered Mail Returned to Sender", "Undelivered"),
+    NoticeKind.DELAY: _KindFacts(Notify.DELAY, DsnAction.DELAYED, "delay",
+                                 "Delayed Mail (still being retried)", "Delayed"),
+    NoticeKind.RELAYED: _KindFacts(Notify.SUCCESS, DsnAction.RELAYED, "relayed",
+                                   "Successful Mail Delivery Report", "Relayed"),
+}  # fmt: skip
 
 
 class Dsn(NamedTuple):
@@ -259,22 +271,6 @@ def header_section(data: bytes) -> bytes:
 def build_notice(
     kind: NoticeKind,
     *,
-    retry_until: datetime,
-    envid: str | None,
-    original_message: MessageBody | None,
-    **facts: Any,
-) -> Dsn | None:
-    """The report of `kind`; a bounce returns `original_message` (RET=FULL), a delay
-    warning says `retry_until`; `facts` are the arguments every report takes."""
-    if kind is NoticeKind.BOUNCE:
-        return build_bounce(envid=envid, original_message=original_message, **facts)
-    if kind is NoticeKind.DELAY:
-        return build_delay_warning(retry_until=retry_until, envid=envid, **facts)
-    return build_relayed(envid=envid, **facts)
-
-
-def build_bounce(
-    *,
     original_sender: str,
     queue_id: str,
     original_headers: bytes,
@@ -282,49 +278,27 @@ def build_bounce(
     reporting_mta: str,
     arrival_date: datetime,
     now: datetime,
+    retry_until: datetime | None = None,
     envid: str | None = None,
     original_message: MessageBody | None = None,
 ) -> Dsn | None:
-    """The non-delivery report for `recipients` (all FAILED); None for the null sender.
+    """The report of `kind` for `recipients` (all of its action); None for the null sender.
 
-    `envid`: the message's ENVID (xtext); `original_message`: the whole message,
-    returned for RET=FULL unless it is over MAX_RETURNED_MESSAGE or unreadable
-    (then its headers are).
+    `retry_until` (a delay warning's): when the message will be bounced if still
+    undelivered. `envid`: the message's ENVID (xtext). `original_message` (a
+    bounce's, for RET=FULL): returned whole unless it is over MAX_RETURNED_MESSAGE
+    or unreadable, when its headers are.
     """
+    if kind is NoticeKind.DELAY:
+        if retry_until is None:
+            raise ValueError("a delay warning needs retry_until")
+        _check_aware(retry_until, "retry_until")
+    else:
+        retry_until = None
+    if kind is not NoticeKind.BOUNCE:
+        original_message = None  # RFC 3461 4.3: RET is about failure reports
     return _build(
-        _Kind.BOUNCE,
-        original_sender=original_sender,
-        queue_id=queue_id,
-        original_headers=original_headers,
-        recipients=recipients,
-        reporting_mta=reporting_mta,
-        arrival_date=arrival_date,
-        now=now,
-        retry_until=None,
-        envid=envid,
-        original_message=original_message,
-    )
-
-
-def build_delay_warning(
-    *,
-    original_sender: str,
-    queue_id: str,
-    original_headers: bytes,
-    recipients: Sequence[RecipientReport],
-    reporting_mta: str,
-    arrival_date: datetime,
-    retry_until: datetime,
-    now: datetime,
-    envid: str | None = None,
-) -> Dsn | None:
-    """The delay warning for `recipients` (all DELAYED); None for the null sender.
-
-    `retry_until` is when the message will be bounced if still undelivered.
-    """
-    _check_aware(retry_until, "retry_until")
-    return _build(
-        _Kind.DELAY,
+        kind,
         original_sender=original_sender,
         queue_id=queue_id,
         original_headers=original_headers,
@@ -334,49 +308,17 @@ def build_delay_warning(
         now=now,
         retry_until=retry_until,
         envid=envid,
+        original_message=original_message,
     )
 
 
-def build_relayed(
-    *,
-    original_sender: str,
-    queue_id: str,
-    original_headers: bytes,
-    recipients: Sequence[RecipientReport],
-    reporting_mta: str,
-    arrival_date: datetime,
-    now: datetime,
-    envid: str | None = None,
-) -> Dsn | None:
-    """The success report for NOTIFY=SUCCESS recipients (all RELAYED) that went to a next
-    hop without DSN, so no report will follow from there; None for the null sender."""
-    return _build(
-        _Kind.RELAYED,
-        original_sender=original_sender,
-        queue_id=queue_id,
-        original_headers=original_headers,
-        recipients=recipients,
-        reporting_mta=reporting_mta,
-        arrival_date=arrival_date,
-        now=now,
-        retry_until=None,
-        envid=envid,
-    )
+build_bounce = functools.partial(build_notice, NoticeKind.BOUNCE)
+build_delay_warning = functools.partial(build_notice, NoticeKind.DELAY)
+build_relayed = functools.partial(build_notice, NoticeKind.RELAYED)
+"""A success report for NOTIFY=SUCCESS recipients delivered to a next hop without DSN."""
 
 
 # ---------------------------------------------------------------------------
-
-
-class _Kind(enum.Enum):
-    BOUNCE = (DsnAction.FAILED, "bounce", "Undelivered Mail Returned to Sender", "Undelivered")
-    DELAY = (DsnAction.DELAYED, "delay", "Delayed Mail (still being retried)", "Delayed")
-    RELAYED = (DsnAction.RELAYED, "relayed", "Successful Mail Delivery Report", "Relayed")
-
-    def __init__(self, action: DsnAction, tag: str, subject: str, adjective: str) -> None:
-        self.action = action
-        self.tag = tag
-        self.subject = subject
-        self.adjective = adjective  # of the attached message or headers
 
 
 def _check_aware(when: datetime, name: str) -> None:
@@ -385,7 +327,7 @@ def _check_aware(when: datetime, name: str) -> None:
 
 
 def _build(
-    kind: _Kind,
+    kind: NoticeKind,
     *,
     original_sender: str,
     queue_id: str,
@@ -400,12 +342,13 @@ def _build(
 ) -> Dsn | None:
     if not should_bounce(original_sender):
         return None
+    facts = _KINDS[kind]
     if not recipients:
         raise ValueError("a DSN needs at least one recipient")
     for report in recipients:
-        if report.action is not kind.action:
+        if report.action is not facts.action:
             raise ValueError(
-                f"{report.final_recipient}: action {report.action} in a {kind.tag} report"
+                f"{report.final_recipient}: action {report.action} in a {facts.tag} report"
             )
     _check_aware(arrival_date, "arrival_date")
     _check_aware(now, "now")
@@ -428,12 +371,9 @@ def _build(
         )
     else:
         returned = "The headers of your message are attached."
-    human = human_text(
-        kind.tag, mta, queue_id, arrival_date, recipients, retry_until, international, returned
-    )
-    status = _delivery_status(
-        mta, queue_id, arrival_date, recipients, retry_until, international, envid
-    )
+    about = About(mta, queue_id, arrival_date, tuple(recipients), retry_until, international)
+    human = human_text(kind, about, returned)
+    status = _delivery_status(about, envid)
     parts = [
         Part(
             [
@@ -455,17 +395,17 @@ def _build(
     ]
     if whole is not None:
         eight_bit = not whole.isascii()
-        parts.append(_returned_message(kind, whole, international, eight_bit))
+        parts.append(_returned_message(facts, whole, international, eight_bit))
     else:
         eight_bit = False
-        parts.append(_returned_headers(kind, original_headers, international))
+        parts.append(_returned_headers(facts, original_headers, international))
     stamp = int(now.timestamp())
     top = [
         f"From: Mail Delivery System <MAILER-DAEMON@{mta}>",
         f"To: <{original_sender}>",
-        f"Subject: {kind.subject}",
+        f"Subject: {facts.subject}",
         f"Date: {format_datetime(now)}",
-        f"Message-ID: <{stamp}.{kind.tag}.{queue_id}@{mta}>",
+        f"Message-ID: <{stamp}.{facts.tag}.{queue_id}@{mta}>",
     ]
     original_id = _MESSAGE_ID.search(original_headers)
     if original_id is not None:
@@ -476,7 +416,7 @@ def _build(
         top,
         "delivery-status",
         parts,
-        boundary_prefix=f"{queue_id}.{stamp}/{kind.tag}",
+        boundary_prefix=f"{queue_id}.{stamp}/{facts.tag}",
         eight_bit=international or eight_bit,
     )
     return Dsn(Envelope("", (original_sender,)), data)
@@ -492,12 +432,12 @@ def _whole(message: MessageBody | None) -> bytes | None:
         return None
 
 
-def _returned_headers(kind: _Kind, headers: bytes, international: bool) -> Part:
+def _returned_headers(facts: _KindFacts, headers: bytes, international: bool) -> Part:
     if headers and not headers.endswith(b"\r\n"):
         headers += b"\r\n"
     return Part(
         [
-            f"Content-Description: {kind.adjective} Message Headers",
+            f"Content-Description: {facts.adjective} Message Headers",
             "Content-Type: message/global-headers"
             if international
             else "Content-Type: text/rfc822-headers",
@@ -507,13 +447,13 @@ def _returned_headers(kind: _Kind, headers: bytes, international: bool) -> Part:
     )
 
 
-def _returned_message(kind: _Kind, data: bytes, international: bool, eight_bit: bool) -> Part:
+def _returned_message(facts: _KindFacts, data: bytes, international: bool, eight_bit: bool) -> Part:
     """RET=FULL: the message itself (RFC 6522 3); message/global for SMTPUTF8 mail (RFC 6532)."""
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return Part(
         [
-            f"Content-Description: {kind.adjective} Message",
+            f"Content-Description: {facts.adjective} Message",
             "Content-Type: message/global" if international else "Content-Type: message/rfc822",
         ]
         + (["Content-Transfer-Encoding: 8bit"] if eight_bit else []),
@@ -542,15 +482,8 @@ def _address_field(name: str, address: str) -> str:
     return f"{name}: {kind}; {clean(address, True)}"
 
 
-def _delivery_status(
-    mta: str,
-    queue_id: str,
-    arrival_date: datetime,
-    recipients: Sequence[RecipientReport],
-    retry_until: datetime | None,
-    international: bool,
-    envid: str | None,
-) -> bytes:
+def _delivery_status(about: About, envid: str | None) -> bytes:
+    mta, queue_id, arrival_date, recipients, retry_until, international = about
     # RFC 3464 2.2, 2.3: the ENVID and each ORCPT first in their blocks, decoded for
     # the reader (xtext is the SMTP envelope's encoding, not the report's).
     first = [f"Original-Envelope-Id: {xtext_display(envid)}"] if envid is not None else []

@@ -263,9 +263,11 @@ def xtext_decode(text: str, *, utf8_type: bool = False) -> str:
 
 def xtext_display(text: str, *, utf8_type: bool = False) -> str:
     """`text` decoded for a person; as it is when the decoded form holds a control character
-    or a space (it would break, or change the meaning of, the line it is shown on)."""
+    or a space (it would break, or change the meaning of, the line it is shown on), or,
+    outside the "utf-8" type, anything but ASCII (xtext escapes octets, not characters)."""
     decoded = xtext_decode(text, utf8_type=utf8_type)
-    return decoded if decoded.isprintable() and " " not in decoded else text
+    readable = decoded.isprintable() and " " not in decoded
+    return decoded if readable and (utf8_type or decoded.isascii()) else text
 
 
 def orcpt_for(address: str) -> Orcpt:

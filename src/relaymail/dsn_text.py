@@ -9,7 +9,7 @@ import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from email.utils import format_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .headers import foreign_text
 from .mime import crlf_lines
@@ -17,7 +17,7 @@ from .mime import crlf_lines
 if TYPE_CHECKING:
     from .dsn import RecipientReport
 
-__all__ = ["MAX_DIAGNOSTIC", "clean", "human_text"]
+__all__ = ["MAX_DIAGNOSTIC", "About", "clean", "human_text"]
 
 # A diagnostic is someone else's text; keep it readable and bounded.
 MAX_DIAGNOSTIC = 1000
@@ -102,17 +102,25 @@ def _paragraphs(
     )
 
 
-def human_text(
-    tag: str,
-    mta: str,
-    queue_id: str,
-    arrival_date: datetime,
-    recipients: Sequence[RecipientReport],
-    retry_until: datetime | None,
-    international: bool,
-    returned: str,
-) -> bytes:
-    """The text/plain part; `returned` says what of the message is attached."""
+class About(NamedTuple):
+    """What a report is about, as both its text and its delivery-status part tell it.
+
+    `mta` is the reporting MTA (IDNA A-labels); `international`: the report is
+    8-bit (SMTPUTF8 mail, RFC 6532).
+    """
+
+    mta: str
+    queue_id: str
+    arrival_date: datetime
+    recipients: Sequence[RecipientReport]
+    retry_until: datetime | None  # a delay warning's
+    international: bool
+
+
+def human_text(tag: str, about: About, returned: str) -> bytes:
+    """The text/plain part of a report of kind `tag` (dsn.NoticeKind); `returned` says
+    what of the message is attached."""
+    mta, queue_id, arrival_date, recipients, retry_until, international = about
     received = format_datetime(arrival_date)
     intro, closing = _paragraphs(tag, queue_id, received, retry_until, returned)
     lines: list[str] = []

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from relaymail.delivery import DeliveryEngine, Status
+from relaymail.delivery import Status
 from relaymail.dsn_request import DsnRequest, Notify, Orcpt, RecipientDsn, Ret
-from relaymail.message import Envelope
-from tests.integration.conftest import MESSAGE, config_for, hop
+from tests.integration.conftest import config_for, deliver, hop
 from tests.integration.daemon_process import RELAYMAIL, free_port, run_command
 from tests.integration.inbound_harness import Client
 from tests.integration.test_daemon import make_config, start_daemon, swaks, wait_for
@@ -204,13 +203,7 @@ async def test_a_real_exim_with_dsn_takes_the_parameters_and_passes_them_on(
                                       Orcpt("rfc822", "U+2Bx@dest.test")))]
     )  # fmt: skip
     config = config_for([f"127.0.0.1:{relay.port}"], ca_file=ca_file)
-    engine = DeliveryEngine(config)
-    try:
-        [result] = await engine.deliver(
-            Envelope("a@sender.test", ("u@dest.test",), dsn=request), MESSAGE
-        )
-    finally:
-        await engine.close()
+    [result] = await deliver(config, dsn=request)
     assert (result.status, result.dsn_passed_on) == (Status.DELIVERED, True)
     assert list((await asyncio.to_thread(relay.settle)).values()) == [Outcome.DELIVERED]
     await sink.wait_idle()

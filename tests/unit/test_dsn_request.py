@@ -96,6 +96,7 @@ def test_a_decoded_value_with_a_control_or_space_is_shown_as_xtext() -> None:
     assert xtext_display("a+0D+0Ab") == "a+0D+0Ab"
     assert xtext_display("a+20b") == "a+20b"
     assert xtext_display("a+2Bb") == "a+b"
+    assert xtext_display("caf+C3+A9") == "caf+C3+A9"
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127)))
