@@ -83,6 +83,16 @@ def envelope_lines(peer: SMTPPeer) -> list[str]:
     return [line.text for line in peer.transcript if line.verb in ("MAIL", "RCPT")]
 
 
+def transactions(peer: SMTPPeer) -> list[list[str]]:
+    """The MAIL and RCPT lines of each transaction the peer saw."""
+    grouped: list[list[str]] = []
+    for line in envelope_lines(peer):
+        if line.startswith("MAIL"):
+            grouped.append([])
+        grouped[-1].append(line)
+    return grouped
+
+
 def notices(log: str) -> list[str]:
     return [line for line in log.splitlines() if "notice" in line and "kind=" in line]
 
@@ -97,6 +107,8 @@ async def test_dsn_through_the_daemon(smtp_peer: SMTPPeerFactory, ca_file: Path,
     routes = {"plain.test": [hop(plain)], "dsn.test": [hop(capable)], "slow.test": [hop(slow)],
               "src.test": [hop(mailbox)]}  # fmt: skip
     config = make_config(tmp_path, port, ca_file, routes, queue={"retry": ["1h"]})
+    code, _, err = sendmail("-C", str(config), "-N", "sometimes", "z@dsn.test", as_nobody=False)
+    assert (code, err.startswith("sendmail: -N: ")) == (64, True), err
     daemon = await start_daemon(tmp_path, config, port)
     try:
         code, out = await swaks(port, "--quit-after", "EHLO")
@@ -114,6 +126,10 @@ async def test_dsn_through_the_daemon(smtp_peer: SMTPPeerFactory, ca_file: Path,
             "RCPT TO:<x@dsn.test> NOTIFY=delay,success ORCPT=rfc822;X+2By@dsn.test",
             "RCPT TO:<y@dsn.test>",
         ])  # fmt: skip
+        # 2b: the same from sendmail's flags, through the maildrop.
+        code, _, err = sendmail("-C", str(config), "-N", "success,delay", "-R", "hdrs",
+                                "-V", "env+1", "z@dsn.test", as_nobody=False)  # fmt: skip
+        assert code == 0, err
         # 3: the null sender gets no report, whatever NOTIFY says.
         await send(port, "MAIL FROM:<>", [
             "RCPT TO:<gone@plain.test> NOTIFY=FAILURE",
@@ -126,6 +142,7 @@ async def test_dsn_through_the_daemon(smtp_peer: SMTPPeerFactory, ca_file: Path,
         await wait_for(lambda: len(notices(daemon.text())) == 4, what="the four notice lines")
         await wait_for(lambda: len(mailbox.transactions) == 2, what="two reports delivered")
         await wait_for(lambda: "status=deferred" in daemon.text(), what="the deferral")
+        await wait_for(lambda: len(capable.transactions) == 2, what="both DSN next-hop deliveries")
         code, shown, err = await run_command(RELAYMAIL, "queue", "--config", str(config),
                                              "--json", "show", waiting)  # fmt: skip
         assert code == 0, err
@@ -136,12 +153,15 @@ async def test_dsn_through_the_daemon(smtp_peer: SMTPPeerFactory, ca_file: Path,
     assert len(sent) == 2  # the bounce and the relayed report of message 1; none of message 3
     assert sorted(re.findall(r"kind=(\w+), notice_id=none", daemon.text())) == ["bounce", "relayed"]
 
-    mail, *rcpts = envelope_lines(capable)
-    assert re.fullmatch(r"MAIL FROM:<a@src\.test> SIZE=\d+ RET=HDRS ENVID=abc\+3Dd", mail)
-    assert rcpts == [
+    smtp, local = sorted(transactions(capable), key=lambda lines: "<z@dsn.test>" in lines[1])
+    assert re.fullmatch(r"MAIL FROM:<a@src\.test> SIZE=\d+ RET=HDRS ENVID=abc\+3Dd", smtp[0])
+    assert smtp[1:] == [
         "RCPT TO:<x@dsn.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;X+2By@dsn.test",
         "RCPT TO:<y@dsn.test>",
     ]
+    assert re.fullmatch(r"MAIL FROM:<\S+@relay\.relaymail\.test> SIZE=\d+ RET=HDRS ENVID=env\+2B1",
+                        local[0])  # fmt: skip
+    assert local[1:] == ["RCPT TO:<z@dsn.test> NOTIFY=SUCCESS,DELAY"]
     assert not any("NOTIFY" in line or "RET=" in line for line in envelope_lines(plain))
 
     found = reports(mailbox)
@@ -169,28 +189,6 @@ async def test_dsn_through_the_daemon(smtp_peer: SMTPPeerFactory, ca_file: Path,
     assert (detail["ret"], detail["envid"]) == ("FULL", "keep+2B1")
     [recipient] = detail["recipients"]
     assert (recipient["notify"], recipient["orcpt"]) == ("DELAY", "utf-8;w\\x{E9}@slow.test")
-
-
-async def test_sendmail_dsn_flags_reach_a_next_hop_that_offers_dsn(
-    smtp_peer: SMTPPeerFactory, ca_file: Path, tmp_path: Path
-):
-    capable = await smtp_peer(Script(ehlo=OFFERS_DSN))
-    port = free_port()
-    config = make_config(tmp_path, port, ca_file, {"dsn.test": [hop(capable)]})
-    code, _, err = sendmail("-C", str(config), "-N", "sometimes", "z@dsn.test", as_nobody=False)
-    assert (code, err.startswith("sendmail: -N: ")) == (64, True), err
-    daemon = await start_daemon(tmp_path, config, port)
-    try:
-        code, _, err = sendmail("-C", str(config), "-N", "success,delay", "-R", "hdrs",
-                                "-V", "env+1", "z@dsn.test", as_nobody=False)  # fmt: skip
-        assert code == 0, err
-        await wait_for(lambda: capable.transactions, what="the delivery")
-    finally:
-        assert await daemon.stop() == 0
-    mail, rcpt = envelope_lines(capable)
-    assert re.fullmatch(r"MAIL FROM:<\S+@relay\.relaymail\.test> SIZE=\d+ RET=HDRS ENVID=env\+2B1",
-                        mail)  # fmt: skip
-    assert rcpt == "RCPT TO:<z@dsn.test> NOTIFY=SUCCESS,DELAY"
 
 
 async def test_a_real_exim_with_dsn_takes_the_parameters_and_passes_them_on(
