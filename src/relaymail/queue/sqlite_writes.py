@@ -90,20 +90,33 @@ def _delete_message(conn: sqlite3.Connection, qid: int) -> bool:
 
 
 def apply_updates(txn: Transaction, rows: list[tuple[Any, ...]]) -> None:
+    """Rows of (state, attempts, next_attempt, last_attempt, last_reply, last_error, tls,
+    host, message id, address); a message they leave with no pending recipient is deleted.
+
+    Such a message is deleted without updating its rows first: the update would only
+    be thrown away, and on a queue at its size limit it can need the very pages the
+    delete frees (an outcome refused for want of space it was about to give back).
+    """
     conn = txn.conn
+    finals: dict[int, set[str]] = {}
+    for row in rows:
+        if row[0] not in PENDING:
+            finals.setdefault(row[8], set()).add(row[9])
+    done = set()
+    for qid, addresses in finals.items():
+        pending = conn.execute(
+            "SELECT address FROM recipient WHERE message_id = ? AND state IN (?, ?)",
+            (qid, *PENDING),
+        ).fetchall()
+        if all(address in addresses for (address,) in pending):
+            _delete_message(conn, qid)
+            done.add(qid)
     conn.executemany(
         "UPDATE recipient SET state = ?, attempts = ?, next_attempt = ?, last_attempt = ?,"
         " last_reply = ?, last_error = ?, tls = ?, host = ?"
         " WHERE message_id = ? AND address = ?",
-        rows,
+        [row for row in rows if row[8] not in done] if done else rows,
     )
-    for qid in dict.fromkeys(row[8] for row in rows):
-        still_pending = conn.execute(
-            "SELECT 1 FROM recipient WHERE message_id = ? AND state IN (?, ?) LIMIT 1",
-            (qid, *PENDING),
-        ).fetchone()
-        if still_pending is None:
-            _delete_message(conn, qid)
 
 
 def _append_event(conn: sqlite3.Connection, qid: int | None, action: AdminAction) -> None:
