@@ -314,7 +314,8 @@ class Daemon:
         found = self.aliases.expansions(envelope.recipients)
         changed = [e for e in found if e.changed]
         if changed:
-            envelope = Envelope(envelope.sender, merged(found), envelope.requiretls)
+            dsn = envelope.dsn_request.expanded((e.original, e.recipients) for e in found)
+            envelope = Envelope(envelope.sender, merged(found), envelope.requiretls, dsn)
         signing = await self._dkim_sign(data, origin)
         if signing.signatures:
             if isinstance(data, MessageData):
@@ -325,7 +326,7 @@ class Daemon:
             envelope, data, trace, pickup=pickup, arrived=arrived
         )
         _log_signing(queue_id, signing)
-        # The queue keeps no original recipient (ORCPT) yet: the log line is the record.
+        # The queue keeps the original recipient as the ORCPT; the log line says more.
         for expansion in changed:
             observe.emit(observe.Expanded(queue_id, expansion.original, expansion.recipients))
         return queue_id

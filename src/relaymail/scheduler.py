@@ -40,6 +40,8 @@ from .config_queue import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .destination_memory import DestinationMemory
 from .destination_share import SharedDestinations
+from .dsn import NoticeKind, build_notice, recipient_facts, should_bounce
+from .dsn_request import NO_DSN, Ret
 from .errors import QueueFull
 from .message import Envelope, domain_of
 from .message_data import MessageData
@@ -302,7 +304,7 @@ class Scheduler:
         entry = Entry(
             message.id, message.envelope.sender, message.received_at, False,
             {r: WaitingRecipient(0, now) for r in message.envelope.recipients}, before,
-            requiretls=message.envelope.requiretls,
+            requiretls=message.envelope.requiretls, dsn=message.envelope.dsn,
         )  # fmt: skip
         if self._window.put(entry):
             if data is not None:
@@ -347,7 +349,7 @@ class Scheduler:
             message.id, message.sender, message.received_at, message.warned,
             {r.address: WaitingRecipient(r.attempts, r.next_attempt) for r in message.recipients
              if r.address not in settling},
-            requiretls=message.requiretls,
+            requiretls=message.requiretls, dsn=message.dsn,
         )  # fmt: skip
         if not entry.recipients or message.held:
             self._leave(message.id)  # a held message waits on disk for its release
@@ -412,11 +414,13 @@ class Scheduler:
                 await self._body_missing(entry)
                 return
             results = await self.engine.deliver(
-                Envelope(entry.sender, tuple(due), entry.requiretls), body, queue_id=entry.id
+                Envelope(entry.sender, tuple(due), entry.requiretls, entry.dsn), body,
+                queue_id=entry.id,
             )
         now = self._clock()
         bounced: list[RecipientResult] = []
         deferred: list[RecipientResult] = []
+        relayed: list[RecipientResult] = []  # delivered where no DSN follows (RFC 3461)
         for result in results:
             pending = entry.recipients[result.recipient]
             pending.attempts += 1
@@ -436,6 +440,8 @@ class Scheduler:
                 del entry.recipients[result.recipient]
                 if status is Status.BOUNCED:
                     bounced.append(result)
+                elif not result.dsn_passed_on:
+                    relayed.append(result)
             # Neither an unreadable body nor a REQUIRETLS refusal says the destination is
             # down for the other mail: the fault, or the requirement, is this message's.
             if not (result.body_unreadable or entry.requiretls):
@@ -447,11 +453,13 @@ class Scheduler:
         final = [(entry.id, u.recipient) for u in updates if u.state.is_final]
         await self._writes.write(functools.partial(self.store.record, updates), settles=final)
         if bounced:
-            await self._send_dsn(entry, bounced, body, delay=False)
+            await self._send_dsn(entry, bounced, body, NoticeKind.BOUNCE)
         if deferred and not entry.warned and now - entry.received_at >= self.settings.delay_warning:
             entry.warned = True
             await self._writes.write(functools.partial(self.store.mark_warned, entry.id))
-            await self._send_dsn(entry, deferred, body, delay=True)
+            await self._send_dsn(entry, deferred, body, NoticeKind.DELAY)
+        if relayed and entry.dsn is not None and entry.dsn.recipients:
+            await self._send_dsn(entry, relayed, body, NoticeKind.RELAYED)
 
     async def _body_missing(self, entry: Entry) -> None:
         """The message has no data to send: deleted meanwhile, or its body row is gone."""
@@ -532,41 +540,48 @@ class Scheduler:
             task.add_done_callback(self._background.discard)
 
     async def _send_dsn(
-        self, entry: Entry, results: Sequence[RecipientResult], body: MessageBody, delay: bool
-    ) -> None:
-        """Bounce or warn through the queue itself; never for the null sender (no loops)."""
-        from . import dsn
-
-        kind = "delay-warning" if delay else "bounce"
-        if not dsn.should_bounce(entry.sender):
-            observe.emit(observe.Notice(entry.id, kind, entry.sender, None))
+        self, entry: Entry, results: Sequence[RecipientResult], body: MessageBody,
+        kind: NoticeKind,
+    ) -> None:  # fmt: skip
+        """Report through the queue itself what each recipient's NOTIFY asks for (RFC 3461);
+        never to the null sender (no loops)."""
+        request = entry.dsn or NO_DSN
+        wanted = [r for r in results if request.of(r.recipient).wants(kind.event)]
+        if not wanted:
+            if kind is not NoticeKind.RELAYED:  # NOTIFY said no: say that none went
+                observe.emit(observe.Notice(entry.id, kind.value, entry.sender, None))
+            return
+        if not should_bounce(entry.sender):
+            observe.emit(observe.Notice(entry.id, kind.value, entry.sender, None))
             return
         now = utc(self._clock())
-        build = (
-            functools.partial(
-                dsn.build_delay_warning,
-                retry_until=utc(entry.received_at + self.settings.lifetime),
-            )
-            if delay
-            else dsn.build_bounce
-        )
-        notice = build(
+        # The notice may travel in clear: of a REQUIRETLS message (RFC 8689) it
+        # quotes nothing, since its Subject: is as private as its body.
+        quoted = not entry.requiretls
+        notice = build_notice(
+            kind,
             original_sender=entry.sender,
             queue_id=entry.id,
-            # The notice may travel in clear: of a REQUIRETLS message (RFC 8689) it
-            # quotes no header field, since its Subject: is as private as its body.
-            original_headers=b"" if entry.requiretls else quotable_head(body),
-            recipients=[dsn.recipient_facts(r, last_attempt=now) for r in results],
+            original_headers=quotable_head(body) if quoted else b"",
+            recipients=[
+                recipient_facts(
+                    r, last_attempt=now, original_recipient=request.of(r.recipient).orcpt
+                )
+                for r in wanted
+            ],
             reporting_mta=self.hostname,
             arrival_date=utc(entry.received_at),
             now=now,
+            retry_until=utc(entry.received_at + self.settings.lifetime),
+            envid=request.envid,
+            original_message=body if quoted and request.ret is Ret.FULL else None,
         )
         if notice is None:
             return
 
         async def queue_notice() -> None:
             dsn_id = await self.enqueue(notice.envelope, notice.data)
-            observe.emit(observe.Notice(entry.id, kind, entry.sender, dsn_id))
+            observe.emit(observe.Notice(entry.id, kind.value, entry.sender, dsn_id))
 
         await self._writes.write(queue_notice)
 

@@ -11,6 +11,7 @@ import trustme
 
 from relaymail.config import Config, parse_config
 from relaymail.delivery import DeliveryEngine, RecipientResult
+from relaymail.dsn_request import DsnRequest
 from relaymail.message import Envelope, canonical_data
 from tests.integration.inbound_harness import (  # noqa: F401 (fixtures for the inbound tests)
     ca,
@@ -75,10 +76,11 @@ async def deliver(
     sender: str = "a@sender.test",
     *,
     requiretls: bool = False,
+    dsn: DsnRequest | None = None,
 ) -> list[RecipientResult]:
     engine = DeliveryEngine(config)
     try:
-        return await engine.deliver(Envelope(sender, tuple(recipients), requiretls), data)
+        return await engine.deliver(Envelope(sender, tuple(recipients), requiretls, dsn), data)
     finally:
         await engine.close()
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from relaymail.dsn_request import DsnRequest, Notify, RecipientDsn, Ret
 from relaymail.errors import QueueFull, QueueUnavailable, RelaymailError
 from relaymail.message import Envelope
 from relaymail.queue import (
@@ -138,6 +140,7 @@ async def test_an_older_queue_gets_the_due_index_and_the_refill_reads_through_it
     await store.close()
     with contextlib.closing(raw(queue_dir)) as conn:  # as version 2 left it
         conn.execute("DROP INDEX recipient_due")
+        drop_dsn_columns(conn)
         conn.execute("ALTER TABLE message DROP COLUMN requiretls")
         conn.execute("UPDATE schema_version SET version = 2")
 
@@ -146,7 +149,7 @@ async def test_an_older_queue_gets_the_due_index_and_the_refill_reads_through_it
     with contextlib.closing(raw(queue_dir)) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
         plan = conn.execute("EXPLAIN QUERY PLAN " + SqliteStore._DUE_SQL, (0.0,)).fetchall()
-    assert versions[-1] == SCHEMA_VERSION == 4
+    assert versions[-1] == SCHEMA_VERSION == 5
     assert any("recipient_due" in row[-1] for row in plan)
 
 
@@ -157,6 +160,7 @@ async def test_a_version_3_queue_keeps_its_mail_and_gains_the_requiretls_flag(
     queued = await store.enqueue(ENVELOPE, body(1), time.time())
     await store.close()
     with contextlib.closing(raw(queue_dir)) as conn:  # as version 3 left it
+        drop_dsn_columns(conn)
         conn.execute("ALTER TABLE message DROP COLUMN requiretls")
         conn.execute("UPDATE schema_version SET version = 3")
 
@@ -165,6 +169,33 @@ async def test_a_version_3_queue_keeps_its_mail_and_gains_the_requiretls_flag(
     pending = {m.id: m.requiretls for m in store.load_pending()}
     await store.close()
     assert pending == {queued.id: False, flagged.id: True}
+
+
+def drop_dsn_columns(conn: sqlite3.Connection) -> None:
+    """The queue as version 4 left it: no DSN parameters."""
+    for table, column in (("message", "ret"), ("message", "envid"),
+                          ("recipient", "notify"), ("recipient", "orcpt")):  # fmt: skip
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+
+
+async def test_a_version_4_queue_keeps_its_mail_and_gains_the_dsn_parameters(
+    queue_dir: Path,
+) -> None:
+    store = SqliteStore.open(queue_dir)
+    queued = await store.enqueue(ENVELOPE, body(1), time.time())
+    await store.close()
+    with contextlib.closing(raw(queue_dir)) as conn:
+        drop_dsn_columns(conn)
+        conn.execute("UPDATE schema_version SET version = 4")
+
+    store = SqliteStore.open(queue_dir)
+    request = DsnRequest(Ret.HDRS, "x").with_recipients(
+        [(ENVELOPE.recipients[0], RecipientDsn(Notify.NEVER))]
+    )
+    asked = await store.enqueue(ENVELOPE._replace(dsn=request), body(2), time.time())
+    pending = {m.id: m.dsn for m in store.load_pending()}
+    await store.close()
+    assert pending == {queued.id: DsnRequest(), asked.id: request}
 
 
 async def test_the_requiretls_flag_survives_a_restart(queue_dir: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from relaymail.body import CHUNK_SIZE
+from relaymail.dsn_request import DsnRequest, Notify, Orcpt, RecipientDsn, Ret
 from relaymail.errors import BodyUnreadable, RelaymailError
 from relaymail.message import Envelope
 from relaymail.message_data import MessageData
@@ -109,6 +110,42 @@ async def test_the_requiretls_flag_is_kept_with_the_message(store: Store) -> Non
     assert pending is not None and pending.requiretls is True
     assert detail is not None and detail.requiretls is True
     assert other is not None and other.requiretls is False
+
+
+DSN_REQUEST = DsnRequest(Ret.FULL, "Env+2B1").with_recipients(
+    [
+        ("b@example.com", RecipientDsn(Notify.SUCCESS | Notify.DELAY, Orcpt("RFC822", "B+2Bx@E"))),
+        ("c@example.com", RecipientDsn(Notify.NEVER)),
+    ]
+)
+
+
+async def test_the_dsn_parameters_are_kept_per_message_and_recipient(
+    open_store: OpenStore,
+) -> None:
+    envelope = Envelope("a@example.org", ("b@example.com", "c@example.com", "d@example.com"),
+                        dsn=DSN_REQUEST)  # fmt: skip
+    store = open_store()
+    plain = await store.enqueue(ENVELOPE, body(1), time.time())
+    queued = await store.enqueue(envelope, body(2), time.time())
+    assert queued.envelope.dsn == DSN_REQUEST
+    if isinstance(store, SqliteStore):  # and after a restart
+        await store.close()
+        store = open_store()
+    try:
+        [pending] = [m for m in store.load_pending() if m.id == queued.id]
+        [due] = [m for m in store.due_messages(time.time() + 1, 10).messages if m.id == queued.id]
+        detail, other = store.get_message(queued.id), store.get_message(plain.id)
+    finally:
+        await store.close()
+    assert pending.dsn == due.dsn == DSN_REQUEST
+    assert (pending.ret, pending.envid) == (Ret.FULL, "Env+2B1")
+    assert detail is not None and (detail.ret, detail.envid) == (Ret.FULL, "Env+2B1")
+    assert [r.dsn for r in detail.recipients] == [
+        DSN_REQUEST.of("b@example.com"), RecipientDsn(Notify.NEVER), RecipientDsn(),
+    ]  # fmt: skip
+    assert other is not None and (other.ret, other.envid) == (None, None)
+    assert {r.dsn for r in other.recipients} == {RecipientDsn()}
 
 
 async def test_writes_after_close_are_refused(open_store: OpenStore) -> None:

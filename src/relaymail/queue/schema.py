@@ -12,7 +12,7 @@ from .files import open_failure, prepare_directory
 from .store import RecipientState
 
 DB_FILENAME = "queue.db"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock
 ADMIN_EVENT_RETENTION = 7 * 24 * 3600.0
 
@@ -83,7 +83,16 @@ CREATE INDEX recipient_due ON recipient (next_attempt, message_id)
 _SCHEMA_V4 = """
 ALTER TABLE message ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0;
 """
-_MIGRATIONS = {1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}  # from version n to n + 1
+# Version 5: RFC 3461's DSN parameters, each in its wire form, NULL when not given:
+# RET and ENVID (xtext, as received) of MAIL; NOTIFY and ORCPT ("type;xtext") of each RCPT.
+_SCHEMA_V5 = """
+ALTER TABLE message ADD COLUMN ret TEXT;
+ALTER TABLE message ADD COLUMN envid TEXT;
+ALTER TABLE recipient ADD COLUMN notify TEXT;
+ALTER TABLE recipient ADD COLUMN orcpt TEXT;
+"""
+# From version n to n + 1.
+_MIGRATIONS = {1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
 
 PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
 
@@ -140,7 +149,11 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
         ).fetchone()
         if exists is None:
-            _run(conn, _SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V3 + _SCHEMA_V4, SCHEMA_VERSION)
+            _run(
+                conn,
+                _SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V3 + _SCHEMA_V4 + _SCHEMA_V5,
+                SCHEMA_VERSION,
+            )
         else:
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
             while version in _MIGRATIONS:

@@ -125,7 +125,7 @@ class SqliteStore(SqliteReads):
     ) -> QueuedMessage:
         recipients = tuple(dict.fromkeys(envelope.recipients))
         if recipients != envelope.recipients:
-            envelope = Envelope(envelope.sender, recipients, envelope.requiretls)
+            envelope = envelope.with_recipients(recipients)
         body = data if isinstance(data, MessageData) else MessageData.of(data)
         apply = functools.partial(
             writes.insert_message,
@@ -136,6 +136,7 @@ class SqliteStore(SqliteReads):
             trace=trace,
             pickup=pickup,
             requiretls=envelope.requiretls,
+            dsn=envelope.dsn,
         )
         qid, header = await self._writer.submit(apply, weight=body.size)
         size = len(header) + body.size

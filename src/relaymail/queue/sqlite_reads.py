@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..body import CHUNK_SIZE, MessageBody
+from ..dsn_request import RecipientDsn, Ret
 from ..errors import BodyUnreadable, RelaymailError
 from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
@@ -134,7 +135,8 @@ class SqliteReads:
 
     _PENDING_SQL = (
         "SELECT m.id, m.sender, m.received_at, m.size, m.held, m.warned,"
-        " r.address, r.state, r.attempts, r.next_attempt, m.requiretls"
+        " r.address, r.state, r.attempts, r.next_attempt, m.requiretls,"
+        " m.ret, m.envid, r.notify, r.orcpt"
         " FROM message AS m JOIN recipient AS r ON r.message_id = m.id"
         # The unary + keeps the planner on the primary keys (already in output
         # order) instead of the state index plus a sort of the whole queue.
@@ -286,7 +288,7 @@ class SqliteReads:
             return None
         with self._readers.snapshot() as conn:
             message = conn.execute(
-                "SELECT sender, size, received_at, held, warned, requiretls"
+                "SELECT sender, size, received_at, held, warned, requiretls, ret, envid"
                 " FROM message WHERE id = ?",
                 (qid,),
             ).fetchone()
@@ -305,6 +307,8 @@ class SqliteReads:
             warned=bool(message[4]),
             recipients=tuple(map(_recipient_detail, recipients)),
             requiretls=bool(message[5]),
+            ret=None if message[6] is None else Ret(message[6]),
+            envid=message[7],
         )
 
     def recipients_of(self, message_ids: Sequence[str]) -> dict[str, tuple[RecipientDetail, ...]]:
@@ -366,7 +370,8 @@ class SqliteReads:
 
 
 _RECIPIENT_COLUMNS = (
-    "address, state, attempts, next_attempt, last_attempt, last_reply, last_error, tls, host"
+    "address, state, attempts, next_attempt, last_attempt, last_reply, last_error, tls, host,"
+    " notify, orcpt"
 )
 
 
@@ -381,6 +386,7 @@ def _recipient_detail(row: Any) -> RecipientDetail:
         last_error=row[6],
         tls=None if row[7] is None else json.loads(row[7]),
         host=row[8],
+        dsn=RecipientDsn.from_stored(row[9], row[10]),
     )
 
 
@@ -394,7 +400,11 @@ def _group_pending(rows: list[Any]) -> list[PendingMessage]:
             if first is not None:
                 pending.append(_pending_message(first, recipients))
             first, recipients = row, []
-        recipients.append(PendingRecipient(row[6], _STATE[row[7]], row[8], row[9]))
+        recipients.append(
+            PendingRecipient(
+                row[6], _STATE[row[7]], row[8], row[9], RecipientDsn.from_stored(row[13], row[14])
+            )
+        )
     if first is not None:
         pending.append(_pending_message(first, recipients))
     return pending
@@ -410,4 +420,6 @@ def _pending_message(row: Any, recipients: list[PendingRecipient]) -> PendingMes
         warned=bool(row[5]),
         recipients=tuple(recipients),
         requiretls=bool(row[10]),
+        ret=None if row[11] is None else Ret(row[11]),
+        envid=row[12],
     )

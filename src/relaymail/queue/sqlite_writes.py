@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ..body import CHUNK_SIZE
+from ..dsn_request import DsnRequest
 from ..message_data import MessageData
 from .ids import format_queue_id
 from .schema import PENDING
@@ -23,6 +24,7 @@ def insert_message(
     trace: TraceHeader | None = None,
     pickup: str | None = None,
     requiretls: bool = False,
+    dsn: DsnRequest | None = None,
 ) -> tuple[int, bytes]:
     """The new message's queue id and the trace header stored in front of its data.
 
@@ -36,9 +38,11 @@ def insert_message(
     header = b"" if trace is None else trace(format_queue_id(qid))
     size = len(header) + data.size
     conn = txn.conn
+    ret = None if dsn is None or dsn.ret is None else dsn.ret.value
     conn.execute(
-        "INSERT INTO message (id, sender, received_at, size, requiretls) VALUES (?, ?, ?, ?, ?)",
-        (qid, sender, received_at, size, requiretls),
+        "INSERT INTO message (id, sender, received_at, size, requiretls, ret, envid)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (qid, sender, received_at, size, requiretls, ret, None if dsn is None else dsn.envid),
     )
     held = data.in_memory() if size <= CHUNK_SIZE else None
     if held is not None:  # small, in memory already: one value, no blob handle
@@ -49,17 +53,36 @@ def insert_message(
             blob.write(header)
             for chunk in data.chunks():
                 blob.write(chunk)
-    conn.executemany(
-        "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
-        " VALUES (?, ?, ?, 'queued', ?)",
-        [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
-    )
+    if dsn is None:
+        conn.executemany(
+            "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
+            " VALUES (?, ?, ?, 'queued', ?)",
+            [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
+        )
+    else:
+        conn.executemany(
+            "INSERT INTO recipient (message_id, idx, address, state, next_attempt, notify, orcpt)"
+            " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+            [
+                (qid, idx, rcpt, received_at, *_stored(dsn, rcpt))
+                for idx, rcpt in enumerate(recipients)
+            ],
+        )
     if pickup is not None:
         conn.execute(
             "INSERT INTO pickup (name, message_id, at) VALUES (?, ?, ?)",
             (pickup, qid, time.time()),
         )
     return qid, header
+
+
+def _stored(dsn: DsnRequest, recipient: str) -> tuple[str | None, str | None]:
+    """NOTIFY and ORCPT of `recipient` as the recipient table keeps them (wire forms)."""
+    notify, orcpt = dsn.of(recipient)
+    return (
+        None if notify is None else notify.wire,
+        None if orcpt is None else orcpt.wire,
+    )
 
 
 def forget_pickups(txn: Transaction, names: tuple[str, ...]) -> None:
@@ -73,9 +96,12 @@ def _delete_message(conn: sqlite3.Connection, qid: int) -> bool:
 
 
 def apply_updates(txn: Transaction, rows: list[tuple[Any, ...]]) -> None:
-    """Each row: (state, attempts, next_attempt, last_attempt, last_reply, last_error, tls,
-    host, message id, address). A message none of whose recipients is pending after them
-    is deleted.
+    """Rows of (state, attempts, next_attempt, last_attempt, last_reply, last_error, tls,
+    host, message id, address); a message they leave with no pending recipient is deleted.
+
+    Such a message is deleted without updating its rows first: the update would only
+    be thrown away, and on a queue at its size limit it can need the very pages the
+    delete frees (an outcome refused for want of space it was about to give back).
     """
     conn = txn.conn
     by_message: dict[int, list[tuple[Any, ...]]] = {}

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..body import MessageBody
+from ..dsn_request import NO_DSN, NO_RECIPIENT_DSN, DsnRequest, RecipientDsn, Ret
 from ..message import Envelope
 from ..message_data import MessageData
 
@@ -120,6 +121,7 @@ class PendingRecipient:
     state: RecipientState
     attempts: int
     next_attempt: float
+    dsn: RecipientDsn = NO_RECIPIENT_DSN  # RFC 3461: NOTIFY and ORCPT of its RCPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,16 @@ class PendingMessage:
     warned: bool
     recipients: tuple[PendingRecipient, ...]
     requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS
+    ret: Ret | None = None  # RFC 3461: RET and ENVID of MAIL FROM (ENVID as xtext)
+    envid: str | None = None
+
+    @property
+    def dsn(self) -> DsnRequest:
+        """The message's RFC 3461 parameters, its pending recipients' included."""
+        given = [(r.address, r.dsn) for r in self.recipients if r.dsn is not NO_RECIPIENT_DSN]
+        if not given and self.ret is None and self.envid is None:
+            return NO_DSN  # the common case, without a mapping per message
+        return DsnRequest(self.ret, self.envid).with_recipients(given)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +194,7 @@ class RecipientDetail:
     last_error: str | None
     tls: Mapping[str, Any] | None  # the stored TLS facts (TlsFacts.to_json), as an object
     host: str | None
+    dsn: RecipientDsn = NO_RECIPIENT_DSN  # RFC 3461: NOTIFY and ORCPT of its RCPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +207,8 @@ class MessageDetail:
     warned: bool
     recipients: tuple[RecipientDetail, ...]
     requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS
+    ret: Ret | None = None  # RFC 3461: RET and ENVID of MAIL FROM (ENVID as xtext)
+    envid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
