@@ -37,6 +37,9 @@ from .store import (
 _IN_LIST = 500  # ids per `IN (...)`, well below SQLite's limit on parameters
 
 _STATE = {state.value: state for state in RecipientState}
+_RECIPIENT_COLUMNS = (
+    "address, state, attempts, next_attempt, last_attempt, last_reply, last_error, tls, host"
+)
 
 
 class Readers:
@@ -231,19 +234,17 @@ class SqliteReads:
 
     # -- reads for the CLI ---------------------------------------------------
 
-    def list_messages(
-        self, limit: int = 50, offset: int = 0, state: RecipientState | None = None
-    ) -> list[MessageSummary]:
+    @staticmethod
+    def _list_sql(state: RecipientState | None) -> str:
+        """One page of the listing; its rows are found by key, in id order, LIMIT first."""
         if state is None:
             page = "SELECT id FROM message ORDER BY id LIMIT ? OFFSET ?"
-            params: tuple[Any, ...] = (limit, offset)
         else:
             page = (
                 "SELECT DISTINCT message_id AS id FROM recipient WHERE state = ?"
                 " ORDER BY message_id LIMIT ? OFFSET ?"
             )
-            params = (state.value, limit, offset)
-        sql = (
+        return (
             f"WITH page AS ({page})"
             " SELECT m.id, m.sender, m.size, m.received_at, m.held, m.warned,"
             " sum(r.state = 'queued'), sum(r.state = 'deferred'),"
@@ -253,8 +254,13 @@ class SqliteReads:
             " JOIN recipient AS r ON r.message_id = m.id"
             " GROUP BY m.id ORDER BY m.id"
         )
+
+    def list_messages(
+        self, limit: int = 50, offset: int = 0, state: RecipientState | None = None
+    ) -> list[MessageSummary]:
+        params: tuple[Any, ...] = (limit, offset) if state is None else (state.value, limit, offset)
         with self._readers.connection() as conn:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.execute(self._list_sql(state), params).fetchall()
         return [
             MessageSummary(
                 id=format_queue_id(row[0]),
@@ -272,7 +278,7 @@ class SqliteReads:
     def count_messages(self, state: RecipientState | None = None) -> int:
         with self._readers.connection() as conn:
             if state is None:
-                row = conn.execute("SELECT count(*) FROM message").fetchone()
+                row = conn.execute(self._SUMMARY_SQL).fetchone()
             else:
                 row = conn.execute(
                     "SELECT count(DISTINCT message_id) FROM recipient WHERE state = ?",
@@ -307,39 +313,37 @@ class SqliteReads:
             requiretls=bool(message[5]),
         )
 
+    _RECIPIENTS_SQL = (
+        f"SELECT message_id, {_RECIPIENT_COLUMNS} FROM recipient"
+        " WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx"
+    )
+
     def recipients_of(self, message_ids: Sequence[str]) -> dict[str, tuple[RecipientDetail, ...]]:
         qids = [q for q in map(parse_queue_id, message_ids) if q is not None]
         with self._readers.connection() as conn:
-            rows = conn.execute(
-                f"SELECT message_id, {_RECIPIENT_COLUMNS} FROM recipient"
-                " WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx",
-                (json.dumps(qids),),
-            ).fetchall()
+            rows = conn.execute(self._RECIPIENTS_SQL, (json.dumps(qids),)).fetchall()
         found: dict[str, list[RecipientDetail]] = {}
         for row in rows:
             found.setdefault(format_queue_id(row[0]), []).append(_recipient_detail(row[1:]))
         return {message_id: tuple(details) for message_id, details in found.items()}
 
+    # The counts come from the one row the triggers keep (schema.py), the oldest from
+    # its index: `queue stats` and `queue list` cost the same at any queue size.
+    _SUMMARY_SQL = (
+        "SELECT messages, held, bytes, queued, deferred, delivered, bounced FROM queue_summary"
+    )
+    _OLDEST_SQL = "SELECT min(received_at) FROM message"
+
     def stats(self, now: float | None = None) -> QueueStats:
         with self._readers.snapshot() as conn:
-            messages, held, total_bytes, oldest = conn.execute(
-                "SELECT count(*), coalesce(sum(held), 0), coalesce(sum(size), 0),"
-                " min(received_at) FROM message"
-            ).fetchone()
-            by_state = dict(
-                conn.execute("SELECT state, count(*) FROM recipient GROUP BY state").fetchall()
-            )
+            messages, held, total_bytes, *by_state = conn.execute(self._SUMMARY_SQL).fetchone()
+            (oldest,) = conn.execute(self._OLDEST_SQL).fetchone()
         when = time.time() if now is None else now
         return QueueStats(
             messages=messages,
             held=held,
             total_bytes=total_bytes,
-            recipients=RecipientCounts(
-                queued=by_state.get(RecipientState.QUEUED.value, 0),
-                deferred=by_state.get(RecipientState.DEFERRED.value, 0),
-                delivered=by_state.get(RecipientState.DELIVERED.value, 0),
-                bounced=by_state.get(RecipientState.BOUNCED.value, 0),
-            ),
+            recipients=RecipientCounts(*by_state),
             oldest_received_at=oldest,
             oldest_age=None if oldest is None else max(0.0, when - oldest),
         )
@@ -363,11 +367,6 @@ class SqliteReads:
             tuple(Tally(row[0], row[1]) for row in destinations),
             tuple(Tally(row[0], row[1]) for row in reasons),
         )
-
-
-_RECIPIENT_COLUMNS = (
-    "address, state, attempts, next_attempt, last_attempt, last_reply, last_error, tls, host"
-)
 
 
 def _recipient_detail(row: Any) -> RecipientDetail:
