@@ -18,6 +18,7 @@ import pytest
 
 from relaymail.message import Envelope
 from relaymail.queue import AdminAction, RecipientState, SqliteStore
+from relaymail.queue.schema import EXPIRED_EVENTS_SQL
 from relaymail.queue.selection import Selection
 from relaymail.queue.store import QueueStats, RecipientCounts
 from tests.queue_samples import ENVELOPE, body, raw, update
@@ -113,6 +114,7 @@ async def test_an_older_queue_is_counted_once_when_it_gains_the_summary(queue_di
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE queue_summary")
         conn.execute("DROP INDEX message_by_received")
+        conn.execute("DROP INDEX admin_event_by_time")
         conn.execute("UPDATE schema_version SET version = 4")
 
     store = SqliteStore.open(queue_dir)
@@ -131,7 +133,7 @@ def plan(conn: sqlite3.Connection, sql: str, params: tuple[object, ...] = ()) ->
     return [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
 
 
-async def test_stats_and_the_listing_read_no_table_from_end_to_end(
+async def test_stats_the_listing_and_the_start_read_no_table_from_end_to_end(
     store: SqliteStore, queue_dir: Path
 ) -> None:
     queued = [await store.enqueue(ENVELOPE, body(n), time.time()) for n in range(3)]
@@ -145,6 +147,7 @@ async def test_stats_and_the_listing_read_no_table_from_end_to_end(
             "oldest": plan(conn, SqliteStore._OLDEST_SQL),
             "list": sorted(plan(conn, SqliteStore._list_sql(None), (100, 0))),
             "recipients": sorted(plan(conn, SqliteStore._RECIPIENTS_SQL, ("[1, 2]",))),
+            "start": plan(conn, EXPIRED_EVENTS_SQL, (0.0,)),
         }
     assert plans == {
         "summary": ["SCAN queue_summary"],  # its one row
@@ -160,4 +163,6 @@ async def test_stats_and_the_listing_read_no_table_from_end_to_end(
             "LIST SUBQUERY 1", "SCAN json_each VIRTUAL TABLE INDEX 1:",
             "SEARCH recipient USING PRIMARY KEY (message_id=?)",
         ],
+        # What a start does with the admin events of the last week is by time, not a scan.
+        "start": ["SEARCH admin_event USING INDEX admin_event_by_time (at<?)"],
     }  # fmt: skip

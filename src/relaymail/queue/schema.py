@@ -84,7 +84,9 @@ ALTER TABLE message ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0;
 """
 # Version 5: the counts `queue stats` and `queue list` show, kept by triggers in the
 # transactions that change them (one row, so reading them costs the same at any queue
-# size), and the index that finds the oldest message. The migration counts once.
+# size), the index that finds the oldest message, and one that keeps the start's
+# cleanup of old admin events (a `delete --all` writes one per message) off a scan.
+# The migration counts the queue once.
 _SCHEMA_V5 = """
 CREATE TABLE IF NOT EXISTS queue_summary (
     messages  INTEGER NOT NULL,
@@ -137,9 +139,11 @@ CREATE TRIGGER IF NOT EXISTS summary_recipient_change AFTER UPDATE OF state ON r
         bounced = bounced + (NEW.state = 'bounced') - (OLD.state = 'bounced');
 END;
 CREATE INDEX IF NOT EXISTS message_by_received ON message (received_at);
+CREATE INDEX IF NOT EXISTS admin_event_by_time ON admin_event (at);
 """
 _MIGRATIONS = {1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}  # version n to n + 1
 
+EXPIRED_EVENTS_SQL = "DELETE FROM admin_event WHERE at < ?"
 PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
 
 
@@ -209,7 +213,7 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
                     " refusing to touch it",
                 )
         cutoff = time.time() - ADMIN_EVENT_RETENTION
-        conn.execute("DELETE FROM admin_event WHERE at < ?", (cutoff,))
+        conn.execute(EXPIRED_EVENTS_SQL, (cutoff,))
         # Names left by a crash between unlinking a file and forgetting its name.
         conn.execute("DELETE FROM pickup WHERE at < ?", (cutoff,))
         conn.execute("COMMIT")
