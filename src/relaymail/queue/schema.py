@@ -144,6 +144,10 @@ CREATE INDEX IF NOT EXISTS admin_event_by_time ON admin_event (at);
 _MIGRATIONS = {1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}  # version n to n + 1
 
 EXPIRED_EVENTS_SQL = "DELETE FROM admin_event WHERE at < ?"
+# Python's sqlite3 keeps a weak reference for every blob handle a connection ever
+# opened until the connection closes (CPython gh-144424: ~88 bytes each, per message
+# for ever); a connection that opened this many is replaced by a new one.
+BLOB_HANDLES_PER_CONNECTION = 10_000
 PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
 
 
@@ -172,16 +176,7 @@ def open_database(
     except sqlite3.Error as exc:
         raise open_failure(path, exc) from None
     try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RelaymailError(f"{path}: cannot switch to WAL mode (got {mode})")
-        # FULL: in WAL mode, fsync the WAL at every commit; NORMAL would not.
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA journal_size_limit = 67108864")
-        conn.execute("PRAGMA cache_size = -16384")
-        if max_bytes is not None:
-            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
+        _writer_settings(conn, path, max_bytes)
         _create_or_check_schema(conn, path)
     except sqlite3.Error as exc:
         conn.close()
@@ -190,6 +185,30 @@ def open_database(
         conn.close()
         raise
     return path, conn
+
+
+def reopen_writer(path: Path, max_bytes: int | None, busy_timeout: float) -> sqlite3.Connection:
+    """A new write connection to a queue `open_database` opened: sqlite3.Error if it fails."""
+    conn = connect(path, check_same_thread=False, busy_timeout=busy_timeout)
+    try:
+        _writer_settings(conn, path, max_bytes)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _writer_settings(conn: sqlite3.Connection, path: Path, max_bytes: int | None) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise RelaymailError(f"{path}: cannot switch to WAL mode (got {mode})")
+    # FULL: in WAL mode, fsync the WAL at every commit; NORMAL would not.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    conn.execute("PRAGMA cache_size = -16384")
+    if max_bytes is not None:
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
 
 
 def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:

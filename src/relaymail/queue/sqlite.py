@@ -46,7 +46,7 @@ from . import sqlite_admin
 from . import sqlite_writes as writes
 from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
-from .schema import DEFAULT_BUSY_TIMEOUT, open_database
+from .schema import DEFAULT_BUSY_TIMEOUT, open_database, reopen_writer
 from .sqlite_reads import Readers, SqliteReads
 from .store import QueuedMessage, RecipientUpdate, TraceHeader
 from .writer import DEFAULT_MAX_BATCH, Writer
@@ -95,7 +95,8 @@ class SqliteStore(SqliteReads):
         except BaseException:
             conn.close()
             raise
-        return cls(path, Writer(conn, max_batch, files), Readers(path, files), files)
+        reopen = functools.partial(reopen_writer, path, max_bytes, busy_timeout)
+        return cls(path, Writer(conn, max_batch, files, reopen), Readers(path, files), files)
 
     async def close(self) -> None:
         await self._writer.close()

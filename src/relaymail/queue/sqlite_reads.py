@@ -17,7 +17,7 @@ from ..body import CHUNK_SIZE, MessageBody
 from ..errors import BodyUnreadable, RelaymailError
 from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
-from .schema import PENDING, connect
+from .schema import BLOB_HANDLES_PER_CONNECTION, PENDING, connect
 from .store import (
     AdminAction,
     AdminEvent,
@@ -51,6 +51,7 @@ class Readers:
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
+        self._blobs: dict[sqlite3.Connection, int] = {}  # blob handles each one opened
         self._closed = False
 
     @contextlib.contextmanager
@@ -70,7 +71,22 @@ class Readers:
         finally:
             if conn.in_transaction:  # an exception inside a read transaction
                 conn.execute("ROLLBACK")
-            self._idle.put(conn)
+            if self._blobs.get(conn, 0) < BLOB_HANDLES_PER_CONNECTION:
+                self._idle.put(conn)
+            else:  # its handles' leftovers go with it; the next use opens a new one
+                with self._lock:
+                    self._all.remove(conn)
+                    del self._blobs[conn]
+                conn.close()
+
+    @contextlib.contextmanager
+    def blob(self, table: str, column: str, row: int) -> Iterator[sqlite3.Blob]:
+        """A read-only handle on one value, counted against its connection."""
+        with self.connection() as conn:
+            with self._lock:
+                self._blobs[conn] = self._blobs.get(conn, 0) + 1
+            with conn.blobopen(table, column, row, readonly=True) as handle:
+                yield handle
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -126,10 +142,7 @@ class SqliteReads:
         # Measured: a 64 KiB body reads in ~10 µs, a hop to a thread costs ~45 µs;
         # so chunks are read on the event loop itself.
         try:
-            with (
-                self._readers.connection() as conn,
-                conn.blobopen("body", "data", qid, readonly=True) as blob,
-            ):
+            with self._readers.blob("body", "data", qid) as blob:
                 blob.seek(offset)
                 return blob.read(length)
         except (sqlite3.Error, RelaymailError) as exc:

@@ -25,10 +25,11 @@ def insert_message(
 ) -> tuple[int, bytes]:
     """The new message's queue id and the trace header stored in front of its data.
 
-    The body is a zeroblob of the final size filled in chunks through an
-    incremental blob handle: SQLite never holds the whole body in one buffer,
-    and neither do we. It is part of the transaction: a failure (or a crash)
-    anywhere before the commit leaves no row at all, never a partial body.
+    A body held in memory (MessageData.IN_MEMORY) goes in with the row; a larger one
+    is a zeroblob of the final size filled in chunks through an incremental blob
+    handle: SQLite never holds the whole body in one buffer, and neither do we.
+    It is part of the transaction: a failure (or a crash) anywhere before the commit
+    leaves no row at all, never a partial body.
     """
     qid = txn.new_queue_id()
     header = b"" if trace is None else trace(format_queue_id(qid))
@@ -38,11 +39,15 @@ def insert_message(
         "INSERT INTO message (id, sender, received_at, size, requiretls) VALUES (?, ?, ?, ?, ?)",
         (qid, sender, received_at, size, requiretls),
     )
-    conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
-    with conn.blobopen("body", "data", qid) as blob:
-        blob.write(header)
-        for chunk in data.chunks():
-            blob.write(chunk)
+    held = data.in_memory()
+    if held is not None:  # small: one statement, and no blob handle (schema.py says why)
+        conn.execute("INSERT INTO body (message_id, data) VALUES (?, ?)", (qid, header + held))
+    else:
+        conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
+        with txn.open_blob("body", "data", qid) as blob:
+            blob.write(header)
+            for chunk in data.chunks():
+                blob.write(chunk)
     conn.executemany(
         "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
         " VALUES (?, ?, ?, 'queued', ?)",
