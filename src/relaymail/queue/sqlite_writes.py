@@ -6,7 +6,7 @@ import sqlite3
 import time
 from typing import Any
 
-from ..message_data import MessageData
+from ..message_data import IN_MEMORY, MessageData
 from .ids import format_queue_id
 from .schema import PENDING
 from .store import AdminAction, TraceHeader
@@ -39,8 +39,8 @@ def insert_message(
         "INSERT INTO message (id, sender, received_at, size, requiretls) VALUES (?, ?, ?, ?, ?)",
         (qid, sender, received_at, size, requiretls),
     )
-    held = data.in_memory()
-    if held is not None:  # small: one statement, and no blob handle (schema.py says why)
+    if data.size <= IN_MEMORY and (held := data.in_memory()) is not None:
+        # Small: one statement, and no blob handle (schema.py says why).
         conn.execute("INSERT INTO body (message_id, data) VALUES (?, ?)", (qid, header + held))
     else:
         conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
