@@ -11,10 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from relaymail.message import Envelope
 from relaymail.queue import AdminAction, RecipientState, SqliteStore
@@ -22,18 +19,6 @@ from relaymail.queue.schema import EXPIRED_EVENTS_SQL
 from relaymail.queue.selection import Selection
 from relaymail.queue.store import QueueStats, RecipientCounts
 from tests.queue_samples import ENVELOPE, body, raw, update
-
-
-@pytest.fixture
-def queue_dir(tmp_path: Path) -> Path:
-    return tmp_path / "queue"
-
-
-@pytest.fixture
-async def store(queue_dir: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore.open(queue_dir)
-    yield opened
-    await opened.close()
 
 
 def recount(directory: Path) -> tuple[int, int, int, RecipientCounts, float | None]:

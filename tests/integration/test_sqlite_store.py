@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,18 +27,6 @@ from relaymail.queue.schema import DB_FILENAME, SCHEMA_VERSION
 from tests.queue_samples import ENVELOPE, body, orphans, raw, update
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-@pytest.fixture
-def queue_dir(tmp_path: Path) -> Path:
-    return tmp_path / "queue"
-
-
-@pytest.fixture
-async def store(queue_dir: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore.open(queue_dir)
-    yield opened
-    await opened.close()
 
 
 # -- enqueue -----------------------------------------------------------------
