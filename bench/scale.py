@@ -94,7 +94,7 @@ class Row:
 # would: the same rows, a Received: trace in front of each body. Batches of 10,000
 # share a commit, where SMTP clients would give the daemon a few dozen: a million
 # messages in minutes instead of hours. Deferred ones are then marked as one
-# refused attempt, due again over the next hour, as after a long outage.
+# refused attempt, due again over the hour after the seeding, as after a long outage.
 _SEED = r"""
 import asyncio, random, sys, time
 from relaymail.message import Envelope
@@ -124,9 +124,14 @@ async def main(directory, count, domains, size, deferred):
             store.enqueue(Envelope("bench@client.bench.test", (r,)), body, now, trace=trace(r, at))
             for r in rcpts))
         if deferred:
+            # Due over the hour after the seeding ends (its end estimated from its pace so
+            # far), so a slow seeding does not hand the daemon a quarter of it due at once.
+            done = start + len(rcpts)
+            ahead = (time.time() - now) / done * (count - done)
+            base = time.time() + ahead
             await store.record([
                 RecipientUpdate(m.id, m.envelope.recipients[0], RecipientState.DEFERRED, 1,
-                                now + rng.uniform(60, 3600), last_attempt=now,
+                                base + rng.uniform(60, 3600), last_attempt=now,
                                 last_error="connect failed: Connection refused")
                 for m in queued])
         if count > BATCH:
