@@ -239,6 +239,7 @@ def relaymail_objects() -> tuple[collections.Counter[str], int]:
     return objects, tracemalloc.get_traced_memory()[0]
 
 
+@pytest.mark.slow
 async def test_nothing_in_memory_grows_with_the_queue_beyond_the_window(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
