@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,18 +30,6 @@ from relaymail.queue.schema import DB_FILENAME, SCHEMA_VERSION
 from tests.queue_samples import ENVELOPE, body, orphans, raw, update
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-@pytest.fixture
-def queue_dir(tmp_path: Path) -> Path:
-    return tmp_path / "queue"
-
-
-@pytest.fixture
-async def store(queue_dir: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore.open(queue_dir)
-    yield opened
-    await opened.close()
 
 
 # -- enqueue -----------------------------------------------------------------
@@ -482,3 +470,33 @@ def test_kill_9_never_loses_an_acknowledged_message(queue_dir: Path, tmp_path: P
             await store.close()
 
     asyncio.run(check())
+
+
+async def test_connections_are_replaced_after_their_blob_handles_and_nothing_is_lost(
+    queue_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each blob handle leaves a weak reference on its connection until it closes
+    # (CPython gh-144424); a connection is replaced after so many. Here: after 3.
+    monkeypatch.setattr("relaymail.queue.writer.BLOB_HANDLES_PER_CONNECTION", 3)
+    monkeypatch.setattr("relaymail.queue.sqlite_reads.BLOB_HANDLES_PER_CONNECTION", 3)
+    store = SqliteStore.open(queue_dir)
+    try:
+        first_writer = store._writer._conn
+        large = [body(n, size=300_000) for n in range(7)]  # past MessageData's memory: a blob
+        ids = [(await store.enqueue(ENVELOPE, data, time.time())).id for data in large]
+        small = await store.enqueue(ENVELOPE, body(99), time.time())  # with its row
+        replaced = store._writer._conn is not first_writer
+        read = [b"".join(store.open_body(i).chunks()) for i in ids * 2]  # 5 chunks each
+        readers = len(store._readers._all)
+    finally:
+        await store.close()
+    assert replaced
+    assert read == large * 2
+    assert readers == 1  # one at a time, each replaced when spent
+    reopened = SqliteStore.open(queue_dir)
+    try:
+        assert [reopened.load_data(i) for i in ids] == large
+        assert reopened.load_data(small.id) == body(99)
+        assert reopened.stats().messages == 8
+    finally:
+        await reopened.close()

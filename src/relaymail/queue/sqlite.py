@@ -48,7 +48,7 @@ from . import sqlite_admin
 from . import sqlite_writes as writes
 from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
-from .schema import DEFAULT_BUSY_TIMEOUT, open_database
+from .schema import DEFAULT_BUSY_TIMEOUT, open_database, reopen_writer
 from .sqlite_reads import Readers, SqliteReads
 from .store import QueuedMessage, RecipientUpdate, TraceHeader
 from .writer import DEFAULT_MAX_BATCH, Writer
@@ -99,7 +99,8 @@ class SqliteStore(SqliteReads):
         except BaseException:
             conn.close()
             raise
-        writer = Writer(conn, max_batch, files, shard)
+        reopen = functools.partial(reopen_writer, path, max_bytes, busy_timeout)
+        writer = Writer(conn, max_batch, files, reopen, shard)
         return cls(path, writer, Readers(path, files), files)
 
     async def close(self) -> None:

@@ -6,9 +6,8 @@ import sqlite3
 import time
 from typing import Any
 
-from ..body import CHUNK_SIZE
 from ..dsn_request import DsnRequest
-from ..message_data import MessageData
+from ..message_data import IN_MEMORY, MessageData
 from .ids import format_queue_id
 from .schema import PENDING
 from .store import AdminAction, TraceHeader
@@ -28,11 +27,11 @@ def insert_message(
 ) -> tuple[int, bytes]:
     """The new message's queue id and the trace header stored in front of its data.
 
-    The body is a zeroblob of the final size filled in chunks through an
-    incremental blob handle: SQLite never holds the whole body in one buffer,
-    and neither do we (a body of one chunk that is in memory anyway goes in as
-    one value). It is part of the transaction: a failure (or a crash)
-    anywhere before the commit leaves no row at all, never a partial body.
+    A body held in memory (MessageData.IN_MEMORY) goes in with the row; a larger one
+    is a zeroblob of the final size filled in chunks through an incremental blob
+    handle: SQLite never holds the whole body in one buffer, and neither do we.
+    It is part of the transaction: a failure (or a crash) anywhere before the commit
+    leaves no row at all, never a partial body.
     """
     qid = txn.new_queue_id()
     header = b"" if trace is None else trace(format_queue_id(qid))
@@ -44,12 +43,12 @@ def insert_message(
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (qid, sender, received_at, size, requiretls, ret, None if dsn is None else dsn.envid),
     )
-    held = data.in_memory() if size <= CHUNK_SIZE else None
-    if held is not None:  # small, in memory already: one value, no blob handle
+    if data.size <= IN_MEMORY and (held := data.in_memory()) is not None:
+        # Small: one statement, and no blob handle (schema.py says why).
         conn.execute("INSERT INTO body (message_id, data) VALUES (?, ?)", (qid, header + held))
     else:
         conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
-        with conn.blobopen("body", "data", qid) as blob:
+        with txn.open_blob("body", "data", qid) as blob:
             blob.write(header)
             for chunk in data.chunks():
                 blob.write(chunk)
