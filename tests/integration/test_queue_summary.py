@@ -93,14 +93,14 @@ async def test_an_older_queue_is_counted_once_when_it_gains_the_summary(queue_di
     await store.record([update(queued.id, "bob@example.com", RecipientState.DEFERRED)])
     assert await store.set_hold(queued.id, True)
     await store.close()
-    with contextlib.closing(raw(queue_dir)) as conn:  # as version 4 left it
+    with contextlib.closing(raw(queue_dir)) as conn:  # as version 5 left it
         for trigger in [r[0] for r in conn.execute("SELECT name FROM sqlite_master"
                                                    " WHERE type = 'trigger'")]:  # fmt: skip
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE queue_summary")
         conn.execute("DROP INDEX message_by_received")
         conn.execute("DROP INDEX admin_event_by_time")
-        conn.execute("UPDATE schema_version SET version = 4")
+        conn.execute("UPDATE schema_version SET version = 5")
 
     store = SqliteStore.open(queue_dir)
     try:

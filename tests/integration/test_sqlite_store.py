@@ -137,7 +137,7 @@ async def test_an_older_queue_gets_the_due_index_and_the_refill_reads_through_it
     with contextlib.closing(raw(queue_dir)) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
         plan = conn.execute("EXPLAIN QUERY PLAN " + SqliteStore._DUE_SQL, (0.0,)).fetchall()
-    assert versions[-1] == SCHEMA_VERSION == 5
+    assert versions[-1] == SCHEMA_VERSION == 6
     assert any("recipient_due" in row[-1] for row in plan)
 
 
