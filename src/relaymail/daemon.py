@@ -26,6 +26,7 @@ from . import observe
 from .admin.history import DeliveryHistory
 from .admin.settings import load_token
 from .config import Config, load_config
+from .config_queue import QueueBackend
 from .daemon_lock import hold_daemon_lock
 from .delivery import DeliveryEngine, RecipientResult
 from .dkim.sign import Signer, Signing, SignOutcome, load_signer
@@ -38,8 +39,8 @@ from .message import Envelope, Origin
 from .message_data import MessageData
 from .metrics import Metrics
 from .preflight import PreflightFailed, check_server_config, preflight
-from .queue.sqlite import SqliteStore
-from .queue.store import TraceHeader
+from .queue.opening import open_store
+from .queue.store import Store, TraceHeader
 from .scheduler import Scheduler
 from .service import become, host_name_problem, lookup_user, notify_systemd
 from .suspension import Suspension
@@ -106,7 +107,7 @@ class Daemon:
             # As the service user: a key it cannot read now would fail the next reload.
             self.signer = load_signer(config)
             os.umask(0o077)  # the queue directory is traversable for the maildrop (open_maildrop)
-            store = SqliteStore.open(config.queue.directory, max_bytes=config.queue.max_size)
+            store = open_store(config.queue)
         except BaseException:
             await asyncio.gather(*(h.close(0) for h in self.listeners))
             raise
@@ -134,7 +135,7 @@ class Daemon:
         try:
             maildrop = open_maildrop(config.queue.directory)
             pending = self.scheduler.load()
-            log.info("queue %s: %d message(s) waiting", config.queue.directory, pending)
+            log.info("queue %s: %d message(s) waiting", _where(config), pending)
             background = [
                 asyncio.create_task(self.scheduler.run()),
                 asyncio.create_task(self._send_tls_reports()),
@@ -174,7 +175,7 @@ class Daemon:
         log.info("stopped")
 
     async def _start_admin(
-        self, config: Config, store: SqliteStore, history: DeliveryHistory | None
+        self, config: Config, store: Store, history: DeliveryHistory | None
     ) -> asyncio.Server | None:
         """The metrics and status page listener ([admin]), when an address is set."""
         settings = config.admin
@@ -357,6 +358,16 @@ class Daemon:
         running = self.scheduler.in_flight()
         self._retiring = asyncio.create_task(_retire(old_engine, running))
         log.info("reloaded %s", new.source)
+
+
+def _where(config: Config) -> str:
+    """The queue as the log names it: its directory, or its database and this node."""
+    settings = config.queue
+    if settings.backend is QueueBackend.POSTGRESQL and settings.dsn is not None:
+        from .queue.postgres_connect import describe
+
+        return f"{describe(settings.dsn)} (node {settings.node})"
+    return str(settings.directory)
 
 
 def _log_signing(queue_id: str, signing: Signing) -> None:

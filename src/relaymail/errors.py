@@ -111,21 +111,32 @@ class QueueProblem(enum.StrEnum):
     CANNOT_WRITE = "cannot write"  # read-only, not writable by this user, immutable
     NOT_A_QUEUE = "not a queue"  # the database is corrupt or not SQLite at all
     NEWER_SCHEMA = "newer schema"  # written by a newer relaymail: left untouched
+    UNREACHABLE = "unreachable"  # the queue's database server (queue.dsn) did not answer
 
     @property
     def exit_code(self) -> int:
         # sysexits.h: EX_CANTCREAT (73) when the files cannot be created or written;
-        # EX_CONFIG (78) when queue.directory points at something that is not a queue.
+        # EX_CONFIG (78) when queue.directory points at something that is not a queue;
+        # EX_UNAVAILABLE (69) when the database server is down: the same file works later.
+        if self is QueueProblem.UNREACHABLE:
+            return 69
         return 73 if self is QueueProblem.CANNOT_WRITE else 78
 
 
 class QueueUnusable(RelaymailError):
-    """The queue cannot be opened: `problem` for the exit code, the text for the admin."""
+    """The queue cannot be opened: `problem` for the exit code, the text for the admin.
 
-    def __init__(self, path: Path, problem: QueueProblem, detail: str) -> None:
+    `path` is the queue directory, or the database (postgres_connect.describe);
+    `key` the configuration key that names it.
+    """
+
+    def __init__(
+        self, path: Path | str, problem: QueueProblem, detail: str, key: str = "queue.directory"
+    ) -> None:
         super().__init__(f"{path}: {detail}")
         self.path = path
         self.problem = problem
+        self.key = key
 
 
 class MaildropCorrupt(RelaymailError, ValueError):

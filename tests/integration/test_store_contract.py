@@ -1,4 +1,5 @@
-"""What every queue store promises (queue/store.py), against each backend: SQLite and memory."""
+"""What every queue store promises (queue/store.py), against each backend: SQLite, memory and
+PostgreSQL (a private cluster on loopback, a fresh database per test)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from relaymail.errors import BodyUnreadable, RelaymailError
 from relaymail.message import Envelope
 from relaymail.queue import AdminAction, RecipientState, SqliteStore, Store
 from relaymail.queue.memory import MemoryStore
+from relaymail.queue.postgres import PostgresStore
 from relaymail.queue.selection import AddressPattern, Selection
 from tests.queue_samples import ENVELOPE, body, orphans, update
 
@@ -26,11 +28,14 @@ def queue_dir(tmp_path: Path) -> Path:
 OpenStore = Callable[[], Store]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgresql"])
 def open_store(request: pytest.FixtureRequest, queue_dir: Path) -> OpenStore:
     """A function opening a new store of one backend (SQLite in `queue_dir`)."""
     if request.param == "sqlite":
         return lambda: SqliteStore.open(queue_dir)
+    if request.param == "postgresql":
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        return lambda: PostgresStore.open(dsn, node="mx1")
     return MemoryStore
 
 

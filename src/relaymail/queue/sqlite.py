@@ -34,6 +34,7 @@ the same order as the numbers: `1K1CBR3JRJT`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Sequence
@@ -159,6 +160,12 @@ class SqliteStore(SqliteReads):
                 )
             )
         await self._writer.submit(functools.partial(writes.apply_updates, rows=rows))
+
+    async def claim(self, message_id: str) -> bool:
+        return True  # one node's queue: every delivery is this node's
+
+    async def wait_admin_event(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)  # nothing tells: the caller polls
 
     async def mark_warned(self, message_id: str) -> bool:
         qid = parse_queue_id(message_id)

@@ -1,0 +1,130 @@
+"""Claims with leases: which node delivers a message, so that no two deliver it at once.
+
+Theory of operation
+-------------------
+A message row carries `claimed_by` (a node's name) and `lease_until` (the
+database server's clock, so the nodes' clocks need not agree). A node claims
+a message when it accepts it (enqueue), when its scheduler's window takes it
+in (`claim_due`: the due messages nobody else holds, `FOR UPDATE SKIP LOCKED`
+so two nodes refilling at once take disjoint sets), and again just before each
+delivery (`claim_messages`), which is the claim that counts: it fails when
+another node holds a live lease, and the scheduler then drops the message.
+
+While a node delivers, its store renews the leases of the messages in flight
+(`renew_leases`, every third of the lease). Recording the outcome checks the
+claim in the same transaction (postgres_writes.record_outcomes): a node whose
+lease was lost records nothing, since the message is another node's now. The
+record releases the claim when no recipient is due any more, so the next
+attempt goes to whichever node is free when it is due.
+
+A node that dies stops renewing; once its leases run out the others claim its
+messages (`claim_due` takes expired claims, and tells the scheduler when the
+next foreign lease runs out so it looks again then). The one duplicate left is
+the unavoidable one: a node that got the remote 250 and died (or lost the
+database for longer than the lease) before its record committed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .postgres_schema import SERVER_NOW
+from .postgres_writer import Transaction
+
+if TYPE_CHECKING:
+    import psycopg
+
+_CLAIMABLE = (
+    f"(m.claimed_by IS NULL OR m.claimed_by = %(node)s OR m.lease_until < {SERVER_NOW})"
+)
+# In due order through the partial index recipient_due; a message's first row is its earliest.
+_DUE_SQL = (
+    "SELECT r.message_id FROM recipient AS r JOIN message AS m ON m.id = r.message_id"
+    " WHERE r.state IN ('queued', 'deferred') AND r.next_attempt <= %(now)s AND NOT m.held"
+    f" AND {_CLAIMABLE} ORDER BY r.next_attempt, r.message_id"
+)
+_TAKE_SQL = (
+    f"WITH free AS (SELECT m.id FROM message AS m WHERE m.id = ANY(%(ids)s) AND NOT m.held"
+    f" AND {_CLAIMABLE} FOR UPDATE SKIP LOCKED)"
+    f" UPDATE message AS m SET claimed_by = %(node)s, lease_until = {SERVER_NOW} + %(lease)s"
+    " FROM free WHERE m.id = free.id RETURNING m.id"
+)
+# The earliest moment more mail may be due here: a later retry time, or the end of
+# another node's lease on mail due now (then that node is gone, and this one takes it).
+_NEXT_DUE_SQL = (
+    "SELECT least((SELECT min(next_attempt) FROM recipient"
+    "  WHERE state IN ('queued', 'deferred') AND next_attempt > %(now)s),"
+    f" %(now)s + (SELECT min(m.lease_until) - {SERVER_NOW} FROM message AS m"
+    f"  WHERE m.claimed_by <> %(node)s AND m.lease_until >= {SERVER_NOW} AND NOT m.held"
+    "  AND EXISTS (SELECT 1 FROM recipient AS r WHERE r.message_id = m.id"
+    "   AND r.state IN ('queued', 'deferred') AND r.next_attempt <= %(now)s)))"
+)
+
+
+def claim_due(
+    conn: psycopg.Connection, node: str, lease: float, now: float, limit: int,
+    exclude: set[int],
+) -> tuple[list[int], bool, float | None]:  # fmt: skip
+    """Claim up to `limit` due messages, earliest first: (their ids, more wait, next due).
+
+    Runs in the transaction open on `conn`; what another node holds is skipped.
+    """
+    params = {"node": node, "lease": lease, "now": now}
+    chosen: dict[int, None] = {}
+    more = False
+    with conn.cursor(name="relaymail_due") as cur:
+        cur.itersize = min(max(2 * limit, 100), 5000)
+        cur.execute(_DUE_SQL, params)
+        for (qid,) in cur:
+            if qid in chosen or qid in exclude:
+                continue
+            if len(chosen) == limit:
+                more = True
+                break
+            chosen[qid] = None
+    taken = set()
+    if chosen:
+        rows = conn.execute(_TAKE_SQL, {**params, "ids": list(chosen)}).fetchall()
+        taken = {row[0] for row in rows}
+    more = more or len(taken) < len(chosen)  # locked by a node claiming them right now
+    next_due = conn.execute(_NEXT_DUE_SQL, params).fetchone()
+    return [q for q in chosen if q in taken], more, next_due[0] if next_due else None
+
+
+async def claim_messages(txn: Transaction, items: list[int]) -> list[bool]:
+    """Take or keep this node's claim before a delivery: False where another node holds one.
+
+    A claim is free when nobody holds it, or its lease ran out (the node holding it
+    died or lost the database); a held message is nobody's to deliver.
+    """
+    cur = await txn.conn.execute(
+        f"UPDATE message SET claimed_by = %(node)s, lease_until = {SERVER_NOW} + %(lease)s"
+        " WHERE id = ANY(%(ids)s) AND NOT held AND (claimed_by IS NULL"
+        f" OR claimed_by = %(node)s OR lease_until < {SERVER_NOW}) RETURNING id",
+        {"node": txn.node, "lease": txn.lease, "ids": sorted(set(items))},
+    )
+    won = {row[0] for row in await cur.fetchall()}
+    return [qid in won for qid in items]
+
+
+async def renew_leases(txn: Transaction, items: list[frozenset[int]]) -> list[frozenset[int]]:
+    """Extend this node's leases on the messages it delivers; say it is alive.
+
+    Returns the ids it still holds: a missing one is gone, or claimed by another node.
+    """
+    held = sorted(set().union(*items))
+    cur = await txn.conn.execute(
+        f"UPDATE message SET lease_until = {SERVER_NOW} + %s"
+        " WHERE claimed_by = %s AND id = ANY(%s) RETURNING id",
+        (txn.lease, txn.node, held),
+    )
+    kept = frozenset(row[0] for row in await cur.fetchall())
+    await txn.conn.execute(
+        "INSERT INTO node (name, started_at, seen_at) VALUES (%(n)s, %(t)s, %(t)s)"
+        " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
+        {"n": txn.node, "t": time.time()},
+    )
+    return [kept] * len(items)
+
+
