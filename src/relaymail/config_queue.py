@@ -71,6 +71,13 @@ def _dsn(value: Any, key: str) -> str:
         raise ConfigError(key, "empty")
     if "\n" in dsn or "\r" in dsn or "\0" in dsn:
         raise ConfigError(key, "must be one line")
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(dsn)
+    except ProgrammingError as exc:  # its text names the bad keyword, not the password
+        raise ConfigError(key, f"not a libpq connection string: {exc}") from None
     return dsn
 
 

@@ -34,7 +34,7 @@ def open_store(request: pytest.FixtureRequest, queue_dir: Path) -> OpenStore:
     if request.param == "sqlite":
         return lambda: SqliteStore.open(queue_dir)
     if request.param == "postgresql":
-        dsn: str = request.getfixturevalue("postgres_dsn")
+        dsn: str = request.getfixturevalue("postgres_schema_dsn")
         return lambda: PostgresStore.open(dsn, node="mx1")
     return MemoryStore
 

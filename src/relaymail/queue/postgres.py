@@ -83,8 +83,9 @@ class PostgresStore(PostgresReads):
             with contextlib.closing(connect(dsn, node, "schema", autocommit=True)) as conn:
                 prepare(conn)
         except QueueFull as exc:
-            raise QueueUnusable(describe(dsn), QueueProblem.UNREACHABLE, str(exc),
-                                key="queue.dsn") from None
+            raise QueueUnusable(
+                describe(dsn), QueueProblem.UNREACHABLE, str(exc), key="queue.dsn"
+            ) from None
         except SchemaProblem as exc:
             raise QueueUnusable(describe(dsn), exc.problem, str(exc), key="queue.dsn") from None
         except Exception as exc:  # psycopg: a role without CREATE, a broken database

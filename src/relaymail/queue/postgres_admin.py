@@ -88,8 +88,7 @@ def change(action: AdminAction, selection: Selection, now: float) -> Procedure[A
     if events:
         yield ("SELECT pg_advisory_xact_lock(%s)", (EVENT_LOCK,))
         yield (
-            "INSERT INTO admin_event (message_id, action, at)"
-            " SELECT unnest(%s::bigint[]), %s, %s",
+            "INSERT INTO admin_event (message_id, action, at) SELECT unnest(%s::bigint[]), %s, %s",
             (events, action.value, time.time()),
         )
         yield (f"NOTIFY {ADMIN_CHANNEL}", ())

@@ -35,9 +35,7 @@ from .postgres_writer import Transaction
 if TYPE_CHECKING:
     import psycopg
 
-_CLAIMABLE = (
-    f"(m.claimed_by IS NULL OR m.claimed_by = %(node)s OR m.lease_until < {SERVER_NOW})"
-)
+_CLAIMABLE = f"(m.claimed_by IS NULL OR m.claimed_by = %(node)s OR m.lease_until < {SERVER_NOW})"
 # In due order through the partial index recipient_due; a message's first row is its earliest.
 _DUE_SQL = (
     "SELECT r.message_id FROM recipient AS r JOIN message AS m ON m.id = r.message_id"
@@ -68,28 +66,41 @@ def claim_due(
 ) -> tuple[list[int], bool, float | None]:  # fmt: skip
     """Claim up to `limit` due messages, earliest first: (their ids, more wait, next due).
 
-    Runs in the transaction open on `conn`; what another node holds is skipped.
+    Runs in the transaction open on `conn`. The due index is read in order and
+    its messages claimed a page at a time, skipping rows another node is
+    claiming this moment: two nodes refilling at once go on to the next
+    messages instead of waiting for each other or coming back short.
     """
     params = {"node": node, "lease": lease, "now": now}
-    chosen: dict[int, None] = {}
+    taken: list[int] = []
+    page: list[int] = []
+    seen: set[int] = set()
     more = False
     with conn.cursor(name="relaymail_due") as cur:
         cur.itersize = min(max(2 * limit, 100), 5000)
         cur.execute(_DUE_SQL, params)
         for (qid,) in cur:
-            if qid in chosen or qid in exclude:
+            if qid in seen or qid in exclude:
                 continue
-            if len(chosen) == limit:
-                more = True
+            seen.add(qid)
+            if len(taken) == limit:
+                more = True  # one more due message than the batch takes
                 break
-            chosen[qid] = None
-    taken = set()
-    if chosen:
-        rows = conn.execute(_TAKE_SQL, {**params, "ids": list(chosen)}).fetchall()
-        taken = {row[0] for row in rows}
-    more = more or len(taken) < len(chosen)  # locked by a node claiming them right now
+            page.append(qid)
+            if len(taken) + len(page) == limit:
+                taken += _take(conn, page, params)
+                page = []
+        if page:
+            taken += _take(conn, page, params)
     next_due = conn.execute(_NEXT_DUE_SQL, params).fetchone()
-    return [q for q in chosen if q in taken], more, next_due[0] if next_due else None
+    return taken, more, next_due[0] if next_due else None
+
+
+def _take(conn: psycopg.Connection, ids: list[int], params: dict[str, object]) -> list[int]:
+    """Claim what of `ids` is still free, in their order."""
+    rows = conn.execute(_TAKE_SQL, {**params, "ids": ids}).fetchall()
+    won = {row[0] for row in rows}
+    return [qid for qid in ids if qid in won]
 
 
 async def claim_messages(txn: Transaction, items: list[int]) -> list[bool]:
@@ -126,5 +137,3 @@ async def renew_leases(txn: Transaction, items: list[frozenset[int]]) -> list[fr
         {"n": txn.node, "t": time.time()},
     )
     return [kept] * len(items)
-
-

@@ -37,12 +37,17 @@ def describe(dsn: str) -> str:
     return f"postgresql {user}{host}{port}/{parts.get('dbname') or '(default database)'}"
 
 
-def connect_options(node: str, role: str) -> dict[str, Any]:
+def connect_options(dsn: str, node: str, role: str) -> dict[str, Any]:
+    """libpq keywords added to `dsn`; its own `options` (a search_path, say) are kept."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(dsn).get("options")
+    ours = f"-c lock_timeout={LOCK_TIMEOUT_MS}"
+    ours += f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
     return {
         "connect_timeout": CONNECT_TIMEOUT,
         "application_name": f"relaymail {node} {role}"[:63],
-        "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"
-        f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+        "options": f"{ours} {given}" if given else ours,
     }
 
 
@@ -51,7 +56,7 @@ def connect(dsn: str, node: str, role: str, *, autocommit: bool = True) -> psyco
     import psycopg
 
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, **connect_options(node, role))
+        return psycopg.connect(dsn, autocommit=autocommit, **connect_options(dsn, node, role))
     except psycopg.Error as exc:
         raise storage_error(exc) from None
 
@@ -64,7 +69,7 @@ async def connect_async(
 
     try:
         return await psycopg.AsyncConnection.connect(
-            dsn, autocommit=autocommit, **connect_options(node, role)
+            dsn, autocommit=autocommit, **connect_options(dsn, node, role)
         )
     except psycopg.Error as exc:
         raise storage_error(exc) from None

@@ -48,7 +48,7 @@ def open_pool(dsn: str, node: str) -> ConnectionPool:
 
     return ConnectionPool(
         dsn, min_size=1, max_size=READERS, timeout=CONNECT_TIMEOUT, open=True,
-        kwargs={"autocommit": True, **connect_options(node, "reader")},
+        kwargs={"autocommit": True, **connect_options(dsn, node, "reader")},
         name="relaymail-queue-readers",
     )  # fmt: skip
 
@@ -71,7 +71,14 @@ class PostgresReads:
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.Error as exc:
-            raise storage_error(exc, self._dsn) from None
+            if isinstance(exc, psycopg.OperationalError):
+                # The server went away (a restart): the other idle connections are as
+                # dead as this one; drop them now rather than fail one read each.
+                self._pool.check()
+            error = storage_error(exc, self._dsn)
+            if error is exc:
+                raise
+            raise error from exc
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[psycopg.Connection]:
@@ -81,8 +88,17 @@ class PostgresReads:
             yield conn
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._connection() as conn:
-            return conn.execute(sql, params).fetchall()
+        """One statement's rows; tried again once on a new connection if the old one was cut."""
+        import psycopg
+
+        for attempt in (1, 2):
+            try:
+                with self._connection() as conn:
+                    return conn.execute(sql, params).fetchall()
+            except QueueFull as exc:
+                if attempt == 2 or not isinstance(exc.__cause__, psycopg.OperationalError):
+                    raise
+        raise AssertionError("unreachable")
 
     # -- reads for the daemon ------------------------------------------------
 

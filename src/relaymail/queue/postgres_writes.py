@@ -150,9 +150,7 @@ async def run_each(txn: Transaction, items: list[Single]) -> list[Any]:
     return [await apply(txn) for apply in items]
 
 
-async def append_events(
-    txn: Transaction, events: Sequence[tuple[int | None, AdminAction]]
-) -> None:
+async def append_events(txn: Transaction, events: Sequence[tuple[int | None, AdminAction]]) -> None:
     """Admin events, numbered in commit order, and a NOTIFY to every listening node.
 
     The advisory lock makes transactions that append events take their ids one
@@ -192,9 +190,7 @@ async def delete(txn: Transaction, qid: int) -> bool:
 
 async def retry(txn: Transaction, qid: int | None, now: float) -> int:
     conn = txn.conn
-    sql = (
-        "UPDATE recipient SET next_attempt = %s WHERE state IN (%s, %s) AND next_attempt > %s"
-    )
+    sql = "UPDATE recipient SET next_attempt = %s WHERE state IN (%s, %s) AND next_attempt > %s"
     params: tuple[Any, ...] = (now, *PENDING, now)
     if qid is not None:
         cur = await conn.execute("SELECT 1 FROM message WHERE id = %s", (qid,))
