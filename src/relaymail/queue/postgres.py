@@ -35,7 +35,7 @@ from ..message_data import MessageData
 from . import postgres_writes as writes
 from .ids import format_queue_id, parse_queue_id
 from .postgres_admin import change, run_async, run_sync
-from .postgres_claims import claim_due, claim_messages, renew_leases
+from .postgres_claims import RenewedLeases, claim_due, claim_messages, renew_leases
 from .postgres_connect import connect, connect_async, describe, storage_error
 from .postgres_reads import PostgresReads, open_pool
 from .postgres_schema import ADMIN_CHANNEL, SchemaProblem, prepare
@@ -95,11 +95,15 @@ class PostgresStore(PostgresReads):
         return cls(dsn, node, lease)
 
     async def close(self) -> None:
+        renewing = self._renewer is not None
         for task in (self._renewer, self._listener):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if renewing:  # a daemon stopping: not alive any more for `queue retry`
+            with contextlib.suppress(QueueFull):
+                await self._single(functools.partial(writes.leave_cluster))
         await self._writer.close()
         self._closed = True
         await asyncio.to_thread(self._pool.close)
@@ -245,17 +249,17 @@ class PostgresStore(PostgresReads):
         while True:
             held = frozenset(self._delivering)
             try:
-                kept = await self._write(renew_leases, held)
+                renewed: RenewedLeases = await self._write(renew_leases, held)
             except QueueFull as exc:
                 log.warning("renewing this node's leases failed (%s); trying again", exc)
-                continue
             except RelaymailError:  # closed
                 return
-            lost = held - kept
-            self._delivering.difference_update(lost)
-            for qid in sorted(lost):
-                log.warning("id=%s: claim lost while delivering (deleted, or"
-                            " another node's now)", format_queue_id(qid))  # fmt: skip
+            else:
+                # Not renewed: recorded meanwhile (gone), or lost to another node.
+                self._delivering.difference_update(held - renewed.kept)
+                for qid in sorted(renewed.lost):
+                    log.warning("id=%s: claim lost while delivering: another node's now",
+                                format_queue_id(qid))  # fmt: skip
             await asyncio.sleep(self.lease / 3)
 
     def live_nodes(self) -> list[str]:

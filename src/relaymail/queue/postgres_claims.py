@@ -18,15 +18,17 @@ record releases the claim when no recipient is due any more, so the next
 attempt goes to whichever node is free when it is due.
 
 A node that dies stops renewing; once its leases run out the others claim its
-messages (`claim_due` takes expired claims, and tells the scheduler when the
-next foreign lease runs out so it looks again then). The one duplicate left is
-the unavoidable one: a node that got the remote 250 and died (or lost the
-database for longer than the lease) before its record committed.
+messages (`claim_due` takes expired claims, and tells the scheduler to look
+again when the next foreign lease runs out, and at the latest a lease later).
+The one duplicate left is the unavoidable one: a node that got the remote 250
+and died (or lost the database for longer than the lease) before its record
+committed.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .postgres_schema import SERVER_NOW
@@ -48,15 +50,17 @@ _TAKE_SQL = (
     f" UPDATE message AS m SET claimed_by = %(node)s, lease_until = {SERVER_NOW} + %(lease)s"
     " FROM free WHERE m.id = free.id RETURNING m.id"
 )
-# The earliest moment more mail may be due here: a later retry time, or the end of
-# another node's lease on mail due now (then that node is gone, and this one takes it).
+# The earliest moment more mail may be due here: a later retry time, the end of another
+# node's lease on mail due now (then that node is gone, and this one takes it), and at
+# the latest one lease from now, since any node holding claims may die meanwhile.
 _NEXT_DUE_SQL = (
     "SELECT least((SELECT min(next_attempt) FROM recipient"
     "  WHERE state IN ('queued', 'deferred') AND next_attempt > %(now)s),"
     f" %(now)s + (SELECT min(m.lease_until) - {SERVER_NOW} FROM message AS m"
     f"  WHERE m.claimed_by <> %(node)s AND m.lease_until >= {SERVER_NOW} AND NOT m.held"
     "  AND EXISTS (SELECT 1 FROM recipient AS r WHERE r.message_id = m.id"
-    "   AND r.state IN ('queued', 'deferred') AND r.next_attempt <= %(now)s)))"
+    "   AND r.state IN ('queued', 'deferred') AND r.next_attempt <= %(now)s)),"
+    " %(now)s + %(lease)s)"
 )
 
 
@@ -119,21 +123,31 @@ async def claim_messages(txn: Transaction, items: list[int]) -> list[bool]:
     return [qid in won for qid in items]
 
 
-async def renew_leases(txn: Transaction, items: list[frozenset[int]]) -> list[frozenset[int]]:
-    """Extend this node's leases on the messages it delivers; say it is alive.
-
-    Returns the ids it still holds: a missing one is gone, or claimed by another node.
-    """
+async def renew_leases(txn: Transaction, items: list[frozenset[int]]) -> list[RenewedLeases]:
+    """Extend this node's leases on the messages it delivers; say it is alive."""
     held = sorted(set().union(*items))
     cur = await txn.conn.execute(
-        f"UPDATE message SET lease_until = {SERVER_NOW} + %s"
-        " WHERE claimed_by = %s AND id = ANY(%s) RETURNING id",
-        (txn.lease, txn.node, held),
+        f"WITH renewed AS (UPDATE message SET lease_until = {SERVER_NOW} + %(lease)s"
+        " WHERE claimed_by = %(node)s AND id = ANY(%(ids)s) RETURNING id)"
+        " SELECT id, true FROM renewed UNION ALL SELECT id, false FROM message"
+        " WHERE id = ANY(%(ids)s) AND claimed_by <> %(node)s",
+        {"lease": txn.lease, "node": txn.node, "ids": held},
     )
-    kept = frozenset(row[0] for row in await cur.fetchall())
+    rows = await cur.fetchall()
     await txn.conn.execute(
         "INSERT INTO node (name, started_at, seen_at) VALUES (%(n)s, %(t)s, %(t)s)"
         " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
         {"n": txn.node, "t": time.time()},
     )
-    return [kept] * len(items)
+    renewed = RenewedLeases(
+        kept=frozenset(qid for qid, ours in rows if ours),
+        lost=frozenset(qid for qid, ours in rows if not ours),
+    )
+    return [renewed] * len(items)
+
+
+@dataclass(frozen=True, slots=True)
+class RenewedLeases:
+    kept: frozenset[int]  # still this node's, for another lease
+    # Another node's now. In neither: gone, or released by this node's own record.
+    lost: frozenset[int]

@@ -203,6 +203,11 @@ async def retry(txn: Transaction, qid: int | None, now: float) -> int:
     return moved
 
 
+async def leave_cluster(txn: Transaction) -> None:
+    """This node stops: it is no longer among the live nodes."""
+    await txn.conn.execute("DELETE FROM node WHERE name = %s", (txn.node,))
+
+
 async def forget_pickups(txn: Transaction, names: tuple[str, ...]) -> None:
     await txn.conn.execute(
         "DELETE FROM pickup WHERE node = %s AND name = ANY(%s)", (txn.node, list(names))

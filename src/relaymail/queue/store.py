@@ -144,7 +144,9 @@ class DueBatch:
 
     messages: tuple[PendingMessage, ...]  # earliest due first
     more: bool  # the limit cut the batch: other due messages wait on disk
-    next_due: float | None  # the earliest later due time of any pending recipient
+    # The earliest later due time of any pending recipient. A store shared by nodes may
+    # say sooner: when another node's claims may have run out (it died) and are due here.
+    next_due: float | None
 
 
 @dataclass(frozen=True, slots=True)
