@@ -14,6 +14,7 @@ current user.
 
 `fsync = off`: the tests kill relaymail, never PostgreSQL, and a commit acknowledged by
 the server is what the Store contract is about, so flushing to disk would only cost time.
+A benchmark asks for `durable=True`: then every commit is flushed, as in production.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def _free_port() -> int:
 class PostgresServer:
     """One running cluster. `dsn(database)` is a libpq URI for the superuser on loopback."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.directory = Path(tempfile.mkdtemp(prefix="relaymail-pg-"))
         self.port = _free_port()
         self._databases = 0
@@ -93,8 +95,7 @@ class PostgresServer:
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
             "unix_socket_directories": str(self.directory),
-            "fsync": "off",
-            "full_page_writes": "off",
+            **({} if self.durable else {"fsync": "off", "full_page_writes": "off"}),
             "max_connections": "300",
             "shared_buffers": "64MB",
             "log_min_messages": "warning",
@@ -114,6 +115,12 @@ class PostgresServer:
                 self.stop()
                 raise RuntimeError("postgres started but did not accept connections in time")
             time.sleep(0.02)
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's: the root of every server process of the cluster."""
+        assert self._process is not None
+        return self._process.pid
 
     def _log_tail(self, log: Path) -> str:
         return log.read_text()[-2000:] if log.exists() else "(no log)"

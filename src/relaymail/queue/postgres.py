@@ -22,6 +22,7 @@ on a sync connection (`change_now`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -29,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..body import CHUNK_SIZE, MessageBody
 from ..errors import QueueFull, QueueProblem, QueueUnusable, RelaymailError
 from ..message import Envelope
 from ..message_data import MessageData
@@ -69,6 +71,7 @@ class PostgresStore(PostgresReads):
         self._pool = open_pool(dsn, node)
         self._writer = PostgresWriter(dsn, node, lease)
         self._delivering: set[int] = set()  # claimed for a delivery, not recorded yet
+        self._fresh = FreshBodies()
         self._renewer: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._notified = asyncio.Event()
@@ -142,6 +145,8 @@ class PostgresStore(PostgresReads):
                                 envelope.requiretls)  # fmt: skip
         qid, header = await self._write(writes.insert_messages, new, weight=body.size)
         size = len(header) + body.size
+        if size <= CHUNK_SIZE and (kept := body.in_memory()) is not None:
+            self._fresh.put(qid, header + kept)
         return QueuedMessage(format_queue_id(qid), envelope, size, received_at, header)
 
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:
@@ -231,6 +236,15 @@ class PostgresStore(PostgresReads):
         except psycopg.Error as exc:
             raise storage_error(exc, self._dsn) from None
 
+    def open_body(self, message_id: str) -> MessageBody:
+        # Most mail is delivered by the node that took it, moments later: a small body
+        # it still has is sent from memory, with no round trip on the event loop. Only
+        # once claimed for delivery, which proved the message is still queued.
+        qid = parse_queue_id(message_id)
+        if qid is not None and qid in self._delivering and (data := self._fresh.pop(qid)):
+            return MessageBody.of(data)
+        return super().open_body(message_id)
+
     # -- claims ------------------------------------------------------------------
 
     def due_messages(
@@ -299,6 +313,28 @@ class PostgresStore(PostgresReads):
                     with contextlib.suppress(Exception):
                         await conn.close()
             await asyncio.sleep(RELISTEN_PAUSE)
+
+
+class FreshBodies:
+    """Small bodies of the mail this node queued, kept until delivered (or crowded out)."""
+
+    LIMIT = 16 * 1024 * 1024  # octets, all bodies together
+
+    def __init__(self) -> None:
+        self._bodies: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._size = 0
+
+    def put(self, qid: int, data: bytes) -> None:
+        self._bodies[qid] = data
+        self._size += len(data)
+        while self._size > self.LIMIT:
+            self._size -= len(self._bodies.popitem(last=False)[1])
+
+    def pop(self, qid: int) -> bytes | None:
+        data = self._bodies.pop(qid, None)
+        if data is not None:
+            self._size -= len(data)
+        return data
 
 
 if TYPE_CHECKING:

@@ -204,8 +204,12 @@ async def retry(txn: Transaction, qid: int | None, now: float) -> int:
 
 
 async def leave_cluster(txn: Transaction) -> None:
-    """This node stops: it is no longer among the live nodes."""
+    """This node stops, its deliveries over: its claims go to the others at once."""
     await txn.conn.execute("DELETE FROM node WHERE name = %s", (txn.node,))
+    await txn.conn.execute(
+        "UPDATE message SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = %s",
+        (txn.node,),
+    )
 
 
 async def forget_pickups(txn: Transaction, names: tuple[str, ...]) -> None:
