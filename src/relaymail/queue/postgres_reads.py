@@ -126,7 +126,9 @@ class PostgresReads:
             if rows and rows[0][0] <= CHUNK_SIZE:
                 return MessageBody.of(bytes(rows[0][1] or b""))
             if rows:
-                return MessageBody(rows[0][0], functools.partial(self._read_body, qid))
+                # A row per read: each is a round trip, made on the event loop.
+                read = functools.partial(self._read_body, qid)
+                return MessageBody(rows[0][0], read, chunk_size=BODY_ROW)
         raise KeyError(message_id)
 
     def _read_body(self, qid: int, offset: int, length: int) -> bytes:
