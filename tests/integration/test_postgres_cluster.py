@@ -18,7 +18,9 @@ import pytest
 
 from tests.integration.conftest import hop
 from tests.integration.daemon_process import RELAYMAIL, Daemon, free_port, run_command, write_toml
+from tests.peers.postgres import PostgresServer
 from tests.peers.smtp_server import Script, SMTPPeer, SMTPPeerFactory, Stage
+from tests.peers.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -99,6 +101,44 @@ async def test_one_node_on_postgresql_queues_delivers_and_the_cli_steers_it(
     # With every node stopped, a retry is kept for their start, as postqueue -f says.
     code, _, err = await run_command(*queue, "retry", "--all")
     assert code == 69 and "no relaymail serve runs on the cluster at postgresql" in err
+
+
+async def swaks(port: int, to: str) -> str:
+    _, out, err = await run_command(
+        "swaks", "--server", f"127.0.0.1:{port}", "--from", "a@src.test", "--to", to
+    )
+    return out + err
+
+
+async def test_a_node_cut_off_from_its_database_answers_452_and_accepts_again_after(
+    smtp_peer: SMTPPeerFactory, ca_file: Path, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    sink = await smtp_peer(Script())
+    dsn = postgres_server.fresh_database()
+    proxy = TcpProxy("127.0.0.1", postgres_server.port)  # the network to the database
+    await proxy.start()
+    proxied = dsn.replace(f":{postgres_server.port}/", f":{proxy.port}/")
+    port = free_port()
+    config = node_config(tmp_path, "mx1", port, proxied, ca_file, sink, retry=["1s"])
+    daemon = Daemon(config, port, tmp_path / "mx1.log")
+    await daemon.start()
+    try:
+        assert "queued as" in await swaks(port, "first@dest.test")
+        await proxy.cut()
+        refused = await swaks(port, "second@dest.test")
+        assert "452 4.3.1" in refused and "queued as" not in refused
+        await proxy.resume()
+        async with asyncio.timeout(60):  # the writer connects again for the next batch
+            while "queued as" not in await swaks(port, "third@dest.test"):
+                await asyncio.sleep(0.2)
+        await until(lambda: len(sink.transactions) == 2)
+    finally:
+        assert await daemon.stop() == 0
+        await proxy.cut()
+    # The first one was queued before the cut; its delivery waited for the database.
+    delivered = sorted(r for t in sink.transactions for r in t.recipients)
+    assert delivered == ["first@dest.test", "third@dest.test"]
+    assert "reason=queue-unavailable, code=452" in daemon.text()
 
 
 @dataclass
