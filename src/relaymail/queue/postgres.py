@@ -42,6 +42,7 @@ from .postgres_connect import connect, connect_async, describe, storage_error
 from .postgres_reads import PostgresReads, open_pool
 from .postgres_schema import ADMIN_CHANNEL, SchemaProblem, prepare
 from .postgres_writer import Operation, PostgresWriter, Transaction
+from .rows import queued_envelope, update_rows
 from .store import DueBatch, QueuedMessage, RecipientUpdate, TraceHeader
 
 if TYPE_CHECKING:
@@ -137,9 +138,8 @@ class PostgresStore(PostgresReads):
         trace: TraceHeader | None = None,
         pickup: str | None = None,
     ) -> QueuedMessage:
-        recipients = tuple(dict.fromkeys(envelope.recipients))
-        if recipients != envelope.recipients:
-            envelope = Envelope(envelope.sender, recipients, envelope.requiretls)
+        envelope = queued_envelope(envelope)
+        recipients = envelope.recipients
         body = data if isinstance(data, MessageData) else MessageData.of(data)
         new = writes.NewMessage(envelope.sender, recipients, body, received_at, trace, pickup,
                                 envelope.requiretls)  # fmt: skip
@@ -152,18 +152,7 @@ class PostgresStore(PostgresReads):
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:
         if not updates:
             return
-        rows = []
-        for update in updates:
-            qid = parse_queue_id(update.message_id)
-            if qid is None:
-                raise ValueError(f"not a queue id: {update.message_id!r}")
-            rows.append(
-                (
-                    update.state.value, update.attempts, update.next_attempt,
-                    update.last_attempt, update.last_reply, update.last_error,
-                    update.tls, update.host, qid, update.recipient,
-                )
-            )  # fmt: skip
+        rows = update_rows(updates)
         await self._write(writes.record_outcomes, writes.Outcomes(tuple(rows), time.time()))
         self._delivering.difference_update(row[8] for row in rows)
 

@@ -21,16 +21,24 @@ from .ids import format_queue_id, parse_queue_id
 from .postgres_admin import ascii_lower
 from .postgres_connect import CONNECT_TIMEOUT, connect_options, storage_error
 from .postgres_schema import BODY_ROW, PENDING
-from .sqlite_reads import _RECIPIENT_COLUMNS, _group_pending, _recipient_detail
+from .rows import (
+    EVENT_COLUMNS,
+    MESSAGE_COLUMNS,
+    RECIPIENT_COLUMNS,
+    admin_event,
+    group_pending,
+    message_detail,
+    message_summary,
+    queue_stats,
+    recipients_by_message,
+)
 from .store import (
-    AdminAction,
     AdminEvent,
     MessageDetail,
     MessageSummary,
     PendingBreakdown,
     PendingMessage,
     QueueStats,
-    RecipientCounts,
     RecipientDetail,
     RecipientState,
     Tally,
@@ -156,19 +164,19 @@ class PostgresReads:
     )
 
     def load_pending(self) -> list[PendingMessage]:
-        return _group_pending(self._rows(self._PENDING_SQL.format(where=""), PENDING))
+        return group_pending(self._rows(self._PENDING_SQL.format(where=""), PENDING))
 
     def load_pending_message(self, message_id: str) -> PendingMessage | None:
         qid = parse_queue_id(message_id)
         if qid is None:
             return None
         sql = self._PENDING_SQL.format(where="AND m.id = %s")
-        pending = _group_pending(self._rows(sql, (*PENDING, qid)))
+        pending = group_pending(self._rows(sql, (*PENDING, qid)))
         return pending[0] if pending else None
 
     def pending_of(self, conn: psycopg.Connection, qids: list[int]) -> list[PendingMessage]:
         sql = self._PENDING_SQL.format(where="AND m.id = ANY(%s)")
-        return _group_pending(conn.execute(sql, (*PENDING, qids)).fetchall())
+        return group_pending(conn.execute(sql, (*PENDING, qids)).fetchall())
 
     def latest_admin_event_id(self) -> int:
         [(latest,)] = self._rows("SELECT coalesce(max(id), 0) FROM admin_event")
@@ -176,18 +184,9 @@ class PostgresReads:
 
     def fetch_admin_events(self, after_id: int) -> list[AdminEvent]:
         rows = self._rows(
-            "SELECT id, message_id, action, at FROM admin_event WHERE id > %s ORDER BY id",
-            (after_id,),
+            f"SELECT {EVENT_COLUMNS} FROM admin_event WHERE id > %s ORDER BY id", (after_id,)
         )
-        return [
-            AdminEvent(
-                id=row[0],
-                message_id=None if row[1] is None else format_queue_id(row[1]),
-                action=AdminAction(row[2]),
-                at=row[3],
-            )
-            for row in rows
-        ]
+        return [admin_event(row) for row in rows]
 
     def queued_pickups(self, names: Sequence[str]) -> dict[str, str]:
         rows = self._rows(
@@ -223,19 +222,7 @@ class PostgresReads:
             " GROUP BY m.id ORDER BY m.id",
             params,
         )
-        return [
-            MessageSummary(
-                id=format_queue_id(row[0]),
-                sender=row[1],
-                size=row[2],
-                received_at=row[3],
-                held=row[4],
-                warned=row[5],
-                recipients=RecipientCounts(row[6], row[7], row[8], row[9]),
-                next_attempt=row[10],
-            )
-            for row in rows
-        ]
+        return [message_summary(row) for row in rows]
 
     def count_messages(self, state: RecipientState | None = None) -> int:
         if state is None:
@@ -253,64 +240,32 @@ class PostgresReads:
             return None
         with self._snapshot() as conn:
             message = conn.execute(
-                "SELECT sender, size, received_at, held, warned, requiretls"
-                " FROM message WHERE id = %s",
-                (qid,),
+                f"SELECT {MESSAGE_COLUMNS} FROM message WHERE id = %s", (qid,)
             ).fetchone()
             recipients = conn.execute(
-                f"SELECT {_RECIPIENT_COLUMNS} FROM recipient WHERE message_id = %s ORDER BY idx",
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipient WHERE message_id = %s ORDER BY idx",
                 (qid,),
             ).fetchall()
-        if message is None:
-            return None
-        return MessageDetail(
-            id=format_queue_id(qid),
-            sender=message[0],
-            size=message[1],
-            received_at=message[2],
-            held=message[3],
-            warned=message[4],
-            recipients=tuple(map(_recipient_detail, recipients)),
-            requiretls=message[5],
-        )
+        return None if message is None else message_detail(qid, message, recipients)
 
     def recipients_of(self, message_ids: Sequence[str]) -> dict[str, tuple[RecipientDetail, ...]]:
         qids = [q for q in map(parse_queue_id, message_ids) if q is not None]
-        rows = self._rows(
-            f"SELECT message_id, {_RECIPIENT_COLUMNS} FROM recipient"
+        return recipients_by_message(self._rows(
+            f"SELECT message_id, {RECIPIENT_COLUMNS} FROM recipient"
             " WHERE message_id = ANY(%s) ORDER BY message_id, idx",
             (qids,),
-        )
-        found: dict[str, list[RecipientDetail]] = {}
-        for row in rows:
-            found.setdefault(format_queue_id(row[0]), []).append(_recipient_detail(row[1:]))
-        return {message_id: tuple(details) for message_id, details in found.items()}
+        ))  # fmt: skip
 
     def stats(self, now: float | None = None) -> QueueStats:
         with self._snapshot() as conn:
-            row = conn.execute(
+            totals = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE held), coalesce(sum(size), 0),"
                 " min(received_at) FROM message"
             ).fetchone()
             by_state = dict(
                 conn.execute("SELECT state, count(*) FROM recipient GROUP BY state").fetchall()
             )
-        assert row is not None
-        messages, held, total_bytes, oldest = row
-        when = time.time() if now is None else now
-        return QueueStats(
-            messages=messages,
-            held=held,
-            total_bytes=int(total_bytes),
-            recipients=RecipientCounts(
-                queued=by_state.get(RecipientState.QUEUED.value, 0),
-                deferred=by_state.get(RecipientState.DEFERRED.value, 0),
-                delivered=by_state.get(RecipientState.DELIVERED.value, 0),
-                bounced=by_state.get(RecipientState.BOUNCED.value, 0),
-            ),
-            oldest_received_at=oldest,
-            oldest_age=None if oldest is None else max(0.0, when - oldest),
-        )
+        return queue_stats(totals, by_state, time.time() if now is None else now)
 
     def pending_breakdown(self, limit: int = 10) -> PendingBreakdown:
         # The domain follows the last '@' (a quoted local part may hold one).

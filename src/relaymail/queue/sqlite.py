@@ -47,6 +47,7 @@ from . import sqlite_admin
 from . import sqlite_writes as writes
 from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
+from .rows import queued_envelope, update_rows
 from .schema import DEFAULT_BUSY_TIMEOUT, open_database
 from .sqlite_reads import Readers, SqliteReads
 from .store import QueuedMessage, RecipientUpdate, TraceHeader
@@ -119,9 +120,8 @@ class SqliteStore(SqliteReads):
         trace: TraceHeader | None = None,
         pickup: str | None = None,
     ) -> QueuedMessage:
-        recipients = tuple(dict.fromkeys(envelope.recipients))
-        if recipients != envelope.recipients:
-            envelope = Envelope(envelope.sender, recipients, envelope.requiretls)
+        envelope = queued_envelope(envelope)
+        recipients = envelope.recipients
         body = data if isinstance(data, MessageData) else MessageData.of(data)
         apply = functools.partial(
             writes.insert_message,
@@ -140,25 +140,7 @@ class SqliteStore(SqliteReads):
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:
         if not updates:
             return
-        rows = []
-        for update in updates:
-            qid = parse_queue_id(update.message_id)
-            if qid is None:
-                raise ValueError(f"not a queue id: {update.message_id!r}")
-            rows.append(
-                (
-                    update.state.value,
-                    update.attempts,
-                    update.next_attempt,
-                    update.last_attempt,
-                    update.last_reply,
-                    update.last_error,
-                    update.tls,
-                    update.host,
-                    qid,
-                    update.recipient,
-                )
-            )
+        rows = update_rows(updates)
         await self._writer.submit(functools.partial(writes.apply_updates, rows=rows))
 
     async def claim(self, message_id: str) -> bool:
