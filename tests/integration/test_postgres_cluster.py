@@ -51,6 +51,7 @@ async def until(condition: Any, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_one_node_on_postgresql_queues_delivers_and_the_cli_steers_it(
     smtp_peer: SMTPPeerFactory, ca_file: Path, tmp_path: Path, postgres_dsn: str
 ) -> None:
