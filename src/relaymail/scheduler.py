@@ -17,7 +17,9 @@ instead (one read less; a body not taken then is dropped, so the window never
 holds one). Outcomes go to the store in batches (its group commit).
 
 What changes the schedule from outside (the CLI's hold/release/delete/retry)
-arrives as admin events in the store, polled once a second.
+arrives as admin events in the store, polled once a second (at once where the
+store hears of them). Where nodes share the store, each delivery starts with
+the store's claim on the message: one another node holds leaves the window.
 """
 
 from __future__ import annotations
@@ -400,6 +402,11 @@ class Scheduler:
             self._note_on_disk(entry.due)
 
     async def _attempt(self, entry: Entry, granted: list[str], fresh: bytes | None) -> None:
+        if not await self.store.claim(entry.id):
+            # Another node of the cluster delivers it (its lease is live): not ours any more.
+            log.info("id=%s: claimed by another node; left to it", entry.id)
+            entry.recipients.clear()
+            return
         now = started = self._clock()
         due = [r for r in granted if r in entry.recipients and entry.recipients[r].due <= now]
         updates: list[RecipientUpdate] = []
@@ -589,7 +596,8 @@ class Scheduler:
 
     async def _poll_admin(self) -> None:
         while True:
-            await asyncio.sleep(ADMIN_POLL)
+            # At once when the store hears of an event (another node's, a CLI's), else polled.
+            await self.store.wait_admin_event(ADMIN_POLL)
             try:
                 events = await asyncio.to_thread(self.store.fetch_admin_events, self._admin_cursor)
             except QueueFull:

@@ -14,20 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from ..body import CHUNK_SIZE, MessageBody
-from ..dsn_request import RecipientDsn, Ret
 from ..errors import BodyUnreadable, RelaymailError
 from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
+from .rows import (
+    EVENT_COLUMNS,
+    MESSAGE_COLUMNS,
+    RECIPIENT_COLUMNS,
+    admin_event,
+    group_pending,
+    message_detail,
+    message_summary,
+    recipients_by_message,
+)
 from .schema import BLOB_HANDLES_PER_CONNECTION, PENDING, connect
 from .store import (
-    AdminAction,
     AdminEvent,
     DueBatch,
     MessageDetail,
     MessageSummary,
     PendingBreakdown,
     PendingMessage,
-    PendingRecipient,
     QueueStats,
     RecipientCounts,
     RecipientDetail,
@@ -36,12 +43,6 @@ from .store import (
 )
 
 _IN_LIST = 500  # ids per `IN (...)`, well below SQLite's limit on parameters
-
-_STATE = {state.value: state for state in RecipientState}
-_RECIPIENT_COLUMNS = (
-    "address, state, attempts, next_attempt, last_attempt, last_reply, last_error, tls, host,"
-    " notify, orcpt"
-)
 
 
 class Readers:
@@ -164,7 +165,7 @@ class SqliteReads:
     def load_pending(self) -> list[PendingMessage]:
         with self._readers.connection() as conn:
             rows = conn.execute(self._PENDING_SQL.format(where=""), PENDING).fetchall()
-        return _group_pending(rows)
+        return group_pending(rows)
 
     def load_pending_message(self, message_id: str) -> PendingMessage | None:
         qid = parse_queue_id(message_id)
@@ -173,7 +174,7 @@ class SqliteReads:
         sql = self._PENDING_SQL.format(where="AND m.id = ?")
         with self._readers.connection() as conn:
             rows = conn.execute(sql, (*PENDING, qid)).fetchall()
-        pending = _group_pending(rows)
+        pending = group_pending(rows)
         return pending[0] if pending else None
 
     # In due order through the partial index recipient_due (schema.py), named: left
@@ -212,7 +213,7 @@ class SqliteReads:
                 sql = self._PENDING_SQL.format(where=where)
                 rows += conn.execute(sql, (*PENDING, *part)).fetchall()
             (next_due,) = conn.execute(self._NEXT_DUE_SQL, (now,)).fetchone()
-        found = {message.id: message for message in _group_pending(rows)}
+        found = {message.id: message for message in group_pending(rows)}
         ordered = (found.get(format_queue_id(qid)) for qid in ids)
         return DueBatch(tuple(m for m in ordered if m is not None), more, next_due)
 
@@ -224,18 +225,9 @@ class SqliteReads:
     def fetch_admin_events(self, after_id: int) -> list[AdminEvent]:
         with self._readers.connection() as conn:
             rows = conn.execute(
-                "SELECT id, message_id, action, at FROM admin_event WHERE id > ? ORDER BY id",
-                (after_id,),
+                f"SELECT {EVENT_COLUMNS} FROM admin_event WHERE id > ? ORDER BY id", (after_id,)
             ).fetchall()
-        return [
-            AdminEvent(
-                id=row[0],
-                message_id=None if row[1] is None else format_queue_id(row[1]),
-                action=AdminAction(row[2]),
-                at=row[3],
-            )
-            for row in rows
-        ]
+        return [admin_event(row) for row in rows]
 
     def queued_pickups(self, names: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -277,19 +269,7 @@ class SqliteReads:
         params: tuple[Any, ...] = (limit, offset) if state is None else (state.value, limit, offset)
         with self._readers.connection() as conn:
             rows = conn.execute(self._list_sql(state), params).fetchall()
-        return [
-            MessageSummary(
-                id=format_queue_id(row[0]),
-                sender=row[1],
-                size=row[2],
-                received_at=row[3],
-                held=bool(row[4]),
-                warned=bool(row[5]),
-                recipients=RecipientCounts(row[6], row[7], row[8], row[9]),
-                next_attempt=row[10],
-            )
-            for row in rows
-        ]
+        return [message_summary(row) for row in rows]
 
     def count_messages(self, state: RecipientState | None = None) -> int:
         with self._readers.connection() as conn:
@@ -308,31 +288,16 @@ class SqliteReads:
             return None
         with self._readers.snapshot() as conn:
             message = conn.execute(
-                "SELECT sender, size, received_at, held, warned, requiretls, ret, envid"
-                " FROM message WHERE id = ?",
-                (qid,),
+                f"SELECT {MESSAGE_COLUMNS} FROM message WHERE id = ?", (qid,)
             ).fetchone()
             recipients = conn.execute(
-                f"SELECT {_RECIPIENT_COLUMNS} FROM recipient WHERE message_id = ? ORDER BY idx",
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipient WHERE message_id = ? ORDER BY idx",
                 (qid,),
             ).fetchall()
-        if message is None:
-            return None
-        return MessageDetail(
-            id=format_queue_id(qid),
-            sender=message[0],
-            size=message[1],
-            received_at=message[2],
-            held=bool(message[3]),
-            warned=bool(message[4]),
-            recipients=tuple(map(_recipient_detail, recipients)),
-            requiretls=bool(message[5]),
-            ret=None if message[6] is None else Ret(message[6]),
-            envid=message[7],
-        )
+        return None if message is None else message_detail(qid, message, recipients)
 
     _RECIPIENTS_SQL = (
-        f"SELECT message_id, {_RECIPIENT_COLUMNS} FROM recipient"
+        f"SELECT message_id, {RECIPIENT_COLUMNS} FROM recipient"
         " WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx"
     )
 
@@ -340,10 +305,7 @@ class SqliteReads:
         qids = [q for q in map(parse_queue_id, message_ids) if q is not None]
         with self._readers.connection() as conn:
             rows = conn.execute(self._RECIPIENTS_SQL, (json.dumps(qids),)).fetchall()
-        found: dict[str, list[RecipientDetail]] = {}
-        for row in rows:
-            found.setdefault(format_queue_id(row[0]), []).append(_recipient_detail(row[1:]))
-        return {message_id: tuple(details) for message_id, details in found.items()}
+        return recipients_by_message(rows)
 
     # The counts come from the one row the triggers keep (schema.py), the oldest from
     # its index: `queue stats` and `queue list` cost the same at any queue size.
@@ -385,53 +347,3 @@ class SqliteReads:
             tuple(Tally(row[0], row[1]) for row in destinations),
             tuple(Tally(row[0], row[1]) for row in reasons),
         )
-
-
-def _recipient_detail(row: Any) -> RecipientDetail:
-    return RecipientDetail(
-        address=row[0],
-        state=RecipientState(row[1]),
-        attempts=row[2],
-        next_attempt=row[3],
-        last_attempt=row[4],
-        last_reply=row[5],
-        last_error=row[6],
-        tls=None if row[7] is None else json.loads(row[7]),
-        host=row[8],
-        dsn=RecipientDsn.from_stored(row[9], row[10]),
-    )
-
-
-def _group_pending(rows: list[Any]) -> list[PendingMessage]:
-    """Rows of the pending query (ordered by message, then envelope order) as messages."""
-    pending: list[PendingMessage] = []
-    recipients: list[PendingRecipient] = []
-    first = None
-    for row in rows:
-        if first is None or row[0] != first[0]:
-            if first is not None:
-                pending.append(_pending_message(first, recipients))
-            first, recipients = row, []
-        recipients.append(
-            PendingRecipient(
-                row[6], _STATE[row[7]], row[8], row[9], RecipientDsn.from_stored(row[13], row[14])
-            )
-        )
-    if first is not None:
-        pending.append(_pending_message(first, recipients))
-    return pending
-
-
-def _pending_message(row: Any, recipients: list[PendingRecipient]) -> PendingMessage:
-    return PendingMessage(
-        id=format_queue_id(row[0]),
-        sender=row[1],
-        received_at=row[2],
-        size=row[3],
-        held=bool(row[4]),
-        warned=bool(row[5]),
-        recipients=tuple(recipients),
-        requiretls=bool(row[10]),
-        ret=None if row[11] is None else Ret(row[11]),
-        envid=row[12],
-    )

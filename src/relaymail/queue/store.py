@@ -24,6 +24,8 @@ Contract every backend keeps:
   may have deleted the message a moment ago): they return False / 0 / None.
 - Admin changes (hold, release, delete, retry) also append an `AdminEvent`, so
   a daemon learns about changes another process (the CLI) made.
+- Where several nodes share the store, `claim` before a delivery is what makes
+  it this node's: a backend whose store is one node's (SQLite, memory) says yes.
 """
 
 from __future__ import annotations
@@ -154,7 +156,9 @@ class DueBatch:
 
     messages: tuple[PendingMessage, ...]  # earliest due first
     more: bool  # the limit cut the batch: other due messages wait on disk
-    next_due: float | None  # the earliest later due time of any pending recipient
+    # The earliest later due time of any pending recipient. A store shared by nodes may
+    # say sooner: when another node's claims may have run out (it died) and are due here.
+    next_due: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +290,15 @@ class Store(Protocol):
         """Store delivery outcomes; removes messages whose recipients are all final."""
         ...
 
+    async def claim(self, message_id: str) -> bool:
+        """Make a delivery of this message this node's, now; False if another node has it.
+
+        Called before each delivery. A backend shared by nodes holds the claim with a
+        lease it renews while the delivery runs; `record` stores outcomes only under
+        this node's claim, and releases it when no recipient is due any more.
+        """
+        ...
+
     async def mark_warned(self, message_id: str) -> bool:
         """Note that the delay warning went out; False if the message is gone."""
         ...
@@ -377,6 +390,13 @@ class Store(Protocol):
 
     def fetch_admin_events(self, after_id: int) -> list[AdminEvent]:
         """Admin events with id > after_id, oldest first; cheap when there are none."""
+        ...
+
+    async def wait_admin_event(self, timeout: float) -> None:
+        """Return when an admin event may have been appended, at the latest after `timeout`.
+
+        A backend that cannot tell simply waits `timeout` (the caller polls).
+        """
         ...
 
     def queued_pickups(self, names: Sequence[str]) -> dict[str, str]:
