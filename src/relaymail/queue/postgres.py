@@ -143,7 +143,7 @@ class PostgresStore(PostgresReads):
         recipients = envelope.recipients
         body = data if isinstance(data, MessageData) else MessageData.of(data)
         new = writes.NewMessage(envelope.sender, recipients, body, received_at, trace, pickup,
-                                envelope.requiretls)  # fmt: skip
+                                envelope.requiretls, envelope.dsn)  # fmt: skip
         qid, header = await self._write(writes.insert_messages, new, weight=body.size)
         size = len(header) + body.size
         if size <= CHUNK_SIZE and (kept := body.in_memory()) is not None:

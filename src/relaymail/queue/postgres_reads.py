@@ -158,7 +158,8 @@ class PostgresReads:
 
     _PENDING_SQL = (
         "SELECT m.id, m.sender, m.received_at, m.size, m.held, m.warned,"
-        " r.address, r.state, r.attempts, r.next_attempt, m.requiretls"
+        " r.address, r.state, r.attempts, r.next_attempt, m.requiretls,"
+        " m.ret, m.envid, r.notify, r.orcpt"
         " FROM message AS m JOIN recipient AS r ON r.message_id = m.id"
         " WHERE r.state IN (%s, %s) {where} ORDER BY m.id, r.idx"
     )

@@ -59,6 +59,8 @@ CREATE TABLE message (
     held        boolean NOT NULL DEFAULT false,
     warned      boolean NOT NULL DEFAULT false,
     requiretls  boolean NOT NULL DEFAULT false,
+    ret         text,  -- RFC 3461 RET and ENVID in their wire forms, NULL when not given
+    envid       text,
     claimed_by  text,
     lease_until float8
 );
@@ -81,6 +83,8 @@ CREATE TABLE recipient (
     last_error   text,
     tls          text,
     host         text,
+    notify       text,  -- RFC 3461 NOTIFY and ORCPT ("type;xtext") as received
+    orcpt        text,
     PRIMARY KEY (message_id, idx)
 );
 CREATE INDEX recipient_by_state ON recipient (state, message_id);

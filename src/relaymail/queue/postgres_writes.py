@@ -13,10 +13,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..dsn_request import DsnRequest
 from ..message_data import MessageData
 from .ids import format_queue_id
 from .postgres_schema import ADMIN_CHANNEL, BODY_ROW, EVENT_LOCK, PENDING, SERVER_NOW
 from .postgres_writer import Transaction
+from .rows import stored_message_dsn, stored_recipient_dsn
 from .store import AdminAction, TraceHeader
 
 log = logging.getLogger("relaymail.queue")
@@ -31,6 +33,7 @@ class NewMessage:
     trace: TraceHeader | None
     pickup: str | None
     requiretls: bool
+    dsn: DsnRequest | None
 
 
 async def insert_messages(txn: Transaction, items: list[NewMessage]) -> list[tuple[int, bytes]]:
@@ -48,16 +51,17 @@ async def insert_messages(txn: Transaction, items: list[NewMessage]) -> list[tup
                for q, m in zip(qids, items, strict=True)]  # fmt: skip
     async with conn.cursor() as cur:
         await cur.executemany(
-            "INSERT INTO message (id, sender, received_at, size, requiretls, claimed_by,"
-            f" lease_until) VALUES (%s, %s, %s, %s, %s, %s, {SERVER_NOW} + %s)",
-            [(q, m.sender, m.received_at, len(h) + m.data.size, m.requiretls, txn.node, txn.lease)
+            "INSERT INTO message (id, sender, received_at, size, requiretls, ret, envid,"
+            f" claimed_by, lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, {SERVER_NOW} + %s)",
+            [(q, m.sender, m.received_at, len(h) + m.data.size, m.requiretls,
+              *stored_message_dsn(m.dsn), txn.node, txn.lease)
              for q, m, h in zip(qids, items, headers, strict=True)],
         )  # fmt: skip
         await cur.executemany(
-            "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
-            " VALUES (%s, %s, %s, 'queued', %s)",
-            [(q, idx, rcpt, m.received_at) for q, m in zip(qids, items, strict=True)
-             for idx, rcpt in enumerate(m.recipients)],
+            "INSERT INTO recipient (message_id, idx, address, state, next_attempt, notify, orcpt)"
+            " VALUES (%s, %s, %s, 'queued', %s, %s, %s)",
+            [(q, idx, rcpt, m.received_at, *stored_recipient_dsn(m.dsn, rcpt))
+             for q, m in zip(qids, items, strict=True) for idx, rcpt in enumerate(m.recipients)],
         )  # fmt: skip
         pickups = [(txn.node, m.pickup, q, time.time())
                    for q, m in zip(qids, items, strict=True) if m.pickup is not None]  # fmt: skip

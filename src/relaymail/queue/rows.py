@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..dsn_request import RecipientDsn, Ret
+from ..dsn_request import DsnRequest, RecipientDsn, Ret
 from ..message import Envelope
 from .ids import format_queue_id, parse_queue_id
 from .store import (
@@ -182,3 +182,18 @@ def queued_envelope(envelope: Envelope) -> Envelope:
     if recipients == envelope.recipients:
         return envelope
     return envelope.with_recipients(recipients)
+
+
+def stored_message_dsn(dsn: DsnRequest | None) -> tuple[str | None, str | None]:
+    """RET and ENVID as the message table keeps them (wire forms, NULL when not given)."""
+    if dsn is None:
+        return None, None
+    return None if dsn.ret is None else dsn.ret.value, dsn.envid
+
+
+def stored_recipient_dsn(dsn: DsnRequest | None, recipient: str) -> tuple[str | None, str | None]:
+    """NOTIFY and ORCPT of `recipient` as the recipient table keeps them (wire forms)."""
+    if dsn is None:
+        return None, None
+    notify, orcpt = dsn.of(recipient)
+    return None if notify is None else notify.wire, None if orcpt is None else orcpt.wire

@@ -9,6 +9,7 @@ from typing import Any
 from ..dsn_request import DsnRequest
 from ..message_data import IN_MEMORY, MessageData
 from .ids import format_queue_id
+from .rows import stored_message_dsn, stored_recipient_dsn
 from .schema import PENDING
 from .store import AdminAction, TraceHeader
 from .writer import Transaction
@@ -37,11 +38,10 @@ def insert_message(
     header = b"" if trace is None else trace(format_queue_id(qid))
     size = len(header) + data.size
     conn = txn.conn
-    ret = None if dsn is None or dsn.ret is None else dsn.ret.value
     conn.execute(
         "INSERT INTO message (id, sender, received_at, size, requiretls, ret, envid)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (qid, sender, received_at, size, requiretls, ret, None if dsn is None else dsn.envid),
+        (qid, sender, received_at, size, requiretls, *stored_message_dsn(dsn)),
     )
     if data.size <= IN_MEMORY and (held := data.in_memory()) is not None:
         # Small: one statement, and no blob handle (schema.py says why).
@@ -52,36 +52,20 @@ def insert_message(
             blob.write(header)
             for chunk in data.chunks():
                 blob.write(chunk)
-    if dsn is None:
-        conn.executemany(
-            "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
-            " VALUES (?, ?, ?, 'queued', ?)",
-            [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
-        )
-    else:
-        conn.executemany(
-            "INSERT INTO recipient (message_id, idx, address, state, next_attempt, notify, orcpt)"
-            " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-            [
-                (qid, idx, rcpt, received_at, *_stored(dsn, rcpt))
-                for idx, rcpt in enumerate(recipients)
-            ],
-        )
+    conn.executemany(
+        "INSERT INTO recipient (message_id, idx, address, state, next_attempt, notify, orcpt)"
+        " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+        [
+            (qid, idx, rcpt, received_at, *stored_recipient_dsn(dsn, rcpt))
+            for idx, rcpt in enumerate(recipients)
+        ],
+    )
     if pickup is not None:
         conn.execute(
             "INSERT INTO pickup (name, message_id, at) VALUES (?, ?, ?)",
             (pickup, qid, time.time()),
         )
     return qid, header
-
-
-def _stored(dsn: DsnRequest, recipient: str) -> tuple[str | None, str | None]:
-    """NOTIFY and ORCPT of `recipient` as the recipient table keeps them (wire forms)."""
-    notify, orcpt = dsn.of(recipient)
-    return (
-        None if notify is None else notify.wire,
-        None if orcpt is None else orcpt.wire,
-    )
 
 
 def forget_pickups(txn: Transaction, names: tuple[str, ...]) -> None:
