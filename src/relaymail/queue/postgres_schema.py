@@ -59,7 +59,9 @@ CREATE TABLE message (
     held        boolean NOT NULL DEFAULT false,
     warned      boolean NOT NULL DEFAULT false,
     requiretls  boolean NOT NULL DEFAULT false,
-    ret         text,  -- RFC 3461 RET and ENVID in their wire forms, NULL when not given
+    -- RFC 3461's RET and ENVID, and each recipient's NOTIFY and ORCPT, in their wire
+    -- forms (NULL when not given), as the SQLite queue keeps them.
+    ret         text,
     envid       text,
     claimed_by  text,
     lease_until float8
@@ -83,7 +85,7 @@ CREATE TABLE recipient (
     last_error   text,
     tls          text,
     host         text,
-    notify       text,  -- RFC 3461 NOTIFY and ORCPT ("type;xtext") as received
+    notify       text,
     orcpt        text,
     PRIMARY KEY (message_id, idx)
 );
