@@ -42,8 +42,8 @@ from .config_queue import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .destination_memory import DestinationMemory
 from .destination_share import SharedDestinations
-from .dsn import NoticeKind, build_notice, recipient_facts, should_bounce
-from .dsn_request import NO_DSN, Ret
+from .dsn import NoticeKind, should_bounce
+from .dsn_request import NO_DSN
 from .errors import QueueFull
 from .message import Envelope, domain_of
 from .message_data import MessageData
@@ -52,7 +52,6 @@ from .queue.store import (
     AdminAction,
     PendingMessage,
     QueuedMessage,
-    RecipientState,
     RecipientUpdate,
     Store,
     TraceHeader,
@@ -61,10 +60,11 @@ from .routing import Destination
 from .scheduler_records import (
     age_words,
     delivery_event,
+    entry_notice,
     expired_result,
     iso,
-    quotable_head,
     recipient_update,
+    untried_deferral,
     utc,
 )
 from .slot_table import Grant, Limits, SlotTable
@@ -496,26 +496,9 @@ class Scheduler:
             pending = entry.recipients[rcpt]
             pending.due = held.until
             skipped.add(rcpt)
-            # Postfix's "delivery temporarily suspended": a deferral without an attempt.
-            observe.emit(
-                observe.Delivery(
-                    entry.id, rcpt, observe.DeliveryStatus.DEFERRED, sender=entry.sender,
-                    delay=round(now - entry.received_at + entry.before_queue, 3), dsn="4.4.1",
-                    next_attempt=iso(held.until),
-                    reason=f"delivery temporarily suspended: {held.reason}",
-                )
-            )  # fmt: skip
-            updates.append(
-                RecipientUpdate(
-                    entry.id,
-                    rcpt,
-                    RecipientState.DEFERRED,
-                    pending.attempts,
-                    held.until,
-                    last_attempt=None,
-                    last_error=f"not tried: {held.reason}",
-                )
-            )
+            event, update = untried_deferral(entry, rcpt, pending, held.until, held.reason, now)
+            observe.emit(event)
+            updates.append(update)
         return skipped
 
     def _learn(
@@ -539,10 +522,8 @@ class Scheduler:
         )  # fmt: skip
         if self._suspended_to is not None:
             # Off the loop: `queue stats` reads it; a write that fails costs only the listing.
-            listed = entries(self.suspensions())
-            task = asyncio.create_task(
-                asyncio.to_thread(write_suspended, self._suspended_to, listed)
-            )
+            write = functools.partial(write_suspended, self._suspended_to, entries(self.suspensions()))
+            task = asyncio.create_task(asyncio.to_thread(write))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -561,28 +542,10 @@ class Scheduler:
         if not should_bounce(entry.sender):
             observe.emit(observe.Notice(entry.id, kind.value, entry.sender, None))
             return
-        now = utc(self._clock())
-        # The notice may travel in clear: of a REQUIRETLS message (RFC 8689) it
-        # quotes nothing, since its Subject: is as private as its body.
-        quoted = not entry.requiretls
-        notice = build_notice(
-            kind,
-            original_sender=entry.sender,
-            queue_id=entry.id,
-            original_headers=quotable_head(body) if quoted else b"",
-            recipients=[
-                recipient_facts(
-                    r, last_attempt=now, original_recipient=request.of(r.recipient).orcpt
-                )
-                for r in wanted
-            ],
-            reporting_mta=self.hostname,
-            arrival_date=utc(entry.received_at),
-            now=now,
-            retry_until=utc(entry.received_at + self.settings.lifetime),
-            envid=request.envid,
-            original_message=body if quoted and request.ret is Ret.FULL else None,
-        )
+        notice = entry_notice(
+            kind, entry, wanted, body, reporting_mta=self.hostname, now=utc(self._clock()),
+            lifetime=self.settings.lifetime,
+        )  # fmt: skip
         if notice is None:
             return
 
