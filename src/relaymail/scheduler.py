@@ -522,7 +522,8 @@ class Scheduler:
         )  # fmt: skip
         if self._suspended_to is not None:
             # Off the loop: `queue stats` reads it; a write that fails costs only the listing.
-            write = functools.partial(write_suspended, self._suspended_to, entries(self.suspensions()))
+            listed = entries(self.suspensions())
+            write = functools.partial(write_suspended, self._suspended_to, listed)
             task = asyncio.create_task(asyncio.to_thread(write))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
