@@ -105,3 +105,9 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_dsn(postgres_server: PostgresServer) -> str:
     """The DSN of an empty database of this test's own on `postgres_server`."""
     return postgres_server.fresh_database()
+
+
+@pytest.fixture
+def postgres_schema_dsn(postgres_server: PostgresServer) -> str:
+    """A DSN whose search_path is an empty schema of this test's own (cheaper than a database)."""
+    return postgres_server.fresh_schema()

@@ -14,6 +14,7 @@ import collections
 import heapq
 from dataclasses import dataclass
 
+from .dsn_request import DsnRequest
 from .routing import Destination
 
 
@@ -32,6 +33,7 @@ class Entry:
     recipients: dict[str, WaitingRecipient]
     before_queue: float = 0.0  # delays=a: MAIL FROM to the commit; unknown after a restart
     requiretls: bool = False  # RFC 8689: delivered only over verified TLS with REQUIRETLS
+    dsn: DsnRequest | None = None  # RFC 3461: what the sender asked of notifications
 
     @property
     def due(self) -> float:

@@ -35,6 +35,9 @@ class QueueSettings:
     dsn: str | None = None
     # This node's name in a cluster: who holds a claim on a message. Default: the host name.
     node: str = field(default_factory=socket.gethostname)
+    # How long a node's claim on a message outlives the node (PostgreSQL): a node that
+    # dies leaves its messages to the others this long after its last renewal.
+    lease: float = 60.0
     lifetime: float = 5 * 86400.0  # then deferred recipients bounce (Postfix: 5d)
     delay_warning: float = 4 * 3600.0  # one warning to the sender, then silence
     retry: RetrySchedule = field(default_factory=RetrySchedule)
@@ -51,8 +54,10 @@ def parse_queue(raw: Mapping[str, Any]) -> QueueSettings:
     settings = QueueSettings(**read_table(raw, "queue", _QUEUE))
     if settings.backend is QueueBackend.POSTGRESQL and settings.dsn is None:
         raise ConfigError("queue.dsn", 'required with backend = "postgresql"')
-    if settings.backend is QueueBackend.SQLITE and settings.dsn is not None:
-        raise ConfigError("queue.dsn", 'only used with backend = "postgresql"')
+    if settings.backend is QueueBackend.SQLITE:
+        for key in ("dsn", "lease"):
+            if key in raw:
+                raise ConfigError(f"queue.{key}", 'only used with backend = "postgresql"')
     return settings
 
 
@@ -66,6 +71,13 @@ def _dsn(value: Any, key: str) -> str:
         raise ConfigError(key, "empty")
     if "\n" in dsn or "\r" in dsn or "\0" in dsn:
         raise ConfigError(key, "must be one line")
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(dsn)
+    except ProgrammingError as exc:  # its text names the bad keyword, not the password
+        raise ConfigError(key, f"not a libpq connection string: {exc}") from None
     return dsn
 
 
@@ -76,11 +88,20 @@ def _node(value: Any, key: str) -> str:
     return name
 
 
+def _lease(value: Any, key: str) -> float:
+    lease = seconds(value, key)
+    # Renewed every third of it: below 3 s a busy database would let live claims lapse.
+    if not 3.0 <= lease <= 3600.0:
+        raise ConfigError(key, "between 3s and 1h")
+    return lease
+
+
 _QUEUE: Mapping[str, Reader] = {
     "directory": path,
     "backend": choice(QueueBackend),
     "dsn": _dsn,
     "node": _node,
+    "lease": _lease,
     "lifetime": seconds,
     "delay_warning": seconds,
     "retry": _retry,

@@ -26,6 +26,7 @@ from . import observe
 from .admin.history import DeliveryHistory
 from .admin.settings import load_token
 from .config import Config, load_config
+from .config_queue import QueueBackend
 from .daemon_lock import WORKER_FILENAME, DaemonLock, hold_daemon_lock
 from .delivery import DeliveryEngine, RecipientResult
 from .destination_share import SharedDestinations
@@ -40,13 +41,14 @@ from .message_data import MessageData
 from .metrics import Metrics
 from .port_holder import listen_failed
 from .preflight import PreflightFailed, check_server_config, preflight
-from .queue.sharded import ShardedQueue
+from .queue.opening import open_store
+from .queue.sharded import QueueView, ShardedQueue
 from .queue.sqlite import SqliteStore
 from .queue.sqlite_adopt import adopt_shard
-from .queue.store import TraceHeader
+from .queue.store import Store, TraceHeader
 from .scheduler import Scheduler
 from .service import become, host_name_problem, lookup_user, notify_systemd
-from .shards import WorkerShards, worker_shards
+from .shards import WorkerShards, shard_directory, worker_shards
 from .supervisor import die_with_parent
 from .suspension import Suspension
 from .suspension_file import SuspendedEntry, entries, read_all_suspended
@@ -139,16 +141,20 @@ class Daemon:
             # As the service user: a key it cannot read now would fail the next reload.
             self.signer = load_signer(config)
             os.umask(0o077)  # the queue directory is traversable for the maildrop (open_maildrop)
-            shards = worker_shards(config.queue.directory, self.worker, self.processes)
-            store = SqliteStore.open(
-                shards.directory, max_bytes=config.queue.max_size, shard=self.worker
-            )
+            if config.queue.backend is QueueBackend.SQLITE:
+                shards = worker_shards(config.queue.directory, self.worker, self.processes)
+            else:  # one shared database: each worker claims for itself, nothing to adopt
+                shards = WorkerShards(
+                    self.worker, shard_directory(config.queue.directory, self.worker), ()
+                )
+            store = open_store(config.queue, shards.directory, self.worker, self.processes)
         except BaseException:
             await asyncio.gather(*(h.close(0) for h in self.listeners))
             raise
         try:
             locks = self._lock_shards(shards)
-            for source in shards.adopted:
+            for source in shards.adopted:  # none on PostgreSQL (above)
+                assert isinstance(store, SqliteStore)
                 moved = await adopt_shard(source, store)
                 log.info("queue %s: %d message(s) moved in from %s",
                          shards.directory, moved, source)  # fmt: skip
@@ -179,7 +185,8 @@ class Daemon:
         )  # fmt: skip
         try:
             pending = self.scheduler.load()
-            log.info("queue %s: %d message(s) waiting", shards.directory, pending)
+            where = shards.directory if config.queue.backend is QueueBackend.SQLITE else None
+            log.info("queue %s: %d message(s) waiting", where or _where(config), pending)
             background = [
                 asyncio.create_task(self.scheduler.run()),
                 asyncio.create_task(shared.run()),
@@ -243,7 +250,7 @@ class Daemon:
         return locks
 
     async def _start_admin(
-        self, config: Config, store: SqliteStore, history: DeliveryHistory | None
+        self, config: Config, store: Store, history: DeliveryHistory | None
     ) -> asyncio.Server | None:
         """The metrics and status page listener ([admin]), when an address is set."""
         settings = config.admin
@@ -254,7 +261,9 @@ class Daemon:
         from .admin.queue_gauges import QueueGauges
 
         registry = self.metrics.registry
-        self._queue_view = queue = ShardedQueue(config.queue.directory, {0: store})
+        queue: QueueView = store
+        if isinstance(store, SqliteStore):  # the other shards' files beside ours
+            self._queue_view = queue = ShardedQueue(config.queue.directory, {0: store})
         registry.register(QueueGauges(queue))
         self._admin_token = load_token(settings)
         app = AdminApp(
@@ -314,7 +323,8 @@ class Daemon:
         found = self.aliases.expansions(envelope.recipients)
         changed = [e for e in found if e.changed]
         if changed:
-            envelope = Envelope(envelope.sender, merged(found), envelope.requiretls)
+            dsn = envelope.dsn_request.expanded((e.original, e.recipients) for e in found)
+            envelope = Envelope(envelope.sender, merged(found), envelope.requiretls, dsn)
         signing = await self._dkim_sign(data, origin)
         if signing.signatures:
             if isinstance(data, MessageData):
@@ -325,7 +335,7 @@ class Daemon:
             envelope, data, trace, pickup=pickup, arrived=arrived
         )
         _log_signing(queue_id, signing)
-        # The queue keeps no original recipient (ORCPT) yet: the log line is the record.
+        # The queue keeps the original recipient as the ORCPT; the log line says more.
         for expansion in changed:
             observe.emit(observe.Expanded(queue_id, expansion.original, expansion.recipients))
         return queue_id
@@ -429,6 +439,16 @@ class Daemon:
         running = self.scheduler.in_flight()
         self._retiring = asyncio.create_task(_retire(old_engine, running))
         log.info("reloaded %s", new.source)
+
+
+def _where(config: Config) -> str:
+    """The queue as the log names it: its directory, or its database and this node."""
+    settings = config.queue
+    if settings.backend is QueueBackend.POSTGRESQL and settings.dsn is not None:
+        from .queue.postgres_connect import describe
+
+        return f"{describe(settings.dsn)} (node {settings.node})"
+    return str(settings.directory)
 
 
 def _log_signing(queue_id: str, signing: Signing) -> None:

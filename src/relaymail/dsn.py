@@ -7,9 +7,16 @@ see there), with the fields in the exact RFC 3464 form. Tests parse the
 result back with the stdlib parser.
 
 Shape (RFC 6522 multipart/report, report-type=delivery-status):
-  1. text/plain: what happened, in plain words, for a person;
+  1. text/plain: what happened, in plain words, for a person (dsn_text.py);
   2. message/delivery-status: per-message fields, then one block per recipient;
-  3. text/rfc822-headers: the header section of the original message.
+  3. text/rfc822-headers: the header section of the original message, or, in a
+     bounce of a message sent with RET=FULL (RFC 3461 4.3), message/rfc822: the
+     whole message, when it is at most MAX_RETURNED_MESSAGE.
+
+What the sender asked (dsn_request.py) shows as RFC 3464's fields:
+Original-Envelope-Id (ENVID) and, per recipient, Original-Recipient (ORCPT).
+Three kinds: a bounce ("failed"), a delay warning ("delayed") and the
+"relayed" report for NOTIFY=SUCCESS when the next hop does not offer DSN.
 
 When an address or the original header section is not ASCII (SMTPUTF8 mail),
 parts 2 and 3 become message/global-delivery-status and message/global-headers
@@ -23,6 +30,7 @@ Never bounce a bounce: a message with the null reverse-path gets no DSN
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import textwrap
 from collections.abc import Sequence
@@ -32,7 +40,10 @@ from email.utils import format_datetime
 from typing import NamedTuple, Protocol
 
 from . import message
-from .headers import foreign_text
+from .body import MessageBody
+from .dsn_request import Notify, Orcpt, xtext_display
+from .dsn_text import About, clean, human_text
+from .errors import BodyUnreadable
 from .message import Envelope, domain_of
 from .mime import Part, crlf_lines, multipart_report
 from .smtp.reply import Reply
@@ -41,9 +52,12 @@ __all__ = [
     "DeliveryOutcome",
     "Dsn",
     "DsnAction",
+    "NoticeKind",
     "RecipientReport",
     "build_bounce",
     "build_delay_warning",
+    "build_notice",
+    "build_relayed",
     "diagnostic_code_for",
     "header_section",
     "recipient_facts",
@@ -54,31 +68,14 @@ __all__ = [
 # Headers returned to the sender are capped so a message without a blank line
 # (all "headers") cannot turn its bounce into a second copy of itself.
 MAX_RETURNED_HEADERS = 64 * 1024
-# A diagnostic is someone else's text; keep it readable and bounded.
-MAX_DIAGNOSTIC = 1000
+# RET=FULL returns the message up to this size, its headers past it (Postfix's
+# bounce_size_limit): a sender rarely wants a large attachment back.
+MAX_RETURNED_MESSAGE = 1024 * 1024
 
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _DIAGNOSTIC_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;")
 _REPLY = re.compile(r"([2-5]\d\d)(?:[ -](.*))?", re.DOTALL)
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[\x21-\x7e]{1,250}>)", re.IGNORECASE | re.MULTILINE)
-
-# RFC 3463 subject.detail codes a sender meets most, in plain words.
-_STATUS_WORDS = {
-    "1.1": "The mailbox does not exist.",
-    "1.2": "The destination domain does not exist or cannot receive mail.",
-    "1.10": "The destination domain declares that it accepts no mail (null MX).",
-    "2.1": "The mailbox is disabled and not accepting messages.",
-    "2.2": "The mailbox is full.",
-    "2.3": "The message is larger than the mailbox accepts.",
-    "3.4": "The message is larger than the destination server accepts.",
-    "4.1": "The destination mail server did not answer.",
-    "4.2": "The connection to the destination mail server broke off.",
-    "4.4": "No route to the destination could be found.",
-    "4.7": "The message could not be delivered within the time allowed.",
-    "7.1": "The destination refused the message by its policy.",
-    "7.10": "Encryption was required but could not be set up.",
-}
-
 
 class DeliveryOutcome(Protocol):
     """What `recipient_facts` reads from a delivery result (delivery.RecipientResult).
@@ -105,6 +102,7 @@ class DsnAction(enum.StrEnum):
 
     FAILED = "failed"
     DELAYED = "delayed"
+    RELAYED = "relayed"  # to a next hop that does not offer DSN (RFC 3461 6.2.7.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +114,7 @@ class RecipientReport:
     `reason` is our own explanation for the person reading the text part
     ("no mail server answered for example.org", "gave up after 5.0 days in the
     queue: ..."); it may quote the reply. Dates must be timezone-aware.
+    `original_recipient` is the recipient's ORCPT, as received.
     """
 
     final_recipient: str
@@ -125,6 +124,7 @@ class RecipientReport:
     diagnostic_code: str | None = None
     last_attempt: datetime | None = None
     reason: str | None = None
+    original_recipient: Orcpt | None = None
 
     def __post_init__(self) -> None:
         if not _STATUS.fullmatch(self.status):
@@ -155,6 +155,37 @@ class RecipientReport:
         )
 
 
+class NoticeKind(enum.StrEnum):
+    """The reports relaymail sends, named as the `notice` log line does."""
+
+    BOUNCE = "bounce"
+    DELAY = "delay-warning"
+    RELAYED = "relayed"
+
+    @property
+    def event(self) -> Notify:
+        """The NOTIFY keyword that asks for this report (RFC 3461 4.1)."""
+        return _KINDS[self].event
+
+
+class _KindFacts(NamedTuple):
+    event: Notify
+    action: DsnAction
+    tag: str  # its word in the Message-ID and the MIME boundary
+    subject: str
+    adjective: str  # of the attached message or headers
+
+
+_KINDS = {
+    NoticeKind.BOUNCE: _KindFacts(Notify.FAILURE, DsnAction.FAILED, "bounce",
+                                  "Undelivered Mail Returned to Sender", "Undelivered"),
+    NoticeKind.DELAY: _KindFacts(Notify.DELAY, DsnAction.DELAYED, "delay",
+                                 "Delayed Mail (still being retried)", "Delayed"),
+    NoticeKind.RELAYED: _KindFacts(Notify.SUCCESS, DsnAction.RELAYED, "relayed",
+                                   "Successful Mail Delivery Report", "Relayed"),
+}  # fmt: skip
+
+
 class Dsn(NamedTuple):
     """A notification ready to enqueue: null reverse-path, to the original sender.
 
@@ -179,27 +210,36 @@ def diagnostic_code_for(reply: Reply) -> str:
     return f"smtp; {reply}"
 
 
+_ACTIONS = {
+    "bounced": (DsnAction.FAILED, "5.0.0"),
+    "deferred": (DsnAction.DELAYED, "4.0.0"),
+    "delivered": (DsnAction.RELAYED, "2.0.0"),
+}
+
+
 def recipient_facts(
-    result: DeliveryOutcome, *, last_attempt: datetime | None = None
+    result: DeliveryOutcome,
+    *,
+    last_attempt: datetime | None = None,
+    original_recipient: Orcpt | None = None,
 ) -> RecipientReport:
-    """The report for one bounced or deferred result of the delivery engine.
+    """The report for one result of the delivery engine.
 
     Bounced becomes "failed" (also when a deferral expired: its last status,
-    4.x.x, then says the failure was persistently transient, RFC 3463 3.1).
+    4.x.x, then says the failure was persistently transient, RFC 3463 3.1);
+    deferred "delayed"; delivered "relayed" (we report success only for a next
+    hop that does not offer DSN).
     """
-    if result.status == "bounced":
-        action = DsnAction.FAILED
-    elif result.status == "deferred":
-        action = DsnAction.DELAYED
-    else:
+    if result.status not in _ACTIONS:
         raise ValueError(f"{result.recipient}: a {result.status} recipient gets no DSN")
+    action, default_status = _ACTIONS[result.status]
     reply = _parse_reply(result.reply) if result.reply else None
     if result.enhanced_status and _STATUS.fullmatch(result.enhanced_status):
         status = result.enhanced_status
     elif reply is not None:
         status = status_for(reply)
     else:
-        status = "5.0.0" if action is DsnAction.FAILED else "4.0.0"
+        status = default_status
     return RecipientReport(
         final_recipient=result.recipient,
         action=action,
@@ -208,6 +248,7 @@ def recipient_facts(
         diagnostic_code=diagnostic_code_for(reply) if reply is not None else None,
         last_attempt=last_attempt,
         reason=result.reason or None,
+        original_recipient=original_recipient,
     )
 
 
@@ -227,7 +268,8 @@ def header_section(data: bytes) -> bytes:
     return headers
 
 
-def build_bounce(
+def build_notice(
+    kind: NoticeKind,
     *,
     original_sender: str,
     queue_id: str,
@@ -236,39 +278,27 @@ def build_bounce(
     reporting_mta: str,
     arrival_date: datetime,
     now: datetime,
+    retry_until: datetime | None = None,
+    envid: str | None = None,
+    original_message: MessageBody | None = None,
 ) -> Dsn | None:
-    """The non-delivery report for `recipients` (all FAILED); None for the null sender."""
-    return _build(
-        _Kind.BOUNCE,
-        original_sender=original_sender,
-        queue_id=queue_id,
-        original_headers=original_headers,
-        recipients=recipients,
-        reporting_mta=reporting_mta,
-        arrival_date=arrival_date,
-        now=now,
-        retry_until=None,
-    )
+    """The report of `kind` for `recipients` (all of its action); None for the null sender.
 
-
-def build_delay_warning(
-    *,
-    original_sender: str,
-    queue_id: str,
-    original_headers: bytes,
-    recipients: Sequence[RecipientReport],
-    reporting_mta: str,
-    arrival_date: datetime,
-    retry_until: datetime,
-    now: datetime,
-) -> Dsn | None:
-    """The delay warning for `recipients` (all DELAYED); None for the null sender.
-
-    `retry_until` is when the message will be bounced if still undelivered.
+    `retry_until` (a delay warning's): when the message will be bounced if still
+    undelivered. `envid`: the message's ENVID (xtext). `original_message` (a
+    bounce's, for RET=FULL): returned whole unless it is over MAX_RETURNED_MESSAGE
+    or unreadable, when its headers are.
     """
-    _check_aware(retry_until, "retry_until")
+    if kind is NoticeKind.DELAY:
+        if retry_until is None:
+            raise ValueError("a delay warning needs retry_until")
+        _check_aware(retry_until, "retry_until")
+    else:
+        retry_until = None
+    if kind is not NoticeKind.BOUNCE:
+        original_message = None  # RFC 3461 4.3: RET is about failure reports
     return _build(
-        _Kind.DELAY,
+        kind,
         original_sender=original_sender,
         queue_id=queue_id,
         original_headers=original_headers,
@@ -277,20 +307,18 @@ def build_delay_warning(
         arrival_date=arrival_date,
         now=now,
         retry_until=retry_until,
+        envid=envid,
+        original_message=original_message,
     )
 
 
+build_bounce = functools.partial(build_notice, NoticeKind.BOUNCE)
+build_delay_warning = functools.partial(build_notice, NoticeKind.DELAY)
+build_relayed = functools.partial(build_notice, NoticeKind.RELAYED)
+"""A success report for NOTIFY=SUCCESS recipients delivered to a next hop without DSN."""
+
+
 # ---------------------------------------------------------------------------
-
-
-class _Kind(enum.Enum):
-    BOUNCE = (DsnAction.FAILED, "bounce", "Undelivered Mail Returned to Sender")
-    DELAY = (DsnAction.DELAYED, "delay", "Delayed Mail (still being retried)")
-
-    def __init__(self, action: DsnAction, tag: str, subject: str) -> None:
-        self.action = action
-        self.tag = tag
-        self.subject = subject
 
 
 def _check_aware(when: datetime, name: str) -> None:
@@ -299,7 +327,7 @@ def _check_aware(when: datetime, name: str) -> None:
 
 
 def _build(
-    kind: _Kind,
+    kind: NoticeKind,
     *,
     original_sender: str,
     queue_id: str,
@@ -309,15 +337,18 @@ def _build(
     arrival_date: datetime,
     now: datetime,
     retry_until: datetime | None,
+    envid: str | None = None,
+    original_message: MessageBody | None = None,
 ) -> Dsn | None:
     if not should_bounce(original_sender):
         return None
+    facts = _KINDS[kind]
     if not recipients:
         raise ValueError("a DSN needs at least one recipient")
     for report in recipients:
-        if report.action is not kind.action:
+        if report.action is not facts.action:
             raise ValueError(
-                f"{report.final_recipient}: action {report.action} in a {kind.tag} report"
+                f"{report.final_recipient}: action {report.action} in a {facts.tag} report"
             )
     _check_aware(arrival_date, "arrival_date")
     _check_aware(now, "now")
@@ -327,13 +358,22 @@ def _build(
         not original_sender.isascii()
         or not original_headers.isascii()
         or any(not r.final_recipient.isascii() for r in recipients)
-    )
-    human = _human_text(mta, queue_id, arrival_date, recipients, retry_until, international)
-    status = _delivery_status(mta, queue_id, arrival_date, recipients, retry_until, international)
-    headers = original_headers
-    if headers and not headers.endswith(b"\r\n"):
-        headers += b"\r\n"
-
+        or any(not r.original_recipient.display.isascii() for r in recipients
+               if r.original_recipient is not None)
+    )  # fmt: skip
+    whole = _whole(original_message)
+    if whole is not None:
+        returned = "Your message is attached."
+    elif original_message is not None:
+        returned = (
+            "The headers of your message are attached (the whole message is larger"
+            " than this mail system returns)."
+        )
+    else:
+        returned = "The headers of your message are attached."
+    about = About(mta, queue_id, arrival_date, tuple(recipients), retry_until, international)
+    human = human_text(kind, about, returned)
+    status = _delivery_status(about, envid)
     parts = [
         Part(
             [
@@ -352,26 +392,20 @@ def _build(
             ],
             status,
         ),
-        Part(
-            [
-                "Content-Description: Undelivered Message Headers"
-                if kind is _Kind.BOUNCE
-                else "Content-Description: Delayed Message Headers",
-                "Content-Type: message/global-headers"
-                if international
-                else "Content-Type: text/rfc822-headers",
-            ]
-            + (["Content-Transfer-Encoding: 8bit"] if international else []),
-            headers,
-        ),
     ]
+    if whole is not None:
+        eight_bit = not whole.isascii()
+        parts.append(_returned_message(facts, whole, international, eight_bit))
+    else:
+        eight_bit = False
+        parts.append(_returned_headers(facts, original_headers, international))
     stamp = int(now.timestamp())
     top = [
         f"From: Mail Delivery System <MAILER-DAEMON@{mta}>",
         f"To: <{original_sender}>",
-        f"Subject: {kind.subject}",
+        f"Subject: {facts.subject}",
         f"Date: {format_datetime(now)}",
-        f"Message-ID: <{stamp}.{kind.tag}.{queue_id}@{mta}>",
+        f"Message-ID: <{stamp}.{facts.tag}.{queue_id}@{mta}>",
     ]
     original_id = _MESSAGE_ID.search(original_headers)
     if original_id is not None:
@@ -382,24 +416,49 @@ def _build(
         top,
         "delivery-status",
         parts,
-        boundary_prefix=f"{queue_id}.{stamp}/{kind.tag}",
-        eight_bit=international,
+        boundary_prefix=f"{queue_id}.{stamp}/{facts.tag}",
+        eight_bit=international or eight_bit,
     )
     return Dsn(Envelope("", (original_sender,)), data)
 
 
-def _clean(text: str, international: bool) -> str:
-    """Someone else's text made safe for one header field or text line.
+def _whole(message: MessageBody | None) -> bytes | None:
+    """The message to return whole, if there is one within the limit that can be read."""
+    if message is None or message.size > MAX_RETURNED_MESSAGE:
+        return None
+    try:
+        return message.read_all()
+    except BodyUnreadable:
+        return None
 
-    A remote reply is decoded with replacement, so it can hold C1 controls and
-    U+2028 (line breaks to str.splitlines() readers) once the DSN is 8-bit.
-    """
-    text = foreign_text(text)
-    if not international:
-        text = text.encode("ascii", errors="replace").decode("ascii")
-    if len(text) > MAX_DIAGNOSTIC:
-        text = text[: MAX_DIAGNOSTIC - 3] + "..."
-    return text
+
+def _returned_headers(facts: _KindFacts, headers: bytes, international: bool) -> Part:
+    if headers and not headers.endswith(b"\r\n"):
+        headers += b"\r\n"
+    return Part(
+        [
+            f"Content-Description: {facts.adjective} Message Headers",
+            "Content-Type: message/global-headers"
+            if international
+            else "Content-Type: text/rfc822-headers",
+        ]
+        + (["Content-Transfer-Encoding: 8bit"] if international else []),
+        headers,
+    )
+
+
+def _returned_message(facts: _KindFacts, data: bytes, international: bool, eight_bit: bool) -> Part:
+    """RET=FULL: the message itself (RFC 6522 3); message/global for SMTPUTF8 mail (RFC 6532)."""
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return Part(
+        [
+            f"Content-Description: {facts.adjective} Message",
+            "Content-Type: message/global" if international else "Content-Type: message/rfc822",
+        ]
+        + (["Content-Transfer-Encoding: 8bit"] if eight_bit else []),
+        data,
+    )
 
 
 def _field(name: str, value: str) -> str:
@@ -420,106 +479,37 @@ def _field(name: str, value: str) -> str:
 
 def _address_field(name: str, address: str) -> str:
     kind = "rfc822" if address.isascii() else "utf-8"
-    return f"{name}: {kind}; {_clean(address, True)}"
+    return f"{name}: {kind}; {clean(address, True)}"
 
 
-def _delivery_status(
-    mta: str,
-    queue_id: str,
-    arrival_date: datetime,
-    recipients: Sequence[RecipientReport],
-    retry_until: datetime | None,
-    international: bool,
-) -> bytes:
+def _delivery_status(about: About, envid: str | None) -> bytes:
+    mta, queue_id, arrival_date, recipients, retry_until, international = about
+    # RFC 3464 2.2, 2.3: the ENVID and each ORCPT first in their blocks, decoded for
+    # the reader (xtext is the SMTP envelope's encoding, not the report's).
+    first = [f"Original-Envelope-Id: {xtext_display(envid)}"] if envid is not None else []
     blocks = [
         [
+            *first,
             f"Reporting-MTA: dns; {mta}",
             f"X-Relaymail-Queue-ID: {queue_id}",
             f"Arrival-Date: {format_datetime(arrival_date)}",
         ]
     ]
     for report in recipients:
-        block = [
+        original = report.original_recipient
+        block = [f"Original-Recipient: {clean(original.display, True)}"] if original else []
+        block += [
             _address_field("Final-Recipient", report.final_recipient),
             f"Action: {report.action}",
             f"Status: {report.status}",
         ]
         if report.remote_mta:
-            block.append(f"Remote-MTA: dns; {_clean(report.remote_mta, False)}")
+            block.append(f"Remote-MTA: dns; {clean(report.remote_mta, False)}")
         if report.diagnostic_code:
-            block.append(_field("Diagnostic-Code", _clean(report.diagnostic_code, international)))
+            block.append(_field("Diagnostic-Code", clean(report.diagnostic_code, international)))
         if report.last_attempt is not None:
             block.append(f"Last-Attempt-Date: {format_datetime(report.last_attempt)}")
         if retry_until is not None:
             block.append(f"Will-Retry-Until: {format_datetime(retry_until)}")
         blocks.append(block)
     return b"\r\n".join(crlf_lines(block) for block in blocks)
-
-
-def _explain(report: RecipientReport, international: bool) -> list[str]:
-    lines = []
-    reason = _clean(report.reason, international) if report.reason else ""
-    if report.diagnostic_code:
-        answer = _clean(report.diagnostic_code.split(";", 1)[1].strip(), international)
-        if answer not in reason:  # else the reason already quotes it, with context
-            server = report.remote_mta or "the destination mail server"
-            lines.append(f"The mail server {server} answered: {answer}")
-    if reason:
-        lines.append(reason)
-    words = _STATUS_WORDS.get(report.status.split(".", 1)[1])
-    if words:
-        lines.append(f"({words})")
-    if not lines:
-        lines.append(f"Status {report.status}.")
-    return lines
-
-
-def _human_text(
-    mta: str,
-    queue_id: str,
-    arrival_date: datetime,
-    recipients: Sequence[RecipientReport],
-    retry_until: datetime | None,
-    international: bool,
-) -> bytes:
-    received = format_datetime(arrival_date)
-    if retry_until is None:  # a bounce
-        intro = (
-            f"Your message (queue id {queue_id}, received {received}) could not be"
-            " delivered to the recipients listed below. This is a permanent failure:"
-            " the mail system has given up and will not try again. The reason is given"
-            " for each recipient."
-        )
-        closing = (
-            "The headers of your message are attached. If you need help, forward"
-            " this report to your mail administrator."
-        )
-    else:
-        intro = (
-            f"Your message (queue id {queue_id}, received {received}) has not been"
-            " delivered yet to the recipients listed below. This is only a warning:"
-            " you do not need to send the message again. The mail system keeps"
-            f" trying to deliver it until {format_datetime(retry_until)}; if it still"
-            " cannot be delivered by then, it will be returned to you with another"
-            " report."
-        )
-        closing = "The headers of your message are attached."
-
-    paragraphs = [f"This is the mail system at {mta}.", intro]
-    lines: list[str] = []
-    for paragraph in paragraphs:
-        lines += textwrap.wrap(paragraph, width=72)
-        lines.append("")
-    for report in recipients:
-        lines.append(f"<{_clean(report.final_recipient, international)}>")
-        for explanation in _explain(report, international):
-            lines += textwrap.wrap(
-                explanation,
-                width=76,
-                initial_indent="    ",
-                subsequent_indent="    ",
-                break_on_hyphens=False,
-            )
-        lines.append("")
-    lines += textwrap.wrap(closing, width=72)
-    return crlf_lines(lines)

@@ -106,12 +106,19 @@ class QueueUnavailable(QueueFull):
 
 
 class QueueUnusable(RelaymailError):
-    """The queue cannot be opened: `problem` for the exit code, the text for the admin."""
+    """The queue cannot be opened: `problem` for the exit code, the text for the admin.
 
-    def __init__(self, path: Path, problem: QueueProblem, detail: str) -> None:
+    `path` is the queue directory, or the database (postgres_connect.describe);
+    `key` the configuration key that names it.
+    """
+
+    def __init__(
+        self, path: Path | str, problem: QueueProblem, detail: str, key: str = "queue.directory"
+    ) -> None:
         super().__init__(f"{path}: {detail}")
         self.path = path
         self.problem = problem
+        self.key = key
 
 
 class MaildropCorrupt(RelaymailError, ValueError):

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from .address import check_address, check_envelope, qualify
 from .canonical import canonical_data, canonical_line_ends, header_section, split_header_section
+from .dsn_request import NO_DSN, DsnRequest
 from .errors import AddressError
 from .headers import has_control_characters
 
@@ -40,6 +41,7 @@ class _EnvelopeFields(NamedTuple):
     sender: str
     recipients: tuple[str, ...]
     requiretls: bool = False
+    dsn: DsnRequest | None = None
 
 
 class Envelope(_EnvelopeFields):
@@ -47,6 +49,9 @@ class Envelope(_EnvelopeFields):
 
     `requiretls`: MAIL FROM carried RFC 8689's REQUIRETLS, so every hop must be
     verified TLS to a server that offers REQUIRETLS, or the mail bounces.
+
+    `dsn`: the RFC 3461 parameters of MAIL and each RCPT (dsn_request.py); None
+    when the sender gave none.
 
     Immutable, compared by value, checked when made (address.check_envelope, which
     `sendmail` calls without this module). A NamedTuple rather than a dataclass:
@@ -56,10 +61,25 @@ class Envelope(_EnvelopeFields):
     __slots__ = ()
 
     def __new__(
-        cls, sender: str, recipients: tuple[str, ...], requiretls: bool = False
+        cls,
+        sender: str,
+        recipients: tuple[str, ...],
+        requiretls: bool = False,
+        dsn: DsnRequest | None = None,
     ) -> Envelope:
         check_envelope(sender, recipients)
-        return super().__new__(cls, sender, tuple(recipients), requiretls)
+        if dsn is not None and dsn.is_empty:
+            dsn = None
+        return super().__new__(cls, sender, tuple(recipients), requiretls, dsn)
+
+    def with_recipients(self, recipients: tuple[str, ...]) -> Envelope:
+        """The same envelope for `recipients` (checked before: a subset, or their expansion)."""
+        return self._replace(recipients=recipients)
+
+    @property
+    def dsn_request(self) -> DsnRequest:
+        """The RFC 3461 parameters, empty when none were given."""
+        return self.dsn if self.dsn is not None else NO_DSN
 
     @property
     def needs_smtputf8(self) -> bool:

@@ -17,7 +17,9 @@ instead (one read less; a body not taken then is dropped, so the window never
 holds one). Outcomes go to the store in batches (its group commit).
 
 What changes the schedule from outside (the CLI's hold/release/delete/retry)
-arrives as admin events in the store, polled once a second.
+arrives as admin events in the store, polled once a second (at once where the
+store hears of them). Where nodes share the store, each delivery starts with
+the store's claim on the message: one another node holds leaves the window.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from .config_queue import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .destination_memory import DestinationMemory
 from .destination_share import SharedDestinations
+from .dsn import NoticeKind, should_bounce
+from .dsn_request import NO_DSN
 from .errors import QueueFull
 from .message import Envelope, domain_of
 from .message_data import MessageData
@@ -48,7 +52,6 @@ from .queue.store import (
     AdminAction,
     PendingMessage,
     QueuedMessage,
-    RecipientState,
     RecipientUpdate,
     Store,
     TraceHeader,
@@ -57,10 +60,11 @@ from .routing import Destination
 from .scheduler_records import (
     age_words,
     delivery_event,
+    entry_notice,
     expired_result,
     iso,
-    quotable_head,
     recipient_update,
+    untried_deferral,
     utc,
 )
 from .slot_table import Grant, Limits, SlotTable
@@ -302,7 +306,7 @@ class Scheduler:
         entry = Entry(
             message.id, message.envelope.sender, message.received_at, False,
             {r: WaitingRecipient(0, now) for r in message.envelope.recipients}, before,
-            requiretls=message.envelope.requiretls,
+            requiretls=message.envelope.requiretls, dsn=message.envelope.dsn,
         )  # fmt: skip
         if self._window.put(entry):
             if data is not None:
@@ -347,7 +351,7 @@ class Scheduler:
             message.id, message.sender, message.received_at, message.warned,
             {r.address: WaitingRecipient(r.attempts, r.next_attempt) for r in message.recipients
              if r.address not in settling},
-            requiretls=message.requiretls,
+            requiretls=message.requiretls, dsn=message.dsn,
         )  # fmt: skip
         if not entry.recipients or message.held:
             self._leave(message.id)  # a held message waits on disk for its release
@@ -398,6 +402,11 @@ class Scheduler:
             self._note_on_disk(entry.due)
 
     async def _attempt(self, entry: Entry, granted: list[str], fresh: bytes | None) -> None:
+        if not await self.store.claim(entry.id):
+            # Another node of the cluster delivers it (its lease is live): not ours any more.
+            log.info("id=%s: claimed by another node; left to it", entry.id)
+            entry.recipients.clear()
+            return
         now = started = self._clock()
         due = [r for r in granted if r in entry.recipients and entry.recipients[r].due <= now]
         updates: list[RecipientUpdate] = []
@@ -412,11 +421,13 @@ class Scheduler:
                 await self._body_missing(entry)
                 return
             results = await self.engine.deliver(
-                Envelope(entry.sender, tuple(due), entry.requiretls), body, queue_id=entry.id
+                Envelope(entry.sender, tuple(due), entry.requiretls, entry.dsn), body,
+                queue_id=entry.id,
             )
         now = self._clock()
         bounced: list[RecipientResult] = []
         deferred: list[RecipientResult] = []
+        relayed: list[RecipientResult] = []  # delivered where no DSN follows (RFC 3461)
         for result in results:
             pending = entry.recipients[result.recipient]
             pending.attempts += 1
@@ -436,6 +447,8 @@ class Scheduler:
                 del entry.recipients[result.recipient]
                 if status is Status.BOUNCED:
                     bounced.append(result)
+                elif not result.dsn_passed_on:
+                    relayed.append(result)
             # Neither an unreadable body nor a REQUIRETLS refusal says the destination is
             # down for the other mail: the fault, or the requirement, is this message's.
             if not (result.body_unreadable or entry.requiretls):
@@ -447,11 +460,13 @@ class Scheduler:
         final = [(entry.id, u.recipient) for u in updates if u.state.is_final]
         await self._writes.write(functools.partial(self.store.record, updates), settles=final)
         if bounced:
-            await self._send_dsn(entry, bounced, body, delay=False)
+            await self._send_dsn(entry, bounced, body, NoticeKind.BOUNCE)
         if deferred and not entry.warned and now - entry.received_at >= self.settings.delay_warning:
             entry.warned = True
             await self._writes.write(functools.partial(self.store.mark_warned, entry.id))
-            await self._send_dsn(entry, deferred, body, delay=True)
+            await self._send_dsn(entry, deferred, body, NoticeKind.DELAY)
+        if relayed and entry.dsn is not None and entry.dsn.recipients:
+            await self._send_dsn(entry, relayed, body, NoticeKind.RELAYED)
 
     async def _body_missing(self, entry: Entry) -> None:
         """The message has no data to send: deleted meanwhile, or its body row is gone."""
@@ -481,26 +496,9 @@ class Scheduler:
             pending = entry.recipients[rcpt]
             pending.due = held.until
             skipped.add(rcpt)
-            # Postfix's "delivery temporarily suspended": a deferral without an attempt.
-            observe.emit(
-                observe.Delivery(
-                    entry.id, rcpt, observe.DeliveryStatus.DEFERRED, sender=entry.sender,
-                    delay=round(now - entry.received_at + entry.before_queue, 3), dsn="4.4.1",
-                    next_attempt=iso(held.until),
-                    reason=f"delivery temporarily suspended: {held.reason}",
-                )
-            )  # fmt: skip
-            updates.append(
-                RecipientUpdate(
-                    entry.id,
-                    rcpt,
-                    RecipientState.DEFERRED,
-                    pending.attempts,
-                    held.until,
-                    last_attempt=None,
-                    last_error=f"not tried: {held.reason}",
-                )
-            )
+            event, update = untried_deferral(entry, rcpt, pending, held.until, held.reason, now)
+            observe.emit(event)
+            updates.append(update)
         return skipped
 
     def _learn(
@@ -525,48 +523,36 @@ class Scheduler:
         if self._suspended_to is not None:
             # Off the loop: `queue stats` reads it; a write that fails costs only the listing.
             listed = entries(self.suspensions())
-            task = asyncio.create_task(
-                asyncio.to_thread(write_suspended, self._suspended_to, listed)
-            )
+            write = functools.partial(write_suspended, self._suspended_to, listed)
+            task = asyncio.create_task(asyncio.to_thread(write))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
     async def _send_dsn(
-        self, entry: Entry, results: Sequence[RecipientResult], body: MessageBody, delay: bool
-    ) -> None:
-        """Bounce or warn through the queue itself; never for the null sender (no loops)."""
-        from . import dsn
-
-        kind = "delay-warning" if delay else "bounce"
-        if not dsn.should_bounce(entry.sender):
-            observe.emit(observe.Notice(entry.id, kind, entry.sender, None))
+        self, entry: Entry, results: Sequence[RecipientResult], body: MessageBody,
+        kind: NoticeKind,
+    ) -> None:  # fmt: skip
+        """Report through the queue itself what each recipient's NOTIFY asks for (RFC 3461);
+        never to the null sender (no loops)."""
+        request = entry.dsn or NO_DSN
+        wanted = [r for r in results if request.of(r.recipient).wants(kind.event)]
+        if not wanted:
+            if kind is not NoticeKind.RELAYED:  # NOTIFY said no: say that none went
+                observe.emit(observe.Notice(entry.id, kind.value, entry.sender, None))
             return
-        now = utc(self._clock())
-        build = (
-            functools.partial(
-                dsn.build_delay_warning,
-                retry_until=utc(entry.received_at + self.settings.lifetime),
-            )
-            if delay
-            else dsn.build_bounce
-        )
-        notice = build(
-            original_sender=entry.sender,
-            queue_id=entry.id,
-            # The notice may travel in clear: of a REQUIRETLS message (RFC 8689) it
-            # quotes no header field, since its Subject: is as private as its body.
-            original_headers=b"" if entry.requiretls else quotable_head(body),
-            recipients=[dsn.recipient_facts(r, last_attempt=now) for r in results],
-            reporting_mta=self.hostname,
-            arrival_date=utc(entry.received_at),
-            now=now,
-        )
+        if not should_bounce(entry.sender):
+            observe.emit(observe.Notice(entry.id, kind.value, entry.sender, None))
+            return
+        notice = entry_notice(
+            kind, entry, wanted, body, reporting_mta=self.hostname, now=utc(self._clock()),
+            lifetime=self.settings.lifetime,
+        )  # fmt: skip
         if notice is None:
             return
 
         async def queue_notice() -> None:
             dsn_id = await self.enqueue(notice.envelope, notice.data)
-            observe.emit(observe.Notice(entry.id, kind, entry.sender, dsn_id))
+            observe.emit(observe.Notice(entry.id, kind.value, entry.sender, dsn_id))
 
         await self._writes.write(queue_notice)
 
@@ -574,7 +560,8 @@ class Scheduler:
 
     async def _poll_admin(self) -> None:
         while True:
-            await asyncio.sleep(ADMIN_POLL)
+            # At once when the store hears of an event (another node's, a CLI's), else polled.
+            await self.store.wait_admin_event(ADMIN_POLL)
             try:
                 events = await asyncio.to_thread(self.store.fetch_admin_events, self._admin_cursor)
             except QueueFull:

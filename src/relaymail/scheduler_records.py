@@ -4,6 +4,7 @@ updates and the delivery log events, with the times in the forms they use."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -11,6 +12,8 @@ from . import observe
 from .active_window import Entry, WaitingRecipient
 from .body import MessageBody
 from .delivery import RecipientResult, Status
+from .dsn import Dsn, NoticeKind, build_notice, recipient_facts
+from .dsn_request import NO_DSN, Ret
 from .errors import BodyUnreadable
 from .queue.store import RecipientState, RecipientUpdate
 
@@ -94,3 +97,52 @@ def age_words(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} hours"
     return f"{seconds:.0f} seconds"
+
+
+def untried_deferral(
+    entry: Entry, rcpt: str, pending: WaitingRecipient, until: float, reason: str, now: float
+) -> tuple[observe.Delivery, RecipientUpdate]:
+    """Postfix's "delivery temporarily suspended": a deferral without an attempt."""
+    event = observe.Delivery(
+        entry.id, rcpt, observe.DeliveryStatus.DEFERRED, sender=entry.sender,
+        delay=round(now - entry.received_at + entry.before_queue, 3), dsn="4.4.1",
+        next_attempt=iso(until), reason=f"delivery temporarily suspended: {reason}",
+    )  # fmt: skip
+    update = RecipientUpdate(
+        entry.id, rcpt, RecipientState.DEFERRED, pending.attempts, until,
+        last_attempt=None, last_error=f"not tried: {reason}",
+    )  # fmt: skip
+    return event, update
+
+
+def entry_notice(
+    kind: NoticeKind,
+    entry: Entry,
+    wanted: Sequence[RecipientResult],
+    body: MessageBody,
+    *,
+    reporting_mta: str,
+    now: datetime,
+    lifetime: float,
+) -> Dsn | None:
+    """The DSN of `kind` about `wanted`, as each recipient's NOTIFY and the message's RET ask."""
+    request = entry.dsn or NO_DSN
+    # The notice may travel in clear: of a REQUIRETLS message (RFC 8689) it
+    # quotes nothing, since its Subject: is as private as its body.
+    quoted = not entry.requiretls
+    return build_notice(
+        kind,
+        original_sender=entry.sender,
+        queue_id=entry.id,
+        original_headers=quotable_head(body) if quoted else b"",
+        recipients=[
+            recipient_facts(r, last_attempt=now, original_recipient=request.of(r.recipient).orcpt)
+            for r in wanted
+        ],
+        reporting_mta=reporting_mta,
+        arrival_date=utc(entry.received_at),
+        now=now,
+        retry_until=utc(entry.received_at + lifetime),
+        envid=request.envid,
+        original_message=body if quoted and request.ret is Ret.FULL else None,
+    )

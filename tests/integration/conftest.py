@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,9 @@ import trustme
 
 from relaymail.config import Config, parse_config
 from relaymail.delivery import DeliveryEngine, RecipientResult
+from relaymail.dsn_request import DsnRequest
 from relaymail.message import Envelope, canonical_data
+from relaymail.queue import SqliteStore
 from tests.integration.inbound_harness import (  # noqa: F401 (fixtures for the inbound tests)
     ca,
     client_tls,
@@ -36,6 +38,19 @@ def ca_file(tmp_path: Path, tls_ca: trustme.CA) -> Path:
     path = tmp_path / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(path))
     return path
+
+
+@pytest.fixture
+def queue_dir(tmp_path: Path) -> Path:
+    return tmp_path / "queue"
+
+
+@pytest.fixture
+async def store(queue_dir: Path) -> AsyncIterator[SqliteStore]:
+    """A SQLite queue in `queue_dir`, closed after the test."""
+    opened = SqliteStore.open(queue_dir)
+    yield opened
+    await opened.close()
 
 
 def hop(peer: SMTPPeer) -> str:
@@ -75,10 +90,11 @@ async def deliver(
     sender: str = "a@sender.test",
     *,
     requiretls: bool = False,
+    dsn: DsnRequest | None = None,
 ) -> list[RecipientResult]:
     engine = DeliveryEngine(config)
     try:
-        return await engine.deliver(Envelope(sender, tuple(recipients), requiretls), data)
+        return await engine.deliver(Envelope(sender, tuple(recipients), requiretls, dsn), data)
     finally:
         await engine.close()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from relaymail.dsn_request import Notify, Orcpt, RecipientDsn, Ret
 from relaymail.listener_settings import ListenerMode
 from relaymail.message import Envelope
 from tests.integration.inbound_harness import (
@@ -650,6 +651,7 @@ async def test_ehlo_advertises_what_is_implemented(listen: Listen, clients: Any)
         "250-8BITMIME",
         "250-SMTPUTF8",
         "250-ENHANCEDSTATUSCODES",
+        "250-DSN",
         "250 STARTTLS",
     ]
 
@@ -717,21 +719,64 @@ async def test_pipelined_data_without_valid_recipients_gets_554(
     assert (await client.command("NOOP")).code == 250
 
 
-async def test_dsn_parameters_are_accepted_with_their_case_kept(
+async def test_dsn_parameters_are_kept_byte_exact_per_recipient(
     listen: Listen, clients: Any
+) -> None:
+    handle, spool = await listen()
+    client, _ = await clients(handle.port)
+    await client.command("EHLO client.example")
+    mail = await client.command("MAIL FROM:<a@client.example> RET=hdrs ENVID=Qx+2B1 AUTH=<>")
+    assert mail.code == 250
+    rcpt = await client.command(
+        "RCPT TO:<b@elsewhere.example> NOTIFY=success,Failure ORCPT=rfc822;B+40Elsewhere.example"
+    )
+    assert rcpt.code == 250
+    assert (await client.command("RCPT TO:<c@elsewhere.example> NOTIFY=NEVER")).code == 250
+    assert (await client.command("RCPT TO:<e@elsewhere.example>")).code == 250
+    client.send(b"DATA\r\n")
+    assert (await client.reply()).code == 354
+    client.send(MESSAGE + b".\r\n")
+    assert (await client.reply()).code == 250
+
+    [(envelope, _)] = spool.messages
+    dsn = envelope.dsn_request
+    assert (dsn.ret, dsn.envid) == (Ret.HDRS, "Qx+2B1")
+    assert dsn.of("b@elsewhere.example") == RecipientDsn(
+        Notify.SUCCESS | Notify.FAILURE, Orcpt("rfc822", "B+40Elsewhere.example")
+    )
+    assert dsn.of("c@elsewhere.example") == RecipientDsn(Notify.NEVER)
+    assert dsn.of("e@elsewhere.example") == RecipientDsn()
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        ("MAIL FROM:<a@client.example> RET=BODY", "501 5.5.4 RET must be FULL or HDRS"),
+        ("MAIL FROM:<a@client.example> RET", "501 5.5.4 RET must be FULL or HDRS"),
+        ("MAIL FROM:<a@client.example> ENVID=a+2b", "501 5.5.4 ENVID must be xtext"),
+        ("MAIL FROM:<a@client.example> ENVID=" + "x" * 101, "501 5.5.4 ENVID must be xtext"),
+        ("MAIL FROM:<a@client.example> RET=FULL RET=HDRS", "501 5.5.4 Syntax: MAIL"),
+        ("RCPT TO:<d@elsewhere.example> NOTIFY=NEVER,DELAY", "501 5.5.4 NOTIFY must be NEVER"),
+        ("RCPT TO:<d@elsewhere.example> NOTIFY=", "501 5.5.4 Syntax: RCPT"),
+        ("RCPT TO:<d@elsewhere.example> NOTIFY=SOMETIMES", "501 5.5.4 NOTIFY must be NEVER"),
+        ("RCPT TO:<d@elsewhere.example> ORCPT=d@elsewhere.example", "501 5.5.4 ORCPT must be"),
+        ("RCPT TO:<d@elsewhere.example> ORCPT=rfc822;a+zz", "501 5.5.4 ORCPT's address must"),
+        ("RCPT TO:<d@elsewhere.example> ORCPT=utf-8;j\u00f6rg@x", "501 5.5.4 ORCPT's address"),
+        ("RCPT TO:<d@elsewhere.example> FOO=BAR", "555 5.5.4 RCPT TO parameter FOO"),
+        ("MAIL FROM:<a@client.example> BY=60;R", "555 5.5.4 MAIL FROM parameter BY"),
+    ],
+)
+async def test_bad_dsn_parameters_get_501_and_unknown_ones_555(
+    listen: Listen, clients: Any, command: str, reply: str
 ) -> None:
     handle, _ = await listen()
     client, _ = await clients(handle.port)
     await client.command("EHLO client.example")
-    mail = await client.command("MAIL FROM:<a@client.example> RET=HDRS ENVID=Qx+2B1 AUTH=<>")
-    assert mail.code == 250
-    rcpt = await client.command(
-        "RCPT TO:<b@elsewhere.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;B+40Elsewhere.example"
-    )
-    assert rcpt.code == 250
-    assert (await client.command("RCPT TO:<c@elsewhere.example> NOTIFY=NEVER")).code == 250
-    assert (await client.command("RCPT TO:<d@elsewhere.example> NOTIFY=NEVER,DELAY")).code == 501
-    assert (await client.command("RCPT TO:<e@elsewhere.example> FOO=BAR")).code == 555
+    if command.startswith("RCPT"):
+        assert (await client.command("MAIL FROM:<a@client.example>")).code == 250
+    answer = await client.command(command)
+    assert answer.lines[-1].startswith(reply), answer
+    assert (await client.command("NOOP")).code == 250  # the session goes on
 
 
 async def test_smtputf8_addresses_need_the_smtputf8_parameter(listen: Listen, clients: Any) -> None:

@@ -7,14 +7,16 @@ import contextlib
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from relaymail.dsn_request import DsnRequest, Notify, RecipientDsn, Ret
 from relaymail.errors import QueueFull, QueueUnavailable, RelaymailError
 from relaymail.message import Envelope
 from relaymail.queue import (
@@ -28,18 +30,6 @@ from relaymail.queue.schema import DB_FILENAME, SCHEMA_VERSION
 from tests.queue_samples import ENVELOPE, body, orphans, raw, update
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-@pytest.fixture
-def queue_dir(tmp_path: Path) -> Path:
-    return tmp_path / "queue"
-
-
-@pytest.fixture
-async def store(queue_dir: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore.open(queue_dir)
-    yield opened
-    await opened.close()
 
 
 # -- enqueue -----------------------------------------------------------------
@@ -138,6 +128,7 @@ async def test_an_older_queue_gets_the_due_index_and_the_refill_reads_through_it
     await store.close()
     with contextlib.closing(raw(queue_dir)) as conn:  # as version 2 left it
         conn.execute("DROP INDEX recipient_due")
+        drop_dsn_columns(conn)
         conn.execute("ALTER TABLE message DROP COLUMN requiretls")
         conn.execute("UPDATE schema_version SET version = 2")
 
@@ -146,7 +137,7 @@ async def test_an_older_queue_gets_the_due_index_and_the_refill_reads_through_it
     with contextlib.closing(raw(queue_dir)) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
         plan = conn.execute("EXPLAIN QUERY PLAN " + SqliteStore._DUE_SQL, (0.0,)).fetchall()
-    assert versions[-1] == SCHEMA_VERSION == 4
+    assert versions[-1] == SCHEMA_VERSION == 6
     assert any("recipient_due" in row[-1] for row in plan)
 
 
@@ -157,6 +148,7 @@ async def test_a_version_3_queue_keeps_its_mail_and_gains_the_requiretls_flag(
     queued = await store.enqueue(ENVELOPE, body(1), time.time())
     await store.close()
     with contextlib.closing(raw(queue_dir)) as conn:  # as version 3 left it
+        drop_dsn_columns(conn)
         conn.execute("ALTER TABLE message DROP COLUMN requiretls")
         conn.execute("UPDATE schema_version SET version = 3")
 
@@ -165,6 +157,33 @@ async def test_a_version_3_queue_keeps_its_mail_and_gains_the_requiretls_flag(
     pending = {m.id: m.requiretls for m in store.load_pending()}
     await store.close()
     assert pending == {queued.id: False, flagged.id: True}
+
+
+def drop_dsn_columns(conn: sqlite3.Connection) -> None:
+    """The queue as version 4 left it: no DSN parameters."""
+    for table, column in (("message", "ret"), ("message", "envid"),
+                          ("recipient", "notify"), ("recipient", "orcpt")):  # fmt: skip
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+
+
+async def test_a_version_4_queue_keeps_its_mail_and_gains_the_dsn_parameters(
+    queue_dir: Path,
+) -> None:
+    store = SqliteStore.open(queue_dir)
+    queued = await store.enqueue(ENVELOPE, body(1), time.time())
+    await store.close()
+    with contextlib.closing(raw(queue_dir)) as conn:
+        drop_dsn_columns(conn)
+        conn.execute("UPDATE schema_version SET version = 4")
+
+    store = SqliteStore.open(queue_dir)
+    request = DsnRequest(Ret.HDRS, "x").with_recipients(
+        [(ENVELOPE.recipients[0], RecipientDsn(Notify.NEVER))]
+    )
+    asked = await store.enqueue(ENVELOPE._replace(dsn=request), body(2), time.time())
+    pending = {m.id: m.dsn for m in store.load_pending()}
+    await store.close()
+    assert pending == {queued.id: DsnRequest(), asked.id: request}
 
 
 async def test_the_requiretls_flag_survives_a_restart(queue_dir: Path) -> None:
@@ -451,3 +470,33 @@ def test_kill_9_never_loses_an_acknowledged_message(queue_dir: Path, tmp_path: P
             await store.close()
 
     asyncio.run(check())
+
+
+async def test_connections_are_replaced_after_their_blob_handles_and_nothing_is_lost(
+    queue_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each blob handle leaves a weak reference on its connection until it closes
+    # (CPython gh-144424); a connection is replaced after so many. Here: after 3.
+    monkeypatch.setattr("relaymail.queue.writer.BLOB_HANDLES_PER_CONNECTION", 3)
+    monkeypatch.setattr("relaymail.queue.sqlite_reads.BLOB_HANDLES_PER_CONNECTION", 3)
+    store = SqliteStore.open(queue_dir)
+    try:
+        first_writer = store._writer._conn
+        large = [body(n, size=300_000) for n in range(7)]  # past MessageData's memory: a blob
+        ids = [(await store.enqueue(ENVELOPE, data, time.time())).id for data in large]
+        small = await store.enqueue(ENVELOPE, body(99), time.time())  # with its row
+        replaced = store._writer._conn is not first_writer
+        read = [b"".join(store.open_body(i).chunks()) for i in ids * 2]  # 5 chunks each
+        readers = len(store._readers._all)
+    finally:
+        await store.close()
+    assert replaced
+    assert read == large * 2
+    assert readers == 1  # one at a time, each replaced when spent
+    reopened = SqliteStore.open(queue_dir)
+    try:
+        assert [reopened.load_data(i) for i in ids] == large
+        assert reopened.load_data(small.id) == body(99)
+        assert reopened.stats().messages == 8
+    finally:
+        await reopened.close()

@@ -51,6 +51,8 @@ class EximOptions:
     # None: the instance is a final destination that stores every message in a file.
     relay: Relay | None = None
     cert_names: tuple[str, ...] = DEFAULT_CERT_NAMES
+    # Advertise DSN (RFC 3461) and keep RET/ENVID/NOTIFY/ORCPT, passing them on as a relay.
+    dsn: bool = False
 
     @property
     def needs_certificate(self) -> bool:
@@ -130,6 +132,8 @@ def render(
         "local_from_check = false",
         "acl_smtp_rcpt = acl_check_rcpt",
     ]
+    if options.dsn:
+        lines.append("dsn_advertise_hosts = *")
     if options.starttls is StartTLS.OFF:
         lines.append("tls_advertise_hosts =")
     else:

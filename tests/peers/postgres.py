@@ -4,8 +4,9 @@ Theory of operation. `initdb` writes a cluster into a fresh directory, `pg_ctl` 
 listening on 127.0.0.1 on a free port and on a Unix socket inside that directory, so it never
 meets a system cluster (Debian's own, on 5432) and nothing outside this machine can reach it.
 One cluster serves a whole test session (initdb costs about a second); each test gets a
-database of its own (`fresh_database`, CREATE DATABASE from template0, tens of ms), so no
-test sees another's rows.
+database of its own (`fresh_database`, CREATE DATABASE from template0, half a second on a
+loaded machine), or a schema of its own in a database the session shares (`fresh_schema`,
+a few ms: its DSN sets the search_path), so no test sees another's rows.
 
 PostgreSQL refuses to run as root. When the tests run as root the cluster runs as the
 `postgres` account that Debian's package creates, which owns the directory; otherwise as the
@@ -13,6 +14,7 @@ current user.
 
 `fsync = off`: the tests kill relaymail, never PostgreSQL, and a commit acknowledged by
 the server is what the Store contract is about, so flushing to disk would only cost time.
+A benchmark asks for `durable=True`: then every commit is flushed, as in production.
 """
 
 from __future__ import annotations
@@ -63,10 +65,12 @@ def _free_port() -> int:
 class PostgresServer:
     """One running cluster. `dsn(database)` is a libpq URI for the superuser on loopback."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.directory = Path(tempfile.mkdtemp(prefix="relaymail-pg-"))
         self.port = _free_port()
         self._databases = 0
+        self._shared: str | None = None  # the database fresh_schema's schemas live in
         self._as: list[str] = []
         if os.geteuid() == 0:
             try:
@@ -91,8 +95,7 @@ class PostgresServer:
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
             "unix_socket_directories": str(self.directory),
-            "fsync": "off",
-            "full_page_writes": "off",
+            **({} if self.durable else {"fsync": "off", "full_page_writes": "off"}),
             "max_connections": "300",
             "shared_buffers": "64MB",
             "log_min_messages": "warning",
@@ -112,6 +115,12 @@ class PostgresServer:
                 self.stop()
                 raise RuntimeError("postgres started but did not accept connections in time")
             time.sleep(0.02)
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's: the root of every server process of the cluster."""
+        assert self._process is not None
+        return self._process.pid
 
     def _log_tail(self, log: Path) -> str:
         return log.read_text()[-2000:] if log.exists() else "(no log)"
@@ -137,6 +146,22 @@ class PostgresServer:
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.dsn(name)
+
+    def fresh_schema(self) -> str:
+        """Create an empty schema in the session's shared database; a DSN that uses it.
+
+        What is database-wide (advisory locks, NOTIFY channels) is shared with the other
+        tests' schemas: fine for tests that run one after the other.
+        """
+        import psycopg
+
+        if self._shared is None:
+            self._shared = self.fresh_database()
+        self._databases += 1
+        name = f"s{os.getpid()}_{self._databases}"
+        with psycopg.connect(self._shared, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{name}"')
+        return f"{self._shared}?options=-csearch_path%3D{name}"
 
     def stop(self) -> None:
         if self._process is not None:

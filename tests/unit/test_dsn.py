@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import email.utils
@@ -11,18 +12,22 @@ from email.message import EmailMessage, Message
 
 import pytest
 
+from relaymail.body import MessageBody
 from relaymail.dsn import (
+    MAX_RETURNED_MESSAGE,
     Dsn,
     DsnAction,
     RecipientReport,
     build_bounce,
     build_delay_warning,
+    build_relayed,
     diagnostic_code_for,
     header_section,
     recipient_facts,
     should_bounce,
     status_for,
 )
+from relaymail.dsn_request import Orcpt
 from relaymail.smtp.reply import Reply
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -403,9 +408,86 @@ def test_an_expired_deferral_is_failed_with_its_last_transient_status() -> None:
     assert per_recipient["Status"] == "4.7.1"
 
 
-def test_recipient_facts_refuse_a_delivered_result() -> None:
+def test_recipient_facts_make_a_delivered_result_relayed() -> None:
+    report = recipient_facts(
+        Outcome("bob@example.com", "delivered", "accepted", host="mx.example.com",
+                reply="250 2.0.0 queued as X1"),
+        original_recipient=Orcpt("rfc822", "Bob+2Bnews@example.com"),
+    )  # fmt: skip
+
+    assert (report.action, report.status) == (DsnAction.RELAYED, "2.0.0")
+    assert report.original_recipient == Orcpt("rfc822", "Bob+2Bnews@example.com")
+
+
+def test_recipient_facts_refuse_a_result_of_no_known_status() -> None:
     with pytest.raises(ValueError, match="no DSN"):
-        recipient_facts(Outcome("bob@example.com", "delivered", "250 ok"))
+        recipient_facts(Outcome("bob@example.com", "expanded", "250 ok"))
+
+
+def test_original_recipient_and_envelope_id_are_shown_decoded_per_block() -> None:
+    reports = [
+        dataclasses.replace(failed(), original_recipient=Orcpt("rfc822", "Bob+2Bx@Example.COM")),
+        failed("dave@example.com"),
+    ]
+    message = parse(bounce(recipients=reports, envid="QQ+3D1+2Bz"))
+    per_message, first, second = status_blocks(message)
+
+    assert per_message["Original-Envelope-Id"] == "QQ=1+z"
+    assert first["Original-Recipient"] == "rfc822;Bob+x@Example.COM"
+    assert first["Final-Recipient"] == "rfc822; bob@example.com"
+    assert "Original-Recipient" not in second
+    assert "you wrote rfc822;Bob+x@Example.COM" in " ".join(parts(message)[0].get_content().split())
+
+
+def test_a_decoded_value_that_would_break_its_line_is_shown_as_xtext() -> None:
+    report = dataclasses.replace(failed(), original_recipient=Orcpt("rfc822", "a+0D+0AB:c@d"))
+    message = parse(bounce(recipients=[report], envid="x+0Ay"))
+    per_message, block = status_blocks(message)
+
+    assert per_message["Original-Envelope-Id"] == "x+0Ay"
+    assert block["Original-Recipient"] == "rfc822;a+0D+0AB:c@d"
+
+
+def test_ret_full_returns_the_whole_message_in_a_bounce() -> None:
+    original = HEADERS + b"\r\nthe body, line one\r\n"
+    message = parse(bounce(original_message=MessageBody.of(original)))
+    returned = parts(message)[2]
+
+    assert returned.get_content_type() == "message/rfc822"
+    [inner] = returned.get_payload()  # type: ignore[misc]
+    assert inner["Subject"] == "quarterly numbers"
+    assert inner.get_payload() == "the body, line one\r\n"
+    assert "Your message is attached." in " ".join(parts(message)[0].get_content().split())
+
+
+def test_ret_full_over_the_limit_returns_the_headers() -> None:
+    original = HEADERS + b"\r\n" + b"x" * (MAX_RETURNED_MESSAGE + 1) + b"\r\n"
+    message = parse(bounce(original_message=MessageBody.of(original)))
+
+    assert parts(message)[2].get_content_type() == "text/rfc822-headers"
+    text = " ".join(parts(message)[0].get_content().split())
+    assert "the whole message is larger than this mail system returns" in text
+
+
+def test_relayed_report_says_relayed_with_the_reply() -> None:
+    report = recipient_facts(
+        Outcome("bob@example.com", "delivered", "accepted by mx.example.com",
+                host="mx.example.com", reply="250 2.0.0 Ok: queued as X1"),
+    )  # fmt: skip
+    dsn = build_relayed(
+        original_sender="alice@example.org", queue_id="1K1CBR3JRJT", original_headers=HEADERS,
+        recipients=[report], reporting_mta="mta.example.net", arrival_date=ARRIVED, now=NOW,
+        envid="E1",
+    )  # fmt: skip
+    assert dsn is not None
+    message = parse(dsn)
+    per_message, block = status_blocks(message)
+
+    assert message["Subject"] == "Successful Mail Delivery Report"
+    assert [p.get_content_type() for p in parts(message)][2] == "text/rfc822-headers"
+    assert (block["Action"], block["Status"]) == ("relayed", "2.0.0")
+    assert block["Diagnostic-Code"] == "smtp; 250 2.0.0 Ok: queued as X1"
+    assert per_message["Original-Envelope-Id"] == "E1"
 
 
 def test_a_dsn_unpacks_into_envelope_and_data() -> None:

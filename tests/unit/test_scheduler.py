@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from relaymail import observe
 from relaymail.body import MessageBody
 from relaymail.config_queue import QueueSettings
 from relaymail.delivery import RecipientResult, Status
+from relaymail.dsn_request import DsnRequest, Notify, RecipientDsn
 from relaymail.errors import QueueFull
 from relaymail.message import Envelope, domain_of
 from relaymail.queue import RecipientState, RecipientUpdate
@@ -274,6 +276,49 @@ def test_one_delay_warning_then_silence_until_the_bounce() -> None:
 
             await asyncio.sleep(1000)
             assert [b"Action: delayed" in d.data for d in queue.dsns()] == [True, False]
+
+    run(main())
+
+
+def test_notify_decides_which_recipients_get_a_warning_and_a_bounce() -> None:
+    dave = "dave@example.com"
+    asked = DsnRequest(envid="E1").with_recipients(
+        [(BOB, RecipientDsn(Notify.FAILURE)),  # no warning, a bounce
+         (CAROL, RecipientDsn(Notify.DELAY)),  # a warning, no bounce
+         (dave, RecipientDsn(Notify.NEVER))]  # neither
+    )  # fmt: skip
+
+    async def main() -> None:
+        script = {r: [greylisted] * 10 for r in (BOB, CAROL, dave)}
+        async with running(script, settings(lifetime=1000, delay_warning=300)) as queue:
+            await queue.scheduler.enqueue(Envelope(ALICE, (BOB, CAROL, dave), dsn=asked), BODY)
+            await asyncio.sleep(1300)
+            [warning, bounce] = queue.dsns()
+            assert b"Action: delayed" in warning.data and b"Action: failed" in bounce.data
+            for report, rcpt in ((warning, CAROL), (bounce, BOB)):
+                assert report.data.count(b"Final-Recipient:") == 1
+                assert f"Final-Recipient: rfc822; {rcpt}".encode() in report.data
+                assert b"Original-Envelope-Id: E1" in report.data
+
+    run(main())
+
+
+def test_a_success_report_only_where_the_next_hop_takes_no_dsn() -> None:
+    def passed_on(rcpt: str) -> RecipientResult:
+        return dataclasses.replace(accepted(rcpt), dsn_passed_on=True)
+
+    asked = DsnRequest().with_recipients(
+        [(BOB, RecipientDsn(Notify.SUCCESS)), (CAROL, RecipientDsn(Notify.SUCCESS))]
+    )
+
+    async def main() -> None:
+        async with running({CAROL: [passed_on]}) as queue:
+            await queue.scheduler.enqueue(Envelope(ALICE, (BOB, CAROL), dsn=asked), BODY)
+            await asyncio.sleep(10)
+            [relayed] = queue.dsns()
+            assert b"Action: relayed" in relayed.data
+            assert f"Final-Recipient: rfc822; {BOB}".encode() in relayed.data
+            assert relayed.data.count(b"Final-Recipient:") == 1  # not CAROL's
 
     run(main())
 

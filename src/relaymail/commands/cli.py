@@ -414,7 +414,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return stop("relaymail", exc)
     except QueueUnusable as exc:
-        print(f"relaymail: queue.directory: {exc}", file=sys.stderr)
+        print(f"relaymail: {exc.key}: {exc}", file=sys.stderr)
         return exc.problem.exit_code
     except (ListenFailed, DaemonRunning) as exc:
         # EX_OSERR, not EX_CONFIG: the same file works once the port (or the queue) is free.

@@ -1,16 +1,16 @@
 """`relaymail queue ...`: the admin's view of the queue, as text or JSON.
 
 Runs in its own process beside the daemon: reads go straight to the
-database (WAL lets them run while the daemon writes); changes are written
-in one transaction with their admin events, which the daemon applies
-within a second. Whether a daemon runs is the queue's daemon lock's answer
-(daemon_lock.py).
+database (WAL lets them run while the daemon writes; with PostgreSQL, the
+whole cluster's queue); changes are written in one transaction with their
+admin events, which every daemon applies within a second. Whether a
+daemon runs is the queue's daemon lock's answer (daemon_lock.py), or the
+cluster's list of live nodes.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..config_queue import QueueBackend
 from ..daemon_lock import daemon_status
+from ..queue.opening import QueueAdmin, open_admin
 from ..queue.selection import CHANGES, AdminOutcome
 from ..queue.sharded import ShardedQueue
-from ..queue.store import AdminAction, RecipientState
+from ..queue.store import AdminAction, RecipientState, Store
 from ..suspension_file import read_all_suspended
 from .exits import EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from .queue_views import print_detail, print_list, print_stats
@@ -36,7 +38,8 @@ def run_queue_command(config: Config, args: argparse.Namespace) -> int:
     from ..errors import QueueFull, QueueUnusable
     from .queue_selection import SelectionError, selection_of
 
-    if not (config.queue.directory / "queue.db").exists():
+    local = config.queue.backend is QueueBackend.SQLITE
+    if local and not (config.queue.directory / "queue.db").exists():
         print(f"relaymail: no queue at {config.queue.directory}", file=sys.stderr)
         return EX_NOINPUT
     try:
@@ -44,12 +47,16 @@ def run_queue_command(config: Config, args: argparse.Namespace) -> int:
     except SelectionError as exc:
         print(f"relaymail: queue {args.action}: {exc}", file=sys.stderr)
         return EX_USAGE
-    store = ShardedQueue(config.queue.directory)
+    try:
+        queue = open_admin(config.queue)
+    except QueueUnusable as exc:
+        print(f"relaymail: {exc}", file=sys.stderr)
+        return exc.problem.exit_code
     try:
         if selection is not None:
-            outcome = asyncio.run(store.change(AdminAction(args.action), selection))
-            return _report(outcome, config.queue.directory, args.json)
-        return _read(store, config.queue.directory, args)
+            outcome = queue.change(AdminAction(args.action), selection)
+            return _report(outcome, queue, args.json)
+        return _read(queue.store, config.queue.directory, args)
     except QueueUnusable as exc:
         print(f"relaymail: {exc}", file=sys.stderr)
         return exc.problem.exit_code
@@ -57,10 +64,10 @@ def run_queue_command(config: Config, args: argparse.Namespace) -> int:
         print(f"relaymail: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     finally:
-        asyncio.run(store.close())
+        queue.close()
 
 
-def _read(store: ShardedQueue, directory: Path, args: argparse.Namespace) -> int:
+def _read(store: Store | ShardedQueue, directory: Path, args: argparse.Namespace) -> int:
     action = args.action
     if action == "list":
         state = RecipientState(args.state) if args.state else None
@@ -82,7 +89,7 @@ def _read(store: ShardedQueue, directory: Path, args: argparse.Namespace) -> int
     return EX_OK
 
 
-def _cat(store: ShardedQueue, args: argparse.Namespace) -> int:
+def _cat(store: Store | ShardedQueue, args: argparse.Namespace) -> int:
     """The message as queued (trace header included), as postcat -q and exim -Mvc show it."""
     from ..message import split_header_section
 
@@ -106,7 +113,7 @@ _DONE = {
 }
 
 
-def _report(outcome: AdminOutcome, directory: Path, as_json: bool) -> int:
+def _report(outcome: AdminOutcome, queue: QueueAdmin, as_json: bool) -> int:
     if as_json:
         print(json.dumps({**asdict(outcome), "count": len(outcome.changed)}))
     else:
@@ -120,9 +127,9 @@ def _report(outcome: AdminOutcome, directory: Path, as_json: bool) -> int:
     if outcome.missing:
         return _missing(outcome.missing)
     retried = outcome.action is AdminAction.RETRY and outcome.changed
-    if retried and daemon_status(directory).stopped:
+    if retried and queue.stopped():
         # postqueue -f's answer when the mail system is down; the change is kept for its start.
-        print(f"relaymail: no relaymail serve runs on {directory}: nothing is delivered"
+        print(f"relaymail: no relaymail serve runs on {queue.where}: nothing is delivered"
               " until it starts", file=sys.stderr)  # fmt: skip
         return EX_UNAVAILABLE
     return EX_OK

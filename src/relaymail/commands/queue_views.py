@@ -31,7 +31,15 @@ def _reason(recipient: RecipientDetail) -> str | None:
 
 
 def _recipient_json(recipient: RecipientDetail) -> dict[str, Any]:
-    return {**asdict(recipient), "reason": _reason(recipient)}
+    # RFC 3461's parameters in their wire form, xtext as received.
+    notify, orcpt = recipient.dsn
+    shown = {field: value for field, value in asdict(recipient).items() if field != "dsn"}
+    return {
+        **shown,
+        "reason": _reason(recipient),
+        "notify": None if notify is None else notify.wire,
+        "orcpt": None if orcpt is None else orcpt.wire,
+    }
 
 
 def print_list(
@@ -81,15 +89,18 @@ def print_detail(detail: MessageDetail, as_json: bool) -> None:
         + (", [yellow]held[/yellow]" if detail.held else "")
         + (", delay warning sent" if detail.warned else "")
         + (", REQUIRETLS" if detail.requiretls else "")
+        + (f", RET={detail.ret.value}" if detail.ret is not None else "")
+        + (f", ENVID={escape(printable(detail.envid))}" if detail.envid is not None else "")
     )
     table = Table(show_lines=True)
-    for column in ("recipient", "state", "attempts", "next try", "host", "last reply", "TLS"):
+    columns = ("recipient", "state", "attempts", "next try", "host", "last reply", "TLS", "DSN")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for r in detail.recipients:
         table.add_row(
             escape(printable(r.address)), r.state.value, str(r.attempts), _when(r.next_attempt),
             escape(printable(r.host or "-")), escape(printable(_reason(r) or "-")),
-            _tls_words(r.tls),
+            _tls_words(r.tls), escape(printable(r.dsn.wire.strip() or "-")),
         )  # fmt: skip
     console.print(table)
 

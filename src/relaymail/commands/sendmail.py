@@ -34,8 +34,11 @@ now or when it next starts.
   -f ADDR       envelope sender (also -r); honoured for root and the daemon's
                 user only, others send as user@local domain
   -F NAME       full name for the From: header added when there is none
-  -N DSN, -R RET, -B TYPE, -V ENVID
-                kept with the message (DSN notify, return, body type, envelope id)
+  -N never|success,failure,delay
+                when to get a delivery status notification (DSN, RFC 3461)
+  -R full|hdrs  what a failure report returns: the message, or its headers
+  -V ENVID      the envelope id the reports name (printable text)
+  -B TYPE       accepted and ignored
   -bm           deliver (the default)
   -bv           check the recipients, print each as it would be queued, send nothing
   -bi           rebuild the aliases (relaymail newaliases), send nothing
@@ -109,6 +112,7 @@ def parse_args(argv: list[str]) -> _Options:
                 value = args.pop(0)
             if not value.isascii() or not value.isprintable() or " " in value:
                 raise ValueError(f"{flag}: not a printable word")
+            _check_dsn_flag(flag, value)
             options.flags.append((flag[1], value))
         elif flag in ("-o", "-b", "-v", "-q", "-O", "-X", "-h"):
             if arg in ("-bs", "-bd", "-bp", "-q") or arg.startswith("-q"):
@@ -118,6 +122,21 @@ def parse_args(argv: list[str]) -> _Options:
         else:
             raise ValueError(f"unknown option {arg}")
     return options
+
+
+def _check_dsn_flag(flag: str, value: str) -> None:
+    """-N, -R and -V as the daemon will read them (pickup.dsn_request): refused here, 64."""
+    from ..dsn_request import parse_envid, parse_notify, parse_ret, xtext_encode
+
+    try:
+        if flag == "-N":
+            parse_notify(value)
+        elif flag == "-R":
+            parse_ret(value)
+        elif flag == "-V":
+            parse_envid(xtext_encode(value))
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 def _header_values(headers: bytes, names: tuple[str, ...]) -> list[str]:

@@ -199,7 +199,7 @@ class DeliveryEngine:
         run = DomainRun(
             domain, DomainPlan(level, source), envelope.sender, body,
             envelope.needs_smtputf8, {r: Outcome() for r in rcpts}, probe_only,
-            queue_id=queue_id, requiretls=envelope.requiretls,
+            queue_id=queue_id, requiretls=envelope.requiretls, dsn=envelope.dsn,
         )  # fmt: skip
         try:
             # RFC 8689 TLS-Required: No (TLS reports carry it): the domain's published

@@ -138,6 +138,9 @@ class RecipientResult:
     transmission_seconds: float = 0.0
     # Deferred because the message data could not be read, not for anything a host did.
     body_unreadable: bool = False
+    # Delivered to a next hop that offers DSN (RFC 3461): its notifications are its own now,
+    # so NOTIFY=SUCCESS gets no "relayed" report from us.
+    dsn_passed_on: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import observe
 from ..body import MessageBody
+from ..dsn_request import DsnRequest
 from ..errors import BodyUnreadable
 from ..routing import NextHop
 from ..smtp.client import Capabilities
@@ -83,6 +84,7 @@ class Outcome:
     setup_seconds: float = 0.0
     transmission_seconds: float = 0.0
     body_unreadable: bool = False
+    dsn_passed_on: bool = False
 
 
 @dataclass(slots=True)
@@ -103,6 +105,7 @@ class DomainRun:
     queue_id: str | None = None  # every log line about the message carries it
     session: SessionInUse | None = None  # set while a transaction runs
     requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS (requiretls.py)
+    dsn: DsnRequest | None = None  # RFC 3461: passed on to a next hop that offers DSN
 
     def data_for(self, caps: Capabilities) -> MessageBody:
         """The data as this next hop may take it: 7-bit without 8BITMIME.
@@ -172,6 +175,7 @@ class DomainRun:
                 setup_seconds=o.setup_seconds,
                 transmission_seconds=o.transmission_seconds,
                 body_unreadable=o.body_unreadable,
+                dsn_passed_on=o.dsn_passed_on,
             )
             for rcpt, o in self.outcomes.items()
         ]

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..body import MessageBody
+from ..dsn_request import DsnRequest
 from ..errors import SessionError
 from ..smtp.client import Capabilities, Verb
 from ..smtp.reply import Reply
@@ -69,7 +70,13 @@ async def transaction(
         if not reset.is_success:
             raise SessionError(f"RSET answered {reset}")
     params = _mail_parameters(caps, size, body, run.needs_smtputf8, run.requiretls)
-    replies = await _envelope(session, caps, f"FROM:<{run.sender}>{params}", rcpts)
+    # RFC 3461 5.2.1: a next hop that offers DSN gets the parameters as they came;
+    # one that does not gets none, and a NOTIFY=SUCCESS recipient a "relayed" report.
+    dsn = run.dsn if "DSN" in caps else None
+    if dsn is not None:
+        params += dsn.mail_wire
+    mail = f"FROM:<{run.sender}>{params}"
+    replies = await _envelope(session, caps, mail, rcpts, dsn=dsn, smtputf8=run.needs_smtputf8)
     _settle_envelope(run, at, rcpts, replies, tls)
     accepted = replies.accepted
     data_reply = replies.data
@@ -99,7 +106,10 @@ async def transaction(
         status, reason = Status.DEFERRED, f"{hop.label} deferred the message: {final}"
     else:
         status, reason = Status.BOUNCED, f"{hop.label} rejected the message: {final}"
-    run.settle(accepted, status, reason, host=hop.label, reply=final, tls=tls)
+    run.settle(
+        accepted, status, reason, host=hop.label, reply=final, tls=tls,
+        dsn_passed_on="DSN" in caps,
+    )  # fmt: skip
     run.note(at, AttemptResult.of_message(status), tls, f"{len(accepted)} recipient(s): {final}")
 
 
@@ -133,11 +143,15 @@ async def probe(
 
 async def _envelope(
     session: SmtpSession, caps: Capabilities, mail: str, rcpts: list[str],
-    then: Verb = Verb.DATA,
+    then: Verb = Verb.DATA, dsn: DsnRequest | None = None, smtputf8: bool = False,
 ) -> _Replies:  # fmt: skip
-    """Send MAIL, RCPT for each recipient and `then` (DATA); collect the replies by command."""
+    """Send MAIL, RCPT for each recipient (with its `dsn` parameters) and `then` (DATA);
+    collect the replies by command."""
     group = [(Verb.MAIL, mail)]
-    group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]
+    if dsn is None:
+        group += [(Verb.RCPT, f"TO:<{r}>") for r in rcpts]
+    else:
+        group += [(Verb.RCPT, f"TO:<{r}>{dsn.of(r).on_wire(smtputf8=smtputf8)}") for r in rcpts]
     group.append((then, ""))
     pipelining = "PIPELINING" in caps
     if pipelining:

@@ -16,8 +16,8 @@ The work is split the way aiosmtpd intends:
   - MAIL/RCPT parameters: aiosmtpd answers 555 to every RCPT parameter and to
     RET/ENVID, and upper-cases values (which corrupts ORCPT xtext). Here the
     RFC 3461 parameters and AUTH= are accepted and checked, values kept as
-    sent in the aiosmtpd envelope's mail_options/rcpt_options. DSN is not
-    advertised: relaymail.message.Envelope has no place for them yet.
+    sent; DSN is advertised, and RET, ENVID and each recipient's NOTIFY and
+    ORCPT go typed into the envelope (relaymail.dsn_request.DsnRequest).
   - DATA is read in large pieces (``readuntil(b".\\r\\n")`` over a 64 KiB window)
     instead of line by line, and never held whole: intake.py unstuffs, makes
     canonical and folds it piece by piece into a MessageData (memory while

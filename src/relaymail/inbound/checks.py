@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
+from ..dsn_request import is_xtext, parse_envid, parse_notify, parse_orcpt, parse_ret
 from ..errors import AddressError
 from ..listener_settings import ListenerSettings
 from ..message import check_address, domain_of
@@ -22,10 +23,12 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# RFC 3461 4: xtext is printable ASCII except "+" and "=", which are hex-escaped.
-_XTEXT: Final = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
-_ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;\S+")
-_NOTIFY: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+# RFC 3461's MAIL parameters: each one's parser says what is wrong with a value.
+_MAIL_DSN: Final[Mapping[str, Callable[[str | None], object]]] = {
+    "RET": parse_ret,
+    "ENVID": parse_envid,
+}
+
 # RFC 1870: size-value = 1*20DIGIT, ASCII digits only (str.isdigit takes "²").
 _SIZE: Final = re.compile(r"[0-9]{1,20}")
 
@@ -72,12 +75,11 @@ def mail_param_problem(
         elif keyword == "SMTPUTF8":
             if value is not None:
                 return "501 5.5.4 SMTPUTF8 takes no value"
-        elif keyword == "RET":
-            if value is None or value.upper() not in ("FULL", "HDRS"):
-                return "501 5.5.4 RET must be FULL or HDRS"
-        elif keyword == "ENVID":
-            if value is None or len(value) > 100 or not _XTEXT.fullmatch(value):
-                return "501 5.5.4 ENVID must be xtext of at most 100 characters"
+        elif keyword in _MAIL_DSN:
+            try:
+                _MAIL_DSN[keyword](value)
+            except ValueError as exc:
+                return f"501 5.5.4 {exc}"
         elif keyword == "REQUIRETLS":
             if value is not None:
                 return "501 5.5.4 REQUIRETLS takes no value"
@@ -87,23 +89,29 @@ def mail_param_problem(
                 return "530 5.7.10 REQUIRETLS needs a TLS session (RFC 8689)"
         elif keyword == "AUTH":
             # RFC 4954 5: the submitter's identity as xtext, "<>" if unknown.
-            if value is None or not (value == "<>" or _XTEXT.fullmatch(value)):
+            if value is None or not (value == "<>" or is_xtext(value)):
                 return "501 5.5.4 AUTH= must be xtext or <>"
         else:
             return f"555 5.5.4 MAIL FROM parameter {keyword} not recognized"
     return None
 
 
-def rcpt_param_problem(params: Mapping[str, str | None]) -> str | None:
-    """The reply refusing RCPT parameters, or None if they are acceptable."""
+def rcpt_param_problem(params: Mapping[str, str | None], *, smtputf8: bool) -> str | None:
+    """The reply refusing RCPT parameters, or None if they are acceptable.
+
+    `smtputf8`: MAIL FROM said SMTPUTF8, so ORCPT's "utf-8" type may hold UTF-8 itself.
+    """
     for keyword, value in params.items():
         if keyword == "NOTIFY":
-            words = set((value or "").upper().split(","))
-            if not (words == {"NEVER"} or (words and words <= _NOTIFY)):
+            try:
+                parse_notify(value)
+            except ValueError:
                 return "501 5.5.4 NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY"
         elif keyword == "ORCPT":
-            if value is None or len(value) > 500 or not _ORCPT.fullmatch(value):
-                return "501 5.5.4 ORCPT must be addr-type;address"
+            try:
+                parse_orcpt(value, smtputf8=smtputf8)
+            except ValueError as exc:
+                return f"501 5.5.4 {exc}"
         else:
             return f"555 5.5.4 RCPT TO parameter {keyword} not recognized"
     return None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, AnyStr, Final
 from aiosmtpd.smtp import MISSING, syntax
 
 from .. import observe
+from ..dsn_request import RecipientDsn, parse_notify, parse_orcpt, parse_ret
 from ..listener_settings import ListenerMode
 from ..observe import RejectReason
 from .checks import (
@@ -205,6 +206,7 @@ class InboundSMTP(CommandLoop):
             "8BITMIME",
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
+            "DSN",
         ]
         if self.tls_context is not None and not tls_active:
             extensions.append("STARTTLS")
@@ -269,6 +271,9 @@ class InboundSMTP(CommandLoop):
             return
         envelope.smtp_utf8 = smtputf8
         envelope.requiretls = "REQUIRETLS" in params
+        # Checked above; kept as sent (xtext is never re-encoded).
+        envelope.ret = parse_ret(params["RET"]) if "RET" in params else None
+        envelope.envid = params.get("ENVID")
         options = param_text.split()
         status = await self.call_hook("MAIL", sender, options)
         if status is MISSING:
@@ -281,8 +286,7 @@ class InboundSMTP(CommandLoop):
     async def smtp_RCPT(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
-        envelope, session = self.envelope, self.inbound_session()
-        assert envelope is not None
+        envelope, session = self.inbound_envelope(), self.inbound_session()
         if envelope.mail_from is None:
             await self.push("503 5.5.1 Error: need MAIL command")
             return
@@ -295,7 +299,7 @@ class InboundSMTP(CommandLoop):
             await self.push("501 5.5.4 Parameters need EHLO")
             return
         address, param_text = path.address, path.parameters
-        problem = rcpt_param_problem(params) or (
+        problem = rcpt_param_problem(params, smtputf8=envelope.smtp_utf8) or (
             None  # postmaster, or a bare name: the handler qualifies it, then checks
             if address == POSTMASTER or "@" not in address
             else address_problem(address, smtputf8=envelope.smtp_utf8, role="recipient")
@@ -304,11 +308,15 @@ class InboundSMTP(CommandLoop):
             await self.push(problem)
             return
         options = param_text.split()
+        known = len(envelope.rcpt_tos)
         status = await self.call_hook("RCPT", address, options)
         if status is MISSING:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
             status = "250 2.1.5 Ok"
+        if len(envelope.rcpt_tos) > known:
+            # Under the address as accepted: the handler may have qualified or replaced it.
+            envelope.rcpt_dsn[envelope.rcpt_tos[-1]] = _recipient_dsn(params, envelope.smtp_utf8)
         await self.push(status)
 
     @syntax("DATA")
@@ -357,6 +365,13 @@ _CLIENT_REFUSALS: Final = {
     Admission.CONNECTION_RATE: "421 4.7.0 Too many connections from your address per minute",
     Admission.AUTH_BLOCKED: "421 4.7.0 Too many failed authentication attempts from your address",
 }
+
+
+def _recipient_dsn(params: dict[str, str | None], smtputf8: bool) -> RecipientDsn:
+    """NOTIFY and ORCPT of a RCPT whose parameters were checked (rcpt_param_problem)."""
+    notify = parse_notify(params["NOTIFY"]) if "NOTIFY" in params else None
+    orcpt = parse_orcpt(params["ORCPT"], smtputf8=smtputf8) if "ORCPT" in params else None
+    return RecipientDsn(notify, orcpt)
 
 
 def _peer_ip(peer: object) -> IPAddress | None:

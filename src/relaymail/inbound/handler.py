@@ -213,7 +213,12 @@ class InboundHandler:
             tls=tls,
             recipients=envelope.rcpt_tos,
         )
-        message = Envelope(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.requiretls)
+        message = Envelope(
+            envelope.mail_from,
+            tuple(envelope.rcpt_tos),
+            envelope.requiretls,
+            envelope.dsn_request(),
+        )
         mid, size = message_id(data.head()), data.size  # read before the spool closes the data
         if session.authenticated:
             origin = Origin.AUTHENTICATED

@@ -33,6 +33,14 @@ from typing import Protocol
 from .. import observe
 from ..commands.input import size_limit
 from ..config import Config
+from ..dsn_request import (
+    DsnRequest,
+    RecipientDsn,
+    parse_envid,
+    parse_notify,
+    parse_ret,
+    xtext_encode,
+)
 from ..errors import MaildropCorrupt, QueueFull, QueueUnusable, RelaymailError
 from ..headers import field, mailbox
 from ..maildrop import (
@@ -216,7 +224,9 @@ class Pickup:
             )
             data.prepend(added)
             mid = message_id(data.head())
-            envelope = Envelope(sender.address, submission.recipients)
+            envelope = Envelope(
+                sender.address, submission.recipients, dsn=dsn_request(submission)
+            )
             # Postfix's pickup trace: no remote host, the submitting uid, and the queue id.
             trace = functools.partial(
                 local_received_header,
@@ -319,3 +329,18 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def dsn_request(submission: Submission) -> DsnRequest:
+    """sendmail's -N, -R and -V as the RFC 3461 parameters SMTP would have carried: -N
+    for every recipient, -V (plain text) in xtext. ValueError for a value sendmail
+    would not have written (the file is set aside)."""
+    flags = dict(submission.flags)
+    notify = parse_notify(flags["N"]) if "N" in flags else None
+    dsn = DsnRequest(
+        parse_ret(flags["R"]) if "R" in flags else None,
+        parse_envid(xtext_encode(flags["V"])) if "V" in flags else None,
+    )
+    if notify is None:
+        return dsn
+    return dsn.with_recipients((r, RecipientDsn(notify)) for r in submission.recipients)

@@ -93,6 +93,7 @@ from aiosmtpd.smtp import (
 
 from .. import observe
 from ..display import printable
+from ..dsn_request import DsnRequest, RecipientDsn, Ret
 from ..observe import RejectReason
 from .grammar import SmtpPath, parse_path
 from .refusals import classify
@@ -166,9 +167,19 @@ class InboundSession(Session):
 
 
 class InboundEnvelope(Envelope):
-    """aiosmtpd's envelope plus what our MAIL parameters say beyond its own fields."""
+    """aiosmtpd's envelope plus what our MAIL and RCPT parameters say beyond its own fields."""
 
     requiretls = False  # RFC 8689: MAIL FROM carried REQUIRETLS (over TLS: connection.py)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ret: Ret | None = None  # RFC 3461: RET and ENVID (xtext as sent) of MAIL FROM
+        self.envid: str | None = None
+        # NOTIFY and ORCPT by recipient as accepted (the handler may have qualified it).
+        self.rcpt_dsn: dict[str, RecipientDsn] = {}
+
+    def dsn_request(self) -> DsnRequest:
+        return DsnRequest(self.ret, self.envid).with_recipients(self.rcpt_dsn.items())
 
 
 class CommandLoop(SMTP):

@@ -301,13 +301,14 @@ class Admin(LogEvent):
 
 @dataclass(frozen=True, slots=True)
 class Notice(LogEvent):
-    """A DSN (bounce or delay warning) about a message, queued as a message of its own."""
+    """A DSN (bounce, delay warning, relayed report) about a message, queued as a message
+    of its own."""
 
     name: ClassVar[str] = "notice"
     queue_id: str | None
-    kind: str  # bounce | delay-warning
+    kind: str  # bounce | delay-warning | relayed (dsn.NoticeKind)
     to: str
-    notice_id: str | None  # None: none sent (the null sender gets no DSN)
+    notice_id: str | None  # None: none sent (the null sender, or NOTIFY asked for none)
 
     def fields(self) -> Sequence[Fact]:
         return (

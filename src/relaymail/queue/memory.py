@@ -9,6 +9,7 @@ holds for the life of the object.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..body import CHUNK_SIZE, MessageBody
+from ..dsn_request import NO_DSN, NO_RECIPIENT_DSN, DsnRequest, RecipientDsn
 from ..errors import BodyUnreadable, RelaymailError
 from ..message import Envelope
 from ..message_data import MessageData
@@ -59,6 +61,7 @@ class _Recipient:
     last_error: str | None = None
     tls: str | None = None
     host: str | None = None
+    dsn: RecipientDsn = NO_RECIPIENT_DSN
 
     @property
     def pending(self) -> bool:
@@ -75,6 +78,7 @@ class _Message:
     held: bool = False
     warned: bool = False
     requiretls: bool = False
+    dsn: DsnRequest = NO_DSN
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +111,7 @@ def _detail(r: _Recipient) -> RecipientDetail:
         last_error=r.last_error,
         tls=None if r.tls is None else json.loads(r.tls),
         host=r.host,
+        dsn=r.dsn,
     )
 
 
@@ -149,7 +154,7 @@ class MemoryStore:
         self._writable()
         recipients = tuple(dict.fromkeys(envelope.recipients))
         if recipients != envelope.recipients:
-            envelope = Envelope(envelope.sender, recipients, envelope.requiretls)
+            envelope = envelope.with_recipients(recipients)
         # The same ids as SQLite's: microseconds, strictly increasing.
         self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
         queue_id = format_queue_id(self._last_id)
@@ -159,8 +164,12 @@ class MemoryStore:
             envelope.sender,
             received_at,
             header + (data.read() if isinstance(data, MessageData) else data),
-            {r: _Recipient(r, next_attempt=received_at) for r in recipients},
+            {
+                r: _Recipient(r, next_attempt=received_at, dsn=envelope.dsn_request.of(r))
+                for r in recipients
+            },
             requiretls=envelope.requiretls,
+            dsn=envelope.dsn_request,
         )
         self._messages[message.id] = message
         if pickup is not None:
@@ -189,6 +198,12 @@ class MemoryStore:
             message = self._messages.get(message_id)
             if message is not None and not any(r.pending for r in message.recipients.values()):
                 del self._messages[message_id]
+
+    async def claim(self, message_id: str) -> bool:
+        return True  # one node's queue: every delivery is this node's
+
+    async def wait_admin_event(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)  # nothing tells: the caller polls
 
     async def mark_warned(self, message_id: str) -> bool:
         self._writable()
@@ -315,11 +330,13 @@ class MemoryStore:
         return PendingMessage(
             **message.about(),
             recipients=tuple(
-                PendingRecipient(r.address, r.state, r.attempts, r.next_attempt)
+                PendingRecipient(r.address, r.state, r.attempts, r.next_attempt, r.dsn)
                 for r in message.recipients.values()
                 if r.pending
             ),
             requiretls=message.requiretls,
+            ret=message.dsn.ret,
+            envid=message.dsn.envid,
         )
 
     def due_messages(
@@ -381,6 +398,8 @@ class MemoryStore:
             **m.about(),
             recipients=tuple(map(_detail, m.recipients.values())),
             requiretls=m.requiretls,
+            ret=m.dsn.ret,
+            envid=m.dsn.envid,
         )
 
     def stats(self, now: float | None = None) -> QueueStats:

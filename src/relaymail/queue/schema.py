@@ -12,7 +12,7 @@ from .files import open_failure, prepare_directory
 from .store import RecipientState
 
 DB_FILENAME = "queue.db"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock
 ADMIN_EVENT_RETENTION = 7 * 24 * 3600.0
 
@@ -83,8 +83,81 @@ CREATE INDEX recipient_due ON recipient (next_attempt, message_id)
 _SCHEMA_V4 = """
 ALTER TABLE message ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0;
 """
-_MIGRATIONS = {1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}  # from version n to n + 1
+# Version 5: RFC 3461's DSN parameters, each in its wire form, NULL when not given:
+# RET and ENVID (xtext, as received) of MAIL; NOTIFY and ORCPT ("type;xtext") of each RCPT.
+_SCHEMA_V5 = """
+ALTER TABLE message ADD COLUMN ret TEXT;
+ALTER TABLE message ADD COLUMN envid TEXT;
+ALTER TABLE recipient ADD COLUMN notify TEXT;
+ALTER TABLE recipient ADD COLUMN orcpt TEXT;
+"""
+# Version 6: the counts `queue stats` and `queue list` show, kept by triggers in the
+# transactions that change them (one row, so reading them costs the same at any queue
+# size), the index that finds the oldest message, and one that keeps the start's
+# cleanup of old admin events (a `delete --all` writes one per message) off a scan.
+# The migration counts the queue once.
+_SCHEMA_V6 = """
+CREATE TABLE IF NOT EXISTS queue_summary (
+    messages  INTEGER NOT NULL,
+    held      INTEGER NOT NULL,
+    bytes     INTEGER NOT NULL,
+    queued    INTEGER NOT NULL,
+    deferred  INTEGER NOT NULL,
+    delivered INTEGER NOT NULL,
+    bounced   INTEGER NOT NULL
+);
+DELETE FROM queue_summary;
+INSERT INTO queue_summary
+    SELECT m.n, m.held, m.bytes, r.queued, r.deferred, r.delivered, r.bounced
+    FROM (SELECT count(*) AS n, coalesce(sum(held != 0), 0) AS held,
+                 coalesce(sum(size), 0) AS bytes FROM message) AS m,
+         (SELECT coalesce(sum(state = 'queued'), 0) AS queued,
+                 coalesce(sum(state = 'deferred'), 0) AS deferred,
+                 coalesce(sum(state = 'delivered'), 0) AS delivered,
+                 coalesce(sum(state = 'bounced'), 0) AS bounced FROM recipient) AS r;
+CREATE TRIGGER IF NOT EXISTS summary_message_in AFTER INSERT ON message BEGIN
+    UPDATE queue_summary SET messages = messages + 1, held = held + (NEW.held != 0),
+        bytes = bytes + NEW.size;
+END;
+CREATE TRIGGER IF NOT EXISTS summary_message_out AFTER DELETE ON message BEGIN
+    UPDATE queue_summary SET messages = messages - 1, held = held - (OLD.held != 0),
+        bytes = bytes - OLD.size;
+END;
+CREATE TRIGGER IF NOT EXISTS summary_message_change AFTER UPDATE OF held, size ON message BEGIN
+    UPDATE queue_summary SET held = held + (NEW.held != 0) - (OLD.held != 0),
+        bytes = bytes + NEW.size - OLD.size;
+END;
+CREATE TRIGGER IF NOT EXISTS summary_recipient_in AFTER INSERT ON recipient BEGIN
+    UPDATE queue_summary SET queued = queued + (NEW.state = 'queued'),
+        deferred = deferred + (NEW.state = 'deferred'),
+        delivered = delivered + (NEW.state = 'delivered'),
+        bounced = bounced + (NEW.state = 'bounced');
+END;
+CREATE TRIGGER IF NOT EXISTS summary_recipient_out AFTER DELETE ON recipient BEGIN
+    UPDATE queue_summary SET queued = queued - (OLD.state = 'queued'),
+        deferred = deferred - (OLD.state = 'deferred'),
+        delivered = delivered - (OLD.state = 'delivered'),
+        bounced = bounced - (OLD.state = 'bounced');
+END;
+CREATE TRIGGER IF NOT EXISTS summary_recipient_change AFTER UPDATE OF state ON recipient
+    WHEN NEW.state IS NOT OLD.state BEGIN
+    UPDATE queue_summary
+        SET queued = queued + (NEW.state = 'queued') - (OLD.state = 'queued'),
+        deferred = deferred + (NEW.state = 'deferred') - (OLD.state = 'deferred'),
+        delivered = delivered + (NEW.state = 'delivered') - (OLD.state = 'delivered'),
+        bounced = bounced + (NEW.state = 'bounced') - (OLD.state = 'bounced');
+END;
+CREATE INDEX IF NOT EXISTS message_by_received ON message (received_at);
+CREATE INDEX IF NOT EXISTS admin_event_by_time ON admin_event (at);
+"""
+# From version n to n + 1.
+_MIGRATIONS = {1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5, 5: _SCHEMA_V6}
 
+EXPIRED_EVENTS_SQL = "DELETE FROM admin_event WHERE at < ?"
+# Python's sqlite3 keeps a weak reference for every blob handle a connection ever
+# opened until the connection closes (CPython gh-144424: ~88 bytes each, per message
+# for ever); a connection that opened this many is replaced by a new one.
+BLOB_HANDLES_PER_CONNECTION = 10_000
 PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
 
 
@@ -113,16 +186,7 @@ def open_database(
     except sqlite3.Error as exc:
         raise open_failure(path, exc) from None
     try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RelaymailError(f"{path}: cannot switch to WAL mode (got {mode})")
-        # FULL: in WAL mode, fsync the WAL at every commit; NORMAL would not.
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA journal_size_limit = 67108864")
-        conn.execute("PRAGMA cache_size = -16384")
-        if max_bytes is not None:
-            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
+        _writer_settings(conn, path, max_bytes)
         _create_or_check_schema(conn, path)
     except sqlite3.Error as exc:
         conn.close()
@@ -133,6 +197,30 @@ def open_database(
     return path, conn
 
 
+def reopen_writer(path: Path, max_bytes: int | None, busy_timeout: float) -> sqlite3.Connection:
+    """A new write connection to a queue `open_database` opened: sqlite3.Error if it fails."""
+    conn = connect(path, check_same_thread=False, busy_timeout=busy_timeout)
+    try:
+        _writer_settings(conn, path, max_bytes)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _writer_settings(conn: sqlite3.Connection, path: Path, max_bytes: int | None) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise RelaymailError(f"{path}: cannot switch to WAL mode (got {mode})")
+    # FULL: in WAL mode, fsync the WAL at every commit; NORMAL would not.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    conn.execute("PRAGMA cache_size = -16384")
+    if max_bytes is not None:
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
+
+
 def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -140,7 +228,7 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
         ).fetchone()
         if exists is None:
-            _run(conn, _SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V3 + _SCHEMA_V4, SCHEMA_VERSION)
+            _run(conn, _SCHEMA_V1 + "".join(_MIGRATIONS.values()), SCHEMA_VERSION)
         else:
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
             while version in _MIGRATIONS:
@@ -154,7 +242,7 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
                     " refusing to touch it",
                 )
         cutoff = time.time() - ADMIN_EVENT_RETENTION
-        conn.execute("DELETE FROM admin_event WHERE at < ?", (cutoff,))
+        conn.execute(EXPIRED_EVENTS_SQL, (cutoff,))
         # Names left by a crash between unlinking a file and forgetting its name.
         conn.execute("DELETE FROM pickup WHERE at < ?", (cutoff,))
         conn.execute("COMMIT")
@@ -165,9 +253,15 @@ def _create_or_check_schema(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _run(conn: sqlite3.Connection, script: str, version: int) -> None:
-    for statement in script.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    # Not executescript: it would commit the open transaction first. A trigger's
+    # body holds semicolons, so a statement ends where SQLite says it is complete.
+    statement = ""
+    for part in script.split(";"):
+        statement += part + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                conn.execute(statement)
+            statement = ""
     conn.execute(
         "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time())
     )

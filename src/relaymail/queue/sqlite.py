@@ -35,6 +35,7 @@ the same order as the numbers: `1K1CBR3JRJT`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 import time
@@ -48,7 +49,8 @@ from . import sqlite_admin
 from . import sqlite_writes as writes
 from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
-from .schema import DEFAULT_BUSY_TIMEOUT, open_database
+from .rows import queued_envelope, update_rows
+from .schema import DEFAULT_BUSY_TIMEOUT, open_database, reopen_writer
 from .sqlite_reads import Readers, SqliteReads
 from .store import QueuedMessage, RecipientUpdate, TraceHeader
 from .writer import DEFAULT_MAX_BATCH, Writer
@@ -99,7 +101,8 @@ class SqliteStore(SqliteReads):
         except BaseException:
             conn.close()
             raise
-        writer = Writer(conn, max_batch, files, shard)
+        reopen = functools.partial(reopen_writer, path, max_bytes, busy_timeout)
+        writer = Writer(conn, max_batch, files, reopen, shard)
         return cls(path, writer, Readers(path, files), files)
 
     async def close(self) -> None:
@@ -123,9 +126,8 @@ class SqliteStore(SqliteReads):
         trace: TraceHeader | None = None,
         pickup: str | None = None,
     ) -> QueuedMessage:
-        recipients = tuple(dict.fromkeys(envelope.recipients))
-        if recipients != envelope.recipients:
-            envelope = Envelope(envelope.sender, recipients, envelope.requiretls)
+        envelope = queued_envelope(envelope)
+        recipients = envelope.recipients
         body = data if isinstance(data, MessageData) else MessageData.of(data)
         apply = functools.partial(
             writes.insert_message,
@@ -136,6 +138,7 @@ class SqliteStore(SqliteReads):
             trace=trace,
             pickup=pickup,
             requiretls=envelope.requiretls,
+            dsn=envelope.dsn,
         )
         qid, header = await self._writer.submit(apply, weight=body.size)
         size = len(header) + body.size
@@ -144,26 +147,14 @@ class SqliteStore(SqliteReads):
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:
         if not updates:
             return
-        rows = []
-        for update in updates:
-            qid = parse_queue_id(update.message_id)
-            if qid is None:
-                raise ValueError(f"not a queue id: {update.message_id!r}")
-            rows.append(
-                (
-                    update.state.value,
-                    update.attempts,
-                    update.next_attempt,
-                    update.last_attempt,
-                    update.last_reply,
-                    update.last_error,
-                    update.tls,
-                    update.host,
-                    qid,
-                    update.recipient,
-                )
-            )
+        rows = update_rows(updates)
         await self._writer.submit(functools.partial(writes.apply_updates, rows=rows))
+
+    async def claim(self, message_id: str) -> bool:
+        return True  # one node's queue: every delivery is this node's
+
+    async def wait_admin_event(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)  # nothing tells: the caller polls
 
     async def mark_warned(self, message_id: str) -> bool:
         qid = parse_queue_id(message_id)

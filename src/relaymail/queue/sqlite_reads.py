@@ -17,16 +17,24 @@ from ..body import CHUNK_SIZE, MessageBody
 from ..errors import BodyUnreadable, RelaymailError
 from .files import QueueFiles
 from .ids import format_queue_id, parse_queue_id
-from .schema import PENDING, connect
+from .rows import (
+    EVENT_COLUMNS,
+    MESSAGE_COLUMNS,
+    RECIPIENT_COLUMNS,
+    admin_event,
+    group_pending,
+    message_detail,
+    message_summary,
+    recipients_by_message,
+)
+from .schema import BLOB_HANDLES_PER_CONNECTION, PENDING, connect
 from .store import (
-    AdminAction,
     AdminEvent,
     DueBatch,
     MessageDetail,
     MessageSummary,
     PendingBreakdown,
     PendingMessage,
-    PendingRecipient,
     QueueStats,
     RecipientCounts,
     RecipientDetail,
@@ -35,8 +43,6 @@ from .store import (
 )
 
 _IN_LIST = 500  # ids per `IN (...)`, well below SQLite's limit on parameters
-
-_STATE = {state.value: state for state in RecipientState}
 
 
 class Readers:
@@ -48,6 +54,7 @@ class Readers:
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
+        self._blobs: dict[sqlite3.Connection, int] = {}  # blob handles each one opened
         self._closed = False
 
     @contextlib.contextmanager
@@ -67,7 +74,22 @@ class Readers:
         finally:
             if conn.in_transaction:  # an exception inside a read transaction
                 conn.execute("ROLLBACK")
-            self._idle.put(conn)
+            if self._blobs.get(conn, 0) < BLOB_HANDLES_PER_CONNECTION:
+                self._idle.put(conn)
+            else:  # its handles' leftovers go with it; the next use opens a new one
+                with self._lock:
+                    self._all.remove(conn)
+                    del self._blobs[conn]
+                conn.close()
+
+    @contextlib.contextmanager
+    def blob(self, table: str, column: str, row: int) -> Iterator[sqlite3.Blob]:
+        """A read-only handle on one value, counted against its connection."""
+        with self.connection() as conn:
+            with self._lock:
+                self._blobs[conn] = self._blobs.get(conn, 0) + 1
+            with conn.blobopen(table, column, row, readonly=True) as handle:
+                yield handle
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -123,10 +145,7 @@ class SqliteReads:
         # Measured: a 64 KiB body reads in ~10 µs, a hop to a thread costs ~45 µs;
         # so chunks are read on the event loop itself.
         try:
-            with (
-                self._readers.connection() as conn,
-                conn.blobopen("body", "data", qid, readonly=True) as blob,
-            ):
+            with self._readers.blob("body", "data", qid) as blob:
                 blob.seek(offset)
                 return blob.read(length)
         except (sqlite3.Error, RelaymailError) as exc:
@@ -134,7 +153,8 @@ class SqliteReads:
 
     _PENDING_SQL = (
         "SELECT m.id, m.sender, m.received_at, m.size, m.held, m.warned,"
-        " r.address, r.state, r.attempts, r.next_attempt, m.requiretls"
+        " r.address, r.state, r.attempts, r.next_attempt, m.requiretls,"
+        " m.ret, m.envid, r.notify, r.orcpt"
         " FROM message AS m JOIN recipient AS r ON r.message_id = m.id"
         # The unary + keeps the planner on the primary keys (already in output
         # order) instead of the state index plus a sort of the whole queue.
@@ -145,7 +165,7 @@ class SqliteReads:
     def load_pending(self) -> list[PendingMessage]:
         with self._readers.connection() as conn:
             rows = conn.execute(self._PENDING_SQL.format(where=""), PENDING).fetchall()
-        return _group_pending(rows)
+        return group_pending(rows)
 
     def load_pending_message(self, message_id: str) -> PendingMessage | None:
         qid = parse_queue_id(message_id)
@@ -154,7 +174,7 @@ class SqliteReads:
         sql = self._PENDING_SQL.format(where="AND m.id = ?")
         with self._readers.connection() as conn:
             rows = conn.execute(sql, (*PENDING, qid)).fetchall()
-        pending = _group_pending(rows)
+        pending = group_pending(rows)
         return pending[0] if pending else None
 
     # In due order through the partial index recipient_due (schema.py), named: left
@@ -193,7 +213,7 @@ class SqliteReads:
                 sql = self._PENDING_SQL.format(where=where)
                 rows += conn.execute(sql, (*PENDING, *part)).fetchall()
             (next_due,) = conn.execute(self._NEXT_DUE_SQL, (now,)).fetchone()
-        found = {message.id: message for message in _group_pending(rows)}
+        found = {message.id: message for message in group_pending(rows)}
         ordered = (found.get(format_queue_id(qid)) for qid in ids)
         return DueBatch(tuple(m for m in ordered if m is not None), more, next_due)
 
@@ -205,18 +225,9 @@ class SqliteReads:
     def fetch_admin_events(self, after_id: int) -> list[AdminEvent]:
         with self._readers.connection() as conn:
             rows = conn.execute(
-                "SELECT id, message_id, action, at FROM admin_event WHERE id > ? ORDER BY id",
-                (after_id,),
+                f"SELECT {EVENT_COLUMNS} FROM admin_event WHERE id > ? ORDER BY id", (after_id,)
             ).fetchall()
-        return [
-            AdminEvent(
-                id=row[0],
-                message_id=None if row[1] is None else format_queue_id(row[1]),
-                action=AdminAction(row[2]),
-                at=row[3],
-            )
-            for row in rows
-        ]
+        return [admin_event(row) for row in rows]
 
     def queued_pickups(self, names: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -231,19 +242,17 @@ class SqliteReads:
 
     # -- reads for the CLI ---------------------------------------------------
 
-    def list_messages(
-        self, limit: int = 50, offset: int = 0, state: RecipientState | None = None
-    ) -> list[MessageSummary]:
+    @staticmethod
+    def _list_sql(state: RecipientState | None) -> str:
+        """One page of the listing; its rows are found by key, in id order, LIMIT first."""
         if state is None:
             page = "SELECT id FROM message ORDER BY id LIMIT ? OFFSET ?"
-            params: tuple[Any, ...] = (limit, offset)
         else:
             page = (
                 "SELECT DISTINCT message_id AS id FROM recipient WHERE state = ?"
                 " ORDER BY message_id LIMIT ? OFFSET ?"
             )
-            params = (state.value, limit, offset)
-        sql = (
+        return (
             f"WITH page AS ({page})"
             " SELECT m.id, m.sender, m.size, m.received_at, m.held, m.warned,"
             " sum(r.state = 'queued'), sum(r.state = 'deferred'),"
@@ -253,26 +262,19 @@ class SqliteReads:
             " JOIN recipient AS r ON r.message_id = m.id"
             " GROUP BY m.id ORDER BY m.id"
         )
+
+    def list_messages(
+        self, limit: int = 50, offset: int = 0, state: RecipientState | None = None
+    ) -> list[MessageSummary]:
+        params: tuple[Any, ...] = (limit, offset) if state is None else (state.value, limit, offset)
         with self._readers.connection() as conn:
-            rows = conn.execute(sql, params).fetchall()
-        return [
-            MessageSummary(
-                id=format_queue_id(row[0]),
-                sender=row[1],
-                size=row[2],
-                received_at=row[3],
-                held=bool(row[4]),
-                warned=bool(row[5]),
-                recipients=RecipientCounts(row[6], row[7], row[8], row[9]),
-                next_attempt=row[10],
-            )
-            for row in rows
-        ]
+            rows = conn.execute(self._list_sql(state), params).fetchall()
+        return [message_summary(row) for row in rows]
 
     def count_messages(self, state: RecipientState | None = None) -> int:
         with self._readers.connection() as conn:
             if state is None:
-                row = conn.execute("SELECT count(*) FROM message").fetchone()
+                row = conn.execute(self._SUMMARY_SQL).fetchone()
             else:
                 row = conn.execute(
                     "SELECT count(DISTINCT message_id) FROM recipient WHERE state = ?",
@@ -286,60 +288,42 @@ class SqliteReads:
             return None
         with self._readers.snapshot() as conn:
             message = conn.execute(
-                "SELECT sender, size, received_at, held, warned, requiretls"
-                " FROM message WHERE id = ?",
-                (qid,),
+                f"SELECT {MESSAGE_COLUMNS} FROM message WHERE id = ?", (qid,)
             ).fetchone()
             recipients = conn.execute(
-                f"SELECT {_RECIPIENT_COLUMNS} FROM recipient WHERE message_id = ? ORDER BY idx",
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipient WHERE message_id = ? ORDER BY idx",
                 (qid,),
             ).fetchall()
-        if message is None:
-            return None
-        return MessageDetail(
-            id=format_queue_id(qid),
-            sender=message[0],
-            size=message[1],
-            received_at=message[2],
-            held=bool(message[3]),
-            warned=bool(message[4]),
-            recipients=tuple(map(_recipient_detail, recipients)),
-            requiretls=bool(message[5]),
-        )
+        return None if message is None else message_detail(qid, message, recipients)
+
+    _RECIPIENTS_SQL = (
+        f"SELECT message_id, {RECIPIENT_COLUMNS} FROM recipient"
+        " WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx"
+    )
 
     def recipients_of(self, message_ids: Sequence[str]) -> dict[str, tuple[RecipientDetail, ...]]:
         qids = [q for q in map(parse_queue_id, message_ids) if q is not None]
         with self._readers.connection() as conn:
-            rows = conn.execute(
-                f"SELECT message_id, {_RECIPIENT_COLUMNS} FROM recipient"
-                " WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx",
-                (json.dumps(qids),),
-            ).fetchall()
-        found: dict[str, list[RecipientDetail]] = {}
-        for row in rows:
-            found.setdefault(format_queue_id(row[0]), []).append(_recipient_detail(row[1:]))
-        return {message_id: tuple(details) for message_id, details in found.items()}
+            rows = conn.execute(self._RECIPIENTS_SQL, (json.dumps(qids),)).fetchall()
+        return recipients_by_message(rows)
+
+    # The counts come from the one row the triggers keep (schema.py), the oldest from
+    # its index: `queue stats` and `queue list` cost the same at any queue size.
+    _SUMMARY_SQL = (
+        "SELECT messages, held, bytes, queued, deferred, delivered, bounced FROM queue_summary"
+    )
+    _OLDEST_SQL = "SELECT min(received_at) FROM message"
 
     def stats(self, now: float | None = None) -> QueueStats:
         with self._readers.snapshot() as conn:
-            messages, held, total_bytes, oldest = conn.execute(
-                "SELECT count(*), coalesce(sum(held), 0), coalesce(sum(size), 0),"
-                " min(received_at) FROM message"
-            ).fetchone()
-            by_state = dict(
-                conn.execute("SELECT state, count(*) FROM recipient GROUP BY state").fetchall()
-            )
+            messages, held, total_bytes, *by_state = conn.execute(self._SUMMARY_SQL).fetchone()
+            (oldest,) = conn.execute(self._OLDEST_SQL).fetchone()
         when = time.time() if now is None else now
         return QueueStats(
             messages=messages,
             held=held,
             total_bytes=total_bytes,
-            recipients=RecipientCounts(
-                queued=by_state.get(RecipientState.QUEUED.value, 0),
-                deferred=by_state.get(RecipientState.DEFERRED.value, 0),
-                delivered=by_state.get(RecipientState.DELIVERED.value, 0),
-                bounced=by_state.get(RecipientState.BOUNCED.value, 0),
-            ),
+            recipients=RecipientCounts(*by_state),
             oldest_received_at=oldest,
             oldest_age=None if oldest is None else max(0.0, when - oldest),
         )
@@ -363,51 +347,3 @@ class SqliteReads:
             tuple(Tally(row[0], row[1]) for row in destinations),
             tuple(Tally(row[0], row[1]) for row in reasons),
         )
-
-
-_RECIPIENT_COLUMNS = (
-    "address, state, attempts, next_attempt, last_attempt, last_reply, last_error, tls, host"
-)
-
-
-def _recipient_detail(row: Any) -> RecipientDetail:
-    return RecipientDetail(
-        address=row[0],
-        state=RecipientState(row[1]),
-        attempts=row[2],
-        next_attempt=row[3],
-        last_attempt=row[4],
-        last_reply=row[5],
-        last_error=row[6],
-        tls=None if row[7] is None else json.loads(row[7]),
-        host=row[8],
-    )
-
-
-def _group_pending(rows: list[Any]) -> list[PendingMessage]:
-    """Rows of the pending query (ordered by message, then envelope order) as messages."""
-    pending: list[PendingMessage] = []
-    recipients: list[PendingRecipient] = []
-    first = None
-    for row in rows:
-        if first is None or row[0] != first[0]:
-            if first is not None:
-                pending.append(_pending_message(first, recipients))
-            first, recipients = row, []
-        recipients.append(PendingRecipient(row[6], _STATE[row[7]], row[8], row[9]))
-    if first is not None:
-        pending.append(_pending_message(first, recipients))
-    return pending
-
-
-def _pending_message(row: Any, recipients: list[PendingRecipient]) -> PendingMessage:
-    return PendingMessage(
-        id=format_queue_id(row[0]),
-        sender=row[1],
-        received_at=row[2],
-        size=row[3],
-        held=bool(row[4]),
-        warned=bool(row[5]),
-        recipients=tuple(recipients),
-        requiretls=bool(row[10]),
-    )

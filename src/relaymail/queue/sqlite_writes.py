@@ -6,9 +6,10 @@ import sqlite3
 import time
 from typing import Any
 
-from ..body import CHUNK_SIZE
-from ..message_data import MessageData
+from ..dsn_request import DsnRequest
+from ..message_data import IN_MEMORY, MessageData
 from .ids import format_queue_id
+from .rows import stored_message_dsn, stored_recipient_dsn
 from .schema import PENDING
 from .store import AdminAction, TraceHeader
 from .writer import Transaction
@@ -23,36 +24,41 @@ def insert_message(
     trace: TraceHeader | None = None,
     pickup: str | None = None,
     requiretls: bool = False,
+    dsn: DsnRequest | None = None,
 ) -> tuple[int, bytes]:
     """The new message's queue id and the trace header stored in front of its data.
 
-    The body is a zeroblob of the final size filled in chunks through an
-    incremental blob handle: SQLite never holds the whole body in one buffer,
-    and neither do we (a body of one chunk that is in memory anyway goes in as
-    one value). It is part of the transaction: a failure (or a crash)
-    anywhere before the commit leaves no row at all, never a partial body.
+    A body held in memory (MessageData.IN_MEMORY) goes in with the row; a larger one
+    is a zeroblob of the final size filled in chunks through an incremental blob
+    handle: SQLite never holds the whole body in one buffer, and neither do we.
+    It is part of the transaction: a failure (or a crash) anywhere before the commit
+    leaves no row at all, never a partial body.
     """
     qid = txn.new_queue_id()
     header = b"" if trace is None else trace(format_queue_id(qid))
     size = len(header) + data.size
     conn = txn.conn
     conn.execute(
-        "INSERT INTO message (id, sender, received_at, size, requiretls) VALUES (?, ?, ?, ?, ?)",
-        (qid, sender, received_at, size, requiretls),
+        "INSERT INTO message (id, sender, received_at, size, requiretls, ret, envid)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (qid, sender, received_at, size, requiretls, *stored_message_dsn(dsn)),
     )
-    held = data.in_memory() if size <= CHUNK_SIZE else None
-    if held is not None:  # small, in memory already: one value, no blob handle
+    if data.size <= IN_MEMORY and (held := data.in_memory()) is not None:
+        # Small: one statement, and no blob handle (schema.py says why).
         conn.execute("INSERT INTO body (message_id, data) VALUES (?, ?)", (qid, header + held))
     else:
         conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
-        with conn.blobopen("body", "data", qid) as blob:
+        with txn.open_blob("body", "data", qid) as blob:
             blob.write(header)
             for chunk in data.chunks():
                 blob.write(chunk)
     conn.executemany(
-        "INSERT INTO recipient (message_id, idx, address, state, next_attempt)"
-        " VALUES (?, ?, ?, 'queued', ?)",
-        [(qid, idx, rcpt, received_at) for idx, rcpt in enumerate(recipients)],
+        "INSERT INTO recipient (message_id, idx, address, state, next_attempt, notify, orcpt)"
+        " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+        [
+            (qid, idx, rcpt, received_at, *stored_recipient_dsn(dsn, rcpt))
+            for idx, rcpt in enumerate(recipients)
+        ],
     )
     if pickup is not None:
         conn.execute(
@@ -73,9 +79,12 @@ def _delete_message(conn: sqlite3.Connection, qid: int) -> bool:
 
 
 def apply_updates(txn: Transaction, rows: list[tuple[Any, ...]]) -> None:
-    """Each row: (state, attempts, next_attempt, last_attempt, last_reply, last_error, tls,
-    host, message id, address). A message none of whose recipients is pending after them
-    is deleted.
+    """Rows of (state, attempts, next_attempt, last_attempt, last_reply, last_error, tls,
+    host, message id, address); a message they leave with no pending recipient is deleted.
+
+    Such a message is deleted without updating its rows first: the update would only
+    be thrown away, and on a queue at its size limit it can need the very pages the
+    delete frees (an outcome refused for want of space it was about to give back).
     """
     conn = txn.conn
     by_message: dict[int, list[tuple[Any, ...]]] = {}

@@ -24,6 +24,8 @@ Contract every backend keeps:
   may have deleted the message a moment ago): they return False / 0 / None.
 - Admin changes (hold, release, delete, retry) also append an `AdminEvent`, so
   a daemon learns about changes another process (the CLI) made.
+- Where several nodes share the store, `claim` before a delivery is what makes
+  it this node's: a backend whose store is one node's (SQLite, memory) says yes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..body import MessageBody
+from ..dsn_request import NO_DSN, NO_RECIPIENT_DSN, DsnRequest, RecipientDsn, Ret
 from ..message import Envelope
 from ..message_data import MessageData
 
@@ -120,6 +123,7 @@ class PendingRecipient:
     state: RecipientState
     attempts: int
     next_attempt: float
+    dsn: RecipientDsn = NO_RECIPIENT_DSN  # RFC 3461: NOTIFY and ORCPT of its RCPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,16 @@ class PendingMessage:
     warned: bool
     recipients: tuple[PendingRecipient, ...]
     requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS
+    ret: Ret | None = None  # RFC 3461: RET and ENVID of MAIL FROM (ENVID as xtext)
+    envid: str | None = None
+
+    @property
+    def dsn(self) -> DsnRequest:
+        """The message's RFC 3461 parameters, its pending recipients' included."""
+        given = [(r.address, r.dsn) for r in self.recipients if r.dsn is not NO_RECIPIENT_DSN]
+        if not given and self.ret is None and self.envid is None:
+            return NO_DSN  # the common case, without a mapping per message
+        return DsnRequest(self.ret, self.envid).with_recipients(given)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +156,9 @@ class DueBatch:
 
     messages: tuple[PendingMessage, ...]  # earliest due first
     more: bool  # the limit cut the batch: other due messages wait on disk
-    next_due: float | None  # the earliest later due time of any pending recipient
+    # The earliest later due time of any pending recipient. A store shared by nodes may
+    # say sooner: when another node's claims may have run out (it died) and are due here.
+    next_due: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +198,7 @@ class RecipientDetail:
     last_error: str | None
     tls: Mapping[str, Any] | None  # the stored TLS facts (TlsFacts.to_json), as an object
     host: str | None
+    dsn: RecipientDsn = NO_RECIPIENT_DSN  # RFC 3461: NOTIFY and ORCPT of its RCPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +211,8 @@ class MessageDetail:
     warned: bool
     recipients: tuple[RecipientDetail, ...]
     requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS
+    ret: Ret | None = None  # RFC 3461: RET and ENVID of MAIL FROM (ENVID as xtext)
+    envid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +288,15 @@ class Store(Protocol):
 
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:
         """Store delivery outcomes; removes messages whose recipients are all final."""
+        ...
+
+    async def claim(self, message_id: str) -> bool:
+        """Make a delivery of this message this node's, now; False if another node has it.
+
+        Called before each delivery. A backend shared by nodes holds the claim with a
+        lease it renews while the delivery runs; `record` stores outcomes only under
+        this node's claim, and releases it when no recipient is due any more.
+        """
         ...
 
     async def mark_warned(self, message_id: str) -> bool:
@@ -362,6 +390,13 @@ class Store(Protocol):
 
     def fetch_admin_events(self, after_id: int) -> list[AdminEvent]:
         """Admin events with id > after_id, oldest first; cheap when there are none."""
+        ...
+
+    async def wait_admin_event(self, timeout: float) -> None:
+        """Return when an admin event may have been appended, at the latest after `timeout`.
+
+        A backend that cannot tell simply waits `timeout` (the caller polls).
+        """
         ...
 
     def queued_pickups(self, names: Sequence[str]) -> dict[str, str]:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from ..errors import QueueFull, QueueUnavailable, RelaymailError
 from .files import QueueFiles
 from .ids import shard_id
+from .schema import BLOB_HANDLES_PER_CONNECTION
 
 log = logging.getLogger("relaymail.queue")
 
@@ -87,13 +88,18 @@ T = TypeVar("T")
 class Transaction:
     """What a write sees: the connection inside BEGIN IMMEDIATE, and id allocation."""
 
-    __slots__ = ("_issued", "_last_id", "_shard", "conn")
+    __slots__ = ("_issued", "_last_id", "_shard", "blobs", "conn")
 
     def __init__(self, conn: sqlite3.Connection, shard: int = 0) -> None:
         self.conn = conn
         self._shard = shard
         self._last_id: int | None = None
         self._issued = False
+        self.blobs = 0  # blob handles opened (schema.BLOB_HANDLES_PER_CONNECTION)
+
+    def open_blob(self, table: str, column: str, row: int) -> sqlite3.Blob:
+        self.blobs += 1
+        return self.conn.blobopen(table, column, row)
 
     def new_queue_id(self) -> int:
         if self._last_id is None:
@@ -133,10 +139,17 @@ def _settle(items: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
 
 class Writer:
     def __init__(
-        self, conn: sqlite3.Connection, max_batch: int, files: QueueFiles, shard: int = 0
+        self,
+        conn: sqlite3.Connection,
+        max_batch: int,
+        files: QueueFiles,
+        reopen: Callable[[], sqlite3.Connection],
+        shard: int = 0,
     ) -> None:
         self._conn = conn
         self._shard = shard
+        self._reopen = reopen  # a fresh connection like `conn` (see _transaction)
+        self._blobs = 0
         self._max_batch = max_batch
         self._files = files
         self._inbox: queue.SimpleQueue[list[_Job[Any]] | None] = queue.SimpleQueue()
@@ -243,9 +256,9 @@ class Writer:
 
     def _transaction(self, batch: list[_Job[Any]]) -> list[_Outcome]:
         conn = self._conn
+        txn = Transaction(conn, self._shard)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            txn = Transaction(conn, self._shard)
             results = [job.apply(txn) for job in batch]
             txn.finish()
             conn.execute("COMMIT")
@@ -255,7 +268,22 @@ class Writer:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
+        finally:
+            self._blobs += txn.blobs
+        if self._blobs >= BLOB_HANDLES_PER_CONNECTION:
+            self._replace_connection()
         return [(True, result) for result in results]
+
+    def _replace_connection(self) -> None:
+        """Between transactions: the same database, without the old handles' leftovers."""
+        try:
+            fresh = self._reopen()
+        except (sqlite3.Error, RelaymailError) as exc:
+            log.warning("queue writer: keeping its connection, a new one failed: %s", exc)
+        else:
+            self._conn.close()  # SQLite keeps the file's locks for the other connections
+            self._conn = fresh
+        self._blobs = 0
 
     @staticmethod
     def _deliver(batch: list[_Job[Any]], outcomes: list[_Outcome]) -> None:
