@@ -118,10 +118,9 @@ class Scheduler:
         self._admin_cursor = 0
         self._stopping = False
         self._writes = WriteBacklog()
-        # What the disk may hold beyond the window: `_disk_gen` counts the moments
-        # mail due now may have been left there (a full window, an admin change);
-        # a refill that saw every due message clears `_more_on_disk`. `_disk_due`
-        # is the earliest later due time there (None: none known).
+        # What the disk may hold beyond the window: `_disk_gen` counts the moments mail due
+        # now may have been left there (a full window, an admin change); a refill that saw
+        # every due message clears `_more_on_disk`; `_disk_due`: the next due time there.
         self._disk_gen = 1
         self._more_on_disk = True
         self._disk_due: float | None = None
@@ -577,9 +576,7 @@ class Scheduler:
     def _apply_admin(self, message_id: str | None, action: AdminAction) -> None:
         if action in (AdminAction.RETRY, AdminAction.RELEASE, AdminAction.SUBMIT):
             self._note_on_disk(self._clock())  # what it made due may be on disk
-        if action is AdminAction.RETRY:
-            # Retried now because something changed at the destination: not over a
-            # session opened before the change (engine.py).
+        if action is AdminAction.RETRY:  # after a change at the destination: new sessions
             self.engine.forget_idle_sessions()
         if message_id is None:
             # The whole queue changed: the window starts again from the store, in due

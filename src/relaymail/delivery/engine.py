@@ -95,7 +95,6 @@ class DeliveryEngine:
         )
         self._starttls = StarttlsStep(config.tls, self._memory)
         self._pool = SessionPool(config.delivery.connection_idle_time)
-        self._quitting: set[asyncio.Task[None]] = set()  # sessions forgotten, saying QUIT
         self._login_failures = LoginFailureLog()
         # Each domain's MX group, learnt by routing it: None when it is in none.
         self._groups: ExpiringMap[str, tuple[MxGroup | None]] = ExpiringMap()
@@ -134,20 +133,12 @@ class DeliveryEngine:
             if store is not None:
                 store.close()
         await self._pool.close()
-        await asyncio.gather(*self._quitting)
 
     def forget_idle_sessions(self) -> None:
-        """QUIT the sessions kept for reuse: the next delivery to each host connects anew.
-
-        For an administrator's retry: it follows a change at the destination, and a
-        session opened before it may still answer as the server did then (a Postfix
-        smtpd keeps the configuration it started with, through `postfix reload`, until
-        its connection ends), deferring again what the retry meant to send.
-        """
-        for entry in self._pool.drop_idle():
-            quitting = asyncio.get_running_loop().create_task(entry.session.quit())
-            self._quitting.add(quitting)
-            quitting.add_done_callback(self._quitting.discard)
+        """QUIT the sessions kept for reuse, for an administrator's retry: a session opened
+        before a change at the destination may still answer as it did (a Postfix smtpd keeps
+        its configuration until its connection ends), deferring again what was retried."""
+        self._pool.forget_idle()
 
     async def verify_recipient(self, address: str, sender: str = "") -> RecipientResult:
         """Ask the next hops whether they take `address` (Postfix's address verification).

@@ -41,6 +41,7 @@ class SessionPool:
     def __init__(self, idle_time: float) -> None:
         self._idle_time = idle_time
         self._idle: dict[_Key, list[IdleSession]] = defaultdict(list)
+        self._quitting: set[asyncio.Task[None]] = set()  # forgotten sessions saying QUIT
 
     def take(
         self, hop: NextHop, ip: str, level: Level, requiretls: bool = False
@@ -77,7 +78,7 @@ class SessionPool:
                 del self._idle[key]
             asyncio.get_running_loop().create_task(idle.session.quit())
 
-    def drop_idle(self) -> list[IdleSession]:
+    def _drop_idle(self) -> list[IdleSession]:
         """Take every idle session out of the pool (its timer cancelled) for the caller to QUIT."""
         idle = [entry for entries in self._idle.values() for entry in entries]
         self._idle.clear()
@@ -86,6 +87,14 @@ class SessionPool:
                 entry.expires.cancel()
         return idle
 
+    def forget_idle(self) -> None:
+        """QUIT every idle session in the background: the next delivery connects anew."""
+        for entry in self._drop_idle():
+            quitting = asyncio.get_running_loop().create_task(entry.session.quit())
+            self._quitting.add(quitting)
+            quitting.add_done_callback(self._quitting.discard)
+
     async def close(self) -> None:
-        """QUIT every idle session."""
-        await asyncio.gather(*(entry.session.quit() for entry in self.drop_idle()))
+        """QUIT every idle session, and wait for those forgotten before."""
+        await asyncio.gather(*(entry.session.quit() for entry in self._drop_idle()))
+        await asyncio.gather(*self._quitting)
