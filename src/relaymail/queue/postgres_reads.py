@@ -26,9 +26,11 @@ from .rows import (
     MESSAGE_COLUMNS,
     RECIPIENT_COLUMNS,
     admin_event,
+    breakdown_queries,
     group_pending,
     message_detail,
     message_summary,
+    pending_breakdown,
     queue_stats,
     recipients_by_message,
 )
@@ -41,7 +43,6 @@ from .store import (
     QueueStats,
     RecipientDetail,
     RecipientState,
-    Tally,
 )
 
 if TYPE_CHECKING:
@@ -272,17 +273,6 @@ class PostgresReads:
         # The domain follows the last '@' (a quoted local part may hold one).
         domain = ascii_lower("substring(address FROM '@([^@]*)$')")
         with self._snapshot() as conn:
-            destinations = conn.execute(
-                f"SELECT {domain} AS d, count(*) AS n FROM recipient WHERE state IN (%s, %s)"
-                " GROUP BY d ORDER BY n DESC, d LIMIT %s",
-                (*PENDING, limit),
-            ).fetchall()
-            reasons = conn.execute(
-                "SELECT coalesce(last_error, last_reply, '-') AS why, count(*) AS n"
-                " FROM recipient WHERE state = %s GROUP BY why ORDER BY n DESC, why LIMIT %s",
-                (RecipientState.DEFERRED.value, limit),
-            ).fetchall()
-        return PendingBreakdown(
-            tuple(Tally(row[0], row[1]) for row in destinations),
-            tuple(Tally(row[0], row[1]) for row in reasons),
-        )
+            destinations, reasons = (conn.execute(sql, params).fetchall()
+                                     for sql, params in breakdown_queries(domain, "%s", limit))
+        return pending_breakdown(destinations, reasons)

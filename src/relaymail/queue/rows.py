@@ -13,11 +13,13 @@ from typing import Any
 from ..dsn_request import DsnRequest, RecipientDsn, Ret
 from ..message import Envelope
 from .ids import format_queue_id, parse_queue_id
+from .schema import PENDING
 from .store import (
     AdminAction,
     AdminEvent,
     MessageDetail,
     MessageSummary,
+    PendingBreakdown,
     PendingMessage,
     PendingRecipient,
     QueueStats,
@@ -25,6 +27,7 @@ from .store import (
     RecipientDetail,
     RecipientState,
     RecipientUpdate,
+    Tally,
 )
 
 _STATE = {state.value: state for state in RecipientState}
@@ -197,3 +200,24 @@ def stored_recipient_dsn(dsn: DsnRequest | None, recipient: str) -> tuple[str | 
         return None, None
     notify, orcpt = dsn.of(recipient)
     return None if notify is None else notify.wire, None if orcpt is None else orcpt.wire
+
+
+def breakdown_queries(domain: str, mark: str, limit: int) -> tuple[tuple[str, Any], ...]:
+    """The two reads of `pending_breakdown`: pending recipients by destination domain and
+    deferred ones by reason. `domain`: the dialect's expression of an address's domain;
+    `mark`: its parameter placeholder."""
+    return (
+        (f"SELECT {domain} AS d, count(*) AS n FROM recipient WHERE state IN ({mark}, {mark})"
+         f" GROUP BY d ORDER BY n DESC, d LIMIT {mark}", (*PENDING, limit)),
+        ("SELECT coalesce(last_error, last_reply, '-') AS why, count(*) AS n FROM recipient"
+         f" WHERE state = {mark} GROUP BY why ORDER BY n DESC, why LIMIT {mark}",
+         (RecipientState.DEFERRED.value, limit)),
+    )  # fmt: skip
+
+
+def pending_breakdown(destinations: list[Any], reasons: list[Any]) -> PendingBreakdown:
+    """The rows of the two `breakdown_queries`."""
+    return PendingBreakdown(
+        tuple(Tally(row[0], row[1]) for row in destinations),
+        tuple(Tally(row[0], row[1]) for row in reasons),
+    )

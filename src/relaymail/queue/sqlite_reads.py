@@ -22,9 +22,11 @@ from .rows import (
     MESSAGE_COLUMNS,
     RECIPIENT_COLUMNS,
     admin_event,
+    breakdown_queries,
     group_pending,
     message_detail,
     message_summary,
+    pending_breakdown,
     recipients_by_message,
 )
 from .schema import BLOB_HANDLES_PER_CONNECTION, PENDING, connect
@@ -39,7 +41,6 @@ from .store import (
     RecipientCounts,
     RecipientDetail,
     RecipientState,
-    Tally,
 )
 
 _IN_LIST = 500  # ids per `IN (...)`, well below SQLite's limit on parameters
@@ -333,17 +334,6 @@ class SqliteReads:
         # other character of the address leaves it up to that '@'.
         domain = "lower(substr(address, length(rtrim(address, replace(address, '@', ''))) + 1))"
         with self._readers.snapshot() as conn:
-            destinations = conn.execute(
-                f"SELECT {domain} AS d, count(*) AS n FROM recipient WHERE state IN (?, ?)"
-                " GROUP BY d ORDER BY n DESC, d LIMIT ?",
-                (*PENDING, limit),
-            ).fetchall()
-            reasons = conn.execute(
-                "SELECT coalesce(last_error, last_reply, '-') AS why, count(*) AS n"
-                " FROM recipient WHERE state = ? GROUP BY why ORDER BY n DESC, why LIMIT ?",
-                (RecipientState.DEFERRED.value, limit),
-            ).fetchall()
-        return PendingBreakdown(
-            tuple(Tally(row[0], row[1]) for row in destinations),
-            tuple(Tally(row[0], row[1]) for row in reasons),
-        )
+            destinations, reasons = (conn.execute(sql, params).fetchall()
+                                     for sql, params in breakdown_queries(domain, "?", limit))
+        return pending_breakdown(destinations, reasons)
