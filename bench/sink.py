@@ -151,8 +151,12 @@ class _SinkSession(asyncio.Protocol):
         self.transport = transport
         self.tls = True
         self.switching = False
-        self.buffer.clear()
         self.sink.tls_sessions += 1
+        # The buffer was empty at STARTTLS (see above), so what it holds now came over
+        # TLS during the handshake's last steps (asyncio delivers it before start_tls
+        # returns; uvloop rarely does): the client's EHLO, which must be answered.
+        if self.buffer:
+            self._process()
 
 
 @dataclass
