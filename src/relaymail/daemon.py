@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from . import observe
 from .admin.history import DeliveryHistory
@@ -185,8 +186,7 @@ class Daemon:
         )  # fmt: skip
         try:
             pending = self.scheduler.load()
-            where = shards.directory if config.queue.backend is QueueBackend.SQLITE else None
-            log.info("queue %s: %d message(s) waiting", where or _where(config), pending)
+            log.info("queue %s: %d message(s) waiting", _where(config, shards.directory), pending)
             background = [
                 asyncio.create_task(self.scheduler.run()),
                 asyncio.create_task(shared.run()),
@@ -441,14 +441,14 @@ class Daemon:
         log.info("reloaded %s", new.source)
 
 
-def _where(config: Config) -> str:
-    """The queue as the log names it: its directory, or its database and this node."""
+def _where(config: Config, shard: Path) -> str:
+    """The queue as the log names it: this worker's shard, or the database and this node."""
     settings = config.queue
     if settings.backend is QueueBackend.POSTGRESQL and settings.dsn is not None:
         from .queue.postgres_connect import describe
 
         return f"{describe(settings.dsn)} (node {settings.node})"
-    return str(settings.directory)
+    return str(shard)
 
 
 def _log_signing(queue_id: str, signing: Signing) -> None:

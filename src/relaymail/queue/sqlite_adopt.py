@@ -70,7 +70,7 @@ def import_messages(txn: Transaction, source: sqlite3.Connection, ids: list[int]
         conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size[0]))
         with (
             source.blobopen("body", "data", qid, readonly=True) as src,
-            conn.blobopen("body", "data", qid) as dst,
+            txn.open_blob("body", "data", qid) as dst,  # counted: a connection keeps each
         ):
             while chunk := src.read(_CHUNK):
                 dst.write(chunk)
