@@ -9,7 +9,8 @@ starves; only then can the workers together go past the total, by N - 1 at
 most. Per-session limits (recipients, message size, commands per verb,
 AUTH failures of one session, messages per outbound connection) are not
 shared: each session lives in one worker; nor are per-client limits, since
-each client's connections all go to one worker (inbound/steering.py).
+each client's connections all go to one worker (inbound/steering.py), except
+those of relay_networks, which no per-client limit counts.
 """
 
 from __future__ import annotations

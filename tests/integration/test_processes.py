@@ -39,17 +39,21 @@ def _config(
         "server": {"processes": 2},
         **(more or {}),
         "routes": {"dest.test": [hop(sink)]},
-        "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.0/8"]}],
+        "recipient_verification": {"mode": "off"},
+        # 127.0.0.1 is trusted (its connections go to any worker); 127.0.0.2-5
+        # are outside clients, each kept on one worker (inbound/steering.py).
+        "listener": [{"address": f"127.0.0.1:{port}", "relay_networks": ["127.0.0.1/32"],
+                      "relay_domains": ["dest.test"]}],
     })  # fmt: skip
 
 
 async def _submit(port: int, count: int, tag: str) -> list[str]:
-    """`count` messages, each on a connection of its own from one of four client addresses:
+    """`count` messages, each on a connection of its own from one of four outside clients:
     each client's connections go to one worker (inbound/steering.py), clients spread."""
     ids = []
     for n in range(count):
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10,
-                                 source_address=(f"127.0.0.{n % 4 + 1}", 0))  # fmt: skip
+                                 source_address=(f"127.0.0.{n % 4 + 2}", 0))  # fmt: skip
         await client.connect()
         message = f"From: a@src.test\r\nTo: u@dest.test\r\nSubject: {tag}-{n}\r\n\r\nbody\r\n"
         _, reply = await client.sendmail("a@src.test", ["u@dest.test"], message)
@@ -96,27 +100,41 @@ async def test_two_workers_take_mail_and_the_cli_sees_and_steers_every_shard(
         assert shards == {0, 1}  # both workers accepted mail, each into its own shard
         for client in range(4):  # and each client address met one worker only
             assert len({parse_queue_id(i) % ID_SHARDS for i in ids[client::4]}) == 1  # type: ignore[operator]
+        # A trusted client (this host's applications) is spread over both workers:
+        # 20 connections all on one by chance has a probability of 2 in 2**20.
+        trusted = []
+        for n in range(20):
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10)
+            await client.connect()
+            _, reply = await client.sendmail(
+                "a@src.test", ["u@dest.test"], f"Subject: trusted-{n}\r\n\r\nx\r\n"
+            )
+            trusted.append(reply.rsplit(" ", 1)[-1])
+            await client.quit()
+        assert {parse_queue_id(i) % ID_SHARDS for i in trusted} == {0, 1}  # type: ignore[operator]
+        ids += trusted
         assert (tmp_path / "queue" / "shard-1" / "queue.db").exists()
         tried = lambda: sum(line.upper().startswith("RCPT") for line in sink.lines())  # noqa: E731
-        await _until(lambda: tried() >= 16)  # every message tried once, deferred
+        await _until(lambda: tried() >= 36)  # every message tried once, deferred
 
         listing = await _queue(config, "list", "--limit", "100")
-        assert listing["total"] == 16
+        assert listing["total"] == 36
         listed = [m["id"] for m in listing["messages"]]  # type: ignore[attr-defined]
         assert listed == sorted(ids)  # merged across shards in queue order
         page = await _queue(config, "list", "--limit", "5", "--offset", "3")
         assert [m["id"] for m in page["messages"]] == sorted(ids)[3:8]  # type: ignore[attr-defined]
         stats = await _queue(config, "stats")
-        assert stats["messages"] == 16
+        assert stats["messages"] == 36
         shown = await _queue(config, "show", ids[-1])
         assert shown["id"] == ids[-1]
 
         # The retry reaches the worker that owns each message (its shard's events).
         sink.script = Script()
         retried = await _queue(config, "retry", "--all")
-        assert retried["count"] == 16
-        await _until(lambda: len(_subjects(sink)) == 16)
-        assert sorted(_subjects(sink)) == sorted(f"spread-{n}" for n in range(16))
+        assert retried["count"] == 36
+        await _until(lambda: len(_subjects(sink)) == 36)
+        expected = [f"spread-{n}" for n in range(16)] + [f"trusted-{n}" for n in range(20)]
+        assert sorted(_subjects(sink)) == sorted(expected)
     finally:
         assert await daemon.stop() == 0
 

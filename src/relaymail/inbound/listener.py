@@ -127,13 +127,14 @@ class ListenerHandle:
         self.steer()
 
     def steer(self) -> None:
-        """With several workers, each client to one of them. Only once listening: a
-        program attached before listen() leaves the socket out of the workers' group."""
+        """With several workers, each client to one of them, relay_networks to any.
+        Only once listening: a program attached before listen() leaves the socket
+        out of the workers' group."""
         if self._processes == 1:
             return
         for sock in self._server.sockets:
             try:
-                steer_by_client(sock, self._processes)
+                steer_by_client(sock, self._processes, self.settings.relay_networks)
             except OSError as exc:  # then the kernel's hash spreads one client's connections
                 log.warning("listener %s: cannot keep each client on one worker: %s",
                             self.addresses, exc)  # fmt: skip
@@ -196,7 +197,7 @@ async def start_listener(
     the temporary files of messages too large for memory while they arrive;
     None is the system's temporary directory. ``processes`` above 1: that many
     worker processes bind the same address (SO_REUSEPORT) and each client's
-    connections go to one of them (steering.py).
+    connections go to one of them, those of relay_networks to any (steering.py).
     """
     if settings.mode is not ListenerMode.RELAY and tls_context is None:
         raise ConfigError("tls_cert_file", f"a {settings.mode} listener needs a certificate")
