@@ -50,6 +50,28 @@ async def test_replies_to_a_pipelined_group_go_in_one_write(listen: Listen, clie
     assert len(spool.messages) == 1
 
 
+async def test_a_message_end_is_answered_with_the_next_transaction(
+    listen: Listen, clients: Any
+) -> None:
+    handle, spool = await listen()
+    client, _ = await clients(handle.port)
+    sock = client.writer.get_extra_info("socket")
+    await client.command("EHLO client.example")
+    envelope = b"MAIL FROM:<a@client.example>\r\nRCPT TO:<b@elsewhere.example>\r\nDATA\r\n"
+    client.send(envelope)
+    assert [(await client.reply()).code for _ in range(3)] == [250, 250, 354]
+    before = data_segments_in(sock)
+    client.send(MESSAGE + b".\r\n" + envelope)  # the next transaction behind the dot
+    assert [(await client.reply()).code for _ in range(4)] == [250, 250, 250, 354]
+    assert data_segments_in(sock) - before == 1
+    assert len(spool.messages) == 1
+    # A client that half-closes behind the dot still hears that its message is kept.
+    client.send(MESSAGE + b".\r\nMAIL FROM:<a@client.example>\r\n")
+    client.writer.write_eof()
+    assert [(await client.reply()).code for _ in range(2)] == [250, 250]
+    assert len(spool.messages) == 2
+
+
 async def test_a_small_message_and_its_dot_go_in_one_write(ca_file: Path) -> None:
     received: list[tuple[bytes, int]] = []  # the message data, and the segments it came in
 

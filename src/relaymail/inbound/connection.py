@@ -24,7 +24,7 @@ from .checks import (
 )
 from .client_limits import Admission
 from .grammar import POSTMASTER, parse_esmtp_params
-from .protocol import ClientGone, CommandLoop
+from .protocol import END_OF_DATA, ClientGone, CommandLoop
 
 if TYPE_CHECKING:
     from .handler import InboundHandler
@@ -354,6 +354,7 @@ class InboundSMTP(CommandLoop):
         finally:
             # The transaction is over whatever happened (RFC 5321 4.1.1.4).
             self.reset_transaction()
+        self._answering = END_OF_DATA
         await self.push(status)
         if self.listener.closing and self.transport is not None:
             await self.push("421 4.3.2 Service shutting down")

@@ -99,6 +99,7 @@ from .grammar import SmtpPath, parse_path
 from .refusals import classify
 
 __all__ = [
+    "END_OF_DATA",
     "STREAM_WINDOW",
     "BareLineEnding",
     "ClientGone",
@@ -111,8 +112,10 @@ __all__ = [
 
 log = logging.getLogger("relaymail.server")
 
+# What is being answered once a message's data has ended (``_answering``).
+END_OF_DATA: Final = "."
 # The replies that may wait for the next command's (``CommandLoop.push``).
-_GROUPED: Final = frozenset({"MAIL", "RCPT"})
+_GROUPED: Final = frozenset({"MAIL", "RCPT", END_OF_DATA})
 
 STREAM_WINDOW: Final = 64 * 1024
 """StreamReader limit: the largest piece DATA is read in, and the longest
@@ -251,13 +254,17 @@ class CommandLoop(SMTP):
             self.transport.close()
 
     async def push(self, status: AnyStr) -> None:
-        """Write a reply; one to MAIL or RCPT waits while the client's next command is here.
+        """Write a reply; one to MAIL, RCPT or a message's end waits while the client's
+        next command is here.
 
         A pipelined MAIL, RCPT..., DATA is then answered in one write instead of one
-        per command (RFC 2920 3.1: a server may hold replies until its input is
-        empty, as Postfix's smtpd does). Only those two: any other reply, the 354 to
-        DATA first of all, writes every reply held before it, so nothing is held
-        while the loop waits for input or across STARTTLS.
+        per command, and the reply to a message's end goes with those of the next
+        transaction when the client sent it behind the dot (RFC 2920 3.1: a server
+        may hold replies until its input is empty, as Postfix's smtpd does). Only
+        those: any other reply, the 354 to DATA first of all, writes every reply
+        held before it, so nothing is held while the loop waits for input or across
+        STARTTLS. The last complete command's reply is never held, so a client that
+        half-closes behind its commands hears every reply.
         """
         response = (
             status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
@@ -265,7 +272,8 @@ class CommandLoop(SMTP):
             else status
         )
         waiting = self._reader._buffer  # type: ignore[attr-defined]  # listed above
-        if self._answering in _GROUPED and b"\n" in waiting:
+        # A 421 is never held: the session closes behind it.
+        if self._answering in _GROUPED and b"\n" in waiting and response[:3] != b"421":
             self._held_replies += response + b"\r\n"
             return
         held, self._held_replies = self._held_replies, b""
