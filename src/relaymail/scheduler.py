@@ -11,10 +11,10 @@ is done or deferred to a later time; it comes back when it is due.
 A delivery starts only when the slot table (slot_table.py) grants a global slot
 and its destination's: a message whose destinations are all busy waits parked,
 holding nothing. The body is read from the store by the delivery, chunk by
-chunk, as its session sends it; a small message that starts its delivery in the
-dispatch right after its acceptance takes the data the inbound side still holds
-instead (one read less; a body not taken then is dropped, so the window never
-holds one). Outcomes go to the store in batches (its group commit).
+chunk, as its session sends it; a message whose delivery starts in the dispatch
+right after its acceptance takes the data the inbound side still holds (up to
+message_data.IN_MEMORY) instead, and reads nothing. A body not taken then is
+dropped, so the window never holds one. Outcomes go to the store in batches.
 
 What changes the schedule from outside (the CLI's hold/release/delete/retry)
 arrives as admin events in the store, polled once a second (at once where the
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from . import observe
 from .active_window import ActiveWindow, Entry, WaitingRecipient, WindowStats
-from .body import CHUNK_SIZE, MessageBody
+from .body import MessageBody
 from .config_queue import QueueSettings
 from .delivery import DeliveryEngine, RecipientResult, Status
 from .destination_memory import DestinationMemory
@@ -46,7 +46,7 @@ from .dsn import NoticeKind, should_bounce
 from .dsn_request import NO_DSN
 from .errors import QueueFull
 from .message import Envelope, domain_of
-from .message_data import MessageData
+from .message_data import IN_MEMORY, MessageData
 from .queue.backlog import WriteBacklog
 from .queue.store import (
     AdminAction,
@@ -332,11 +332,10 @@ class Scheduler:
             envelope, data, self._clock(), trace=trace, pickup=pickup
         )
         held = None
-        if message.size <= CHUNK_SIZE:  # what was stored, unless it is in a file
+        if message.size <= IN_MEMORY:  # what was stored, unless it is in a file
             held = data if isinstance(data, bytes) else data.in_memory()
         self.submit(message, arrived, None if held is None else message.trace + held)
-        # The inbound server logs the acceptance with this id; DSNs and local
-        # submissions say so in their own lines.
+        # The inbound server logs the acceptance; DSNs, local submissions their own lines.
         log.debug(
             "queued id=%s from=<%s> recipients=%d size=%d",
             message.id, envelope.sender, len(envelope.recipients), message.size,

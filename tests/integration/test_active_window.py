@@ -28,6 +28,7 @@ from relaymail.delivery import DeliveryEngine, Status
 from relaymail.destination_share import SharedDestinations
 from relaymail.errors import BodyUnreadable
 from relaymail.message import Envelope
+from relaymail.message_data import IN_MEMORY
 from relaymail.queue import SqliteStore, Store
 from relaymail.queue.postgres import PostgresStore
 from relaymail.scheduler import Scheduler
@@ -194,11 +195,12 @@ async def test_a_message_deleted_before_its_data_is_sent_is_not_delivered_trunca
     smtp_peer: Any, tmp_path: Path, open_queue: OpenQueue
 ) -> None:
     # The 354 comes late: the admin deletes the message while the session waits for it.
-    # (A body of one chunk is read whole when the delivery starts, and then goes whole.)
+    # (A body the delivery holds whole goes whole: one of one chunk, read when it starts,
+    # or one up to IN_MEMORY handed over at its acceptance. This one is read in chunks.)
     sink = await smtp_peer(Script(delays={Stage.DATA: 5.0}))
     cfg = config(tmp_path, {"dest.test": hop(sink)})
     store = open_queue(cfg)
-    large = message("gone", b"z" * 2 * CHUNK_SIZE + b"\r\n")
+    large = message("gone", b"z" * (IN_MEMORY + 2 * CHUNK_SIZE) + b"\r\n")
     try:
         async with scheduler(store, cfg) as running:
             doomed = await running.enqueue(Envelope(SENDER, ("u@dest.test",)), large)
