@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from .errors import RelaymailError
+from .sqlite_wal import switch_to_wal
 
 if TYPE_CHECKING:
     from .config_queue import QueueSettings
@@ -188,7 +189,8 @@ class StateDb:
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         try:
-            self._prepare(StateSchema(filename, schema, version, upgrades or {}))
+            with _unavailable_on_error(self.where):
+                self._prepare(StateSchema(filename, schema, version, upgrades or {}))
         except BaseException:
             self._conn.close()
             raise
@@ -196,7 +198,7 @@ class StateDb:
     def _prepare(self, schema: StateSchema) -> None:
         conn = self._conn
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        switch_to_wal(conn, BUSY_TIMEOUT_MS / 1000)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         if self._version() == schema.version:

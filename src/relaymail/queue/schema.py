@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import QueueUnusable, RelaymailError
 from ..queue_problem import QueueProblem
+from ..sqlite_wal import switch_to_wal
 from .files import open_failure, prepare_directory
 from .store import RecipientState
 
@@ -186,7 +187,7 @@ def open_database(
     except sqlite3.Error as exc:
         raise open_failure(path, exc) from None
     try:
-        _writer_settings(conn, path, max_bytes)
+        _writer_settings(conn, path, max_bytes, busy_timeout)
         _create_or_check_schema(conn, path)
     except sqlite3.Error as exc:
         conn.close()
@@ -201,16 +202,18 @@ def reopen_writer(path: Path, max_bytes: int | None, busy_timeout: float) -> sql
     """A new write connection to a queue `open_database` opened: sqlite3.Error if it fails."""
     conn = connect(path, check_same_thread=False, busy_timeout=busy_timeout)
     try:
-        _writer_settings(conn, path, max_bytes)
+        _writer_settings(conn, path, max_bytes, busy_timeout)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _writer_settings(conn: sqlite3.Connection, path: Path, max_bytes: int | None) -> None:
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
+def _writer_settings(
+    conn: sqlite3.Connection, path: Path, max_bytes: int | None, busy_timeout: float
+) -> None:
+    mode = switch_to_wal(conn, busy_timeout)
+    if mode.lower() != "wal":
         raise RelaymailError(f"{path}: cannot switch to WAL mode (got {mode})")
     # FULL: in WAL mode, fsync the WAL at every commit; NORMAL would not.
     conn.execute("PRAGMA synchronous = FULL")
