@@ -25,25 +25,28 @@ ALIASES = (
 
 
 def aliased_config(
-    tmp_path: Path, port: int, ca_file: Path, peer: SMTPPeer, relay_networks=("127.0.0.0/8",)
-) -> tuple[Path, Path]:
+    tmp_path: Path, port: int, ca_file: Path, peer: SMTPPeer, relay_networks=("127.0.0.0/8",),
+    processes: int | None = None,
+) -> tuple[Path, Path]:  # fmt: skip
     aliases = tmp_path / "aliases"
     aliases.write_text(ALIASES)
+    server = {} if processes is None else {"server": {"processes": processes}}
     config = make_config(
         tmp_path, port, ca_file, {"outside.test": [hop(peer)]},
         local={"domain": "example.org", "aliases": aliases},
         listener=[{"address": f"127.0.0.1:{port}", "relay_networks": list(relay_networks)}],
+        **server,
     )  # fmt: skip
     return config, aliases
 
 
 async def aliased_daemon(
-    smtp_peer, ca_file: Path, tmp_path: Path, **networks
+    smtp_peer, ca_file: Path, tmp_path: Path, **settings
 ) -> tuple[SMTPPeer, Path, Path, Daemon]:
     """A sink for outside.test, and serve with ALIASES for example.org in front of it."""
     peer = await smtp_peer(Script())
     port = free_port()
-    config, aliases = aliased_config(tmp_path, port, ca_file, peer, **networks)
+    config, aliases = aliased_config(tmp_path, port, ca_file, peer, **settings)
     return peer, config, aliases, await start_daemon(tmp_path, config, port)
 
 
@@ -97,7 +100,8 @@ async def test_smtp_rcpt_to_an_alias_is_accepted_from_anyone_and_expanded(
 
 
 async def test_an_edited_aliases_file_applies_to_the_next_message(smtp_peer, ca_file, tmp_path):
-    peer, _, aliases, daemon = await aliased_daemon(smtp_peer, ca_file, tmp_path)
+    # One process: each worker keeps its own last good copy (README, Local names and aliases).
+    peer, _, aliases, daemon = await aliased_daemon(smtp_peer, ca_file, tmp_path, processes=1)
     try:
         aliases.write_text("root: new@outside.test\n")
         code, out = await swaks(daemon.port, "--from", "a@src.test", "--to", "root@example.org")
