@@ -164,18 +164,7 @@ class _ProcessTree(ProcessGroup):
     root = 0
 
     def pids(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                stat = _stat_fields(int(entry))
-                if stat is not None:
-                    children.setdefault(int(stat[1]), []).append(int(entry))
-        found, todo = [], [self.root]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            todo.extend(children.get(pid, []))
-        return found
+        return process_tree(self.root)
 
     def cpu(self) -> CpuTimes:
         user = system = 0
@@ -186,6 +175,22 @@ class _ProcessTree(ProcessGroup):
                 user += int(stat[11]) + int(stat[13])
                 system += int(stat[12]) + int(stat[14])
         return CpuTimes(user / _CLOCK_TICKS, system / _CLOCK_TICKS)
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process descended from it (a supervisor and its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat_fields(int(entry))
+            if stat is not None:
+                children.setdefault(int(stat[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
 
 
 def _stat_fields(pid: int) -> list[str] | None:
