@@ -121,7 +121,8 @@ def trace(rcpt, at):
     return header
 
 async def main(directory, count, domains, size, deferred, shards):
-    # Message n goes to shard n mod shards, each shard's store as its worker opens it.
+    # Each shard gets every domain (message n to shard (n // domains) mod shards), each
+    # shard's store opened as its worker opens it.
     stores = [SqliteStore.open(shard_directory(Path(directory), k), max_batch=BATCH, shard=k)
               for k in range(shards)]
     line = b"The quick brown fox jumps over the lazy dog; 0123456789 abcdefghijklmnopq\r\n"
@@ -131,10 +132,11 @@ async def main(directory, count, domains, size, deferred, shards):
     rng = random.Random(1)
     for start in range(0, count, BATCH):
         rcpts = [f"r{n}@d{n % domains}.bench.test" for n in range(start, min(count, start + BATCH))]
+        into = [(n // domains) % shards for n in range(start, start + len(rcpts))]
         queued = await asyncio.gather(*(
-            stores[n % shards].enqueue(Envelope("bench@client.bench.test", (r,)), body, now,
-                                       trace=trace(r, at))
-            for n, r in enumerate(rcpts, start)))
+            stores[k].enqueue(Envelope("bench@client.bench.test", (r,)), body, now,
+                              trace=trace(r, at))
+            for k, r in zip(into, rcpts)))
         if deferred:
             # Due over the hour after the seeding ends (its end estimated from its pace so
             # far), so a slow seeding does not hand the daemon a quarter of it due at once.
@@ -146,7 +148,7 @@ async def main(directory, count, domains, size, deferred, shards):
                     RecipientUpdate(m.id, m.envelope.recipients[0], RecipientState.DEFERRED, 1,
                                     base + rng.uniform(60, 3600), last_attempt=now,
                                     last_error="connect failed: Connection refused")
-                    for m in queued[k::shards]])
+                    for m, shard in zip(queued, into) if shard == k])
         if count > BATCH:
             print(f"seeded {start + len(rcpts):,} of {count:,}", file=sys.stderr, flush=True)
     for store in stores:
