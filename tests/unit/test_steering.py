@@ -85,3 +85,13 @@ def test_ipv6_clients_are_kept_by_their_64_unless_trusted(group: Group) -> None:
     assert len(_spread(kept, "::1", 20)) == 1
     trusted = group(socket.AF_INET6, "::1", 2, (ipaddress.ip_network("::1/128"),))
     assert set(_spread(trusted, "::1")) == {0, 1}
+
+
+def test_many_trusted_networks_fit_the_program(group: Group) -> None:
+    # 200 IPv4 networks before the IPv6 part: farther than a conditional jump reaches.
+    many = tuple(ipaddress.ip_network(f"10.{n}.0.0/16") for n in range(200))
+    networks = (*many, ipaddress.ip_network("::1/128"))
+    trusted = group(socket.AF_INET6, "::1", 2, networks)
+    assert set(_spread(trusted, "::1")) == {0, 1}
+    kept = group(socket.AF_INET, "127.0.0.1", 2, networks)
+    assert _spread(kept, "127.0.0.3", 10) == {1: 10}

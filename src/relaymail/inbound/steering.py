@@ -83,7 +83,8 @@ def _program(processes: int, trusted: tuple[IPNetwork, ...]) -> _Code:
     v4 = [n for n in trusted if isinstance(n, ipaddress.IPv4Network)]
     v6 = [n for n in trusted if isinstance(n, ipaddress.IPv6Network)]
     return [
-        (_LD_B_ABS, 0, 0, _NET), (_AND_K, 0, 0, 0xF0), (_JEQ_K, "v6", 0, 0x60),
+        # An IPv6 packet jumps past the IPv4 tests: a JA, as a JEQ reaches 255 at most.
+        (_LD_B_ABS, 0, 0, _NET), (_AND_K, 0, 0, 0xF0), (_JEQ_K, 0, 1, 0x60), (_JA, 0, 0, "v6"),
         *_spread_trusted(v4, _V4_SOURCE, "v4-"),
         (_LD_W_ABS, 0, 0, _V4_SOURCE), (_MOD_K, 0, 0, processes), (_RET_A, 0, 0, 0),
         "v6",
