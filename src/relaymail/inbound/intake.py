@@ -14,6 +14,9 @@ Three steps, each carrying what it cannot decide yet into the next piece:
    is only CRLF "." CRLF (the SMTP-smuggling rule).
 2. Line ends: bare CR and bare LF become CRLF (message.canonical_line_ends);
    a CR at the end of a piece waits for the next one, which may start with LF.
+   The piece is split at its CRLFs here, once, for this step and the next: it
+   is canonical when what is left between them holds no CR and no LF (two
+   memchr() scans of a join, where counting each line end took three passes).
 3. Lines: the longest is measured (``long_lines = "refuse"`` answers from
    it); with ``long_lines = "fold"`` each line over the limit is made short
    (below); header fields that matter later are noted (``HeaderFields``),
@@ -116,23 +119,25 @@ class _Unstuff:
 
 
 class _LineEnds:
-    """Step 2."""
+    """Step 2: canonical data, and its lines (split at CRLF; the last one goes on)."""
 
     __slots__ = ("_cr",)
 
     def __init__(self) -> None:
         self._cr = False
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes, *, last: bool = False) -> tuple[bytes, list[bytes]]:
         if self._cr:
             data = b"\r" + data
-        self._cr = data.endswith(b"\r")
+        self._cr = not last and data.endswith(b"\r")
         if self._cr:
             data = data[:-1]
-        return canonical_line_ends(data)
-
-    def finish(self) -> bytes:
-        return b"\r\n" if self._cr else b""
+        lines = data.split(b"\r\n")
+        between = b"".join(lines)
+        if b"\r" in between or b"\n" in between:  # a bare CR or LF: rare
+            data = canonical_line_ends(data)
+            lines = data.split(b"\r\n")
+        return data, lines
 
 
 class _Lines:
@@ -170,14 +175,15 @@ class _Lines:
         seen = self._seen
         return HeaderFields(self._received, b"date" in seen, b"message-id" in seen, b"from" in seen)
 
-    def feed(self, data: bytes) -> None:
-        lines = data.split(b"\r\n")
+    def feed(self, data: bytes, lines: list[bytes]) -> None:
+        """`data` and its lines as _LineEnds split it (the list is consumed)."""
         tail = lines.pop()  # the start of a line that goes on in the next piece
-        if lines and self._passes(lines):
+        widest = max(map(len, lines)) if lines else 0
+        if lines and self._passes(lines[0], widest):
             # The common case: whole lines that fit, written as they came; of the
             # header section's, only the field names are looked at.
             first = self._length + len(lines[0])
-            self.longest = max(self.longest, first + 2, max(map(len, lines)) + 2)
+            self.longest = max(self.longest, first + 2, widest + 2)
             if self._in_header:
                 self._note_lines(lines)
             self._head = b""
@@ -213,11 +219,9 @@ class _Lines:
         if self._length or self._held:
             self._end_line()  # canonical data ends with CRLF (message.canonical_data)
 
-    def _passes(self, lines: list[bytes]) -> bool:
+    def _passes(self, first: bytes, widest: int) -> bool:
         width = self._width
-        return width is None or (
-            self._length + len(lines[0]) <= width and max(map(len, lines)) <= width
-        )
+        return width is None or (self._length + len(first) <= width and widest <= width)
 
     def _add(self, part: bytes) -> None:
         if not part:
@@ -332,14 +336,14 @@ class Intake:
         if self._unstuff is not None:
             data = self._unstuff.feed(data) + self._unstuff.finish()
         lines = self._lines
-        lines.feed(self._ends.feed(data) + self._ends.finish())
+        lines.feed(*self._ends.feed(data, last=True))
         lines.finish()
         return IntakeResult(self.data, lines.longest, lines.folded, lines.headers, self._failure)
 
     def _run(self, data: bytes) -> None:
         if self._unstuff is not None:
             data = self._unstuff.feed(data)
-        self._lines.feed(self._ends.feed(data))
+        self._lines.feed(*self._ends.feed(data))
 
     def _write(self, data: bytes) -> None:
         if self._failure is not None:
