@@ -15,8 +15,9 @@ Three steps, each carrying what it cannot decide yet into the next piece:
 2. Line ends: bare CR and bare LF become CRLF (message.canonical_line_ends);
    a CR at the end of a piece waits for the next one, which may start with LF.
    The piece is split at its CRLFs here, once, for this step and the next: it
-   is canonical when what is left between them holds no CR and no LF (two
-   memchr() scans of a join, where counting each line end took three passes).
+   is canonical when what is left between them holds no CR and no LF, which
+   two memchr() scans of their join tell (a count of each line end would read
+   the piece byte by byte, three times).
 3. Lines: the longest is measured (``long_lines = "refuse"`` answers from
    it); with ``long_lines = "fold"`` each line over the limit is made short
    (below); header fields that matter later are noted (``HeaderFields``),
