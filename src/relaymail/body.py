@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 from .errors import BodyUnreadable
 from .message import header_section
+from .message_data import IN_MEMORY
 
 CHUNK_SIZE = 64 * 1024
 # The header section is read for RFC 8689's TLS-Required and for DSNs; a longer
@@ -42,11 +43,27 @@ class MessageBody:
         self._eight_bit: bool | None = None
 
     @classmethod
-    def of(cls, data: bytes, chunk_size: int = CHUNK_SIZE) -> MessageBody:
-        """Data already in memory (the `deliver` command and API, a 7-bit conversion)."""
+    def of(cls, data: bytes, chunk_size: int | None = None) -> MessageBody:
+        """Data already in memory (a fresh body, the `deliver` command and API, a 7-bit
+        conversion).
+
+        Up to IN_MEMORY octets it is one chunk, the data itself: chunks bound what a
+        delivery reads into memory, and this is there already, so it goes in one
+        write, uncopied. A larger one still goes in CHUNK_SIZE pieces, each written
+        once the server has read the one before (a stalled server holds one of them
+        in the transport, not a second copy of the message).
+        """
+        size = len(data)
+        if chunk_size is None:
+            chunk_size = size if 0 < size <= IN_MEMORY else CHUNK_SIZE
         view = memoryview(data)
-        return cls(len(data), lambda offset, length: bytes(view[offset : offset + length]),
-                   chunk_size)  # fmt: skip
+
+        def read_at(offset: int, length: int) -> bytes:
+            if offset == 0 and length >= size:
+                return data
+            return bytes(view[offset : offset + length])
+
+        return cls(size, read_at, chunk_size)
 
     def chunks(self, limit: int | None = None) -> Iterator[bytes]:
         """The data in order, `chunk_size` octets at a time (up to `limit` octets)."""
@@ -67,6 +84,9 @@ class MessageBody:
         if self._head is None:
             start = bytearray()
             for chunk in self.chunks(HEAD_LIMIT):
+                if not start and (chunk.startswith(b"\r\n") or b"\r\n\r\n" in chunk):
+                    self._head = header_section(chunk)  # the common case: no copy
+                    return self._head
                 searched = max(0, len(start) - 3)
                 start += chunk
                 if start.startswith(b"\r\n") or start.find(b"\r\n\r\n", searched) >= 0:

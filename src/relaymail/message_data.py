@@ -74,11 +74,14 @@ class MessageData:
         self._prefix = data + self._prefix
         self._size += len(data)
 
-    def in_memory(self) -> bytes | None:
-        """All of it as bytes if it never went to a file (a small message), else None."""
+    def in_memory(self, before: bytes = b"") -> bytes | None:
+        """`before` and all of it, as bytes, if it never went to a file (a small message),
+        else None. One copy: the queue puts its Received: field in front of every body."""
         if self._buffer is None:
             return None
-        return self._prefix + self._buffer if self._buffer else self._prefix
+        if not self._buffer and not before:
+            return self._prefix
+        return b"".join((before, self._prefix, self._buffer))
 
     def chunks(self) -> Iterator[bytes]:
         """The data from the start, in pieces of at most CHUNK octets (the prefix first)."""

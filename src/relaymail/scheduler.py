@@ -331,10 +331,10 @@ class Scheduler:
         message = await self.store.enqueue(
             envelope, data, self._clock(), trace=trace, pickup=pickup
         )
-        held = None
-        if message.size <= IN_MEMORY:  # what was stored, unless it is in a file
-            held = data if isinstance(data, bytes) else data.in_memory()
-        self.submit(message, arrived, None if held is None else message.trace + held)
+        stored = data if isinstance(data, MessageData) else MessageData.of(data)
+        # What was stored, unless it is in a file: the first delivery reads nothing.
+        held = stored.in_memory(message.trace) if message.size <= IN_MEMORY else None
+        self.submit(message, arrived, held)
         # The inbound server logs the acceptance; DSNs, local submissions their own lines.
         log.debug(
             "queued id=%s from=<%s> recipients=%d size=%d",

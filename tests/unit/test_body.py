@@ -6,12 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relaymail.body import HEAD_LIMIT, MessageBody
+from relaymail.body import CHUNK_SIZE, HEAD_LIMIT, MessageBody
 from relaymail.delivery.convert import to_7bit
 from relaymail.delivery.plan import DomainPlan
 from relaymail.delivery.run import DomainRun
 from relaymail.errors import BodyUnreadable
 from relaymail.message import DotStuffer, dot_stuff
+from relaymail.message_data import IN_MEMORY
 from relaymail.smtp.client import Capabilities
 from relaymail.smtp.reply import Reply
 from relaymail.tls.policy import Level
@@ -84,6 +85,16 @@ def test_the_head_is_the_header_section_found_across_chunks_and_capped() -> None
     assert MessageBody.of(b"\r\nbody\r\n", 3).head() == b""
     endless = b"X: " + b"y" * (HEAD_LIMIT * 2)
     assert len(MessageBody.of(endless).head()) == HEAD_LIMIT
+
+
+def test_a_body_in_memory_is_one_chunk_uncopied_up_to_in_memory_then_chunk_size() -> None:
+    small = b"Subject: x\r\n\r\n" + b"y" * (IN_MEMORY - 16) + b"\r\n"
+    (only,) = MessageBody.of(small).chunks()
+    assert only is small
+    assert MessageBody.of(small).head() == b"Subject: x\r\n"
+    large = small + b"z" * 10
+    assert [len(c) for c in MessageBody.of(large).chunks()] == [CHUNK_SIZE] * 4 + [10]
+    assert list(MessageBody.of(b"").chunks()) == []
 
 
 def test_a_body_that_ends_early_or_fails_raises_body_unreadable() -> None:

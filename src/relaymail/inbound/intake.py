@@ -87,35 +87,28 @@ class IntakeResult:
 
 
 class _Unstuff:
-    """Step 1. A piece ending in CR or CRLF is held there: the next may start with LF "." or "."."""
+    """Step 1. The "." after every CRLF goes; a CRLF split between pieces is seen from the
+    last two octets of the one before (a CR at its end, LF "." at the next one's start).
 
-    __slots__ = ("_held", "_skip")
+    Nothing is held back, so a piece is not copied to be joined with what came
+    before it: only a piece with a line to unstuff is (by ``replace``).
+    """
+
+    __slots__ = ("_tail",)
 
     def __init__(self) -> None:
-        # A CRLF before the data: its first line starts like any other, and
-        # these two octets are dropped again from the output.
-        self._held = b"\r\n"
-        self._skip = 2
+        # A CRLF before the data: its first line starts like any other.
+        self._tail = b"\r\n"
 
     def feed(self, piece: bytes) -> bytes:
-        data = self._held + piece
-        # Held as received, not as unstuffed: a CRLF whose "." went already
-        # must not take the next line's first octet as well.
-        keep = 2 if data.endswith(b"\r\n") else 1 if data.endswith(b"\r") else 0
-        data, self._held = data[: len(data) - keep], data[len(data) - keep :]
-        if b"\r\n." in data:
-            data = data.replace(b"\r\n.", b"\r\n")
-        return self._drop_start(data)
-
-    def finish(self) -> bytes:
-        out, self._held = self._held, b""
-        return self._drop_start(out)
-
-    def _drop_start(self, out: bytes) -> bytes:
-        if self._skip:
-            cut = min(self._skip, len(out))
-            self._skip -= cut
-            return out[cut:]
+        out = piece.replace(b"\r\n.", b"\r\n") if b"\r\n." in piece else piece
+        tail = self._tail
+        if tail == b"\r\n" and piece[:1] == b".":
+            out = out[1:]
+        elif tail[-1:] == b"\r" and piece[:2] == b"\n.":
+            out = b"\n" + out[2:]
+        # As received, not as unstuffed: a CRLF whose "." went must not take the next octet too.
+        self._tail = (tail + piece[-2:])[-2:]
         return out
 
 
@@ -335,7 +328,7 @@ class Intake:
         data = b"".join(self._pending)
         self._pending.clear()
         if self._unstuff is not None:
-            data = self._unstuff.feed(data) + self._unstuff.finish()
+            data = self._unstuff.feed(data)
         lines = self._lines
         lines.feed(*self._ends.feed(data, last=True))
         lines.finish()

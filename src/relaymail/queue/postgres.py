@@ -146,8 +146,8 @@ class PostgresStore(PostgresReads):
                                 envelope.requiretls, envelope.dsn)  # fmt: skip
         qid, header = await self._write(writes.insert_messages, new, weight=body.size)
         size = len(header) + body.size
-        if size <= CHUNK_SIZE and (kept := body.in_memory()) is not None:
-            self._fresh.put(qid, header + kept)
+        if size <= CHUNK_SIZE and (kept := body.in_memory(header)) is not None:
+            self._fresh.put(qid, kept)
         return QueuedMessage(format_queue_id(qid), envelope, size, received_at, header)
 
     async def record(self, updates: Sequence[RecipientUpdate]) -> None:

@@ -43,9 +43,9 @@ def insert_message(
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (qid, sender, received_at, size, requiretls, *stored_message_dsn(dsn)),
     )
-    if data.size <= IN_MEMORY and (held := data.in_memory()) is not None:
+    if data.size <= IN_MEMORY and (held := data.in_memory(header)) is not None:
         # Small: one statement, and no blob handle (schema.py says why).
-        conn.execute("INSERT INTO body (message_id, data) VALUES (?, ?)", (qid, header + held))
+        conn.execute("INSERT INTO body (message_id, data) VALUES (?, ?)", (qid, held))
     else:
         conn.execute("INSERT INTO body (message_id, data) VALUES (?, zeroblob(?))", (qid, size))
         with txn.open_blob("body", "data", qid) as blob:
