@@ -31,19 +31,24 @@ ReadAt = Callable[[int, int], bytes]
 class MessageBody:
     """Canonical message data (CRLF lines, not dot-stuffed) of a known size, read on demand."""
 
-    __slots__ = ("_eight_bit", "_head", "_read_at", "chunk_size", "size")
+    __slots__ = ("_eight_bit", "_head", "_read_at", "chunk_size", "dot_lines", "size")
 
-    def __init__(self, size: int, read_at: ReadAt, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(
+        self, size: int, read_at: ReadAt, chunk_size: int = CHUNK_SIZE, *, dot_lines: bool = True
+    ) -> None:
+        """`dot_lines`: False when no line is known to start with "." (nothing to stuff)."""
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.size = size
         self.chunk_size = chunk_size
+        self.dot_lines = dot_lines
         self._read_at = read_at
         self._head: bytes | None = None
         self._eight_bit: bool | None = None
 
     @classmethod
-    def of(cls, data: bytes, chunk_size: int | None = None) -> MessageBody:
+    def of(cls, data: bytes, chunk_size: int | None = None, *, dot_lines: bool = True
+           ) -> MessageBody:  # fmt: skip
         """Data already in memory (a fresh body, the `deliver` command and API, a 7-bit
         conversion).
 
@@ -63,7 +68,7 @@ class MessageBody:
                 return data
             return bytes(view[offset : offset + length])
 
-        return cls(size, read_at, chunk_size)
+        return cls(size, read_at, chunk_size, dot_lines=dot_lines)
 
     def chunks(self, limit: int | None = None) -> Iterator[bytes]:
         """The data in order, `chunk_size` octets at a time (up to `limit` octets)."""

@@ -152,9 +152,12 @@ class DotStuffer:
     octets of the data so far are kept.
     """
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_stuff", "_tail")
 
-    def __init__(self) -> None:
+    def __init__(self, *, stuff: bool = True) -> None:
+        """`stuff=False`: data known to have no line that starts with "." (the intake
+        says so of what it received) is passed on unsearched, its line ends followed."""
+        self._stuff = stuff
         self._tail = b"\r\n"  # the data starts at the beginning of a line
 
     @property
@@ -166,11 +169,14 @@ class DotStuffer:
         """`chunk` stuffed, given every chunk before it."""
         if not chunk:
             return chunk
-        # find() allocates nothing: most messages have no line to stuff, and keep their bytes.
-        stuffed = chunk.replace(b"\r\n.", b"\r\n..") if b"\r\n." in chunk else chunk
-        if chunk[:1] == b"." and self._tail == b"\r\n":
-            stuffed = b"." + stuffed
-        elif chunk[:2] == b"\n." and self._tail[-1:] == b"\r":
-            stuffed = b"\n." + stuffed[1:]
+        stuffed = chunk
+        if self._stuff:
+            # `in` allocates nothing: most messages have no line to stuff, and keep their bytes.
+            if b"\r\n." in chunk:
+                stuffed = chunk.replace(b"\r\n.", b"\r\n..")
+            if chunk[:1] == b"." and self._tail == b"\r\n":
+                stuffed = b"." + stuffed
+            elif chunk[:2] == b"\n." and self._tail[-1:] == b"\r":
+                stuffed = b"\n." + stuffed[1:]
         self._tail = (self._tail + chunk[-2:])[-2:]
         return stuffed

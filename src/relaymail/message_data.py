@@ -31,10 +31,13 @@ CHUNK: Final = 1 << 20
 class MessageData:
     """Canonical message data: a prefix of added header fields, then what was written."""
 
-    __slots__ = ("_buffer", "_directory", "_file", "_prefix", "_size")
+    __slots__ = ("_buffer", "_directory", "_file", "_prefix", "_size", "dot_lines")
 
     def __init__(self, directory: Path | str | None = None) -> None:
         self._directory = directory
+        # False only when the writer knows no line starts with "." (the SMTP intake
+        # does): the first delivery then sends it without looking for one to stuff.
+        self.dot_lines = True
         self._prefix = b""
         self._buffer: bytearray | None = bytearray()
         self._file: BinaryIO | None = None
@@ -73,6 +76,8 @@ class MessageData:
         """Put header fields in front of everything written so far."""
         self._prefix = data + self._prefix
         self._size += len(data)
+        if data.startswith(b".") or b"\n." in data:
+            self.dot_lines = True
 
     def in_memory(self, before: bytes = b"") -> bytes | None:
         """`before` and all of it, as bytes, if it never went to a file (a small message),

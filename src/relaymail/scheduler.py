@@ -110,7 +110,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         # Small bodies of messages accepted since the last dispatch, as stored.
-        self._fresh: dict[str, bytes] = {}
+        self._fresh: dict[str, MessageBody] = {}
         self._stale: set[str] = set()
         self._memory = DestinationMemory(shared)  # shared: what other nodes found
         self._background: set[asyncio.Task[None]] = set()
@@ -293,12 +293,12 @@ class Scheduler:
     # -- intake ----------------------------------------------------------------
 
     def submit(
-        self, message: QueuedMessage, arrived: float | None = None, data: bytes | None = None
+        self, message: QueuedMessage, arrived: float | None = None, body: MessageBody | None = None
     ) -> None:
         """A message just made durable by the inbound path: deliver it now if there is room.
 
         `arrived`: when its sender began to hand it over (MAIL FROM, the maildrop file);
-        `data`: what was stored, if it is small and still in memory.
+        `body`: what was stored, if it is small and still in memory.
         """
         now = self._clock()
         before = max(0.0, message.received_at - arrived) if arrived is not None else 0.0
@@ -308,8 +308,8 @@ class Scheduler:
             requiretls=message.envelope.requiretls, dsn=message.envelope.dsn,
         )  # fmt: skip
         if self._window.put(entry):
-            if data is not None:
-                self._fresh[message.id] = data
+            if body is not None:
+                self._fresh[message.id] = body
             self._wake.set()
         else:
             self._note_on_disk(now)  # a refill finds it, in due order
@@ -334,12 +334,11 @@ class Scheduler:
         stored = data if isinstance(data, MessageData) else MessageData.of(data)
         # What was stored, unless it is in a file: the first delivery reads nothing.
         held = stored.in_memory(message.trace) if message.size <= IN_MEMORY else None
-        self.submit(message, arrived, held)
+        body = None if held is None else MessageBody.of(held, dot_lines=stored.dot_lines)
+        self.submit(message, arrived, body)
         # The inbound server logs the acceptance; DSNs, local submissions their own lines.
-        log.debug(
-            "queued id=%s from=<%s> recipients=%d size=%d",
-            message.id, envelope.sender, len(envelope.recipients), message.size,
-        )  # fmt: skip
+        log.debug("queued id=%s from=<%s> recipients=%d size=%d", message.id, envelope.sender,
+                  len(envelope.recipients), message.size)  # fmt: skip
         return message.id
 
     def _adopt(self, message: PendingMessage) -> None:
@@ -360,8 +359,9 @@ class Scheduler:
 
     # -- delivery --------------------------------------------------------------
 
-    async def _deliver(self, entry: Entry, rcpts: list[str], grant: Grant, fresh: bytes | None
-                       ) -> None:  # fmt: skip
+    async def _deliver(
+        self, entry: Entry, rcpts: list[str], grant: Grant, fresh: MessageBody | None
+    ) -> None:
         recorded = False
         try:
             await self._attempt(entry, rcpts, fresh)
@@ -399,7 +399,7 @@ class Scheduler:
             self._leave(entry.id)
             self._note_on_disk(entry.due)
 
-    async def _attempt(self, entry: Entry, granted: list[str], fresh: bytes | None) -> None:
+    async def _attempt(self, entry: Entry, granted: list[str], fresh: MessageBody | None) -> None:
         if not await self.store.claim(entry.id):
             # Another node of the cluster delivers it (its lease is live): not ours any more.
             log.info("id=%s: claimed by another node; left to it", entry.id)
@@ -414,7 +414,7 @@ class Scheduler:
         body = MessageBody.of(b"")
         if due:
             try:
-                body = self.store.open_body(entry.id) if fresh is None else MessageBody.of(fresh)
+                body = self.store.open_body(entry.id) if fresh is None else fresh
             except KeyError:
                 await self._body_missing(entry)
                 return

@@ -131,6 +131,42 @@ async def test_a_50_mb_message_is_queued_and_delivered_byte_exact(smtp_peer, tmp
     assert f"from=<a@src.test>, size={len(message)}, nrcpt=1" in accepted
 
 
+async def test_lines_the_intake_starts_with_a_dot_are_stuffed_on_the_first_delivery(
+    smtp_peer, tmp_path: Path
+):
+    """The first delivery sends the body the inbound side holds; it looks for lines to
+    stuff only if one can start with "." (MessageBody.dot_lines). Each of these has one,
+    from the wire, from a bare LF made CRLF, or from a fold; the last one has none."""
+    sink = await smtp_peer(Script(advertise_starttls=False))
+    port = free_port()
+    daemon = Daemon(daemon_config(tmp_path, port, {"dest.test": [hop(sink)]}), port,
+                    tmp_path / "serve.log")  # fmt: skip
+    head = b"From: a@src.test\r\nTo: u@dest.test\r\nSubject: dots\r\n\r\n"
+    sent_and_canonical = [
+        (head + b".one\r\n..two\r\nthree\r\n", None),
+        (head + b"four\n.five\r\n", head + b"four\r\n.five\r\n"),
+        (head + b"x" * 990 + b"." * 20 + b"\r\n", None),  # folded within the dots
+        (head + b"no dot starts a line. Not this one.\r\n", None),
+    ]
+    await daemon.start()
+    try:
+        for sent, _ in sent_and_canonical:
+            assert (await final_reply(await send(port, sent))).startswith(b"250 ")
+        async with asyncio.timeout(60):
+            while len(sink.transactions) < len(sent_and_canonical):
+                await asyncio.sleep(0.05)
+    finally:
+        assert await daemon.stop() == 0
+    # What came after the Received: field, without the "From: " that ends it.
+    arrived = {t.data.partition(b"\r\nFrom: ")[2] for t in sink.transactions}
+    [fold] = [a for a in arrived if b"xxx" in a]
+    assert fold.replace(b"\r\n", b"").endswith(b"x" * 990 + b"." * 20)
+    assert max(len(line) for line in fold.split(b"\r\n")) <= 998
+    expected = {(canonical or sent).removeprefix(b"From: ") for sent, canonical in
+                sent_and_canonical[:2] + sent_and_canonical[3:]}  # fmt: skip
+    assert arrived - {fold} == expected
+
+
 async def test_one_octet_over_the_limit_is_refused_after_its_dot_and_nothing_is_queued(
     tmp_path: Path,
 ):

@@ -97,6 +97,12 @@ def test_a_body_in_memory_is_one_chunk_uncopied_up_to_in_memory_then_chunk_size(
     assert list(MessageBody.of(b"").chunks()) == []
 
 
+def test_a_stuffer_told_there_is_nothing_to_stuff_follows_the_line_ends_only() -> None:
+    stuffer = DotStuffer(stuff=False)
+    assert stuffer.feed(b"a\r\n.b\r") == b"a\r\n.b\r" and not stuffer.at_line_start
+    assert stuffer.feed(b"\n") == b"\n" and stuffer.at_line_start
+
+
 def test_a_body_that_ends_early_or_fails_raises_body_unreadable() -> None:
     short = MessageBody(10, lambda offset, length: b"abc"[offset : offset + length], 2)
     with pytest.raises(BodyUnreadable, match="octet 3 of 10"):

@@ -174,3 +174,31 @@ def test_a_header_section_crossing_a_batch_is_noted_and_kept_as_in_one_piece(
     assert result.data.read() == raw  # every line fits: nothing folded
     assert (result.longest, result.folded) == (max(map(len, lines)) + 2, 0)
     assert result.headers == _header_oracle(lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"a", b" ", b"x" * 40])),
+    st.sampled_from([None, 20, 1000]),
+    st.integers(0, 5),
+)
+def test_data_said_to_have_no_dot_lines_has_none(parts: list[bytes], fold_at: int | None,
+                                                 pieces: int) -> None:  # fmt: skip
+    # The SMTP client skips stuffing on this word (MessageBody.dot_lines): it must hold.
+    result = take(b"".join(parts), fold_at=fold_at, unstuff=True, pieces=pieces)
+    data = result.data.read()
+    if not result.data.dot_lines:
+        assert not data.startswith(b".") and b"\r\n." not in data
+
+
+def test_plain_smtp_data_is_known_to_have_no_dot_lines_and_other_data_is_not() -> None:
+    assert not take(b"a\r\nb. c.\r\n", unstuff=True, pieces=3).data.dot_lines
+    assert take(b"a\r\n..b\r\n", unstuff=True).data.dot_lines  # unstuffed
+    assert take(b"a\n.b\r\n", unstuff=True).data.dot_lines  # a bare LF made a line
+    assert take(b"a" * 30 + b".b\r\n", fold_at=20, unstuff=True).data.dot_lines  # folded
+    assert take(b"a\r\nb\r\n", unstuff=False).data.dot_lines  # not SMTP: never searched
+    data = take(b"a\r\n", unstuff=True).data
+    data.prepend(b"X: y\r\n")
+    assert not data.dot_lines
+    data.prepend(b".X: y\r\n")
+    assert data.dot_lines

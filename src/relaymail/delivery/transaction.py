@@ -99,7 +99,7 @@ async def transaction(
         session.write_terminator()
         await session.read_reply()
         return
-    final = await session.send_message(body.chunks(), data_timeout)
+    final = await session.send_message(body.chunks(), data_timeout, dot_lines=body.dot_lines)
     if final.is_success:
         status, reason = Status.DELIVERED, f"accepted by {hop.label}"
     elif final.is_transient:

@@ -94,19 +94,25 @@ class _Unstuff:
     before it: only a piece with a line to unstuff is (by ``replace``).
     """
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_tail", "unstuffed")
 
     def __init__(self) -> None:
         # A CRLF before the data: its first line starts like any other.
         self._tail = b"\r\n"
+        self.unstuffed = False  # a line started with "." (its line may start with one still)
 
     def feed(self, piece: bytes) -> bytes:
-        out = piece.replace(b"\r\n.", b"\r\n") if b"\r\n." in piece else piece
+        out = piece
+        if b"\r\n." in piece:
+            out = piece.replace(b"\r\n.", b"\r\n")
+            self.unstuffed = True
         tail = self._tail
         if tail == b"\r\n" and piece[:1] == b".":
             out = out[1:]
+            self.unstuffed = True
         elif tail[-1:] == b"\r" and piece[:2] == b"\n.":
             out = b"\n" + out[2:]
+            self.unstuffed = True
         # As received, not as unstuffed: a CRLF whose "." went must not take the next octet too.
         self._tail = (tail + piece[-2:])[-2:]
         return out
@@ -115,10 +121,11 @@ class _Unstuff:
 class _LineEnds:
     """Step 2: canonical data, and its lines (split at CRLF; the last one goes on)."""
 
-    __slots__ = ("_cr",)
+    __slots__ = ("_cr", "converted")
 
     def __init__(self) -> None:
         self._cr = False
+        self.converted = False  # a bare CR or LF became CRLF (LF "." makes a line of ".")
 
     def feed(self, data: bytes, *, last: bool = False) -> tuple[bytes, list[bytes]]:
         if self._cr:
@@ -131,6 +138,7 @@ class _LineEnds:
         if b"\r" in between or b"\n" in between:  # a bare CR or LF: rare
             data = canonical_line_ends(data)
             lines = data.split(b"\r\n")
+            self.converted = True
         return data, lines
 
 
@@ -332,6 +340,10 @@ class Intake:
         lines = self._lines
         lines.feed(*self._ends.feed(data, last=True))
         lines.finish()
+        # No line of the data can start with "." unless one did on the wire, or a
+        # conversion or fold made a new line: then the SMTP client need not look.
+        made = self._ends.converted or lines.folded > 0
+        self.data.dot_lines = self._unstuff is None or self._unstuff.unstuffed or made
         return IntakeResult(self.data, lines.longest, lines.folded, lines.headers, self._failure)
 
     def _run(self, data: bytes) -> None:

@@ -211,9 +211,12 @@ class SmtpSession:
         assert self._wire.transport is not None
         self._wire.transport.write(self.conn.send_message(at_line_start=True))
 
-    async def send_message(self, chunks: Iterable[bytes], timeout: float) -> Reply:
+    async def send_message(
+        self, chunks: Iterable[bytes], timeout: float, *, dot_lines: bool = True
+    ) -> Reply:
         """Write canonical data, dot-stuffed chunk by chunk, and its terminator; the reply
         may take `timeout` (RFC 5321 4.5.3.2.6 gives the server ten minutes after the dot).
+        `dot_lines=False`: no line starts with "." (MessageBody.dot_lines), none is looked for.
 
         Each chunk waits until the server has read enough of the last one, so a slow
         server holds a chunk or two here, not the message. The last chunk goes in
@@ -225,7 +228,7 @@ class SmtpSession:
         self._check_open()
         transport = self._wire.transport
         assert transport is not None
-        stuffer = DotStuffer()
+        stuffer = DotStuffer(stuff=dot_lines)
         stuffed = b""  # the chunk before the one being read: written once that one came
         try:
             for chunk in chunks:
