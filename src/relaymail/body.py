@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from .errors import BodyUnreadable
 from .message import header_section
-from .message_data import IN_MEMORY
+from .message_data import IN_MEMORY, MessageData
 
 CHUNK_SIZE = 64 * 1024
 # The header section is read for RFC 8689's TLS-Required and for DSNs; a longer
@@ -53,10 +53,9 @@ class MessageBody:
         conversion).
 
         Up to IN_MEMORY octets it is one chunk, the data itself: chunks bound what a
-        delivery reads into memory, and this is there already, so it goes in one
-        write, uncopied. A larger one still goes in CHUNK_SIZE pieces, each written
-        once the server has read the one before (a stalled server holds one of them
-        in the transport, not a second copy of the message).
+        delivery reads into memory, and this is there already, so it is searched for
+        lines to stuff once and not copied (the SMTP session still writes it in
+        blocks, smtp.session.WRITE_BLOCK). A larger one is read CHUNK_SIZE at a time.
         """
         size = len(data)
         if chunk_size is None:
@@ -69,6 +68,16 @@ class MessageBody:
             return bytes(view[offset : offset + length])
 
         return cls(size, read_at, chunk_size, dot_lines=dot_lines)
+
+    @classmethod
+    def fresh(cls, data: MessageData, before: bytes) -> MessageBody | None:
+        """`before` (the queue's Received: field) and `data`, if `data` is all in memory:
+        what the first delivery sends, with what the intake knew of its dot lines."""
+        held = data.in_memory(before)
+        if held is None:
+            return None
+        dots = data.dot_lines or before.startswith(b".") or b"\n." in before
+        return cls.of(held, dot_lines=dots)
 
     def chunks(self, limit: int | None = None) -> Iterator[bytes]:
         """The data in order, `chunk_size` octets at a time (up to `limit` octets)."""

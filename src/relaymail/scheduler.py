@@ -333,9 +333,8 @@ class Scheduler:
         )
         stored = data if isinstance(data, MessageData) else MessageData.of(data)
         # What was stored, unless it is in a file: the first delivery reads nothing.
-        held = stored.in_memory(message.trace) if message.size <= IN_MEMORY else None
-        body = None if held is None else MessageBody.of(held, dot_lines=stored.dot_lines)
-        self.submit(message, arrived, body)
+        fresh = MessageBody.fresh(stored, message.trace) if message.size <= IN_MEMORY else None
+        self.submit(message, arrived, fresh)
         # The inbound server logs the acceptance; DSNs, local submissions their own lines.
         log.debug("queued id=%s from=<%s> recipients=%d size=%d", message.id, envelope.sender,
                   len(envelope.recipients), message.size)  # fmt: skip

@@ -120,7 +120,9 @@ class DomainRun:
         utf8_headers = "SMTPUTF8" in caps
         if utf8_headers not in self.seven_bit:
             converted = to_7bit(self.body.read_all(), utf8_headers=utf8_headers)
-            self.seven_bit[utf8_headers] = MessageBody.of(converted, self.body.chunk_size)
+            # In memory now: chunked as the original was, unless that was one chunk too.
+            chunk = self.body.chunk_size if self.body.chunk_size < self.body.size else None
+            self.seven_bit[utf8_headers] = MessageBody.of(converted, chunk)
         return self.seven_bit[utf8_headers]
 
     @property

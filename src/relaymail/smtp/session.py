@@ -29,6 +29,10 @@ from .reply import Reply
 
 # How long a QUIT may wait for its reply: the mail is settled, only the peer's log gains.
 QUIT_TIMEOUT = 5.0
+WRITE_BLOCK = 64 * 1024
+"""Octets of message data per write. Each waits until the server has read the one
+before, so a server that stops reading holds one block in the transport, not the
+message, and each has its own timeout (RFC 5321 4.5.3.2.5 times each block)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,33 +222,41 @@ class SmtpSession:
         may take `timeout` (RFC 5321 4.5.3.2.6 gives the server ten minutes after the dot).
         `dot_lines=False`: no line starts with "." (MessageBody.dot_lines), none is looked for.
 
-        Each chunk waits until the server has read enough of the last one, so a slow
-        server holds a chunk or two here, not the message. The last chunk goes in
-        one write with the dot (a small message: one write in all). When `chunks`
-        raises (the body became unreadable) the connection is aborted before the
-        dot: the server drops the transaction, and the recipients are not delivered
-        a truncated message.
+        A chunk is read while the one before is written, in WRITE_BLOCK blocks; the
+        last block goes in one write with the dot (a small message: one write in
+        all). When `chunks` raises (the body became unreadable) the connection is
+        aborted before the dot: the server drops the transaction, and the
+        recipients are not delivered a truncated message.
         """
         self._check_open()
-        transport = self._wire.transport
-        assert transport is not None
         stuffer = DotStuffer(stuff=dot_lines)
         stuffed = b""  # the chunk before the one being read: written once that one came
         try:
             for chunk in chunks:
                 if stuffed:
-                    self._check_open()  # a server that hung up mid-message reads no more
-                    transport.write(stuffed)
-                    await self._drained()
+                    await self._write_blocks(stuffed)
                 stuffed = stuffer.feed(chunk)
             self._check_open()
         except BaseException:
             self.abort()
             raise
-        # One write without joining them: a 100 KB chunk is not copied for a 5-octet dot.
-        transport.writelines((stuffed, self.conn.send_message(stuffer.at_line_start)))
-        await self._drained()
+        await self._write_blocks(stuffed, self.conn.send_message(stuffer.at_line_start))
         return (await self.read_reply(timeout)).reply
+
+    async def _write_blocks(self, data: bytes, end: bytes = b"") -> None:
+        """`data` in WRITE_BLOCK slices of one view (not copied), each written once the
+        server has read the one before; `end` goes in one write with the last."""
+        transport = self._wire.transport
+        assert transport is not None
+        view = memoryview(data)
+        last = max(0, len(data) - 1) // WRITE_BLOCK * WRITE_BLOCK  # where the last block starts
+        for start in range(0, last, WRITE_BLOCK):
+            self._check_open()  # a server that hung up mid-message reads no more
+            transport.write(view[start : start + WRITE_BLOCK])
+            await self._drained()
+        self._check_open()
+        transport.writelines((view[last:], end))
+        await self._drained()
 
     async def _drained(self) -> None:
         if not self._wire.draining:  # nothing to wait for: no timer
