@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from .errors import BodyUnreadable
 from .message import header_section
-from .message_data import IN_MEMORY, MessageData
+from .message_data import IN_MEMORY, MessageData, has_dot_line
 
 CHUNK_SIZE = 64 * 1024
 # The header section is read for RFC 8689's TLS-Required and for DSNs; a longer
@@ -76,8 +76,7 @@ class MessageBody:
         held = data.in_memory(before)
         if held is None:
             return None
-        dots = data.dot_lines or before.startswith(b".") or b"\n." in before
-        return cls.of(held, dot_lines=dots)
+        return cls.of(held, dot_lines=data.dot_lines or has_dot_line(before))
 
     def chunks(self, limit: int | None = None) -> Iterator[bytes]:
         """The data in order, `chunk_size` octets at a time (up to `limit` octets)."""

@@ -21,11 +21,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
-__all__ = ["CHUNK", "IN_MEMORY", "MessageData"]
+__all__ = ["CHUNK", "IN_MEMORY", "MessageData", "has_dot_line"]
 
 IN_MEMORY: Final = 256 * 1024
 CHUNK: Final = 1 << 20
 """Octets per piece read back: the memory one message costs in the queue's writer."""
+
+
+def has_dot_line(data: bytes) -> bool:
+    """Whether a line of `data` starts with ".", which dot-stuffing is for (at its start,
+    or after a line end: a bare LF too, as a later conversion makes it CRLF)."""
+    return data.startswith(b".") or b"\n." in data
 
 
 class MessageData:
@@ -76,7 +82,7 @@ class MessageData:
         """Put header fields in front of everything written so far."""
         self._prefix = data + self._prefix
         self._size += len(data)
-        if data.startswith(b".") or b"\n." in data:
+        if has_dot_line(data):
             self.dot_lines = True
 
     def in_memory(self, before: bytes = b"") -> bytes | None:
