@@ -47,8 +47,10 @@ _XTEXT: Final = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
 # RFC 6533 3.3: for the "utf-8" address type, "\x{HEX}" instead of "+HH", and
 # with SMTPUTF8 the characters themselves (utf-8-addr-unitext).
 _UTF8_ADDR: Final = re.compile(r"(?:[!-*,-<>-\[\]-~]|\\x\{[0-9A-F]{1,6}\})+")
+# The same class as _UTF8_ADDR and every scalar value above ASCII, written as what it
+# leaves out: the ranges up to U+10FFFF take re 5 ms to compile at every start-up.
 _UTF8_ADDR_UNITEXT: Final = re.compile(
-    r"(?:[!-*,-<>-\[\]-~\u0080-\ud7ff\ue000-\U0010ffff]|\\x\{[0-9A-F]{1,6}\})+"
+    r"(?:[^\x00-\x20+=\\\x7f\ud800-\udfff]|\\x\{[0-9A-F]{1,6}\})+"
 )
 _ADDR_TYPE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _HEX_PLUS: Final = re.compile(r"\+([0-9A-F]{2})")
