@@ -121,6 +121,28 @@ STREAM_WINDOW: Final = 64 * 1024
 """StreamReader limit: the largest piece DATA is read in, and the longest
 line buffered before "500 5.5.2 Line too long"."""
 
+_TERMINATOR: Final = b"\r\n.\r\n"
+
+
+def _straddle(tail: bytes, buffered: bytearray) -> int | None:
+    """How many buffered octets complete a terminator begun by the last octets read
+    (`tail`); 0 if none can, so the next one lies wholly ahead; None if too few
+    are buffered to tell.
+
+    Only "\\r" or "\\r\\n" can be the terminator's start at the end of a piece:
+    a read up to the terminator (or StreamReader's LimitOverrunError, which
+    leaves a separator's possible start in the buffer) never ends inside one,
+    and a read up to "." CRLF leaves the "." of one unread.
+    """
+    for begun in (2, 1):
+        if tail.endswith(_TERMINATOR[:begun]):
+            wanted = _TERMINATOR[begun:]
+            seen = bytes(buffered[: len(wanted)])
+            if seen == wanted:
+                return len(wanted)
+            return None if wanted.startswith(seen) else 0
+    return 0
+
 
 class ClientGone(Exception):
     """The client closed its side (EOF) before the line or the data it owed was complete."""
@@ -283,22 +305,31 @@ class CommandLoop(SMTP):
         """Hand the message up to CRLF "." CRLF to ``take``, piece by piece, as sent (still
         dot-stuffed); False if it is over the size limit.
 
-        Reads pieces ending in ".\\r\\n" (or 64 KiB of data without one), so a
-        typical message takes a few reads instead of one per line. A piece
-        ends the message when the five octets before its end are CRLF "."
-        CRLF; the DATA command's own CRLF counts as the start, so an empty
-        message (a lone "." line) works. Past the size limit nothing more is
-        handed over and the rest is read and dropped, then refused (RFC 5321
-        4.2.5: the reply comes after the data).
+        Reads up to the terminator (or 64 KiB without one), so a message takes a
+        read or two whatever its lines end with. Only where the data read so far
+        may end with the terminator's first octets (the DATA command's own CRLF at
+        the start, which makes an empty message a lone "." line) is the rest looked
+        for in what is already buffered (``_straddle``); if too little is, the
+        next "." line is read instead, which settles it. A piece ends the message
+        when the five octets before its end are CRLF "." CRLF. Past the size limit
+        nothing more is handed over and the rest is read and dropped, then refused
+        (RFC 5321 4.2.5: the reply comes after the data).
         """
         reader = self._reader
+        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]  # listed above
         limit = self.data_size_limit or 0
         size = 0
         tail = b"\r\n"
         while True:
+            rest = _straddle(tail, buffered)
             try:
-                piece = await reader.readuntil(b".\r\n")
-                ends_data = (tail + piece[-5:])[-5:] == b"\r\n.\r\n"
+                if rest is None:
+                    piece = await reader.readuntil(b".\r\n")
+                elif rest:
+                    piece = await reader.readexactly(rest)
+                else:
+                    piece = await reader.readuntil(_TERMINATOR)
+                ends_data = (tail + piece[-5:])[-5:] == _TERMINATOR
             except asyncio.IncompleteReadError:
                 raise ClientGone from None  # the message is not complete: not ours yet
             except asyncio.LimitOverrunError as exc:
