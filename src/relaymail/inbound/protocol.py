@@ -41,7 +41,9 @@ pyproject.toml pins ``aiosmtpd>=1.4.6,<1.5``:
 * ``_reader``, ``_writer`` (asyncio.StreamReaderProtocol's) -- the loop reads
   lines and DATA pieces itself; ``say_goodbye`` writes from another task.
   ``_reader._buffer`` (asyncio.StreamReader's) is looked at, never changed: a
-  whole command already in it holds back a MAIL or RCPT reply (``push``).
+  whole command already in it holds back a MAIL or RCPT reply (``push``), and
+  its first octets tell whether the end of a message's data begun in the last
+  piece read is there (``read_message_data``).
 * ``_reset_timeout`` -- the idle timer, restarted per command and DATA piece.
 * ``_tls_handshake_okay``, ``_tls_protocol`` -- STARTTLS state, read by the
   loop to refuse commands after a failed handshake or before STARTTLS.
