@@ -56,8 +56,8 @@ from ..message_data import MessageData
 __all__ = ["HeaderFields", "Intake", "IntakeResult"]
 
 BATCH: Final = 64 * 1024
-"""Input gathered before the steps run: the SMTP reader hands over pieces that
-end at every ".\\r\\n", often a line or two each."""
+"""Input gathered before the steps run: what the SMTP reader hands over ends
+where a read did (an octet or two at a time from a client that trickles)."""
 _NOTED: Final = frozenset({b"date", b"message-id", b"from"})
 _HEAD: Final = 100
 """Octets of a header line kept to recognise its field name (RFC 5322 allows
