@@ -113,3 +113,32 @@ async def test_non_utf8_reply_text_is_kept_readable(smtp_peer, ca_file):
     [result] = await deliver(config_for([peer], ca_file=ca_file, level="none"))
     assert result.status is Status.BOUNCED
     assert result.enhanced_status == "5.1.1"
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_recipients_a_421_left_unanswered_say_the_session_ended(
+    smtp_peer, ca_file, pipelining
+):
+    ehlo = ("PIPELINING",) if pipelining else ()
+    peer = await smtp_peer(Script(ehlo=ehlo, rcpt_replies={"r2@dest.test": "421 4.3.2 going down"}))
+    results = await deliver(
+        config_for([peer], ca_file=ca_file),
+        recipients=("r1@dest.test", "r2@dest.test", "r3@dest.test"),
+    )
+    assert [r.status for r in results] == [Status.DEFERRED] * 3
+    reasons = {r.recipient: r.reason for r in results}
+    assert "deferred the recipient: 421 4.3.2 going down" in reasons["r2@dest.test"]
+    for unfinished in ("r1@dest.test", "r3@dest.test"):  # accepted; never answered
+        assert "ended the session before DATA: 421 4.3.2 going down" in reasons[unfinished]
+    assert not peer.transactions
+
+
+async def test_a_reply_the_server_sent_unasked_fails_the_host_instead_of_shifting_the_rest(
+    smtp_peer, ca_file
+):
+    # Two replies to MAIL: read in order, RCPT's would be taken as DATA's 250.
+    peer = await smtp_peer(Script(mail_reply=b"250 2.1.0 Ok\r\n250 2.1.0 Ok again\r\n"))
+    [result] = await deliver(config_for([peer], ca_file=ca_file))
+    assert result.status is Status.DEFERRED
+    assert "in reply to DATA: replies out of step" in result.reason
+    assert not peer.transactions

@@ -172,6 +172,20 @@ async def test_454_to_starttls_continues_in_clear_when_fallback_on(smtp_peer, ca
     assert "454 4.7.0" in step.detail and "tempfail_fallback is on" in step.detail
 
 
+async def test_421_to_starttls_is_the_end_of_that_connection_even_with_fallback_on(
+    smtp_peer, ca_file
+):
+    # RFC 5321 3.8: after a 421 nothing more is sent on the connection; the choice the
+    # table made (clear) is carried out on a new one.
+    peer = await smtp_peer(Script(starttls="421 4.3.2 Service shutting down"))
+    results = await deliver(config_for([peer], ca_file=ca_file, level="may", fallback=True))
+    result = assert_clear_delivery(results, peer, connections=2)
+    assert [line.text for line in peer.transcript if line.session == 1] == [
+        "EHLO client.relaymail.test", "STARTTLS"
+    ]  # fmt: skip
+    assert AttemptResult.RECONNECTED_CLEAR in [a.result for a in result.attempts]
+
+
 async def test_454_to_starttls_fails_the_host_when_fallback_off(smtp_peer, ca_file):
     peer = await smtp_peer(Script(starttls="454 4.7.0 TLS not available"))
     results = await deliver(config_for([peer], ca_file=ca_file, level="may", fallback=False))
@@ -312,3 +326,44 @@ async def test_downgrade_memory_defers_when_starttls_vanishes(smtp_peer, ca_file
     assert code == 0 and "forgotten" in out
     [result] = await deliver(config)
     assert result.status is Status.DELIVERED and not result.tls.used
+
+
+async def test_a_kept_session_below_a_domains_memory_does_not_carry_its_mail(
+    smtp_peer, ca_file, tmp_path
+):
+    # Two domains on one host (as everything a big provider hosts): a clear session
+    # kept from the one never seen with TLS must not carry the mail of the one that was.
+    from relaymail.config import parse_config
+    from relaymail.delivery import DeliveryEngine
+    from relaymail.message import Envelope
+    from tests.integration.conftest import MESSAGE, hop
+
+    peer = await smtp_peer(Script())
+    config = parse_config({
+        "delivery": {"helo_name": "client.relaymail.test", "connection_idle_time": 30},
+        "tls": {"ca_file": str(ca_file), "remember": True},
+        "queue": {"directory": str(tmp_path / "queue")},
+        "routes": {"seen.test": [hop(peer)], "never.test": [hop(peer)]},
+    })  # fmt: skip
+    engine = DeliveryEngine(config)
+    try:
+        [first] = await engine.deliver(Envelope("a@sender.test", ("u@seen.test",)), MESSAGE)
+        assert first.status is Status.DELIVERED and first.tls.verified
+        await engine.close()  # the TLS session goes; the memory stays
+        engine = DeliveryEngine(config)
+
+        peer.script = Script(advertise_starttls=False)  # stripped from now on
+        [clear] = await engine.deliver(Envelope("a@sender.test", ("v@never.test",)), MESSAGE)
+        assert clear.status is Status.DELIVERED and not clear.tls.used  # and kept
+        [held] = await engine.deliver(Envelope("a@sender.test", ("w@seen.test",)), MESSAGE)
+        assert held.status is Status.DEFERRED
+        assert "possible STARTTLS stripping" in held.reason
+        [again] = await engine.deliver(Envelope("a@sender.test", ("x@never.test",)), MESSAGE)
+        assert again.status is Status.DELIVERED
+    finally:
+        await engine.close()
+    assert [t.recipients for t in peer.transactions] == [
+        ("u@seen.test",), ("v@never.test",), ("x@never.test",)
+    ]
+    assert not [line for tls, line in envelope_lines(peer) if "seen.test" in line and not tls]
+    assert peer.connections == 3  # seen's first; never's, kept and reused; seen's refused

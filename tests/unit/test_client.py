@@ -269,3 +269,24 @@ def test_cleartext_before_implicit_tls_is_the_servers_fault():
     with pytest.raises(RemoteProtocolError):
         conn.implicit_tls_established()
     assert conn.tls is False
+
+
+@pytest.mark.parametrize(
+    ("replies", "verbs_before"),
+    [
+        # A second 250 to the last dot, read as MAIL's: every reply after it shifts by one.
+        (b"250 stale\r\n250 ok\r\n250 ok\r\n354 go\r\n", 2),
+        (b"354 go\r\n", 0),  # a 354 to MAIL
+        (b"250 ok\r\n334 what\r\n", 1),  # a 334 outside AUTH
+    ],
+)
+def test_a_reply_no_server_gives_that_command_is_a_protocol_error(replies, verbs_before):
+    conn = ready()
+    conn.send(Verb.MAIL, "FROM:<a@x>")
+    conn.send(Verb.RCPT, "TO:<b@y>")
+    conn.send(Verb.DATA)
+    conn.receive_data(replies)
+    for _ in range(verbs_before):
+        conn.next_event()
+    with pytest.raises(RemoteProtocolError, match="replies out of step"):
+        conn.next_event()

@@ -38,14 +38,7 @@ from . import requiretls
 from .auth import LoginFailureLog, credentialed_policy, log_in
 from .host_failure import HostFailed, unforeseen
 from .judgement import judged, tls_step
-from .plan import (
-    DNS_HOPS,
-    DomainPlan,
-    HostPolicy,
-    HostRefused,
-    plan,
-    published_policies_apply,
-)
+from .plan import DNS_HOPS, DomainPlan, HostPolicy, HostRefused, plan, published_policies_apply
 from .pool import IdleSession, SessionPool
 from .results import AttemptResult, RecipientResult, Status, TlsStep
 from .run import DomainRun, Outcome, SessionInUse, Target, observe_step
@@ -350,6 +343,10 @@ class DeliveryEngine:
     async def _try_host(self, run: DomainRun, at: Target, *, starttls: bool) -> None:
         hop, ip, level = at.hop, at.ip, at.policy.level
         idle = self._pool.take(hop, ip, level, at.policy.requiretls)
+        if (idle is not None and idle.judged_for != run.domain
+                and await self._starttls.below_memory(run.domain, at.policy, idle.tls)):
+            self._pool.keep(hop, ip, level, idle, at.policy.requiretls)  # still others'
+            idle = None  # a new session, judged with this domain's memory
         setup = 0.0
         if idle is not None:
             session, caps, tls, decision = idle.session, idle.caps, idle.tls, idle.decision
@@ -367,7 +364,7 @@ class DeliveryEngine:
             sent = (idle.messages if idle is not None else 0) + (not run.probe_only)
             spent = sent >= self._messages_per_connection(run.domain)
             if session.is_usable and session.conn.state is State.READY and not spent:
-                kept_session = IdleSession(session, caps, tls, decision, sent)
+                kept_session = IdleSession(session, caps, tls, decision, run.domain, sent)
                 self._pool.keep(hop, ip, level, kept_session, at.policy.requiretls)
                 kept = True
         except SessionError as exc:
@@ -497,9 +494,9 @@ class DeliveryEngine:
             raise HostFailed(result, decision.reason, tls, step)  # the caller QUITs where it can
         run.note(at, result, CLEAR, decision.reason, step)
         clear = judged(CLEAR, event, at.policy)
-        if decision.action is Action.CONTINUE_CLEAR:
+        if decision.action is Action.CONTINUE_CLEAR and session.conn.state is not State.CLOSED:
             return clear, caps, session, step
-        session.abort()
+        session.abort()  # also after a 421 to STARTTLS: the same choice, on a new connection
         fresh, fresh_caps, _, _ = await self._open(run, Target(hop, ip, at.policy), starttls=False)
         return clear, fresh_caps, fresh, step
 

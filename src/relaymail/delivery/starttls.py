@@ -89,6 +89,19 @@ class StarttlsStep:
         )  # fmt: skip
         return StarttlsOutcome(event, detail, tls, decision)
 
+    async def below_memory(self, domain: str, policy: HostPolicy, tls: TlsFacts) -> bool:
+        """Whether a session kept from another domain's delivery reached less than the
+        downgrade memory holds for `domain` (as `run` would judge it): it must not carry
+        this domain's mail, or mail to a domain seen with TLS goes in clear on the
+        session of a neighbour on the same host that never had it."""
+        reached = _level_of(tls)
+        if reached is TlsLevel.VERIFIED or not self._settings.remembers(domain):
+            return False
+        if self._memory is None or not memory_counts(policy.level) or policy.requiretls:
+            return False
+        remembered = await self._memory.recall_async(domain)
+        return remembered is not None and remembered.level > reached
+
     async def _negotiate(
         self,
         domain: str,

@@ -33,8 +33,12 @@ class _Replies:
     last: Reply | None = None
 
     @property
+    def mail_accepted(self) -> bool:
+        return self.mail is not None and self.mail.is_success
+
+    @property
     def accepted(self) -> list[str]:
-        if self.mail is None or not self.mail.is_success:
+        if not self.mail_accepted:
             return []
         return [rcpt for rcpt, reply in self.rcpts if reply.is_success]
 
@@ -81,10 +85,13 @@ async def transaction(
     accepted = replies.accepted
     data_reply = replies.data
     if data_reply is None or data_reply.code == 421:
-        if accepted:
+        # Those accepted, and those a 421 left unanswered (their RCPTs were never read).
+        answered = {rcpt for rcpt, _ in replies.rcpts}
+        unanswered = [r for r in rcpts if r not in answered] if replies.mail_accepted else []
+        if waiting := accepted + unanswered:
             reason = f"{hop.label} ended the session before DATA: {replies.last}"
             run.settle(
-                accepted, Status.DEFERRED, reason, host=hop.label, reply=replies.last, tls=tls
+                waiting, Status.DEFERRED, reason, host=hop.label, reply=replies.last, tls=tls
             )
         return
     if data_reply.code != 354:

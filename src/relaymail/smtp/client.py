@@ -50,6 +50,16 @@ class Verb(enum.Enum):
     QUIT = "QUIT"
 
 
+def _out_of_step(verb: Verb, code: int) -> bool:
+    """A reply no server gives that command: 354 answers DATA alone, 334 AUTH alone,
+    and DATA's success is 354, never 2xx (RFC 5321 4.3.2, RFC 4954 4)."""
+    if verb is Verb.DATA:
+        return 200 <= code < 300 or (300 <= code < 400 and code != 354)
+    if verb in (Verb.AUTH, Verb.AUTH_RESPONSE):
+        return 300 <= code < 400 and code != AUTH_CONTINUE
+    return 300 <= code < 400
+
+
 class State(enum.Enum):
     CONNECTED = "connected"  # waiting for the greeting
     REFUSED = "refused"  # greeting refused: only QUIT (RFC 5321 3.1), 421 excepted
@@ -260,6 +270,10 @@ class ClientConnection:
         if reply is None:
             return None
         verb = self._awaiting.popleft()
+        if _out_of_step(verb, reply.code):
+            # What a reply the server sent unasked (a second one to a dot) makes of
+            # the rest: each one paired with the command before. Not to be guessed at.
+            raise RemoteProtocolError(f"{reply} in reply to {verb.value}: replies out of step")
         self._apply(verb, reply)
         return ReplyEvent(verb, reply)
 
@@ -273,12 +287,13 @@ class ClientConnection:
             # RFC 5321 3.1: after a 554 greeting the server waits for our QUIT.
             refused = State.CLOSED if reply.code == 421 else State.REFUSED
             self.state = State.GREETED if ok else refused
+        elif verb is Verb.QUIT or reply.code == 421:
+            # RFC 5321 3.8: a 421 to any command (STARTTLS's too) closes the channel.
+            self.state = State.CLOSED
         elif verb is Verb.STARTTLS:
             # RFC 3207 4: after a refusal the session continues as before.
             self._tls_boundary = ok
             self.state = State.TLS if ok else State.READY
-        elif verb is Verb.QUIT or reply.code == 421:
-            self.state = State.CLOSED
         elif verb in (Verb.AUTH, Verb.AUTH_RESPONSE):
             # 334: the dialogue goes on; anything else ends it (235 success, RFC 4954 6).
             self.state = State.AUTH if reply.code == AUTH_CONTINUE else State.READY

@@ -186,17 +186,15 @@ class SmtpSession:
 
     async def read_reply(self, timeout: float | None = None) -> ReplyEvent:
         """The next reply; ReplyTimeout when none comes in time, ConnectionLost when closed."""
-        event = self.conn.next_event()
+        event = self._next_event()
         if event is not None:  # it came with an earlier one (a pipelined group): no timer
-            self.replies_seen += 1
             return event
         limit = self.command_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
                 while True:
-                    event = self.conn.next_event()
+                    event = self._next_event()
                     if event is not None:
-                        self.replies_seen += 1
                         return event
                     if self._wire.error is not None:
                         raise SessionError(f"protocol error: {self._wire.error}")
@@ -205,6 +203,15 @@ class SmtpSession:
                     await self._wire.wait_for_data()
         except TimeoutError:
             raise ReplyTimeout(f"no reply within {limit:g}s") from None
+
+    def _next_event(self) -> ReplyEvent | None:
+        try:
+            event = self.conn.next_event()
+        except RemoteProtocolError as exc:  # a reply out of step with the commands
+            raise SessionError(f"protocol error: {exc}") from None
+        if event is not None:
+            self.replies_seen += 1
+        return event
 
     async def command(self, verb: Verb, argument: str = "") -> Reply:
         self.write([(verb, argument)])
