@@ -39,3 +39,93 @@ def check_envelope(sender: str, recipients: tuple[str, ...]) -> None:
         raise AddressError("an envelope needs at least one recipient")
     for rcpt in recipients:
         check_address(rcpt)
+
+
+def domain_of(address: str) -> str:
+    """The recipient domain in its lookup form: lower-case, IDNA A-labels."""
+    domain = address.rpartition("@")[2].rstrip(".").lower()
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain
+    if domain.isascii():
+        return domain
+    import idna  # only international domains pay for its tables (sendmail starts fast)
+
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise AddressError(f"{address!r}: invalid international domain ({exc})") from exc
+
+
+def domain_key(address: str) -> str:
+    """domain_of, or the domain as written when that refuses it: a key for the scheduler's
+    bookkeeping (slots, destinations), which must hold whatever is queued; delivery
+    bounces such an address itself (DeliveryEngine.deliver)."""
+    try:
+        return domain_of(address)
+    except AddressError:
+        return address.rpartition("@")[2].lower()
+
+
+# RFC 5321 4.1.2 as inbound/grammar.py has it, without re (the module doc says why);
+# test_regex_free_checks.py holds the two to agreeing.
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_ATEXT = frozenset(_ALNUM + "!#$%&'*+/=?^_`{|}~-")
+_LABEL = frozenset(_ALNUM + "_-")
+
+
+def _wide(char: str) -> bool:
+    """UTF8-non-ascii (RFC 6531 3.3): a real character above ASCII, no lone surrogate."""
+    return char >= "\x80" and not "\ud800" <= char <= "\udfff"
+
+
+def _dot_atom(text: str, chars: frozenset[str]) -> bool:
+    words = text.split(".")
+    return all(words) and all(c in chars or _wide(c) for w in words for c in w)
+
+
+def _quoted(local: str) -> bool:
+    if len(local) < 2 or local[0] != '"' or local[-1] != '"':
+        return False
+    inside, escaped = local[1:-1], False
+    for char in inside:
+        if escaped:
+            if not " " <= char <= "~":
+                return False
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"' or not (" " <= char <= "~" or _wide(char)):
+            return False
+    return not escaped
+
+
+def _literal(domain: str) -> bool:
+    inside = domain[1:-1]
+    return (
+        len(domain) > 2 and domain[0] == "[" and domain[-1] == "]"
+        and all("!" <= c <= "Z" or "^" <= c <= "~" for c in inside)
+    )  # fmt: skip
+
+
+def check_mailbox(address: str) -> None:
+    """check_address, and what SMTP's RCPT TO would refuse besides (inbound/grammar.py,
+    inbound/checks.address_problem): a local part that is neither dot-atom nor quoted
+    string ("a@b@c", "x..y@c"), a domain that is no name or address literal ("c..d",
+    "a,b@c"), an international domain IDNA refuses. For the ways in that have no SMTP
+    grammar in front (sendmail, the pickup): what they queue, a next hop can take."""
+    check_address(address)
+    local, _, domain = address.rpartition("@")
+    if not (_dot_atom(local, _ATEXT) or _quoted(local)):
+        raise AddressError(f"{address!r}: the local part is neither a dot-atom nor quoted")
+    name = domain[:-1] if domain.endswith(".") else domain
+    if not (_dot_atom(name, _LABEL) or _literal(domain)):
+        raise AddressError(f"{address!r}: {domain!r} is not a domain name or address literal")
+    domain_of(address)
+
+
+def check_submission(sender: str, recipients: tuple[str, ...]) -> None:
+    """check_envelope with check_mailbox for every address: an envelope from a way in
+    without SMTP's grammar in front (sendmail, the maildrop's pickup)."""
+    check_envelope(sender, recipients)
+    for address in (sender, *recipients) if sender else recipients:
+        check_mailbox(address)

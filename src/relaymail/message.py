@@ -12,7 +12,7 @@ import enum
 import re
 from typing import NamedTuple
 
-from .address import check_address, check_envelope, qualify
+from .address import check_address, check_envelope, check_mailbox, domain_key, domain_of, qualify
 from .canonical import canonical_data, canonical_line_ends, header_section, split_header_section
 from .dsn_request import NO_DSN, DsnRequest
 from .errors import AddressError
@@ -25,6 +25,8 @@ __all__ = [
     "canonical_data",
     "canonical_line_ends",
     "check_address",
+    "check_mailbox",
+    "domain_key",
     "domain_of",
     "dot_stuff",
     "header_section",
@@ -97,21 +99,6 @@ class Origin(enum.StrEnum):
     """An SMTP client in the listener's relay_networks, not logged in."""
     OUTSIDE = "outside"
     """Anyone else: mail relayed to us from other MTAs; it is theirs, never signed by us."""
-
-
-def domain_of(address: str) -> str:
-    """The recipient domain in its lookup form: lower-case, IDNA A-labels."""
-    domain = address.rpartition("@")[2].rstrip(".").lower()
-    if domain.startswith("[") and domain.endswith("]"):
-        return domain
-    if domain.isascii():
-        return domain
-    import idna  # only international domains pay for its tables (sendmail starts fast)
-
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError as exc:
-        raise AddressError(f"{address!r}: invalid international domain ({exc})") from exc
 
 
 def lookup_domain(text: str) -> str:

@@ -45,7 +45,7 @@ from .destination_share import SharedDestinations
 from .dsn import NoticeKind, should_bounce
 from .dsn_request import NO_DSN
 from .errors import QueueFull
-from .message import Envelope, domain_of
+from .message import Envelope, domain_key
 from .message_data import IN_MEMORY, MessageData
 from .queue.backlog import WriteBacklog
 from .queue.store import (
@@ -217,7 +217,7 @@ class Scheduler:
             by_destination: dict[Destination, list[str]] = defaultdict(list)
             for rcpt, pending in entry.recipients.items():
                 if pending.due <= now:
-                    by_destination[self.engine.destination(domain_of(rcpt))].append(rcpt)
+                    by_destination[self.engine.destination(domain_key(rcpt))].append(rcpt)
             held = [d for d in by_destination if self._held_back(d, now)]
             grant = self._slots.grant(by_destination, now, free=held)
             if grant is None:
@@ -485,7 +485,7 @@ class Scheduler:
         """Don't hammer a destination that just failed or throttles us: defer, untried."""
         skipped: set[str] = set()
         for rcpt in due:
-            domain = domain_of(rcpt)
+            domain = domain_key(rcpt)
             key = self._slots.key_of(self.engine.destination(domain))
             held = self._memory.held_back(domain, key, now)
             if held is None:
@@ -502,7 +502,7 @@ class Scheduler:
         self, entry: Entry, result: RecipientResult, pending: WaitingRecipient, now: float
     ) -> None:
         """What `result` says of its destination: down, throttling (then suspended), fine."""
-        destination = self.engine.destination(domain_of(result.recipient))
+        destination = self.engine.destination(domain_key(result.recipient))
         key = self._slots.key_of(destination)
         shape = self._slots.shape(destination)
         suspension = self._memory.learn(result, key, shape, pending.due, now)

@@ -142,3 +142,19 @@ async def test_a_reply_the_server_sent_unasked_fails_the_host_instead_of_shiftin
     assert result.status is Status.DEFERRED
     assert "in reply to DATA: replies out of step" in result.reason
     assert not peer.transactions
+
+
+async def test_an_address_queued_without_a_domain_name_bounces_and_the_others_go(
+    smtp_peer, ca_file
+):
+    # Only a way in that checked less could queue it (sendmail and the pickup now check
+    # as SMTP does); the scheduler and the engine must still take it in their stride.
+    peer = await smtp_peer(Script())
+    results = await deliver(
+        config_for([peer], ca_file=ca_file), recipients=("u@dest.test\xa0", "v@dest.test")
+    )
+    assert [(r.status, r.enhanced_status) for r in results] == [
+        (Status.BOUNCED, "5.1.3"), (Status.DELIVERED, "2.0.0")
+    ]  # fmt: skip
+    assert "invalid international domain" in results[0].reason
+    assert [t.recipients for t in peer.transactions] == [("v@dest.test",)]

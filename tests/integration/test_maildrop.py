@@ -160,7 +160,10 @@ GOOD = Submission(("u@dest.test",), b"Subject: ok\r\n\r\nx\r\n", 1.0)
     [b"", b"garbage\n", encode(GOOD)[:-3], encode(GOOD) + b"more",
      encode(GOOD).replace(b"recipient u@dest.test", b"recipient u@dest.test\nbogus 1"),
      encode(GOOD).replace(b"u@dest.test", b"not-an-address"),
-     encode(GOOD).replace(b"u@dest.test", b"u@dest.test\x1b")],
+     encode(GOOD).replace(b"u@dest.test", b"u@dest.test\x1b"),
+     # What SMTP's RCPT refuses: a domain IDNA refuses (a no-break space), two "@".
+     encode(GOOD).replace(b"u@dest.test", "u@dest.test\xa0".encode()),
+     encode(GOOD).replace(b"u@dest.test", b"u@b@dest.test")],
 )  # fmt: skip
 async def test_a_malformed_file_goes_to_corrupt_with_one_log_line(
     smtp_peer, ca_file, shared, content
@@ -268,6 +271,11 @@ def test_exit_statuses(ca_file, shared):
     assert sendmail("-C", str(config), "-N")[0] == EX_USAGE
     assert sendmail("-C", str(config))[0] == EX_USAGE  # no recipients
     assert sendmail("-C", str(config), "u@dest.test\nBcc: x@y")[0] == EX_NOUSER
+    # What RCPT TO would refuse over SMTP: the same over sendmail, at once.
+    for bad in ("u@dest.test\xa0", "a@b@dest.test", "x@dest..test", "a,b@dest.test"):
+        assert sendmail("-C", str(config), bad)[0] == EX_NOUSER, bad
+    code = sendmail("-C", str(config), "-f", "a@b@c.test", "u@dest.test", as_nobody=False)[0]
+    assert code == EX_NOUSER
     assert sendmail("-C", str(shared / "missing.toml"), "u@dest.test")[0] == EX_CONFIG
     code, out, _ = sendmail("-C", str(config), "-bv", "u@dest.test", "v@dest.test")
     assert (code, out) == (0, "u@dest.test\nv@dest.test\n")

@@ -6,11 +6,13 @@ import re
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from relaymail.address import check_address
+from relaymail.address import check_address, check_mailbox
 from relaymail.canonical import canonical_line_ends
 from relaymail.config_values import host_name, size, text
 from relaymail.errors import AddressError, ConfigError
 from relaymail.headers import display_name, foreign_text, has_control_characters
+from relaymail.inbound.checks import address_problem
+from relaymail.inbound.grammar import _MAILBOX as MAILBOX_PATTERN
 
 CONTROL_RUN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
 ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
@@ -104,3 +106,27 @@ def test_text_and_host_names_are_refused_as_the_patterns_refused_them(value: str
 @given(st.binary().map(lambda b: bytes(b"a\r\n"[x % 3] for x in b)) | st.binary(max_size=20))
 def test_line_ends_are_made_crlf_as_the_pattern_made_them(raw: bytes) -> None:
     assert canonical_line_ends(raw) == re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
+
+
+MAILBOX_EDGES = st.sampled_from(
+    [*'aZ09.@"\\[]-_!~ ,:<>()\t\x7f\x80\xa0\u2028é名', "\ud800", "\U0001f600"]
+)
+MAILBOX = st.lists(st.text(MAILBOX_EDGES, max_size=4) | st.sampled_from(["xn--", "[1.2.3.4]"]),
+                   max_size=5).map("".join)  # fmt: skip
+
+
+@given(MAILBOX | TEXT.map(lambda t: "a@" + t) | TEXT)
+@example("a@b@dest.test")
+@example("x@dest..test")
+@example('"a\\"b"@x.test')
+@example("a@dest.test\xa0")
+@example("a@x.test.")
+@example("a@[300.1.1.1]")
+def test_a_mailbox_is_refused_as_smtp_refuses_it(value: str) -> None:
+    # The oracle: the SMTP grammar's mailbox and what RCPT TO in an SMTPUTF8 transaction
+    # is answered (a local name alone, "<root>", is another rule's: no domain to check).
+    smtp_takes = (
+        re.fullmatch(MAILBOX_PATTERN, value) is not None
+        and address_problem(value, smtputf8=True, role="recipient") is None
+    )
+    assert _refuses(check_mailbox, value) == (not smtp_takes)

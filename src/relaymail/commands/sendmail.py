@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     # Everything sendmail imports is chosen for its start-up cost: of the standard
     # library only os, pwd, stat, sys, time and itertools, no re, typing or enum
     # (tests/unit/test_config_file.py pins the list).
-    from ..address import check_address, check_envelope, qualify
+    from ..address import check_mailbox, check_submission, qualify
     from ..canonical import canonical_data
     from ..config_file import find_config_file
     from ..errors import AddressError, ConfigError, MessageInputError, MessageTooLarge
@@ -227,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         # Checked here, not only at pickup: a bad -f gets its exit status now.
         for address in (sender, requested):
             if address:
-                check_address(address)
+                check_mailbox(address)
         if options.verify:
             named = tuple(qualify(r, domain) for r in options.recipients)
-            check_envelope(sender, named)
+            check_submission(sender, named)
             print("\n".join(named))
             return EX_OK
         data = canonical_data(read_message("-", limit, dot_ends=options.dot_ends))
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             return EX_USAGE
         # Bare names (cron's "root") are ours; the daemon expands aliases at pickup.
         qualified = tuple(qualify(r, domain) for r in recipients)
-        check_envelope(sender, qualified)
+        check_submission(sender, qualified)
     except AddressError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_NOUSER

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..body import MessageBody
 from ..config import Config, RelayAuth, Scheme
-from ..errors import BodyUnreadable, ConnectFailed, RelaymailError, SessionError
+from ..errors import AddressError, BodyUnreadable, ConnectFailed, RelaymailError, SessionError
 from ..expiring import ExpiringMap
 from ..message import Envelope, domain_of
 from ..routing import Destination, HopSource, NextHop, Router, RoutingError, make_resolver
@@ -105,15 +105,19 @@ class DeliveryEngine:
         """
         body = data if isinstance(data, MessageBody) else MessageBody.of(data)
         by_domain: dict[str, list[str]] = defaultdict(list)
+        results: dict[str, RecipientResult] = {}
         for rcpt in envelope.recipients:
-            by_domain[domain_of(rcpt)].append(rcpt)
+            try:
+                by_domain[domain_of(rcpt)].append(rcpt)
+            except AddressError as exc:  # queued by a way in that did not check it
+                results[rcpt] = RecipientResult.bad_address(rcpt, exc)
         domains = [
             self._deliver_domain(d, rcpts, envelope, body, queue_id)
             for d, rcpts in by_domain.items()
         ]
         # The usual message has one domain: it needs no task of its own.
         runs = [await domains[0]] if len(domains) == 1 else await asyncio.gather(*domains)
-        results = {r.recipient: r for run in runs for r in run}
+        results.update((r.recipient, r) for run in runs for r in run)
         return [results[rcpt] for rcpt in envelope.recipients]
 
     async def close(self) -> None:

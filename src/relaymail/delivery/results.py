@@ -142,6 +142,11 @@ class RecipientResult:
     # so NOTIFY=SUCCESS gets no "relayed" report from us.
     dsn_passed_on: bool = False
 
+    @classmethod
+    def bad_address(cls, recipient: str, error: Exception) -> RecipientResult:
+        """An address no next hop could take (its domain is not a domain name)."""
+        return cls(recipient, Status.BOUNCED, str(error), enhanced_status="5.1.3")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "recipient": self.recipient,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import observe
+from ..address import check_submission
 from ..commands.input import size_limit
 from ..config import Config
 from ..dsn_request import (
@@ -224,6 +225,8 @@ class Pickup:
             )
             data.prepend(added)
             mid = message_id(data.head())
+            # What sendmail checked, again: the file is anyone's to write.
+            check_submission(sender.address, submission.recipients)
             envelope = Envelope(
                 sender.address, submission.recipients, dsn=dsn_request(submission)
             )
