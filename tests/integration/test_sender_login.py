@@ -170,3 +170,24 @@ def test_a_user_without_addresses_sends_as_its_login_or_login_at_the_local_domai
     assert alice.matches("alice@local.example") and not alice.matches("alice@example.com")
     assert carol.matches("Carol@EXAMPLE.com") and not carol.matches("carol@local.example")
     assert dave.matches("dave@local.example") is False
+
+
+@pytest.mark.parametrize(
+    "author",
+    [
+        # Values the stdlib's parser raises on (IndexError, AttributeError, ...).
+        ":", "<", "..[", ",g:<a@b>;a<(<", "(" * 2000 + ")" * 2000 + " <alice@example.org>",
+        # Its time and memory grow faster than the value: 840 KB of this took 23 GB.
+        "=?utf-8?q?a?= " * 60_000 + "<alice@example.org>",
+    ],
+)
+async def test_a_from_the_parser_cannot_read_gets_553_not_a_451_or_the_daemons_memory(
+    listen: Listen, clients: Any, client_tls: ssl.SSLContext, author: str
+) -> None:
+    client, spool = await submission(listen, clients, client_tls, max_message_size=2 << 20)
+    _, final = await client.send_message(
+        "alice@example.org", ["b@elsewhere.example"], message(f"From: {author}")
+    )
+    assert (final.code, final.text[:5]) == (553, "5.7.1")
+    assert (await client.command("NOOP")).code == 250
+    assert spool.messages == []

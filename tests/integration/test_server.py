@@ -927,3 +927,30 @@ async def test_command_line_longer_than_the_read_window_gets_500(
     reply = await client.command("NOOP " + "x" * 200_000)
     assert (reply.code, reply.text) == (500, "5.5.2 Command line too long")
     assert (await client.command("NOOP")).code == 250
+
+
+async def test_a_client_pipelining_thousands_of_commands_does_not_hold_the_others(
+    listen: Listen, clients: Any
+) -> None:
+    # Each command already in a session's buffer is read without waiting: without a
+    # turn given up now and then, one flood held every other session until it was done.
+    handle, spool = await listen()
+    flooding, _ = await clients(handle.port)
+    other, _ = await clients(handle.port)
+    for client in (flooding, other):
+        await client.command("EHLO client.example")
+
+    def transaction(sender: str) -> bytes:
+        return (f"MAIL FROM:<{sender}>\r\nRCPT TO:<b@elsewhere.example>\r\nDATA\r\n".encode()
+                + MESSAGE + b".\r\n")  # fmt: skip
+
+    flooding.send(b"NOOP\r\n" * 5000 + transaction("flood@client.example"))
+    await flooding.writer.drain()
+    other.send(transaction("other@client.example"))
+    for _ in range(5004):
+        await flooding.reply()
+    for _ in range(4):
+        await other.reply()
+    assert [env.sender for env, _ in spool.messages] == [
+        "other@client.example", "flood@client.example"
+    ]  # fmt: skip

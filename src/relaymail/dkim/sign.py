@@ -72,7 +72,8 @@ def author_domain(headers: Sequence[tuple[bytes, bytes]]) -> str:
     we judge is the field it signs.
     """
     from email.errors import ObsoleteHeaderDefect
-    from email.headerregistry import HeaderRegistry
+
+    from ..address_field import UnreadableField, read_address_field
 
     values = [value for name, value in headers if name.lower() == b"from"]
     if len(values) != 1:
@@ -85,17 +86,15 @@ def author_domain(headers: Sequence[tuple[bytes, bytes]]) -> str:
     # The email package's RFC 5322 parser, not getaddresses: that one splits
     # crafted lists its own way (CVE-2023-27043).
     try:
-        parsed = HeaderRegistry()("From", unfolded)
-    # The stdlib parser raises IndexError, AttributeError, ... on some hostile
-    # values ("<", ".:"): that is no single author either.
-    except Exception:
-        raise NoSingleAuthor("From: does not parse as RFC 5322 says") from None
+        parsed = read_address_field("From", unfolded)
+    except UnreadableField as exc:  # too long, or one the parser raises on
+        raise NoSingleAuthor(str(exc)) from None
     # "a@example.org <b@bank.example>" parses as one address with a defect, and a
     # mail reader may show the other one: what does not parse cleanly is not signed.
     # Obsolete syntax (RFC 5322 4: "John Q. Public <jqp@x>") is still sent and fine.
     if any(not isinstance(d, ObsoleteHeaderDefect) for d in parsed.defects):
         raise NoSingleAuthor("From: does not parse as RFC 5322 says")
-    addresses = [a for a in getattr(parsed, "addresses", ()) if a.addr_spec]
+    addresses = [a for a in parsed.addresses if a.addr_spec]
     if len(addresses) != 1:
         raise NoSingleAuthor(f"{len(addresses)} addresses in From:")
     address = addresses[0]

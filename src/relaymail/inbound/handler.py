@@ -188,44 +188,48 @@ class InboundHandler:
         """The reply to a message received whole; owns ``received.data`` from the call on."""
         assert envelope.mail_from is not None
         data = received.data
-        refusal = self._refusal(server, received)
-        if refusal is None:
-            refusal = self._sender_refusal(session, header_refusal, data.head())
+        try:  # until the spool takes it, whatever goes wrong closes the data
+            refusal = self._refusal(server, received)
+            if refusal is None:
+                refusal = self._sender_refusal(session, header_refusal, data.head())
+                if refusal is not None:
+                    server.explain_refusal(RejectReason.SENDER_NOT_ALLOWED)
             if refusal is not None:
-                server.explain_refusal(RejectReason.SENDER_NOT_ALLOWED)
-        if refusal is not None:
+                data.close()
+                return refusal
+            if session.authenticated or self.settings.mode is not ListenerMode.RELAY:
+                data.prepend(missing_fields(received.headers, hostname=self.settings.hostname))
+            tls = server.tls_in_use()
+            trace = functools.partial(
+                received_header,
+                helo=session.host_name,
+                client_ip=server.client_ip(),
+                hostname=self.settings.hostname,
+                protocol=trace_protocol(
+                    esmtp=session.extended_smtp,
+                    tls=tls is not None,
+                    authenticated=bool(session.authenticated),
+                    smtputf8=envelope.smtp_utf8,
+                ),
+                tls=tls,
+                recipients=envelope.rcpt_tos,
+            )
+            message = Envelope(
+                envelope.mail_from,
+                tuple(envelope.rcpt_tos),
+                envelope.requiretls,
+                envelope.dsn_request(),
+            )
+            mid, size = message_id(data.head()), data.size  # read before the spool closes the data
+            if session.authenticated:
+                origin = Origin.AUTHENTICATED
+            elif is_trusted(self.settings, server.client_ip()):
+                origin = Origin.RELAY_NETWORKS
+            else:
+                origin = Origin.OUTSIDE
+        except BaseException:
             data.close()
-            return refusal
-        if session.authenticated or self.settings.mode is not ListenerMode.RELAY:
-            data.prepend(missing_fields(received.headers, hostname=self.settings.hostname))
-        tls = server.tls_in_use()
-        trace = functools.partial(
-            received_header,
-            helo=session.host_name,
-            client_ip=server.client_ip(),
-            hostname=self.settings.hostname,
-            protocol=trace_protocol(
-                esmtp=session.extended_smtp,
-                tls=tls is not None,
-                authenticated=bool(session.authenticated),
-                smtputf8=envelope.smtp_utf8,
-            ),
-            tls=tls,
-            recipients=envelope.rcpt_tos,
-        )
-        message = Envelope(
-            envelope.mail_from,
-            tuple(envelope.rcpt_tos),
-            envelope.requiretls,
-            envelope.dsn_request(),
-        )
-        mid, size = message_id(data.head()), data.size  # read before the spool closes the data
-        if session.authenticated:
-            origin = Origin.AUTHENTICATED
-        elif is_trusted(self.settings, server.client_ip()):
-            origin = Origin.RELAY_NETWORKS
-        else:
-            origin = Origin.OUTSIDE
+            raise
         try:
             queue_id = await self._spool(message, data, trace, session.mail_started, origin)
         except QueueFull:

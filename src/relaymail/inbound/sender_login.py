@@ -11,11 +11,10 @@ judged, because a reader downstream may see a different address in it than we di
 from __future__ import annotations
 
 import email.errors
-import email.policy
 import re
-from email.headerregistry import AddressHeader, BaseHeader
 from typing import Final
 
+from ..address_field import UnreadableField, read_address_field
 from ..address_set import AddressSet
 from ..message import header_section
 from .protocol import printable
@@ -46,9 +45,11 @@ def header_refusal(grant: AddressSet, user: str, data: bytes) -> str | None:
     except _Unreadable as exc:
         return f"553 5.7.1 Header section cannot be checked: {exc}"
     for name, value in fields:
-        parsed = email.policy.default.header_factory(name, value)
-        readable = isinstance(parsed, AddressHeader) and isinstance(parsed, BaseHeader)
-        if not readable or any(
+        try:
+            parsed = read_address_field(name, value)
+        except UnreadableField:
+            parsed = None
+        if parsed is None or any(
             isinstance(d, email.errors.InvalidHeaderDefect) for d in parsed.defects
         ):
             return f"553 5.7.1 {name}: header cannot be read as addresses"
