@@ -26,6 +26,10 @@ The SQLite files share the same needs:
   to date by the store's `upgrades`;
 * one connection shared by threads under a lock, so event-loop code can hand slow work to a
   worker thread (`run`) while quick lookups stay inline.
+
+Only the daemon creates a file (`StateAccess.CREATE`), as its own user once it has dropped
+root. The admin's commands open what is there (`READ`, `WRITE`): run as root, a file they
+created would be root's 0644 and the daemon's user could not write it again.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
+import pwd
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +56,12 @@ if TYPE_CHECKING:
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "Dialect",
+    "StateAccess",
     "StateConnection",
     "StateDatabase",
     "StateDb",
+    "StateDenied",
+    "StateMissing",
     "StateSchema",
     "StateSchemaNewer",
     "StateUnavailable",
@@ -66,6 +76,22 @@ _T = TypeVar("_T")
 
 class StateUnavailable(RelaymailError):
     """The state database cannot be reached or written now (a lost connection, a full disk)."""
+
+
+class StateMissing(StateUnavailable):
+    """There is no state file to open without creating one: nothing was ever recorded."""
+
+
+class StateDenied(StateUnavailable):
+    """This user may not open the state file: it belongs to the daemon's user."""
+
+
+class StateAccess(enum.Enum):
+    """How a process opens a SQLite state file (PostgreSQL's tables are no one's files)."""
+
+    CREATE = "create"  # the daemon: the file made, and its tables brought up to date
+    WRITE = "write"  # an admin's change (`tls forget`): an existing file, written as it is
+    READ = "read"  # an admin's look (`tls show`): an existing file, nothing written
 
 
 class StateSchemaNewer(RelaymailError):
@@ -149,15 +175,20 @@ class StateDatabase(Protocol):
     def close(self) -> None: ...
 
 
-def open_state(location: Path | QueueSettings, schema: StateSchema) -> StateDatabase:
+def open_state(
+    location: Path | QueueSettings,
+    schema: StateSchema,
+    access: StateAccess = StateAccess.CREATE,
+) -> StateDatabase:
     """The store's database: a SQLite file in a directory, or where `[queue]` says.
 
     A Path is a directory for the SQLite file (tools, tests); queue settings choose by
     their backend: SQLite in `queue.directory`, or the queue's PostgreSQL database.
+    StateMissing when `access` may not create the SQLite file and there is none.
     """
     if isinstance(location, Path):
-        return StateDb(location, schema.filename, schema.tables,
-                       version=schema.version, upgrades=schema.upgrades)  # fmt: skip
+        return StateDb(location, schema.filename, schema.tables, version=schema.version,
+                       upgrades=schema.upgrades, access=access)  # fmt: skip
     from .config_queue import QueueBackend
 
     if location.backend is QueueBackend.POSTGRESQL:
@@ -165,8 +196,8 @@ def open_state(location: Path | QueueSettings, schema: StateSchema) -> StateData
 
         assert location.dsn is not None  # parse_queue requires it
         return PostgresStateDb(location.dsn, schema)
-    return StateDb(location.directory, schema.filename, schema.tables,
-                   version=schema.version, upgrades=schema.upgrades)  # fmt: skip
+    return StateDb(location.directory, schema.filename, schema.tables, version=schema.version,
+                   upgrades=schema.upgrades, access=access)  # fmt: skip
 
 
 class StateDb:
@@ -182,22 +213,48 @@ class StateDb:
         *,
         version: int = 1,
         upgrades: Mapping[int, str] | None = None,
+        access: StateAccess = StateAccess.CREATE,
     ) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / filename
         self.where = str(self.path)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if access is StateAccess.CREATE:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        else:
+            self._conn = self._connect_existing(access)
         self._lock = threading.Lock()
         try:
             with _unavailable_on_error(self.where):
-                self._prepare(StateSchema(filename, schema, version, upgrades or {}))
+                self._prepare(StateSchema(filename, schema, version, upgrades or {}), access)
         except BaseException:
             self._conn.close()
             raise
 
-    def _prepare(self, schema: StateSchema) -> None:
+    def _connect_existing(self, access: StateAccess) -> sqlite3.Connection:
+        """The file as it is: never created, and its -wal/-shm left as the daemon keeps them.
+
+        mode=rw, not mode=ro, for reads too: a read-only connection cannot checkpoint, so
+        the -wal and -shm it made would stay behind; the last connection to close removes
+        them. Those SQLite creates as root it gives the database file's owner and mode
+        (os_unix.c, robustFchown), so the daemon's user can still open them.
+        """
+        if not self.path.exists():
+            raise StateMissing(f"{self.where}: no such file")
+        wanted = os.R_OK if access is StateAccess.READ else os.R_OK | os.W_OK
+        if not os.access(self.path, wanted):
+            who = _owner(self.path)
+            raise StateDenied(f"{self.where}: permission denied: run as root or {who}")
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=rw"
+        with _unavailable_on_error(self.where):
+            return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+    def _prepare(self, schema: StateSchema, access: StateAccess) -> None:
         conn = self._conn
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if access is StateAccess.READ:
+            conn.execute("PRAGMA query_only = 1")
+            self._check_current(schema)
+            return
         switch_to_wal(conn, BUSY_TIMEOUT_MS / 1000)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -220,6 +277,22 @@ class StateDb:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _check_current(self, schema: StateSchema) -> None:
+        """A reader's check: it may not bring the tables up to date, nor read them otherwise.
+
+        An upgrade is left to `serve`: a daemon of the older relaymail may still be using them.
+        """
+        found = self._version()
+        if found > schema.version:
+            raise StateSchemaNewer(
+                f"{self.path}: schema version {found} is newer than this relaymail"
+            )
+        if found < schema.version:
+            raise StateUnavailable(
+                f"{self.path}: schema version {found} is older than this relaymail's"
+                f" {schema.version}; `relaymail serve` brings it up to date"
+            )
 
     def _version(self) -> int:
         found: int = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -250,6 +323,18 @@ class StateDb:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _owner(path: Path) -> str:
+    """The user name of `path`'s owner, for a message; its uid when it has no name."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return "the file's owner"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 @contextlib.contextmanager

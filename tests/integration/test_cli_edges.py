@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from relaymail.message import Envelope
 from relaymail.queue.sqlite import SqliteStore
 from tests.integration.daemon_process import RELAYMAIL, write_toml
 
-EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_IOERR = 64, 65, 66, 74
+EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CANTCREAT, EX_IOERR = 64, 65, 66, 73, 74
 UNDECODABLE = os.fsdecode(b"\xff")  # what argv holds for bytes that are not UTF-8
 
 
@@ -193,6 +195,35 @@ def test_queue_list_into_a_reader_that_stops_early(
     assert process.wait(60) == EX_IOERR
     assert "Traceback" not in err and "Exception ignored" not in err
     assert err == ""  # a reader that stopped reading asked for no explanation
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs mailq as another user")
+@pytest.mark.parametrize("command", [["mailq"], ["relaymail", "queue", "list"]])
+def test_a_queue_listing_by_a_user_who_may_not_open_the_queue_says_whom_to_run_as(
+    command: list[str],
+) -> None:
+    top = Path(tempfile.mkdtemp(prefix="relaymail-mailq-"))
+    try:
+        top.chmod(0o755)
+        queue = top / "queue"
+        asyncio.run(_fill_queue(queue, 1))
+        os.chown(queue, 1, 1)  # the daemon's user ("daemon" here), as install-system makes it
+        queue.chmod(0o755)
+        config = write_toml(top / "relaymail.toml", {"queue": {"directory": queue}})
+        program = str(Path(RELAYMAIL).with_name(command[0]))
+        process = subprocess.run(
+            ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
+             program, *command[1:], "-C", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(top)
+    assert process.returncode == EX_CANTCREAT  # the queue's problem "cannot write"
+    assert_one_line(process.stderr)
+    assert process.stderr == (
+        f"relaymail: {queue}: permission denied: not writable by nobody (uid 65534);"
+        " run as root or daemon (the queue's owner)\n"
+    )
 
 
 if sys.platform != "linux":  # pragma: no cover - /dev/full and RLIMIT_AS as on Linux

@@ -122,3 +122,27 @@ async def test_install_system_as_an_ordinary_user_exits_77(root: Path) -> None:
                                               "--clear-groups"))  # fmt: skip
     assert code == 77
     assert lines[-1].startswith("relaymail: install-system must run as root")
+
+
+@pytest.mark.parametrize("staging", ["missing", "empty", "without passwd"])
+@pytest.mark.parametrize("dry_run", [(), ("--dry-run",)])
+async def test_a_root_without_account_files_is_refused_up_front_and_the_dry_run_says_so(
+    tmp_path: Path, staging: str, dry_run: tuple[str, ...]
+) -> None:
+    root = tmp_path / "root"
+    if staging != "missing":
+        root.mkdir()
+    if staging == "without passwd":
+        (root / "etc").mkdir()
+        shutil.copy2("/etc/group", root / "etc/group")
+    code, lines = await install(root, *dry_run)
+    assert code == 71
+    wanted = ["group", "passwd"] if staging != "without passwd" else ["passwd"]
+    named = ", ".join(str(root / "etc" / name) for name in wanted)
+    assert lines == [
+        f"relaymail: install-system: no {named} to add the relaymail account to"
+        " (useradd --prefix); copy the target system's in first"
+    ]
+    # Nothing was made: no spool, no configuration, no lock files of groupadd's.
+    made = sorted(p.relative_to(root) for p in root.rglob("*")) if root.exists() else []
+    assert made == ([Path("etc"), Path("etc/group")] if staging == "without passwd" else [])

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from relaymail.errors import RelaymailError
-from relaymail.state_db import BUSY_TIMEOUT_MS, StateDb
+from relaymail.state_db import (
+    BUSY_TIMEOUT_MS,
+    StateAccess,
+    StateDb,
+    StateMissing,
+    StateUnavailable,
+)
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY);"
 
@@ -68,3 +74,30 @@ async def test_run_does_the_work_on_a_worker_thread(tmp_path: Path) -> None:
 
     assert await db.run(count, 2) == (2, False)
     db.close()
+
+
+@pytest.mark.parametrize("access", [StateAccess.READ, StateAccess.WRITE])
+def test_an_admins_open_never_creates_the_file_nor_its_directory(
+    tmp_path: Path, access: StateAccess
+) -> None:
+    with pytest.raises(StateMissing):
+        StateDb(tmp_path / "state", "seen.db", SCHEMA, access=access)
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_reader_writes_nothing_and_leaves_no_wal_behind(tmp_path: Path) -> None:
+    StateDb(tmp_path, "seen.db", SCHEMA).close()
+    db = StateDb(tmp_path, "seen.db", SCHEMA, access=StateAccess.READ)
+    with pytest.raises(StateUnavailable), db.connection() as conn:
+        conn.execute("INSERT INTO seen VALUES ('a')")
+    db.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seen.db"]
+
+
+def test_a_reader_leaves_an_older_file_to_the_daemon_to_upgrade(tmp_path: Path) -> None:
+    StateDb(tmp_path, "seen.db", SCHEMA, version=1).close()
+    with pytest.raises(StateUnavailable, match="older than this relaymail's 2"):
+        StateDb(tmp_path, "seen.db", SCHEMA, version=2, access=StateAccess.READ)
+    raw = sqlite3.connect(tmp_path / "seen.db")
+    assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+    raw.close()

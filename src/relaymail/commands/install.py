@@ -25,7 +25,7 @@ from ..sendmail_settings import write_cache
 from .exits import EX_NOPERM, EX_OK, EX_OSERR
 from .service_files import CONFIG, SERVICE_USER, SPOOL, UNIT, example_config, unit_text
 
-__all__ = ["Action", "Step", "plan", "run_install"]
+__all__ = ["Action", "Step", "missing_account_files", "plan", "run_install"]
 
 # Postfix's maildrop is 1730 with a setgid postdrop; with no setgid helper,
 # 1733 lets every local user drop a file, and none read or list the others'.
@@ -130,11 +130,30 @@ def plan(root: Path, scripts: Path) -> list[Step]:
     return steps
 
 
+# The account file each account step edits under a staging root (useradd --prefix).
+_ACCOUNT_FILES = {Action.CREATE_GROUP: "group", Action.CREATE_USER: "passwd"}
+
+
+def missing_account_files(root: Path, steps: list[Step]) -> list[Path]:
+    """The account files the plan's account steps would edit and the staging root lacks.
+
+    groupadd and useradd --prefix edit DIR/etc/group and DIR/etc/passwd but create
+    neither: they fail on a lock file they cannot make. An empty one is not made here
+    either: it would be the tree's whole account database (no root, no system users),
+    and the service user's uid in it would be a guess at the target system's.
+    """
+    if root == Path("/"):
+        return []
+    needed = [_ACCOUNT_FILES[s.action] for s in steps if s.action in _ACCOUNT_FILES]
+    return [path for name in needed if not (path := _under(root, f"/etc/{name}")).is_file()]
+
+
 def _account_command(root: Path, *args: str) -> None:
     prefix = [] if root == Path("/") else ["--prefix", str(root)]
     done = subprocess.run([*args[:1], *prefix, *args[1:]], capture_output=True, text=True)
     if done.returncode != 0:
-        raise OSError(f"{args[0]} failed: {done.stderr.strip() or done.returncode}")
+        said = "; ".join(done.stderr.split("\n")).strip("; ")  # one line, as every error
+        raise OSError(f"{args[0]} failed: {said or done.returncode}")
 
 
 def apply(step: Step, root: Path) -> None:
@@ -182,6 +201,14 @@ def run_install(args: argparse.Namespace) -> int:
     except OSError as exc:
         where = exc.filename or root
         print(f"relaymail: install-system: cannot read {where}: {exc.strerror}", file=sys.stderr)
+        return EX_OSERR
+    # Before any step, and in a dry run too: it is what the run would stop at.
+    if missing := missing_account_files(root, steps):
+        print(
+            f"relaymail: install-system: no {', '.join(map(str, missing))} to add the"
+            f" {SERVICE_USER} account to (useradd --prefix); copy the target system's in first",
+            file=sys.stderr,
+        )
         return EX_OSERR
     if args.dry_run:
         for step in steps:

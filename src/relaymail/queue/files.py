@@ -34,6 +34,7 @@ import enum
 import fcntl
 import logging
 import os
+import pwd
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -207,8 +208,36 @@ def prepare_directory(directory: Path) -> None:
     # access() and not the mode bits: it also answers for root, whom the bits do
     # not stop, on a read-only filesystem or an immutable directory.
     if not os.access(directory, os.W_OK | os.X_OK):
-        detail = "not writable (read-only filesystem, immutable, or permissions)"
-        raise QueueUnusable(directory, QueueProblem.CANNOT_WRITE, detail)
+        raise QueueUnusable(directory, QueueProblem.CANNOT_WRITE, _not_writable(directory))
+
+
+def _not_writable(directory: Path) -> str:
+    """Why access() refused, in the words of what to do about it: most often an admin's
+    `mailq` or `relaymail queue` run as another user than root or the daemon's."""
+    with contextlib.suppress(OSError):
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "not writable: read-only filesystem"
+    with contextlib.suppress(OSError):  # opening it needs read permission, which may lack
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _attributes(fd) & _FS_IMMUTABLE_FL:
+                return "not writable: the directory is immutable (chattr -i)"
+        finally:
+            os.close(fd)
+    uid = os.geteuid()
+    try:
+        owner = directory.stat().st_uid
+    except OSError:
+        owner = 0
+    who = "root" if owner == 0 else f"root or {_user_name(owner)} (the queue's owner)"
+    return f"permission denied: not writable by {_user_name(uid)} (uid {uid}); run as {who}"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (a container's, a removed user's)
+        return str(uid)
 
 
 def open_failure(path: Path, exc: sqlite3.Error) -> Exception:

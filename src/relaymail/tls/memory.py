@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..expiring import ExpiringMap
-from ..state_db import StateDatabase, StateSchema, StateUnavailable, open_state
+from ..state_db import StateAccess, StateDatabase, StateSchema, StateUnavailable, open_state
 from .downgrade import Remembered, TlsLevel
 
 if TYPE_CHECKING:
@@ -71,8 +71,15 @@ ON CONFLICT (domain) DO UPDATE SET
 
 
 class TlsMemory:
-    def __init__(self, location: Path | QueueSettings, remember_for: float) -> None:
-        self._db: StateDatabase = open_state(location, SCHEMA)
+    def __init__(
+        self,
+        location: Path | QueueSettings,
+        remember_for: float,
+        access: StateAccess = StateAccess.CREATE,
+    ) -> None:
+        """`access`: the daemon creates the file; `tls show|forget` open it only if it is there
+        (StateMissing otherwise), so a command run as root leaves no file the daemon cannot use."""
+        self._db: StateDatabase = open_state(location, SCHEMA, access)
         self.remember_for = remember_for
         # What this process wrote within _REFRESH: a level no higher needs no write.
         self._written: ExpiringMap[str, TlsLevel] = ExpiringMap()
