@@ -106,6 +106,37 @@ async def test_nobody_queues_through_the_maildrop_and_the_running_daemon_deliver
         assert subprocess.run([*NOBODY, "python3", "-c", probe], capture_output=True).returncode
 
 
+async def test_what_sendmail_hands_in_leaves_as_a_next_hop_takes_it(smtp_peer, ca_file, shared):
+    # Lines over 998 octets folded (as SMTP's are), Bcc: gone without -t too, input
+    # without a header section made body, a long -F name folded into its From:.
+    peer = await smtp_peer(Script())
+    config, port = setup(shared, ca_file, hop(peer))
+    daemon = await start(shared, config, port)
+    long_subject = b"Subject: " + b"x" * 3000 + b"\n"
+    messages = [
+        (("u1@dest.test",), long_subject + b"Bcc: secret@dest.test\n\n" + b"y" * 3001 + b"\n"),
+        (("u2@dest.test",), b"hello world: this is the body\n"),
+        (("-F", "\u00e9" * 256, "u3@dest.test"), b"Subject: named\n\nz\n"),
+    ]
+    try:
+        for args, stdin in messages:
+            code, _, err = sendmail("-C", str(config), *args, stdin=stdin)
+            assert code == 0, err
+        assert sendmail("-C", str(config), "-F", "n" * 257, "u@dest.test")[0] == EX_USAGE
+        await wait_for(lambda: len(peer.transactions) == 3)
+    finally:
+        assert await daemon.stop() == 0
+    data = {t.recipients[0]: t.data for t in peer.transactions}
+    for message in data.values():
+        assert max(map(len, message.split(b"\r\n"))) <= 998
+    assert b"secret@dest.test" not in data["u1@dest.test"]
+    header, body = data["u1@dest.test"].split(b"\r\n\r\n", 1)
+    assert body.replace(b"\r\n", b"") == b"y" * 3001 and header.count(b"x" * 900) == 3
+    header, body = data["u2@dest.test"].split(b"\r\n\r\n", 1)
+    assert body == b"hello world: this is the body\r\n" and b"Message-ID: <" in header
+    assert b"From: =?utf-8?b?" in data["u3@dest.test"]
+
+
 async def test_a_user_cannot_forge_another_sender_but_root_may(smtp_peer, ca_file, shared):
     peer = await smtp_peer(Script())
     config, port = setup(shared, ca_file, hop(peer))

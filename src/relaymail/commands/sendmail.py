@@ -22,6 +22,8 @@ from ..headers import display_name
 from ..postdrop import DIRECTORY_NAME, SYSTEM_QUEUE, drop, file_content, local_address
 from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, stop
 
+# A name, not a paragraph: each of its words must fit a header line (998 octets).
+MAX_FULL_NAME = 256
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
 HELP = f"""{USAGE}
 
@@ -89,6 +91,8 @@ def parse_args(argv: list[str]) -> _Options:
                     raise ValueError(f"{flag} needs a value")
                 value = args.pop(0)
             if flag == "-F":
+                if len(value) > MAX_FULL_NAME:
+                    raise ValueError(f"-F: longer than {MAX_FULL_NAME} characters")
                 try:
                     display_name(value)  # refused here, before the message is read
                 except HeaderValueError as exc:
@@ -156,25 +160,49 @@ def prepare(data: bytes, options: _Options) -> tuple[bytes, list[str]]:
     `data` is canonical. Missing From/Date/Message-ID are added at pickup
     (inbound.cleanup.fix_up_headers), from the sender the daemon settles on.
     """
-    headers, body = split_header_section(data)
+    headers, body = split_header_section(_with_header_end(data))
     recipients = list(options.recipients)
     if options.extract:
         # Imported here: only -t pays for the email package at start-up.
         from email.utils import getaddresses
 
         recipients += [a for _, a in getaddresses(_header_values(headers, ("to", "cc", "bcc")))]
-        # -t: Bcc recipients get the message, nobody sees the Bcc header.
-        kept, skipping = [], False
-        for line in headers.split(b"\r\n"):
-            if line[:1] in (b" ", b"\t") and skipping:
-                continue
-            skipping = line.lower().startswith(b"bcc:")
-            if not skipping:
-                kept.append(line)
-        headers = b"\r\n".join(kept)
-        headers = headers if headers.endswith(b"\r\n") or not headers else headers + b"\r\n"
-        data = headers + b"\r\n" + body
-    return data, [r for r in recipients if r]
+    # Bcc recipients get the message, nobody sees the Bcc header; with or without -t,
+    # as Postfix's cleanup and sendmail remove it.
+    kept, skipping = [], False
+    for line in headers.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and skipping:
+            continue
+        skipping = line.lower().startswith((b"bcc:", b"resent-bcc:"))
+        if not skipping:
+            kept.append(line)
+    headers = b"\r\n".join(kept)
+    headers = headers if headers.endswith(b"\r\n") or not headers else headers + b"\r\n"
+    return headers + b"\r\n" + body, [r for r in recipients if r]
+
+
+def _with_header_end(data: bytes) -> bytes:
+    """`data` with a blank line where its header section ends: at the first line that is
+    no field ("Name: value", or its continuation), which starts the body. Input piped in
+    without a header section (`echo text | sendmail`) is then body, not a header line the
+    added Message-ID would run into; a leading mbox "From " line is dropped."""
+    if data.startswith(b"From "):
+        data = data[data.find(b"\r\n") + 2 :] if b"\r\n" in data else b""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\r\n", start)
+        line = data[start:] if end < 0 else data[start:end]
+        if not line:
+            return data  # the blank line is there
+        name, colon, _ = line.partition(b":")
+        name = name.rstrip(b" \t")  # "Name :" is RFC 5322's obsolete form, still a field
+        continued = start > 0 and line[:1] in (b" ", b"\t")
+        if not continued and not (colon and name and all(33 <= c <= 126 for c in name)):
+            return data[:start] + b"\r\n" + data[start:]
+        if end < 0:
+            return data
+        start = end + 2
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:

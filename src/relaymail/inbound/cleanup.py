@@ -119,12 +119,27 @@ def missing_fields(headers: HeaderFields, *, hostname: str, add_from: str | None
     """
     added = []
     if add_from is not None and not headers.from_:
-        added.append(field("From", add_from))
+        added.append(_folded(field("From", add_from)))
     if not headers.date:
         added.append(field("Date", rfc5322_date()))
     if not headers.message_id:
         added.append(field("Message-ID", _message_id(hostname)))
     return "".join(f"{line}\r\n" for line in added).encode("utf-8")
+
+
+def _folded(line: str, width: int = 78) -> str:
+    """`line` folded at its spaces where it passes `width` (RFC 5322 2.2.3: CRLF before
+    whitespace, which unfolding takes out again): a From: made of a long -F name is
+    encoded words or a quoted string, each part short, together beyond 998 octets."""
+    name, *words = line.split(" ")
+    lines, current = [], f"{name} {words.pop(0)}" if words else name  # never "From:" alone
+    for word in words:
+        if len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = " " + word
+        else:
+            current = f"{current} {word}"
+    return "\r\n".join([*lines, current])
 
 
 def trace_protocol(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:

@@ -66,6 +66,10 @@ from .intake import Intake, IntakeResult
 
 log = logging.getLogger("relaymail.pickup")
 
+FOLD_AT = 1000
+"""Lines over 998 octets and CRLF (RFC 5322 2.1.1) are folded, as a listener's are by
+default: left long, a next hop refuses them (500 Line too long) and the mail bounces."""
+
 SCAN_INTERVAL = 0.5
 # A temporary file this old was left by a sendmail killed while writing it.
 STALE_TEMP = 24 * 3600.0
@@ -306,7 +310,7 @@ def _read(
         head = decode_head(first)
         if head.size > limit:
             raise MaildropCorrupt("larger than the message size limit")
-        intake = Intake(data, fold_at=None, unstuff=False)
+        intake = Intake(data, fold_at=FOLD_AT, unstuff=False)
         piece = first[head.start :]
         seen = 0
         # The owner may still write to the file: what counts is what is read.
