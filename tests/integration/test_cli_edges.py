@@ -22,6 +22,8 @@ from relaymail.message import Envelope
 from relaymail.queue.sqlite import SqliteStore
 from tests.integration.daemon_process import RELAYMAIL, write_toml
 
+SENDMAIL = str(Path(RELAYMAIL).with_name("sendmail"))
+
 EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CANTCREAT, EX_IOERR = 64, 65, 66, 73, 74
 UNDECODABLE = os.fsdecode(b"\xff")  # what argv holds for bytes that are not UTF-8
 
@@ -174,6 +176,22 @@ def test_queue_list_to_a_closed_or_full_stdout(config: Path, json: list[str]) ->
     with open("/dev/full", "wb") as full:
         process = subprocess.run([RELAYMAIL, "queue", "--config", str(config), *json, "list"],
                                  stdout=full, stderr=subprocess.PIPE, timeout=60)  # fmt: skip
+    assert process.returncode == EX_IOERR
+    assert_one_line(process.stderr.decode())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[RELAYMAIL, "--version"], [RELAYMAIL, "--help"], [RELAYMAIL, "queue", "--help"],
+     [SENDMAIL, "--help"], [SENDMAIL, "-C", "{config}", "-bv", "u@dest.test"],
+     [SENDMAIL, "-C", "{config}", "-bi"]],
+)  # fmt: skip
+def test_what_parsing_and_sendmails_modes_print_fails_as_output_fails(
+    config: Path, argv: list[str]
+) -> None:
+    command = [arg.format(config=config) for arg in argv]
+    with open("/dev/full", "wb") as full:
+        process = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, timeout=60)
     assert process.returncode == EX_IOERR
     assert_one_line(process.stderr.decode())
 

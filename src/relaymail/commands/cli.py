@@ -7,15 +7,12 @@ from cron, say) does not pay for the daemon's modules at start-up.
 from __future__ import annotations
 
 import argparse
-import errno
-import io
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from ..errors import RelaymailError
 from .exits import (
@@ -30,6 +27,7 @@ from .exits import (
     EX_USAGE,
     stop,
 )
+from .output import OutputError, guarded_stdout, output_failed
 from .queue_selection import add_selection
 
 T = TypeVar("T")
@@ -236,16 +234,22 @@ def main(argv: list[str] | None = None) -> int:
         from .sendmail import main as sendmail
 
         return sendmail(argv[1:])
-    args = build_parser().parse_args(argv)
+    plain = sys.stdout
+    if plain is not None:
+        sys.stdout = guarded_stdout(plain)  # --help and --version write while parsing
+    try:
+        args = _parse(argv)
+    except OutputError as exc:
+        return output_failed(exc)
+    if args.command == "serve":
+        sys.stdout = plain  # the daemon's output is its log, on stderr
     for name, default in GLOBAL_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)
     _setup_logging(args.log_level, args.log_json)
-    if args.command != "serve":
-        if sys.stdout is None:  # started with stdout closed (>&-)
-            print("relaymail: cannot write output: standard output is closed", file=sys.stderr)
-            return EX_IOERR
-        sys.stdout = _guarded_stdout(sys.stdout)
+    if args.command != "serve" and sys.stdout is None:  # started with stdout closed (>&-)
+        print("relaymail: cannot write output: standard output is closed", file=sys.stderr)
+        return EX_IOERR
     handler = {
         "check": _check,
         "deliver": _deliver,
@@ -268,12 +272,19 @@ def main(argv: list[str] | None = None) -> int:
         return EX_TEMPFAIL
     except RelaymailError as exc:
         return _state_failed(exc)
-    except _OutputError as exc:
-        # Whatever is still buffered goes nowhere, so the flush at exit cannot fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), exc.fd)
-        if exc.errno != errno.EPIPE:  # a reader that went away (| head -1) wanted no more
-            print(f"relaymail: cannot write output: {exc.strerror}", file=sys.stderr)
-        return EX_IOERR
+    except OutputError as exc:
+        return output_failed(exc)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments; what --help or --version wrote is flushed before they exit, so a
+    failed write is an OutputError here, not a traceback at interpreter exit."""
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        raise
 
 
 def _state_failed(exc: RelaymailError) -> int:
@@ -287,39 +298,6 @@ def _state_failed(exc: RelaymailError) -> int:
         print(f"relaymail: {exc}", file=sys.stderr)
         return EX_CONFIG
     raise exc
-
-
-class _OutputError(Exception):
-    """Writing standard output failed; kept apart from the OSErrors of the work itself."""
-
-    def __init__(self, fd: int, error: OSError) -> None:
-        super().__init__(error.strerror)
-        self.fd = fd
-        self.errno = error.errno
-        self.strerror = error.strerror
-
-
-class _GuardedOutput(io.RawIOBase):
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        try:
-            return os.write(self._fd, data)
-        except OSError as exc:
-            raise _OutputError(self._fd, exc) from None
-
-
-def _guarded_stdout(stdout: TextIO) -> TextIO:
-    return io.TextIOWrapper(
-        io.BufferedWriter(_GuardedOutput(stdout.fileno())),
-        encoding=stdout.encoding,
-        errors=stdout.errors,
-        line_buffering=bool(stdout.line_buffering),
-    )
 
 
 def _setup_logging(level: str, as_json: bool) -> None:

@@ -22,6 +22,10 @@ from ..headers import display_name
 from ..postdrop import DIRECTORY_NAME, SYSTEM_QUEUE, drop, file_content, local_address
 from .exits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, stop
 
+TYPE_CHECKING = False  # typing loads re and enum (see main)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 # A name, not a paragraph: each of its words must fit a header line (998 octets).
 MAX_FULL_NAME = 256
 USAGE = "usage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [recipient ...]"
@@ -222,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sendmail: {exc} ({USAGE})", file=sys.stderr)
         return EX_USAGE
     if options.help:
-        print(HELP)
-        return EX_OK
+        return _show(HELP)
     try:
         path = find_config_file(options.config)
         if options.rebuild_aliases:
@@ -259,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         if options.verify:
             named = tuple(qualify(r, domain) for r in options.recipients)
             check_submission(sender, named)
-            print("\n".join(named))
-            return EX_OK
+            return _show("\n".join(named))
         data = canonical_data(read_message("-", limit, dot_ends=options.dot_ends))
         data, recipients = prepare(data, options)
         if len(data) > limit:  # the CRs canonical form added count too
@@ -296,7 +298,32 @@ def _rebuild_aliases(path: str | None) -> int:
     from ..config import load_config
     from .aliases import check_aliases
 
-    return check_aliases(load_config(None if path is None else Path(path)), None, "sendmail")
+    return _shown(lambda: check_aliases(load_config(None if path is None else Path(path)),
+                                        None, "sendmail"))  # fmt: skip
+
+
+def _show(text: str) -> int:
+    def write() -> int:
+        print(text)
+        return EX_OK
+
+    return _shown(write)
+
+
+def _shown(write: Callable[[], int]) -> int:
+    """`write`'s exit status, or EX_IOERR (74) and one line if its output fails (a full
+    disk, a closed pipe); loaded only by the modes that print, not by a submission."""
+    from .output import OutputError, guarded_stdout, output_failed
+
+    if sys.stdout is None:
+        return write()  # print() to a closed stdout writes nothing and fails not
+    sys.stdout = guarded_stdout(sys.stdout)
+    try:
+        code = write()
+        sys.stdout.flush()
+        return code
+    except OutputError as exc:
+        return output_failed(exc, "sendmail")
 
 
 class _NoMaildrop(Exception):
