@@ -306,6 +306,20 @@ def host_port(default_port: int | None) -> Reader:
     return read
 
 
+def ip_port(default_port: int | None) -> Reader:
+    """host_port, for an IP address only: where a name could resolve to anything (a
+    listener's address: bound as given, loopback today and public tomorrow)."""
+
+    def read(value: Any, key: str) -> HostPort:
+        address = parse_host_port(text(value, key), key, default_port)
+        if not address.is_ip:
+            example = f'"127.0.0.1:{address.port}", "[::1]:{address.port}"'
+            raise ConfigError(key, f"{address.host!r} is not an IP address (e.g. {example})")
+        return address
+
+    return read
+
+
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")
 
 
@@ -473,11 +487,7 @@ def _relay_auth(
     return entries
 
 
-def _nameserver(value: Any, key: str) -> HostPort:
-    server = parse_host_port(text(value, key), key, default_port=53)
-    if not server.is_ip:
-        raise ConfigError(key, f"{server.host!r} is not an IP address")
-    return server
+_nameserver = ip_port(53)
 
 
 _DNS: Mapping[str, Reader] = {"nameservers": list_of(_nameserver), "timeout": seconds}

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import HostPort, host_port
+from .config import HostPort, ip_port
 from .config_fields import (
     Reader,
     boolean,
@@ -34,7 +34,7 @@ __all__ = ["LISTENER_DEFAULTS", "listener_settings"]
 LISTENER_DEFAULTS: Mapping[str, Any] = {"relay_networks": ["127.0.0.0/8", "::1/128"]}
 
 _LISTENER: Mapping[str, Reader] = {
-    "address": host_port(None),
+    "address": ip_port(None),
     "relay_networks": list_of(network),
     "relay_domains": list_of(domain_key),
     "tls_cert_file": readable_file,

@@ -306,6 +306,13 @@ def test_a_listener_address_needs_a_port(address):
     assert error.key == "listener[0].address"
 
 
+@pytest.mark.parametrize("address", ["999.1.1.1:2527", "example.invalid:2527", "localhost:25"])
+def test_a_listener_address_is_an_ip_address(address):
+    # serve would bind a name as it resolves at start, or fail with "Unknown error -2".
+    error = config_error({"listener": [{"address": address}]})
+    assert error.key == "listener[0].address" and "is not an IP address" in error.reason
+
+
 @pytest.mark.parametrize(
     "name",
     ["mail example.org", "mail.example.org\r\nX: y", "mäil.example", "mail_1.example",

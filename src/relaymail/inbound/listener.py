@@ -226,7 +226,8 @@ async def start_listener(
     handle = ListenerHandle(server, listener, processes)
     if start_serving:
         handle.steer()
-    log.info("listening on %s (%s)", handle.addresses, settings.mode)
+    bound = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in handle.addresses)
+    log.info("listening on %s (%s)", bound, settings.mode)
     if settings.postmaster is None:
         log.warning(
             "no [local] postmaster configured: mail to <postmaster> is queued for %s",
