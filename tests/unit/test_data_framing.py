@@ -35,7 +35,8 @@ async def read(
     """(read_message_data's answer or None if the client left first, the pieces, what is left)."""
     reader = asyncio.StreamReader(limit=window)
     loop = types.SimpleNamespace(
-        _reader=reader, data_size_limit=size_limit, _reset_timeout=lambda: None
+        _reader=reader, data_size_limit=size_limit, _reset_timeout=lambda: None,
+        _pause_timeout=lambda: None,
     )
 
     async def client() -> None:

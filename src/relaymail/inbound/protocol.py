@@ -17,6 +17,10 @@ failure modes are in the loop itself, not in a command:
 * A failed TLS handshake, a line over the window, EOF inside DATA or an AUTH
   exchange were tracebacks and "451 Internal error". Here they are outcomes:
   one log line, a 5xx reply or a clean close.
+* Its idle timer closed the connection without a word, so the client saw EOF
+  and nothing in the log said why. Here it says "421 4.4.2 ... timeout
+  exceeded" first (RFC 5321 4.5.3.2, Postfix's words), in clear or over TLS,
+  with one log line; a handshake still under way is only closed.
 
 Policy stays out of this module: replies come from the ``smtp_*`` methods of
 connection.InboundSMTP and the handler behind them.
@@ -39,12 +43,16 @@ pyproject.toml pins ``aiosmtpd>=1.4.6,<1.5``:
 * ``SMTP._strip_command_keyword`` -- "FROM:"/"TO:" off the argument
   (``parse_path_argument``).
 * ``_reader``, ``_writer`` (asyncio.StreamReaderProtocol's) -- the loop reads
-  lines and DATA pieces itself; ``say_goodbye`` writes from another task.
+  lines and DATA pieces itself; ``say_goodbye`` writes from another task and
+  ``_timeout_cb`` from a timer.
   ``_reader._buffer`` (asyncio.StreamReader's) is looked at, never changed: a
   whole command already in it holds back a MAIL or RCPT reply (``push``), and
   its first octets tell whether the end of a message's data begun in the last
   piece read is there (``read_message_data``).
-* ``_reset_timeout`` -- the idle timer, restarted per command and DATA piece.
+* ``_reset_timeout``, ``_timeout_handle`` -- the idle timer, restarted per command
+  and DATA piece, stopped from a message's end until the next command is awaited.
+* ``_timeout_cb`` -- overridden: what the idle timer does when it fires
+  (a 421, then close); aiosmtpd's only closes the transport.
 * ``_tls_handshake_okay``, ``_tls_protocol`` -- STARTTLS state, read by the
   loop to refuse commands after a failed handshake or before STARTTLS.
 * ``_enforce_call_limit``, ``_call_limit_default``, ``_call_limit_base`` --
@@ -79,7 +87,7 @@ import collections
 import logging
 from base64 import b64decode, b64encode
 from collections.abc import Callable, Mapping
-from typing import Any, AnyStr, Final
+from typing import Any, AnyStr, Final, cast
 
 from aiosmtpd.smtp import (
     ALLOWED_BEFORE_STARTTLS,
@@ -222,6 +230,7 @@ class CommandLoop(SMTP):
     line_length_limit = STREAM_WINDOW
 
     waiting_for_command = False
+    _reading_message_data = False  # inside read_message_data, for the idle timeout's line
     client_closed = False
     """The client sent EOF: what it sent before still gets answered."""
     _in_clear = True
@@ -327,30 +336,35 @@ class CommandLoop(SMTP):
         limit = self.data_size_limit or 0
         size = 0
         tail = b"\r\n"
-        while True:
-            rest = _straddle(tail, buffered)
-            try:
-                if rest is None:
-                    piece = await reader.readuntil(b".\r\n")
-                elif rest:
-                    piece = await reader.readexactly(rest)
-                else:
-                    piece = await reader.readuntil(_TERMINATOR)
-                ends_data = (tail + piece[-5:])[-5:] == _TERMINATOR
-            except asyncio.IncompleteReadError:
-                raise ClientGone from None  # the message is not complete: not ours yet
-            except asyncio.LimitOverrunError as exc:
-                piece = await reader.read(exc.consumed)
-                ends_data = False
-            self._reset_timeout()
-            if ends_data:
-                piece = piece[:-3]
-            size += len(piece)
-            if size <= limit:
-                take(piece)
-            if ends_data:
-                return size <= limit
-            tail = (tail + piece[-4:])[-4:]
+        self._reading_message_data = True
+        try:
+            while True:
+                rest = _straddle(tail, buffered)
+                try:
+                    if rest is None:
+                        piece = await reader.readuntil(b".\r\n")
+                    elif rest:
+                        piece = await reader.readexactly(rest)
+                    else:
+                        piece = await reader.readuntil(_TERMINATOR)
+                    ends_data = (tail + piece[-5:])[-5:] == _TERMINATOR
+                except asyncio.IncompleteReadError:
+                    raise ClientGone from None  # the message is not complete: not ours yet
+                except asyncio.LimitOverrunError as exc:
+                    piece = await reader.read(exc.consumed)
+                    ends_data = False
+                self._reset_timeout()
+                if ends_data:
+                    piece = piece[:-3]
+                size += len(piece)
+                if size <= limit:
+                    take(piece)
+                if ends_data:
+                    self._pause_timeout()
+                    return size <= limit
+                tail = (tail + piece[-4:])[-4:]
+        finally:
+            self._reading_message_data = False
 
     # -- what subclasses decide ----------------------------------------------
 
@@ -382,6 +396,60 @@ class CommandLoop(SMTP):
         """Send a refusal whose reason the reply's code alone does not say."""
         self.explain_refusal(reason)
         await self.push(reply)
+
+    # -- the idle timer ------------------------------------------------------
+
+    def _pause_timeout(self) -> None:
+        """Stop the idle timer at a message's end: the queue's write that follows is the
+        server's time, and a slow one must not end in a 421 (the client would send the
+        message again, queued all the same). The loop starts it again for the next command."""
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    def _timeout_cb(self) -> None:
+        """Say 421 and close: the client sent no command or data for ``idle_timeout``.
+
+        Runs as a timer callback, outside the session's task, so it never waits
+        for drain: a client that sends nothing may read nothing either, and if the
+        reply cannot leave at once the connection is aborted instead. Closing the
+        transport ends the session's task (connection_lost cancels it), so a
+        message whose data was not complete is not queued.
+        """
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport | None, self.transport)
+        if transport is None or transport.is_closing():
+            return
+        doing = self._idle_activity()
+        self.explain_refusal(RejectReason.OTHER, f"idle timeout {doing}")
+        if self._tls_protocol is not None and self._in_clear:
+            # STARTTLS said 220 and no handshake followed: nothing can be said
+            # in clear any more, and nothing over TLS yet.
+            self.log_refusal("closed: no TLS handshake before the idle timeout")
+            transport.close()
+            # As for a failed handshake: the TLS layer never told us it was
+            # connected, so it will not tell us it is gone.
+            self.connection_lost(None)
+            return
+        reply = f"421 4.4.2 {self.hostname} Error: timeout exceeded"
+        self.log_refusal(reply)
+        held, self._held_replies = self._held_replies, b""
+        self._writer.write(held + reply.encode("ascii") + b"\r\n")
+        if transport.get_write_buffer_size():
+            transport.abort()  # the client is not reading: close would wait for it forever
+        else:
+            transport.close()  # over TLS: the 421, then close_notify
+
+    def _idle_activity(self) -> str:
+        """What the session was waiting for when the idle timer fired, for the log line."""
+        if self._tls_protocol is not None and self._in_clear:
+            return "in the TLS handshake"
+        if self.waiting_for_command:
+            return "waiting for a command"
+        if self._reading_message_data:
+            return "in message data"
+        if self._answering == "AUTH":
+            return "in an AUTH exchange"
+        return f"answering {self._answering}" if self._answering else "at the greeting"
 
     # -- the loop ------------------------------------------------------------
 
@@ -434,6 +502,8 @@ class CommandLoop(SMTP):
             if served % _COMMANDS_PER_TURN == 0:
                 await asyncio.sleep(0)  # the next line may be buffered: nothing else yields
             self._answering = None
+            if self._timeout_handle is None or self._timeout_handle.cancelled():
+                self._reset_timeout()  # stopped while the server queued a message
             self.waiting_for_command = True
             try:
                 line = await self.read_line()
