@@ -1,4 +1,4 @@
-"""Where a message's data ends: CommandLoop.read_message_data on a real asyncio.StreamReader.
+"""Where a message's data ends: data_reader.read_data on a real asyncio.StreamReader.
 
 The rule it must follow (RFC 5321 4.1.1.4), written as a search: the data ends at
 the first CRLF "." CRLF of the stream with the DATA command's own CRLF in front,
@@ -11,13 +11,13 @@ with windows (StreamReader limits) small enough to make every read overrun.
 from __future__ import annotations
 
 import asyncio
-import types
 from collections.abc import Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaymail.inbound.protocol import STREAM_WINDOW, ClientGone, CommandLoop
+from relaymail.inbound.data_reader import ClientGone, read_data
+from relaymail.inbound.protocol import STREAM_WINDOW
 
 
 def by_the_rule(stream: bytes) -> tuple[bytes, bytes] | None:
@@ -32,12 +32,8 @@ def by_the_rule(stream: bytes) -> tuple[bytes, bytes] | None:
 async def read(
     stream: bytes, cuts: Sequence[int], *, window: int = STREAM_WINDOW, size_limit: int = 10**9
 ) -> tuple[bool | None, list[bytes], bytes]:
-    """(read_message_data's answer or None if the client left first, the pieces, what is left)."""
+    """(read_data's answer or None if the client left first, the pieces, what is left)."""
     reader = asyncio.StreamReader(limit=window)
-    loop = types.SimpleNamespace(
-        _reader=reader, data_size_limit=size_limit, _reset_timeout=lambda: None,
-        _pause_timeout=lambda: None,
-    )
 
     async def client() -> None:
         start = 0
@@ -50,7 +46,7 @@ async def read(
     pieces: list[bytes] = []
     sending = asyncio.ensure_future(client())
     try:
-        answer: bool | None = await CommandLoop.read_message_data(loop, pieces.append)  # type: ignore[arg-type]
+        answer: bool | None = await read_data(reader, size_limit, pieces.append)
     except ClientGone:
         answer = None
     await sending

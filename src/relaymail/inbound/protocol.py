@@ -48,7 +48,7 @@ pyproject.toml pins ``aiosmtpd>=1.4.6,<1.5``:
   ``_reader._buffer`` (asyncio.StreamReader's) is looked at, never changed: a
   whole command already in it holds back a MAIL or RCPT reply (``push``), and
   its first octets tell whether the end of a message's data begun in the last
-  piece read is there (``read_message_data``).
+  piece read is there (``data_reader.read_data``).
 * ``_reset_timeout``, ``_timeout_handle`` -- the idle timer, restarted per command
   and DATA piece, stopped from a message's end until the next command is awaited.
 * ``_timeout_cb`` -- overridden: what the idle timer does when it fires
@@ -105,6 +105,7 @@ from .. import observe
 from ..display import printable
 from ..dsn_request import DsnRequest, RecipientDsn, Ret
 from ..observe import RejectReason
+from .data_reader import ClientGone, read_data
 from .grammar import SmtpPath, parse_path
 from .refusals import classify
 
@@ -135,33 +136,6 @@ _COMMANDS_PER_TURN: Final = 64
 """Commands a session answers from its buffer before other sessions and timers get the
 event loop: pipelined by the thousand (a few hundred KiB in the buffer, each command
 read without waiting), twenty clients held every listener's greeting for 38 s."""
-
-_TERMINATOR: Final = b"\r\n.\r\n"
-
-
-def _straddle(tail: bytes, buffered: bytearray) -> int | None:
-    """How many buffered octets complete a terminator begun by the last octets read
-    (`tail`); 0 if none can, so the next one lies wholly ahead; None if too few
-    are buffered to tell.
-
-    Only "\\r" or "\\r\\n" can be the terminator's start at the end of a piece:
-    a read up to the terminator (or StreamReader's LimitOverrunError, which
-    leaves a separator's possible start in the buffer) never ends inside one,
-    and a read up to "." CRLF leaves the "." of one unread.
-    """
-    for begun in (2, 1):
-        if tail.endswith(_TERMINATOR[:begun]):
-            wanted = _TERMINATOR[begun:]
-            seen = bytes(buffered[: len(wanted)])
-            if seen == wanted:
-                return len(wanted)
-            return None if wanted.startswith(seen) else 0
-    return 0
-
-
-class ClientGone(Exception):
-    """The client closed its side (EOF) before the line or the data it owed was complete."""
-
 
 class LineError(Exception):
     """A line the loop refuses without looking at it; ``reply`` says why."""
@@ -319,52 +293,19 @@ class CommandLoop(SMTP):
 
     async def read_message_data(self, take: Callable[[bytes], None]) -> bool:
         """Hand the message up to CRLF "." CRLF to ``take``, piece by piece, as sent (still
-        dot-stuffed); False if it is over the size limit.
+        dot-stuffed); False if it is over the size limit (data_reader.read_data).
 
-        Reads up to the terminator (or 64 KiB without one), so a message takes a
-        read or two whatever its lines end with. Only where the data read so far
-        may end with the terminator's first octets (the DATA command's own CRLF at
-        the start, which makes an empty message a lone "." line) is the rest looked
-        for in what is already buffered (``_straddle``); if too little is, the
-        next "." line is read instead, which settles it. A piece ends the message
-        when the five octets before its end are CRLF "." CRLF. Past the size limit
-        nothing more is handed over and the rest is read and dropped, then refused
-        (RFC 5321 4.2.5: the reply comes after the data).
+        The idle timer restarts at each piece and stops at the end: what follows
+        is the server's time (``_pause_timeout``).
         """
-        reader = self._reader
-        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]  # listed above
-        limit = self.data_size_limit or 0
-        size = 0
-        tail = b"\r\n"
         self._reading_message_data = True
         try:
-            while True:
-                rest = _straddle(tail, buffered)
-                try:
-                    if rest is None:
-                        piece = await reader.readuntil(b".\r\n")
-                    elif rest:
-                        piece = await reader.readexactly(rest)
-                    else:
-                        piece = await reader.readuntil(_TERMINATOR)
-                    ends_data = (tail + piece[-5:])[-5:] == _TERMINATOR
-                except asyncio.IncompleteReadError:
-                    raise ClientGone from None  # the message is not complete: not ours yet
-                except asyncio.LimitOverrunError as exc:
-                    piece = await reader.read(exc.consumed)
-                    ends_data = False
-                self._reset_timeout()
-                if ends_data:
-                    piece = piece[:-3]
-                size += len(piece)
-                if size <= limit:
-                    take(piece)
-                if ends_data:
-                    self._pause_timeout()
-                    return size <= limit
-                tail = (tail + piece[-4:])[-4:]
+            return await read_data(
+                self._reader, self.data_size_limit or 0, take, on_piece=self._reset_timeout
+            )
         finally:
             self._reading_message_data = False
+            self._pause_timeout()
 
     # -- what subclasses decide ----------------------------------------------
 
