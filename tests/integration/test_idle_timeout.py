@@ -214,3 +214,35 @@ async def test_a_slow_queue_write_after_the_data_is_not_the_clients_idle_time(
     assert str(await client.reply()) == TIMEOUT_REPLY  # the timer runs again after the 250
     assert len(spool.messages) == 1
 
+
+
+def test_under_uvloop_the_shutdown_cuts_off_a_client_that_does_not_read(
+    server_tls: ssl.SSLContext,
+) -> None:
+    # Its replies fill the transport, so the 421 at the end of the grace cannot leave:
+    # the connection must end all the same, on uvloop's transports as `serve` runs them.
+    async def scenario() -> int:
+        settings = ListenerSettings(
+            host="127.0.0.1", port=0, hostname=HOSTNAME, relay_networks=LOOPBACK,
+            relay_domains=(RELAY_DOMAIN,), max_commands_per_verb=1_000_000,
+        )  # fmt: skip
+        handle = await start_listener(settings, MemorySpool(), {}, server_tls)
+        _, writer = await asyncio.open_connection("127.0.0.1", handle.port)
+        writer.transport.set_write_buffer_limits(0)
+        writer.write(b"EHLO client.example\r\n" * 200_000)  # 40 MB of replies, unread
+        await until(lambda: handle.active_sessions == 1)
+        await asyncio.sleep(0.5)
+        port = handle.port
+        await handle.close(grace=0.5)
+        await until(lambda: not _established_from(port))  # the server's end is gone
+        writer.transport.abort()
+        return handle.active_sessions
+
+    assert uvloop.run(scenario()) == 0
+
+
+def _established_from(port: int) -> bool:
+    """Whether a TCP connection with local port `port` is still established (Linux)."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return any(int(row[1].split(":")[1], 16) == port and row[3] == "01" for row in rows)

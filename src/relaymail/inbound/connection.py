@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from typing import TYPE_CHECKING, AnyStr, Final
+from typing import TYPE_CHECKING, AnyStr, Final, cast
 
 from aiosmtpd.smtp import MISSING, syntax
 
@@ -135,8 +135,10 @@ class InboundSMTP(CommandLoop):
         return False
 
     def abort(self) -> None:
-        if isinstance(self.transport, asyncio.Transport):
-            self.transport.abort()
+        # Not isinstance(asyncio.Transport): uvloop's transports do not subclass it, and
+        # under `serve` the cut-off after the shutdown grace did nothing.
+        if self.transport is not None:
+            cast(asyncio.Transport, self.transport).abort()
 
     def tls_in_use(self) -> tuple[str, str] | None:
         """(TLS version, cipher) of this connection, None in cleartext."""
