@@ -312,6 +312,12 @@ def test_exit_statuses(ca_file, shared):
     assert (code, out) == (0, "u@dest.test\nv@dest.test\n")
     code, out, _ = sendmail("--help")
     assert code == 0 and "-bv" in out and "-oem" in out
+    # A mode it does not have is refused, not taken for -bm with the input sent as mail.
+    for mode in ("-bs", "-bt", "-bD", "-bh", "-q1h"):
+        assert sendmail("-C", str(config), mode, "u@dest.test")[0] == EX_USAGE, mode
+    # -bp is mailq: here its answer for a queue the daemon has not opened yet.
+    code, _, err = sendmail("-C", str(config), "-bp", as_nobody=False)
+    assert (code, err) == (66, f"relaymail: no queue at {shared / 'queue'}\n")
     code, _, err = sendmail("-C", str(config), "-oem", "-odq", "-oee", "-odb", "-B", "8BITMIME",
                             "-oi", "-i", "u@dest.test")  # fmt: skip
     assert code == 0, err

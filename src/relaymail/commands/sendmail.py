@@ -48,12 +48,13 @@ now or when it next starts.
   -bm           deliver (the default)
   -bv           check the recipients, print each as it would be queued, send nothing
   -bi           rebuild the aliases (relaymail newaliases), send nothing
+  -bp           list the queue (mailq, relaymail queue list)
   -C FILE       configuration file
-  -oem -oee -odq -odb -odi, other -o and -b options, -v
+  -oem -oee -odq -odb -odi, other -o options, -v
                 accepted and ignored: errors always come back by mail or exit
                 status, delivery is always in the background
-  -bs -bd -bp -q
-                refused: use relaymail serve and relaymail queue
+  -bs -bd -bt and every other -b mode, -q
+                refused (not taken for -bm): use relaymail serve and relaymail queue
   --help        this text
 
 Exit status: 0 in the maildrop, 64 usage, 65 message too large, 66 no input,
@@ -71,6 +72,7 @@ class _Options:
         self.flags: list[tuple[str, str]] = []  # -N -R -B -V, kept for the daemon
         self.verify = False  # -bv
         self.rebuild_aliases = False  # -bi
+        self.list_queue = False  # -bp: mailq
         self.help = False
 
 
@@ -110,9 +112,10 @@ def parse_args(argv: list[str]) -> _Options:
             options.extract = True
         elif arg in ("-i", "-oi"):
             options.dot_ends = False
-        elif arg in ("-bv", "-bi"):
+        elif arg in ("-bv", "-bi", "-bp", "-bm"):
             options.verify = options.verify or arg == "-bv"
             options.rebuild_aliases = options.rebuild_aliases or arg == "-bi"
+            options.list_queue = options.list_queue or arg == "-bp"
         elif flag in ("-N", "-R", "-V", "-B"):
             if not value:
                 if not args:
@@ -122,8 +125,10 @@ def parse_args(argv: list[str]) -> _Options:
                 raise ValueError(f"{flag}: not a printable word")
             _check_dsn_flag(flag, value)
             options.flags.append((flag[1], value))
-        elif flag in ("-o", "-b", "-v", "-q", "-O", "-X", "-h"):
-            if arg in ("-bs", "-bd", "-bp", "-q") or arg.startswith("-q"):
+        elif flag in ("-o", "-v", "-q", "-O", "-X", "-h", "-b"):
+            # Any other mode (-bs SMTP on stdin, -bd, -bt, -bh, -bP, ...) would be taken
+            # for -bm and send the input as mail: refused, as queue runs (-q) are.
+            if flag in ("-b", "-q"):
                 raise ValueError(f"{arg} is not supported: use relaymail serve / relaymail queue")
             if flag in ("-X", "-h") and not value and args:
                 args.pop(0)  # options that take a separate argument we do not use
@@ -231,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         path = find_config_file(options.config)
         if options.rebuild_aliases:
             return _rebuild_aliases(path)
+        if options.list_queue:
+            from .cli import main as relaymail
+
+            return relaymail(["queue", "list", *(["--config", path] if path else [])])
         settings = submit_settings(path)
         maildrop, maildrop_owner = _maildrop(path, settings.queue_directory)
     except ConfigError as exc:
