@@ -26,6 +26,7 @@ from relaymail.queue.store import (
 from relaymail.suspension_file import SuspendedEntry
 
 EVIL = "<script>alert('x')</script>\"&'"
+TERMINAL = "\x1b[2J\x1b[31mEVIL\x07"  # a reply that would clear and colour a terminal
 
 
 def entry() -> HistoryEntry:
@@ -66,3 +67,15 @@ def test_a_message_page_escapes_hostile_values_everywhere():
     )  # fmt: skip
     detail = MessageDetail("1AAAAAAAAAA", EVIL, 10, 900.0, False, False, (recipient,))
     assert_inert(message_page(MessageView("1AAAAAAAAAA", detail, (entry(),)), EVIL))
+
+
+def test_control_characters_are_shown_written_out_not_sent_to_the_terminal():
+    recipient = RecipientDetail(
+        "u@x.test", RecipientState.DEFERRED, 1, 2000.0, 1000.0, TERMINAL, TERMINAL,
+        {"used": False}, TERMINAL,
+    )  # fmt: skip
+    detail = MessageDetail("1AAAAAAAAAA", "a@x.test", 10, 900.0, False, False, (recipient,))
+    page = message_page(MessageView("1AAAAAAAAAA", detail, ()), "relay.test").decode()
+    assert "\x1b" not in page and "\x07" not in page
+    assert "\\x1b[2J\\x1b[31mEVIL\\x07" in page
+

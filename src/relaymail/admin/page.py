@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from ..delivery.results import Attempt, Status
+from ..display import visible
 from ..queue.store import RecipientDetail
 from ..tls.context import CLEAR, TlsFacts
 from .chart import hourly_chart
@@ -46,7 +47,8 @@ code, .mono { font-family: ui-monospace, monospace; font-size: .92em; }
 
 
 def _e(value: object) -> str:
-    return escape(str(value), quote=True)
+    # Control characters written out too: `curl` of the page in a terminal runs none.
+    return escape(visible(str(value)), quote=True)
 
 
 def _when(at: float | None) -> str:
