@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -81,6 +82,12 @@ def test_the_delivery_line_has_postfix_fields_in_postfix_order() -> None:
         "decision=continued-clear: STARTTLS refused with a 4xx reply (454 4.7.0 TLS not "
         "available); tempfail_fallback is on, status=sent (250 2.0.0 Ok: queued as RCV1)"
     )
+
+
+def test_the_null_sender_is_shown_as_empty_brackets_not_left_out() -> None:
+    bounce = dataclasses.replace(SENT, sender="")
+    assert ", from=<>, " in text_line(bounce)
+    assert json_fields(bounce)["from"] == ""
 
 
 def test_a_line_without_a_queue_id_says_noqueue_and_leaves_out_absent_facts() -> None:

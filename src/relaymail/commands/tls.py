@@ -11,49 +11,36 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import Config
 from ..state_db import StateAccess, StateDenied, StateMissing
 from ..tls.downgrade import Remembered, TlsLevel
 from .exits import EX_NOPERM, EX_OK
 
+if TYPE_CHECKING:
+    from ..tls.memory import TlsMemory
+
+_T = TypeVar("_T")
+
 
 def forget(config: Config, domain: str) -> int:
     """Clear the downgrade memory of `domain` (checked and in lookup form)."""
-    from ..tls.memory import TlsMemory
-
     try:
-        memory = TlsMemory(config.queue, config.tls.remember_for, StateAccess.WRITE)
-    except StateMissing:
-        forgotten = False
+        forgotten = _with_memory(config, StateAccess.WRITE, lambda m: m.forget(domain))
     except StateDenied as exc:
         return _denied(exc)
-    else:
-        try:
-            forgotten = memory.forget(domain)
-        finally:
-            memory.close()
     print(f"{domain}: " + ("forgotten" if forgotten else "nothing remembered"))
     return EX_OK
 
 
 def show(config: Config, domain: str, *, as_json: bool) -> int:
     """Print what the downgrade memory holds for `domain`, since when, until when."""
-    from ..tls.memory import TlsMemory
-
-    found: Remembered | None = None
     try:
-        memory = TlsMemory(config.queue, config.tls.remember_for, StateAccess.READ)
-    except StateMissing:
-        pass
+        found = _with_memory(config, StateAccess.READ, lambda m: m.recall(domain))
     except StateDenied as exc:
         return _denied(exc)
-    else:
-        try:
-            found = memory.recall(domain)
-        finally:
-            memory.close()
     if as_json:
         print(json.dumps(_shown(config, domain, found)))
     elif found is None:
@@ -86,6 +73,21 @@ def _shown(config: Config, domain: str, found: Remembered | None) -> dict[str, A
         "expires": _iso(found.expires(config.tls.remember_for)),
         "enforced": enforced,
     }
+
+
+def _with_memory(config: Config, access: StateAccess, use: Callable[[TlsMemory], _T]) -> _T | None:
+    """What `use` makes of the downgrade memory opened for `access`; None when there is
+    none yet (nothing was ever remembered). StateDenied: this user may not open it."""
+    from ..tls.memory import TlsMemory
+
+    try:
+        memory = TlsMemory(config.queue, config.tls.remember_for, access)
+    except StateMissing:
+        return None
+    try:
+        return use(memory)
+    finally:
+        memory.close()
 
 
 def _denied(exc: StateDenied) -> int:

@@ -30,8 +30,8 @@ def text_line(event: LogEvent) -> str:
     parts: list[str] = []
     trailer: str | None = None  # the first present: a delivery's remote reply, else our reason
     for name, value, form in event.fields():
-        if value is None or value == "":
-            continue
+        if value is None or (value == "" and form is not Field.ADDRESS):
+            continue  # absent; an empty address is the null path, shown as <>
         if form is _PLAIN and value.__class__ is str:  # most facts: no dispatch, no copy
             assert isinstance(value, str)
             parts.append(f"{name}={value if value.isprintable() else escape(value)}")
