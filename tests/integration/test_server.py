@@ -954,3 +954,18 @@ async def test_a_client_pipelining_thousands_of_commands_does_not_hold_the_other
     assert [env.sender for env, _ in spool.messages] == [
         "other@client.example", "flood@client.example"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [("<a@[300.1.1.1]>", 553), ("<a@[foo]>", 553), ("<a@[IPv6:::1:zz]>", 553),
+     ("<a@[192.0.2.1]>", 250), ("<a@[IPv6:2001:db8::1]>", 250)],
+)  # fmt: skip
+async def test_an_address_literal_holds_an_ipv4_or_ipv6_address(
+    listen: Listen, clients: Any, path: str, code: int
+) -> None:
+    # RFC 5321 4.1.3; anything in brackets was taken before.
+    handle, _ = await listen()
+    client, _ = await clients(handle.port)
+    await client.command("EHLO client.example")
+    assert (await client.command(f"MAIL FROM:{path}")).code == code

@@ -1,17 +1,17 @@
 """The checks sendmail runs without `re` accept and refuse exactly what the patterns they
 replaced did (kept here as the oracle), on generated input that aims at their edges."""
 
+import ipaddress
 import re
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from relaymail.address import check_address, check_mailbox
+from relaymail.address import check_address, check_mailbox, domain_of
 from relaymail.canonical import canonical_line_ends
 from relaymail.config_values import host_name, size, text
 from relaymail.errors import AddressError, ConfigError
 from relaymail.headers import display_name, foreign_text, has_control_characters
-from relaymail.inbound.checks import address_problem
 from relaymail.inbound.grammar import _MAILBOX as MAILBOX_PATTERN
 
 CONTROL_RUN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
@@ -123,10 +123,27 @@ MAILBOX = st.lists(st.text(MAILBOX_EDGES, max_size=4) | st.sampled_from(["xn--",
 @example("a@x.test.")
 @example("a@[300.1.1.1]")
 def test_a_mailbox_is_refused_as_smtp_refuses_it(value: str) -> None:
-    # The oracle: the SMTP grammar's mailbox and what RCPT TO in an SMTPUTF8 transaction
-    # is answered (a local name alone, "<root>", is another rule's: no domain to check).
+    # The oracle: the SMTP grammar's mailbox, the path checks, IDNA, and an address
+    # literal's address (a local name alone, "<root>", is another rule's: no domain).
     smtp_takes = (
         re.fullmatch(MAILBOX_PATTERN, value) is not None
-        and address_problem(value, smtputf8=True, role="recipient") is None
+        and not _refuses(check_address, value)
+        and not _refuses(domain_of, value)
+        and _literal_holds_an_address(value.rpartition("@")[2])
     )
     assert _refuses(check_mailbox, value) == (not smtp_takes)
+
+
+def _literal_holds_an_address(domain: str) -> bool:
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return True
+    inside = domain[1:-1]
+    try:
+        if inside[:5].lower() == "ipv6:":
+            ipaddress.IPv6Address(inside[5:])
+        else:
+            ipaddress.IPv4Address(inside)
+    except ValueError:
+        return False
+    return True
+

@@ -10,7 +10,7 @@ from typing import Final
 from ..dsn_request import is_xtext, parse_envid, parse_notify, parse_orcpt, parse_ret
 from ..errors import AddressError
 from ..listener_settings import ListenerSettings
-from ..message import check_address, domain_of
+from ..message import check_mailbox
 
 __all__ = [
     "IPAddress",
@@ -124,8 +124,7 @@ def address_problem(address: str, *, smtputf8: bool, role: str) -> str | None:
         # RFC 6531 3.4: non-ASCII addresses only in an SMTPUTF8 transaction.
         return "553 5.6.7 Non-ASCII address needs MAIL FROM with SMTPUTF8"
     try:
-        check_address(address)
-        domain_of(address)
+        check_mailbox(address)  # what sendmail and the pickup check too
     except AddressError:
         return f"553 {detail} Bad {role} address syntax"
     return None
