@@ -109,7 +109,7 @@ async def test_a_client_idle_in_the_middle_of_data_gets_421_and_nothing_is_queue
     assert spool.messages == []
     [line] = timeouts(caplog)
     assert (line.command, line.reason, line.detail) == (
-        "DATA", RejectReason.OTHER, "idle timeout in message data",
+        "DATA", RejectReason.IDLE_TIMEOUT, "idle timeout in message data",
     )  # fmt: skip
     assert tracebacks(caplog) == []
 

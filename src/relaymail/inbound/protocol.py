@@ -361,7 +361,7 @@ class CommandLoop(SMTP):
         if transport is None or transport.is_closing():
             return
         doing = self._idle_activity()
-        self.explain_refusal(RejectReason.OTHER, f"idle timeout {doing}")
+        self.explain_refusal(RejectReason.IDLE_TIMEOUT, f"idle timeout {doing}")
         if self._tls_protocol is not None and self._in_clear:
             # STARTTLS said 220 and no handshake followed: nothing can be said
             # in clear any more, and nothing over TLS yet.

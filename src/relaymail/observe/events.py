@@ -77,6 +77,7 @@ class RejectReason(enum.StrEnum):
     MAIL_LOOP = "mail-loop"
     QUEUE_UNAVAILABLE = "queue-unavailable"
     INTERNAL_ERROR = "internal-error"
+    IDLE_TIMEOUT = "idle-timeout"  # nothing from the client for `idle_timeout`: 421, closed
     OTHER = "other"
 
 
