@@ -134,7 +134,8 @@ def _ip_literal(inside: str) -> bool:
     tag, colon, rest = inside.partition(":")
     try:
         if colon:
-            return tag.lower() == "ipv6" and ipaddress.IPv6Address(rest) is not None
+            # No zone ("%eth0"): ipaddress takes one, RFC 5321's IPv6-addr has none.
+            return tag.lower() == "ipv6" and "%" not in rest and bool(ipaddress.IPv6Address(rest))
         return ipaddress.IPv4Address(inside) is not None
     except ValueError:
         return False

@@ -959,6 +959,7 @@ async def test_a_client_pipelining_thousands_of_commands_does_not_hold_the_other
 @pytest.mark.parametrize(
     ("path", "code"),
     [("<a@[300.1.1.1]>", 553), ("<a@[foo]>", 553), ("<a@[IPv6:::1:zz]>", 553),
+     ("<a@[IPv6:fe80::1%eth0]>", 553),
      ("<a@[192.0.2.1]>", 250), ("<a@[IPv6:2001:db8::1]>", 250)],
 )  # fmt: skip
 async def test_an_address_literal_holds_an_ipv4_or_ipv6_address(

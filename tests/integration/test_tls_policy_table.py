@@ -367,3 +367,36 @@ async def test_a_kept_session_below_a_domains_memory_does_not_carry_its_mail(
     ]
     assert not [line for tls, line in envelope_lines(peer) if "seen.test" in line and not tls]
     assert peer.connections == 3  # seen's first; never's, kept and reused; seen's refused
+
+
+async def test_a_kept_session_is_held_against_the_memory_as_it_is_now(
+    smtp_peer, ca_file, tmp_path
+):
+    # Judged clear while nothing was remembered, the session is kept; another delivery
+    # (to another MX of the domain, say) then sees TLS: the kept one may not carry more.
+    from relaymail.config import parse_config
+    from relaymail.delivery import DeliveryEngine
+    from relaymail.message import Envelope
+    from relaymail.tls.downgrade import TlsLevel
+    from relaymail.tls.memory import TlsMemory
+    from tests.integration.conftest import MESSAGE, hop
+
+    peer = await smtp_peer(Script(advertise_starttls=False))
+    config = parse_config({
+        "delivery": {"helo_name": "client.relaymail.test", "connection_idle_time": 30},
+        "tls": {"ca_file": str(ca_file), "remember": True},
+        "queue": {"directory": str(tmp_path / "queue")},
+        "routes": {"dest.test": [hop(peer)]},
+    })  # fmt: skip
+    engine = DeliveryEngine(config)
+    try:
+        [clear] = await engine.deliver(Envelope("a@sender.test", ("u@dest.test",)), MESSAGE)
+        assert clear.status is Status.DELIVERED and not clear.tls.used  # and kept
+        memory = TlsMemory(config.queue, config.tls.remember_for)
+        memory.saw("dest.test", TlsLevel.TLS)
+        memory.close()
+        [held] = await engine.deliver(Envelope("a@sender.test", ("v@dest.test",)), MESSAGE)
+    finally:
+        await engine.close()
+    assert held.status is Status.DEFERRED and "possible STARTTLS stripping" in held.reason
+    assert [t.recipients for t in peer.transactions] == [("u@dest.test",)]

@@ -140,6 +140,8 @@ def _literal_holds_an_address(domain: str) -> bool:
     inside = domain[1:-1]
     try:
         if inside[:5].lower() == "ipv6:":
+            if "%" in inside:  # a zone: ipaddress takes one, RFC 5321 does not
+                return False
             ipaddress.IPv6Address(inside[5:])
         else:
             ipaddress.IPv4Address(inside)

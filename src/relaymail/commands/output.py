@@ -45,9 +45,14 @@ class _GuardedOutput(io.RawIOBase):
 
 
 def guarded_stdout(stdout: TextIO) -> TextIO:
-    """`stdout` whose failed writes raise OutputError."""
+    """`stdout` whose failed writes raise OutputError; as it is when it has no file
+    descriptor (replaced by an embedding program, a test's capture)."""
+    try:
+        fd = stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return stdout
     return io.TextIOWrapper(
-        io.BufferedWriter(_GuardedOutput(stdout.fileno())),
+        io.BufferedWriter(_GuardedOutput(fd)),
         encoding=stdout.encoding,
         errors=stdout.errors,
         line_buffering=bool(stdout.line_buffering),

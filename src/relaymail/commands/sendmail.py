@@ -182,7 +182,8 @@ def prepare(data: bytes, options: _Options) -> tuple[bytes, list[str]]:
     for line in headers.split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and skipping:
             continue
-        skipping = line.lower().startswith((b"bcc:", b"resent-bcc:"))
+        name, colon, _ = line.partition(b":")
+        skipping = bool(colon) and name.rstrip(b" \t").lower() in (b"bcc", b"resent-bcc")
         if not skipping:
             kept.append(line)
     headers = b"\r\n".join(kept)
@@ -195,8 +196,8 @@ def _with_header_end(data: bytes) -> bytes:
     no field ("Name: value", or its continuation), which starts the body. Input piped in
     without a header section (`echo text | sendmail`) is then body, not a header line the
     added Message-ID would run into; a leading mbox "From " line is dropped."""
-    if data.startswith(b"From "):
-        data = data[data.find(b"\r\n") + 2 :] if b"\r\n" in data else b""
+    if data.startswith(b"From ") and not data[5:].lstrip(b" \t").startswith(b":"):
+        data = data[data.find(b"\r\n") + 2 :] if b"\r\n" in data else b""  # not "From :"
     start = 0
     while start < len(data):
         end = data.find(b"\r\n", start)

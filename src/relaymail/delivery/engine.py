@@ -347,10 +347,9 @@ class DeliveryEngine:
     async def _try_host(self, run: DomainRun, at: Target, *, starttls: bool) -> None:
         hop, ip, level = at.hop, at.ip, at.policy.level
         idle = self._pool.take(hop, ip, level, at.policy.requiretls)
-        if (idle is not None and idle.judged_for != run.domain
-                and await self._starttls.below_memory(run.domain, at.policy, idle.tls)):
+        if idle is not None and await self._starttls.kept_below_memory(run.domain, at.policy, idle):
             self._pool.keep(hop, ip, level, idle, at.policy.requiretls)  # still others'
-            idle = None  # a new session, judged with this domain's memory
+            idle = None  # a new session, judged with the memory as it is now
         setup = 0.0
         if idle is not None:
             session, caps, tls, decision = idle.session, idle.caps, idle.tls, idle.decision
@@ -368,7 +367,7 @@ class DeliveryEngine:
             sent = (idle.messages if idle is not None else 0) + (not run.probe_only)
             spent = sent >= self._messages_per_connection(run.domain)
             if session.is_usable and session.conn.state is State.READY and not spent:
-                kept_session = IdleSession(session, caps, tls, decision, run.domain, sent)
+                kept_session = IdleSession(session, caps, tls, decision, sent)
                 self._pool.keep(hop, ip, level, kept_session, at.policy.requiretls)
                 kept = True
         except SessionError as exc:

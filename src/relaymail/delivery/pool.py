@@ -4,9 +4,9 @@ Sessions that end a transaction cleanly wait here for the next message to the
 same host (Postfix's connection cache): with pipelining, that is what makes
 delivery cheap. A session is kept per address, port, name and TLS level, so a
 message never rides a session opened under a weaker policy, nor one that reached
-less than its domain's downgrade memory holds (the engine asks before reuse). A session that has
-carried its destination's `max_messages_per_connection` is closed instead of
-kept (the engine decides).
+less than its domain's downgrade memory holds now (the engine asks before each
+reuse). A session that has carried its destination's
+`max_messages_per_connection` is closed instead of kept (the engine decides).
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ class IdleSession:
     caps: Capabilities
     tls: TlsFacts
     decision: TlsStep | None  # what the TLS policy decided when the session was opened
-    # The domain whose downgrade memory the session was last held against: a domain
-    # sharing the host may remember more than this session reached (engine.py).
-    judged_for: str
     messages: int = 0  # transactions done on it: shaping's max_messages_per_connection
     expires: asyncio.TimerHandle | None = None
 

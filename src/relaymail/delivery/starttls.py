@@ -26,6 +26,7 @@ from ..tls.policy import Action, Decision, Event, Level, decide, memory_counts
 from ..tls.results import ResultType
 from ..tls.verify import check_peer, failed, openssl_store
 from .plan import HostPolicy
+from .pool import IdleSession
 from .results import AttemptResult
 
 
@@ -89,17 +90,21 @@ class StarttlsStep:
         )  # fmt: skip
         return StarttlsOutcome(event, detail, tls, decision)
 
-    async def below_memory(self, domain: str, policy: HostPolicy, tls: TlsFacts) -> bool:
-        """Whether a session kept from another domain's delivery reached less than the
-        downgrade memory holds for `domain` (as `run` would judge it): it must not carry
-        this domain's mail, or mail to a domain seen with TLS goes in clear on the
-        session of a neighbour on the same host that never had it."""
-        reached = _level_of(tls)
+    async def kept_below_memory(self, domain: str, policy: HostPolicy, idle: IdleSession) -> bool:
+        """Whether a kept session reached less than the downgrade memory holds for `domain`
+        now (as `run` would judge it): it must not carry this domain's mail, or mail to a
+        domain seen with TLS goes in clear on a session judged before the memory rose, or
+        on a neighbour's on the same host. A session the check is cut short for is closed."""
+        reached = _level_of(idle.tls)
         if reached is TlsLevel.VERIFIED or not self._settings.remembers(domain):
             return False
         if self._memory is None or not memory_counts(policy.level) or policy.requiretls:
             return False
-        remembered = await self._memory.recall_async(domain)
+        try:
+            remembered = await self._memory.recall_async(domain)
+        except BaseException:
+            idle.session.abort()
+            raise
         return remembered is not None and remembered.level > reached
 
     async def _negotiate(

@@ -289,6 +289,8 @@ class CommandLoop(SMTP):
             self._held_replies += response + b"\r\n"
             return
         held, self._held_replies = self._held_replies, b""
+        if self._timeout_handle is None or self._timeout_handle.cancelled():
+            self._reset_timeout()  # the queue's write is done: a client that will not read is idle
         await super().push(held + response)
 
     async def read_message_data(self, take: Callable[[bytes], None]) -> bool:
