@@ -215,7 +215,6 @@ def test_queue_list_into_a_reader_that_stops_early(
     assert err == ""  # a reader that stopped reading asked for no explanation
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="runs mailq as another user")
 @pytest.mark.parametrize("command", [["mailq"], ["relaymail", "queue", "list"]])
 def test_a_queue_listing_by_a_user_who_may_not_open_the_queue_says_whom_to_run_as(
     command: list[str],
