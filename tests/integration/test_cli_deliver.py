@@ -119,3 +119,18 @@ async def test_probe_shows_capabilities_tls_and_the_decision(smtp_peer, ca_file,
     code, out, _ = await run("probe", "dest.test", "--config", str(config))
     assert code == 0
     assert "encrypt" in out and "TLSv1" in out and "454 4.7.0" in out
+
+
+async def test_probe_of_a_domain_that_does_not_exist_says_so_for_good(dns_server, tmp_path):
+    # 68 (EX_NOHOST), as delivery bounces it; a lookup that fails for now stays 75.
+    from tests.peers.dns_server import NXDomain, ServFail
+
+    dns = dns_server([NXDomain("gone.test"), ServFail("broken.test")])
+    config = tmp_path / "relaymail.toml"
+    config.write_text(f'[dns]\nnameservers = ["{dns.host}:{dns.port}"]\ntimeout = 3.0\n'
+                      f'[queue]\ndirectory = "{tmp_path / "queue"}"\n')  # fmt: skip
+    code, out, err = await run("probe", "gone.test", "--config", str(config))
+    assert code == 68, err
+    assert "NXDOMAIN" in out
+    code, _, err = await run("probe", "broken.test", "--config", str(config))
+    assert code == 75, err

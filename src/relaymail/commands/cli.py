@@ -19,6 +19,7 @@ from .exits import (
     EX_CONFIG,
     EX_DATAERR,
     EX_IOERR,
+    EX_NOHOST,
     EX_NOINPUT,
     EX_OK,
     EX_OSERR,
@@ -370,6 +371,8 @@ def _probe(args: argparse.Namespace) -> int:
     config = _config(args.config)
     report = _run(probe_domain(args.domain, config))
     print_report(report, as_json=args.json)
+    if report.routing_permanent:
+        return EX_NOHOST  # what delivery bounces (NXDOMAIN, null MX), not "try again"
     return EX_OK if report.reachable else EX_TEMPFAIL
 
 

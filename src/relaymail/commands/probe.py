@@ -27,6 +27,7 @@ class ProbeReport:
     level_source: str
     tempfail_fallback: bool
     routing_error: str | None = None
+    routing_permanent: bool = False  # the domain has no next hop for good (NXDOMAIN, null MX)
     hosts: tuple[HostInspection, ...] = field(default_factory=tuple)
     sts: StsPolicy | None = None
     tlsrpt: str | None = None  # the rua URIs, or why there are none
@@ -47,7 +48,7 @@ async def probe_domain(domain: str, config: Config) -> ProbeReport:
         try:
             hops = await engine.router.next_hops(name)
         except RoutingError as exc:
-            return ProbeReport(name, level, source, fallback, exc.reason)
+            return ProbeReport(name, level, source, fallback, exc.reason, exc.permanent)
         plan = await engine.plan(name, hops)
         inspections = []
         for hop, policy in plan.hosts:
@@ -58,7 +59,8 @@ async def probe_domain(domain: str, config: Config) -> ProbeReport:
                 inspections += [engine.inspect_host(name, hop, ip, policy) for ip in hop.addresses]
         hosts = tuple(await asyncio.gather(*inspections))
         rua = await _tlsrpt(name, engine)
-        return ProbeReport(name, plan.level, plan.source, fallback, None, hosts, plan.sts, rua)
+        return ProbeReport(name, plan.level, plan.source, fallback, hosts=hosts, sts=plan.sts,
+                           tlsrpt=rua)  # fmt: skip
     finally:
         await engine.close()
 
