@@ -123,7 +123,24 @@ def check_mailbox(address: str) -> None:
             raise AddressError(f"{address!r}: {domain!r} holds no IPv4 or IPv6 address")
     elif not _dot_atom(name, _LABEL):
         raise AddressError(f"{address!r}: {domain!r} is not a domain name or address literal")
+    elif not name.isascii() and not _u_labels(name.lower()):
+        # UTS46 would map it (a zero-width space dropped, fullwidth letters narrowed, "。"
+        # a dot): checked as the mapped name, it would leave as typed, another name.
+        raise AddressError(f"{address!r}: {domain!r} is not a domain name as IDNA2008 writes one")
     domain_of(address)
+
+
+def _u_labels(name: str) -> bool:
+    """Whether `name` is IDNA2008 U-labels as they are (RFC 5891), nothing to map."""
+    import idna  # only international domains pay for its tables (sendmail starts fast)
+
+    if any(dot in name for dot in "\u3002\uff0e\uff61"):  # dots only UTS46 takes for "."
+        return False
+    try:
+        idna.encode(name, uts46=False)
+    except idna.IDNAError:
+        return False
+    return True
 
 
 def _ip_literal(inside: str) -> bool:

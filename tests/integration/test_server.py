@@ -970,3 +970,18 @@ async def test_an_address_literal_holds_an_ipv4_or_ipv6_address(
     client, _ = await clients(handle.port)
     await client.command("EHLO client.example")
     assert (await client.command(f"MAIL FROM:{path}")).code == code
+
+
+@pytest.mark.parametrize(
+    ("domain", "code"),
+    [("example.org\u200b", 553), ("exam\u00adple.org", 553), ("ＥＸＡＭＰＬＥ.org", 553),
+     ("example\u3002org", 553), ("bücher.example", 250)],
+)  # fmt: skip
+async def test_an_international_domain_is_taken_as_written_or_not_at_all(
+    listen: Listen, clients: Any, domain: str, code: int
+) -> None:
+    # UTS46 maps these to example.org: checked as that, they would leave as typed.
+    handle, _ = await listen()
+    client, _ = await clients(handle.port)
+    await client.command("EHLO client.example")
+    assert (await client.command(f"MAIL FROM:<a@{domain}> SMTPUTF8")).code == code
