@@ -382,6 +382,7 @@ async def test_a_writer_thread_that_dies_fails_its_batch_and_every_later_write(
             await store._writer.submit(bug)  # type: ignore[arg-type]
         with pytest.raises(QueueUnavailable):
             await store.enqueue(ENVELOPE, body(2), 0.0)
+        store._writer._thread.join()  # its end, whatever it closes, comes before the read
         assert store.load_data(queued.id) == body(1)  # what was kept stays readable
     finally:
         await store.close()

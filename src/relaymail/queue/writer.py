@@ -194,6 +194,7 @@ class Writer:
             self._hand_over(asyncio.get_running_loop())  # written before the stop
             self._inbox.put(None)
         await asyncio.to_thread(self._thread.join)
+        self._conn.close()  # a thread that died left it open (see _run)
 
     def _run(self) -> None:
         waiting: collections.deque[_Job[Any]] = collections.deque()
@@ -230,7 +231,10 @@ class Writer:
             self._deliver(batch, [(False, QueueUnavailable(self._died))] * len(batch))
         finally:
             self._closing = True
-            self._conn.close()
+            if self._died is None:
+                self._conn.close()
+            # else kept open until close(): the last connection to close removes
+            # the -wal and -shm, and the readers still read what was kept.
             self._fail_leftovers()
 
     def _execute(self, batch: list[_Job[Any]]) -> list[_Outcome]:
