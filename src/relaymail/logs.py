@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -42,6 +43,62 @@ class TextFormatter(logging.Formatter):
             return super().formatTime(record, datefmt)
         return f"{self._stamp(record.created)},{int(record.msecs):03d}"  # default_msec_format
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        # TEXT_FORMAT written out: what Formatter.format makes of it, without looking
+        # the format up again for every line (an event's line is the hot path).
+        return f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic in typeshed only
+    """A StreamHandler that writes the lines of one turn of the event loop at once.
+
+    A line logged from the thread running the loop is kept until the end of that
+    turn and written with the others of the turn: a write and a flush per turn,
+    not per line (two or three lines a message; to journald, a wake-up of its own
+    each). A line from any other thread, or with no loop running, is written at
+    once, after the kept ones. Only a kill between a line and the turn's end
+    loses it; `flush` (logging.shutdown at exit) writes what is kept.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._kept: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is None:
+                self._kept.append(line)
+                self._write_kept()
+                return
+            if not self._kept:
+                loop.call_soon(self.flush)
+            self._kept.append(line)
+        except RecursionError:  # as StreamHandler.emit
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write_kept()
+        finally:
+            self.release()
+
+    def _write_kept(self) -> None:
+        kept, self._kept = "".join(self._kept), []
+        if kept:
+            self.stream.write(kept)
+        if self.stream and hasattr(self.stream, "flush"):
+            self.stream.flush()
+
 
 class JsonFormatter(logging.Formatter):
     """An event (observe/) as its facts, typed; any other record as its message."""
@@ -70,7 +127,7 @@ def setup_logging(level: str, as_json: bool) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown level {level!r}")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

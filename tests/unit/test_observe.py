@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import io
 import json
 import logging
 import re
+import sys
 import time
 
 import jsonschema
@@ -16,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relaymail.admin.queue_gauges import QueueGauges
 from relaymail.delivery.results import AttemptResult, Relay, TlsStep
 from relaymail.inbound.refusals import classify
-from relaymail.logs import TEXT_FORMAT, JsonFormatter, TextFormatter
+from relaymail.logs import TEXT_FORMAT, JsonFormatter, LineHandler, TextFormatter
 from relaymail.metrics import Metrics
 from relaymail.observe import (
     Accepted,
@@ -199,7 +202,9 @@ def test_the_readme_table_lists_every_event_and_every_field_in_order() -> None:
     assert sorted(documented) == sorted({type(e).name for e in SAMPLES})
     assert sorted(documented) == sorted({c.name for c in _event_classes()})
     for event in SAMPLES:
-        assert [key for key, _, _ in documented[event.name]] == [f.name for f in event.fields()]
+        assert [key for key, _, _ in documented[event.name]] == [
+            name for name, _, _ in event.fields()
+        ]
 
 
 def test_every_sample_fits_the_documented_schema() -> None:
@@ -292,3 +297,55 @@ def test_the_readme_lists_every_rejection_reason() -> None:
     text = README.read_text()
     paragraph = text[text.index("Rejection reasons (") : text.index("\n## Metrics\n")]
     assert re.findall(r"`([a-z-]+)`", paragraph.split(":", 1)[1]) == [r.value for r in RejectReason]
+
+
+def test_the_text_formatter_writes_an_exception_as_the_standard_one_does() -> None:
+    try:
+        raise ValueError("the queue said no")
+    except ValueError:
+        record = logging.LogRecord(
+            "relaymail.daemon", logging.ERROR, "", 0, "failed %s", ("once",), sys.exc_info()
+        )
+    assert TextFormatter().format(record) == logging.Formatter(TEXT_FORMAT).format(record)
+    assert "ValueError: the queue said no" in TextFormatter().format(record)
+
+
+class _Writes(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+async def test_the_lines_of_one_loop_turn_go_out_in_one_write_at_its_end() -> None:
+    stream = _Writes()
+    handler = LineHandler(stream)
+    log = logging.getLogger("relaymail.test-line-handler")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("one")
+        log.warning("two")
+        assert stream.writes == []  # kept until the turn ends
+        await asyncio.sleep(0)
+        assert stream.writes == ["one\ntwo\n"]
+        # From a thread without a loop: at once, after what the loop kept.
+        log.warning("three")
+        await asyncio.to_thread(log.warning, "four")
+        assert stream.writes == ["one\ntwo\n", "three\nfour\n"]
+        log.warning("five")
+        handler.flush()  # as logging.shutdown() at exit
+        assert stream.getvalue() == "one\ntwo\nthree\nfour\nfive\n"
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+
+
+def test_with_no_loop_running_every_line_is_written_at_once() -> None:
+    stream = _Writes()
+    handler = LineHandler(stream)
+    handler.handle(logging.LogRecord("relaymail.x", logging.INFO, "", 0, "alone", (), None))
+    assert stream.writes == ["alone\n"]

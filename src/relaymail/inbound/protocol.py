@@ -50,7 +50,8 @@ pyproject.toml pins ``aiosmtpd>=1.4.6,<1.5``:
   its first octets tell whether the end of a message's data begun in the last
   piece read is there (``data_reader.read_data``).
 * ``_reset_timeout``, ``_timeout_handle`` -- the idle timer, restarted per command
-  and DATA piece, stopped from a message's end until the next command is awaited.
+  and DATA piece, stopped from a message's end until the next command is awaited;
+  overridden to move a deadline rather than make a timer each time.
 * ``_timeout_cb`` -- overridden: what the idle timer does when it fires
   (a 421, then close); aiosmtpd's only closes the transport.
 * ``_tls_handshake_okay``, ``_tls_protocol`` -- STARTTLS state, read by the
@@ -137,6 +138,7 @@ _COMMANDS_PER_TURN: Final = 64
 event loop: pipelined by the thousand (a few hundred KiB in the buffer, each command
 read without waiting), twenty clients held every listener's greeting for 38 s."""
 
+
 class LineError(Exception):
     """A line the loop refuses without looking at it; ``reply`` says why."""
 
@@ -213,6 +215,7 @@ class CommandLoop(SMTP):
     _answering: str | None = None  # the verb being answered
     _held_replies = b""  # replies to MAIL and RCPT not written yet (``push``)
     _explained: tuple[RejectReason, str | None] | None = None
+    _idle_deadline = 0.0  # loop time the idle timer waits for (_reset_timeout)
 
     def __init__(self, handler: Any, **settings: Any) -> None:
         super().__init__(handler, **settings)
@@ -341,6 +344,24 @@ class CommandLoop(SMTP):
         await self.push(reply)
 
     # -- the idle timer ------------------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """The idle timer starts again: the deadline moves, the timer stays where it is
+        unless it would fire late; when it fires early it is set again for the deadline.
+        (aiosmtpd cancels and makes a timer at every line, the hot path.)"""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = deadline
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._idle_timer_fired)
+
+    def _idle_timer_fired(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer_fired)
+        else:
+            self._timeout_cb()
 
     def _pause_timeout(self) -> None:
         """Stop the idle timer at a message's end: the queue's write that follows is the

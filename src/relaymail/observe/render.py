@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .events import Field, LogEvent, Value, seconds
+from .events import ADDRESS, ADDRESSES, PLAIN, SECONDS, TRAILER, Field, LogEvent, Value, seconds
 
 NO_QUEUE_ID = "NOQUEUE"  # Postfix's word for a line before the message has a queue id
 
@@ -30,12 +30,12 @@ def text_line(event: LogEvent) -> str:
     parts: list[str] = []
     trailer: str | None = None  # the first present: a delivery's remote reply, else our reason
     for name, value, form in event.fields():
-        if value is None or (value == "" and form is not Field.ADDRESS):
+        if value is None or (value == "" and form is not ADDRESS):
             continue  # absent; an empty address is the null path, shown as <>
-        if form is _PLAIN and value.__class__ is str:  # most facts: no dispatch, no copy
+        if form is PLAIN and value.__class__ is str:  # most facts: no dispatch, no copy
             assert isinstance(value, str)
             parts.append(f"{name}={value if value.isprintable() else escape(value)}")
-        elif form is _TRAILER:
+        elif form is TRAILER:
             if trailer is None:
                 trailer = escape(str(value))
         else:
@@ -44,16 +44,13 @@ def text_line(event: LogEvent) -> str:
     return line if trailer is None else f"{line} ({trailer})"
 
 
-_PLAIN, _TRAILER = Field.PLAIN, Field.TRAILER
-
-
 def _text_value(value: Value, form: Field) -> str:
-    if form is Field.ADDRESS:
+    if form is ADDRESS:
         return f"<{escape(str(value))}>"
-    if form is Field.ADDRESSES:
+    if form is ADDRESSES:
         assert isinstance(value, tuple)
         return ",".join(f"<{escape(v)}>" for v in value)
-    if form is Field.SECONDS:
+    if form is SECONDS:
         assert isinstance(value, float | int)
         return seconds(value)
     if isinstance(value, bool):
@@ -64,9 +61,8 @@ def _text_value(value: Value, form: Field) -> str:
 def json_fields(event: LogEvent) -> dict[str, Any]:
     """The event's facts as typed JSON values: `event` and `id` first, null where absent."""
     entry: dict[str, Any] = {"event": event.name, "id": event.queue_id}
-    for fact in event.fields():
-        value = fact.value
-        entry[fact.name] = list(value) if isinstance(value, tuple) else value
+    for name, value, _ in event.fields():
+        entry[name] = list(value) if isinstance(value, tuple) else value
     return entry
 
 
