@@ -43,11 +43,12 @@ def governing_key(entries: Mapping[str, T], domain: str) -> str | None:
     parent entry (".example.com" stands for every name below example.com), else None."""
     if domain in entries:
         return domain
-    labels = domain.split(".")
-    for i in range(1, len(labels)):
-        suffix = "." + ".".join(labels[i:])
+    dot = domain.find(".")
+    while dot >= 0:  # each parent, nearest first: ".b.c", then ".c"
+        suffix = domain[dot:]
         if suffix in entries:
             return suffix
+        dot = domain.find(".", dot + 1)
     return None
 
 

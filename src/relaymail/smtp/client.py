@@ -49,6 +49,10 @@ class Verb(enum.Enum):
     NOOP = "NOOP"
     QUIT = "QUIT"
 
+    # Enum's own hash is Python code (its name's hash); members are singletons compared
+    # by identity, so the object's hash is as good, and this one keys the hot tables.
+    __hash__ = object.__hash__
+
 
 def _out_of_step(verb: Verb, code: int) -> bool:
     """A reply no server gives that command: 354 answers DATA alone, 334 AUTH alone,
@@ -61,6 +65,7 @@ def _out_of_step(verb: Verb, code: int) -> bool:
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__  # as Verb's
     CONNECTED = "connected"  # waiting for the greeting
     REFUSED = "refused"  # greeting refused: only QUIT (RFC 5321 3.1), 421 excepted
     GREETED = "greeted"  # greeting accepted; EHLO/HELO needed
