@@ -17,6 +17,7 @@ functions that describe its errors, which run after a lookup has loaded it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+@functools.lru_cache(maxsize=4096)  # asked of each hop of each delivery; names are few
 def is_ip(text: str) -> bool:
     """Whether `text` is an IPv4 or IPv6 address (not a host name)."""
     try:
