@@ -38,3 +38,30 @@ def test_the_header_section_ends_at_the_first_line_that_is_no_field(
     given: bytes, made: bytes
 ) -> None:
     assert prepare(given, parse_args(["u@x.test"]))[0] == made
+
+
+@pytest.mark.parametrize(
+    ("argv", "extract", "dot_ends", "sender", "recipients"),
+    [
+        (["-ti"], True, False, None, []),
+        (["-it", "u@x.test"], True, False, None, ["u@x.test"]),
+        (["-tif", "root"], True, False, "root", []),
+        (["-tifroot"], True, False, "root", []),
+        (["-vt", "-oi", "u@x.test"], True, False, None, ["u@x.test"]),
+        (["-oi", "-t"], True, False, None, []),  # -o takes a value: "i", not a cluster
+        (["-t", "--", "-ti"], True, True, None, ["-ti"]),
+    ],
+)
+def test_flags_without_a_value_cluster_as_getopt_takes_them(
+    argv: list[str], extract: bool, dot_ends: bool, sender: str | None, recipients: list[str]
+) -> None:
+    options = parse_args(argv)
+    assert (options.extract, options.dot_ends, options.sender, options.recipients) == (
+        extract, dot_ends, sender, recipients,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", [["-tx"], ["-tbs"], ["-tf"], ["-tq"]])
+def test_a_cluster_with_an_unknown_or_refused_flag_is_refused(argv: list[str]) -> None:
+    with pytest.raises(ValueError):
+        parse_args(argv)

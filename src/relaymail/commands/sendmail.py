@@ -35,7 +35,8 @@ Queue a message read from standard input for relaymail. It goes into the
 maildrop of the configured queue; the daemon (relaymail serve) delivers it,
 now or when it next starts.
 
-  -t            recipients from To:, Cc: and Bcc: as well (Bcc: is removed)
+  -t            recipients from To:, Cc: and Bcc: as well (Bcc: is removed);
+                -t, -i and -v may be clustered as getopt allows (-ti, -tif ADDR)
   -i, -oi       a line with a single dot does not end the message
   -f ADDR       envelope sender (also -r); honoured for root and the daemon's
                 user only, others send as user@local domain
@@ -59,6 +60,9 @@ now or when it next starts.
 
 Exit status: 0 in the maildrop, 64 usage, 65 message too large, 66 no input,
 67 bad address, 75 try again later, 78 configuration (no relaymail queue)."""
+
+
+_NO_VALUE = "tiv"  # the flags without a value, which may lead a cluster
 
 
 class _Options:
@@ -90,6 +94,10 @@ def parse_args(argv: list[str]) -> _Options:
         if not arg.startswith("-") or arg == "-":
             options.recipients.append(arg)
             continue
+        if len(arg) > 2 and arg[1] in _NO_VALUE:
+            # getopt's clusters, as every sendmail takes them: -ti is -t -i, -tf ADDR -t -f ADDR.
+            args.insert(0, "-" + arg[2:])
+            arg = arg[:2]
         flag, value = arg[:2], arg[2:]
         if flag in ("-f", "-r", "-F", "-C"):
             if not value:
