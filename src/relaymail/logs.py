@@ -58,13 +58,16 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic i
     turn and written with the others of the turn: a write and a flush per turn,
     not per line (two or three lines a message; to journald, a wake-up of its own
     each). A line from any other thread, or with no loop running, is written at
-    once, after the kept ones. Only a kill between a line and the turn's end
-    loses it; `flush` (logging.shutdown at exit) writes what is kept.
+    once, after the kept ones. What is kept is lost if the process dies before the
+    turn ends (a kill, os._exit); `flush` (logging.shutdown at exit) writes it.
     """
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._kept: list[str] = []
+        # The loop whose turn's end will write `_kept`. A loop closed before its
+        # turn ended never does: the next loop to log schedules its own.
+        self._turn: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -73,17 +76,28 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic i
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
-            if loop is None:
-                self._kept.append(line)
-                self._write_kept()
-                return
-            if not self._kept:
-                loop.call_soon(self.flush)
             self._kept.append(line)
+            if loop is None:
+                self._write_kept()
+            elif self._turn is not loop:
+                loop.call_soon(self._end_turn)
+                self._turn = loop
         except RecursionError:  # as StreamHandler.emit
             raise
         except Exception:
             self.handleError(record)
+
+    def _end_turn(self) -> None:
+        self.acquire()
+        try:
+            self._turn = None
+            self._write_kept()
+        except Exception:
+            # As emit would (StreamHandler's way), never up into the loop: its
+            # exception handler logs, through here, a write that fails again.
+            self.handleError(logging.makeLogRecord({"msg": "log lines could not be written"}))
+        finally:
+            self.release()
 
     def flush(self) -> None:
         self.acquire()

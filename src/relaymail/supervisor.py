@@ -77,6 +77,7 @@ def die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != _supervisor:  # it was gone before the call: nothing would kill us
+        logging.shutdown()  # what this turn logged, before an exit that flushes nothing
         os._exit(1)
 
 

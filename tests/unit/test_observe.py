@@ -349,3 +349,50 @@ def test_with_no_loop_running_every_line_is_written_at_once() -> None:
     handler = LineHandler(stream)
     handler.handle(logging.LogRecord("relaymail.x", logging.INFO, "", 0, "alone", (), None))
     assert stream.writes == ["alone\n"]
+
+
+class _Broken(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError("journald went away")
+
+
+async def test_a_turn_whose_lines_cannot_be_written_is_reported_once_not_again_every_turn(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stream = _Broken()
+    handler = LineHandler(stream)
+    writes: list[int] = []
+    original = handler._write_kept
+
+    def counted() -> None:
+        writes.append(1)
+        original()
+
+    handler._write_kept = counted  # type: ignore[method-assign]
+    handler.handle(logging.LogRecord("relaymail.x", logging.INFO, "", 0, "lost", (), None))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert writes == [1]  # no loop exception handler logging through it again
+    assert "could not be written" in capsys.readouterr().err
+
+
+def test_lines_kept_for_a_loop_that_closed_are_written_by_the_next_loop() -> None:
+    stream = _Writes()
+    handler = LineHandler(stream)
+
+    async def log(text: str) -> None:
+        handler.handle(logging.LogRecord("relaymail.x", logging.INFO, "", 0, text, (), None))
+
+    loop = asyncio.new_event_loop()
+    record = logging.LogRecord("relaymail.x", logging.INFO, "", 0, "early", (), None)
+    loop.call_soon(lambda: (handler.handle(record), loop.stop()))  # the loop's last turn
+    loop.run_forever()
+    loop.close()  # the turn's end never came
+    assert stream.writes == []
+
+    async def next_loop() -> None:
+        await log("later")
+        await asyncio.sleep(0)
+
+    asyncio.run(next_loop())
+    assert stream.getvalue() == "early\nlater\n"

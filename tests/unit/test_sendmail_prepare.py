@@ -61,7 +61,7 @@ def test_flags_without_a_value_cluster_as_getopt_takes_them(
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("argv", [["-tx"], ["-tbs"], ["-tf"], ["-tq"]])
+@pytest.mark.parametrize("argv", [["-tx"], ["-tbs"], ["-tf"], ["-tq"], ["-t-", "-bs"], ["-t-help"]])
 def test_a_cluster_with_an_unknown_or_refused_flag_is_refused(argv: list[str]) -> None:
     with pytest.raises(ValueError):
         parse_args(argv)

@@ -94,7 +94,7 @@ def parse_args(argv: list[str]) -> _Options:
         if not arg.startswith("-") or arg == "-":
             options.recipients.append(arg)
             continue
-        if len(arg) > 2 and arg[1] in _NO_VALUE:
+        if len(arg) > 2 and arg[1] in _NO_VALUE and arg[2] != "-":  # "-t-" is no cluster
             # getopt's clusters, as every sendmail takes them: -ti is -t -i, -tf ADDR -t -f ADDR.
             args.insert(0, "-" + arg[2:])
             arg = arg[:2]

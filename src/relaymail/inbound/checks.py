@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -10,7 +9,7 @@ from typing import Final
 
 from ..dsn_request import is_xtext, parse_envid, parse_notify, parse_orcpt, parse_ret
 from ..errors import AddressError
-from ..listener_settings import IPNetwork, ListenerSettings
+from ..listener_settings import ListenerSettings
 from ..message import check_mailbox
 
 __all__ = [
@@ -52,14 +51,9 @@ def may_relay(
 def is_trusted(settings: ListenerSettings, client_ip: IPAddress | None) -> bool:
     if client_ip is None:
         return False
-    return _in_networks(settings.relay_networks, client_ip)
-
-
-@functools.lru_cache(maxsize=4096)  # asked at MAIL, RCPT and DATA of every message
-def _in_networks(networks: tuple[IPNetwork, ...], client_ip: IPAddress) -> bool:
     if isinstance(client_ip, ipaddress.IPv6Address) and client_ip.ipv4_mapped is not None:
         client_ip = client_ip.ipv4_mapped
-    return any(client_ip in network for network in networks)
+    return any(client_ip in network for network in settings.relay_networks)
 
 
 def mail_param_problem(

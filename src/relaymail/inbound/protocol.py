@@ -358,7 +358,8 @@ class CommandLoop(SMTP):
             self._timeout_handle = self.loop.call_at(deadline, self._idle_timer_fired)
 
     def _idle_timer_fired(self) -> None:
-        if self.loop.time() < self._idle_deadline:
+        handle = self._timeout_handle
+        if handle is not None and self._idle_deadline > handle.when():  # moved on meanwhile
             self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer_fired)
         else:
             self._timeout_cb()
