@@ -216,6 +216,7 @@ class CommandLoop(SMTP):
     _held_replies = b""  # replies to MAIL and RCPT not written yet (``push``)
     _explained: tuple[RejectReason, str | None] | None = None
     _idle_deadline = 0.0  # loop time the idle timer waits for (_reset_timeout)
+    _idle_armed = 0.0  # loop time the timer in _timeout_handle is set for
 
     def __init__(self, handler: Any, **settings: Any) -> None:
         super().__init__(handler, **settings)
@@ -352,15 +353,20 @@ class CommandLoop(SMTP):
         deadline = self.loop.time() + (duration or self._timeout_duration)
         self._idle_deadline = deadline
         handle = self._timeout_handle
-        if handle is None or handle.cancelled() or handle.when() > deadline:
+        if handle is None or handle.cancelled() or self._idle_armed > deadline:
             if handle is not None:
                 handle.cancel()
-            self._timeout_handle = self.loop.call_at(deadline, self._idle_timer_fired)
+            self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        # The time it is set for is kept here: uvloop answers a time already past with
+        # a plain Handle (call_soon's), which has no when().
+        self._idle_armed = self._idle_deadline
+        self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer_fired)
 
     def _idle_timer_fired(self) -> None:
-        handle = self._timeout_handle
-        if handle is not None and self._idle_deadline > handle.when():  # moved on meanwhile
-            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer_fired)
+        if self._idle_deadline > self._idle_armed:  # moved on since it was set
+            self._arm_idle_timer()
         else:
             self._timeout_cb()
 
