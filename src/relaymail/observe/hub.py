@@ -26,8 +26,6 @@ Sink = Callable[[LogEvent], None]
 _sinks: list[Sink] = []
 _loggers: dict[str, logging.Logger] = {}  # by event name: getLogger takes a lock
 _STARTED = time.time()
-_pid = [os.getpid()]  # getpid() is a system call per line; a child learns its own at fork
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 class _Line:
@@ -73,7 +71,7 @@ class EventRecord(logging.LogRecord):
         self.thread = threading.get_ident()
         self.threadName = threading.current_thread().name
         self.processName = None
-        self.process = _pid[0]
+        self.process = os.getpid()
         self.event = event
 
 

@@ -65,7 +65,6 @@ def _out_of_step(verb: Verb, code: int) -> bool:
 
 
 class State(enum.Enum):
-    __hash__ = object.__hash__  # as Verb's
     CONNECTED = "connected"  # waiting for the greeting
     REFUSED = "refused"  # greeting refused: only QUIT (RFC 5321 3.1), 421 excepted
     GREETED = "greeted"  # greeting accepted; EHLO/HELO needed
@@ -76,6 +75,8 @@ class State(enum.Enum):
     TLS = "tls-pending"  # STARTTLS sent; nothing may follow until TLS is up
     AUTH = "in-auth"  # AUTH sent, or a 334 answered: only the next response may follow
     CLOSED = "closed"
+
+    __hash__ = object.__hash__  # as Verb's
 
 
 # (state, verb) -> state the session is in once the command is sent.
