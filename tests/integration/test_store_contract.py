@@ -460,6 +460,20 @@ async def test_a_retry_leaves_held_messages_alone(store: Store) -> None:
     assert {r.next_attempt for r in released.recipients} == {2000.0}
 
 
+async def test_a_release_counts_the_recipients_that_were_due_already(store: Store) -> None:
+    """Held mail whose retry time has passed goes as soon as it is released: the count
+    says so, and no recipient's time moves later."""
+    ids = await _five(store)
+    due = [update(ids[0], r.address, RecipientState.DEFERRED, next_attempt=500.0)
+           for r in (store.get_message(ids[0]) or _gone()).recipients]  # fmt: skip
+    await store.record(due)
+    await store.change(AdminAction.HOLD, Selection(ids=(ids[0],)))
+    done = await store.change(AdminAction.RELEASE, Selection(ids=(ids[0],)), now=2000.0)
+    assert (done.changed, done.recipients) == ((ids[0],), len(due))
+    released = store.get_message(ids[0])
+    assert released is not None and {r.next_attempt for r in released.recipients} == {500.0}
+
+
 def _gone() -> Any:
     raise AssertionError("the message is gone")
 

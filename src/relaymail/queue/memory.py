@@ -277,8 +277,8 @@ class MemoryStore:
                 message.held = action is AdminAction.HOLD
             if action in (AdminAction.RETRY, AdminAction.RELEASE):
                 for recipient in message.recipients.values():
-                    if recipient.pending and recipient.next_attempt > when:
-                        recipient.next_attempt = when
+                    if recipient.pending:
+                        recipient.next_attempt = min(recipient.next_attempt, when)
                         moved += 1
         if action is AdminAction.RETRY and selection.everything:
             self._append_event(None, action)

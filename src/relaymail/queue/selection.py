@@ -99,4 +99,4 @@ class AdminOutcome:
     changed: tuple[str, ...]  # the messages it applied to, in queue order
     held: tuple[str, ...] = ()  # retry: held messages it left alone
     missing: tuple[str, ...] = ()  # ids named that are not in the queue
-    recipients: int = 0  # retry, release: recipients made due now
+    recipients: int = 0  # retry, release: waiting recipients now due (some may have been)

@@ -59,10 +59,12 @@ def change(txn: Transaction, action: AdminAction, selection: Selection, now: flo
                      (int(action is AdminAction.HOLD), json.dumps(targets)))  # fmt: skip
     if action in (AdminAction.RETRY, AdminAction.RELEASE):
         # Releasing is the admin's "go": the mail is tried now, not at its old retry time.
+        # Every waiting recipient is counted, also one that was due already: the
+        # count is what goes now, and a release of held mail due long ago is not "0".
         moved = conn.execute(
-            "UPDATE recipient SET next_attempt = ? WHERE state IN (?, ?) AND next_attempt > ?"
+            "UPDATE recipient SET next_attempt = MIN(next_attempt, ?) WHERE state IN (?, ?)"
             f" AND message_id {_IN_LIST}",
-            (now, *PENDING, now, json.dumps(targets)),
+            (now, *PENDING, json.dumps(targets)),
         ).rowcount
     if action is AdminAction.DELETE:
         chosen = json.dumps(targets)
