@@ -311,6 +311,7 @@ class DeliveryEngine:
                 outcome = run.outcomes[rcpt]
                 if outcome.reply is None:
                     outcome.reason = f"no host accepted the mail: {summary}"
+                    outcome.setup_seconds = run.setup_spent
 
     async def _host_policy(
         self, domain: str, domain_plan: DomainPlan, hop: NextHop, events: list[TlsEvent]
@@ -355,7 +356,11 @@ class DeliveryEngine:
             session, caps, tls, decision = idle.session, idle.caps, idle.tls, idle.decision
         else:
             started = time.monotonic()
-            session, caps, tls, decision = await self._open(run, at, starttls)
+            try:
+                session, caps, tls, decision = await self._open(run, at, starttls)
+            except Exception:  # HostFailed, or a defect _try_hops reports as this host's
+                run.setup_spent += time.monotonic() - started
+                raise
             setup = time.monotonic() - started
         replies_before = session.replies_seen
         kept = False

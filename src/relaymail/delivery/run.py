@@ -106,6 +106,9 @@ class DomainRun:
     session: SessionInUse | None = None  # set while a transaction runs
     requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS (requiretls.py)
     dsn: DsnRequest | None = None  # RFC 3461: passed on to a next hop that offers DSN
+    setup_spent: float = 0.0
+    """Seconds spent on sessions that never became ready (refused connects, greetings
+    that never came): part of delays= `c` for every recipient settled after them."""
 
     def data_for(self, caps: Capabilities) -> MessageBody:
         """The data as this next hop may take it: 7-bit without 8BITMIME.
@@ -134,9 +137,12 @@ class DomainRun:
         if session is not None:
             facts.update(
                 relay=session.at.relay, policy=session.at.policy_words,
-                decision=session.decision, setup_seconds=session.setup_seconds,
+                decision=session.decision,
+                setup_seconds=self.setup_spent + session.setup_seconds,
                 transmission_seconds=time.monotonic() - session.started,
             )  # fmt: skip
+        else:
+            facts.setdefault("setup_seconds", self.setup_spent)
         for rcpt in recipients:
             self.outcomes[rcpt] = Outcome(status, reason, **facts)
 

@@ -96,7 +96,9 @@ class Delays:
     b: in the queue: from that commit to the start of this delivery attempt,
        retry waits included;
     c: connection setup of the session that settled the recipient: connect,
-       greeting, EHLO, STARTTLS and login (0 for a reused session, or none);
+       greeting, EHLO, STARTTLS and login (0 for a reused session), plus the
+       setup of the hosts this attempt tried before that failed (all of it when
+       none got as far as MAIL);
     d: transmission: MAIL FROM to the reply that settled the recipient.
     """
 
