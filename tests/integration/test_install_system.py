@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from relaymail.commands.service_reach import ADVICE, installation_paths, unreachable
 from relaymail.config import load_config
 from relaymail.config_file import read_toml
 from relaymail.sendmail_settings import settings_of, submit_settings
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 UNIT = "etc/systemd/system/relaymail.service"
+WARNING = "relaymail: install-system: warning:"
 
 
 @pytest.fixture
@@ -93,7 +95,8 @@ async def test_a_second_run_keeps_the_configuration_and_changes_nothing(root: Pa
     code, lines = await install(root)
     assert code == 0
     assert config.read_text() == edited
-    assert [line.split()[0] for line in lines] == ["leave"] * len(lines)
+    steps = [line for line in lines if not line.startswith(WARNING)]
+    assert [line.split()[0] for line in steps] == ["leave"] * len(steps)
 
 
 async def test_a_sendmail_that_another_mta_installed_is_left_alone(root: Path) -> None:
@@ -104,6 +107,24 @@ async def test_a_sendmail_that_another_mta_installed_is_left_alone(root: Path) -
     assert code == 0
     assert theirs.read_text() == "#!/bin/sh\n# postfix\n" and not theirs.is_symlink()
     assert any(line.startswith("leave /usr/sbin/sendmail: ") for line in lines)
+
+
+@pytest.mark.parametrize("dry_run", [(), ("--dry-run",)])
+async def test_an_installation_the_unit_cannot_start_is_named_last(
+    root: Path, dry_run: tuple[str, ...]
+) -> None:
+    """Where this suite's relaymail lives decides which: a checkout under /tmp or /root,
+    an interpreter from pyenv under /root, or a clean /opt or /usr installation."""
+    reasons = list(unreachable(installation_paths(SCRIPTS / "relaymail")))
+    code, lines = await install(root, *dry_run)
+    assert code == 0
+    warned = [line for line in lines if line.startswith(WARNING)]
+    if reasons:
+        assert warned == [f"{WARNING} the unit cannot start relaymail: {'; '.join(reasons)};"
+                          f" {ADVICE}"]  # fmt: skip
+        assert lines[-1] == warned[0]
+    else:
+        assert warned == []
 
 
 async def test_dry_run_prints_the_plan_and_changes_nothing(root: Path) -> None:

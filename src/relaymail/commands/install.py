@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from ..sendmail_settings import write_cache
 from .exits import EX_NOPERM, EX_OK, EX_OSERR
 from .service_files import CONFIG, SERVICE_USER, SPOOL, UNIT, example_config, unit_text
+from .service_reach import ADVICE, installation_paths, unreachable
 
 __all__ = ["Action", "Step", "missing_account_files", "plan", "run_install"]
 
@@ -213,6 +214,7 @@ def run_install(args: argparse.Namespace) -> int:
     if args.dry_run:
         for step in steps:
             print(f"would {step}" if step.action is not Action.LEAVE else str(step))
+        _warn_if_unreachable(scripts)
         return EX_OK
     for step in steps:
         try:
@@ -224,4 +226,13 @@ def run_install(args: argparse.Namespace) -> int:
             )
             return EX_OSERR
         print(step)
+    _warn_if_unreachable(scripts)
     return EX_OK
+
+
+def _warn_if_unreachable(scripts: Path) -> None:
+    """A warning, not a refusal: the files are right, the installation is in the wrong place."""
+    if reasons := list(unreachable(installation_paths(scripts / "relaymail"))):
+        sys.stdout.flush()  # after the steps, also when stdout is a pipe
+        print(f"relaymail: install-system: warning: the unit cannot start relaymail:"
+              f" {'; '.join(reasons)}; {ADVICE}", file=sys.stderr)  # fmt: skip
