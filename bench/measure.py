@@ -47,6 +47,37 @@ class CpuTimes:
 
 
 @dataclass(frozen=True, slots=True)
+class MachineCpu:
+    """The whole machine's CPU time by kind (/proc/stat's first line), in ticks.
+
+    A CPU-bound peer loses throughput to what else runs (the submission client,
+    the sink) and to what the hypervisor takes (steal); a peer that waits on
+    something else loses less. A round's idle and steal shares say which case
+    its figure is."""
+
+    busy: int
+    idle: int  # idle and iowait
+    steal: int
+
+    @staticmethod
+    def now() -> MachineCpu:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal (guest time is inside user)
+        user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        return MachineCpu(user + nice + system + irq + softirq, idle + iowait, steal)
+
+    def shares_since(self, before: MachineCpu) -> tuple[float, float]:
+        """(idle %, steal %) of the machine's time between `before` and this."""
+        busy, idle, steal = (self.busy - before.busy, self.idle - before.idle,
+                             self.steal - before.steal)  # fmt: skip
+        total = busy + idle + steal
+        if total <= 0:
+            return 0.0, 0.0
+        return 100 * idle / total, 100 * steal / total
+
+
+@dataclass(frozen=True, slots=True)
 class MemoryPeak:
     rss_kb: int
     pss_kb: int

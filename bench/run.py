@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import MemorySampler, ProcessGroup
+from measure import MachineCpu, MemorySampler, ProcessGroup
 from peers import BASELINE, DKIM_PEER, Peer, PeerUnavailable, RunSpec, make_peer
 from sink import SinkSet, smtp_sink_available
 from submit import Workload, _message, domain, recipient, submit
@@ -85,6 +85,8 @@ class RunResult:
     peak_processes: int = 0
     destinations_reached: int = 0
     accounting: str = ""
+    machine_idle_pct: float = 0.0  # of the whole machine during the round (MachineCpu)
+    machine_steal_pct: float = 0.0
 
 
 @dataclass
@@ -222,6 +224,7 @@ async def throughput_run(ctx: Context, scenario: Scenario, peer: Peer, round_no:
         await asyncio.sleep(ctx.args.settle)
         sampler = MemorySampler(group)
         cpu_before = group.cpu()
+        machine_before = MachineCpu.now()
         sampler.start()
         limit = ctx.args.run_timeout
         submitted = await submit("127.0.0.1", listen_port, workload, ctx.args.connections, limit)
@@ -230,6 +233,9 @@ async def throughput_run(ctx: Context, scenario: Scenario, peer: Peer, round_no:
         # Bookkeeping that trails the last delivery (queue file removal, logging).
         await asyncio.sleep(0.3)
         cpu = group.cpu() - cpu_before
+        result.machine_idle_pct, result.machine_steal_pct = MachineCpu.now().shares_since(
+            machine_before
+        )
         memory = await sampler.stop()
         result.accepted = submitted.accepted
         result.arrived = sinks.count
@@ -868,7 +874,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"  {scenario.key:<24} r{round_no} {name:<10} {result.status:<11} "
                     + (
                         f"{result.msgs_per_s:8.0f} msg/s  CPU {result.cpu_total:6.2f} s  "
-                        f"PSS {result.peak_pss_mb:6.1f} MB  {result.detail[:80]}"
+                        f"PSS {result.peak_pss_mb:6.1f} MB  idle {result.machine_idle_pct:3.0f} %"
+                        f"  steal {result.machine_steal_pct:3.0f} %  {result.detail[:80]}"
                         if result.status in ("ok", "incomplete")
                         else result.detail[:100]
                     ),

@@ -462,16 +462,21 @@ async def test_a_retry_leaves_held_messages_alone(store: Store) -> None:
 
 async def test_a_release_counts_the_recipients_that_were_due_already(store: Store) -> None:
     """Held mail whose retry time has passed goes as soon as it is released: the count
-    says so, and no recipient's time moves later."""
+    says so, no recipient's time moves later, and a settled recipient is not counted."""
     ids = await _five(store)
-    due = [update(ids[0], r.address, RecipientState.DEFERRED, next_attempt=500.0)
-           for r in (store.get_message(ids[0]) or _gone()).recipients]  # fmt: skip
-    await store.record(due)
-    await store.change(AdminAction.HOLD, Selection(ids=(ids[0],)))
-    done = await store.change(AdminAction.RELEASE, Selection(ids=(ids[0],)), now=2000.0)
-    assert (done.changed, done.recipients) == ((ids[0],), len(due))
-    released = store.get_message(ids[0])
-    assert released is not None and {r.next_attempt for r in released.recipients} == {500.0}
+    due, done = (store.get_message(ids[1]) or _gone()).recipients[:2]
+    later = (store.get_message(ids[2]) or _gone()).recipients[0]
+    await store.record([
+        update(ids[1], due.address, RecipientState.DEFERRED, next_attempt=500.0),
+        update(ids[1], done.address, RecipientState.DELIVERED, next_attempt=500.0),
+        update(ids[2], later.address, RecipientState.DEFERRED, next_attempt=10**9),
+    ])  # fmt: skip
+    await store.change(AdminAction.HOLD, Selection(ids=(ids[1], ids[2])))
+    outcome = await store.change(AdminAction.RELEASE, Selection(ids=(ids[1], ids[2])), now=2000.0)
+    assert (outcome.changed, outcome.recipients) == ((ids[1], ids[2]), 2)
+    times = {r.address: r.next_attempt
+             for i in ids[1:3] for r in (store.get_message(i) or _gone()).recipients}  # fmt: skip
+    assert (times[due.address], times[later.address]) == (500.0, 2000.0)
 
 
 def _gone() -> Any:

@@ -34,11 +34,16 @@ ADVICE = (
 )
 
 
+EXECUTABLES = ("the entry point", "the entry point's target", "its interpreter")  # run, not read
+
+
 def installation_paths(entry_point: Path) -> dict[str, Path]:
-    """What the service needs to start: the entry point, the interpreter it names,
-    the standard library and the relaymail package, each as the kernel finds it."""
-    return {
-        "the entry point": entry_point,
+    """What the service needs to start: the entry point (as the unit names it and
+    where its links lead), the interpreter, the standard library and the package."""
+    paths = {"the entry point": entry_point}
+    if (target := Path(os.path.realpath(entry_point))) != entry_point:
+        paths["the entry point's target"] = target
+    return paths | {
         "its interpreter": Path(os.path.realpath(sys.executable)),
         "the standard library": Path(os.path.realpath(os.path.dirname(os.__file__))),
         "the relaymail package": Path(os.path.realpath(relaymail.__path__[0])),
@@ -46,25 +51,32 @@ def installation_paths(entry_point: Path) -> dict[str, Path]:
 
 
 def hidden_by_sandbox(path: PurePosixPath) -> str | None:
-    """The setting that hides `path` from the service, if one does."""
+    """The setting that hides `path` from the service, if one does (also where the
+    hidden directory is a link, as /home -> /var/home on image-based systems)."""
     for top, setting in HIDDEN.items():
-        if path == top or top in path.parents:
-            return f"{top} ({setting})"
+        for hidden in {top, PurePosixPath(os.path.realpath(top))}:
+            if path == hidden or hidden in path.parents:
+                return f"{hidden} ({setting})"
     return None
 
 
-def closed_to_others(path: Path) -> Path | None:
-    """The first directory on the way to `path` (or `path` itself) that a user who
-    owns none of it may not pass (directories) or read (the file)."""
-    chain = [*reversed(path.parents), path]
-    for step in chain:
+def closed_to_others(path: Path, executable: bool = False) -> str | None:
+    """Why a user who owns none of it cannot use `path`: the first directory on the
+    way that others may not pass, the file itself not readable (or not runnable)
+    by others, or nothing there."""
+    for step in (*reversed(path.parents), path):
         try:
             mode = step.stat().st_mode
-        except OSError:
-            return step
-        wanted = stat.S_IXOTH if stat.S_ISDIR(mode) else stat.S_IROTH
-        if not mode & wanted:
-            return step
+        except FileNotFoundError:
+            return f"does not exist ({step} is missing)" if step != path else "does not exist"
+        except OSError as exc:
+            return f"cannot be checked ({step}: {exc.strerror})"
+        if stat.S_ISDIR(mode):
+            wanted = stat.S_IXOTH
+        else:
+            wanted = stat.S_IROTH | (stat.S_IXOTH if executable else 0)
+        if mode & wanted != wanted:
+            return f"is closed to the service user at {step}"
     return None
 
 
@@ -73,5 +85,5 @@ def unreachable(paths: dict[str, Path]) -> Iterable[str]:
     for role, path in paths.items():
         if (hidden := hidden_by_sandbox(PurePosixPath(path))) is not None:
             yield f"{role} {path} is under {hidden}"
-        elif (closed := closed_to_others(path)) is not None:
-            yield f"{role} {path} is closed to the service user at {closed}"
+        elif (closed := closed_to_others(path, role in EXECUTABLES)) is not None:
+            yield f"{role} {path} {closed}"

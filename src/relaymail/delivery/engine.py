@@ -351,22 +351,16 @@ class DeliveryEngine:
         if idle is not None and await self._starttls.kept_below_memory(run.domain, at.policy, idle):
             self._pool.keep(hop, ip, level, idle, at.policy.requiretls)  # still others'
             idle = None  # a new session, judged with the memory as it is now
-        setup = 0.0
         if idle is not None:
             session, caps, tls, decision = idle.session, idle.caps, idle.tls, idle.decision
         else:
-            started = time.monotonic()
-            try:
+            with run.setting_up():
                 session, caps, tls, decision = await self._open(run, at, starttls)
-            except Exception:  # HostFailed, or a defect _try_hops reports as this host's
-                run.setup_spent += time.monotonic() - started
-                raise
-            setup = time.monotonic() - started
         replies_before = session.replies_seen
         kept = False
         try:
             data_timeout = self.config.delivery.data_timeout
-            run.session = SessionInUse(at, decision, setup)
+            run.session = SessionInUse(at, decision)
             exchange = probe if run.probe_only else transaction
             await exchange(run, at, session, caps, tls, data_timeout)
             sent = (idle.messages if idle is not None else 0) + (not run.probe_only)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +65,6 @@ class SessionInUse:
 
     at: Target
     decision: TlsStep | None
-    setup_seconds: float  # connect to ready for MAIL; 0 for a reused session
     started: float = field(default_factory=time.monotonic)  # the transaction's start
 
 
@@ -107,8 +107,8 @@ class DomainRun:
     requiretls: bool = False  # RFC 8689: MAIL FROM carried REQUIRETLS (requiretls.py)
     dsn: DsnRequest | None = None  # RFC 3461: passed on to a next hop that offers DSN
     setup_spent: float = 0.0
-    """Seconds spent on sessions that never became ready (refused connects, greetings
-    that never came): part of delays= `c` for every recipient settled after them."""
+    """Seconds this run spent setting sessions up (connect to ready for MAIL), those
+    that failed on the way included: delays= `c` of each recipient settled since."""
 
     def data_for(self, caps: Capabilities) -> MessageBody:
         """The data as this next hop may take it: 7-bit without 8BITMIME.
@@ -138,13 +138,21 @@ class DomainRun:
             facts.update(
                 relay=session.at.relay, policy=session.at.policy_words,
                 decision=session.decision,
-                setup_seconds=self.setup_spent + session.setup_seconds,
                 transmission_seconds=time.monotonic() - session.started,
             )  # fmt: skip
-        else:
-            facts.setdefault("setup_seconds", self.setup_spent)
+        facts.setdefault("setup_seconds", self.setup_spent)
         for rcpt in recipients:
             self.outcomes[rcpt] = Outcome(status, reason, **facts)
+
+    @contextlib.contextmanager
+    def setting_up(self) -> Iterator[None]:
+        """Times one session's setup into setup_spent, also when it fails (a connect
+        refused, a greeting that never came): Postfix's `c` counts every host tried."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.setup_spent += time.monotonic() - started
 
     def body_unreadable(self, exc: BodyUnreadable, at: Target | None = None) -> None:
         """Defer whoever is still pending; recipients a next hop already accepted stay so."""

@@ -95,10 +95,9 @@ class Delays:
        (mail loaded from the queue after a restart);
     b: in the queue: from that commit to the start of this delivery attempt,
        retry waits included;
-    c: connection setup of the session that settled the recipient: connect,
-       greeting, EHLO, STARTTLS and login (0 for a reused session), plus the
-       setup of the hosts this attempt tried before that failed (all of it when
-       none got as far as MAIL);
+    c: connection setup (connect, greeting, EHLO, STARTTLS and login) of every
+       session this attempt set up until the recipient was settled, hosts that
+       failed included; 0 on a reused session with no host before it;
     d: transmission: MAIL FROM to the reply that settled the recipient.
     """
 

@@ -277,7 +277,7 @@ class MemoryStore:
                 message.held = action is AdminAction.HOLD
             if action in (AdminAction.RETRY, AdminAction.RELEASE):
                 for recipient in message.recipients.values():
-                    if recipient.pending:
+                    if recipient.pending:  # counted also when it was due already
                         recipient.next_attempt = min(recipient.next_attempt, when)
                         moved += 1
         if action is AdminAction.RETRY and selection.everything:

@@ -74,12 +74,13 @@ def change(action: AdminAction, selection: Selection, now: float) -> Procedure[A
                (action is AdminAction.HOLD, targets))  # fmt: skip
     if action in (AdminAction.RETRY, AdminAction.RELEASE):
         # Releasing is the admin's "go": the mail is tried now, not at its old retry time.
+        yield ("UPDATE recipient SET next_attempt = %s WHERE state IN (%s, %s)"
+               " AND next_attempt > %s AND message_id = ANY(%s)",
+               (now, *PENDING, now, targets))  # fmt: skip
         # Every waiting recipient is counted, also one that was due already (sqlite_admin).
         [(moved,)] = yield (
-            "WITH moved AS (UPDATE recipient SET next_attempt = LEAST(next_attempt, %s)"
-            " WHERE state IN (%s, %s) AND message_id = ANY(%s) RETURNING 1)"
-            " SELECT count(*) FROM moved",
-            (now, *PENDING, targets),
+            "SELECT count(*) FROM recipient WHERE state IN (%s, %s) AND message_id = ANY(%s)",
+            (*PENDING, targets),
         )
     if action is AdminAction.DELETE:
         yield ("DELETE FROM message WHERE id = ANY(%s)", (targets,))

@@ -54,20 +54,24 @@ def change(txn: Transaction, action: AdminAction, selection: Selection, now: flo
     held = [qid for qid, is_held in rows if is_held and skips_held]
     targets = [qid for qid, is_held in rows if not (is_held and skips_held)]
     moved = 0
+    chosen = json.dumps(targets)
     if action in (AdminAction.HOLD, AdminAction.RELEASE):
         conn.execute(f"UPDATE message SET held = ? WHERE id {_IN_LIST}",
-                     (int(action is AdminAction.HOLD), json.dumps(targets)))  # fmt: skip
+                     (int(action is AdminAction.HOLD), chosen))  # fmt: skip
     if action in (AdminAction.RETRY, AdminAction.RELEASE):
         # Releasing is the admin's "go": the mail is tried now, not at its old retry time.
+        conn.execute(
+            "UPDATE recipient SET next_attempt = ? WHERE state IN (?, ?) AND next_attempt > ?"
+            f" AND message_id {_IN_LIST}",
+            (now, *PENDING, now, chosen),
+        )
         # Every waiting recipient is counted, also one that was due already: the
         # count is what goes now, and a release of held mail due long ago is not "0".
-        moved = conn.execute(
-            "UPDATE recipient SET next_attempt = MIN(next_attempt, ?) WHERE state IN (?, ?)"
-            f" AND message_id {_IN_LIST}",
-            (now, *PENDING, json.dumps(targets)),
-        ).rowcount
+        [(moved,)] = conn.execute(
+            f"SELECT count(*) FROM recipient WHERE state IN (?, ?) AND message_id {_IN_LIST}",
+            (*PENDING, chosen),
+        ).fetchall()
     if action is AdminAction.DELETE:
-        chosen = json.dumps(targets)
         for table, key in (("recipient", "message_id"), ("body", "message_id"), ("message", "id")):
             conn.execute(f"DELETE FROM {table} WHERE {key} {_IN_LIST}", (chosen,))
     at = time.time()
