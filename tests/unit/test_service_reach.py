@@ -13,6 +13,7 @@ import pytest
 from relaymail.commands import install
 from relaymail.commands.service_reach import (
     ADVICE,
+    Needed,
     closed_to_others,
     hidden_by_sandbox,
     installation_paths,
@@ -79,12 +80,12 @@ def test_each_unusable_path_gives_one_reason_the_sandbox_first(open_dir: Path) -
     closed.mkdir(mode=0o700)
     reasons = list(
         unreachable(
-            {
-                "the entry point": Path("/opt/relaymail-that-is-not-there/bin/relaymail"),
-                "its interpreter": Path("/root/.pyenv/bin/python3"),
-                "the standard library": Path("/var/tmp/relaymail-absent/lib"),
-                "the relaymail package": closed,
-            }
+            (
+                Needed("the entry point", Path("/opt/relaymail-that-is-not-there/bin/relaymail")),
+                Needed("its interpreter", Path("/root/.pyenv/bin/python3"), executable=True),
+                Needed("the standard library", Path("/var/tmp/relaymail-absent/lib")),
+                Needed("the relaymail package", closed),
+            )
         )
     )
     assert reasons == [
@@ -100,7 +101,8 @@ def test_a_link_into_a_hidden_directory_is_followed(open_dir: Path) -> None:
     link = open_dir / "relaymail"
     link.symlink_to("/root/venv/bin/relaymail")
     paths = installation_paths(link)
-    assert paths["the entry point's target"] == Path("/root/venv/bin/relaymail")
+    roles = {item.role: item.path for item in paths}
+    assert roles["the entry point's target"] == Path("/root/venv/bin/relaymail")
     assert "the entry point's target /root/venv/bin/relaymail is under /root (ProtectHome=yes)" in (
         list(unreachable(paths))
     )
@@ -113,7 +115,7 @@ def test_the_warning_comes_after_the_plan_and_the_exit_stays_0(
     (root / "etc").mkdir(parents=True)
     for name in ("passwd", "group"):
         shutil.copy2(f"/etc/{name}", root / "etc" / name)
-    hidden = {"its interpreter": Path("/root/.pyenv/versions/3.11.7/bin/python3.11")}
+    hidden = (Needed("its interpreter", Path("/root/.pyenv/versions/3.11.7/bin/python3.11")),)
     monkeypatch.setattr(install, "installation_paths", lambda _entry: hidden)
     code = install.run_install(argparse.Namespace(root=str(root), dry_run=True))
     out, err = capsys.readouterr()

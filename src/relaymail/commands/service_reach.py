@@ -14,11 +14,12 @@ import os
 import stat
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import relaymail
 
-__all__ = ["closed_to_others", "hidden_by_sandbox", "installation_paths", "unreachable"]
+__all__ = ["Needed", "closed_to_others", "hidden_by_sandbox", "installation_paths", "unreachable"]
 
 # Each directory the unit hides from the service, and the setting that hides it.
 HIDDEN = {
@@ -34,27 +35,34 @@ ADVICE = (
 )
 
 
-EXECUTABLES = ("the entry point", "the entry point's target", "its interpreter")  # run, not read
+@dataclass(frozen=True, slots=True)
+class Needed:
+    """One file or directory the service needs, and whether it runs it."""
+
+    role: str  # as the warning names it: "its interpreter"
+    path: Path
+    executable: bool = False
 
 
-def installation_paths(entry_point: Path) -> dict[str, Path]:
+def installation_paths(entry_point: Path) -> tuple[Needed, ...]:
     """What the service needs to start: the entry point (as the unit names it and
     where its links lead), the interpreter, the standard library and the package."""
-    paths = {"the entry point": entry_point}
-    if (target := Path(os.path.realpath(entry_point))) != entry_point:
-        paths["the entry point's target"] = target
-    return paths | {
-        "its interpreter": Path(os.path.realpath(sys.executable)),
-        "the standard library": Path(os.path.realpath(os.path.dirname(os.__file__))),
-        "the relaymail package": Path(os.path.realpath(relaymail.__path__[0])),
-    }
+    target = Path(os.path.realpath(entry_point))
+    linked = (Needed("the entry point's target", target, True),) if target != entry_point else ()
+    return (
+        Needed("the entry point", entry_point, True),
+        *linked,
+        Needed("its interpreter", Path(os.path.realpath(sys.executable)), True),
+        Needed("the standard library", Path(os.path.realpath(os.path.dirname(os.__file__)))),
+        Needed("the relaymail package", Path(os.path.realpath(relaymail.__path__[0]))),
+    )
 
 
 def hidden_by_sandbox(path: PurePosixPath) -> str | None:
     """The setting that hides `path` from the service, if one does (also where the
     hidden directory is a link, as /home -> /var/home on image-based systems)."""
     for top, setting in HIDDEN.items():
-        for hidden in {top, PurePosixPath(os.path.realpath(top))}:
+        for hidden in dict.fromkeys((top, PurePosixPath(os.path.realpath(top)))):
             if path == hidden or hidden in path.parents:
                 return f"{hidden} ({setting})"
     return None
@@ -80,10 +88,10 @@ def closed_to_others(path: Path, executable: bool = False) -> str | None:
     return None
 
 
-def unreachable(paths: dict[str, Path]) -> Iterable[str]:
-    """One reason per path of `paths` the service could not use."""
-    for role, path in paths.items():
-        if (hidden := hidden_by_sandbox(PurePosixPath(path))) is not None:
-            yield f"{role} {path} is under {hidden}"
-        elif (closed := closed_to_others(path, role in EXECUTABLES)) is not None:
-            yield f"{role} {path} {closed}"
+def unreachable(needed: Iterable[Needed]) -> Iterable[str]:
+    """One reason per needed path the service could not use."""
+    for item in needed:
+        if (hidden := hidden_by_sandbox(PurePosixPath(item.path))) is not None:
+            yield f"{item.role} {item.path} is under {hidden}"
+        elif (closed := closed_to_others(item.path, item.executable)) is not None:
+            yield f"{item.role} {item.path} {closed}"
